@@ -1,0 +1,1 @@
+//! Test environments for Trellis (see docs/development.md).
