@@ -11,11 +11,11 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -174,8 +174,12 @@ pub fn build(input: &BuildInput<'_>) -> Result<Children, BuildError> {
     let mut children = Children::default();
     for committee in &input.topology.committees {
         let config = node_config(input, committee)?;
-        children.config_maps.push(config_map(input, committee, &config)?);
-        children.services.push(headless_service(input.network, committee)?);
+        children
+            .config_maps
+            .push(config_map(input, committee, &config)?);
+        children
+            .services
+            .push(headless_service(input.network, committee)?);
         children
             .pod_disruption_budgets
             .push(pod_disruption_budget(input.network, committee)?);
@@ -708,7 +712,12 @@ fn stateful_set(
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some(
-                        if spec.retain_ledger_on_delete { "Retain" } else { "Delete" }.to_owned(),
+                        if spec.retain_ledger_on_delete {
+                            "Retain"
+                        } else {
+                            "Delete"
+                        }
+                        .to_owned(),
                     ),
                     when_scaled: Some("Retain".to_owned()),
                 },

@@ -132,7 +132,11 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;
     }
-    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let digit = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     text.as_bytes()
         .chunks(2)
         .map(|pair| match pair {
@@ -199,9 +203,15 @@ mod tests {
         let set = complete_keys("s", Some(&existing), &entries).unwrap();
         assert_eq!(set.public_keys["n-0.key"], kept.public_key_hex());
         assert_eq!(set.missing.keys().collect::<Vec<_>>(), ["n-1.key"]);
-        assert_eq!(set.public_keys["n-1.key"], set.missing["n-1.key"].public_key_hex());
+        assert_eq!(
+            set.public_keys["n-1.key"],
+            set.missing["n-1.key"].public_key_hex()
+        );
 
-        let complete = secret(&[("n-0.key", &kept.to_hex()), ("n-1.key", &NodeSeed::generate().to_hex())]);
+        let complete = secret(&[
+            ("n-0.key", &kept.to_hex()),
+            ("n-1.key", &NodeSeed::generate().to_hex()),
+        ]);
         let again = complete_keys("s", Some(&complete), &entries).unwrap();
         assert!(again.missing.is_empty(), "a complete Secret needs no write");
     }
