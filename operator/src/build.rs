@@ -226,11 +226,10 @@ fn node_config(input: &BuildInput<'_>, committee: &Committee) -> Result<String, 
     let ns = namespace(input.network)?;
     let mut peers = Vec::new();
     let beacon = input.topology.beacon();
-    for c in beacon.into_iter().chain(
-        (committee.role != CommitteeRole::Beacon)
-            .then_some(committee)
-            .into_iter(),
-    ) {
+    for c in beacon
+        .into_iter()
+        .chain((committee.role != CommitteeRole::Beacon).then_some(committee))
+    {
         for node in &c.nodes {
             let public_key = input
                 .public_keys

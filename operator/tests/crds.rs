@@ -21,8 +21,12 @@ fn committed_crds_match_the_generated_ones() {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(&path, &generated).unwrap();
         }
-        let committed = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; regenerate with TRELLIS_UPDATE_CRDS=1", path.display()));
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; regenerate with TRELLIS_UPDATE_CRDS=1",
+                path.display()
+            )
+        });
         assert!(
             committed == generated,
             "{file} is stale; regenerate with TRELLIS_UPDATE_CRDS=1 cargo test -p trellis-operator --test crds"

@@ -4,6 +4,10 @@
 //! signed by a threshold of the current members' admin keys. The resource records the
 //! organisation's identity, the nodes it runs and where it is in that process.
 
+// Several `printcolumn(...)` entries repeat `type_ = ...`; that is the derive's syntax, not a
+// mistake.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube_core::CustomResourceExt;

@@ -1,5 +1,9 @@
 //! The `ChainNetwork` custom resource.
 
+// Several `printcolumn(...)` entries repeat `type_ = ...`; that is the derive's syntax, not a
+// mistake.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, ValidationRule,

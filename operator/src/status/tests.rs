@@ -117,12 +117,37 @@ fn set_condition_keeps_transition_time_when_status_is_unchanged() {
 #[test]
 fn transitions_report_new_and_changed_conditions_only() {
     let mut before = Vec::new();
-    set_condition(&mut before, ConditionUpdate::new(READY, false, "X", String::new()), None, &time(1));
-    set_condition(&mut before, ConditionUpdate::new(DEGRADED, false, "Y", String::new()), None, &time(1));
+    set_condition(
+        &mut before,
+        ConditionUpdate::new(READY, false, "X", String::new()),
+        None,
+        &time(1),
+    );
+    set_condition(
+        &mut before,
+        ConditionUpdate::new(DEGRADED, false, "Y", String::new()),
+        None,
+        &time(1),
+    );
     let mut after = before.clone();
-    set_condition(&mut after, ConditionUpdate::new(READY, true, "Z", "up".into()), None, &time(2));
-    set_condition(&mut after, ConditionUpdate::new(DEGRADED, false, "Y", "new text".into()), None, &time(2));
-    set_condition(&mut after, ConditionUpdate::new(SCALING, false, "Stable", String::new()), None, &time(2));
+    set_condition(
+        &mut after,
+        ConditionUpdate::new(READY, true, "Z", "up".into()),
+        None,
+        &time(2),
+    );
+    set_condition(
+        &mut after,
+        ConditionUpdate::new(DEGRADED, false, "Y", "new text".into()),
+        None,
+        &time(2),
+    );
+    set_condition(
+        &mut after,
+        ConditionUpdate::new(SCALING, false, "Stable", String::new()),
+        None,
+        &time(2),
+    );
     let t = transitions(&before, &after);
     let types: Vec<_> = t.iter().map(|t| t.type_.as_str()).collect();
     assert_eq!(types, [READY, SCALING]);
@@ -133,7 +158,11 @@ fn transitions_report_new_and_changed_conditions_only() {
 #[test]
 fn shard_plan_provisions_the_larger_count() {
     assert_eq!(plan_shards(3, 1).provisioned, 3);
-    assert_eq!(plan_shards(1, 3).provisioned, 3, "draining shards stay until the beacon confirms");
+    assert_eq!(
+        plan_shards(1, 3).provisioned,
+        3,
+        "draining shards stay until the beacon confirms"
+    );
     assert!(plan_shards(1, 3).is_scaling());
     assert!(!plan_shards(2, 2).is_scaling());
 }
@@ -174,17 +203,33 @@ fn all_ready_is_ready_and_settled() {
 fn losing_validators_after_ready_is_degraded_with_quorum_arithmetic() {
     let ready = Case::new(spec(1), 1).ready(4).compute(None, 100);
     // One of four down: within f = 1.
-    let one_down = Case::new(spec(1), 1).ready(4).set("alpha-shard-0", 3).compute(Some(&ready), 200);
+    let one_down = Case::new(spec(1), 1)
+        .ready(4)
+        .set("alpha-shard-0", 3)
+        .compute(Some(&ready), 200);
     assert_eq!(condition(&one_down, DEGRADED).status, "True");
-    assert_eq!(condition(&one_down, DEGRADED).reason, "ValidatorsUnavailable");
+    assert_eq!(
+        condition(&one_down, DEGRADED).reason,
+        "ValidatorsUnavailable"
+    );
     assert_eq!(condition(&one_down, READY).status, "False");
     assert_eq!(condition(&one_down, READY).last_transition_time, time(200));
     assert_eq!(one_down.phase, Some(NetworkPhase::Degraded));
     // Two of four down: below 2f+1 = 3.
-    let two_down = Case::new(spec(1), 1).ready(4).set("alpha-shard-0", 2).compute(Some(&one_down), 300);
+    let two_down = Case::new(spec(1), 1)
+        .ready(4)
+        .set("alpha-shard-0", 2)
+        .compute(Some(&one_down), 300);
     assert_eq!(condition(&two_down, DEGRADED).reason, "QuorumLost");
-    assert!(condition(&two_down, DEGRADED).message.contains("alpha-shard-0"));
-    assert_eq!(condition(&two_down, DEGRADED).last_transition_time, time(200));
+    assert!(
+        condition(&two_down, DEGRADED)
+            .message
+            .contains("alpha-shard-0")
+    );
+    assert_eq!(
+        condition(&two_down, DEGRADED).last_transition_time,
+        time(200)
+    );
     // Back to full strength.
     let healed = Case::new(spec(1), 1).ready(4).compute(Some(&two_down), 400);
     assert_eq!(condition(&healed, DEGRADED).status, "False");
@@ -211,9 +256,21 @@ fn scaling_waits_for_the_beacon() {
     let scaling = condition(&s, SCALING);
     assert_eq!(scaling.status, "True");
     assert_eq!(scaling.reason, "AwaitingBeacon");
-    assert!(scaling.message.contains("1 -> 3 shards"), "{}", scaling.message);
-    assert!(scaling.message.contains("trellis_submitGovernance"), "{}", scaling.message);
-    assert_eq!(s.shard_count, Some(1), "in service until the beacon switches");
+    assert!(
+        scaling.message.contains("1 -> 3 shards"),
+        "{}",
+        scaling.message
+    );
+    assert!(
+        scaling.message.contains("trellis_submitGovernance"),
+        "{}",
+        scaling.message
+    );
+    assert_eq!(
+        s.shard_count,
+        Some(1),
+        "in service until the beacon switches"
+    );
     assert_eq!(s.phase, Some(NetworkPhase::Scaling));
     assert_eq!(condition(&s, PROGRESSING).reason, "ScalingShards");
 }
@@ -223,7 +280,10 @@ fn chain_health_comes_only_from_the_chain() {
     let mut case = Case::new(spec(1), 1).ready(4);
     let s = case.compute(None, 1);
     let chain = condition(&s, CHAIN_HEALTHY);
-    assert_eq!(chain.status, "Unknown", "ready pods do not make a healthy chain");
+    assert_eq!(
+        chain.status, "Unknown",
+        "ready pods do not make a healthy chain"
+    );
     assert_eq!(chain.reason, "NodeRpcNotImplemented");
     assert_eq!(s.epoch, None);
     case.chain = Ok(BeaconView {
@@ -279,8 +339,15 @@ fn invalid_spec_gets_conditions_not_a_crash() {
     });
     assert_eq!(s.phase, Some(NetworkPhase::Invalid));
     let ready = condition(&s, READY);
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
-    assert!(ready.message.contains("spec.validatorsPerShard: must be 3f+1"));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        ready
+            .message
+            .contains("spec.validatorsPerShard: must be 3f+1")
+    );
     assert_eq!(condition(&s, DEGRADED).status, "True");
     assert_eq!(s.observed_generation, Some(9));
 }
