@@ -92,26 +92,39 @@ impl Context {
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves, watching one namespace or (None) all.
 pub async fn run(
     ctx: Arc<Context>,
+    namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
     let client = ctx.client.clone();
-    let networks = Api::<ChainNetwork>::all(client.clone());
+    let ns = namespace.as_deref();
     let managed =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    Controller::new(networks, watcher::Config::default().any_semantic())
-        .owns(Api::<StatefulSet>::all(client.clone()), managed.clone())
-        .owns(Api::<Service>::all(client.clone()), managed)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "reconcile failed");
-            }
-        })
-        .await;
+    Controller::new(
+        scoped::<ChainNetwork>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(scoped::<StatefulSet>(&client, ns), managed.clone())
+    .owns(scoped::<Service>(&client, ns), managed)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            warn!(error = %e, "reconcile failed");
+        }
+    })
+    .await;
 }
 
 /// Requeue on failure. The delay grows with nothing but the error kind: API errors are
@@ -320,9 +333,14 @@ pub fn observe(sets: &[StatefulSet]) -> BTreeMap<String, ObservedCommittee> {
             let status = s.status.clone().unwrap_or_default();
             let replicas = s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(0);
             let current = status.observed_generation == s.metadata.generation;
-            let updated = current
-                && status.updated_replicas.unwrap_or(0) >= replicas
-                && (status.current_revision == status.update_revision || replicas == 0);
+            // A roll is under way when the controller has seen this generation and not
+            // every pod runs the update revision yet.
+            let rolling = current
+                && replicas > 0
+                && status.update_revision.is_some()
+                && (status.current_revision != status.update_revision
+                    || status.updated_replicas.unwrap_or(0) < replicas);
+            let updated = !rolling;
             (
                 s.name_any(),
                 ObservedCommittee {
@@ -524,10 +542,9 @@ async fn write_status(
     .await?;
     let reference = network.object_ref(&());
     for transition in status::transitions(&previous.conditions, &next.conditions) {
-        let warning = matches!(
-            (transition.type_.as_str(), transition.status.as_str()),
-            ("Degraded", "True") | ("Ready", "False") if transition.reason != "ValidatorsNotReady" || transition.type_ == "Degraded"
-        );
+        let warning = (transition.type_ == status::DEGRADED && transition.status == "True")
+            || transition.reason == "InvalidSpec"
+            || transition.reason == "QuorumLost";
         let event = Event {
             type_: if warning {
                 EventType::Warning

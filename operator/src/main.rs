@@ -62,6 +62,9 @@ struct RunArgs {
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, env = "TRELLIS_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
+    /// Watch only this namespace (all namespaces when absent).
+    #[arg(long, env = "TRELLIS_WATCH_NAMESPACE")]
+    namespace: Option<String>,
     /// `text` or `json` logs.
     #[arg(long, env = "TRELLIS_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -119,7 +122,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if !args.leader_election {
         metrics.set_leader(true);
-        controller::run(ctx, shutdown_signal()).await;
+        controller::run(ctx, args.namespace.clone(), shutdown_signal()).await;
         return Ok(());
     }
 
@@ -142,7 +145,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.set_leader(true);
     tracing::info!(identity = %config.identity, "leading");
     tokio::select! {
-        () = controller::run(ctx, shutdown_signal()) => Ok(()),
+        () = controller::run(ctx, args.namespace.clone(), shutdown_signal()) => Ok(()),
         () = lease::hold(&client, &config) => {
             metrics.set_leader(false);
             // Lost the Lease: stop at once so that two leaders never overlap; the
