@@ -10,6 +10,9 @@
 //! Without a cluster each test prints `SKIPPED` and returns; the README test command
 //! always provides one.
 
+// Helpers of this test binary fail the test by panicking, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
