@@ -64,6 +64,22 @@ pub trait ChainClient: Send + Sync + 'static {
         beacon: &'a BeaconEndpoint,
         count: u16,
     ) -> BoxFuture<'a, Result<(), ChainError>>;
+
+    /// Proposes admitting (or, with `remove`, removing) a consortium member; the
+    /// transaction passes once a threshold of current members' admin keys signed it.
+    fn propose_member<'a>(
+        &'a self,
+        beacon: &'a BeaconEndpoint,
+        proposal: &'a MemberProposal,
+    ) -> BoxFuture<'a, Result<(), ChainError>>;
+}
+
+/// A governance proposal about one consortium member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberProposal {
+    pub organization: String,
+    pub admin_public_key: String,
+    pub remove: bool,
 }
 
 /// The chain client until `trellis-node` serves its RPC: every call says so.
@@ -82,6 +98,14 @@ impl ChainClient for NodeRpcPending {
         &'a self,
         _beacon: &'a BeaconEndpoint,
         _count: u16,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented("trellis_submitGovernance")) })
+    }
+
+    fn propose_member<'a>(
+        &'a self,
+        _beacon: &'a BeaconEndpoint,
+        _proposal: &'a MemberProposal,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
         Box::pin(async { Err(ChainError::NotImplemented("trellis_submitGovernance")) })
     }

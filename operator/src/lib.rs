@@ -11,6 +11,7 @@ pub mod controller;
 pub mod keys;
 pub mod labels;
 pub mod lease;
+pub mod member;
 pub mod metrics;
 pub mod server;
 pub mod status;

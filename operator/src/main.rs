@@ -11,6 +11,7 @@ use trellis_operator::build::BuildOptions;
 use trellis_operator::chain::NodeRpcPending;
 use trellis_operator::controller::{self, Context};
 use trellis_operator::lease::{self, LeaseConfig};
+use trellis_operator::member;
 use trellis_operator::metrics::Metrics;
 use trellis_operator::server::{self, Health};
 
@@ -122,7 +123,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if !args.leader_election {
         metrics.set_leader(true);
-        controller::run(ctx, args.namespace.clone(), shutdown_signal()).await;
+        run_controllers(ctx, args.namespace.clone()).await;
         return Ok(());
     }
 
@@ -145,7 +146,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.set_leader(true);
     tracing::info!(identity = %config.identity, "leading");
     tokio::select! {
-        () = controller::run(ctx, args.namespace.clone(), shutdown_signal()) => Ok(()),
+        () = run_controllers(ctx, args.namespace.clone()) => Ok(()),
         () = lease::hold(&client, &config) => {
             metrics.set_leader(false);
             // Lost the Lease: stop at once so that two leaders never overlap; the
@@ -153,6 +154,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             anyhow::bail!("leadership lost")
         }
     }
+}
+
+/// Both reconcilers, until SIGTERM / Ctrl-C.
+async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
+    futures::join!(
+        controller::run(ctx.clone(), namespace.clone(), shutdown_signal()),
+        member::run(ctx, namespace, shutdown_signal()),
+    );
 }
 
 async fn shutdown_signal() {

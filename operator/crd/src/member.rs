@@ -114,6 +114,8 @@ impl MemberPhase {
         matches!(
             (self, next),
             (Invited, Proposed)
+                // Genesis members, and proposals passed within one beacon block.
+                | (Invited, Admitted)
                 | (Proposed, Admitted)
                 | (Proposed, Rejected)
                 | (Admitted, Removed)
