@@ -41,33 +41,64 @@ struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(
         long,
+        global = true,
         env = "TRELLIS_OPERATOR_HTTP_ADDR",
         default_value = "0.0.0.0:8080"
     )]
     http_addr: SocketAddr,
     /// DNS suffix of the cluster (used in node addresses).
-    #[arg(long, env = "TRELLIS_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
     cluster_domain: String,
     /// Elect a leader on a Lease so that several replicas can run.
-    #[arg(long, env = "TRELLIS_LEADER_ELECTION", default_value_t = false)]
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_LEADER_ELECTION",
+        default_value_t = false
+    )]
     leader_election: bool,
     /// Name of the leader-election Lease.
-    #[arg(long, env = "TRELLIS_LEASE_NAME", default_value = "trellis-operator")]
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_LEASE_NAME",
+        default_value = "trellis-operator"
+    )]
     lease_name: String,
     /// Namespace of the Lease (the operator's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "trellis-system")]
+    #[arg(
+        long,
+        global = true,
+        env = "POD_NAMESPACE",
+        default_value = "trellis-system"
+    )]
     lease_namespace: String,
     /// This replica's identity in the Lease.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, global = true, env = "POD_NAME")]
     identity: Option<String>,
     /// Seconds a Lease stays valid without renewal.
-    #[arg(long, env = "TRELLIS_LEASE_SECONDS", default_value_t = 15)]
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_LEASE_SECONDS",
+        default_value_t = 15
+    )]
     lease_seconds: u64,
     /// Watch only this namespace (all namespaces when absent).
-    #[arg(long, env = "TRELLIS_WATCH_NAMESPACE")]
+    #[arg(long, global = true, env = "TRELLIS_WATCH_NAMESPACE")]
     namespace: Option<String>,
     /// `text` or `json` logs.
-    #[arg(long, env = "TRELLIS_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: String,
 }
 

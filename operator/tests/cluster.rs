@@ -556,6 +556,158 @@ async fn a_second_replica_takes_the_lease_when_the_leader_stops_renewing() {
     assert_eq!(spec.lease_transitions, Some(1));
 }
 
+/// A `trellis-operator` process watching the test namespace; killed on drop.
+struct OperatorProcess(std::process::Child);
+
+impl OperatorProcess {
+    fn start(ns: &TestNamespace, identity: &str) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_trellis-operator"))
+            .args(["run", "--http-addr", "127.0.0.1:0", "--leader-election"])
+            .args(["--namespace", &ns.name, "--lease-namespace", &ns.name])
+            .args(["--identity", identity, "--lease-seconds", "3"])
+            .env("KUBECONFIG", ns.kubeconfig())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn lease_holder(ns: &TestNamespace) -> Option<String> {
+    let lease: k8s_openapi::api::coordination::v1::Lease =
+        ns.api().get_opt("trellis-operator").await.ok()??;
+    lease.spec?.holder_identity
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operator_processes_one_leads_the_other_takes_over() {
+    let Some(ns) = test_namespace("op-ha").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let mut a = OperatorProcess::start(&ns, "op-a");
+    let mut b = OperatorProcess::start(&ns, "op-b");
+    let leader = eventually("a leader", WAIT, || lease_holder(&ns)).await;
+    let networks: Api<ChainNetwork> = ns.api();
+    networks
+        .create(&PostParams::default(), &network("alpha", 1))
+        .await
+        .unwrap();
+    let sts: Api<StatefulSet> = ns.api();
+    eventually("children from the first leader", WAIT, || {
+        let sts = sts.clone();
+        async move { (names(&sts).await.len() == 2).then_some(()) }
+    })
+    .await;
+
+    // Kill the leader (SIGKILL: no release); the follower takes over within seconds.
+    let killed = std::time::Instant::now();
+    if leader == "op-a" {
+        a.kill()
+    } else {
+        b.kill()
+    }
+    let successor = eventually("a new leader", Duration::from_secs(30), || {
+        let ns = &ns;
+        let leader = leader.clone();
+        async move { lease_holder(ns).await.filter(|h| *h != leader) }
+    })
+    .await;
+    assert_ne!(successor, leader);
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "takeover took {:?}",
+        killed.elapsed()
+    );
+
+    // The new leader reconciles: a change made after the kill is acted on.
+    networks
+        .patch_scale(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    eventually("shard-1 from the new leader", WAIT, || {
+        let sts = sts.clone();
+        async move { sts.get_opt("alpha-shard-1").await.ok()?.map(|_| ()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_killed_mid_reconcile_converges_on_restart() {
+    let Some(ns) = test_namespace("op-crash").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let networks: Api<ChainNetwork> = ns.api();
+    networks
+        .create(&PostParams::default(), &network("alpha", 3))
+        .await
+        .unwrap();
+    let mut first = OperatorProcess::start(&ns, "op-1");
+    // Kill it as soon as it has written something, before it can have finished.
+    let secrets: Api<Secret> = ns.api();
+    eventually("first write", WAIT, || {
+        let secrets = secrets.clone();
+        async move { (!names(&secrets).await.is_empty()).then_some(()) }
+    })
+    .await;
+    first.kill();
+    let early: BTreeMap<String, Option<BTreeMap<String, k8s_openapi::ByteString>>> = secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| (s.name_any(), s.data))
+        .collect();
+
+    let _second = OperatorProcess::start(&ns, "op-2");
+    let sts: Api<StatefulSet> = ns.api();
+    eventually("all StatefulSets after restart", WAIT, || {
+        let sts = sts.clone();
+        async move { (names(&sts).await.len() == 4).then_some(()) }
+    })
+    .await;
+    eventually("status written after restart", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            (n.status?.observed_generation == n.metadata.generation).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(names(&secrets).await.len(), 5, "4 committees + admin key");
+    // Keys written before the crash are the keys after it.
+    for (name, data) in early {
+        let now = secrets.get(&name).await.unwrap().data;
+        let before = data.unwrap_or_default();
+        let after = now.unwrap_or_default();
+        for (entry, value) in before {
+            assert_eq!(
+                after.get(&entry),
+                Some(&value),
+                "{name}/{entry} was regenerated"
+            );
+        }
+    }
+}
+
 /// The test-cluster API of `trellis-e2e` (same names and behaviour), until that crate
 /// lands on this branch: a cluster from `TRELLIS_TEST_KUBECONFIG`, else `SKIPPED`.
 mod support {
