@@ -121,20 +121,27 @@ fn pods(network: &str, committees: &[&str], validators: u32) -> Vec<String> {
 }
 
 /// Starts the reconciler in-process, watching only `ns`; stops when the sender drops.
-fn start_operator(ns: &TestNamespace) -> (Arc<Context>, tokio::sync::oneshot::Sender<()>) {
+fn start_operator(ns: &TestNamespace) -> (Arc<Context>, tokio::sync::watch::Sender<()>) {
     let ctx = Arc::new(Context::new(
         ns.client.clone(),
         Arc::new(NodeRpcPending),
         BuildOptions::default(),
         Arc::new(Metrics::new()),
     ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        // Resolves when the sender is dropped.
+        while rx.changed().await.is_ok() {}
+    };
     tokio::spawn(controller::run(
         ctx.clone(),
         Some(ns.name.clone()),
-        async move {
-            let _ = stopped.await;
-        },
+        until_stopped(stopped.clone()),
+    ));
+    tokio::spawn(trellis_operator::member::run(
+        ctx.clone(),
+        Some(ns.name.clone()),
+        until_stopped(stopped),
     ));
     (ctx, stop)
 }
@@ -554,6 +561,94 @@ async fn a_second_replica_takes_the_lease_when_the_leader_stops_renewing() {
     let spec = held.spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
     assert_eq!(spec.lease_transitions, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consortium_members_report_their_admission_state() {
+    let Some(ns) = test_namespace("op-member").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let (_ctx, stop) = start_operator(&ns);
+    let mut spec = ChainNetworkSpec::new(NetworkMode::Consortium, "trellis-node:e2e");
+    spec.members = vec![trellis_crd::ConsortiumMember {
+        name: "org-a".to_owned(),
+        admin_public_key: "aa".repeat(32),
+        nodes: 1,
+    }];
+    let networks: Api<ChainNetwork> = ns.api();
+    networks
+        .create(&PostParams::default(), &ChainNetwork::new("alpha", spec))
+        .await
+        .unwrap();
+    let members: Api<trellis_crd::ChainMember> = ns.api();
+    let member = |name: &str, org: &str, key: &str| {
+        trellis_crd::ChainMember::new(
+            name,
+            trellis_crd::ChainMemberSpec {
+                network: trellis_crd::member::NetworkRef {
+                    name: "alpha".to_owned(),
+                    namespace: None,
+                },
+                organization: org.to_owned(),
+                admin_public_key: key.to_owned(),
+                nodes: 1,
+                node_key_secret: None,
+                remove: false,
+            },
+        )
+    };
+    members
+        .create(
+            &PostParams::default(),
+            &member("org-a", "org-a", &"aa".repeat(32)),
+        )
+        .await
+        .unwrap();
+    members
+        .create(
+            &PostParams::default(),
+            &member("org-b", "org-b", &"bb".repeat(32)),
+        )
+        .await
+        .unwrap();
+    let phase = |name: &'static str| {
+        let members = members.clone();
+        async move {
+            let m = members.get(name).await.ok()?;
+            let status = m.status?;
+            let c = status.conditions.iter().find(|c| c.type_ == "Admitted")?;
+            Some((status.phase?, c.reason.clone()))
+        }
+    };
+    let a = eventually("org-a status", WAIT, || phase("org-a")).await;
+    assert_eq!(
+        a,
+        (
+            trellis_crd::MemberPhase::Admitted,
+            "GenesisMember".to_owned()
+        )
+    );
+    let b = eventually("org-b status", WAIT, || phase("org-b")).await;
+    assert_eq!(
+        b,
+        (
+            trellis_crd::MemberPhase::Invited,
+            "AwaitingBeaconGovernance".to_owned()
+        )
+    );
+    // Immutable organisation, enforced by the apiserver.
+    let mut renamed = members.get("org-b").await.unwrap();
+    renamed.spec.organization = "org-c".to_owned();
+    let err = members
+        .replace("org-b", &PostParams::default(), &renamed)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("organization is immutable"),
+        "{err}"
+    );
+    drop(stop);
 }
 
 /// A `trellis-operator` process watching the test namespace; killed on drop.
