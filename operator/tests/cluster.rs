@@ -28,8 +28,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
-use support::{TestNamespace, eventually, test_namespace};
 use trellis_crd::{ChainNetwork, ChainNetworkSpec, NetworkMode, ShardsSpec};
+use trellis_e2e::kube::{TestNamespace, eventually, test_namespace};
 use trellis_operator::build::BuildOptions;
 use trellis_operator::chain::NodeRpcPending;
 use trellis_operator::controller::{self, Context};
@@ -336,7 +336,7 @@ async fn network_lifecycle_on_a_real_cluster() {
     );
 
     // `kubectl scale` through the scale subresource changes spec.shards.count.
-    let scaled = match support::kubectl() {
+    let scaled = match trellis_e2e::kube::kubectl() {
         Some(kubectl) => {
             let out = std::process::Command::new(kubectl)
                 .arg("--kubeconfig")
@@ -799,118 +799,6 @@ async fn operator_killed_mid_reconcile_converges_on_restart() {
                 Some(&value),
                 "{name}/{entry} was regenerated"
             );
-        }
-    }
-}
-
-/// The test-cluster API of `trellis-e2e` (same names and behaviour), until that crate
-/// lands on this branch: a cluster from `TRELLIS_TEST_KUBECONFIG`, else `SKIPPED`.
-mod support {
-    use std::path::{Path, PathBuf};
-    use std::time::Duration;
-
-    use k8s_openapi::api::core::v1::Namespace;
-    use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    use kube::{Client, Config};
-
-    pub struct TestNamespace {
-        pub client: Client,
-        pub name: String,
-        kubeconfig: PathBuf,
-    }
-
-    impl TestNamespace {
-        pub fn kubeconfig(&self) -> &Path {
-            &self.kubeconfig
-        }
-
-        pub fn api<K>(&self) -> Api<K>
-        where
-            K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-            <K as kube::Resource>::DynamicType: Default,
-        {
-            Api::namespaced(self.client.clone(), &self.name)
-        }
-    }
-
-    impl Drop for TestNamespace {
-        fn drop(&mut self) {
-            let (name, kubeconfig) = (self.name.clone(), self.kubeconfig.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let client = client_from(&kubeconfig).await;
-                    let _ = Api::<Namespace>::all(client)
-                        .delete(&name, &DeleteParams::background())
-                        .await;
-                });
-            })
-            .join()
-            .ok();
-        }
-    }
-
-    async fn client_from(path: &Path) -> Client {
-        let kc = Kubeconfig::read_from(path).unwrap();
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        Client::try_from(config).unwrap()
-    }
-
-    pub fn kubectl() -> Option<PathBuf> {
-        std::env::var_os("TRELLIS_TEST_KUBECTL").map(PathBuf::from)
-    }
-
-    pub async fn test_namespace(hint: &str) -> Option<TestNamespace> {
-        let Some(kubeconfig) = std::env::var_os("TRELLIS_TEST_KUBECONFIG").map(PathBuf::from)
-        else {
-            eprintln!("SKIPPED {hint}: no test cluster (set TRELLIS_TEST_KUBECONFIG)");
-            return None;
-        };
-        let client = client_from(&kubeconfig).await;
-        let suffix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("{hint}-{suffix:x}");
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
-        Some(TestNamespace {
-            client,
-            name,
-            kubeconfig,
-        })
-    }
-
-    pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: not true after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
