@@ -5,6 +5,7 @@
 //! keys ([`keys`]) → build ([`build`], pure) → apply and clean up ([`controller`]) →
 //! status ([`status`], pure). The chain itself is reached only through [`chain`].
 
+pub mod autoscaler;
 pub mod build;
 pub mod chain;
 pub mod controller;
