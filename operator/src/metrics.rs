@@ -22,7 +22,12 @@ pub struct Metrics {
     errors: Family<CategoryLabel, Counter>,
     duration: Histogram,
     leader: Gauge,
+    /// The most recent reconcile durations (seconds), for percentiles in benchmarks.
+    recent: Mutex<std::collections::VecDeque<f64>>,
 }
+
+/// Reconcile durations kept for [`Metrics::recent_durations`].
+const RECENT: usize = 100_000;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -60,12 +65,27 @@ impl Metrics {
             errors,
             duration,
             leader,
+            recent: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
     pub fn reconciled(&self, took: Duration) {
         self.reconciles.inc();
         self.duration.observe(took.as_secs_f64());
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(took.as_secs_f64());
+        }
+    }
+
+    /// The most recent reconcile durations in seconds (up to 100,000).
+    pub fn recent_durations(&self) -> Vec<f64> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     pub fn reconcile_error(&self, category: &str) {
@@ -120,5 +140,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("trellis_operator_leader 1"), "{text}");
+        assert_eq!(m.recent_durations(), [0.003, 0.005]);
     }
 }
