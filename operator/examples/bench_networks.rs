@@ -48,7 +48,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10);
     let Some(ns) = trellis_e2e::kube::test_namespace("op-bench").await else {
         panic!("the benchmark needs the test cluster");
     };
@@ -56,9 +59,13 @@ async fn main() {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in trellis_crd::crds() {
         let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&crd))
-            .await
-            .unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -125,7 +132,10 @@ async fn main() {
                 max: 4,
             };
             networks
-                .create(&PostParams::default(), &ChainNetwork::new(&format!("net-{i}"), spec))
+                .create(
+                    &PostParams::default(),
+                    &ChainNetwork::new(&format!("net-{i}"), spec),
+                )
                 .await
                 .unwrap();
         }
@@ -137,7 +147,12 @@ async fn main() {
     let mut children_at = None;
     let ready_at = loop {
         if children_at.is_none() {
-            let count = sts.list_metadata(&ListParams::default()).await.unwrap().items.len();
+            let count = sts
+                .list_metadata(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len();
             if count == 3 * n {
                 children_at = Some(started.elapsed());
             }
@@ -180,7 +195,10 @@ async fn main() {
         percentile(&durations, 0.99) * 1e3,
         busy
     );
-    println!("peak RSS of this process (operator in-process): {:.1} MiB", peak_rss_mib());
+    println!(
+        "peak RSS of this process (operator in-process): {:.1} MiB",
+        peak_rss_mib()
+    );
 
     drop(stop);
     for name in volumes {

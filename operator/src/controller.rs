@@ -228,7 +228,16 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     };
 
     if !network.spec.paused {
-        // Keys first: genesis and bootstrap peers need the public keys.
+        // Keys first: genesis and bootstrap peers need the public keys. One list serves
+        // every committee's Secret.
+        let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        let existing_secrets: BTreeMap<String, Secret> = secrets_api
+            .list(&ListParams::default().labels(&owned_selector))
+            .await?
+            .items
+            .into_iter()
+            .map(|s| (s.name_any(), s))
+            .collect();
         let mut public_by_entry = BTreeMap::new();
         for committee in &topology.committees {
             let entries: Vec<String> = committee
@@ -242,6 +251,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                 client,
                 network,
                 &namespace,
+                existing_secrets.get(&secret_name),
                 &secret_name,
                 secret_labels,
                 &entries,
@@ -254,6 +264,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             client,
             network,
             &namespace,
+            existing_secrets.get(&admin_name),
             &admin_name,
             labels::network_labels(&name),
             &[keys::ADMIN_KEY_ENTRY.to_owned()],
@@ -278,7 +289,17 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             create_if_missing(&genesis_api, &genesis).await?;
         }
         apply_all(client, &namespace, &children).await?;
-        delete_orphans(client, network, &namespace, &owned_selector, &children).await?;
+        // Orphans appear when the spec changed (or the shards in service did, which the
+        // StatefulSets show); a settled network skips the five list calls. Orphans are
+        // deleted StatefulSets last, so a leftover child always leaves a StatefulSet
+        // behind that triggers the next clean-up.
+        let desired_sets: BTreeSet<String> = children.names().stateful_sets.into_iter().collect();
+        let spec_changed =
+            previous.and_then(|p| p.observed_generation) != network.metadata.generation;
+        let extra_sets = observed.keys().any(|n| !desired_sets.contains(n));
+        if spec_changed || extra_sets {
+            delete_orphans(client, network, &namespace, &owned_selector, &children).await?;
+        }
     }
 
     // The beacon step: read the chain's view; ask for the new shard count if it differs.
@@ -363,13 +384,13 @@ async fn ensure_keys(
     client: &Client,
     network: &ChainNetwork,
     namespace: &str,
+    existing: Option<&Secret>,
     secret_name: &str,
     secret_labels: BTreeMap<String, String>,
     entries: &[String],
 ) -> Result<BTreeMap<String, String>, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let existing = api.get_opt(secret_name).await?;
-    let set = keys::complete_keys(secret_name, existing.as_ref(), entries)?;
+    let set = keys::complete_keys(secret_name, existing, entries)?;
     if set.missing.is_empty() {
         return Ok(set.public_keys);
     }
@@ -465,7 +486,6 @@ async fn delete_orphans(
     let uid = network.metadata.uid.clone().unwrap_or_default();
     let mut keep_config_maps = names.config_maps.clone();
     keep_config_maps.push(build::genesis_name(&network.name_any()));
-    delete_unlisted::<StatefulSet>(client, namespace, selector, &uid, &names.stateful_sets).await?;
     delete_unlisted::<PodDisruptionBudget>(
         client,
         namespace,
@@ -478,6 +498,7 @@ async fn delete_orphans(
         .await?;
     delete_unlisted::<ConfigMap>(client, namespace, selector, &uid, &keep_config_maps).await?;
     delete_unlisted::<Service>(client, namespace, selector, &uid, &names.services).await?;
+    delete_unlisted::<StatefulSet>(client, namespace, selector, &uid, &names.stateful_sets).await?;
     Ok(())
 }
 
