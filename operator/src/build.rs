@@ -88,7 +88,7 @@ pub struct BuildInput<'a> {
 
 /// Every object the operator owns for one network, except the key Secrets (written by
 /// the keys step, never by apply) and the genesis ConfigMap (created once).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Children {
     pub services: Vec<Service>,
     pub config_maps: Vec<ConfigMap>,
@@ -98,6 +98,11 @@ pub struct Children {
 }
 
 impl Children {
+    /// A stable fingerprint of every object (to skip re-applying an unchanged set).
+    pub fn fingerprint(&self) -> String {
+        stable_hash(&serde_json::to_string(self).unwrap_or_default())
+    }
+
     /// Names per kind, for orphan clean-up.
     pub fn names(&self) -> ChildNames {
         fn names<K: Resource>(objects: &[K]) -> Vec<String> {

@@ -66,7 +66,20 @@ pub struct Context {
     pub options: BuildOptions,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// What was last applied per network (namespace/name): skips re-applying an
+    /// unchanged set of children on status-only events (see [`ApplyRecord`]).
+    applied: std::sync::Mutex<std::collections::HashMap<String, ApplyRecord>>,
 }
+
+/// The last full apply of one network's children.
+#[derive(Debug, Clone)]
+struct ApplyRecord {
+    fingerprint: String,
+    at: Instant,
+}
+
+/// A full apply (and drift repair) runs at least this often even when nothing changed.
+const DRIFT_REPAIR: Duration = Duration::from_secs(300);
 
 impl Context {
     pub fn new(
@@ -88,6 +101,7 @@ impl Context {
             options,
             metrics,
             recorder,
+            applied: std::sync::Mutex::default(),
         }
     }
 }
@@ -150,6 +164,13 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     // Children go with the network by garbage collection (owner references); nothing
     // outside the cluster needs clean-up, so there is no finalizer.
     if network.meta().deletion_timestamp.is_some() {
+        if let Ok(mut applied) = ctx.applied.lock() {
+            applied.remove(&format!(
+                "{}/{}",
+                network.namespace().unwrap_or_default(),
+                network.name_any()
+            ));
+        }
         return Ok(Action::await_change());
     }
     let Some(namespace) = network.namespace() else {
@@ -288,7 +309,35 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             let genesis = build::genesis_config_map(&input)?;
             create_if_missing(&genesis_api, &genesis).await?;
         }
-        apply_all(client, &namespace, &children).await?;
+        // Pod readiness changes trigger most reconciles and change no child: skip the
+        // server-side applies when the same children were applied recently and every
+        // StatefulSet still exists. Anything else (spec, keys, a deleted child, or
+        // DRIFT_REPAIR elapsed) applies everything.
+        let key = format!("{namespace}/{name}");
+        let fingerprint = children.fingerprint();
+        let all_sets_exist = children.stateful_sets.iter().all(|s| {
+            s.metadata
+                .name
+                .as_ref()
+                .is_some_and(|n| observed.contains_key(n))
+        });
+        let recently_applied = ctx.applied.lock().ok().is_some_and(|applied| {
+            applied
+                .get(&key)
+                .is_some_and(|r| r.fingerprint == fingerprint && r.at.elapsed() < DRIFT_REPAIR)
+        });
+        if !(recently_applied && all_sets_exist) {
+            apply_all(client, &namespace, &children).await?;
+            if let Ok(mut applied) = ctx.applied.lock() {
+                applied.insert(
+                    key,
+                    ApplyRecord {
+                        fingerprint,
+                        at: Instant::now(),
+                    },
+                );
+            }
+        }
         // Orphans appear when the spec changed (or the shards in service did, which the
         // StatefulSets show); a settled network skips the five list calls. Orphans are
         // deleted StatefulSets last, so a leftover child always leaves a StatefulSet

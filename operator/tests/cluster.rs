@@ -325,10 +325,19 @@ async fn network_lifecycle_on_a_real_cluster() {
     // Reconciling again changes nothing.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = versions(&ns).await;
+    // A fresh context has no record of earlier applies, so this is a full apply.
+    let fresh = Arc::new(Context::new(
+        ns.client.clone(),
+        Arc::new(NodeRpcPending),
+        BuildOptions::default(),
+        Arc::new(Metrics::new()),
+    ));
     for _ in 0..2 {
         let current = Arc::new(networks.get("alpha").await.unwrap());
-        controller::reconcile(current, ctx.clone()).await.unwrap();
+        controller::reconcile(current, fresh.clone()).await.unwrap();
     }
+    assert_eq!(fresh.metrics.recent_durations().len(), 2);
+    let _ = &ctx;
     assert_eq!(
         versions(&ns).await,
         before,

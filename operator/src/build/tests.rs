@@ -557,3 +557,19 @@ fn public_keys_by_node_from_secret_entries() {
         Err(BuildError::MissingKey("alpha-beacon-2".to_owned()))
     );
 }
+
+#[test]
+fn fingerprint_is_stable_and_sees_every_change() {
+    let a = Fixture::new(public(1)).build();
+    assert_eq!(
+        a.fingerprint(),
+        Fixture::new(public(1)).build().fingerprint()
+    );
+    let mut spec = public(1);
+    spec.node.image = "trellis-node:2".to_owned();
+    assert_ne!(a.fingerprint(), Fixture::new(spec).build().fingerprint());
+    assert_ne!(
+        a.fingerprint(),
+        Fixture::new(public(2)).build().fingerprint()
+    );
+}
