@@ -154,8 +154,14 @@ pub fn error_policy(network: Arc<ChainNetwork>, error: &Error, ctx: Arc<Context>
 
 /// One reconcile of one network, timed and counted.
 pub async fn reconcile(network: Arc<ChainNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use tracing::Instrument;
     let started = Instant::now();
-    let result = reconcile_inner(&network, &ctx).await;
+    let span = tracing::info_span!(
+        "reconcile",
+        network = %network.name_any(),
+        namespace = network.namespace().unwrap_or_default()
+    );
+    let result = reconcile_inner(&network, &ctx).instrument(span).await;
     ctx.metrics.reconciled(started.elapsed());
     result
 }

@@ -16,6 +16,7 @@ pub mod member;
 pub mod metrics;
 pub mod server;
 pub mod status;
+pub mod telemetry;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 

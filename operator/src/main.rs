@@ -14,6 +14,7 @@ use trellis_operator::lease::{self, LeaseConfig};
 use trellis_operator::member;
 use trellis_operator::metrics::Metrics;
 use trellis_operator::server::{self, Health};
+use trellis_operator::telemetry;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,19 +115,14 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let telemetry = telemetry::init(args.log_format == "json").map_err(|e| anyhow::anyhow!(e))?;
+    let result = run_operator(args).await;
+    telemetry.shutdown();
+    result
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log_format);
+async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
