@@ -351,13 +351,21 @@ impl NetworkSpec {
             NetworkMode::Public => "validators_per_shard",
             NetworkMode::Consortium => "members",
         };
-        if self.validators_per_shard < 1 || self.validators_per_shard > MAX_VALIDATORS {
+        // A consortium without members gets one error about members, not echoes of it
+        // about the validator counts derived from them.
+        let counts_derived_from_nothing =
+            self.mode == NetworkMode::Consortium && self.members.is_empty();
+        if !counts_derived_from_nothing
+            && (self.validators_per_shard < 1 || self.validators_per_shard > MAX_VALIDATORS)
+        {
             errors.push(FieldError::new(
                 validator_field,
                 format!("validators per shard must be within 1..={MAX_VALIDATORS}"),
             ));
         }
-        if self.beacon_validators < 1 || self.beacon_validators > MAX_VALIDATORS {
+        if !counts_derived_from_nothing
+            && (self.beacon_validators < 1 || self.beacon_validators > MAX_VALIDATORS)
+        {
             errors.push(FieldError::new(
                 "beacon_validators",
                 format!("must be within 1..={MAX_VALIDATORS}"),

@@ -115,7 +115,7 @@ pub struct TestApp {
     pub router: Router,
     pub state: AppState,
     pub provisioner: Arc<RecordingProvisioner>,
-    _dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 pub struct Response {
