@@ -88,7 +88,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateApiKeyRequest,
-    responses((status = 201, body = CreatedApiKey), (status = "default", body = crate::error::Problem)),
+    responses((status = 201, body = CreatedApiKey), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -159,7 +159,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(PageQuery),
-    responses((status = 200, body = ApiKeyPage), (status = "default", body = crate::error::Problem)),
+    responses((status = 200, body = ApiKeyPage), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -185,7 +185,7 @@ pub async fn list(
 
 /// Revokes a key at once: the next request with it is refused.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = "default", body = crate::error::Problem)),
+    responses((status = 204), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn revoke(
     State(state): State<AppState>,

@@ -64,7 +64,7 @@ pub fn router() -> Router<AppState> {
 
 /// The caller's tenant's audit log, oldest first.
 #[utoipa::path(get, path = "/v1/audit-events", tag = "audit", params(PageQuery),
-    responses((status = 200, body = AuditEventPage), (status = "default", body = crate::error::Problem)),
+    responses((status = 200, body = AuditEventPage), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,

@@ -198,7 +198,7 @@ pub(crate) async fn issue_tokens(
 
 /// Creates an organisation and its first user, the owner.
 #[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupRequest,
-    responses((status = 201, body = SignupResponse), (status = "default", body = crate::error::Problem)))]
+    responses((status = 201, body = SignupResponse), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn signup(
     State(state): State<AppState>,
     Json(request): Json<SignupRequest>,
@@ -274,7 +274,7 @@ pub async fn signup(
 }
 
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = "default", body = crate::error::Problem)))]
+    responses((status = 200, body = TokenResponse), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn login(
     State(state): State<AppState>,
     Json(request): Json<LoginRequest>,
@@ -324,7 +324,7 @@ async fn revoke_family(conn: &impl ConnectionTrait, family_id: Uuid) -> ApiResul
 }
 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = TokenResponse), (status = "default", body = crate::error::Problem)))]
+    responses((status = 200, body = TokenResponse), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn refresh(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
@@ -378,7 +378,7 @@ pub async fn refresh(
 /// Revokes the presented refresh token's whole family (this sign-in on every device it
 /// was refreshed on). Succeeds for unknown tokens too, so it reveals nothing.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
-    responses((status = 204), (status = "default", body = crate::error::Problem)))]
+    responses((status = 204), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn logout(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
@@ -394,7 +394,7 @@ pub async fn logout(
 }
 
 #[utoipa::path(get, path = "/v1/me", tag = "auth",
-    responses((status = 200, body = Me), (status = "default", body = crate::error::Problem)),
+    responses((status = 200, body = Me), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn me(State(state): State<AppState>, scope: Scope) -> ApiResult<Json<Me>> {
     let tenant_row = tenant::Entity::find_by_id(scope.tenant().get())

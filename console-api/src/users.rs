@@ -147,7 +147,7 @@ async fn owner_count(conn: &impl ConnectionTrait, tenant: TenantId) -> Result<u6
 }
 
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = CreateUserRequest,
-    responses((status = 201, body = User), (status = "default", body = crate::error::Problem)),
+    responses((status = 201, body = User), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -192,7 +192,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/users", tag = "users", params(PageQuery),
-    responses((status = 200, body = UserPage), (status = "default", body = crate::error::Problem)),
+    responses((status = 200, body = UserPage), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -216,7 +216,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users", params(("id" = Uuid, Path)),
-    responses((status = 200, body = User), (status = "default", body = crate::error::Problem)),
+    responses((status = 200, body = User), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -228,7 +228,7 @@ pub async fn get_one(
 
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", params(("id" = Uuid, Path)),
     request_body = UpdateUserRequest,
-    responses((status = 200, body = User), (status = "default", body = crate::error::Problem)),
+    responses((status = 200, body = User), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
@@ -269,7 +269,7 @@ pub async fn update(
 /// Deletes a user and its refresh tokens. Access tokens already issued stay valid until
 /// they expire (at most the access-token lifetime).
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = "default", body = crate::error::Problem)),
+    responses((status = 204), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn remove(
     State(state): State<AppState>,

@@ -184,7 +184,7 @@ fn json_response(status: StatusCode, body: String, location: Option<&str>) -> Re
 /// response instead of creating a second network.
 #[utoipa::path(post, path = "/v1/networks", tag = "networks", request_body = CreateNetworkRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
-    responses((status = 201, body = Network), (status = "default", body = crate::error::Problem)),
+    responses((status = 201, body = Network), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -273,7 +273,7 @@ fn unique_as_conflict(err: sea_orm::DbErr) -> ApiError {
 }
 
 #[utoipa::path(get, path = "/v1/networks", tag = "networks", params(PageQuery),
-    responses((status = 200, body = NetworkPage), (status = "default", body = crate::error::Problem)),
+    responses((status = 200, body = NetworkPage), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -293,7 +293,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/v1/networks/{id}", tag = "networks", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Network), (status = "default", body = crate::error::Problem)),
+    responses((status = 200, body = Network), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -307,7 +307,7 @@ pub async fn get_one(
 /// Changes the desired state: scale, autoscaling policy, node version, pause/stop.
 #[utoipa::path(patch, path = "/v1/networks/{id}", tag = "networks", params(("id" = Uuid, Path)),
     request_body = UpdateNetworkRequest,
-    responses((status = 200, body = Network), (status = "default", body = crate::error::Problem)),
+    responses((status = 200, body = Network), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
@@ -357,7 +357,7 @@ pub async fn update(
 /// now, the network stays `Deleting`, the deletion is retried in the background, and
 /// the answer is 202 with the network.
 #[utoipa::path(delete, path = "/v1/networks/{id}", tag = "networks", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 202, body = Network), (status = "default", body = crate::error::Problem)),
+    responses((status = 204), (status = 202, body = Network), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn remove(
     State(state): State<AppState>,
