@@ -1,5 +1,6 @@
 //! Sign-up, sign-in, refresh-token rotation, API keys, roles and the error shape,
 //! against the real router and database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test scenarios are run by #[test] wrappers
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Networks over HTTP: validation, pagination, idempotency, and the write-through to
 //! the provisioner (with retries by the reconciler).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test scenarios are run by #[test] wrappers
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The committed `console-api/openapi.json` is what the code generates, and every
 //! documented operation is routed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test scenarios are run by #[test] wrappers
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Test harness: the real router over a real database (SQLite in a temp dir, or a fresh
 //! PostgreSQL database from the e2e fixture), driven in-process.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test harness
 
 use std::sync::{Arc, Mutex};
 
