@@ -13,11 +13,12 @@ use uuid::Uuid;
 
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::PasswordPolicy;
+use crate::custody::MasterKey;
 use crate::error::{self, ApiError};
 use crate::metrics::Metrics;
 use crate::provisioner::Provisioner;
 use crate::rate_limit::RateLimiter;
-use crate::{api_keys, audit, health, identity, networks, request_context, users};
+use crate::{api_keys, audit, consortium, health, identity, networks, request_context, users};
 
 /// Request bodies above this are refused with 413 before they are parsed.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -49,6 +50,8 @@ impl Default for Settings {
 pub struct AppState {
     pub db: DatabaseConnection,
     pub keys: Arc<TokenKeys>,
+    /// Seals custodied organisation keys.
+    pub master_key: Arc<MasterKey>,
     pub provisioner: Arc<dyn Provisioner>,
     pub metrics: Metrics,
     pub settings: Arc<Settings>,
@@ -60,6 +63,7 @@ impl AppState {
     pub fn new(
         db: DatabaseConnection,
         keys: TokenKeys,
+        master_key: MasterKey,
         provisioner: Arc<dyn Provisioner>,
         settings: Settings,
     ) -> Self {
@@ -67,6 +71,7 @@ impl AppState {
         Self {
             db,
             keys: Arc::new(keys),
+            master_key: Arc::new(master_key),
             provisioner,
             metrics: Metrics::new(),
             auth_limiter: Arc::new(RateLimiter::new(settings.auth_requests_per_minute, minute)),
@@ -119,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(api_keys::router())
         .merge(networks::router())
+        .merge(consortium::router())
         .merge(audit::router())
         .merge(health::router())
         .fallback(error::route_not_found)

@@ -9,6 +9,8 @@ pub mod api_keys;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod consortium;
+pub mod custody;
 pub mod db;
 pub mod error;
 pub mod health;

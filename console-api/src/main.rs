@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use trellis_console::app::{self, AppState, Settings};
 use trellis_console::auth::jwt::TokenKeys;
+use trellis_console::custody::MasterKey;
 use trellis_console::networks::reconcile;
 use trellis_console::provisioner::{Provisioner, Unattached};
 use trellis_console::{db, openapi};
@@ -42,6 +43,11 @@ enum Command {
         /// Default: `<data-dir>/access-token-signing-key.pem`.
         #[arg(long, env = "TRELLIS_CONSOLE_SIGNING_KEY")]
         signing_key: Option<PathBuf>,
+        /// Hex file with the 256-bit master key that seals custodied organisation keys;
+        /// created if missing. Default: `<data-dir>/custody-master-key`. Keep it out of
+        /// database backups.
+        #[arg(long, env = "TRELLIS_CONSOLE_MASTER_KEY_FILE")]
+        master_key: Option<PathBuf>,
         /// Extra public (or private) PEM keys whose tokens are still accepted; for key
         /// rotation. Repeatable.
         #[arg(
@@ -101,6 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             data_dir,
             database_url,
             signing_key,
+            master_key,
             verify_keys,
             access_token_ttl,
             auth_requests_per_minute,
@@ -116,6 +123,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let key_path =
                 signing_key.unwrap_or_else(|| data_dir.join("access-token-signing-key.pem"));
             let keys = TokenKeys::load_or_create(&key_path, &verify_keys, access_token_ttl)?;
+            let master_key = MasterKey::load_or_create(
+                &master_key.unwrap_or_else(|| data_dir.join("custody-master-key")),
+            )?;
             let provisioner: Arc<dyn Provisioner> = match provisioner {
                 ProvisionerKind::Unattached => {
                     tracing::warn!(
@@ -129,7 +139,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tenant_requests_per_minute,
                 ..Settings::default()
             };
-            let state = AppState::new(database, keys, provisioner, settings);
+            let state = AppState::new(database, keys, master_key, provisioner, settings);
             tokio::spawn(reconcile::run(
                 state.clone(),
                 Duration::from_secs(reconcile_interval.max(1)),

@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api_keys, audit, error, identity, networks, provisioner, users};
+use crate::{api_keys, audit, consortium, error, identity, networks, provisioner, users};
 
 struct BearerAuth;
 
@@ -34,6 +34,7 @@ Errors are RFC 9457 problem documents (application/problem+json).",
         users::create, users::list, users::get_one, users::update, users::remove,
         api_keys::create, api_keys::list, api_keys::revoke,
         networks::create, networks::list, networks::get_one, networks::update, networks::remove,
+        consortium::list_members, consortium::invite, consortium::accept, consortium::approve,
         audit::list,
     ),
     components(schemas(error::Problem, error::FieldError, provisioner::ObservedStatus)),
@@ -43,6 +44,7 @@ Errors are RFC 9457 problem documents (application/problem+json).",
         (name = "users", description = "Users of the caller's tenant"),
         (name = "api-keys", description = "API keys for automation"),
         (name = "networks", description = "Chain networks"),
+        (name = "consortium", description = "Consortium membership: invitations, admission"),
         (name = "audit", description = "The tenant's audit log"),
     ),
 )]

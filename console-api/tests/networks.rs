@@ -160,6 +160,11 @@ async fn validation_errors_are_actionable(app: TestApp) {
     assert!(errors[1]["message"].as_str().unwrap().contains("1..=4"));
     assert!(app.provisioner.calls().is_empty());
 
+    let partner_key = trellis_console::custody::encode_hex(
+        trellis_console::auth::jwt::generate_signing_key()
+            .verifying_key()
+            .as_bytes(),
+    );
     let consortium = app
         .post(
             "/v1/networks",
@@ -169,7 +174,7 @@ async fn validation_errors_are_actionable(app: TestApp) {
                 "mode": "consortium",
                 "members": [
                     {"organisation": "Validators", "nodes": 2},
-                    {"organisation": "Partner", "nodes": 2, "admin_public_key": "ab".repeat(32)},
+                    {"organisation": "Partner", "nodes": 2, "admin_public_key": partner_key},
                 ],
             }),
         )
@@ -417,6 +422,7 @@ async fn unattached_console_keeps_networks_pending_and_says_why() {
     let state = trellis_console::app::AppState::new(
         database,
         keys,
+        trellis_console::custody::MasterKey::generate(),
         std::sync::Arc::new(Unattached),
         common::test_settings(),
     );

@@ -7,6 +7,9 @@
 
 pub mod api_key;
 pub mod audit_event;
+pub mod consortium_approval;
+pub mod consortium_invitation;
+pub mod consortium_member;
 pub mod idempotency_key;
 pub mod network;
 pub mod refresh_token;

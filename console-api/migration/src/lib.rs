@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_identity;
 mod m20261122_000002_networks;
 mod m20261122_000003_audit;
+mod m20261122_000004_consortium;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_identity::Migration),
             Box::new(m20261122_000002_networks::Migration),
             Box::new(m20261122_000003_audit::Migration),
+            Box::new(m20261122_000004_consortium::Migration),
         ]
     }
 }

@@ -201,13 +201,15 @@ pub async fn create(
     {
         return Ok(replayed);
     }
-    let spec = NetworkSpec::from_create(&request).map_err(ApiError::validation)?;
+    let mut spec = NetworkSpec::from_create(&request).map_err(ApiError::validation)?;
+    let founders = crate::consortium::prepare_founders(&mut spec, &state.master_key)?;
 
     let attempt = async {
         let txn = state.db.begin().await?;
         let row = store::insert(&txn, tenant, &request.name, &spec)
             .await
             .map_err(unique_as_conflict)?;
+        crate::consortium::insert_founders(&txn, &row, &spec, founders).await?;
         audit::record(
             &txn,
             tenant,

@@ -317,6 +317,32 @@ impl NetworkSpec {
         }
     }
 
+    /// The spec with one more consortium member; validator counts follow the members'
+    /// nodes (the beacon committee too, unless it was set apart from them).
+    pub fn with_member(&self, member: MemberSpec) -> Result<NetworkSpec, Vec<FieldError>> {
+        let total = |members: &[MemberSpec]| {
+            members
+                .iter()
+                .map(|member| member.nodes)
+                .fold(0u32, u32::saturating_add)
+        };
+        let mut next = self.clone();
+        let old_total = total(&next.members);
+        next.members.push(member);
+        let new_total = total(&next.members);
+        next.validators_per_shard = new_total;
+        if next.beacon_validators == old_total {
+            next.beacon_validators = new_total;
+        }
+        let mut errors = Vec::new();
+        next.check(&mut errors);
+        if errors.is_empty() {
+            Ok(next)
+        } else {
+            Err(errors)
+        }
+    }
+
     /// The invariants of a complete spec.
     fn check(&self, errors: &mut Vec<FieldError>) {
         let shards = self.shards;

@@ -154,7 +154,13 @@ impl TestApp {
         let database = db::connect_and_migrate(url).await.unwrap();
         let keys = TokenKeys::new(&generate_signing_key(), &[], 900).unwrap();
         let provisioner = Arc::new(RecordingProvisioner::default());
-        let state = AppState::new(database, keys, provisioner.clone(), settings);
+        let state = AppState::new(
+            database,
+            keys,
+            trellis_console::custody::MasterKey::generate(),
+            provisioner.clone(),
+            settings,
+        );
         Self {
             router: app::router(state.clone()),
             state,
