@@ -397,7 +397,38 @@ async fn provisioner_failures_are_recorded_and_retried(app: TestApp) {
     );
 }
 
+async fn concurrent_retries_with_one_key_create_one_network(app: TestApp) {
+    let org = app.signup("Racers", "o@race.example").await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let app = app.clone();
+        let token = org.token.clone();
+        tasks.push(tokio::spawn(async move {
+            app.call_with(
+                Method::POST,
+                "/v1/networks",
+                Some(&token),
+                Some(json!({"name": "raced", "mode": "public"})),
+                &[("idempotency-key", "race-1")],
+            )
+            .await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        let response = task.await.unwrap();
+        assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+        ids.insert(response.body["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let list = app.get("/v1/networks", &org.token).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(app.provisioner.calls().len(), 1);
+}
+
 on_both_databases!(
+    concurrent_retries_with_one_key_create_one_network,
     create_get_update_delete,
     validation_errors_are_actionable,
     list_pages_with_a_cursor,
