@@ -243,7 +243,7 @@ pub async fn signup(
         id: Set(Uuid::now_v7()),
         name: Set(organisation),
         slug: Set(slug),
-        plan: Set("free".into()),
+        plan: Set(crate::plans::DEFAULT_PLAN.into()),
         created_at: Set(now),
     }
     .insert(&txn)

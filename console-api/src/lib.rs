@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod networks;
 pub mod openapi;
 pub mod pagination;
+pub mod plans;
 pub mod provisioner;
 pub mod rate_limit;
 pub mod request_context;

@@ -427,7 +427,68 @@ async fn concurrent_retries_with_one_key_create_one_network(app: TestApp) {
     assert_eq!(app.provisioner.calls().len(), 1);
 }
 
+async fn plan_quotas_are_enforced_on_create_and_update(app: TestApp) {
+    let org = app.signup_on_free_plan("Frugal", "o@frugal.example").await;
+    let too_wide = app
+        .post(
+            "/v1/networks",
+            &org.token,
+            json!({"name": "wide", "mode": "public", "shards": {"count": 1, "min": 1, "max": 9}}),
+        )
+        .await;
+    assert_problem(&too_wide, StatusCode::FORBIDDEN, "quota_exceeded");
+    assert!(
+        too_wide.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("shards.max to 8")
+    );
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let created = app
+            .post(
+                "/v1/networks",
+                &org.token,
+                json!({"name": name, "mode": "public", "validators_per_shard": 8}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        ids.push(created.body["id"].as_str().unwrap().to_string());
+    }
+    let fourth = app
+        .post(
+            "/v1/networks",
+            &org.token,
+            json!({"name": "d", "mode": "public"}),
+        )
+        .await;
+    assert_problem(&fourth, StatusCode::FORBIDDEN, "quota_exceeded");
+    // 3 networks of 4 + 8 nodes; one at 8 shards of 8 (+4 beacon = 68) exceeds 64.
+    let grow = app
+        .patch(
+            &format!("/v1/networks/{}", ids[0]),
+            &org.token,
+            json!({"shards": {"max": 8}}),
+        )
+        .await;
+    assert_problem(&grow, StatusCode::FORBIDDEN, "quota_exceeded");
+    let unchanged = app
+        .get(&format!("/v1/networks/{}", ids[0]), &org.token)
+        .await;
+    assert_eq!(unchanged.body["spec"]["shards"]["max"], 1);
+    app.set_plan(&org, "team").await;
+    let grown = app
+        .patch(
+            &format!("/v1/networks/{}", ids[0]),
+            &org.token,
+            json!({"shards": {"max": 8}}),
+        )
+        .await;
+    assert_eq!(grown.status, StatusCode::OK, "{}", grown.text);
+}
+
 on_both_databases!(
+    plan_quotas_are_enforced_on_create_and_update,
     concurrent_retries_with_one_key_create_one_network,
     create_get_update_delete,
     validation_errors_are_actionable,

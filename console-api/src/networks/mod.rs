@@ -202,6 +202,8 @@ pub async fn create(
         return Ok(replayed);
     }
     let mut spec = NetworkSpec::from_create(&request).map_err(ApiError::validation)?;
+    let (plan, networks, nodes) = store::usage(&state.db, tenant, None).await?;
+    crate::plans::check(&plan, &spec, networks, nodes)?;
     let founders = crate::consortium::prepare_founders(&mut spec, &state.master_key)?;
 
     let attempt = async {
@@ -331,6 +333,8 @@ pub async fn update(
     if next == current {
         return Ok(Json(Network::from_row(row)?));
     }
+    let (plan, networks, nodes) = store::usage(&state.db, tenant, Some(id)).await?;
+    crate::plans::check(&plan, &next, networks, nodes)?;
     let txn = state.db.begin().await?;
     let updated = store::update_spec(&txn, tenant, &row, &next)
         .await?

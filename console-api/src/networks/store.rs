@@ -195,3 +195,30 @@ pub async fn all_after(
     }
     select.all(conn).await
 }
+
+/// The tenant's plan, its network count and node total at maximum scale, excluding
+/// `except` (the network being changed).
+pub async fn usage(
+    conn: &impl ConnectionTrait,
+    tenant: TenantId,
+    except: Option<Uuid>,
+) -> Result<(String, u64, u64), ApiError> {
+    let plan = trellis_console_entity::tenant::Entity::find_by_id(tenant.get())
+        .one(conn)
+        .await?
+        .map(|row| row.plan)
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let mut select = network::Entity::find().filter(network::Column::TenantId.eq(tenant.get()));
+    if let Some(except) = except {
+        select = select.filter(network::Column::Id.ne(except));
+    }
+    let mut networks = 0;
+    let mut nodes = 0;
+    for row in select.all(conn).await? {
+        networks += 1;
+        if let Ok(spec) = serde_json::from_value::<NetworkSpec>(row.spec) {
+            nodes += crate::plans::max_nodes(&spec);
+        }
+    }
+    Ok((plan, networks, nodes))
+}

@@ -238,7 +238,26 @@ impl TestApp {
         self.call(Method::DELETE, path, Some(token), None).await
     }
 
+    /// Signs up an organisation on the `team` plan (room for the tests' networks).
     pub async fn signup(&self, organisation: &str, email: &str) -> Org {
+        let org = self.signup_on_free_plan(organisation, email).await;
+        self.set_plan(&org, "team").await;
+        org
+    }
+
+    /// Sets a tenant's plan directly in the database (there is no billing API yet).
+    pub async fn set_plan(&self, org: &Org, plan: &str) {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        use trellis_console_entity::tenant;
+        tenant::Entity::update_many()
+            .col_expr(tenant::Column::Plan, sea_orm::sea_query::Expr::value(plan))
+            .filter(tenant::Column::Id.eq(uuid::Uuid::parse_str(&org.tenant_id).unwrap()))
+            .exec(&self.state.db)
+            .await
+            .unwrap();
+    }
+
+    pub async fn signup_on_free_plan(&self, organisation: &str, email: &str) -> Org {
         let response = self
             .call(
                 Method::POST,
