@@ -161,6 +161,10 @@ pub fn router() -> Router<AppState> {
             post(approve),
         )
         .route("/v1/consortium/invitations/accept", post(accept))
+        .route(
+            "/v1/networks/{id}/members/{member_id}/rejection",
+            post(reject),
+        )
 }
 
 /// A founding member prepared before its network row exists.
@@ -796,6 +800,104 @@ pub async fn approve(
         threshold,
         network_generation,
     }))
+}
+
+/// Rejects an `Invited` or `Proposed` member (withdrawing its invitation). Any admin of
+/// the owner tenant or of a tenant controlling an admitted member may: admission needs a
+/// supermajority, so one admitted member's objection is enough to stop it here.
+#[utoipa::path(post, path = "/v1/networks/{id}/members/{member_id}/rejection", tag = "consortium",
+    params(("id" = Uuid, Path), ("member_id" = Uuid, Path)),
+    responses((status = 200, body = Member), (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn reject(
+    State(state): State<AppState>,
+    scope: Scope,
+    Path((id, member_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<Json<Member>> {
+    let access = access(&state.db, &scope, id).await?;
+    scope.require(Role::Admin)?;
+    let tenant = scope.tenant().get();
+    if !access.owner {
+        let admitted_here = consortium_member::Entity::find()
+            .filter(consortium_member::Column::NetworkId.eq(id))
+            .filter(consortium_member::Column::MemberTenantId.eq(tenant))
+            .filter(consortium_member::Column::State.eq(MemberState::Admitted.as_str()))
+            .count(&state.db)
+            .await?
+            > 0;
+        if !admitted_here {
+            return Err(ApiError::forbidden(
+                "only the owner or an admitted member can reject an admission",
+            ));
+        }
+    }
+    let candidate = consortium_member::Entity::find_by_id(member_id)
+        .filter(consortium_member::Column::NetworkId.eq(id))
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    let now = Utc::now();
+    let txn = state.db.begin().await?;
+    let changed = consortium_member::Entity::update_many()
+        .col_expr(
+            consortium_member::Column::State,
+            Expr::value(MemberState::Rejected.as_str()),
+        )
+        .col_expr(consortium_member::Column::UpdatedAt, Expr::value(now))
+        .filter(consortium_member::Column::Id.eq(member_id))
+        .filter(consortium_member::Column::State.is_in([
+            MemberState::Invited.as_str(),
+            MemberState::Proposed.as_str(),
+        ]))
+        .exec(&txn)
+        .await?;
+    if changed.rows_affected != 1 {
+        return Err(ApiError::conflict(
+            "member_not_pending",
+            format!(
+                "only an Invited or Proposed member can be rejected; this one is {}",
+                candidate.state
+            ),
+        ));
+    }
+    // An invitation not yet accepted can no longer be.
+    consortium_invitation::Entity::update_many()
+        .col_expr(consortium_invitation::Column::ExpiresAt, Expr::value(now))
+        .filter(consortium_invitation::Column::MemberId.eq(member_id))
+        .filter(consortium_invitation::Column::AcceptedAt.is_null())
+        .exec(&txn)
+        .await?;
+    let details = serde_json::json!({
+        "member_id": member_id,
+        "organisation": candidate.organisation,
+        "previous_state": candidate.state,
+    });
+    audit::record(
+        &txn,
+        scope.tenant(),
+        &scope.actor(),
+        "consortium.reject",
+        Some(format!("member:{member_id}")),
+        details.clone(),
+    )
+    .await?;
+    if !access.owner {
+        audit::record(
+            &txn,
+            TenantId::trusted(access.network.tenant_id),
+            &format!("tenant:{tenant}"),
+            "consortium.reject",
+            Some(format!("member:{member_id}")),
+            details,
+        )
+        .await?;
+    }
+    let row = consortium_member::Entity::find_by_id(member_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    txn.commit().await?;
+    Ok(Json(to_member(&state.db, &scope, row).await?))
 }
 
 #[cfg(test)]

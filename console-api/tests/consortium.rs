@@ -373,6 +373,54 @@ async fn invitations_expire_and_keys_are_checked(app: TestApp) {
     assert_eq!(approved.body["threshold"], 1);
     assert_eq!(approved.body["member"]["state"], "Admitted");
 
+    // Rejection: a pending invitation is withdrawn and can no longer be accepted.
+    let withdrawn = invite("Withdrawn").await;
+    let members = app
+        .get(
+            &format!("/v1/networks/{network_id}/members"),
+            &founder.token,
+        )
+        .await;
+    let withdrawn_id = members.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["organisation"] == "Withdrawn")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reject_path = format!("/v1/networks/{network_id}/members/{withdrawn_id}/rejection");
+    let stranger = app.signup("Stranger", "owner@stranger.example").await;
+    assert_problem(
+        &app.post(&reject_path, &stranger.token, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let rejected = app.post(&reject_path, &founder.token, json!({})).await;
+    assert_eq!(rejected.status, StatusCode::OK, "{}", rejected.text);
+    assert_eq!(rejected.body["state"], "Rejected");
+    assert_problem(
+        &app.post(&reject_path, &founder.token, json!({})).await,
+        StatusCode::CONFLICT,
+        "member_not_pending",
+    );
+    let late = app
+        .post(
+            "/v1/consortium/invitations/accept",
+            &stranger.token,
+            json!({"token": withdrawn}),
+        )
+        .await;
+    assert_problem(&late, StatusCode::GONE, "invitation_expired");
+    // An admitted member cannot be "rejected".
+    let admitted_reject = format!("/v1/networks/{network_id}/members/{member_id}/rejection");
+    assert_problem(
+        &app.post(&admitted_reject, &founder.token, json!({})).await,
+        StatusCode::CONFLICT,
+        "member_not_pending",
+    );
+
     // Public networks have no membership.
     let public = app.create_network(&founder.token, "open").await;
     let public_id = public.body["id"].as_str().unwrap();
