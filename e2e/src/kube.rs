@@ -1,0 +1,197 @@
+//! A real Kubernetes control plane for tests, and a namespace per test.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use crate::supervised::{self, EnvError, Supervised};
+
+/// Use this kubeconfig instead of starting a cluster (e.g. one started by the README
+/// test command, or your own cluster: tests only touch the namespaces they create).
+pub const KUBECONFIG_VAR: &str = "TRELLIS_TEST_KUBECONFIG";
+/// When `1`, a missing cluster fails the test instead of skipping it.
+pub const REQUIRE_VAR: &str = "TRELLIS_REQUIRE_CLUSTER";
+/// Label put on every namespace a test creates, to find leftovers on your own cluster.
+pub const TEST_LABEL: &str = "trellis.dev/test";
+
+struct Cluster {
+    kubeconfig: PathBuf,
+    _owned: Option<Supervised>,
+}
+
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+/// Directory of the cached Kubernetes binaries (kubectl among them), if built.
+pub fn bin_dir() -> Option<PathBuf> {
+    let out = std::process::Command::new("bash")
+        .arg(supervised::scripts_dir().join("build-kube.sh"))
+        .arg("--check")
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(dir.trim()))
+        .filter(|d| d.is_dir())
+}
+
+/// The path to the `kubectl` built with the test cluster, if built.
+pub fn kubectl() -> Option<PathBuf> {
+    bin_dir().map(|d| d.join("kubectl"))
+}
+
+fn cluster() -> Result<&'static Cluster, EnvError> {
+    CLUSTER
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os(KUBECONFIG_VAR) {
+                return Ok(Cluster {
+                    kubeconfig: PathBuf::from(path),
+                    _owned: None,
+                });
+            }
+            if bin_dir().is_none() && !supervised::required(REQUIRE_VAR) {
+                return Err(format!(
+                    "no test cluster: set {KUBECONFIG_VAR}, or build the binaries with \
+                     e2e/scripts/build-kube.sh, or run the README test command"
+                ));
+            }
+            let owned = supervised::start("cluster", "cluster.sh").map_err(|e| e.to_string())?;
+            Ok(Cluster {
+                kubeconfig: PathBuf::from(&owned.endpoint),
+                _owned: Some(owned),
+            })
+        })
+        .as_ref()
+        .map_err(|e| EnvError::Unavailable(e.clone()))
+}
+
+/// The kubeconfig of the shared test cluster, starting it if needed.
+pub async fn kubeconfig() -> Result<PathBuf, EnvError> {
+    tokio::task::spawn_blocking(cluster)
+        .await
+        .map_err(|e| EnvError::Unavailable(e.to_string()))?
+        .map(|c| c.kubeconfig.clone())
+}
+
+/// A client for the cluster described by `kubeconfig`, bound to the current runtime.
+pub async fn client_from(kubeconfig: &Path) -> Result<Client, EnvError> {
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| EnvError::Kube(e.to_string()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| EnvError::Kube(e.to_string()))?;
+    Client::try_from(config).map_err(|e| EnvError::Kube(e.to_string()))
+}
+
+/// A namespace of its own on the shared test cluster; deleted when dropped.
+pub struct TestNamespace {
+    /// An admin client for the cluster (bound to the runtime that created it).
+    pub client: Client,
+    /// The namespace's name: the test's hint plus a random suffix.
+    pub name: String,
+    kubeconfig: PathBuf,
+}
+
+impl TestNamespace {
+    /// The cluster's admin kubeconfig, for processes a test starts (kubectl, the operator).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A typed API for objects of this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // The test's runtime may be gone by now: delete from a runtime of our own.
+        let (name, kubeconfig) = (self.name.clone(), self.kubeconfig.clone());
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(client) = client_from(&kubeconfig).await {
+                    let _ = Api::<Namespace>::all(client)
+                        .delete(&name, &DeleteParams::background())
+                        .await;
+                }
+            });
+        });
+    }
+}
+
+/// Creates a fresh namespace on the shared test cluster (starting the cluster once per
+/// test binary). Returns `None` after printing `SKIPPED` when no cluster can be had and
+/// [`REQUIRE_VAR`] is not `1`; panics when it is.
+pub async fn test_namespace(hint: &str) -> Option<TestNamespace> {
+    match try_test_namespace(hint).await {
+        Ok(ns) => Some(ns),
+        Err(EnvError::Unavailable(why)) if !supervised::required(REQUIRE_VAR) => {
+            eprintln!("SKIPPED {hint}: {why}");
+            None
+        }
+        Err(e) => fail(hint, &e),
+    }
+}
+
+#[allow(clippy::panic)] // A test helper: failing the test is its job.
+fn fail(hint: &str, e: &EnvError) -> ! {
+    panic!("test cluster for {hint}: {e}")
+}
+
+/// Like [`test_namespace`], but returns the error instead of skipping or panicking.
+pub async fn try_test_namespace(hint: &str) -> Result<TestNamespace, EnvError> {
+    let kubeconfig = kubeconfig().await?;
+    let client = client_from(&kubeconfig).await?;
+    let name = format!("{}-{}", supervised::sanitize(hint), supervised::suffix());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some([(TEST_LABEL.to_string(), "true".to_string())].into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .map_err(|e| EnvError::Kube(format!("creating namespace {name}: {e}")))?;
+    Ok(TestNamespace {
+        client,
+        name,
+        kubeconfig,
+    })
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails the test after `timeout`
+/// with `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            fail(what, &EnvError::Kube(format!("not true after {timeout:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
