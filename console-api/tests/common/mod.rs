@@ -345,25 +345,11 @@ pub fn assert_problem(response: &Response, status: StatusCode, code: &str) {
     );
 }
 
-/// A fresh PostgreSQL database, or `None` (the caller prints SKIPPED and returns).
-///
-/// `TRELLIS_TEST_POSTGRES_ADMIN_URL` names a server (any database on it); each call
-/// creates a new database there, so tests never share state.
+/// A fresh PostgreSQL database from the e2e fixture (a real server on loopback), or
+/// `None` after it printed SKIPPED (no PostgreSQL on this machine and
+/// `TRELLIS_REQUIRE_POSTGRES` unset; under the README test command it is always there).
 pub async fn postgres_url() -> Option<String> {
-    use sea_orm::ConnectionTrait;
-    let Ok(admin) = std::env::var("TRELLIS_TEST_POSTGRES_ADMIN_URL") else {
-        eprintln!("SKIPPED: TRELLIS_TEST_POSTGRES_ADMIN_URL is not set; no PostgreSQL");
-        return None;
-    };
-    let connection = sea_orm::Database::connect(&admin).await.unwrap();
-    let name = format!("console_test_{}", uuid::Uuid::new_v4().simple());
-    connection
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    connection.close().await.unwrap();
-    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap();
-    Some(format!("{base}/{name}"))
+    trellis_e2e::postgres::fresh_database().await
 }
 
 /// Defines `<name>_sqlite` and `<name>_postgres` tests running `scenario(TestApp)`.
