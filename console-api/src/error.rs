@@ -44,6 +44,9 @@ pub struct Problem {
     /// The id of this request, also in the `x-request-id` header and in the logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The OpenTelemetry trace id, when traces are exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Field-level validation messages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
@@ -155,6 +158,7 @@ impl ApiError {
             detail: self.detail.clone(),
             code: self.code.to_string(),
             request_id: request_context::current_request_id(),
+            trace_id: crate::telemetry::current_trace_id(),
             errors: self.errors.clone(),
         }
     }

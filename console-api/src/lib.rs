@@ -24,5 +24,6 @@ pub mod plans;
 pub mod provisioner;
 pub mod rate_limit;
 pub mod request_context;
+pub mod telemetry;
 pub mod tenancy;
 pub mod users;

@@ -75,23 +75,13 @@ enum Command {
             default_value = "unattached"
         )]
         provisioner: ProvisionerKind,
-        /// Log as JSON lines.
+        /// Log as JSON lines. Traces are exported over OTLP/HTTP when
+        /// OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set.
         #[arg(long, env = "TRELLIS_LOG_JSON")]
         log_json: bool,
     },
     /// Print the OpenAPI document.
     Openapi,
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 #[tokio::main]
@@ -116,7 +106,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             provisioner,
             log_json,
         } => {
-            init_tracing(log_json);
+            let telemetry = trellis_console::telemetry::init(log_json)?;
+            if telemetry.exporting() {
+                tracing::info!("exporting traces over OTLP");
+            }
             std::fs::create_dir_all(&data_dir)?;
             let url = database_url.unwrap_or_else(|| db::sqlite_url(&data_dir));
             let database = db::connect_and_migrate(&url).await?;
@@ -152,6 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .with_graceful_shutdown(shutdown_signal())
             .await?;
+            telemetry.shutdown();
             Ok(())
         }
     }

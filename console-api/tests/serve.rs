@@ -28,8 +28,16 @@ fn free_port() -> u16 {
 }
 
 async fn start(data_dir: &std::path::Path) -> Server {
+    start_with(data_dir, &[]).await
+}
+
+async fn start_with(data_dir: &std::path::Path, env: &[(&str, String)]) -> Server {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_trellis-console"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trellis-console"));
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data_dir)
@@ -146,4 +154,72 @@ async fn serve_persists_data_and_keys_across_restarts() {
         .unwrap();
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["items"][0]["name"], "survivor");
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, request spans are exported over OTLP/HTTP and
+/// the trace id in an error body is one the collector received.
+#[tokio::test]
+async fn traces_are_exported_over_otlp_when_configured() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post({
+            let received = received.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                received.lock().unwrap().push((content_type, body.to_vec()));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(
+        dir.path(),
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{collector_port}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
+        ],
+    )
+    .await;
+    let (status, problem) = request(server.port, "GET", "/v1/networks", None, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let trace_id = problem["trace_id"]
+        .as_str()
+        .expect("trace_id in the problem");
+    assert_eq!(trace_id.len(), 32);
+    let trace_bytes: Vec<u8> = (0..32)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = received.lock().unwrap().iter().any(|(content_type, body)| {
+            content_type == "application/x-protobuf"
+                && body
+                    .windows(16)
+                    .any(|window| window == trace_bytes.as_slice())
+        });
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collector never received trace {trace_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
