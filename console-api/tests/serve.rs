@@ -161,7 +161,9 @@ async fn serve_persists_data_and_keys_across_restarts() {
 #[tokio::test]
 async fn traces_are_exported_over_otlp_when_configured() {
     use std::sync::{Arc, Mutex};
-    let received: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    /// (content type, body) of each export the collector received.
+    type Exports = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Exports = Arc::default();
     let collector = axum::Router::new().route(
         "/v1/traces",
         axum::routing::post({
