@@ -449,7 +449,7 @@ async fn plan_quotas_are_enforced_on_create_and_update(app: TestApp) {
             .post(
                 "/v1/networks",
                 &org.token,
-                json!({"name": name, "mode": "public", "validators_per_shard": 8}),
+                json!({"name": name, "mode": "public", "validators_per_shard": 7}),
             )
             .await;
         assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
@@ -463,7 +463,8 @@ async fn plan_quotas_are_enforced_on_create_and_update(app: TestApp) {
         )
         .await;
     assert_problem(&fourth, StatusCode::FORBIDDEN, "quota_exceeded");
-    // 3 networks of 4 + 8 nodes; one at 8 shards of 8 (+4 beacon = 68) exceeds 64.
+    // 3 networks of 4 + 7 nodes; one at 8 shards of 7 (+4 beacon = 60) plus the other
+    // two (22) exceeds 64.
     let grow = app
         .patch(
             &format!("/v1/networks/{}", ids[0]),

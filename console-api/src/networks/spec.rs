@@ -219,6 +219,25 @@ pub fn is_node_version(version: &str) -> bool {
         })
 }
 
+/// A committee tolerating `f` faults has `3f + 1` members; `f ≥ 1` (the operator's
+/// ChainNetwork validation applies the same rule to public networks).
+pub fn is_bft_committee(size: u32) -> bool {
+    size >= 4 && size % 3 == 1
+}
+
+fn bft_advice(size: u32) -> String {
+    let below = if size >= 4 { (size - 1) / 3 * 3 + 1 } else { 4 };
+    let above = below.max(4) + if below < size { 3 } else { 0 };
+    format!(
+        "a committee has 3f+1 validators (4, 7, 10, …) to tolerate f faults; use {}",
+        if below == above || below < 4 {
+            above.to_string()
+        } else {
+            format!("{below} or {above}")
+        }
+    )
+}
+
 fn is_hex_public_key(key: &str) -> bool {
     key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -388,6 +407,11 @@ impl NetworkSpec {
                 validator_field,
                 format!("validators per shard must be within 1..={MAX_VALIDATORS}"),
             ));
+        } else if self.mode == NetworkMode::Public && !is_bft_committee(self.validators_per_shard) {
+            errors.push(FieldError::new(
+                "validators_per_shard",
+                bft_advice(self.validators_per_shard),
+            ));
         }
         if !counts_derived_from_nothing
             && (self.beacon_validators < 1 || self.beacon_validators > MAX_VALIDATORS)
@@ -395,6 +419,11 @@ impl NetworkSpec {
             errors.push(FieldError::new(
                 "beacon_validators",
                 format!("must be within 1..={MAX_VALIDATORS}"),
+            ));
+        } else if self.mode == NetworkMode::Public && !is_bft_committee(self.beacon_validators) {
+            errors.push(FieldError::new(
+                "beacon_validators",
+                bft_advice(self.beacon_validators),
             ));
         }
         if !is_node_version(&self.node_version) {
@@ -675,6 +704,30 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(fields(&errors), ["shards.count", "node_version"]);
+    }
+
+    #[test]
+    fn public_committees_are_3f_plus_1() {
+        let mut request = public("n");
+        request.validators_per_shard = Some(5);
+        request.beacon_validators = Some(3);
+        let errors = NetworkSpec::from_create(&request).unwrap_err();
+        assert_eq!(
+            fields(&errors),
+            ["validators_per_shard", "beacon_validators"]
+        );
+        assert!(
+            errors[0].message.contains("use 4 or 7"),
+            "{}",
+            errors[0].message
+        );
+        assert!(errors[1].message.contains("use 4"), "{}", errors[1].message);
+        request.validators_per_shard = Some(7);
+        request.beacon_validators = Some(10);
+        assert!(NetworkSpec::from_create(&request).is_ok());
+        assert!((1..=64).filter(|n| is_bft_committee(*n)).eq([
+            4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46, 49, 52, 55, 58, 61, 64
+        ]));
     }
 
     #[test]
