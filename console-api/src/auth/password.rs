@@ -26,6 +26,10 @@ impl Default for PasswordPolicy {
 
 pub const MAX_PASSWORD_LENGTH: usize = 256;
 
+/// The hash verified for unknown users, computed once (hashing it per request would
+/// double the work an attacker can make a login cost).
+static DUMMY_HASH: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
 impl PasswordPolicy {
     fn hasher(&self) -> Result<Argon2<'static>, ApiError> {
         let params = Params::new(self.memory_kib, self.iterations, 1, None)
@@ -65,7 +69,10 @@ impl PasswordPolicy {
         let known = stored.is_some();
         let stored = match stored {
             Some(stored) => stored,
-            None => self.hash("not-a-real-password".to_string()).await?,
+            None => DUMMY_HASH
+                .get_or_try_init(|| self.hash("not-a-real-password".to_string()))
+                .await?
+                .clone(),
         };
         let matches = tokio::task::spawn_blocking(move || {
             hasher
