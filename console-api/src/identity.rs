@@ -114,6 +114,10 @@ pub fn me_router() -> Router<AppState> {
         .route("/.well-known/jwks.json", get(jwks))
 }
 
+fn suffixed(base: &str) -> String {
+    format!("{base}-{}", &Uuid::new_v4().simple().to_string()[..6])
+}
+
 /// DNS-label form of an organisation name, for its namespace: `Acme Corp.` → `acme-corp`.
 pub fn slugify(name: &str) -> String {
     let mut slug = String::new();
@@ -228,26 +232,41 @@ pub async fn signup(
         ));
     }
     let password_hash = state.settings.password.hash(request.password).await?;
-    let mut slug = slugify(&organisation);
+    let base_slug = slugify(&organisation);
+    let mut slug = base_slug.clone();
     if tenant::Entity::find()
         .filter(tenant::Column::Slug.eq(&slug))
         .one(&state.db)
         .await?
         .is_some()
     {
-        slug = format!("{slug}-{}", &Uuid::new_v4().simple().to_string()[..6]);
+        slug = suffixed(&base_slug);
     }
     let now = Utc::now();
-    let txn = state.db.begin().await?;
-    let tenant_row = tenant::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        name: Set(organisation),
-        slug: Set(slug),
-        plan: Set(crate::plans::DEFAULT_PLAN.into()),
-        created_at: Set(now),
-    }
-    .insert(&txn)
-    .await?;
+    // Two sign-ups with the same organisation name can race for one slug: the loser
+    // retries with a random suffix.
+    let mut attempts = 0;
+    let (txn, tenant_row) = loop {
+        let txn = state.db.begin().await?;
+        let inserted = tenant::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(organisation.clone()),
+            slug: Set(slug.clone()),
+            plan: Set(crate::plans::DEFAULT_PLAN.into()),
+            created_at: Set(now),
+        }
+        .insert(&txn)
+        .await;
+        match inserted {
+            Ok(row) => break (txn, row),
+            Err(err) if crate::networks::is_unique(&err) && attempts < 3 => {
+                txn.rollback().await?;
+                attempts += 1;
+                slug = suffixed(&base_slug);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
     let tenant_id = TenantId::trusted(tenant_row.id);
     let user_row = users::insert(&txn, tenant_id, &email, password_hash, Role::Owner)
         .await

@@ -369,7 +369,42 @@ async fn malformed_requests_are_problems(app: TestApp) {
     assert!(forged.headers.contains_key("www-authenticate"));
 }
 
+async fn concurrent_signups_with_one_name_all_succeed(app: TestApp) {
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for index in 0..6 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            app.call(
+                Method::POST,
+                "/v1/auth/signup",
+                None,
+                Some(json!({
+                    "organisation": "Crowded",
+                    "email": format!("user{index}@crowded.example"),
+                    "password": PASSWORD,
+                })),
+            )
+            .await
+        }));
+    }
+    let mut slugs = std::collections::BTreeSet::new();
+    for task in tasks {
+        let response = task.await.unwrap();
+        assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+        slugs.insert(
+            response.body["tenant"]["slug"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(slugs.len(), 6, "{slugs:?}");
+    assert!(slugs.contains("crowded"));
+}
+
 on_both_databases!(
+    concurrent_signups_with_one_name_all_succeed,
     signup_login_and_me,
     signup_validation_lists_fields,
     refresh_rotates_and_reuse_revokes_the_family,
@@ -418,4 +453,20 @@ async fn health_metrics_and_jwks() {
         "{}",
         metrics.text
     );
+}
+
+#[tokio::test]
+async fn same_organisation_name_gets_distinct_slugs() {
+    let app = TestApp::sqlite().await;
+    let first = app.signup("Same Name", "a@same.example").await;
+    let second = app.signup("Same Name", "b@same.example").await;
+    let slug = |token: String| {
+        let app = &app;
+        async move { app.get("/v1/me", &token).await.body["tenant"]["slug"].clone() }
+    };
+    let first_slug = slug(first.token).await;
+    let second_slug = slug(second.token).await;
+    assert_eq!(first_slug, "same-name");
+    assert_ne!(first_slug, second_slug);
+    assert!(second_slug.as_str().unwrap().starts_with("same-name-"));
 }
