@@ -51,7 +51,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # --- 3. test environments ---------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/trellis-test.XXXXXX")
-envs=() # "pid fd" of each environment script
+chmod 755 "$work" # PostgreSQL runs as its own user when we are root and must reach its dir
+envs=()            # "pid fd" of each environment script
+declare -A pid_of=() # environment name -> pid of its script
 teardown() {
   local status=$? e pid fd
   for e in "${envs[@]}"; do
@@ -71,33 +73,39 @@ teardown() {
 trap teardown EXIT
 
 # launch NAME SCRIPT: starts e2e/scripts/SCRIPT with its stdin on a FIFO that only this
-# shell holds open, and sets $endpoint to what it prints after "ready ".
+# shell holds open: when this shell exits, however it exits, the script sees EOF.
 launch() {
-  local name=$1 script=$2 pid fd
+  local name=$1 script=$2 fd
   mkfifo "$work/$name.in"
   bash "e2e/scripts/$script" "$work/$name" <"$work/$name.in" >"$work/$name.out" 2>"$work/$name.err" &
-  pid=$!
+  pid_of[$name]=$!
   exec {fd}>"$work/$name.in"
-  envs+=("$pid $fd")
+  envs+=("${pid_of[$name]} $fd")
+}
+
+# ready NAME: waits until NAME's script prints "ready ENDPOINT"; prints ENDPOINT.
+ready() {
+  local name=$1
   until grep -q '^ready ' "$work/$name.out"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! kill -0 "${pid_of[$name]}" 2>/dev/null; then
       echo "$name failed to start:" >&2
       cat "$work/$name.err" >&2
       return 1
     fi
     sleep 0.2
   done
-  endpoint=$(sed -n 's/^ready //p' "$work/$name.out")
+  sed -n 's/^ready //p' "$work/$name.out"
 }
 
 step "starting PostgreSQL and the Kubernetes control plane on loopback"
 started=$SECONDS
 launch postgres postgres.sh
-export TRELLIS_TEST_DATABASE_URL=$endpoint
 launch cluster cluster.sh
-export TRELLIS_TEST_KUBECONFIG=$endpoint
+TRELLIS_TEST_DATABASE_URL=$(ready postgres)
+TRELLIS_TEST_KUBECONFIG=$(ready cluster)
+export TRELLIS_TEST_DATABASE_URL TRELLIS_TEST_KUBECONFIG
 echo "ready in $((SECONDS - started))s: $TRELLIS_TEST_DATABASE_URL, $TRELLIS_TEST_KUBECONFIG"
-"$bin/kubectl" --kubeconfig "$TRELLIS_TEST_KUBECONFIG" get nodes
+"$bin/kubectl" --kubeconfig "$TRELLIS_TEST_KUBECONFIG" --request-timeout 10s get nodes
 
 # --- 4. every test ----------------------------------------------------------------
 export TRELLIS_REQUIRE_CLUSTER=1 TRELLIS_REQUIRE_POSTGRES=1

@@ -12,7 +12,7 @@ version=$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$mod/go.mod")
 [ -n "$version" ] || { echo "build-kube: no k8s.io/kubernetes version in $mod/go.mod" >&2; exit 1; }
 # The cache key covers the exact module graph, so a change to go.mod/go.sum rebuilds.
 key=$(cat "$mod/go.mod" "$mod/go.sum" "$mod/tools.go" | sha256sum | cut -c1-12)
-out="${TRELLIS_CACHE:-$HOME/.cache/trellis}/kube-$version-$key"
+out="${TRELLIS_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/trellis}/kube-$version-$key"
 bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
 
 complete() { for b in "${bins[@]}"; do [ -x "$out/bin/$b" ] || return 1; done; }
@@ -34,7 +34,7 @@ rm -rf "$tmp"; mkdir -p "$tmp/bin"
 trap 'rm -rf "$tmp"' EXIT
 echo "build-kube: building Kubernetes $version test binaries into $out (cold: several minutes)" >&2
 cd "$mod"
-export CGO_ENABLED=0 GOFLAGS=-mod=mod
+export CGO_ENABLED=0 GOFLAGS=-mod=readonly # go.sum is complete: a build never edits it
 go build -tags selinux,notest -trimpath -ldflags "$ldflags" -o "$tmp/bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \

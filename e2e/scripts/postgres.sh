@@ -35,6 +35,8 @@ if [ "$(id -u)" = 0 ]; then
   chown -R postgres:postgres "$dir"
   chmod 755 "$dir"
   as_owner=(setpriv --reuid postgres --regid postgres --init-groups)
+  "${as_owner[@]}" test -w "$dir" ||
+    { echo "postgres.sh: the postgres user cannot reach $dir (a parent directory is private)" >&2; exit 1; }
 fi
 
 "${as_owner[@]}" "$pgbin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \

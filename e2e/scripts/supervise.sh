@@ -58,12 +58,18 @@ wait_for() {
 }
 
 # Stays up until whoever started us goes away (stdin EOF) or we are signalled. `cat`
-# runs in the background so that bash can run the signal trap while waiting on it.
+# runs in the background so that bash can run the signal trap while waiting. If a
+# component dies first, everything is torn down and we exit non-zero: a broken
+# environment fails the tests loudly instead of hanging them.
 stay_up() {
   exec 3<&0
   cat <&3 >/dev/null &
-  pids+=($!)
-  wait $! || true
+  local watcher=$!
+  pids+=("$watcher")
+  wait -n || true
+  if kill -0 "$watcher" 2>/dev/null; then
+    fail "a component exited unexpectedly"
+  fi
 }
 
 # A loopback address of our own (127.X.Y.Z), so fixed ports never clash between
