@@ -97,6 +97,8 @@ pub async fn update_spec(
         .filter(network::Column::Id.eq(current.id))
         .filter(network::Column::TenantId.eq(tenant.get()))
         .filter(network::Column::Generation.eq(current.generation))
+        // A deletion in progress wins over a concurrent change.
+        .filter(network::Column::Phase.ne(NetworkPhase::Deleting.as_str()))
         .exec(conn)
         .await?;
     if result.rows_affected != 1 {
