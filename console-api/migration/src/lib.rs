@@ -1,0 +1,26 @@
+//! Schema migrations of the Trellis console database, one file per change.
+//!
+//! The console runs [`Migrator::up`] at start-up, so a new binary brings its schema
+//! with it. Migrations are written once and never edited after release: a change to
+//! the schema is a new file. The same migrations run on SQLite and PostgreSQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_identity;
+mod m20261122_000002_networks;
+mod m20261122_000003_audit;
+mod m20261122_000004_consortium;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_identity::Migration),
+            Box::new(m20261122_000002_networks::Migration),
+            Box::new(m20261122_000003_audit::Migration),
+            Box::new(m20261122_000004_consortium::Migration),
+        ]
+    }
+}

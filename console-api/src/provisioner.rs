@@ -1,0 +1,166 @@
+//! The boundary between the console (desired state, in its database) and whatever makes
+//! networks exist (Kubernetes via the operator, or local `trellis-node` processes).
+//!
+//! # Contract
+//!
+//! The console is level-based, like a Kubernetes controller: it always hands the
+//! provisioner the **complete** desired state of a network ([`DesiredNetwork`]), never a
+//! delta, together with a `generation` that grows by one on every change of the spec.
+//!
+//! - [`Provisioner::apply`] makes the desired state the one being realised, and returns
+//!   once it is durably *accepted* (the ChainNetwork resource is written; the local
+//!   supervisor has recorded the plan) — not once nodes are running. It must be
+//!   idempotent (applying the same generation twice changes nothing) and must ignore a
+//!   generation lower than one it has already accepted, because the console retries
+//!   failed applies from a background loop and a retry can race a newer change.
+//! - [`Provisioner::observe`] reports what exists now, or `None` when nothing has been
+//!   provisioned for the network. It never changes anything.
+//! - [`Provisioner::delete`] removes the network's running parts; ledger data is kept
+//!   when `retain_ledger` is true. Deleting something that does not exist succeeds.
+//! - Errors are [`ProvisionError::Unavailable`] (transient: the console keeps the
+//!   desired state and retries) or [`ProvisionError::Rejected`] (the desired state cannot
+//!   be realised as asked, e.g. over the tenant's quota: retrying will not help until the
+//!   spec changes). Their text is shown to the tenant, so it must not contain secrets.
+//!
+//! Every network carries its tenant's id and slug so that a provisioner can isolate
+//! tenants (the `kube` provisioner uses one namespace per tenant, `trellis-<slug>`).
+//!
+//! # Implementations
+//!
+//! - [`Unattached`]: the only one in this crate today. It provisions nothing and says
+//!   so: `apply` fails with `Unavailable`, so networks stay `Pending` with an explicit
+//!   message and are applied by the retry loop once a real provisioner is configured.
+//! - `kube` and `local` depend on the operator's CRD crate and the node crate, which are
+//!   being built in parallel; they will implement this trait (see docs/console-api.md).
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::networks::spec::NetworkSpec;
+
+/// Identifies one network for a provisioner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkRef {
+    pub tenant_id: Uuid,
+    /// DNS-label form of the tenant's name; stable for the tenant's life.
+    pub tenant_slug: String,
+    pub network_id: Uuid,
+    /// DNS label, unique within the tenant.
+    pub name: String,
+}
+
+/// The complete desired state of one network at one generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredNetwork {
+    pub network: NetworkRef,
+    pub generation: i64,
+    pub spec: NetworkSpec,
+}
+
+/// The provisioner's coarse view of a network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ObservedPhase {
+    Provisioning,
+    Running,
+    Scaling,
+    Upgrading,
+    Paused,
+    Stopped,
+    Degraded,
+    Failed,
+}
+
+/// One shard as last observed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ShardStatus {
+    pub id: u32,
+    pub ready_validators: u32,
+    pub finalized_height: u64,
+    pub tx_per_second: f64,
+    pub mempool_depth: u64,
+}
+
+/// What exists now, as reported by the provisioner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ObservedStatus {
+    /// The generation of the desired state this status reflects.
+    pub observed_generation: i64,
+    pub phase: ObservedPhase,
+    pub shard_count: u32,
+    pub epoch: u64,
+    pub shards: Vec<ShardStatus>,
+    /// Client JSON-RPC endpoints.
+    pub rpc_endpoints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProvisionError {
+    /// Transient; the console retries.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The desired state cannot be realised as asked.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+pub trait Provisioner: Send + Sync + 'static {
+    /// A short name for logs, metrics and `/readyz` (`kube`, `local`, `unattached`).
+    fn kind(&self) -> &'static str;
+
+    fn apply<'a>(
+        &'a self,
+        desired: &'a DesiredNetwork,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>>;
+
+    fn observe<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+    ) -> BoxFuture<'a, Result<Option<ObservedStatus>, ProvisionError>>;
+
+    fn delete<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+        retain_ledger: bool,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>>;
+}
+
+/// No provisioner configured: desired state is recorded, nothing is provisioned, and
+/// every network says so in its status.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unattached;
+
+pub const UNATTACHED_MESSAGE: &str = "no provisioner is attached to this console; the desired state is recorded \
+     and will be applied when the console runs with a provisioner";
+
+impl Provisioner for Unattached {
+    fn kind(&self) -> &'static str {
+        "unattached"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        _desired: &'a DesiredNetwork,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>> {
+        Box::pin(async { Err(ProvisionError::Unavailable(UNATTACHED_MESSAGE.to_string())) })
+    }
+
+    fn observe<'a>(
+        &'a self,
+        _network: &'a NetworkRef,
+    ) -> BoxFuture<'a, Result<Option<ObservedStatus>, ProvisionError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        _network: &'a NetworkRef,
+        _retain_ledger: bool,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>> {
+        // Nothing was ever provisioned through it, so there is nothing to remove.
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,438 @@
+//! The consortium flow at the API level: one-click creation with founding members,
+//! invitation, acceptance (custodied or own key), threshold approval, admission written
+//! through the provisioner, the audit trail, and isolation from strangers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{Call, TestApp, assert_problem};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::json;
+use trellis_console::custody;
+use trellis_console_entity::{consortium_invitation, consortium_member};
+
+fn own_public_key() -> String {
+    let key = trellis_console::auth::jwt::generate_signing_key();
+    custody::encode_hex(key.verifying_key().as_bytes())
+}
+
+async fn consortium_invite_accept_approve_admit(app: TestApp) {
+    let founder = app.signup("Acme", "owner@acme.example").await;
+    let byo = own_public_key();
+    let created = app
+        .post(
+            "/v1/networks",
+            &founder.token,
+            json!({
+                "name": "alliance",
+                "mode": "consortium",
+                "members": [
+                    {"organisation": "Acme", "nodes": 1},
+                    {"organisation": "Globex", "nodes": 1},
+                    {"organisation": "Initech", "nodes": 1, "admin_public_key": byo.to_uppercase()},
+                ],
+            }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let network_id = created.body["id"].as_str().unwrap().to_string();
+    let spec_members = created.body["spec"]["members"].as_array().unwrap();
+    assert_eq!(spec_members[2]["admin_public_key"], byo.as_str());
+
+    // Custodied keys are stored sealed and open to the public key in the spec.
+    let rows = consortium_member::Entity::find()
+        .filter(consortium_member::Column::NetworkId.eq(network_id.parse::<uuid::Uuid>().unwrap()))
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        let public = row.admin_public_key.clone().unwrap();
+        match row.key_custody.as_deref() {
+            Some("custodied") => {
+                let sealed = row.sealed_private_key.clone().unwrap();
+                assert!(!sealed.contains(&public));
+                let key = custody::open_custodied(&app.state.master_key, row.id, &sealed).unwrap();
+                assert_eq!(custody::encode_hex(key.verifying_key().as_bytes()), public);
+            }
+            Some("external") => {
+                assert_eq!(public, byo);
+                assert!(row.sealed_private_key.is_none());
+            }
+            other => panic!("custody {other:?}"),
+        }
+    }
+
+    let members_path = format!("/v1/networks/{network_id}/members");
+    let members = app.get(&members_path, &founder.token).await;
+    assert_eq!(members.status, StatusCode::OK, "{}", members.text);
+    assert_eq!(members.body["admitted"], 3);
+    assert_eq!(members.body["threshold"], 3);
+    assert!(
+        members.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["state"] == "Admitted" && m["controlled_by_caller"] == true)
+    );
+
+    // Invite a fourth organisation.
+    let invitation = app
+        .post(
+            &format!("/v1/networks/{network_id}/invitations"),
+            &founder.token,
+            json!({"organisation": "Delta", "nodes": 2, "expires_in_hours": 24}),
+        )
+        .await;
+    assert_eq!(
+        invitation.status,
+        StatusCode::CREATED,
+        "{}",
+        invitation.text
+    );
+    let token = invitation.body["token"].as_str().unwrap().to_string();
+    let delta_id = invitation.body["member"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(invitation.body["member"]["state"], "Invited");
+    let duplicate = app
+        .post(
+            &format!("/v1/networks/{network_id}/invitations"),
+            &founder.token,
+            json!({"organisation": "Delta"}),
+        )
+        .await;
+    assert_problem(&duplicate, StatusCode::CONFLICT, "organisation_taken");
+
+    // The founder cannot accept its own invitation.
+    let own = app
+        .post(
+            "/v1/consortium/invitations/accept",
+            &founder.token,
+            json!({"token": token}),
+        )
+        .await;
+    assert_problem(&own, StatusCode::CONFLICT, "own_consortium");
+
+    // Delta's tenant accepts; the console custodies its key.
+    let delta = app.signup("Delta Org", "owner@delta.example").await;
+    let stranger = app.signup("Stranger", "owner@stranger.example").await;
+    let accepted = app
+        .post(
+            "/v1/consortium/invitations/accept",
+            &delta.token,
+            json!({"token": token}),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+    assert_eq!(accepted.body["state"], "Proposed");
+    assert_eq!(accepted.body["key_custody"], "custodied");
+    assert_eq!(accepted.body["controlled_by_caller"], true);
+    let again = app
+        .post(
+            "/v1/consortium/invitations/accept",
+            &stranger.token,
+            json!({"token": token}),
+        )
+        .await;
+    assert_problem(&again, StatusCode::CONFLICT, "invitation_used");
+
+    // Delta sees the membership (not the network itself); strangers see nothing.
+    let seen = app.get(&members_path, &delta.token).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    let controlled: Vec<bool> = seen.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["controlled_by_caller"].as_bool().unwrap())
+        .collect();
+    assert_eq!(controlled, [false, false, false, true]);
+    assert_problem(
+        &app.get(&format!("/v1/networks/{network_id}"), &delta.token)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let approve_path = format!("/v1/networks/{network_id}/members/{delta_id}/approvals");
+    for (path, body) in [
+        (members_path.clone(), None),
+        (approve_path.clone(), Some(json!({}))),
+        (
+            format!("/v1/networks/{network_id}/invitations"),
+            Some(json!({"organisation": "Evil"})),
+        ),
+    ] {
+        let response = match body {
+            Some(body) => app.post(&path, &stranger.token, body).await,
+            None => app.get(&path, &stranger.token).await,
+        };
+        assert_problem(&response, StatusCode::NOT_FOUND, "not_found");
+        assert!(!response.text.contains("Acme"));
+    }
+    // A proposed member cannot approve itself, and cannot invite.
+    assert_problem(
+        &app.post(&approve_path, &delta.token, json!({})).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_problem(
+        &app.post(
+            &format!("/v1/networks/{network_id}/invitations"),
+            &delta.token,
+            json!({"organisation": "Friend"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+
+    // Approvals: one of three is not enough.
+    let acme_id = rows
+        .iter()
+        .find(|r| r.organisation == "Acme")
+        .unwrap()
+        .id
+        .to_string();
+    let first = app
+        .post(
+            &approve_path,
+            &founder.token,
+            json!({"as_members": [acme_id]}),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.body["approvals"], 1);
+    assert_eq!(first.body["threshold"], 3);
+    assert_eq!(first.body["member"]["state"], "Proposed");
+    assert!(first.body["network_generation"].is_null());
+    let repeat = app
+        .post(
+            &approve_path,
+            &founder.token,
+            json!({"as_members": [acme_id]}),
+        )
+        .await;
+    assert_problem(&repeat, StatusCode::CONFLICT, "already_approved");
+
+    // The remaining two reach the threshold: admitted, and the network's desired state
+    // now carries the member, applied through the provisioner.
+    let calls_before = app.provisioner.calls().len();
+    let rest = app.post(&approve_path, &founder.token, json!({})).await;
+    assert_eq!(rest.status, StatusCode::OK, "{}", rest.text);
+    assert_eq!(rest.body["approvals"], 3);
+    assert_eq!(rest.body["member"]["state"], "Admitted");
+    assert_eq!(rest.body["network_generation"], 2);
+    let calls = app.provisioner.calls();
+    assert_eq!(calls.len(), calls_before + 1);
+    let Call::Apply(desired) = calls.last().unwrap() else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(desired.generation, 2);
+    assert_eq!(desired.spec.members.len(), 4);
+    assert_eq!(desired.spec.members[3].organisation, "Delta");
+    assert_eq!(desired.spec.members[3].nodes, 2);
+    assert_eq!(
+        desired.spec.members[3].admin_public_key.as_deref(),
+        accepted.body["admin_public_key"].as_str()
+    );
+    assert_eq!(desired.spec.validators_per_shard, 5);
+    let network = app
+        .get(&format!("/v1/networks/{network_id}"), &founder.token)
+        .await;
+    assert_eq!(network.body["generation"], 2);
+    assert_problem(
+        &app.post(&approve_path, &founder.token, json!({})).await,
+        StatusCode::CONFLICT,
+        "member_not_proposed",
+    );
+    let members = app.get(&members_path, &founder.token).await;
+    assert_eq!(members.body["admitted"], 4);
+    assert_eq!(members.body["threshold"], 3);
+
+    // Every step is in the audit logs of the tenants involved.
+    let actions = |body: &serde_json::Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let founder_log = actions(&app.get("/v1/audit-events", &founder.token).await.body);
+    for action in [
+        "network.create",
+        "consortium.invite",
+        "consortium.invitation_accepted",
+        "consortium.approve",
+        "consortium.admit",
+    ] {
+        assert!(
+            founder_log.iter().any(|a| a == action),
+            "{action}: {founder_log:?}"
+        );
+    }
+    let delta_log = actions(&app.get("/v1/audit-events", &delta.token).await.body);
+    assert!(
+        delta_log.iter().any(|a| a == "consortium.accept"),
+        "{delta_log:?}"
+    );
+    let stranger_log = actions(&app.get("/v1/audit-events", &stranger.token).await.body);
+    assert_eq!(stranger_log, ["tenant.create"]);
+}
+
+async fn invitations_expire_and_keys_are_checked(app: TestApp) {
+    let founder = app.signup("Acme", "owner@acme.example").await;
+    let guest = app.signup("Guest", "owner@guest.example").await;
+    let created = app
+        .post(
+            "/v1/networks",
+            &founder.token,
+            json!({"name": "club", "mode": "consortium", "members": [{"organisation": "Acme"}]}),
+        )
+        .await;
+    let network_id = created.body["id"].as_str().unwrap().to_string();
+    let invite = |organisation: &'static str| {
+        let app = &app;
+        let token = founder.token.clone();
+        let path = format!("/v1/networks/{network_id}/invitations");
+        async move {
+            app.post(&path, &token, json!({"organisation": organisation}))
+                .await
+                .body["token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let expiring = invite("Late").await;
+    consortium_invitation::Entity::update_many()
+        .col_expr(
+            consortium_invitation::Column::ExpiresAt,
+            sea_orm::sea_query::Expr::value(chrono::Utc::now() - chrono::Duration::minutes(1)),
+        )
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    assert_problem(
+        &app.post(
+            "/v1/consortium/invitations/accept",
+            &guest.token,
+            json!({"token": expiring}),
+        )
+        .await,
+        StatusCode::GONE,
+        "invitation_expired",
+    );
+    assert_problem(
+        &app.post(
+            "/v1/consortium/invitations/accept",
+            &guest.token,
+            json!({"token": "tri_made_up"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "invitation_not_found",
+    );
+
+    let fresh = invite("Guest").await;
+    let bad_key = app
+        .post(
+            "/v1/consortium/invitations/accept",
+            &guest.token,
+            json!({"token": fresh, "admin_public_key": "ab".repeat(31)}),
+        )
+        .await;
+    assert_problem(
+        &bad_key,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let own = own_public_key();
+    let accepted = app
+        .post(
+            "/v1/consortium/invitations/accept",
+            &guest.token,
+            json!({"token": fresh, "admin_public_key": own}),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+    assert_eq!(accepted.body["key_custody"], "external");
+    assert_eq!(accepted.body["admin_public_key"], own.as_str());
+
+    // With one admitted member the threshold is one approval.
+    let member_id = accepted.body["id"].as_str().unwrap();
+    let approved = app
+        .post(
+            &format!("/v1/networks/{network_id}/members/{member_id}/approvals"),
+            &founder.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(approved.body["threshold"], 1);
+    assert_eq!(approved.body["member"]["state"], "Admitted");
+
+    // Rejection: a pending invitation is withdrawn and can no longer be accepted.
+    let withdrawn = invite("Withdrawn").await;
+    let members = app
+        .get(
+            &format!("/v1/networks/{network_id}/members"),
+            &founder.token,
+        )
+        .await;
+    let withdrawn_id = members.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["organisation"] == "Withdrawn")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reject_path = format!("/v1/networks/{network_id}/members/{withdrawn_id}/rejection");
+    let stranger = app.signup("Stranger", "owner@stranger.example").await;
+    assert_problem(
+        &app.post(&reject_path, &stranger.token, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let rejected = app.post(&reject_path, &founder.token, json!({})).await;
+    assert_eq!(rejected.status, StatusCode::OK, "{}", rejected.text);
+    assert_eq!(rejected.body["state"], "Rejected");
+    assert_problem(
+        &app.post(&reject_path, &founder.token, json!({})).await,
+        StatusCode::CONFLICT,
+        "member_not_pending",
+    );
+    let late = app
+        .post(
+            "/v1/consortium/invitations/accept",
+            &stranger.token,
+            json!({"token": withdrawn}),
+        )
+        .await;
+    assert_problem(&late, StatusCode::GONE, "invitation_expired");
+    // An admitted member cannot be "rejected".
+    let admitted_reject = format!("/v1/networks/{network_id}/members/{member_id}/rejection");
+    assert_problem(
+        &app.post(&admitted_reject, &founder.token, json!({})).await,
+        StatusCode::CONFLICT,
+        "member_not_pending",
+    );
+
+    // Public networks have no membership.
+    let public = app.create_network(&founder.token, "open").await;
+    let public_id = public.body["id"].as_str().unwrap();
+    assert_problem(
+        &app.get(&format!("/v1/networks/{public_id}/members"), &founder.token)
+            .await,
+        StatusCode::CONFLICT,
+        "not_a_consortium",
+    );
+}
+
+on_both_databases!(
+    consortium_invite_accept_approve_admit,
+    invitations_expire_and_keys_are_checked,
+);
