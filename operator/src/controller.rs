@@ -64,6 +64,8 @@ pub struct Context {
     pub client: Client,
     pub chain: Arc<dyn ChainClient>,
     pub options: BuildOptions,
+    /// Networks reconciled at the same time (0: unbounded).
+    pub concurrency: u16,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// What was last applied per network (namespace/name): skips re-applying an
@@ -77,6 +79,10 @@ struct ApplyRecord {
     fingerprint: String,
     at: Instant,
 }
+
+/// Default bound on concurrent reconciles: enough to keep the apiserver busy, few enough
+/// that one reconcile's round trips are not queued behind hundreds of others.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
 
 /// A full apply (and drift repair) runs at least this often even when nothing changed.
 const DRIFT_REPAIR: Duration = Duration::from_secs(300);
@@ -101,6 +107,7 @@ impl Context {
             options,
             metrics,
             recorder,
+            concurrency: DEFAULT_CONCURRENCY,
             applied: std::sync::Mutex::default(),
         }
     }
@@ -129,6 +136,7 @@ pub async fn run(
         scoped::<ChainNetwork>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
+    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
     .owns(scoped::<StatefulSet>(&client, ns), managed.clone())
     .owns(scoped::<Service>(&client, ns), managed)
     .graceful_shutdown_on(shutdown)

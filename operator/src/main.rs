@@ -93,6 +93,9 @@ struct RunArgs {
     /// Watch only this namespace (all namespaces when absent).
     #[arg(long, global = true, env = "TRELLIS_WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Networks reconciled at the same time (0: unbounded).
+    #[arg(long, global = true, env = "TRELLIS_RECONCILE_CONCURRENCY", default_value_t = controller::DEFAULT_CONCURRENCY)]
+    concurrency: u16,
     /// `text` or `json` logs.
     #[arg(
         long,
@@ -139,14 +142,16 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     client.apiserver_version().await?;
     health.ready.store(true, Ordering::Relaxed);
 
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         Arc::new(NodeRpcPending),
         BuildOptions {
             cluster_domain: args.cluster_domain.clone(),
         },
         metrics.clone(),
-    ));
+    );
+    ctx.concurrency = args.concurrency;
+    let ctx = Arc::new(ctx);
 
     if !args.leader_election {
         metrics.set_leader(true);
