@@ -660,6 +660,111 @@ async fn consortium_members_report_their_admission_state() {
     drop(stop);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_paused_and_ledger_deletion_policy() {
+    let Some(ns) = test_namespace("op-ops").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let volumes = ledger_volumes(&ns, &pods("alpha", &["beacon", "shard-0"], 4)).await;
+    let (_ctx, stop) = start_operator(&ns);
+    let networks: Api<ChainNetwork> = ns.api();
+    let mut spec = network("alpha", 1);
+    spec.spec.retain_ledger_on_delete = false;
+    networks
+        .create(&PostParams::default(), &spec)
+        .await
+        .unwrap();
+    let sts: Api<StatefulSet> = ns.api();
+    let reason = |want: &'static str| {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            (condition(&n, "Ready")?.1 == want).then_some(n)
+        }
+    };
+    eventually("Ready", Duration::from_secs(150), || {
+        reason("AllValidatorsReady")
+    })
+    .await;
+
+    // stopped: every committee at zero replicas, claims kept.
+    let patch = |body: serde_json::Value| {
+        let networks = networks.clone();
+        async move {
+            networks
+                .patch("alpha", &PatchParams::default(), &Patch::Merge(body))
+                .await
+                .unwrap();
+        }
+    };
+    patch(serde_json::json!({"spec": {"stopped": true}})).await;
+    let stopped = eventually("Stopped", WAIT, || reason("Stopped")).await;
+    assert_eq!(
+        stopped.status.unwrap().phase,
+        Some(trellis_crd::NetworkPhase::Stopped)
+    );
+    for set in sts.list(&ListParams::default()).await.unwrap().items {
+        assert_eq!(set.spec.unwrap().replicas, Some(0));
+    }
+    let pvcs: Api<PersistentVolumeClaim> = ns.api();
+    assert_eq!(
+        pvcs.list(&ListParams::default()).await.unwrap().items.len(),
+        8
+    );
+
+    // paused: a spec change is not acted on, and the status says why.
+    patch(serde_json::json!({"spec": {"stopped": false, "paused": true}})).await;
+    eventually("Paused phase", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            (n.status?.phase? == trellis_crd::NetworkPhase::Paused).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for set in sts.list(&ListParams::default()).await.unwrap().items {
+        assert_eq!(
+            set.spec.unwrap().replicas,
+            Some(0),
+            "paused: nothing written"
+        );
+    }
+    patch(serde_json::json!({"spec": {"paused": false}})).await;
+    eventually("Ready again", Duration::from_secs(150), || {
+        reason("AllValidatorsReady")
+    })
+    .await;
+
+    // retainLedgerOnDelete: false lets the StatefulSets take their claims with them.
+    networks
+        .delete("alpha", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually(
+        "claims deleted with the network",
+        Duration::from_secs(120),
+        || {
+            let pvcs = pvcs.clone();
+            async move {
+                let live = pvcs
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .count();
+                (live == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    drop(stop);
+    delete_volumes(&ns.client, &volumes).await;
+}
+
 /// A `trellis-operator` process watching the test namespace; killed on drop.
 struct OperatorProcess(std::process::Child);
 
