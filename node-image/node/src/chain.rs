@@ -376,7 +376,6 @@ struct Actor<E, K: Kv, BS, FS> {
 }
 
 /// Starts the chain actor; returns the mailbox to hand to simplex.
-#[allow(clippy::too_many_arguments)]
 pub fn start<E, K, BS, BR, FS, FR>(
     context: E,
     config: ChainConfig,

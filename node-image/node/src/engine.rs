@@ -5,9 +5,9 @@
 
 use crate::chain::{self, ChainConfig, NodeState, Scheme};
 use crate::metrics::ChainMetrics;
+use commonware_consensus::simplex::Engine;
 use commonware_consensus::simplex::config::{Config, Floor, ForwardPolicy, SkipBudget, SkipPolicy};
 use commonware_consensus::simplex::elector::RoundRobin;
-use commonware_consensus::simplex::Engine;
 use commonware_consensus::types::{Epoch, ViewDelta};
 use commonware_cryptography::Sha256;
 use commonware_p2p::{Blocker, Receiver, Sender};
@@ -96,6 +96,9 @@ pub fn consensus_namespace(chain_id: &str) -> Vec<u8> {
 
 /// Starts the chain actor and the consensus engine of one validator. Returns the handles
 /// of both (abort them to stop the validator).
+// Each argument is a distinct dependency the caller builds differently in the binary and
+// the simulation; bundling them would only move the list into a struct literal.
+#[allow(clippy::too_many_arguments)]
 pub fn start_validator<E, K, B, S, R>(
     context: E,
     key: PrivateKey,

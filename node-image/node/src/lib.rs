@@ -2,6 +2,6 @@
 //! state), its JSON-RPC API and its metrics.
 
 pub mod chain;
+pub mod engine;
 pub mod mempool;
 pub mod metrics;
-pub mod engine;

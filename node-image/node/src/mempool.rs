@@ -54,6 +54,11 @@ impl Mempool {
         self.hashes.is_empty()
     }
 
+    /// Transactions queued for `sender`.
+    pub fn pending_for(&self, sender: &PublicKey) -> usize {
+        self.by_sender.get(sender).map_or(0, BTreeMap::len)
+    }
+
     pub fn contains(&self, hash: &Digest) -> bool {
         self.hashes.contains_key(hash)
     }
