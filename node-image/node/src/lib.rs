@@ -5,3 +5,4 @@ pub mod chain;
 pub mod engine;
 pub mod mempool;
 pub mod metrics;
+pub mod rpc;

@@ -10,12 +10,12 @@
 
 use bytes::{Buf as _, BufMut};
 use commonware_codec::{
-    Buf, DecodeExt, Encode, EncodeSize, Error as CodecError, FixedSize, Read, ReadExt, Write,
-    varint::UInt,
+    Buf, DecodeExt, EncodeSize, Error as CodecError, FixedSize, Read, ReadExt, Write, varint::UInt,
 };
 use commonware_cryptography::{Hasher, Sha256, ed25519, sha256};
 use std::fmt;
 
+pub use commonware_codec::Encode;
 pub use commonware_cryptography::ed25519::{PrivateKey, PublicKey, Signature};
 pub use commonware_cryptography::sha256::Digest;
 pub use commonware_cryptography::{Signer, Verifier};
