@@ -342,6 +342,9 @@ pub struct ChainConfig {
     pub block_txs: usize,
     /// Period of retries (backfill requests, waiting proposals).
     pub tick: Duration,
+    /// A proposal waits until this long after its parent's timestamp, so an idle chain
+    /// does not spin out empty blocks as fast as the network allows.
+    pub min_block_interval: Duration,
 }
 
 struct PendingVerify {
@@ -373,6 +376,10 @@ struct Actor<E, K: Kv, BS, FS> {
     ticks: u64,
     block_sender: BS,
     backfill_sender: FS,
+    /// The actor's own inbox, for timers it sets itself.
+    inbox: mpsc::UnboundedSender<Message>,
+    /// When the pending wake-up timer fires, if one is set.
+    wake_at: Option<std::time::SystemTime>,
 }
 
 /// Starts the chain actor; returns the mailbox to hand to simplex.
@@ -401,6 +408,7 @@ where
         let (backfill_sender, mut backfill_receiver) = backfill;
         // Forward the p2p channels and a timer into the actor's inbox. These tasks are
         // children of the actor: they stop with it.
+        let inbox = sender.clone();
         let s = sender.clone();
         context.child("blocks_in").spawn(move |_| async move {
             while let Ok((_, bytes)) = block_receiver.recv().await {
@@ -440,6 +448,8 @@ where
             ticks: 0,
             block_sender,
             backfill_sender,
+            inbox,
+            wake_at: None,
         };
         actor.run(receiver).await;
     });
@@ -589,6 +599,24 @@ where
             let parent_digest = p.context.parent.1;
             match self.lookup(&parent_digest) {
                 Ok(Some(parent)) => {
+                    let ready_at = UNIX_EPOCH
+                        + Duration::from_millis(parent.timestamp_ms)
+                        + self.config.min_block_interval;
+                    if let Ok(wait) = ready_at.duration_since(self.context.current())
+                        && !wait.is_zero()
+                        && parent.height > 0
+                    {
+                        if self.wake_at != Some(ready_at) {
+                            self.wake_at = Some(ready_at);
+                            let inbox = self.inbox.clone();
+                            self.context.child("wake").spawn(move |context| async move {
+                                context.sleep(wait).await;
+                                let _ = inbox.send(Message::Tick);
+                            });
+                        }
+                        self.proposals.push(p);
+                        continue;
+                    }
                     let block = self.build(&p.context, &parent);
                     let digest = block.digest();
                     self.blocks.insert(digest, block);

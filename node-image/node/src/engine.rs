@@ -54,6 +54,7 @@ pub struct Timing {
     pub skip_timeout: Duration,
     pub fetch_timeout: Duration,
     pub tick: Duration,
+    pub min_block_interval: Duration,
 }
 
 impl Default for Timing {
@@ -65,6 +66,7 @@ impl Default for Timing {
             skip_timeout: Duration::from_millis(5_000),
             fetch_timeout: Duration::from_millis(1_000),
             tick: Duration::from_millis(250),
+            min_block_interval: Duration::from_millis(200),
         }
     }
 }
@@ -135,6 +137,7 @@ where
             epoch: 0,
             block_txs: config.block_txs,
             tick: timing.tick,
+            min_block_interval: timing.min_block_interval,
         },
         state,
         metrics,

@@ -6,3 +6,4 @@ pub mod engine;
 pub mod mempool;
 pub mod metrics;
 pub mod rpc;
+pub mod run;

@@ -27,7 +27,7 @@ use trellis_node_state::{ExecError, Kv, Space, WriteBatch};
 use trellis_node_types::{Digest, PublicKey, Tx, TxError, from_hex, public_key_from_hex, to_hex};
 
 /// Peers heard from recently (any consensus message), for status, metrics and readiness.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct PeerTracker {
     seen: Arc<Mutex<HashMap<PublicKey, Instant>>>,
 }
