@@ -13,10 +13,10 @@ use commonware_cryptography::Sha256;
 use commonware_p2p::{Blocker, Receiver, Sender};
 use commonware_parallel::Sequential;
 use commonware_runtime::buffer::paged::CacheRef;
-use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
+use commonware_runtime::{Clock, Handle, Metrics, Quota, Spawner, Storage};
 use commonware_utils::NonZeroDuration;
 use commonware_utils::ordered::Set;
-use std::num::{NonZeroU16, NonZeroUsize};
+use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trellis_node_state::Kv;
@@ -35,6 +35,16 @@ pub const CHANNELS: [u64; 5] = [
     CHANNEL_BLOCKS,
     CHANNEL_BACKFILL,
 ];
+
+/// Per-peer rate limit of each channel (messages per second). The p2p layer also sizes
+/// each channel's inbound queue from it (peers × burst), so it must stay modest.
+pub fn channel_quota(channel: u64) -> Quota {
+    let per_second = match channel {
+        CHANNEL_VOTES | CHANNEL_CERTIFICATES => 1_000,
+        _ => 200,
+    };
+    Quota::per_second(NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN))
+}
 
 /// The five channel pairs of one validator, in [`CHANNELS`] order.
 pub struct Channels<S, R> {

@@ -1,20 +1,20 @@
 //! `trellis-node run`: a validator on tokio with authenticated p2p, plus the HTTP API.
 
 use crate::chain::{MAX_MESSAGE_SIZE, NodeState};
-use crate::engine::{CHANNELS, Channels, Timing, ValidatorConfig, start_validator};
+use crate::engine::{CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_validator};
 use crate::metrics::ChainMetrics;
 use crate::rpc::{PeerTracker, Rpc, router};
 use anyhow::{Context as _, anyhow, bail};
 use commonware_cryptography::ChaCha20Poly1305;
 use commonware_p2p::authenticated::lookup;
 use commonware_p2p::{Address, AddressableManager, Receiver};
-use commonware_runtime::{Quota, Runner, Spawner, Supervisor};
+use commonware_runtime::{Runner, Spawner, Supervisor};
 use commonware_stream::cups::{self, Cups};
 use commonware_stream::sake::{self, Sake};
 use commonware_utils::ordered::Map;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -221,7 +221,7 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             cups::Version::V1,
         );
         let namespace = [b"_TRELLIS_P2P_".as_slice(), config.chain_id.as_bytes()].concat();
-        let p2p = lookup::Config::local(
+        let mut p2p = lookup::Config::local(
             handshake,
             &namespace,
             config.p2p_listen,
@@ -229,6 +229,11 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             MAX_MESSAGE_SIZE,
             NonZeroUsize::MIN.saturating_add(1023),
         );
+        // Identity, not IP, is what admits a peer: the handshake authenticates the peer's
+        // ed25519 key against the member set. Source IPs do not match the dialled
+        // addresses on loopback aliases or behind Kubernetes Services, so the IP filter
+        // stays off.
+        p2p.bypass_ip_check = true;
         let (mut network, mut oracle) = lookup::Network::new(context.child("p2p"), p2p);
         // Consortium mode: the peer set is exactly the members' node keys; the handshake
         // refuses anyone else.
@@ -239,10 +244,9 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             .collect();
         let directory = Map::from_iter_dedup(directory);
         let _ = oracle.track(0, directory);
-        let quota = Quota::per_second(NonZeroU32::MIN.saturating_add(99_999));
         let mut pairs = Vec::new();
         for channel in CHANNELS {
-            let (sender, receiver) = network.register(channel, quota);
+            let (sender, receiver) = network.register(channel, channel_quota(channel));
             pairs.push((
                 sender,
                 Observed {

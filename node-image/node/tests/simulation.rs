@@ -10,12 +10,14 @@
 
 use commonware_p2p::simulated::{Config as NetConfig, Link, Network, Oracle};
 use commonware_runtime::deterministic::{self, Context};
-use commonware_runtime::{Clock, Handle, Quota, Runner, Supervisor};
-use commonware_utils::{NZU32, NZUsize, probability};
+use commonware_runtime::{Clock, Handle, Runner, Supervisor};
+use commonware_utils::{NZUsize, probability};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trellis_node::chain::{MAX_MESSAGE_SIZE, NodeState, lock};
-use trellis_node::engine::{CHANNELS, Channels, Timing, ValidatorConfig, start_validator};
+use trellis_node::engine::{
+    CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_validator,
+};
 use trellis_node::metrics::ChainMetrics;
 use trellis_node_state::MemKv;
 use trellis_node_types::{PrivateKey, PublicKey, Signer, TxKind, UnsignedTx, test_key};
@@ -123,7 +125,7 @@ impl Sim {
         for channel in CHANNELS {
             pairs.push(
                 control
-                    .register(channel, Quota::per_second(NZU32!(10_000)))
+                    .register(channel, channel_quota(channel))
                     .await
                     .unwrap(),
             );
