@@ -35,7 +35,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use trellis_node_state::{Kv, Ledger, Space, StateError, WriteBatch};
-use trellis_node_types::{Block, Digest, PublicKey};
+use trellis_node_types::{Block, Digest, PublicKey, Tx};
 
 /// The consensus signing scheme: ed25519, one signature per validator in a certificate.
 pub type Scheme = ed25519::Scheme;
@@ -60,6 +60,12 @@ fn key_block(height: u64) -> Vec<u8> {
 fn key_digest(digest: &Digest) -> Vec<u8> {
     [b"chain/d/".as_slice(), &digest.0].concat()
 }
+/// Blocks this node proposed or voted for and that are not finalized yet. They must
+/// survive a crash: a notarized block has to stay available until it is finalized, or
+/// the chain could not be extended past it.
+fn key_pending(digest: &Digest) -> Vec<u8> {
+    [b"chain/p/".as_slice(), &digest.0].concat()
+}
 fn key_finalization(height: u64) -> Vec<u8> {
     [b"chain/f/".as_slice(), &height.to_be_bytes()].concat()
 }
@@ -75,6 +81,9 @@ pub struct NodeState<K: Kv> {
     /// True while a finalization names a block above the executed height.
     pub syncing: bool,
     pub epoch: u64,
+    /// Transactions admitted through this node's RPC, to be gossiped to the committee so
+    /// that whichever validator leads next can include them.
+    pub gossip: Vec<Tx>,
 }
 
 impl<K: Kv> NodeState<K> {
@@ -110,7 +119,15 @@ impl<K: Kv> NodeState<K> {
             view: 0,
             syncing: false,
             epoch: 0,
+            gossip: Vec::new(),
         })
+    }
+
+    /// Admits a transaction submitted by a client and queues it for gossip.
+    pub fn submit(&mut self, tx: Tx) -> Result<Digest, crate::mempool::AdmitError> {
+        let hash = self.mempool.admit(tx.clone(), &self.ledger)?;
+        self.gossip.push(tx);
+        Ok(hash)
     }
 
     pub fn finalized_height(&self) -> u64 {
@@ -158,13 +175,18 @@ pub fn lock<K: Kv>(state: &Mutex<NodeState<K>>) -> MutexGuard<'_, NodeState<K>> 
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Backfill protocol on its own p2p channel.
+/// Most transactions in one gossip message.
+const GOSSIP_BATCH: usize = 512;
+
+/// Backfill protocol and transaction gossip, on the chain actor's own p2p channel.
 #[derive(Debug, PartialEq)]
 enum Backfill {
     /// "Send me the block with this digest and up to `depth - 1` of its ancestors."
     Request { digest: Digest, depth: u16 },
     /// Blocks, each followed by its parent.
     Response { blocks: Vec<Block> },
+    /// Transactions admitted by the sender, for the receivers' mempools.
+    Gossip { txs: Vec<Tx> },
 }
 
 impl Write for Backfill {
@@ -182,6 +204,13 @@ impl Write for Backfill {
                     b.write(buf);
                 }
             }
+            Backfill::Gossip { txs } => {
+                2u8.write(buf);
+                UInt(txs.len() as u32).write(buf);
+                for tx in txs {
+                    tx.write(buf);
+                }
+            }
         }
     }
 }
@@ -193,6 +222,10 @@ impl EncodeSize for Backfill {
             Backfill::Response { blocks } => {
                 UInt(blocks.len() as u32).encode_size()
                     + blocks.iter().map(EncodeSize::encode_size).sum::<usize>()
+            }
+            Backfill::Gossip { txs } => {
+                UInt(txs.len() as u32).encode_size()
+                    + txs.iter().map(EncodeSize::encode_size).sum::<usize>()
             }
         }
     }
@@ -216,6 +249,17 @@ impl Read for Backfill {
                     blocks.push(Block::read(buf)?);
                 }
                 Ok(Backfill::Response { blocks })
+            }
+            2 => {
+                let count = u32::from(UInt::<u32>::read(buf)?) as usize;
+                if count > GOSSIP_BATCH {
+                    return Err(CodecError::InvalidLength(count));
+                }
+                let mut txs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    txs.push(Tx::read(buf)?);
+                }
+                Ok(Backfill::Gossip { txs })
             }
             t => Err(CodecError::InvalidEnum(t)),
         }
@@ -530,16 +574,42 @@ where
         }
     }
 
-    /// Finds a block by digest among unfinalized blocks or in the finalized store.
+    /// Finds a block by digest among unfinalized blocks (memory, then the durable
+    /// pending store) or in the finalized store.
     fn lookup(&self, digest: &Digest) -> Result<Option<Block>, StateError> {
-        if let Some(block) = self.blocks.get(digest) {
-            return Ok(Some(block.clone()));
+        if let Some(block) = self.unfinalized(digest)? {
+            return Ok(Some(block));
         }
         let state = lock(&self.state);
         match state.finalized_height_of(digest)? {
             Some(height) => state.block(height),
             None => Ok(None),
         }
+    }
+
+    fn unfinalized(&self, digest: &Digest) -> Result<Option<Block>, StateError> {
+        if let Some(block) = self.blocks.get(digest) {
+            return Ok(Some(block.clone()));
+        }
+        let state = lock(&self.state);
+        match state.ledger.kv().get(Space::Meta, &key_pending(digest))? {
+            None => Ok(None),
+            Some(bytes) => Block::decode_untrusted(&bytes)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt(format!("pending block: {e}"))),
+        }
+    }
+
+    /// Makes a block durable before this node commits to it (proposal or vote).
+    fn persist(&self, block: &Block) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        batch.put(
+            Space::Meta,
+            key_pending(&block.digest()),
+            block.encode().to_vec(),
+        );
+        lock(&self.state).ledger.kv().commit(batch)?;
+        Ok(())
     }
 
     fn want(&mut self, digest: Digest) {
@@ -619,6 +689,10 @@ where
                     }
                     let block = self.build(&p.context, &parent);
                     let digest = block.digest();
+                    if let Err(e) = self.persist(&block) {
+                        error!(error = %e, "persisting a proposal; not proposing");
+                        continue;
+                    }
                     self.blocks.insert(digest, block);
                     p.response.send_lossy(digest);
                 }
@@ -635,11 +709,11 @@ where
         // Transactions already in unfinalized ancestors are not included again.
         let mut exclude = HashSet::new();
         let mut cursor = parent.clone();
-        while let Some(ancestor) = self.blocks.get(&cursor.parent) {
+        while let Ok(Some(ancestor)) = self.unfinalized(&cursor.parent) {
             for tx in &cursor.txs {
                 exclude.insert(tx.hash());
             }
-            cursor = ancestor.clone();
+            cursor = ancestor;
         }
         for tx in &cursor.txs {
             exclude.insert(tx.hash());
@@ -700,6 +774,10 @@ where
             let valid = self.valid(&v.context, &block, &parent);
             if !valid {
                 warn!(digest = ?v.digest, "refusing invalid block");
+            } else if let Err(e) = self.persist(&block) {
+                // Without a durable copy this node must not vote; it stays silent.
+                error!(error = %e, "persisting a verified block; not voting");
+                continue;
             }
             v.response.send_lossy(valid);
         }
@@ -716,6 +794,7 @@ where
 
     fn tick(&mut self) -> Result<(), StateError> {
         self.ticks += 1;
+        self.flush_gossip();
         for v in &mut self.verifies {
             v.ticks += 1;
         }
@@ -730,7 +809,18 @@ where
         self.advance()
     }
 
-    /// Answers and consumes backfill traffic.
+    fn flush_gossip(&mut self) {
+        let txs = std::mem::take(&mut lock(&self.state).gossip);
+        for batch in txs.chunks(GOSSIP_BATCH) {
+            let message = Backfill::Gossip {
+                txs: batch.to_vec(),
+            };
+            self.backfill_sender
+                .send(Recipients::All, IoBuf::from(message.encode()), false);
+        }
+    }
+
+    /// Answers and consumes backfill and gossip traffic.
     fn backfill(&mut self, from: PublicKey, bytes: &[u8]) -> Result<(), StateError> {
         let Ok(message) = decode_backfill(bytes) else {
             debug!(?from, "dropped undecodable backfill message");
@@ -763,6 +853,16 @@ where
                         IoBuf::from(response.encode()),
                         false,
                     );
+                }
+                Ok(())
+            }
+            Backfill::Gossip { txs } => {
+                let mut guard = lock(&self.state);
+                let state = &mut *guard;
+                for tx in txs {
+                    // Already known, already committed or invalid: nothing to do. A peer
+                    // cannot get anything into the pool that admission would refuse.
+                    let _ = state.mempool.admit(tx, &state.ledger);
                 }
                 Ok(())
             }
@@ -807,7 +907,7 @@ where
             if cursor == finalized_digest {
                 break;
             }
-            let Some(block) = self.blocks.get(&cursor) else {
+            let Some(block) = self.unfinalized(&cursor)? else {
                 lock(&self.state).syncing = true;
                 self.want(cursor);
                 return Ok(());
@@ -822,8 +922,8 @@ where
                 self.target = None;
                 return Ok(());
             }
-            chain.push(block.clone());
             cursor = block.parent;
+            chain.push(block);
         }
         for block in chain.into_iter().rev() {
             self.execute(block)?;
@@ -846,6 +946,7 @@ where
             key_digest(&digest),
             block.height.to_be_bytes().to_vec(),
         );
+        extra.delete(Space::Meta, key_pending(&digest));
         if let Some(certificate) = self.certificates.remove(&digest) {
             extra.put(Space::Meta, key_finalization(block.height), certificate);
         }
@@ -880,7 +981,7 @@ where
 mod tests {
     use super::*;
     use commonware_codec::DecodeExt;
-    use trellis_node_types::test_key;
+    use trellis_node_types::{Signer, test_key};
 
     #[test]
     fn backfill_messages_round_trip_and_reject_garbage() {
@@ -894,6 +995,23 @@ mod tests {
             blocks: vec![genesis.clone()],
         };
         assert_eq!(decode_backfill(&response.encode()).unwrap(), response);
+        let key = test_key(3);
+        let tx = trellis_node_types::UnsignedTx {
+            chain_id: "c".into(),
+            from: key.public_key(),
+            nonce: 0,
+            fee: 0,
+            kind: trellis_node_types::TxKind::Transfer {
+                to: key.public_key(),
+                amount: 1,
+            },
+        }
+        .sign(&key);
+        let gossip = Backfill::Gossip { txs: vec![tx; 3] };
+        assert_eq!(decode_backfill(&gossip.encode()).unwrap(), gossip);
+        let mut too_many = vec![2u8];
+        UInt(GOSSIP_BATCH as u32 + 1).write(&mut too_many);
+        assert!(decode_backfill(&too_many).is_err());
         assert!(decode_backfill(&[7]).is_err());
         assert!(decode_backfill(&[]).is_err());
         let mut too_many = vec![1u8];
@@ -904,7 +1022,6 @@ mod tests {
     #[test]
     fn node_state_opens_with_genesis_block() {
         let key = test_key(1);
-        use trellis_node_types::Signer;
         let state = NodeState::open(
             trellis_node_state::MemKv::default(),
             "c",

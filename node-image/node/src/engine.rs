@@ -75,7 +75,7 @@ impl Default for Timing {
             timeout_retry: Duration::from_millis(3_000),
             skip_timeout: Duration::from_millis(5_000),
             fetch_timeout: Duration::from_millis(1_000),
-            tick: Duration::from_millis(250),
+            tick: Duration::from_millis(100),
             min_block_interval: Duration::from_millis(200),
         }
     }

@@ -214,9 +214,8 @@ fn send_transaction<K: Kv>(
         let e = AdmitError::Invalid(e);
         RpcFailure::new(admit_error_code(&e), e.to_string())
     })?;
-    let mut guard = lock(&rpc.state);
-    let state = &mut *guard;
-    match state.mempool.admit(tx, &state.ledger) {
+    let mut state = lock(&rpc.state);
+    match state.submit(tx) {
         Ok(hash) => {
             rpc.metrics.mempool_depth.set(state.mempool.len() as i64);
             Ok(SendTransactionResult {

@@ -220,9 +220,8 @@ impl Sim {
                 kind,
             }
             .sign(key);
-            let s = &mut *s;
             // A full pool or a nonce race with an in-flight block is fine under load.
-            let _ = s.mempool.admit(tx, &s.ledger);
+            let _ = s.submit(tx);
         }
     }
 

@@ -29,12 +29,17 @@ pub struct KvError(pub String);
 /// Changes applied by one [`Kv::commit`].
 #[derive(Default, Debug)]
 pub struct WriteBatch {
-    pub(crate) puts: Vec<(Space, Vec<u8>, Vec<u8>)>,
+    /// In order; `None` deletes.
+    pub(crate) writes: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl WriteBatch {
     pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
-        self.puts.push((space, key, value));
+        self.writes.push((space, key, Some(value)));
+    }
+
+    pub fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.writes.push((space, key, None));
     }
 }
 
@@ -113,15 +118,22 @@ impl Kv for RedbKv {
             let mut nodes = txn.open_table(NODES).map_err(err)?;
             let mut values = txn.open_table(VALUES).map_err(err)?;
             let mut meta = txn.open_table(META).map_err(err)?;
-            for (space, key, value) in &batch.puts {
+            for (space, key, value) in &batch.writes {
                 let table = match space {
                     Space::Nodes => &mut nodes,
                     Space::Values => &mut values,
                     Space::Meta => &mut meta,
                 };
-                table
-                    .insert(key.as_slice(), value.as_slice())
-                    .map_err(err)?;
+                match value {
+                    Some(value) => {
+                        table
+                            .insert(key.as_slice(), value.as_slice())
+                            .map_err(err)?;
+                    }
+                    None => {
+                        table.remove(key.as_slice()).map_err(err)?;
+                    }
+                }
             }
         }
         txn.commit().map_err(err)
@@ -158,8 +170,11 @@ impl Kv for MemKv {
 
     fn commit(&self, batch: WriteBatch) -> Result<(), KvError> {
         let mut map = self.lock()?;
-        for (space, key, value) in batch.puts {
-            map.insert((space, key), value);
+        for (space, key, value) in batch.writes {
+            match value {
+                Some(value) => map.insert((space, key), value),
+                None => map.remove(&(space, key)),
+            };
         }
         Ok(())
     }
@@ -175,7 +190,10 @@ mod tests {
         batch.put(Space::Values, vec![1, 5], b"b".to_vec());
         batch.put(Space::Values, vec![2, 0], b"c".to_vec());
         batch.put(Space::Meta, vec![1, 0], b"m".to_vec());
+        batch.put(Space::Meta, vec![9], b"gone".to_vec());
+        batch.delete(Space::Meta, vec![9]);
         kv.commit(batch).unwrap();
+        assert_eq!(kv.get(Space::Meta, &[9]).unwrap(), None);
         assert_eq!(kv.get(Space::Values, &[1, 0]).unwrap(), Some(b"a".to_vec()));
         assert_eq!(kv.get(Space::Nodes, &[1, 0]).unwrap(), None);
         assert_eq!(
