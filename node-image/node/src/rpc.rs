@@ -146,28 +146,50 @@ fn internal(e: impl std::fmt::Display) -> RpcFailure {
     RpcFailure::new(codes::INTERNAL, e.to_string())
 }
 
-async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json<JsonRpcResponse> {
-    let request: JsonRpcRequest = match serde_json::from_str(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return Json(JsonRpcResponse::err(
-                Value::Null,
-                codes::PARSE_ERROR,
-                format!("request is not a JSON-RPC object: {e}"),
-            ));
-        }
-    };
+/// Most requests in one JSON-RPC batch.
+pub const MAX_BATCH: usize = 1_000;
+
+fn answer<K: Kv>(rpc: &Rpc<K>, request: JsonRpcRequest) -> JsonRpcResponse {
     let id = request.id.clone();
     if request.jsonrpc != "2.0" {
-        return Json(JsonRpcResponse::err(
-            id,
-            codes::INVALID_REQUEST,
-            "jsonrpc must be \"2.0\"",
-        ));
+        return JsonRpcResponse::err(id, codes::INVALID_REQUEST, "jsonrpc must be \"2.0\"");
     }
-    match dispatch(&rpc, &request.method, request.params) {
-        Ok(value) => Json(JsonRpcResponse::ok(id, value)),
-        Err(f) => Json(JsonRpcResponse::err(id, f.code, f.message)),
+    match dispatch(rpc, &request.method, request.params) {
+        Ok(value) => JsonRpcResponse::ok(id, value),
+        Err(f) => JsonRpcResponse::err(id, f.code, f.message),
+    }
+}
+
+/// One request object, or a batch (array) of up to [`MAX_BATCH`], per JSON-RPC 2.0.
+async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json<Value> {
+    let parse_error = |e: serde_json::Error| {
+        serde_json::to_value(JsonRpcResponse::err(
+            Value::Null,
+            codes::PARSE_ERROR,
+            format!("request is not JSON-RPC: {e}"),
+        ))
+        .unwrap_or(Value::Null)
+    };
+    if body.trim_start().starts_with('[') {
+        let requests: Vec<JsonRpcRequest> = match serde_json::from_str(&body) {
+            Ok(r) => r,
+            Err(e) => return Json(parse_error(e)),
+        };
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            let e = JsonRpcResponse::err(
+                Value::Null,
+                codes::INVALID_REQUEST,
+                format!("a batch holds 1 to {MAX_BATCH} requests"),
+            );
+            return Json(serde_json::to_value(e).unwrap_or(Value::Null));
+        }
+        let responses: Vec<JsonRpcResponse> =
+            requests.into_iter().map(|r| answer(&rpc, r)).collect();
+        return Json(serde_json::to_value(responses).unwrap_or(Value::Null));
+    }
+    match serde_json::from_str::<JsonRpcRequest>(&body) {
+        Ok(request) => Json(serde_json::to_value(answer(&rpc, request)).unwrap_or(Value::Null)),
+        Err(e) => Json(parse_error(e)),
     }
 }
 
@@ -410,6 +432,27 @@ mod tests {
             ),
             Err(codes::INVALID_PARAMS)
         );
+    }
+
+    #[tokio::test]
+    async fn batches_and_malformed_bodies() {
+        let (rpc, _) = rpc(10);
+        let rpc = Arc::new(rpc);
+        let body = serde_json::json!([
+            {"jsonrpc": "2.0", "id": 1, "method": methods::STATUS},
+            {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+            {"jsonrpc": "1.0", "id": 3, "method": methods::STATUS}
+        ])
+        .to_string();
+        let Json(v) = handle_rpc(State(rpc.clone()), body).await;
+        assert_eq!(v.as_array().unwrap().len(), 3);
+        assert_eq!(v[0]["result"]["chain_id"], "c");
+        assert_eq!(v[1]["error"]["code"], codes::METHOD_NOT_FOUND);
+        assert_eq!(v[2]["error"]["code"], codes::INVALID_REQUEST);
+        let Json(v) = handle_rpc(State(rpc.clone()), "[]".into()).await;
+        assert_eq!(v["error"]["code"], codes::INVALID_REQUEST);
+        let Json(v) = handle_rpc(State(rpc), "{".into()).await;
+        assert_eq!(v["error"]["code"], codes::PARSE_ERROR);
     }
 
     #[test]
