@@ -321,13 +321,20 @@ fn main() -> anyhow::Result<()> {
                 }
                 match http(addr, &Value::Array(body).to_string()) {
                     Ok(Value::Array(responses)) => {
-                        let bad = responses
-                            .iter()
-                            .filter(|r| r.get("error").is_some())
-                            .count();
+                        let errors: Vec<&Value> =
+                            responses.iter().filter_map(|r| r.get("error")).collect();
+                        if let Some(first) = errors.first()
+                            && rejected.load(Ordering::Relaxed) == 0
+                        {
+                            eprintln!("first admission error: {first}");
+                        }
+                        let bad = errors.len();
                         rejected.fetch_add(bad as u64, Ordering::Relaxed);
                     }
-                    _ => {
+                    other => {
+                        if rejected.load(Ordering::Relaxed) == 0 {
+                            eprintln!("batch failed: {other:?}");
+                        }
                         rejected.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     }
                 }
