@@ -292,7 +292,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                 &entries,
             )
             .await?;
-            public_by_entry.extend(set);
+            public_by_entry.extend(set.into_iter().map(|(entry, keys)| (entry, keys.node)));
         }
         let admin_name = build::admin_key_secret_name(&name);
         let admin = ensure_keys(
@@ -307,7 +307,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         .await?;
         let admin_public = admin
             .get(keys::ADMIN_KEY_ENTRY)
-            .cloned()
+            .map(|k| k.admin.clone())
             .unwrap_or_default();
         let public_keys = build::node_public_keys(&topology, &public_by_entry)?;
 
@@ -451,7 +451,7 @@ async fn ensure_keys(
     secret_name: &str,
     secret_labels: BTreeMap<String, String>,
     entries: &[String],
-) -> Result<BTreeMap<String, String>, Error> {
+) -> Result<BTreeMap<String, keys::PublicKeys>, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let set = keys::complete_keys(secret_name, existing, entries)?;
     if set.missing.is_empty() {

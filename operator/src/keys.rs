@@ -1,9 +1,12 @@
 //! Node and admin keys: generated once, never regenerated, never logged.
 //!
 //! A committee's node keys live in one Secret `<committee>-keys`, one entry
-//! `<pod-name>.key` per validator holding the hex ed25519 seed. Each pod mounts only its
-//! own entry (`subPathExpr: $(POD_NAME).key`). The network admin key (signs
-//! `SetShardCount` and other system transactions) lives in `<network>-admin-key`.
+//! `<pod-name>.key` per validator holding the node's key file in the format
+//! `trellis-node keygen` writes (JSON `{node_key, node_public_key, admin_key,
+//! admin_public_key}`, hex ed25519 seeds and public keys; see docs/node-contract.md).
+//! Each pod mounts only its own entry (`subPathExpr: $(POD_NAME).key`). The network admin
+//! key (signs `SetShardCount` and other system transactions) is the `admin_key` of the
+//! entry `admin.key` in `<network>-admin-key`, which no pod mounts.
 //!
 //! The only writes are: create the Secret when it is missing, and add entries for key
 //! slots that have none. An existing entry is never replaced, so a reconcile can never
@@ -16,6 +19,7 @@ use ed25519_dalek::SigningKey;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 
 /// Secret entry holding the network admin key.
 pub const ADMIN_KEY_ENTRY: &str = "admin.key";
@@ -55,26 +59,86 @@ impl NodeSeed {
     }
 }
 
+/// A node's key file, as `trellis-node keygen` writes it. `Debug` hides the seeds.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeKeyFile {
+    /// Hex ed25519 seed of the node key (p2p identity and consensus signer).
+    pub node_key: String,
+    pub node_public_key: String,
+    /// Hex ed25519 seed of the governance key.
+    pub admin_key: String,
+    pub admin_public_key: String,
+}
+
+impl fmt::Debug for NodeKeyFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeKeyFile")
+            .field("node_public_key", &self.node_public_key)
+            .field("admin_public_key", &self.admin_public_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeKeyFile {
+    /// Fresh node and admin keys.
+    pub fn generate() -> Self {
+        let (node, admin) = (NodeSeed::generate(), NodeSeed::generate());
+        Self {
+            node_public_key: node.public_key_hex(),
+            node_key: node.to_hex(),
+            admin_public_key: admin.public_key_hex(),
+            admin_key: admin.to_hex(),
+        }
+    }
+
+    /// Parses a Secret entry. The public keys are derived again from the seeds, so a
+    /// file whose public key does not match its seed is refused.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        let file: Self = serde_json::from_slice(bytes).ok()?;
+        let node = NodeSeed::from_hex(file.node_key.as_bytes())?;
+        let admin = NodeSeed::from_hex(file.admin_key.as_bytes())?;
+        (node.public_key_hex() == file.node_public_key.to_ascii_lowercase()
+            && admin.public_key_hex() == file.admin_public_key.to_ascii_lowercase())
+        .then_some(file)
+    }
+
+    /// Public halves only.
+    pub fn public(&self) -> PublicKeys {
+        PublicKeys {
+            node: self.node_public_key.to_ascii_lowercase(),
+            admin: self.admin_public_key.to_ascii_lowercase(),
+        }
+    }
+}
+
+/// The public keys of one key file (hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeys {
+    pub node: String,
+    pub admin: String,
+}
+
 /// Why a key Secret cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     /// An entry exists but is not a 32-byte hex seed. It is never overwritten: a human
     /// must look (it may be a member's own key in another format).
-    #[error("Secret {secret} entry {entry} is not a hex ed25519 seed; refusing to replace it")]
+    #[error("Secret {secret} entry {entry} is not a trellis-node key file; refusing to replace it")]
     Malformed { secret: String, entry: String },
 }
 
 /// The outcome of reading a key Secret against the entries it must hold.
 #[derive(Debug)]
 pub struct KeySet {
-    /// Public key (hex) per entry name.
-    pub public_keys: BTreeMap<String, String>,
+    /// Public keys per entry name.
+    pub public_keys: BTreeMap<String, PublicKeys>,
     /// Entries to add (new key slots). Empty when the Secret is complete.
-    pub missing: BTreeMap<String, NodeSeed>,
+    pub missing: BTreeMap<String, NodeKeyFile>,
 }
 
-/// Reads `existing` (None when the Secret does not exist) and generates seeds for every
-/// entry in `entries` it lacks. Existing entries are kept as they are.
+/// Reads `existing` (None when the Secret does not exist) and generates key files for
+/// every entry in `entries` it lacks. Existing entries are kept as they are.
 pub fn complete_keys(
     secret_name: &str,
     existing: Option<&Secret>,
@@ -86,16 +150,16 @@ pub fn complete_keys(
     for entry in entries {
         match data.and_then(|d| d.get(entry)) {
             Some(ByteString(bytes)) => {
-                let seed = NodeSeed::from_hex(bytes).ok_or_else(|| KeyError::Malformed {
+                let file = NodeKeyFile::parse(bytes).ok_or_else(|| KeyError::Malformed {
                     secret: secret_name.to_owned(),
                     entry: entry.clone(),
                 })?;
-                public_keys.insert(entry.clone(), seed.public_key_hex());
+                public_keys.insert(entry.clone(), file.public());
             }
             None => {
-                let seed = NodeSeed::generate();
-                public_keys.insert(entry.clone(), seed.public_key_hex());
-                missing.insert(entry.clone(), seed);
+                let file = NodeKeyFile::generate();
+                public_keys.insert(entry.clone(), file.public());
+                missing.insert(entry.clone(), file);
             }
         }
     }
@@ -106,10 +170,15 @@ pub fn complete_keys(
 }
 
 /// The `data` map that adds `missing` to a Secret (for a create or a merge patch).
-pub fn secret_data(missing: &BTreeMap<String, NodeSeed>) -> BTreeMap<String, ByteString> {
+pub fn secret_data(missing: &BTreeMap<String, NodeKeyFile>) -> BTreeMap<String, ByteString> {
     missing
         .iter()
-        .map(|(entry, seed)| (entry.clone(), ByteString(seed.to_hex().into_bytes())))
+        .map(|(entry, file)| {
+            (
+                entry.clone(),
+                ByteString(serde_json::to_vec(file).unwrap_or_default()),
+            )
+        })
         .collect()
 }
 
@@ -197,23 +266,53 @@ mod tests {
 
     #[test]
     fn existing_keys_are_kept_and_only_missing_ones_generated() {
-        let kept = NodeSeed::generate();
-        let existing = secret(&[("n-0.key", &kept.to_hex())]);
+        let kept = NodeKeyFile::generate();
+        let kept_json = serde_json::to_string(&kept).unwrap();
+        let existing = secret(&[("n-0.key", &kept_json)]);
         let entries = vec!["n-0.key".to_owned(), "n-1.key".to_owned()];
         let set = complete_keys("s", Some(&existing), &entries).unwrap();
-        assert_eq!(set.public_keys["n-0.key"], kept.public_key_hex());
+        assert_eq!(set.public_keys["n-0.key"], kept.public());
         assert_eq!(set.missing.keys().collect::<Vec<_>>(), ["n-1.key"]);
-        assert_eq!(
-            set.public_keys["n-1.key"],
-            set.missing["n-1.key"].public_key_hex()
-        );
+        assert_eq!(set.public_keys["n-1.key"], set.missing["n-1.key"].public());
 
-        let complete = secret(&[
-            ("n-0.key", &kept.to_hex()),
-            ("n-1.key", &NodeSeed::generate().to_hex()),
-        ]);
+        let other = serde_json::to_string(&NodeKeyFile::generate()).unwrap();
+        let complete = secret(&[("n-0.key", &kept_json), ("n-1.key", &other)]);
         let again = complete_keys("s", Some(&complete), &entries).unwrap();
         assert!(again.missing.is_empty(), "a complete Secret needs no write");
+    }
+
+    #[test]
+    fn key_files_have_the_keygen_shape() {
+        let file = NodeKeyFile::generate();
+        let value: serde_json::Value = serde_json::to_value(&file).unwrap();
+        let mut fields: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "admin_key",
+                "admin_public_key",
+                "node_key",
+                "node_public_key"
+            ]
+        );
+        assert_ne!(file.node_key, file.admin_key);
+        assert_eq!(
+            NodeKeyFile::parse(&serde_json::to_vec(&file).unwrap()),
+            Some(file.clone())
+        );
+        let shown = format!("{file:?}");
+        assert!(
+            !shown.contains(&file.node_key) && !shown.contains(&file.admin_key),
+            "{shown}"
+        );
+        // A public key that does not belong to its seed is refused.
+        let mut forged = file.clone();
+        forged.node_public_key = NodeKeyFile::generate().node_public_key;
+        assert_eq!(
+            NodeKeyFile::parse(&serde_json::to_vec(&forged).unwrap()),
+            None
+        );
     }
 
     #[test]
@@ -222,12 +321,13 @@ mod tests {
         let set = complete_keys("s", None, &entries).unwrap();
         assert_eq!(set.missing.len(), 2);
         let data = secret_data(&set.missing);
-        assert_eq!(data["a.key"].0.len(), 64);
+        let back = NodeKeyFile::parse(&data["a.key"].0).unwrap();
+        assert_eq!(back.public(), set.public_keys["a.key"]);
     }
 
     #[test]
     fn malformed_entries_are_refused_not_replaced() {
-        let existing = secret(&[("n-0.key", "not hex")]);
+        let existing = secret(&[("n-0.key", "not a key file")]);
         let err = complete_keys("s", Some(&existing), &["n-0.key".to_owned()]).unwrap_err();
         assert_eq!(
             err,
@@ -237,7 +337,7 @@ mod tests {
             }
         );
         // The error text names the entry but carries no key material.
-        assert!(!err.to_string().contains("not hex"));
+        assert!(!err.to_string().contains("not a key file"));
     }
 
     #[test]

@@ -573,3 +573,22 @@ fn fingerprint_is_stable_and_sees_every_change() {
         Fixture::new(public(2)).build().fingerprint()
     );
 }
+
+#[test]
+fn node_config_parses_with_the_node_contract() {
+    let children = Fixture::new(public(2)).build();
+    for cm in &children.config_maps {
+        let text = &cm.data.as_ref().unwrap()["node.toml"];
+        let config = trellis_node_api::NodeConfig::from_toml(text)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{text}", cm.metadata.name.as_deref().unwrap()));
+        assert_eq!(config.chain_id, "alpha.tenant-a");
+        assert_eq!(config.key_file.to_str(), Some(KEY_FILE));
+        assert_eq!(config.rpc_listen.port(), u16::try_from(RPC_PORT).unwrap());
+    }
+    let shard = trellis_node_api::NodeConfig::from_toml(
+        &children.config_maps[2].data.as_ref().unwrap()["node.toml"],
+    )
+    .unwrap();
+    assert_eq!(shard.role, trellis_node_api::Role::Shard { shard: 1 });
+    assert_eq!(shard.bootstrap_peers.len(), 8);
+}
