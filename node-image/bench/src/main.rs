@@ -120,7 +120,7 @@ fn ed25519_rates() -> (f64, f64) {
         .map(|m| m.as_slice())
         .zip(signatures.iter().cloned())
         .collect();
-    let mut rng = commonware_utils::test_rng();
+    let mut rng = commonware_utils::sys_rng();
     let start = Instant::now();
     let mut batch = 0u64;
     while start.elapsed() < Duration::from_secs(2) {
