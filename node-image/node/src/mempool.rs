@@ -236,6 +236,28 @@ mod tests {
     }
 
     #[test]
+    fn preverified_admission_still_checks_chain_nonce_and_funds() {
+        let keys: Vec<_> = (0..1).map(test_key).collect();
+        let l = ledger(&keys);
+        let mut pool = Mempool::new("c", 10);
+        assert!(matches!(
+            pool.admit_verified(transfer(&keys[0], 0, 1, "other"), &l),
+            Err(AdmitError::Invalid(TxError::WrongChain { .. }))
+        ));
+        assert!(matches!(
+            pool.admit_verified(transfer(&keys[0], 3, 1, "c"), &l),
+            Err(AdmitError::State(ExecError::BadNonce { .. }))
+        ));
+        assert!(matches!(
+            pool.admit_verified(transfer(&keys[0], 0, 1_000, "c"), &l),
+            Err(AdmitError::State(ExecError::InsufficientFunds { .. }))
+        ));
+        pool.admit_verified(transfer(&keys[0], 0, 1, "c"), &l)
+            .unwrap();
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
     fn selection_interleaves_and_finalization_prunes() {
         let keys: Vec<_> = (0..2).map(test_key).collect();
         let mut l = ledger(&keys);
