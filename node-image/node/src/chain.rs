@@ -791,12 +791,18 @@ where
             && block.txs.len() <= self.config.block_txs
             && {
                 // Signatures of transactions in this node's mempool were checked at
-                // admission; the rest are checked with one batch verification.
-                let state = lock(&self.state);
+                // admission; the rest are checked with one batch verification, outside
+                // the state lock.
+                let hashes: Vec<Digest> = block.txs.iter().map(Tx::hash).collect();
+                let known: HashSet<Digest> = {
+                    let state = lock(&self.state);
+                    hashes
+                        .into_iter()
+                        .filter(|h| state.mempool.contains(h))
+                        .collect()
+                };
                 block
-                    .check_stateless_except(&self.config.chain_id, |tx| {
-                        state.mempool.contains(&tx.hash())
-                    })
+                    .check_stateless_except(&self.config.chain_id, |tx| known.contains(&tx.hash()))
                     .is_ok()
             }
     }
