@@ -45,6 +45,9 @@ struct Args {
     /// Pre-signed transactions per account (caps the offered load).
     #[arg(long, default_value_t = 150)]
     per_account: u64,
+    /// Offered load in tx/s over all validators (0: as fast as admission allows).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 struct Proc(Option<Child>);
@@ -120,7 +123,7 @@ fn ed25519_rates() -> (f64, f64) {
         .map(|m| m.as_slice())
         .zip(signatures.iter().cloned())
         .collect();
-    let mut rng = commonware_utils::test_rng();
+    let mut rng = commonware_utils::sys_rng();
     let start = Instant::now();
     let mut batch = 0u64;
     while start.elapsed() < Duration::from_secs(2) {
@@ -279,8 +282,14 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     println!(
-        "{} validators finalizing; load for {} s",
-        args.validators, args.seconds
+        "{} validators finalizing; load for {} s, offered {}",
+        args.validators,
+        args.seconds,
+        if args.rate == 0 {
+            "as fast as admission allows".to_string()
+        } else {
+            format!("{} tx/s", args.rate)
+        }
     );
 
     let submitted: Arc<Mutex<HashMap<[u8; 32], Instant>>> = Arc::default();
@@ -295,8 +304,20 @@ fn main() -> anyhow::Result<()> {
         let stop = stop.clone();
         let rejected = rejected.clone();
         let batch = args.batch;
+        // Each loader offers its share of the rate: one batch per `pace`.
+        let pace = (args.rate > 0).then(|| {
+            Duration::from_secs_f64(batch as f64 * args.validators as f64 / args.rate as f64)
+        });
         loaders.push(std::thread::spawn(move || {
+            let mut next_send = Instant::now();
             for chunk in txs.chunks(batch) {
+                if let Some(pace) = pace {
+                    let now = Instant::now();
+                    if next_send > now {
+                        std::thread::sleep(next_send - now);
+                    }
+                    next_send += pace;
+                }
                 if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
                     break;
                 }

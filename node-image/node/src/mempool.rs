@@ -65,6 +65,25 @@ impl Mempool {
 
     /// Admits a transaction after all checks; returns its hash.
     pub fn admit<K: Kv>(&mut self, tx: Tx, ledger: &Ledger<K>) -> Result<Digest, AdmitError> {
+        self.admit_checked(tx, ledger, false)
+    }
+
+    /// [`Self::admit`] for a transaction whose signature the caller already verified
+    /// (a gossip batch checked with one batch verification).
+    pub fn admit_verified<K: Kv>(
+        &mut self,
+        tx: Tx,
+        ledger: &Ledger<K>,
+    ) -> Result<Digest, AdmitError> {
+        self.admit_checked(tx, ledger, true)
+    }
+
+    fn admit_checked<K: Kv>(
+        &mut self,
+        tx: Tx,
+        ledger: &Ledger<K>,
+        signature_verified: bool,
+    ) -> Result<Digest, AdmitError> {
         let hash = tx.hash();
         if self.hashes.contains_key(&hash) {
             return Err(AdmitError::Known);
@@ -72,7 +91,16 @@ impl Mempool {
         if self.hashes.len() >= self.bound {
             return Err(AdmitError::Full(self.bound));
         }
-        tx.check_stateless(&self.chain_id)?;
+        if signature_verified {
+            if tx.unsigned.chain_id != self.chain_id {
+                return Err(AdmitError::Invalid(TxError::WrongChain {
+                    expected: self.chain_id.clone(),
+                    got: tx.unsigned.chain_id.clone(),
+                }));
+            }
+        } else {
+            tx.check_stateless(&self.chain_id)?;
+        }
         let from = tx.unsigned.from.clone();
         let queued = self.by_sender.get(&from).map_or(0, |q| q.len() as u64);
         ledger.check_admission(&tx, queued)?;
@@ -205,6 +233,28 @@ mod tests {
             Err(AdmitError::Full(3))
         );
         assert_eq!(pool.len(), 3);
+    }
+
+    #[test]
+    fn preverified_admission_still_checks_chain_nonce_and_funds() {
+        let keys: Vec<_> = (0..1).map(test_key).collect();
+        let l = ledger(&keys);
+        let mut pool = Mempool::new("c", 10);
+        assert!(matches!(
+            pool.admit_verified(transfer(&keys[0], 0, 1, "other"), &l),
+            Err(AdmitError::Invalid(TxError::WrongChain { .. }))
+        ));
+        assert!(matches!(
+            pool.admit_verified(transfer(&keys[0], 3, 1, "c"), &l),
+            Err(AdmitError::State(ExecError::BadNonce { .. }))
+        ));
+        assert!(matches!(
+            pool.admit_verified(transfer(&keys[0], 0, 1_000, "c"), &l),
+            Err(AdmitError::State(ExecError::InsufficientFunds { .. }))
+        ));
+        pool.admit_verified(transfer(&keys[0], 0, 1, "c"), &l)
+            .unwrap();
+        assert_eq!(pool.len(), 1);
     }
 
     #[test]
