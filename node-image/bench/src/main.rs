@@ -1,0 +1,419 @@
+//! `trellis-node-bench`: starts validators as real `trellis-node` processes on loopback,
+//! drives pre-signed transfers through JSON-RPC batches, and prints finalized tx/s and
+//! finality latency next to this machine's ed25519 verification rates (the physical
+//! ceiling: every transaction's signature is checked on admission and again by every
+//! verifying validator). Measures; asserts nothing.
+//!
+//! `cargo build --release -p trellis-node -p trellis-node-bench &&
+//!  target/release/trellis-node-bench --seconds 30`
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::Parser;
+use commonware_cryptography::{BatchEntry, BatchVerifier, Verifier as _};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trellis_node_api::methods;
+use trellis_node_types::{
+    Encode, PrivateKey, PublicKey, Signer, Tx, TxKind, UnsignedTx, test_key, to_hex,
+};
+
+#[derive(Parser)]
+#[command(about = "Throughput and finality benchmark for trellis-node")]
+struct Args {
+    /// The trellis-node binary (default: next to this one).
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+    /// Validators to start.
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Funded sender accounts.
+    #[arg(long, default_value_t = 2_000)]
+    accounts: u64,
+    /// Transactions per JSON-RPC batch.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Pre-signed transactions per account (caps the offered load).
+    #[arg(long, default_value_t = 150)]
+    per_account: u64,
+    /// Offered load in tx/s over all validators (0: as fast as admission allows).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+}
+
+struct Proc(Option<Child>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn http(addr: SocketAddr, body: &str) -> anyhow::Result<Value> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let request = format!(
+        "POST /rpc HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("bad HTTP response"))?;
+    Ok(serde_json::from_str(body)?)
+}
+
+fn call(addr: SocketAddr, method: &str, params: Value) -> anyhow::Result<Value> {
+    let v = http(
+        addr,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string(),
+    )?;
+    if let Some(e) = v.get("error") {
+        bail!("{method}: {e}");
+    }
+    Ok(v["result"].clone())
+}
+
+fn finalized_height(addr: SocketAddr) -> u64 {
+    call(addr, methods::STATUS, Value::Null)
+        .ok()
+        .and_then(|s| s["finalized_height"].as_u64())
+        .unwrap_or(0)
+}
+
+fn mempool_depth(addr: SocketAddr) -> u64 {
+    call(addr, methods::STATUS, Value::Null)
+        .ok()
+        .and_then(|s| s["mempool_depth"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Single and batch ed25519 verification rates (signatures per second, one core).
+fn ed25519_rates() -> (f64, f64) {
+    let key = test_key(7);
+    let public = key.public_key();
+    let messages: Vec<Vec<u8>> = (0..1024u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let signatures: Vec<_> = messages.iter().map(|m| key.sign(b"bench", m)).collect();
+    let start = Instant::now();
+    let mut single = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        for (m, s) in messages.iter().zip(&signatures) {
+            if public.verify(b"bench", m, s) {
+                single += 1;
+            }
+        }
+    }
+    let single_rate = single as f64 / start.elapsed().as_secs_f64();
+    let records: Vec<(&[u8], _)> = messages
+        .iter()
+        .map(|m| m.as_slice())
+        .zip(signatures.iter().cloned())
+        .collect();
+    let mut rng = commonware_utils::sys_rng();
+    let start = Instant::now();
+    let mut batch = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        let ok = PublicKey::verify_batch(
+            &mut rng,
+            &records,
+            |_, (message, signature)| BatchEntry {
+                namespace: b"bench",
+                message,
+                public_key: &public,
+                signature,
+            },
+            &commonware_parallel::Sequential,
+        );
+        if ok {
+            batch += records.len() as u64;
+        }
+    }
+    (single_rate, batch as f64 / start.elapsed().as_secs_f64())
+}
+
+struct Network {
+    _root: tempfile::TempDir,
+    _procs: Vec<Proc>,
+    rpcs: Vec<SocketAddr>,
+}
+
+fn start_network(bin: &Path, n: usize, accounts: &[PrivateKey]) -> anyhow::Result<Network> {
+    let root = tempfile::tempdir()?;
+    let base = 40_000 + (std::process::id() % 1_000) as u16 * 20;
+    let mut members = Vec::new();
+    let mut rpcs = Vec::new();
+    let mut configs = Vec::new();
+    for i in 0..n {
+        let dir = root.path().join(format!("v{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let out = Command::new(bin)
+            .args(["keygen", "--out"])
+            .arg(dir.join("keys.json"))
+            .output()
+            .context("running trellis-node keygen")?;
+        if !out.status.success() {
+            bail!("keygen: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let keys: Value = serde_json::from_slice(&out.stdout)?;
+        let ip = format!("127.0.1.{}", i + 2);
+        let p2p: SocketAddr = format!("{ip}:{}", base + i as u16).parse()?;
+        let rpc: SocketAddr = format!("{ip}:{}", base + 10 + i as u16).parse()?;
+        members.push(format!(
+            "v{i},{},{},{p2p}",
+            keys["admin_public_key"].as_str().unwrap_or_default(),
+            keys["node_public_key"].as_str().unwrap_or_default()
+        ));
+        let config = dir.join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "chain_id = \"bench\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\ngenesis_file = \"{}\"\np2p_listen = \"{p2p}\"\nrpc_listen = \"{rpc}\"\n\n[role]\nkind = \"shard\"\nshard = 0\n\n[mempool]\nmax_txs = 100000\n",
+                dir.join("keys.json").display(),
+                dir.join("data").display(),
+                root.path().join("genesis.json").display(),
+            ),
+        )?;
+        rpcs.push(rpc);
+        configs.push((dir, config));
+    }
+    let mut genesis = Command::new(bin);
+    genesis
+        .args(["genesis", "--chain-id", "bench", "--out"])
+        .arg(root.path().join("genesis.json"));
+    for m in &members {
+        genesis.arg("--member").arg(m);
+    }
+    for a in accounts {
+        genesis
+            .arg("--balance")
+            .arg(format!("{}=1000000000", to_hex(a.public_key().as_ref())));
+    }
+    let out = genesis.output()?;
+    if !out.status.success() {
+        bail!("genesis: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut procs = Vec::new();
+    for (dir, config) in &configs {
+        let log = std::fs::File::create(dir.join("node.log"))?;
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        procs.push(Proc(Some(child)));
+    }
+    Ok(Network {
+        _root: root,
+        _procs: procs,
+        rpcs,
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = match args.node_bin {
+        Some(b) => b,
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow!("no exe dir"))?
+            .join("trellis-node"),
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    println!("machine: {cores} cores, {memory}");
+
+    let (single, batch) = ed25519_rates();
+    println!("ed25519 verify (1 core): single {single:.0}/s, batch {batch:.0}/s");
+
+    let accounts: Vec<PrivateKey> = (0..args.accounts).map(|i| test_key(10_000 + i)).collect();
+    println!("signing {} transfers ...", args.accounts * args.per_account);
+    // Nonce-major order, so each node's mempool sees every sender's nonces in sequence.
+    let mut per_node: Vec<Vec<Tx>> = vec![Vec::new(); args.validators];
+    for nonce in 0..args.per_account {
+        for (i, key) in accounts.iter().enumerate() {
+            let to = accounts[(i + 1) % accounts.len()].public_key();
+            let tx = UnsignedTx {
+                chain_id: "bench".into(),
+                from: key.public_key(),
+                nonce,
+                fee: 0,
+                kind: TxKind::Transfer { to, amount: 1 },
+            }
+            .sign(key);
+            per_node[i % args.validators].push(tx);
+        }
+    }
+
+    let network = start_network(&bin, args.validators, &accounts)?;
+    let rpcs = network.rpcs.clone();
+    let ready = Instant::now();
+    while rpcs.iter().any(|r| finalized_height(*r) < 2) {
+        if ready.elapsed() > Duration::from_secs(60) {
+            bail!("validators did not start finalizing within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "{} validators finalizing; load for {} s, offered {}",
+        args.validators,
+        args.seconds,
+        if args.rate == 0 {
+            "as fast as admission allows".to_string()
+        } else {
+            format!("{} tx/s", args.rate)
+        }
+    );
+
+    let submitted: Arc<Mutex<HashMap<[u8; 32], Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.seconds);
+    let mut loaders = Vec::new();
+    for (node, txs) in per_node.into_iter().enumerate() {
+        let addr = rpcs[node];
+        let submitted = submitted.clone();
+        let stop = stop.clone();
+        let rejected = rejected.clone();
+        let batch = args.batch;
+        // Each loader offers its share of the rate: one batch per `pace`.
+        let pace = (args.rate > 0).then(|| {
+            Duration::from_secs_f64(batch as f64 * args.validators as f64 / args.rate as f64)
+        });
+        loaders.push(std::thread::spawn(move || {
+            let mut next_send = Instant::now();
+            for chunk in txs.chunks(batch) {
+                if let Some(pace) = pace {
+                    let now = Instant::now();
+                    if next_send > now {
+                        std::thread::sleep(next_send - now);
+                    }
+                    next_send += pace;
+                }
+                if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                    break;
+                }
+                // Backpressure: keep the pool below its bound.
+                while mempool_depth(addr) > 60_000 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let body: Vec<Value> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, tx)| {
+                        json!({"jsonrpc": "2.0", "id": i, "method": methods::SEND_TRANSACTION,
+                               "params": {"tx": to_hex(&tx.encode())}})
+                    })
+                    .collect();
+                let now = Instant::now();
+                {
+                    let mut map = submitted.lock().unwrap_or_else(|p| p.into_inner());
+                    for tx in chunk {
+                        map.insert(tx.hash().0, now);
+                    }
+                }
+                match http(addr, &Value::Array(body).to_string()) {
+                    Ok(Value::Array(responses)) => {
+                        let errors: Vec<&Value> =
+                            responses.iter().filter_map(|r| r.get("error")).collect();
+                        if let Some(first) = errors.first()
+                            && rejected.load(Ordering::Relaxed) == 0
+                        {
+                            eprintln!("first admission error: {first}");
+                        }
+                        let bad = errors.len();
+                        rejected.fetch_add(bad as u64, Ordering::Relaxed);
+                    }
+                    other => {
+                        if rejected.load(Ordering::Relaxed) == 0 {
+                            eprintln!("batch failed: {other:?}");
+                        }
+                        rejected.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    // Watch node 0's finalized blocks; latency = first sight in a finalized block minus
+    // submission (includes up to one 50 ms poll).
+    let mut latencies = Vec::new();
+    let mut committed_in_window = 0u64;
+    let mut next = finalized_height(rpcs[0]) + 1;
+    let watch_until = deadline + Duration::from_secs(10);
+    while Instant::now() < watch_until {
+        let tip = finalized_height(rpcs[0]);
+        while next <= tip {
+            let block = call(rpcs[0], methods::GET_BLOCK, json!({"height": next}))?;
+            let seen = Instant::now();
+            let map = submitted.lock().unwrap_or_else(|p| p.into_inner());
+            for hash in block["transactions"].as_array().into_iter().flatten() {
+                let bytes = trellis_node_types::from_hex(hash.as_str().unwrap_or_default())
+                    .unwrap_or_default();
+                let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+                    continue;
+                };
+                if let Some(at) = map.get(&key) {
+                    latencies.push(seen.duration_since(*at).as_secs_f64());
+                    if seen <= deadline {
+                        committed_in_window += 1;
+                    }
+                }
+            }
+            next += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        let _ = l.join();
+    }
+    let window = args.seconds as f64;
+    latencies.sort_by(f64::total_cmp);
+    let tps = committed_in_window as f64 / window;
+    println!("finalized in window: {committed_in_window} txs over {window:.0} s = {tps:.0} tx/s");
+    println!(
+        "finality latency (admission → seen finalized): p50 {:.0} ms, p99 {:.0} ms ({} samples)",
+        percentile(&latencies, 0.5) * 1000.0,
+        percentile(&latencies, 0.99) * 1000.0,
+        latencies.len()
+    );
+    println!(
+        "rejected at admission: {}",
+        rejected.load(Ordering::Relaxed)
+    );
+    println!(
+        "throughput / single-core batch-verify rate: {:.3}; / ({cores} cores × batch rate): {:.3}",
+        tps / batch,
+        tps / (batch * cores.max(1) as f64)
+    );
+    Ok(())
+}

@@ -1,0 +1,1064 @@
+//! The application side of consensus: builds, relays, verifies and finalizes blocks.
+//!
+//! Simplex orders 32-byte digests; this actor gives them meaning:
+//!
+//! - **propose**: a block on the parent consensus names, filled from the mempool (minus
+//!   transactions already in unfinalized ancestors);
+//! - **broadcast**: the full block goes to the committee on the block channel;
+//! - **verify**: waits until the block (and its parent) are known, then checks linkage,
+//!   height, view, size and every transaction's chain id and signature;
+//! - **report**: a finalization names a block; the actor walks back to its last finalized
+//!   block, fetching missing ancestors from peers (backfill), then executes and stores each
+//!   block, its certificate and the new state in one atomic commit, in height order.
+//!
+//! Everything goes through the commonware runtime traits, so the same actor runs on tokio
+//! in `trellis-node` and in the deterministic simulator in the tests.
+
+use crate::mempool::Mempool;
+use crate::metrics::ChainMetrics;
+use bytes::BufMut;
+use commonware_actor::Feedback;
+use commonware_codec::{
+    Encode, EncodeSize, Error as CodecError, Read, ReadExt, Write, varint::UInt,
+};
+use commonware_consensus::simplex::types::{
+    Activity as SimplexActivity, Context as SimplexContext,
+};
+use commonware_consensus::simplex::{Plan, scheme::ed25519};
+use commonware_consensus::{Automaton, CertifiableAutomaton, Relay, Reporter, Viewable};
+use commonware_p2p::{Receiver, Recipients, Sender};
+use commonware_runtime::{Clock, Handle, IoBuf, Spawner};
+use commonware_utils::channel::{fallible::OneshotExt, oneshot};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+use trellis_node_state::{Kv, Ledger, Space, StateError, WriteBatch};
+use trellis_node_types::{Block, Digest, PublicKey, Tx};
+
+/// The consensus signing scheme: ed25519, one signature per validator in a certificate.
+pub type Scheme = ed25519::Scheme;
+pub type ConsensusContext = SimplexContext<Digest, PublicKey>;
+pub type Activity = SimplexActivity<Scheme, Digest>;
+
+/// Most blocks in one backfill response.
+const BACKFILL_DEPTH: u16 = 64;
+/// Stop filling a backfill response once it is this large.
+const BACKFILL_BYTES: usize = 4 * 1024 * 1024;
+/// Largest p2p message the node sends or accepts.
+pub const MAX_MESSAGE_SIZE: u32 = 16 * 1024 * 1024;
+/// Unfinalized blocks kept in memory at most (beyond that, peers' blocks are dropped
+/// and fetched again when finalized).
+const MAX_PENDING_BLOCKS: usize = 4096;
+
+// Keys of the block store, next to the ledger's state in the same store. The ledger's own
+// keys never start with "chain/".
+fn key_block(height: u64) -> Vec<u8> {
+    [b"chain/b/".as_slice(), &height.to_be_bytes()].concat()
+}
+fn key_digest(digest: &Digest) -> Vec<u8> {
+    [b"chain/d/".as_slice(), &digest.0].concat()
+}
+/// Blocks this node proposed or voted for and that are not finalized yet. They must
+/// survive a crash: a notarized block has to stay available until it is finalized, or
+/// the chain could not be extended past it.
+fn key_pending(digest: &Digest) -> Vec<u8> {
+    [b"chain/p/".as_slice(), &digest.0].concat()
+}
+fn key_finalization(height: u64) -> Vec<u8> {
+    [b"chain/f/".as_slice(), &height.to_be_bytes()].concat()
+}
+
+/// State shared between the chain actor and the RPC server.
+pub struct NodeState<K: Kv> {
+    pub ledger: Ledger<K>,
+    pub mempool: Mempool,
+    /// Digest of the last finalized (and executed) block.
+    pub finalized_digest: Digest,
+    /// Highest view this node has seen a certificate for.
+    pub view: u64,
+    /// True while a finalization names a block above the executed height.
+    pub syncing: bool,
+    pub epoch: u64,
+    /// Transactions admitted through this node's RPC, to be gossiped to the committee so
+    /// that whichever validator leads next can include them.
+    pub gossip: Vec<Tx>,
+}
+
+impl<K: Kv> NodeState<K> {
+    /// Opens the chain: genesis state if the store is empty, and the genesis block.
+    pub fn open(
+        kv: K,
+        chain_id: &str,
+        balances: &[(PublicKey, u64)],
+        mempool_bound: usize,
+    ) -> Result<Self, StateError> {
+        let mut ledger = Ledger::open(kv)?;
+        ledger.init_genesis(balances)?;
+        let genesis = Block::genesis(chain_id);
+        if ledger.kv().get(Space::Meta, &key_block(0))?.is_none() {
+            let mut batch = WriteBatch::default();
+            batch.put(Space::Meta, key_block(0), genesis.encode().to_vec());
+            batch.put(
+                Space::Meta,
+                key_digest(&genesis.digest()),
+                0u64.to_be_bytes().to_vec(),
+            );
+            ledger.kv().commit(batch)?;
+        }
+        let height = ledger.height().unwrap_or(0);
+        let finalized_digest = match read_block(ledger.kv(), height)? {
+            Some(block) => block.digest(),
+            None => return Err(StateError::Corrupt(format!("block {height} missing"))),
+        };
+        Ok(Self {
+            ledger,
+            mempool: Mempool::new(chain_id, mempool_bound),
+            finalized_digest,
+            view: 0,
+            syncing: false,
+            epoch: 0,
+            gossip: Vec::new(),
+        })
+    }
+
+    /// Admits a transaction submitted by a client and queues it for gossip.
+    pub fn submit(&mut self, tx: Tx) -> Result<Digest, crate::mempool::AdmitError> {
+        let hash = self.mempool.admit(tx.clone(), &self.ledger)?;
+        self.gossip.push(tx);
+        Ok(hash)
+    }
+
+    pub fn finalized_height(&self) -> u64 {
+        self.ledger.height().unwrap_or(0)
+    }
+
+    /// A finalized block by height.
+    pub fn block(&self, height: u64) -> Result<Option<Block>, StateError> {
+        read_block(self.ledger.kv(), height)
+    }
+
+    /// The finalization certificate stored with a block (only for blocks that were
+    /// finalized directly, not through a descendant).
+    pub fn finalization(&self, height: u64) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .ledger
+            .kv()
+            .get(Space::Meta, &key_finalization(height))?)
+    }
+
+    fn finalized_height_of(&self, digest: &Digest) -> Result<Option<u64>, StateError> {
+        match self.ledger.kv().get(Space::Meta, &key_digest(digest))? {
+            None => Ok(None),
+            Some(v) => {
+                Ok(Some(u64::from_be_bytes(v.as_slice().try_into().map_err(
+                    |_| StateError::Corrupt("digest index".into()),
+                )?)))
+            }
+        }
+    }
+}
+
+fn read_block<K: Kv>(kv: &K, height: u64) -> Result<Option<Block>, StateError> {
+    match kv.get(Space::Meta, &key_block(height))? {
+        None => Ok(None),
+        Some(bytes) => Block::decode_untrusted(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt(format!("stored block {height}: {e}"))),
+    }
+}
+
+/// Locks shared state; a poisoned lock means another thread panicked while holding it,
+/// which the lints forbid, so recovering the guard is safe.
+pub fn lock<K: Kv>(state: &Mutex<NodeState<K>>) -> MutexGuard<'_, NodeState<K>> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Most transactions in one gossip message.
+const GOSSIP_BATCH: usize = 512;
+
+/// Backfill protocol and transaction gossip, on the chain actor's own p2p channel.
+#[derive(Debug, PartialEq)]
+enum Backfill {
+    /// "Send me the block with this digest and up to `depth - 1` of its ancestors."
+    Request { digest: Digest, depth: u16 },
+    /// Blocks, each followed by its parent.
+    Response { blocks: Vec<Block> },
+    /// Transactions admitted by the sender, for the receivers' mempools.
+    Gossip { txs: Vec<Tx> },
+}
+
+impl Write for Backfill {
+    fn write(&self, buf: &mut impl BufMut) {
+        match self {
+            Backfill::Request { digest, depth } => {
+                0u8.write(buf);
+                digest.write(buf);
+                depth.write(buf);
+            }
+            Backfill::Response { blocks } => {
+                1u8.write(buf);
+                UInt(blocks.len() as u32).write(buf);
+                for b in blocks {
+                    b.write(buf);
+                }
+            }
+            Backfill::Gossip { txs } => {
+                2u8.write(buf);
+                UInt(txs.len() as u32).write(buf);
+                for tx in txs {
+                    tx.write(buf);
+                }
+            }
+        }
+    }
+}
+
+impl EncodeSize for Backfill {
+    fn encode_size(&self) -> usize {
+        1 + match self {
+            Backfill::Request { .. } => 32 + 2,
+            Backfill::Response { blocks } => {
+                UInt(blocks.len() as u32).encode_size()
+                    + blocks.iter().map(EncodeSize::encode_size).sum::<usize>()
+            }
+            Backfill::Gossip { txs } => {
+                UInt(txs.len() as u32).encode_size()
+                    + txs.iter().map(EncodeSize::encode_size).sum::<usize>()
+            }
+        }
+    }
+}
+
+impl Read for Backfill {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl commonware_codec::Buf, _: &()) -> Result<Self, CodecError> {
+        match u8::read(buf)? {
+            0 => Ok(Backfill::Request {
+                digest: Digest::read(buf)?,
+                depth: u16::read(buf)?,
+            }),
+            1 => {
+                let count = u32::from(UInt::<u32>::read(buf)?) as usize;
+                if count > BACKFILL_DEPTH as usize {
+                    return Err(CodecError::InvalidLength(count));
+                }
+                let mut blocks = Vec::with_capacity(count);
+                for _ in 0..count {
+                    blocks.push(Block::read(buf)?);
+                }
+                Ok(Backfill::Response { blocks })
+            }
+            2 => {
+                let count = u32::from(UInt::<u32>::read(buf)?) as usize;
+                if count > GOSSIP_BATCH {
+                    return Err(CodecError::InvalidLength(count));
+                }
+                let mut txs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    txs.push(Tx::read(buf)?);
+                }
+                Ok(Backfill::Gossip { txs })
+            }
+            t => Err(CodecError::InvalidEnum(t)),
+        }
+    }
+}
+
+fn decode_backfill(bytes: &[u8]) -> Result<Backfill, CodecError> {
+    use commonware_codec::DecodeExt;
+    if bytes.len() > MAX_MESSAGE_SIZE as usize {
+        return Err(CodecError::InvalidLength(bytes.len()));
+    }
+    Backfill::decode(commonware_codec::Copying(bytes))
+}
+
+enum Message {
+    Propose {
+        context: ConsensusContext,
+        response: oneshot::Sender<Digest>,
+    },
+    Verify {
+        context: ConsensusContext,
+        digest: Digest,
+        response: oneshot::Sender<bool>,
+    },
+    Broadcast {
+        digest: Digest,
+        plan: Plan<PublicKey>,
+    },
+    Finalized {
+        digest: Digest,
+        view: u64,
+        certificate: Vec<u8>,
+    },
+    Seen {
+        view: u64,
+    },
+    Block {
+        bytes: IoBuf,
+    },
+    Backfill {
+        from: PublicKey,
+        bytes: IoBuf,
+    },
+    Tick,
+}
+
+/// Handle given to simplex as automaton, relay and reporter.
+#[derive(Clone)]
+pub struct Mailbox {
+    sender: mpsc::UnboundedSender<Message>,
+}
+
+impl Mailbox {
+    fn send(&self, message: Message) -> Feedback {
+        if self.sender.send(message).is_ok() {
+            Feedback::Ok
+        } else {
+            Feedback::Closed
+        }
+    }
+}
+
+impl Automaton for Mailbox {
+    type Context = ConsensusContext;
+    type Digest = Digest;
+
+    async fn propose(&mut self, context: Self::Context) -> oneshot::Receiver<Digest> {
+        let (response, receiver) = oneshot::channel();
+        self.send(Message::Propose { context, response });
+        receiver
+    }
+
+    async fn verify(&mut self, context: Self::Context, digest: Digest) -> oneshot::Receiver<bool> {
+        let (response, receiver) = oneshot::channel();
+        self.send(Message::Verify {
+            context,
+            digest,
+            response,
+        });
+        receiver
+    }
+}
+
+/// Certification is immediate: blocks are fully verified before the notarize vote.
+impl CertifiableAutomaton for Mailbox {}
+
+impl Relay for Mailbox {
+    type Digest = Digest;
+    type PublicKey = PublicKey;
+    type Plan = Plan<PublicKey>;
+
+    fn broadcast(&mut self, digest: Digest, plan: Plan<PublicKey>) -> Feedback {
+        self.send(Message::Broadcast { digest, plan })
+    }
+}
+
+impl Reporter for Mailbox {
+    type Activity = Activity;
+
+    fn report(&mut self, activity: Activity) -> Feedback {
+        match activity {
+            Activity::Finalization(f) => self.send(Message::Finalized {
+                digest: f.proposal.payload,
+                view: f.proposal.round.view().get(),
+                certificate: f.encode().to_vec(),
+            }),
+            Activity::Notarization(n) => self.send(Message::Seen {
+                view: n.proposal.round.view().get(),
+            }),
+            Activity::Nullification(n) => self.send(Message::Seen {
+                view: n.round.view().get(),
+            }),
+            _ => Feedback::Ok,
+        }
+    }
+}
+
+/// Static settings of the chain actor.
+#[derive(Clone, Debug)]
+pub struct ChainConfig {
+    pub chain_id: String,
+    pub epoch: u64,
+    /// Most transactions per proposed block.
+    pub block_txs: usize,
+    /// Period of retries (backfill requests, waiting proposals).
+    pub tick: Duration,
+    /// A proposal waits until this long after its parent's timestamp, so an idle chain
+    /// does not spin out empty blocks as fast as the network allows.
+    pub min_block_interval: Duration,
+}
+
+struct PendingVerify {
+    context: ConsensusContext,
+    digest: Digest,
+    response: oneshot::Sender<bool>,
+    ticks: u32,
+}
+
+struct PendingPropose {
+    context: ConsensusContext,
+    response: oneshot::Sender<Digest>,
+}
+
+struct Actor<E, K: Kv, BS, FS> {
+    context: E,
+    config: ChainConfig,
+    state: Arc<Mutex<NodeState<K>>>,
+    metrics: ChainMetrics,
+    /// Known blocks above the finalized height, by digest.
+    blocks: HashMap<Digest, Block>,
+    verifies: Vec<PendingVerify>,
+    proposals: Vec<PendingPropose>,
+    /// Highest finalization seen: the block to finalize up to.
+    target: Option<(Digest, u64)>,
+    certificates: HashMap<Digest, Vec<u8>>,
+    /// Digests requested from peers, with the tick they were last requested at.
+    wanted: HashMap<Digest, u64>,
+    ticks: u64,
+    block_sender: BS,
+    backfill_sender: FS,
+    /// The actor's own inbox, for timers it sets itself.
+    inbox: mpsc::UnboundedSender<Message>,
+    /// When the pending wake-up timer fires, if one is set.
+    wake_at: Option<std::time::SystemTime>,
+}
+
+/// Starts the chain actor; returns the mailbox to hand to simplex.
+pub fn start<E, K, BS, BR, FS, FR>(
+    context: E,
+    config: ChainConfig,
+    state: Arc<Mutex<NodeState<K>>>,
+    metrics: ChainMetrics,
+    blocks: (BS, BR),
+    backfill: (FS, FR),
+) -> (Mailbox, Handle<()>)
+where
+    E: Spawner + Clock,
+    K: Kv,
+    BS: Sender<PublicKey = PublicKey>,
+    BR: Receiver<PublicKey = PublicKey>,
+    FS: Sender<PublicKey = PublicKey>,
+    FR: Receiver<PublicKey = PublicKey>,
+{
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let mailbox = Mailbox {
+        sender: sender.clone(),
+    };
+    let handle = context.child("chain").spawn(move |context| async move {
+        let (block_sender, mut block_receiver) = blocks;
+        let (backfill_sender, mut backfill_receiver) = backfill;
+        // Forward the p2p channels and a timer into the actor's inbox. These tasks are
+        // children of the actor: they stop with it.
+        let inbox = sender.clone();
+        let s = sender.clone();
+        context.child("blocks_in").spawn(move |_| async move {
+            while let Ok((_, bytes)) = block_receiver.recv().await {
+                if s.send(Message::Block { bytes }).is_err() {
+                    break;
+                }
+            }
+        });
+        let s = sender.clone();
+        context.child("backfill_in").spawn(move |_| async move {
+            while let Ok((from, bytes)) = backfill_receiver.recv().await {
+                if s.send(Message::Backfill { from, bytes }).is_err() {
+                    break;
+                }
+            }
+        });
+        let tick = config.tick;
+        context.child("ticker").spawn(move |context| async move {
+            loop {
+                context.sleep(tick).await;
+                if sender.send(Message::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        let actor = Actor {
+            context,
+            config,
+            state,
+            metrics,
+            blocks: HashMap::new(),
+            verifies: Vec::new(),
+            proposals: Vec::new(),
+            target: None,
+            certificates: HashMap::new(),
+            wanted: HashMap::new(),
+            ticks: 0,
+            block_sender,
+            backfill_sender,
+            inbox,
+            wake_at: None,
+        };
+        actor.run(receiver).await;
+    });
+    (mailbox, handle)
+}
+
+impl<E, K, BS, FS> Actor<E, K, BS, FS>
+where
+    E: Spawner + Clock,
+    K: Kv,
+    BS: Sender<PublicKey = PublicKey>,
+    FS: Sender<PublicKey = PublicKey>,
+{
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Message>) {
+        while let Some(message) = inbox.recv().await {
+            let result = match message {
+                Message::Propose { context, response } => {
+                    self.proposals.push(PendingPropose { context, response });
+                    self.serve_proposals();
+                    Ok(())
+                }
+                Message::Verify {
+                    context,
+                    digest,
+                    response,
+                } => {
+                    self.verifies.push(PendingVerify {
+                        context,
+                        digest,
+                        response,
+                        ticks: 0,
+                    });
+                    self.serve_verifies();
+                    Ok(())
+                }
+                Message::Broadcast { digest, plan } => {
+                    self.relay(digest, plan);
+                    Ok(())
+                }
+                Message::Finalized {
+                    digest,
+                    view,
+                    certificate,
+                } => {
+                    self.note_view(view);
+                    self.certificates.insert(digest, certificate);
+                    if self.target.is_none_or(|(_, v)| view > v) {
+                        self.target = Some((digest, view));
+                    }
+                    self.advance()
+                }
+                Message::Seen { view } => {
+                    self.note_view(view);
+                    Ok(())
+                }
+                Message::Block { bytes } => {
+                    self.receive_block(bytes.as_ref());
+                    self.serve_verifies();
+                    self.serve_proposals();
+                    self.advance()
+                }
+                Message::Backfill { from, bytes } => self.backfill(from, bytes.as_ref()),
+                Message::Tick => self.tick(),
+            };
+            if let Err(e) = result {
+                // Storage failures are fatal: continuing could serve or sign on state
+                // that is not durable. The process exits and restarts from its data dir.
+                error!(error = %e, "chain storage failed; stopping the chain actor");
+                return;
+            }
+        }
+    }
+
+    fn note_view(&mut self, view: u64) {
+        let mut state = lock(&self.state);
+        if view > state.view {
+            state.view = view;
+        }
+    }
+
+    /// Finds a block by digest among unfinalized blocks (memory, then the durable
+    /// pending store) or in the finalized store.
+    fn lookup(&self, digest: &Digest) -> Result<Option<Block>, StateError> {
+        if let Some(block) = self.unfinalized(digest)? {
+            return Ok(Some(block));
+        }
+        let state = lock(&self.state);
+        match state.finalized_height_of(digest)? {
+            Some(height) => state.block(height),
+            None => Ok(None),
+        }
+    }
+
+    fn unfinalized(&self, digest: &Digest) -> Result<Option<Block>, StateError> {
+        if let Some(block) = self.blocks.get(digest) {
+            return Ok(Some(block.clone()));
+        }
+        let state = lock(&self.state);
+        match state.ledger.kv().get(Space::Meta, &key_pending(digest))? {
+            None => Ok(None),
+            Some(bytes) => Block::decode_untrusted(&bytes)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt(format!("pending block: {e}"))),
+        }
+    }
+
+    /// Makes a block durable before this node commits to it (proposal or vote).
+    fn persist(&self, block: &Block) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        batch.put(
+            Space::Meta,
+            key_pending(&block.digest()),
+            block.encode().to_vec(),
+        );
+        lock(&self.state).ledger.kv().commit(batch)?;
+        Ok(())
+    }
+
+    fn want(&mut self, digest: Digest) {
+        // Ask again at most every other tick.
+        let now = self.ticks;
+        let due = self
+            .wanted
+            .get(&digest)
+            .is_none_or(|asked| now >= asked + 2);
+        if due {
+            self.wanted.insert(digest, now);
+            let request = Backfill::Request {
+                digest,
+                depth: BACKFILL_DEPTH,
+            };
+            self.backfill_sender
+                .send(Recipients::All, IoBuf::from(request.encode()), false);
+        }
+    }
+
+    fn receive_block(&mut self, bytes: &[u8]) {
+        let Ok(block) = Block::decode_untrusted(bytes) else {
+            debug!("dropped undecodable block");
+            return;
+        };
+        self.keep(block);
+    }
+
+    fn keep(&mut self, block: Block) {
+        let finalized = lock(&self.state).finalized_height();
+        if block.height <= finalized || self.blocks.len() >= MAX_PENDING_BLOCKS {
+            return;
+        }
+        self.wanted.remove(&block.digest());
+        self.blocks.insert(block.digest(), block);
+    }
+
+    fn relay(&mut self, digest: Digest, plan: Plan<PublicKey>) {
+        let Some(block) = self.blocks.get(&digest) else {
+            warn!(?digest, "asked to relay an unknown block");
+            return;
+        };
+        let recipients = match plan {
+            Plan::Prepare { .. } | Plan::Propose { .. } => Recipients::All,
+            Plan::Forward { recipients, .. } => recipients,
+        };
+        self.block_sender
+            .send(recipients, IoBuf::from(block.encode()), false);
+    }
+
+    fn serve_proposals(&mut self) {
+        let pending = std::mem::take(&mut self.proposals);
+        for p in pending {
+            if p.response.is_closed() {
+                continue;
+            }
+            let parent_digest = p.context.parent.1;
+            match self.lookup(&parent_digest) {
+                Ok(Some(parent)) => {
+                    let ready_at = UNIX_EPOCH
+                        + Duration::from_millis(parent.timestamp_ms)
+                        + self.config.min_block_interval;
+                    if let Ok(wait) = ready_at.duration_since(self.context.current())
+                        && !wait.is_zero()
+                        && parent.height > 0
+                    {
+                        if self.wake_at != Some(ready_at) {
+                            self.wake_at = Some(ready_at);
+                            let inbox = self.inbox.clone();
+                            self.context.child("wake").spawn(move |context| async move {
+                                context.sleep(wait).await;
+                                let _ = inbox.send(Message::Tick);
+                            });
+                        }
+                        self.proposals.push(p);
+                        continue;
+                    }
+                    let block = self.build(&p.context, &parent);
+                    let digest = block.digest();
+                    if let Err(e) = self.persist(&block) {
+                        error!(error = %e, "persisting a proposal; not proposing");
+                        continue;
+                    }
+                    self.blocks.insert(digest, block);
+                    p.response.send_lossy(digest);
+                }
+                Ok(None) => {
+                    self.want(parent_digest);
+                    self.proposals.push(p);
+                }
+                Err(e) => error!(error = %e, "reading parent block"),
+            }
+        }
+    }
+
+    fn build(&self, context: &ConsensusContext, parent: &Block) -> Block {
+        // Transactions already in unfinalized ancestors are not included again.
+        let mut exclude = HashSet::new();
+        let mut cursor = parent.clone();
+        while let Ok(Some(ancestor)) = self.unfinalized(&cursor.parent) {
+            for tx in &cursor.txs {
+                exclude.insert(tx.hash());
+            }
+            cursor = ancestor;
+        }
+        for tx in &cursor.txs {
+            exclude.insert(tx.hash());
+        }
+        let txs = lock(&self.state)
+            .mempool
+            .select(self.config.block_txs, &exclude);
+        let now_ms = self
+            .context
+            .current()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Block::new(
+            parent.digest(),
+            parent.height + 1,
+            self.config.epoch,
+            context.view().get(),
+            now_ms,
+            txs,
+        )
+    }
+
+    fn serve_verifies(&mut self) {
+        let pending = std::mem::take(&mut self.verifies);
+        for mut v in pending {
+            if v.response.is_closed() {
+                continue;
+            }
+            let block = match self.lookup(&v.digest) {
+                Ok(b) => b,
+                Err(e) => {
+                    error!(error = %e, "reading block");
+                    continue;
+                }
+            };
+            let Some(block) = block else {
+                // The proposer's broadcast has not arrived (yet): ask peers after a tick.
+                if v.ticks > 0 {
+                    self.want(v.digest);
+                }
+                self.verifies.push(v);
+                continue;
+            };
+            let parent = match self.lookup(&v.context.parent.1) {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(error = %e, "reading parent block");
+                    continue;
+                }
+            };
+            let Some(parent) = parent else {
+                self.want(v.context.parent.1);
+                v.ticks += 1;
+                self.verifies.push(v);
+                continue;
+            };
+            let valid = self.valid(&v.context, &block, &parent);
+            if !valid {
+                warn!(digest = ?v.digest, "refusing invalid block");
+            } else if let Err(e) = self.persist(&block) {
+                // Without a durable copy this node must not vote; it stays silent.
+                error!(error = %e, "persisting a verified block; not voting");
+                continue;
+            }
+            v.response.send_lossy(valid);
+        }
+    }
+
+    fn valid(&self, context: &ConsensusContext, block: &Block, parent: &Block) -> bool {
+        block.parent == parent.digest()
+            && block.height == parent.height + 1
+            && block.view == context.view().get()
+            && block.epoch == self.config.epoch
+            && block.txs.len() <= self.config.block_txs
+            && {
+                // Signatures of transactions in this node's mempool were checked at
+                // admission; the rest are checked with one batch verification, outside
+                // the state lock.
+                let hashes: Vec<Digest> = block.txs.iter().map(Tx::hash).collect();
+                let known: HashSet<Digest> = {
+                    let state = lock(&self.state);
+                    hashes
+                        .into_iter()
+                        .filter(|h| state.mempool.contains(h))
+                        .collect()
+                };
+                block
+                    .check_stateless_except(&self.config.chain_id, |tx| known.contains(&tx.hash()))
+                    .is_ok()
+            }
+    }
+
+    fn tick(&mut self) -> Result<(), StateError> {
+        self.ticks += 1;
+        self.flush_gossip();
+        for v in &mut self.verifies {
+            v.ticks += 1;
+        }
+        self.serve_verifies();
+        self.serve_proposals();
+        let (depth, epoch) = {
+            let state = lock(&self.state);
+            (state.mempool.len() as i64, state.epoch as i64)
+        };
+        self.metrics.mempool_depth.set(depth);
+        self.metrics.epoch.set(epoch);
+        self.advance()
+    }
+
+    fn flush_gossip(&mut self) {
+        let txs = std::mem::take(&mut lock(&self.state).gossip);
+        for batch in txs.chunks(GOSSIP_BATCH) {
+            let message = Backfill::Gossip {
+                txs: batch.to_vec(),
+            };
+            self.backfill_sender
+                .send(Recipients::All, IoBuf::from(message.encode()), false);
+        }
+    }
+
+    /// Answers and consumes backfill and gossip traffic.
+    fn backfill(&mut self, from: PublicKey, bytes: &[u8]) -> Result<(), StateError> {
+        let Ok(message) = decode_backfill(bytes) else {
+            debug!(?from, "dropped undecodable backfill message");
+            return Ok(());
+        };
+        match message {
+            Backfill::Request { digest, depth } => {
+                let mut blocks = Vec::new();
+                let mut size = 0;
+                let mut cursor = digest;
+                for _ in 0..depth.min(BACKFILL_DEPTH) {
+                    let Some(block) = self.lookup(&cursor)? else {
+                        break;
+                    };
+                    size += block.encode_size();
+                    if size > BACKFILL_BYTES && !blocks.is_empty() {
+                        break;
+                    }
+                    cursor = block.parent;
+                    let at_genesis = block.height == 0;
+                    blocks.push(block);
+                    if at_genesis {
+                        break;
+                    }
+                }
+                if !blocks.is_empty() {
+                    let response = Backfill::Response { blocks };
+                    self.backfill_sender.send(
+                        Recipients::One(from),
+                        IoBuf::from(response.encode()),
+                        false,
+                    );
+                }
+                Ok(())
+            }
+            Backfill::Gossip { txs } => {
+                let fresh: Vec<Tx> = {
+                    let state = lock(&self.state);
+                    txs.into_iter()
+                        .filter(|tx| !state.mempool.contains(&tx.hash()))
+                        .collect()
+                };
+                let refs: Vec<&Tx> = fresh.iter().collect();
+                let all_valid = trellis_node_types::verify_signatures(&refs);
+                let mut guard = lock(&self.state);
+                let state = &mut *guard;
+                for tx in fresh {
+                    // Already known, already committed or invalid: nothing to do. A peer
+                    // cannot get anything into the pool that admission would refuse; a
+                    // batch with a bad signature is checked one by one.
+                    let _ = if all_valid {
+                        state.mempool.admit_verified(tx, &state.ledger)
+                    } else {
+                        state.mempool.admit(tx, &state.ledger)
+                    };
+                }
+                Ok(())
+            }
+            Backfill::Response { blocks } => {
+                // Accept only what was asked for, and then each block's parent: digests
+                // are hashes, so a peer cannot slip in anything else.
+                let mut expected: Option<Digest> = None;
+                for block in blocks {
+                    let digest = block.digest();
+                    let asked = self.wanted.contains_key(&digest) || expected == Some(digest);
+                    if !asked {
+                        break;
+                    }
+                    expected = Some(block.parent);
+                    self.keep(block);
+                }
+                self.serve_verifies();
+                self.serve_proposals();
+                self.advance()
+            }
+        }
+    }
+
+    /// Finalizes up to the target: walks back to the last finalized block, then executes
+    /// and stores blocks in height order.
+    fn advance(&mut self) -> Result<(), StateError> {
+        let Some((target, _)) = self.target else {
+            return Ok(());
+        };
+        let (finalized_height, finalized_digest) = {
+            let state = lock(&self.state);
+            (state.finalized_height(), state.finalized_digest)
+        };
+        if lock(&self.state).finalized_height_of(&target)?.is_some() {
+            lock(&self.state).syncing = false;
+            self.target = None;
+            return Ok(());
+        }
+        let mut chain = Vec::new();
+        let mut cursor = target;
+        loop {
+            if cursor == finalized_digest {
+                break;
+            }
+            let Some(block) = self.unfinalized(&cursor)? else {
+                lock(&self.state).syncing = true;
+                self.want(cursor);
+                return Ok(());
+            };
+            if block.height <= finalized_height {
+                // The finalized chain does not lead here: two conflicting finalizations,
+                // which simplex's safety rules out with at most f faulty validators.
+                error!(
+                    ?target,
+                    "finalized block does not extend the finalized chain"
+                );
+                self.target = None;
+                return Ok(());
+            }
+            cursor = block.parent;
+            chain.push(block);
+        }
+        for block in chain.into_iter().rev() {
+            self.execute(block)?;
+        }
+        lock(&self.state).syncing = false;
+        self.target = None;
+        Ok(())
+    }
+
+    fn execute(&mut self, block: Block) -> Result<(), StateError> {
+        let digest = block.digest();
+        let mut extra = WriteBatch::default();
+        extra.put(
+            Space::Meta,
+            key_block(block.height),
+            block.encode().to_vec(),
+        );
+        extra.put(
+            Space::Meta,
+            key_digest(&digest),
+            block.height.to_be_bytes().to_vec(),
+        );
+        extra.delete(Space::Meta, key_pending(&digest));
+        if let Some(certificate) = self.certificates.remove(&digest) {
+            extra.put(Space::Meta, key_finalization(block.height), certificate);
+        }
+        let (admitted, depth) = {
+            let mut guard = lock(&self.state);
+            let state = &mut *guard;
+            state
+                .ledger
+                .apply_block_with(block.height, &block.txs, extra)?;
+            state.finalized_digest = digest;
+            let admitted = state.mempool.on_finalized(&block.txs, &state.ledger);
+            (admitted, state.mempool.len())
+        };
+        for at in admitted {
+            self.metrics
+                .finality_latency
+                .observe(at.elapsed().as_secs_f64());
+        }
+        self.metrics.finalized_height.set(block.height as i64);
+        self.metrics.txs_committed.inc_by(block.txs.len() as u64);
+        self.metrics.mempool_depth.set(depth as i64);
+        info!(height = block.height, txs = block.txs.len(), "finalized");
+        // Forget what finalization made obsolete.
+        let height = block.height;
+        self.blocks.retain(|_, b| b.height > height);
+        self.certificates.retain(|d, _| *d != digest);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commonware_codec::DecodeExt;
+    use trellis_node_types::{Signer, test_key};
+
+    #[test]
+    fn backfill_messages_round_trip_and_reject_garbage() {
+        let genesis = Block::genesis("c");
+        let request = Backfill::Request {
+            digest: genesis.digest(),
+            depth: 3,
+        };
+        assert_eq!(decode_backfill(&request.encode()).unwrap(), request);
+        let response = Backfill::Response {
+            blocks: vec![genesis.clone()],
+        };
+        assert_eq!(decode_backfill(&response.encode()).unwrap(), response);
+        let key = test_key(3);
+        let tx = trellis_node_types::UnsignedTx {
+            chain_id: "c".into(),
+            from: key.public_key(),
+            nonce: 0,
+            fee: 0,
+            kind: trellis_node_types::TxKind::Transfer {
+                to: key.public_key(),
+                amount: 1,
+            },
+        }
+        .sign(&key);
+        let gossip = Backfill::Gossip { txs: vec![tx; 3] };
+        assert_eq!(decode_backfill(&gossip.encode()).unwrap(), gossip);
+        let mut too_many = vec![2u8];
+        UInt(GOSSIP_BATCH as u32 + 1).write(&mut too_many);
+        assert!(decode_backfill(&too_many).is_err());
+        assert!(decode_backfill(&[7]).is_err());
+        assert!(decode_backfill(&[]).is_err());
+        let mut too_many = vec![1u8];
+        UInt(BACKFILL_DEPTH as u32 + 1).write(&mut too_many);
+        assert!(Backfill::decode(commonware_codec::Copying(&too_many)).is_err());
+    }
+
+    #[test]
+    fn node_state_opens_with_genesis_block() {
+        let key = test_key(1);
+        let state = NodeState::open(
+            trellis_node_state::MemKv::default(),
+            "c",
+            &[(key.public_key(), 10)],
+            10,
+        )
+        .unwrap();
+        assert_eq!(state.finalized_height(), 0);
+        assert_eq!(state.finalized_digest, Block::genesis("c").digest());
+        assert_eq!(state.block(0).unwrap().unwrap(), Block::genesis("c"));
+    }
+}

@@ -1,0 +1,9 @@
+//! `trellis-node`: one committee's chain (simplex BFT over authenticated p2p, redb + JMT
+//! state), its JSON-RPC API and its metrics.
+
+pub mod chain;
+pub mod engine;
+pub mod mempool;
+pub mod metrics;
+pub mod rpc;
+pub mod run;

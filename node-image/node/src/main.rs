@@ -1,0 +1,139 @@
+//! `trellis-node`: keygen, genesis, run.
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use trellis_node::run::{KeyFile, Plan, run};
+use trellis_node_api::{CONTRACT_VERSION, Genesis, GenesisBalance, GenesisMember, NodeConfig};
+
+#[derive(Parser)]
+#[command(name = "trellis-node", version, about = "The Trellis chain node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a node key and an admin key into a new key file (mode 0600); prints the
+    /// public keys as JSON.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a genesis file.
+    Genesis {
+        #[arg(long, env = "TRELLIS_CHAIN_ID")]
+        chain_id: String,
+        /// Finalized blocks per epoch.
+        #[arg(long, default_value_t = 1000)]
+        epoch_length: u64,
+        /// A member and its validator: NAME,ADMIN_PUBLIC_KEY,NODE_PUBLIC_KEY,HOST:PORT
+        /// (repeatable).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// An initial balance: ACCOUNT_PUBLIC_KEY=AMOUNT (repeatable).
+        #[arg(long = "balance")]
+        balances: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run a validator.
+    Run {
+        #[arg(long, env = "TRELLIS_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn parse_member(s: &str) -> anyhow::Result<GenesisMember> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let [name, admin_key, node_key, p2p_address] = parts.as_slice() else {
+        bail!("member {s:?} is not NAME,ADMIN_KEY,NODE_KEY,HOST:PORT");
+    };
+    Ok(GenesisMember {
+        name: name.to_string(),
+        admin_key: admin_key.to_ascii_lowercase(),
+        node_key: node_key.to_ascii_lowercase(),
+        p2p_address: p2p_address.to_string(),
+    })
+}
+
+fn parse_balance(s: &str) -> anyhow::Result<GenesisBalance> {
+    let (account, amount) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("balance {s:?} is not ACCOUNT=AMOUNT"))?;
+    Ok(GenesisBalance {
+        account: account.to_ascii_lowercase(),
+        amount: amount.parse().with_context(|| format!("amount in {s:?}"))?,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Keygen { out } => {
+            let keys = KeyFile::generate()?;
+            keys.save(&out)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "node_public_key": keys.node_public_key,
+                    "admin_public_key": keys.admin_public_key,
+                })
+            );
+        }
+        Command::Genesis {
+            chain_id,
+            epoch_length,
+            members,
+            balances,
+            out,
+        } => {
+            let genesis = Genesis {
+                contract_version: CONTRACT_VERSION,
+                chain_id,
+                epoch_length,
+                members: members
+                    .iter()
+                    .map(|m| parse_member(m))
+                    .collect::<anyhow::Result<_>>()?,
+                balances: balances
+                    .iter()
+                    .map(|b| parse_balance(b))
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            genesis.check()?;
+            std::fs::write(&out, genesis.to_json()?)
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Command::Run { config } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let config = NodeConfig::from_toml(&text)?;
+            run(Plan::load(config)?)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_and_balance_arguments_parse_strictly() {
+        let k = "ab".repeat(32);
+        let m = parse_member(&format!("org1,{k},{k},127.0.0.2:9000")).unwrap();
+        assert_eq!(m.name, "org1");
+        assert!(parse_member("org1,only-two").is_err());
+        assert_eq!(parse_balance(&format!("{k}=5")).unwrap().amount, 5);
+        assert!(parse_balance(&format!("{k}=-5")).is_err());
+        assert!(parse_balance(&k).is_err());
+    }
+}

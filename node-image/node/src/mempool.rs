@@ -1,0 +1,283 @@
+//! Transactions waiting for a block.
+//!
+//! Admission runs every check that does not need a block: size and encoding, chain id,
+//! signature, then nonce and balance against finalized state (counting the sender's
+//! transactions already queued). The pool is bounded; when it is full a submission is
+//! refused with [`AdmitError::Full`] so that clients back off instead of queueing forever.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+use trellis_node_state::{ExecError, Kv, Ledger};
+use trellis_node_types::{Digest, PublicKey, Tx, TxError};
+
+/// Why a transaction was not admitted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Invalid(#[from] TxError),
+    #[error(transparent)]
+    State(#[from] ExecError),
+    #[error("mempool is full ({0} transactions); retry later")]
+    Full(usize),
+    #[error("transaction already known")]
+    Known,
+}
+
+struct Entry {
+    tx: Tx,
+    admitted: Instant,
+}
+
+/// The pool: per sender, transactions ordered by nonce.
+pub struct Mempool {
+    chain_id: String,
+    bound: usize,
+    by_sender: BTreeMap<PublicKey, BTreeMap<u64, Entry>>,
+    hashes: HashMap<Digest, (PublicKey, u64)>,
+}
+
+impl Mempool {
+    pub fn new(chain_id: &str, bound: usize) -> Self {
+        Self {
+            chain_id: chain_id.to_string(),
+            bound,
+            by_sender: BTreeMap::new(),
+            hashes: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Transactions queued for `sender`.
+    pub fn pending_for(&self, sender: &PublicKey) -> usize {
+        self.by_sender.get(sender).map_or(0, BTreeMap::len)
+    }
+
+    pub fn contains(&self, hash: &Digest) -> bool {
+        self.hashes.contains_key(hash)
+    }
+
+    /// Admits a transaction after all checks; returns its hash.
+    pub fn admit<K: Kv>(&mut self, tx: Tx, ledger: &Ledger<K>) -> Result<Digest, AdmitError> {
+        self.admit_checked(tx, ledger, false)
+    }
+
+    /// [`Self::admit`] for a transaction whose signature the caller already verified
+    /// (a gossip batch checked with one batch verification).
+    pub fn admit_verified<K: Kv>(
+        &mut self,
+        tx: Tx,
+        ledger: &Ledger<K>,
+    ) -> Result<Digest, AdmitError> {
+        self.admit_checked(tx, ledger, true)
+    }
+
+    fn admit_checked<K: Kv>(
+        &mut self,
+        tx: Tx,
+        ledger: &Ledger<K>,
+        signature_verified: bool,
+    ) -> Result<Digest, AdmitError> {
+        let hash = tx.hash();
+        if self.hashes.contains_key(&hash) {
+            return Err(AdmitError::Known);
+        }
+        if self.hashes.len() >= self.bound {
+            return Err(AdmitError::Full(self.bound));
+        }
+        if signature_verified {
+            if tx.unsigned.chain_id != self.chain_id {
+                return Err(AdmitError::Invalid(TxError::WrongChain {
+                    expected: self.chain_id.clone(),
+                    got: tx.unsigned.chain_id.clone(),
+                }));
+            }
+        } else {
+            tx.check_stateless(&self.chain_id)?;
+        }
+        let from = tx.unsigned.from.clone();
+        let queued = self.by_sender.get(&from).map_or(0, |q| q.len() as u64);
+        ledger.check_admission(&tx, queued)?;
+        let nonce = tx.unsigned.nonce;
+        self.by_sender.entry(from.clone()).or_default().insert(
+            nonce,
+            Entry {
+                tx,
+                admitted: Instant::now(),
+            },
+        );
+        self.hashes.insert(hash, (from, nonce));
+        Ok(hash)
+    }
+
+    /// Up to `limit` transactions for a block, senders interleaved, each sender's in nonce
+    /// order, skipping those in `exclude` (already in an unfinalized ancestor).
+    pub fn select(&self, limit: usize, exclude: &HashSet<Digest>) -> Vec<Tx> {
+        let mut queues: Vec<_> = self.by_sender.values().map(|q| q.values()).collect();
+        let mut out = Vec::new();
+        while out.len() < limit && !queues.is_empty() {
+            queues.retain_mut(|q| match q.next() {
+                Some(entry) => {
+                    if out.len() < limit && !exclude.contains(&entry.tx.hash()) {
+                        out.push(entry.tx.clone());
+                    }
+                    true
+                }
+                None => false,
+            });
+        }
+        out
+    }
+
+    /// Removes what a finalized block made obsolete: its own transactions and every
+    /// queued transaction whose nonce is now below its sender's account nonce. Returns the
+    /// admission times of the committed transactions that were in the pool.
+    pub fn on_finalized<K: Kv>(&mut self, txs: &[Tx], ledger: &Ledger<K>) -> Vec<Instant> {
+        let mut admitted = Vec::new();
+        let mut senders = HashSet::new();
+        for tx in txs {
+            if let Some((from, nonce)) = self.hashes.remove(&tx.hash())
+                && let Some(queue) = self.by_sender.get_mut(&from)
+                && let Some(entry) = queue.remove(&nonce)
+            {
+                admitted.push(entry.admitted);
+            }
+            senders.insert(tx.unsigned.from.clone());
+        }
+        for sender in senders {
+            let Ok(account) = ledger.account(&sender) else {
+                continue;
+            };
+            if let Some(queue) = self.by_sender.get_mut(&sender) {
+                let stale: Vec<u64> = queue.range(..account.nonce).map(|(n, _)| *n).collect();
+                for nonce in stale {
+                    if let Some(entry) = queue.remove(&nonce) {
+                        self.hashes.remove(&entry.tx.hash());
+                    }
+                }
+                if queue.is_empty() {
+                    self.by_sender.remove(&sender);
+                }
+            }
+        }
+        admitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_node_state::MemKv;
+    use trellis_node_types::{PrivateKey, Signer, TxKind, UnsignedTx, test_key};
+
+    fn transfer(from: &PrivateKey, nonce: u64, amount: u64, chain: &str) -> Tx {
+        UnsignedTx {
+            chain_id: chain.into(),
+            from: from.public_key(),
+            nonce,
+            fee: 0,
+            kind: TxKind::Transfer {
+                to: test_key(99).public_key(),
+                amount,
+            },
+        }
+        .sign(from)
+    }
+
+    fn ledger(keys: &[PrivateKey]) -> Ledger<MemKv> {
+        let mut l = Ledger::open(MemKv::default()).unwrap();
+        let balances: Vec<_> = keys.iter().map(|k| (k.public_key(), 100)).collect();
+        l.init_genesis(&balances).unwrap();
+        l
+    }
+
+    #[test]
+    fn admission_checks_everything_and_bounds_the_pool() {
+        let keys: Vec<_> = (0..3).map(test_key).collect();
+        let l = ledger(&keys);
+        let mut pool = Mempool::new("c", 3);
+        pool.admit(transfer(&keys[0], 0, 10, "c"), &l).unwrap();
+        assert_eq!(
+            pool.admit(transfer(&keys[0], 0, 10, "c"), &l),
+            Err(AdmitError::Known)
+        );
+        // Queued nonces count: the next one must be 1.
+        assert!(matches!(
+            pool.admit(transfer(&keys[0], 0, 11, "c"), &l),
+            Err(AdmitError::State(ExecError::BadNonce { expected: 1, .. }))
+        ));
+        pool.admit(transfer(&keys[0], 1, 10, "c"), &l).unwrap();
+        assert!(matches!(
+            pool.admit(transfer(&keys[1], 0, 10, "other"), &l),
+            Err(AdmitError::Invalid(TxError::WrongChain { .. }))
+        ));
+        assert!(matches!(
+            pool.admit(transfer(&keys[1], 0, 1_000, "c"), &l),
+            Err(AdmitError::State(ExecError::InsufficientFunds { .. }))
+        ));
+        let mut forged = transfer(&keys[1], 0, 1, "c");
+        forged.unsigned.from = keys[2].public_key();
+        assert_eq!(
+            pool.admit(forged, &l),
+            Err(AdmitError::Invalid(TxError::BadSignature))
+        );
+        pool.admit(transfer(&keys[1], 0, 10, "c"), &l).unwrap();
+        assert_eq!(
+            pool.admit(transfer(&keys[2], 0, 10, "c"), &l),
+            Err(AdmitError::Full(3))
+        );
+        assert_eq!(pool.len(), 3);
+    }
+
+    #[test]
+    fn preverified_admission_still_checks_chain_nonce_and_funds() {
+        let keys: Vec<_> = (0..1).map(test_key).collect();
+        let l = ledger(&keys);
+        let mut pool = Mempool::new("c", 10);
+        assert!(matches!(
+            pool.admit_verified(transfer(&keys[0], 0, 1, "other"), &l),
+            Err(AdmitError::Invalid(TxError::WrongChain { .. }))
+        ));
+        assert!(matches!(
+            pool.admit_verified(transfer(&keys[0], 3, 1, "c"), &l),
+            Err(AdmitError::State(ExecError::BadNonce { .. }))
+        ));
+        assert!(matches!(
+            pool.admit_verified(transfer(&keys[0], 0, 1_000, "c"), &l),
+            Err(AdmitError::State(ExecError::InsufficientFunds { .. }))
+        ));
+        pool.admit_verified(transfer(&keys[0], 0, 1, "c"), &l)
+            .unwrap();
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn selection_interleaves_and_finalization_prunes() {
+        let keys: Vec<_> = (0..2).map(test_key).collect();
+        let mut l = ledger(&keys);
+        let mut pool = Mempool::new("c", 100);
+        let a: Vec<_> = (0..3).map(|n| transfer(&keys[0], n, 1, "c")).collect();
+        let b: Vec<_> = (0..2).map(|n| transfer(&keys[1], n, 1, "c")).collect();
+        for tx in a.iter().chain(b.iter()) {
+            pool.admit(tx.clone(), &l).unwrap();
+        }
+        let picked = pool.select(10, &HashSet::new());
+        assert_eq!(picked.len(), 5);
+        let exclude: HashSet<_> = [a[0].hash()].into();
+        assert_eq!(pool.select(10, &exclude).len(), 4);
+        assert_eq!(pool.select(2, &HashSet::new()).len(), 2);
+
+        l.apply_block(1, &[a[0].clone(), a[1].clone()]).unwrap();
+        let admitted = pool.on_finalized(&[a[0].clone(), a[1].clone()], &l);
+        assert_eq!(admitted.len(), 2);
+        assert_eq!(pool.len(), 3);
+        assert!(pool.contains(&a[2].hash()));
+        assert!(!pool.contains(&a[0].hash()));
+    }
+}

@@ -1,0 +1,510 @@
+//! JSON-RPC 2.0 over HTTP, Prometheus metrics and probes (axum).
+//!
+//! Every failure is a JSON-RPC error with a stable code from
+//! [`trellis_node_api::error_codes`]; malformed requests and bodies get the same shape.
+
+use crate::chain::{NodeState, lock};
+use crate::mempool::AdmitError;
+use crate::metrics::ChainMetrics;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trellis_node_api::{
+    AccountInfo, AccountQuery, BlockInfo, BlockQuery, CONTRACT_VERSION, HEALTHZ_PATH,
+    JsonRpcRequest, JsonRpcResponse, METRICS_PATH, NodeStatus, READYZ_PATH, RPC_PATH, Role,
+    SendTransactionParams, SendTransactionResult, TransactionQuery, TransactionStatus, TxState,
+    error_codes as codes, methods,
+};
+use trellis_node_state::{ExecError, Kv, Space, WriteBatch};
+use trellis_node_types::{Digest, PublicKey, Tx, TxError, from_hex, public_key_from_hex, to_hex};
+
+/// Peers heard from recently (any consensus message), for status, metrics and readiness.
+#[derive(Clone, Debug, Default)]
+pub struct PeerTracker {
+    seen: Arc<Mutex<HashMap<PublicKey, Instant>>>,
+}
+
+impl PeerTracker {
+    /// How recently a peer must have spoken to count as connected.
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    pub fn saw(&self, peer: &PublicKey) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(peer.clone(), Instant::now());
+    }
+
+    pub fn connected(&self) -> usize {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.values()
+            .filter(|t| t.elapsed() <= Self::WINDOW)
+            .count()
+    }
+}
+
+/// Everything the HTTP handlers read.
+pub struct Rpc<K: Kv> {
+    pub chain_id: String,
+    pub role: Role,
+    pub node_key: PublicKey,
+    pub validators: Vec<PublicKey>,
+    pub state: Arc<Mutex<NodeState<K>>>,
+    pub metrics: ChainMetrics,
+    pub peers: PeerTracker,
+}
+
+impl<K: Kv> Rpc<K> {
+    fn quorum(&self) -> usize {
+        let n = self.validators.len();
+        n - (n.saturating_sub(1)) / 3
+    }
+}
+
+/// The HTTP application.
+pub fn router<K: Kv>(rpc: Arc<Rpc<K>>) -> Router {
+    Router::new()
+        .route(RPC_PATH, post(handle_rpc::<K>))
+        .route(METRICS_PATH, get(handle_metrics::<K>))
+        .route(HEALTHZ_PATH, get(handle_healthz::<K>))
+        .route(READYZ_PATH, get(handle_readyz::<K>))
+        .with_state(rpc)
+}
+
+async fn handle_metrics<K: Kv>(State(rpc): State<Arc<Rpc<K>>>) -> impl IntoResponse {
+    rpc.metrics.peers.set(rpc.peers.connected() as i64);
+    rpc.metrics
+        .mempool_depth
+        .set(lock(&rpc.state).mempool.len() as i64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        rpc.metrics.encode(),
+    )
+}
+
+/// Alive and able to write to its store.
+async fn handle_healthz<K: Kv>(State(rpc): State<Arc<Rpc<K>>>) -> impl IntoResponse {
+    let state = lock(&rpc.state);
+    let mut batch = WriteBatch::default();
+    batch.put(Space::Meta, b"probe/healthz".to_vec(), vec![1]);
+    match state.ledger.kv().commit(batch) {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Connected to a quorum of the committee and not behind it.
+async fn handle_readyz<K: Kv>(State(rpc): State<Arc<Rpc<K>>>) -> impl IntoResponse {
+    let peers = rpc.peers.connected();
+    let syncing = lock(&rpc.state).syncing;
+    // This node counts towards the quorum itself.
+    if peers + 1 >= rpc.quorum() && !syncing {
+        (StatusCode::OK, "ready".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: {peers} peers (quorum {}), syncing {syncing}",
+                rpc.quorum()
+            ),
+        )
+    }
+}
+
+struct RpcFailure {
+    code: i64,
+    message: String,
+}
+
+impl RpcFailure {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn params<T: DeserializeOwned>(value: Value) -> Result<T, RpcFailure> {
+    serde_json::from_value(value).map_err(|e| RpcFailure::new(codes::INVALID_PARAMS, e.to_string()))
+}
+
+fn result<T: Serialize>(value: T) -> Result<Value, RpcFailure> {
+    serde_json::to_value(value).map_err(|e| RpcFailure::new(codes::INTERNAL, e.to_string()))
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcFailure {
+    RpcFailure::new(codes::INTERNAL, e.to_string())
+}
+
+/// Most requests in one JSON-RPC batch.
+pub const MAX_BATCH: usize = 1_000;
+
+fn answer<K: Kv>(rpc: &Rpc<K>, request: JsonRpcRequest) -> JsonRpcResponse {
+    let id = request.id.clone();
+    if request.jsonrpc != "2.0" {
+        return JsonRpcResponse::err(id, codes::INVALID_REQUEST, "jsonrpc must be \"2.0\"");
+    }
+    match dispatch(rpc, &request.method, request.params) {
+        Ok(value) => JsonRpcResponse::ok(id, value),
+        Err(f) => JsonRpcResponse::err(id, f.code, f.message),
+    }
+}
+
+/// One request object, or a batch (array) of up to [`MAX_BATCH`], per JSON-RPC 2.0.
+async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json<Value> {
+    let parse_error = |e: serde_json::Error| {
+        serde_json::to_value(JsonRpcResponse::err(
+            Value::Null,
+            codes::PARSE_ERROR,
+            format!("request is not JSON-RPC: {e}"),
+        ))
+        .unwrap_or(Value::Null)
+    };
+    if body.trim_start().starts_with('[') {
+        let requests: Vec<JsonRpcRequest> = match serde_json::from_str(&body) {
+            Ok(r) => r,
+            Err(e) => return Json(parse_error(e)),
+        };
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            let e = JsonRpcResponse::err(
+                Value::Null,
+                codes::INVALID_REQUEST,
+                format!("a batch holds 1 to {MAX_BATCH} requests"),
+            );
+            return Json(serde_json::to_value(e).unwrap_or(Value::Null));
+        }
+        let responses: Vec<JsonRpcResponse> =
+            requests.into_iter().map(|r| answer(&rpc, r)).collect();
+        return Json(serde_json::to_value(responses).unwrap_or(Value::Null));
+    }
+    match serde_json::from_str::<JsonRpcRequest>(&body) {
+        Ok(request) => Json(serde_json::to_value(answer(&rpc, request)).unwrap_or(Value::Null)),
+        Err(e) => Json(parse_error(e)),
+    }
+}
+
+fn dispatch<K: Kv>(rpc: &Rpc<K>, method: &str, p: Value) -> Result<Value, RpcFailure> {
+    match method {
+        methods::SEND_TRANSACTION => result(send_transaction(rpc, params(p)?)?),
+        methods::GET_TRANSACTION => result(get_transaction(rpc, params(p)?)?),
+        methods::GET_ACCOUNT => result(get_account(rpc, params(p)?)?),
+        methods::GET_BLOCK => result(get_block(rpc, params(p)?)?),
+        methods::STATUS => result(status(rpc)),
+        methods::SUBMIT_GOVERNANCE => Err(RpcFailure::new(
+            codes::BAD_GOVERNANCE,
+            "consortium governance transactions are not implemented in this release",
+        )),
+        other => Err(RpcFailure::new(
+            codes::METHOD_NOT_FOUND,
+            format!("unknown method {other}"),
+        )),
+    }
+}
+
+/// Maps an admission failure to its stable code.
+pub fn admit_error_code(e: &AdmitError) -> i64 {
+    match e {
+        AdmitError::Invalid(TxError::Malformed(_) | TxError::Oversized(_)) => codes::MALFORMED_TX,
+        AdmitError::Invalid(TxError::WrongChain { .. }) => codes::WRONG_CHAIN,
+        AdmitError::Invalid(TxError::BadSignature) => codes::BAD_SIGNATURE,
+        AdmitError::State(ExecError::BadNonce { .. }) => codes::BAD_NONCE,
+        AdmitError::State(ExecError::InsufficientFunds { .. } | ExecError::Overflow) => {
+            codes::INSUFFICIENT_FUNDS
+        }
+        AdmitError::Full(_) => codes::MEMPOOL_FULL,
+        AdmitError::Known => codes::ALREADY_KNOWN,
+    }
+}
+
+fn send_transaction<K: Kv>(
+    rpc: &Rpc<K>,
+    p: SendTransactionParams,
+) -> Result<SendTransactionResult, RpcFailure> {
+    let bytes =
+        from_hex(&p.tx).ok_or_else(|| RpcFailure::new(codes::MALFORMED_TX, "tx is not hex"))?;
+    let tx = Tx::decode_untrusted(&bytes).map_err(|e| {
+        let e = AdmitError::Invalid(e);
+        RpcFailure::new(admit_error_code(&e), e.to_string())
+    })?;
+    let mut state = lock(&rpc.state);
+    match state.submit(tx) {
+        Ok(hash) => {
+            rpc.metrics.mempool_depth.set(state.mempool.len() as i64);
+            Ok(SendTransactionResult {
+                hash: to_hex(&hash.0),
+            })
+        }
+        Err(e) => Err(RpcFailure::new(admit_error_code(&e), e.to_string())),
+    }
+}
+
+fn parse_hash(s: &str) -> Result<Digest, RpcFailure> {
+    let bytes = from_hex(s)
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| RpcFailure::new(codes::INVALID_PARAMS, "hash must be 32 bytes of hex"))?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&bytes);
+    Ok(commonware_cryptography::sha256::Digest(out))
+}
+
+fn get_transaction<K: Kv>(
+    rpc: &Rpc<K>,
+    q: TransactionQuery,
+) -> Result<TransactionStatus, RpcFailure> {
+    let hash = parse_hash(&q.hash)?;
+    let state = lock(&rpc.state);
+    if let Some(receipt) = state.ledger.receipt(&hash.0).map_err(internal)? {
+        return Ok(TransactionStatus {
+            hash: q.hash,
+            state: TxState::Committed,
+            height: Some(receipt.height),
+            success: Some(receipt.success),
+            error: (!receipt.success).then_some(receipt.error),
+        });
+    }
+    let pending = state.mempool.contains(&hash);
+    Ok(TransactionStatus {
+        hash: q.hash,
+        state: if pending {
+            TxState::Pending
+        } else {
+            TxState::Unknown
+        },
+        height: None,
+        success: None,
+        error: None,
+    })
+}
+
+fn get_account<K: Kv>(rpc: &Rpc<K>, q: AccountQuery) -> Result<AccountInfo, RpcFailure> {
+    let account = public_key_from_hex(&q.account).ok_or_else(|| {
+        RpcFailure::new(
+            codes::INVALID_PARAMS,
+            "account must be a hex ed25519 public key",
+        )
+    })?;
+    let state = lock(&rpc.state);
+    let proven = state
+        .ledger
+        .account_with_proof(&account)
+        .map_err(internal)?;
+    Ok(AccountInfo {
+        account: to_hex(account.as_ref()),
+        balance: proven.account.balance,
+        nonce: proven.account.nonce,
+        table: u16::from(proven.table),
+        table_root: to_hex(&proven.table_root),
+        height: state.finalized_height(),
+        proof: to_hex(&proven.proof),
+    })
+}
+
+fn get_block<K: Kv>(rpc: &Rpc<K>, q: BlockQuery) -> Result<BlockInfo, RpcFailure> {
+    let state = lock(&rpc.state);
+    let block = state
+        .block(q.height)
+        .map_err(internal)?
+        .ok_or_else(|| RpcFailure::new(codes::NOT_FOUND, format!("no block at {}", q.height)))?;
+    let root = state
+        .ledger
+        .state_root_at(q.height)
+        .map_err(internal)?
+        .unwrap_or_default();
+    Ok(BlockInfo {
+        height: block.height,
+        digest: to_hex(&block.digest().0),
+        parent: to_hex(&block.parent.0),
+        epoch: block.epoch,
+        view: block.view,
+        state_root: to_hex(&root),
+        transactions: block.txs.iter().map(|t| to_hex(&t.hash().0)).collect(),
+    })
+}
+
+fn status<K: Kv>(rpc: &Rpc<K>) -> NodeStatus {
+    let state = lock(&rpc.state);
+    NodeStatus {
+        contract_version: CONTRACT_VERSION,
+        chain_id: rpc.chain_id.clone(),
+        role: rpc.role,
+        node_key: to_hex(rpc.node_key.as_ref()),
+        epoch: state.epoch,
+        finalized_height: state.finalized_height(),
+        peers: rpc.peers.connected(),
+        syncing: state.syncing,
+        mempool_depth: state.mempool.len(),
+        validators: rpc.validators.iter().map(|v| to_hex(v.as_ref())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_node_state::MemKv;
+    use trellis_node_types::{Encode, PrivateKey, Signer, TxKind, UnsignedTx, test_key};
+
+    fn rpc(bound: usize) -> (Rpc<MemKv>, PrivateKey) {
+        let key = test_key(1);
+        let state =
+            NodeState::open(MemKv::default(), "c", &[(key.public_key(), 100)], bound).unwrap();
+        (
+            Rpc {
+                chain_id: "c".into(),
+                role: Role::Shard { shard: 0 },
+                node_key: key.public_key(),
+                validators: vec![key.public_key()],
+                state: Arc::new(Mutex::new(state)),
+                metrics: ChainMetrics::new("c", 0),
+                peers: PeerTracker::default(),
+            },
+            key,
+        )
+    }
+
+    fn tx(key: &PrivateKey, nonce: u64, amount: u64, chain: &str) -> String {
+        let tx = UnsignedTx {
+            chain_id: chain.into(),
+            from: key.public_key(),
+            nonce,
+            fee: 0,
+            kind: TxKind::Transfer {
+                to: test_key(2).public_key(),
+                amount,
+            },
+        }
+        .sign(key);
+        to_hex(&tx.encode())
+    }
+
+    fn call(rpc: &Rpc<MemKv>, method: &str, p: Value) -> Result<Value, i64> {
+        dispatch(rpc, method, p).map_err(|f| f.code)
+    }
+
+    #[test]
+    fn send_transaction_maps_every_rejection_to_its_code() {
+        let (rpc, key) = rpc(2);
+        let send = |t: String| {
+            call(
+                &rpc,
+                methods::SEND_TRANSACTION,
+                serde_json::json!({ "tx": t }),
+            )
+        };
+        assert_eq!(send("zz".into()), Err(codes::MALFORMED_TX));
+        let good = tx(&key, 0, 10, "c");
+        assert_eq!(
+            send(good[..good.len() - 2].into()),
+            Err(codes::MALFORMED_TX)
+        );
+        assert_eq!(send("00".repeat(10_000)), Err(codes::MALFORMED_TX));
+        assert_eq!(send(tx(&key, 0, 10, "other")), Err(codes::WRONG_CHAIN));
+        let mut forged = good.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
+        assert_eq!(
+            send(String::from_utf8(forged).unwrap()),
+            Err(codes::BAD_SIGNATURE)
+        );
+        assert_eq!(
+            send(tx(&key, 0, 1_000, "c")),
+            Err(codes::INSUFFICIENT_FUNDS)
+        );
+        assert_eq!(send(tx(&key, 5, 1, "c")), Err(codes::BAD_NONCE));
+        assert!(send(good.clone()).is_ok());
+        assert_eq!(send(good), Err(codes::ALREADY_KNOWN));
+        assert!(send(tx(&key, 1, 1, "c")).is_ok());
+        assert_eq!(send(tx(&key, 2, 1, "c")), Err(codes::MEMPOOL_FULL));
+        assert_eq!(
+            call(
+                &rpc,
+                methods::SEND_TRANSACTION,
+                serde_json::json!({"nope": 1})
+            ),
+            Err(codes::INVALID_PARAMS)
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_and_malformed_bodies() {
+        let (rpc, _) = rpc(10);
+        let rpc = Arc::new(rpc);
+        let body = serde_json::json!([
+            {"jsonrpc": "2.0", "id": 1, "method": methods::STATUS},
+            {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+            {"jsonrpc": "1.0", "id": 3, "method": methods::STATUS}
+        ])
+        .to_string();
+        let Json(v) = handle_rpc(State(rpc.clone()), body).await;
+        assert_eq!(v.as_array().unwrap().len(), 3);
+        assert_eq!(v[0]["result"]["chain_id"], "c");
+        assert_eq!(v[1]["error"]["code"], codes::METHOD_NOT_FOUND);
+        assert_eq!(v[2]["error"]["code"], codes::INVALID_REQUEST);
+        let Json(v) = handle_rpc(State(rpc.clone()), "[]".into()).await;
+        assert_eq!(v["error"]["code"], codes::INVALID_REQUEST);
+        let Json(v) = handle_rpc(State(rpc), "{".into()).await;
+        assert_eq!(v["error"]["code"], codes::PARSE_ERROR);
+    }
+
+    #[test]
+    fn queries_answer_from_state() {
+        let (rpc, key) = rpc(10);
+        let status: NodeStatus =
+            serde_json::from_value(call(&rpc, methods::STATUS, Value::Null).unwrap()).unwrap();
+        assert_eq!(status.finalized_height, 0);
+        assert_eq!(status.contract_version, CONTRACT_VERSION);
+        let account: AccountInfo = serde_json::from_value(
+            call(
+                &rpc,
+                methods::GET_ACCOUNT,
+                serde_json::json!({ "account": to_hex(key.public_key().as_ref()) }),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(account.balance, 100);
+        assert!(!account.proof.is_empty());
+        let block: BlockInfo = serde_json::from_value(
+            call(&rpc, methods::GET_BLOCK, serde_json::json!({ "height": 0 })).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(block.height, 0);
+        assert_eq!(
+            call(&rpc, methods::GET_BLOCK, serde_json::json!({ "height": 9 })),
+            Err(codes::NOT_FOUND)
+        );
+        let sent = call(
+            &rpc,
+            methods::SEND_TRANSACTION,
+            serde_json::json!({ "tx": tx(&key, 0, 1, "c") }),
+        )
+        .unwrap();
+        let status: TransactionStatus = serde_json::from_value(
+            call(
+                &rpc,
+                methods::GET_TRANSACTION,
+                serde_json::json!({ "hash": sent["hash"] }),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status.state, TxState::Pending);
+        assert_eq!(
+            call(&rpc, "trellis_nope", Value::Null),
+            Err(codes::METHOD_NOT_FOUND)
+        );
+        assert_eq!(
+            call(&rpc, methods::SUBMIT_GOVERNANCE, Value::Null),
+            Err(codes::BAD_GOVERNANCE)
+        );
+    }
+}

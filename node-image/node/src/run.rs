@@ -1,0 +1,305 @@
+//! `trellis-node run`: a validator on tokio with authenticated p2p, plus the HTTP API.
+
+use crate::chain::{MAX_MESSAGE_SIZE, NodeState};
+use crate::engine::{CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_validator};
+use crate::metrics::ChainMetrics;
+use crate::rpc::{PeerTracker, Rpc, router};
+use anyhow::{Context as _, anyhow, bail};
+use commonware_cryptography::ChaCha20Poly1305;
+use commonware_p2p::authenticated::lookup;
+use commonware_p2p::{Address, AddressableManager, Receiver};
+use commonware_runtime::{Runner, Spawner, Supervisor};
+use commonware_stream::cups::{self, Cups};
+use commonware_stream::sake::{self, Sake};
+use commonware_utils::ordered::Map;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::info;
+use trellis_node_api::{Genesis, NodeConfig, Role};
+use trellis_node_state::RedbKv;
+use trellis_node_types::{
+    Encode, PrivateKey, PublicKey, Signer, private_key_from_hex, private_key_from_seed_bytes,
+    public_key_from_hex, to_hex,
+};
+
+/// The key file written by `trellis-node keygen` (JSON, mode 0600).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// Hex ed25519 private key of the node: p2p identity and consensus signer.
+    pub node_key: String,
+    pub node_public_key: String,
+    /// Hex ed25519 private key that signs governance for the member.
+    pub admin_key: String,
+    pub admin_public_key: String,
+}
+
+fn random_key() -> anyhow::Result<PrivateKey> {
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed);
+    private_key_from_seed_bytes(seed).ok_or_else(|| anyhow!("could not derive a key"))
+}
+
+impl KeyFile {
+    pub fn generate() -> anyhow::Result<Self> {
+        let node = random_key()?;
+        let admin = random_key()?;
+        Ok(Self {
+            node_key: to_hex(&node.encode()),
+            node_public_key: to_hex(node.public_key().as_ref()),
+            admin_key: to_hex(&admin.encode()),
+            admin_public_key: to_hex(admin.public_key().as_ref()),
+        })
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading key file {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Writes the key file readable by its owner only.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating key file {}", path.display()))?;
+        file.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn node_key(&self) -> anyhow::Result<PrivateKey> {
+        let key = private_key_from_hex(&self.node_key).ok_or_else(|| anyhow!("bad node_key"))?;
+        if to_hex(key.public_key().as_ref()) != self.node_public_key.to_ascii_lowercase() {
+            bail!("node_public_key does not match node_key");
+        }
+        Ok(key)
+    }
+}
+
+/// A counting wrapper: every consensus message marks its sender as connected.
+#[derive(Debug)]
+pub struct Observed<R> {
+    inner: R,
+    peers: PeerTracker,
+}
+
+impl<R: Receiver<PublicKey = PublicKey>> Receiver for Observed<R> {
+    type Error = R::Error;
+    type PublicKey = PublicKey;
+
+    async fn recv(&mut self) -> Result<commonware_p2p::Message<PublicKey>, Self::Error> {
+        let message = self.inner.recv().await?;
+        self.peers.saw(&message.0);
+        Ok(message)
+    }
+
+    fn capacity(&self) -> NonZeroUsize {
+        self.inner.capacity()
+    }
+}
+
+/// Everything `run` derives from the config and genesis files before starting.
+pub struct Plan {
+    pub config: NodeConfig,
+    pub genesis: Genesis,
+    pub key: PrivateKey,
+    pub validators: Vec<PublicKey>,
+    pub peers: Vec<(PublicKey, SocketAddr)>,
+    pub balances: Vec<(PublicKey, u64)>,
+}
+
+fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
+    address
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {address}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{address} resolves to nothing"))
+}
+
+impl Plan {
+    pub fn load(config: NodeConfig) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(&config.genesis_file)
+            .with_context(|| format!("reading genesis {}", config.genesis_file.display()))?;
+        let genesis = Genesis::from_json(&text)?;
+        if genesis.chain_id != config.chain_id {
+            bail!(
+                "config chain_id {} differs from genesis {}",
+                config.chain_id,
+                genesis.chain_id
+            );
+        }
+        if config.role != (Role::Shard { shard: 0 }) {
+            bail!("only role shard 0 is implemented");
+        }
+        let key = KeyFile::load(&config.key_file)?.node_key()?;
+        let mut validators = Vec::new();
+        let mut peers = Vec::new();
+        for member in &genesis.members {
+            let pk = public_key_from_hex(&member.node_key)
+                .ok_or_else(|| anyhow!("member {} has an invalid node key", member.name))?;
+            // A bootstrap entry for the same key overrides the genesis address (e.g. a
+            // Kubernetes Service name instead of the address used at genesis time).
+            let address = config
+                .bootstrap_peers
+                .iter()
+                .find(|p| p.public_key.eq_ignore_ascii_case(&member.node_key))
+                .map_or(member.p2p_address.as_str(), |p| p.address.as_str());
+            let address = if pk == key.public_key() {
+                config.p2p_external.unwrap_or(config.p2p_listen)
+            } else {
+                resolve(address)?
+            };
+            validators.push(pk.clone());
+            peers.push((pk, address));
+        }
+        validators.sort();
+        let mut balances = Vec::new();
+        for b in &genesis.balances {
+            let pk = public_key_from_hex(&b.account)
+                .ok_or_else(|| anyhow!("invalid genesis account {}", b.account))?;
+            balances.push((pk, b.amount));
+        }
+        Ok(Self {
+            config,
+            genesis,
+            key,
+            validators,
+            peers,
+            balances,
+        })
+    }
+}
+
+/// Runs the node until the process is stopped.
+pub fn run(plan: Plan) -> anyhow::Result<()> {
+    let config = plan.config.clone();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let kv = RedbKv::open(&config.data_dir.join("state.redb"))?;
+    let state = Arc::new(Mutex::new(NodeState::open(
+        kv,
+        &config.chain_id,
+        &plan.balances,
+        config.mempool.max_txs,
+    )?));
+    let shard = match config.role {
+        Role::Shard { shard } => shard,
+        Role::Beacon => 0,
+    };
+    let metrics = ChainMetrics::new(&config.chain_id, shard);
+    let peers = PeerTracker::default();
+    let rpc = Arc::new(Rpc {
+        chain_id: config.chain_id.clone(),
+        role: config.role,
+        node_key: plan.key.public_key(),
+        validators: plan.validators.clone(),
+        state: state.clone(),
+        metrics: metrics.clone(),
+        peers: peers.clone(),
+    });
+    let runtime = commonware_runtime::tokio::Config::new()
+        .with_storage_directory(config.data_dir.join("consensus"))
+        .with_catch_panics(false);
+    let runner = commonware_runtime::tokio::Runner::new(runtime);
+    runner.start(|context| async move {
+        let handshake = Cups::<_, ChaCha20Poly1305>::new(
+            Sake {
+                signer: plan.key.clone(),
+                synchrony_bound: Duration::from_secs(5),
+                max_handshake_age: Duration::from_secs(10),
+                version: sake::Version::V1,
+            },
+            cups::Version::V1,
+        );
+        let namespace = [b"_TRELLIS_P2P_".as_slice(), config.chain_id.as_bytes()].concat();
+        let mut p2p = lookup::Config::local(
+            handshake,
+            &namespace,
+            config.p2p_listen,
+            NonZeroUsize::new(plan.peers.len().max(1)).unwrap_or(NonZeroUsize::MIN),
+            MAX_MESSAGE_SIZE,
+            NonZeroUsize::MIN.saturating_add(1023),
+        );
+        // Identity, not IP, is what admits a peer: the handshake authenticates the peer's
+        // ed25519 key against the member set. Source IPs do not match the dialled
+        // addresses on loopback aliases or behind Kubernetes Services, so the IP filter
+        // stays off.
+        p2p.bypass_ip_check = true;
+        let (mut network, mut oracle) = lookup::Network::new(context.child("p2p"), p2p);
+        // Consortium mode: the peer set is exactly the members' node keys; the handshake
+        // refuses anyone else.
+        let directory: Vec<(PublicKey, Address)> = plan
+            .peers
+            .iter()
+            .map(|(pk, addr)| (pk.clone(), Address::from(*addr)))
+            .collect();
+        let directory = Map::from_iter_dedup(directory);
+        let _ = oracle.track(0, directory);
+        let mut pairs = Vec::new();
+        for channel in CHANNELS {
+            let (sender, receiver) = network.register(channel, channel_quota(channel));
+            pairs.push((
+                sender,
+                Observed {
+                    inner: receiver,
+                    peers: peers.clone(),
+                },
+            ));
+        }
+        let mut pairs = pairs.into_iter();
+        let (Some(votes), Some(certificates), Some(resolver), Some(blocks), Some(backfill)) = (
+            pairs.next(),
+            pairs.next(),
+            pairs.next(),
+            pairs.next(),
+            pairs.next(),
+        ) else {
+            return Err(anyhow!("channel registration"));
+        };
+        network.start();
+        let (chain, engine) = start_validator(
+            context.child("validator"),
+            plan.key.clone(),
+            &plan.validators,
+            ValidatorConfig {
+                chain_id: config.chain_id.clone(),
+                block_txs: 5_000,
+                timing: Timing::default(),
+                partition: "consensus".into(),
+            },
+            state,
+            metrics,
+            oracle,
+            Channels {
+                votes,
+                certificates,
+                resolver,
+                blocks,
+                backfill,
+            },
+        )?;
+        let listener = tokio::net::TcpListener::bind(config.rpc_listen)
+            .await
+            .with_context(|| format!("binding RPC on {}", config.rpc_listen))?;
+        info!(rpc = %config.rpc_listen, p2p = %config.p2p_listen, "trellis-node running");
+        let app = router(rpc);
+        let server = context
+            .child("rpc")
+            .spawn(move |_| async move { axum::serve(listener, app).await });
+        tokio::select! {
+            r = chain => Err(anyhow!("chain actor stopped: {r:?}")),
+            r = engine => Err(anyhow!("consensus engine stopped: {r:?}")),
+            r = server => Err(anyhow!("RPC server stopped: {r:?}")),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,434 @@
+//! Deterministic simulation of a committee: the real chain actor and simplex engine on
+//! commonware's deterministic runtime and simulated network, under crashes, partitions
+//! and a silent validator, across several seeds.
+//!
+//! Every run asserts safety (all nodes hold the same block and state root at every
+//! finalized height), liveness (progress after faults heal) and conservation of supply.
+
+// Test harness code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use commonware_p2p::simulated::{Config as NetConfig, Link, Network, Oracle};
+use commonware_runtime::deterministic::{self, Context};
+use commonware_runtime::{Clock, Handle, Runner, Supervisor};
+use commonware_utils::{NZUsize, probability};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use trellis_node::chain::{MAX_MESSAGE_SIZE, NodeState, lock};
+use trellis_node::engine::{
+    CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_validator,
+};
+use trellis_node::metrics::ChainMetrics;
+use trellis_node_state::MemKv;
+use trellis_node_types::{PrivateKey, PublicKey, Signer, TxKind, UnsignedTx, test_key};
+
+const CHAIN: &str = "sim";
+const ACCOUNTS: u64 = 8;
+const BALANCE: u64 = 1_000_000;
+
+struct Node {
+    key: PrivateKey,
+    /// Survives crashes: models the node's disk.
+    kv: MemKv,
+    state: Option<Arc<Mutex<NodeState<MemKv>>>>,
+    handles: Option<(Handle<()>, Handle<()>)>,
+}
+
+struct Sim {
+    context: Context,
+    oracle: Oracle<PublicKey, Context>,
+    validators: Vec<PublicKey>,
+    nodes: Vec<Node>,
+    accounts: Vec<PrivateKey>,
+}
+
+fn balances(accounts: &[PrivateKey]) -> Vec<(PublicKey, u64)> {
+    accounts.iter().map(|k| (k.public_key(), BALANCE)).collect()
+}
+
+fn link() -> Link {
+    Link {
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(5),
+        success_rate: probability!(1.0),
+    }
+}
+
+impl Sim {
+    async fn new(context: Context, n: u64) -> Self {
+        let keys: Vec<PrivateKey> = (0..n).map(|i| test_key(1_000 + i)).collect();
+        let mut validators: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
+        validators.sort();
+        let (network, oracle) = Network::new_with_peers(
+            context.child("network"),
+            NetConfig {
+                max_size: MAX_MESSAGE_SIZE,
+                max_peers_per_set: NZUsize!(n as usize),
+                disconnect_on_block: true,
+                tracked_peer_sets: NZUsize!(1),
+            },
+            validators.clone(),
+        )
+        .await;
+        network.start();
+        let accounts = (0..ACCOUNTS).map(test_key).collect();
+        let nodes = keys
+            .into_iter()
+            .map(|key| Node {
+                key,
+                kv: MemKv::default(),
+                state: None,
+                handles: None,
+            })
+            .collect();
+        let sim = Self {
+            context,
+            oracle,
+            validators,
+            nodes,
+            accounts,
+        };
+        sim.link_all(&[]).await;
+        sim
+    }
+
+    fn pk(&self, i: usize) -> PublicKey {
+        self.nodes[i].key.public_key()
+    }
+
+    /// Links every pair of nodes except pairs split by `cut` (a node set on one side).
+    async fn link_all(&self, cut: &[usize]) {
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                if a == b {
+                    continue;
+                }
+                let _ = self.oracle.remove_link(self.pk(a), self.pk(b)).await;
+                if cut.contains(&a) != cut.contains(&b) {
+                    continue;
+                }
+                self.oracle
+                    .add_link(self.pk(a), self.pk(b), link())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    async fn start(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let state = Arc::new(Mutex::new(
+            NodeState::open(node.kv.clone(), CHAIN, &balances(&self.accounts), 10_000).unwrap(),
+        ));
+        let control = self.oracle.control(node.key.public_key());
+        let mut pairs = Vec::new();
+        for channel in CHANNELS {
+            pairs.push(
+                control
+                    .register(channel, channel_quota(channel))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut pairs = pairs.into_iter();
+        let channels = Channels {
+            votes: pairs.next().unwrap(),
+            certificates: pairs.next().unwrap(),
+            resolver: pairs.next().unwrap(),
+            blocks: pairs.next().unwrap(),
+            backfill: pairs.next().unwrap(),
+        };
+        let handles = start_validator(
+            self.context.child("validator").with_attribute("index", i),
+            node.key.clone(),
+            &self.validators,
+            ValidatorConfig {
+                chain_id: CHAIN.into(),
+                block_txs: 1_000,
+                timing: Timing::default(),
+                partition: format!("consensus-{i}"),
+            },
+            state.clone(),
+            ChainMetrics::new(CHAIN, 0),
+            control,
+            channels,
+        )
+        .unwrap();
+        self.nodes[i].state = Some(state);
+        self.nodes[i].handles = Some(handles);
+    }
+
+    /// Kills a node at an arbitrary point: its tasks stop, its memory (mempool,
+    /// unfinalized blocks) is lost, its store survives.
+    fn crash(&mut self, i: usize) {
+        if let Some((chain, engine)) = self.nodes[i].handles.take() {
+            chain.abort();
+            engine.abort();
+        }
+        self.nodes[i].state = None;
+    }
+
+    fn height(&self, i: usize) -> u64 {
+        self.nodes[i]
+            .state
+            .as_ref()
+            .map_or(0, |s| lock(s).finalized_height())
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].state.is_some())
+            .collect()
+    }
+
+    /// Submits at most one transfer per account to the live nodes' mempools (as RPC
+    /// would), spreading accounts over nodes.
+    fn load(&self, round: u64) {
+        let live = self.live();
+        if live.is_empty() {
+            return;
+        }
+        for (a, key) in self.accounts.iter().enumerate() {
+            let node = live[(a + round as usize) % live.len()];
+            let Some(state) = &self.nodes[node].state else {
+                continue;
+            };
+            let mut s = lock(state);
+            if s.mempool.pending_for(&key.public_key()) > 0 {
+                continue;
+            }
+            let Ok(account) = s.ledger.account(&key.public_key()) else {
+                continue;
+            };
+            let to = self.accounts[(a + 1 + round as usize) % self.accounts.len()].public_key();
+            let kind = if round.is_multiple_of(5) {
+                TxKind::Anchor {
+                    key: format!("k{round}").into_bytes(),
+                    hash: [round as u8; 32],
+                }
+            } else {
+                TxKind::Transfer {
+                    to,
+                    amount: 1 + (round * 7 + a as u64) % 500,
+                }
+            };
+            let tx = UnsignedTx {
+                chain_id: CHAIN.into(),
+                from: key.public_key(),
+                nonce: account.nonce,
+                fee: 1,
+                kind,
+            }
+            .sign(key);
+            // A full pool or a nonce race with an in-flight block is fine under load.
+            let _ = s.submit(tx);
+        }
+    }
+
+    /// Drives load until every node in `nodes` reaches `height`; panics after `limit`.
+    async fn run_until(&mut self, nodes: &[usize], height: u64, limit: Duration) {
+        let start = self.context.current();
+        let mut round = 0;
+        loop {
+            if nodes.iter().all(|i| self.height(*i) >= height) {
+                return;
+            }
+            let waited = self
+                .context
+                .current()
+                .duration_since(start)
+                .unwrap_or_default();
+            assert!(
+                waited < limit,
+                "nodes {nodes:?} did not reach height {height} within {limit:?}: heights {:?}",
+                (0..self.nodes.len())
+                    .map(|i| self.height(i))
+                    .collect::<Vec<_>>()
+            );
+            round += 1;
+            self.load(round);
+            self.context.sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Drives load for `duration` of simulated time.
+    async fn run_for(&mut self, duration: Duration) {
+        let start = self.context.current();
+        let mut round = 1_000;
+        while self
+            .context
+            .current()
+            .duration_since(start)
+            .unwrap_or_default()
+            < duration
+        {
+            round += 1;
+            self.load(round);
+            self.context.sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Safety and conservation across all live nodes.
+    fn check_invariants(&self) -> u64 {
+        let live = self.live();
+        let common = live.iter().map(|i| self.height(*i)).min().unwrap_or(0);
+        let states: Vec<_> = live
+            .iter()
+            .map(|i| self.nodes[*i].state.as_ref().unwrap())
+            .collect();
+        for h in 0..=common {
+            let first = lock(states[0]).block(h).unwrap().unwrap();
+            let root = lock(states[0]).ledger.state_root_at(h).unwrap();
+            for s in &states[1..] {
+                let s = lock(s);
+                assert_eq!(s.block(h).unwrap().unwrap(), first, "fork at height {h}");
+                assert_eq!(
+                    s.ledger.state_root_at(h).unwrap(),
+                    root,
+                    "state differs at {h}"
+                );
+            }
+        }
+        let mut committed = 0;
+        for s in &states {
+            let s = lock(s);
+            let mut total = s.ledger.fee_pool();
+            for key in &self.accounts {
+                let account = s.ledger.account(&key.public_key()).unwrap();
+                total += account.balance;
+                committed += account.nonce;
+            }
+            assert_eq!(total, BALANCE * ACCOUNTS, "supply not conserved");
+            assert_eq!(s.ledger.supply(), BALANCE * ACCOUNTS);
+        }
+        eprintln!(
+            "heights {:?}, common prefix {common} checked, nonces summed over live nodes {committed}",
+            (0..self.nodes.len())
+                .map(|i| self.height(i))
+                .collect::<Vec<_>>()
+        );
+        committed
+    }
+}
+
+fn executor(seed: u64) -> deterministic::Runner {
+    deterministic::Runner::new(
+        deterministic::Config::new()
+            .with_seed(seed)
+            .with_timeout(Some(Duration::from_secs(900))),
+    )
+}
+
+/// Crash and restart one validator, then split the committee in halves and heal.
+fn crash_restart_partition(seed: u64) {
+    executor(seed).start(|context| async move {
+        let mut sim = Sim::new(context, 4).await;
+        for i in 0..4 {
+            sim.start(i).await;
+        }
+        let all = [0, 1, 2, 3];
+        sim.run_until(&all, 5, Duration::from_secs(60)).await;
+        sim.check_invariants();
+
+        // One validator dies; the other three are a quorum and keep finalizing.
+        sim.crash(3);
+        let before = sim.height(0);
+        sim.run_until(&[0, 1, 2], before + 5, Duration::from_secs(60))
+            .await;
+
+        // It restarts from its store and catches up with the others.
+        sim.start(3).await;
+        let target = sim.height(0) + 3;
+        sim.run_until(&all, target, Duration::from_secs(120)).await;
+        sim.check_invariants();
+
+        // Halves cannot finalize anything, and nothing conflicting appears.
+        sim.link_all(&[0, 1]).await;
+        sim.run_for(Duration::from_secs(10)).await;
+        let stalled = sim.height(0).max(sim.height(2));
+        sim.run_for(Duration::from_secs(10)).await;
+        assert!(
+            sim.height(0).max(sim.height(2)) <= stalled + 1,
+            "progress without a quorum"
+        );
+        sim.check_invariants();
+
+        // Heal: progress resumes everywhere.
+        sim.link_all(&[]).await;
+        let target = (0..4).map(|i| sim.height(i)).max().unwrap_or(0) + 5;
+        sim.run_until(&all, target, Duration::from_secs(180)).await;
+        let committed = sim.check_invariants();
+        assert!(committed > 10, "only {committed} transactions committed");
+    });
+}
+
+/// One validator never speaks; the other three carry the chain, and a crash of all
+/// nodes at once loses nothing finalized.
+fn silent_validator_and_full_restart(seed: u64) {
+    executor(seed).start(|context| async move {
+        let mut sim = Sim::new(context, 4).await;
+        for i in 0..3 {
+            sim.start(i).await;
+        }
+        let live = [0, 1, 2];
+        sim.run_until(&live, 8, Duration::from_secs(120)).await;
+        let committed = sim.check_invariants();
+        assert!(committed > 0);
+
+        let heights: Vec<u64> = live.iter().map(|i| sim.height(*i)).collect();
+        let blocks: Vec<_> = live
+            .iter()
+            .map(|i| {
+                let s = lock(sim.nodes[*i].state.as_ref().unwrap());
+                s.block(s.finalized_height()).unwrap().unwrap()
+            })
+            .collect();
+        for i in live {
+            sim.crash(i);
+        }
+        sim.context.sleep(Duration::from_secs(1)).await;
+        for i in live {
+            sim.start(i).await;
+            // Nothing finalized is lost or changed by the crash.
+            let s = lock(sim.nodes[i].state.as_ref().unwrap());
+            assert_eq!(s.finalized_height(), heights[i]);
+            assert_eq!(s.block(heights[i]).unwrap().unwrap(), blocks[i]);
+        }
+        let target = heights.iter().max().unwrap() + 4;
+        sim.run_until(&live, target, Duration::from_secs(180)).await;
+        sim.check_invariants();
+    });
+}
+
+#[test]
+fn crash_restart_and_partition_across_seeds() {
+    for seed in [1, 2, 3] {
+        crash_restart_partition(seed);
+    }
+}
+
+#[test]
+fn silent_validator_and_full_restart_across_seeds() {
+    for seed in [11, 12] {
+        silent_validator_and_full_restart(seed);
+    }
+}
+
+#[test]
+fn runs_are_deterministic() {
+    fn trace(seed: u64) -> Vec<(u64, String)> {
+        executor(seed).start(|context| async move {
+            let mut sim = Sim::new(context, 4).await;
+            for i in 0..4 {
+                sim.start(i).await;
+            }
+            sim.run_until(&[0, 1, 2, 3], 4, Duration::from_secs(60))
+                .await;
+            let s = lock(sim.nodes[0].state.as_ref().unwrap());
+            (1..=4)
+                .map(|h| (h, format!("{:?}", s.block(h).unwrap().unwrap().digest())))
+                .collect()
+        })
+    }
+    assert_eq!(trace(5), trace(5));
+}

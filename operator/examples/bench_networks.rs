@@ -1,0 +1,207 @@
+//! Benchmark: N networks (beacon + 2 shards, 4 validators each) created at once on the
+//! test cluster; prints the time until all are `Ready` (object readiness), the time until
+//! the operator had written every network's StatefulSets, reconcile latency p50/p99, and
+//! this process's peak RSS (the operator runs in-process, so that is an upper bound of
+//! the operator's own).
+//!
+//! ```sh
+//! TRELLIS_KWOK_NODES=10 cargo run -p trellis-operator --example bench_networks -- 20
+//! ```
+//! (250 pods fit on one kwok node; each network has 12.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark command
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    HostPathVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeSpec,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use trellis_crd::{ChainNetwork, ChainNetworkSpec, NetworkMode, ShardsSpec};
+use trellis_operator::build::BuildOptions;
+use trellis_operator::chain::NodeRpcPending;
+use trellis_operator::controller::{self, Context};
+use trellis_operator::metrics::Metrics;
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10);
+    let Some(ns) = trellis_e2e::kube::test_namespace("op-bench").await else {
+        panic!("the benchmark needs the test cluster");
+    };
+    let client = ns.client.clone();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in trellis_crd::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Ledger volumes, pre-bound (no provisioner on the test cluster); not timed.
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let mut volumes = Vec::new();
+    for i in 0..n {
+        for committee in ["beacon", "shard-0", "shard-1"] {
+            for ordinal in 0..4 {
+                let claim = format!("ledger-net-{i}-{committee}-{ordinal}");
+                let name = format!("{}-{claim}", ns.name);
+                let pv = PersistentVolume {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(PersistentVolumeSpec {
+                        capacity: Some(BTreeMap::from([(
+                            "storage".to_owned(),
+                            Quantity("10Gi".to_owned()),
+                        )])),
+                        access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                        persistent_volume_reclaim_policy: Some("Retain".to_owned()),
+                        host_path: Some(HostPathVolumeSource {
+                            path: format!("/tmp/trellis-bench/{name}"),
+                            ..HostPathVolumeSource::default()
+                        }),
+                        claim_ref: Some(ObjectReference {
+                            namespace: Some(ns.name.clone()),
+                            name: Some(claim),
+                            ..ObjectReference::default()
+                        }),
+                        ..PersistentVolumeSpec::default()
+                    }),
+                    ..PersistentVolume::default()
+                };
+                pvs.create(&PostParams::default(), &pv).await.unwrap();
+                volumes.push(name);
+            }
+        }
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(NodeRpcPending),
+        BuildOptions::default(),
+        metrics.clone(),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(controller::run(ctx, Some(ns.name.clone()), async move {
+        let _ = stopped.await;
+    }));
+
+    let networks: Api<ChainNetwork> = ns.api();
+    let started = Instant::now();
+    let creates = (0..n).map(|i| {
+        let networks = networks.clone();
+        async move {
+            let mut spec = ChainNetworkSpec::new(NetworkMode::Public, "trellis-node:bench");
+            spec.shards = ShardsSpec {
+                count: 2,
+                min: 1,
+                max: 4,
+            };
+            networks
+                .create(
+                    &PostParams::default(),
+                    &ChainNetwork::new(&format!("net-{i}"), spec),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    futures::future::join_all(creates).await;
+    let created = started.elapsed();
+
+    let sts: Api<StatefulSet> = ns.api();
+    let mut children_at = None;
+    let ready_at = loop {
+        if children_at.is_none() {
+            let count = sts
+                .list_metadata(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len();
+            if count == 3 * n {
+                children_at = Some(started.elapsed());
+            }
+        }
+        let list = networks.list(&ListParams::default()).await.unwrap();
+        let ready = list
+            .items
+            .iter()
+            .filter(|net| {
+                net.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == n {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "only {ready}/{n} Ready after 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let mut durations = metrics.recent_durations();
+    durations.sort_by(f64::total_cmp);
+    let busy: f64 = durations.iter().sum();
+    println!("networks: {n} ({} pods)", 12 * n);
+    println!("all created (API): {:.2} s", created.as_secs_f64());
+    println!(
+        "all StatefulSets written: {:.2} s",
+        children_at.unwrap_or(ready_at).as_secs_f64()
+    );
+    println!("all Ready: {:.2} s", ready_at.as_secs_f64());
+    println!(
+        "reconciles: {} , p50 {:.1} ms, p99 {:.1} ms, total {:.1} s (almost all of it apiserver round trips)",
+        durations.len(),
+        percentile(&durations, 0.5) * 1e3,
+        percentile(&durations, 0.99) * 1e3,
+        busy
+    );
+    println!(
+        "peak RSS of this process (operator in-process): {:.1} MiB",
+        peak_rss_mib()
+    );
+
+    drop(stop);
+    for name in volumes {
+        let _ = pvs.delete(&name, &DeleteParams::background()).await;
+    }
+}

@@ -1,0 +1,286 @@
+//! The built-in shard autoscaler's policy. Pure: loads and history in, a decision out.
+//!
+//! Recommendation (like the Horizontal Pod Autoscaler): for each configured target,
+//! `ceil(current × average / target)`, the largest wins, clamped to `[min, max]`; within
+//! 10 % of the target nothing changes. A recommendation is acted on only once it has held
+//! for the whole stabilization window (scale-out uses the window's smallest
+//! recommendation, scale-in its largest, so a spike or a dip does not flap the shard
+//! count), and never within the cooldown after the previous change.
+//!
+//! The per-shard loads come from the nodes' metrics through the chain seam, which does not
+//! exist yet; the reconciler does not call this policy until it does (see
+//! `docs/operator.md`).
+
+use trellis_crd::AutoscalingSpec;
+
+/// What one shard reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShardLoad {
+    pub tx_per_second: f64,
+    pub mempool_depth: f64,
+}
+
+/// One past recommendation: when, and how many shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub at_seconds: i64,
+    pub shards: u16,
+}
+
+/// The autoscaler's memory between reconciles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AutoscalerState {
+    pub samples: Vec<Sample>,
+    /// When the shard count last changed.
+    pub last_change_seconds: Option<i64>,
+}
+
+/// What to do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Hold { reason: String },
+    Scale { to: u16, reason: String },
+}
+
+/// Relative distance from the target inside which the shard count is left alone.
+const TOLERANCE: f64 = 0.1;
+
+/// The raw recommendation for `loads` (one entry per shard in service).
+pub fn recommend(policy: &AutoscalingSpec, min: u16, max: u16, loads: &[ShardLoad]) -> u16 {
+    let current = u16::try_from(loads.len()).unwrap_or(u16::MAX).max(1);
+    let count = f64::from(current);
+    let mut wanted = None::<u16>;
+    let mut consider = |target: Option<i64>, value: fn(&ShardLoad) -> f64| {
+        let Some(target) = target.filter(|t| *t > 0) else {
+            return;
+        };
+        let average = loads.iter().map(value).sum::<f64>() / count;
+        let ratio = average / target as f64;
+        let shards = if (ratio - 1.0).abs() <= TOLERANCE {
+            current
+        } else {
+            let raw = (count * ratio).ceil();
+            if raw.is_finite() && raw >= 1.0 {
+                // Saturates at u16::MAX; the clamp below brings it into bounds.
+                raw.min(f64::from(u16::MAX)) as u16
+            } else {
+                1
+            }
+        };
+        wanted = Some(wanted.map_or(shards, |w| w.max(shards)));
+    };
+    consider(policy.target_tx_per_second_per_shard, |l| l.tx_per_second);
+    consider(policy.target_mempool_depth, |l| l.mempool_depth);
+    wanted
+        .unwrap_or(current)
+        .clamp(min.max(1), max.max(min).max(1))
+}
+
+/// Records this round's recommendation and decides. `current` is the shard count in
+/// service.
+pub fn decide(
+    policy: &AutoscalingSpec,
+    min: u16,
+    max: u16,
+    current: u16,
+    loads: &[ShardLoad],
+    state: &mut AutoscalerState,
+    now_seconds: i64,
+) -> Decision {
+    if !policy.enabled {
+        return Decision::Hold {
+            reason: "autoscaling disabled".to_owned(),
+        };
+    }
+    let recommendation = recommend(policy, min, max, loads);
+    let window = policy.stabilization_window_seconds.max(0);
+    state.samples.push(Sample {
+        at_seconds: now_seconds,
+        shards: recommendation,
+    });
+    // Keep the samples inside the window, plus the newest one older than it (it tells
+    // whether the window is fully covered).
+    let cutoff = now_seconds - window;
+    if let Some(last_old) = state.samples.iter().rposition(|s| s.at_seconds <= cutoff) {
+        state.samples.drain(..last_old);
+    }
+    let covered = state
+        .samples
+        .first()
+        .is_some_and(|s| s.at_seconds <= cutoff);
+    let in_window: Vec<u16> = state
+        .samples
+        .iter()
+        .filter(|s| s.at_seconds >= cutoff)
+        .map(|s| s.shards)
+        .collect();
+    let (low, high) = (
+        in_window.iter().copied().min().unwrap_or(current),
+        in_window.iter().copied().max().unwrap_or(current),
+    );
+    let stabilized = if low > current {
+        low
+    } else if high < current {
+        high
+    } else {
+        current
+    };
+    if stabilized == current {
+        return Decision::Hold {
+            reason: format!("{current} shards match the load (recommendation {recommendation})"),
+        };
+    }
+    if !covered {
+        return Decision::Hold {
+            reason: format!(
+                "recommendation {recommendation} must hold for the {window}s stabilization window"
+            ),
+        };
+    }
+    if let Some(last) = state.last_change_seconds {
+        let cooldown = policy.cooldown_seconds.max(0);
+        if now_seconds < last + cooldown {
+            return Decision::Hold {
+                reason: format!("cooldown: {}s left", last + cooldown - now_seconds),
+            };
+        }
+    }
+    state.last_change_seconds = Some(now_seconds);
+    Decision::Scale {
+        to: stabilized,
+        reason: format!(
+            "load held for {window}s: {current} -> {stabilized} shards (recommendation {recommendation})"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(tps: Option<i64>, mempool: Option<i64>) -> AutoscalingSpec {
+        AutoscalingSpec {
+            enabled: true,
+            target_tx_per_second_per_shard: tps,
+            target_mempool_depth: mempool,
+            cooldown_seconds: 600,
+            stabilization_window_seconds: 300,
+        }
+    }
+
+    fn loads(tps: &[f64]) -> Vec<ShardLoad> {
+        tps.iter()
+            .map(|t| ShardLoad {
+                tx_per_second: *t,
+                mempool_depth: 0.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recommendation_follows_the_hpa_formula() {
+        let p = policy(Some(1000), None);
+        assert_eq!(recommend(&p, 1, 16, &loads(&[2000.0, 2000.0])), 4);
+        assert_eq!(
+            recommend(&p, 1, 16, &loads(&[1050.0, 1000.0])),
+            2,
+            "within tolerance"
+        );
+        assert_eq!(recommend(&p, 1, 16, &loads(&[100.0, 100.0, 100.0])), 1);
+        assert_eq!(
+            recommend(&p, 2, 16, &loads(&[100.0, 100.0, 100.0])),
+            2,
+            "min"
+        );
+        assert_eq!(recommend(&p, 1, 3, &loads(&[9000.0])), 3, "max");
+    }
+
+    #[test]
+    fn the_most_demanding_target_wins() {
+        let p = policy(Some(1000), Some(100));
+        let l = vec![ShardLoad {
+            tx_per_second: 1000.0,
+            mempool_depth: 500.0,
+        }];
+        assert_eq!(recommend(&p, 1, 16, &l), 5);
+    }
+
+    #[test]
+    fn scale_out_waits_for_the_window_then_the_cooldown() {
+        let p = policy(Some(1000), None);
+        let mut state = AutoscalerState::default();
+        let hot = loads(&[3000.0]);
+        assert!(matches!(
+            decide(&p, 1, 8, 1, &hot, &mut state, 0),
+            Decision::Hold { .. }
+        ));
+        assert!(matches!(
+            decide(&p, 1, 8, 1, &hot, &mut state, 200),
+            Decision::Hold { .. }
+        ));
+        assert_eq!(
+            decide(&p, 1, 8, 1, &hot, &mut state, 300),
+            Decision::Scale {
+                to: 3,
+                reason: "load held for 300s: 1 -> 3 shards (recommendation 3)".to_owned()
+            }
+        );
+        // Still hot at 3 shards: cooldown holds until 600 s after the change.
+        let hotter = loads(&[3000.0, 3000.0, 3000.0]);
+        let mut t = 300;
+        while t < 900 {
+            t += 60;
+            match decide(&p, 1, 8, 3, &hotter, &mut state, t) {
+                Decision::Hold { .. } => {}
+                Decision::Scale { to, .. } => {
+                    assert!(t >= 900, "scaled at {t}");
+                    assert_eq!(to, 8);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_spike_inside_the_window_does_not_scale() {
+        let p = policy(Some(1000), None);
+        let mut state = AutoscalerState::default();
+        let calm = loads(&[1000.0, 1000.0]);
+        for t in (0..=300).step_by(60) {
+            decide(&p, 1, 8, 2, &calm, &mut state, t);
+        }
+        let spike = loads(&[5000.0, 5000.0]);
+        assert!(matches!(
+            decide(&p, 1, 8, 2, &spike, &mut state, 360),
+            Decision::Hold { .. }
+        ));
+        assert!(matches!(
+            decide(&p, 1, 8, 2, &calm, &mut state, 420),
+            Decision::Hold { .. }
+        ));
+    }
+
+    #[test]
+    fn scale_in_uses_the_highest_recent_recommendation() {
+        let p = policy(Some(1000), None);
+        let mut state = AutoscalerState::default();
+        decide(&p, 1, 8, 4, &loads(&[100.0; 4]), &mut state, 0);
+        decide(&p, 1, 8, 4, &loads(&[600.0; 4]), &mut state, 200);
+        // At 300 the window [0, 300] holds recommendations 1 and 3: scale in to 3 only.
+        match decide(&p, 1, 8, 4, &loads(&[100.0; 4]), &mut state, 300) {
+            Decision::Scale { to, .. } => assert_eq!(to, 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn disabled_policy_holds() {
+        let mut p = policy(Some(1), None);
+        p.enabled = false;
+        let mut state = AutoscalerState::default();
+        assert!(matches!(
+            decide(&p, 1, 8, 1, &loads(&[1e9]), &mut state, 10_000),
+            Decision::Hold { .. }
+        ));
+        assert!(state.samples.is_empty());
+    }
+}

@@ -1,0 +1,652 @@
+//! The `ChainNetwork` reconciler: dereference → validate → keys → build → apply → status.
+//!
+//! Only this module talks to the apiserver; planning ([`trellis_crd::topology`]),
+//! building ([`crate::build`]) and status ([`crate::status`]) are pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+use trellis_crd::topology::{NetworkId, plan_with_shards};
+use trellis_crd::validate::validate;
+use trellis_crd::{ChainNetwork, ChainNetworkStatus, NetworkEndpoints};
+
+use crate::build::{self, BuildError, BuildInput, BuildOptions, Children};
+use crate::chain::{BeaconEndpoint, ChainClient, ChainError};
+use crate::keys::{self, KeyError};
+use crate::labels;
+use crate::metrics::Metrics;
+use crate::status::{self, ObservedCommittee, StatusInput, plan_shards};
+
+/// Requeue interval of a settled network (status refresh, drift repair).
+const SETTLED_REQUEUE: Duration = Duration::from_secs(300);
+/// Requeue interval while something is still moving.
+const BUSY_REQUEUE: Duration = Duration::from_secs(15);
+
+/// Reconcile failures, by category (the `category` label of the error metric).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("build: {0}")]
+    Build(#[from] BuildError),
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+}
+
+impl Error {
+    /// Stable, low-cardinality name for metrics and Events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube_api",
+            Error::Build(_) => "build",
+            Error::Keys(_) => "keys",
+        }
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub client: Client,
+    pub chain: Arc<dyn ChainClient>,
+    pub options: BuildOptions,
+    /// Networks reconciled at the same time (0: unbounded).
+    pub concurrency: u16,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// What was last applied per network (namespace/name): skips re-applying an
+    /// unchanged set of children on status-only events (see [`ApplyRecord`]).
+    applied: std::sync::Mutex<std::collections::HashMap<String, ApplyRecord>>,
+}
+
+/// The last full apply of one network's children.
+#[derive(Debug, Clone)]
+struct ApplyRecord {
+    fingerprint: String,
+    at: Instant,
+}
+
+/// Default bound on concurrent reconciles: enough to keep the apiserver busy, few enough
+/// that one reconcile's round trips are not queued behind hundreds of others.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// A full apply (and drift repair) runs at least this often even when nothing changed.
+const DRIFT_REPAIR: Duration = Duration::from_secs(300);
+
+impl Context {
+    pub fn new(
+        client: Client,
+        chain: Arc<dyn ChainClient>,
+        options: BuildOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: labels::MANAGER.to_owned(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Self {
+            client,
+            chain,
+            options,
+            metrics,
+            recorder,
+            concurrency: DEFAULT_CONCURRENCY,
+            applied: std::sync::Mutex::default(),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves, watching one namespace or (None) all.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let managed =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    Controller::new(
+        scoped::<ChainNetwork>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
+    .owns(scoped::<StatefulSet>(&client, ns), managed.clone())
+    .owns(scoped::<Service>(&client, ns), managed)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            warn!(error = %e, "reconcile failed");
+        }
+    })
+    .await;
+}
+
+/// Requeue on failure. The delay grows with nothing but the error kind: API errors are
+/// usually transient (conflicts, restarts), build and key errors need a human.
+pub fn error_policy(network: Arc<ChainNetwork>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(error.category());
+    warn!(network = %network.name_any(), namespace = ?network.namespace(), category = error.category(), error = %error, "reconcile error");
+    match error {
+        Error::Kube(_) => Action::requeue(Duration::from_secs(5)),
+        Error::Build(_) | Error::Keys(_) => Action::requeue(Duration::from_secs(60)),
+    }
+}
+
+/// One reconcile of one network, timed and counted.
+pub async fn reconcile(network: Arc<ChainNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use tracing::Instrument;
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "reconcile",
+        network = %network.name_any(),
+        namespace = network.namespace().unwrap_or_default()
+    );
+    let result = reconcile_inner(&network, &ctx).instrument(span).await;
+    ctx.metrics.reconciled(started.elapsed());
+    result
+}
+
+async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action, Error> {
+    // Children go with the network by garbage collection (owner references); nothing
+    // outside the cluster needs clean-up, so there is no finalizer.
+    if network.meta().deletion_timestamp.is_some() {
+        if let Ok(mut applied) = ctx.applied.lock() {
+            applied.remove(&format!(
+                "{}/{}",
+                network.namespace().unwrap_or_default(),
+                network.name_any()
+            ));
+        }
+        return Ok(Action::await_change());
+    }
+    let Some(namespace) = network.namespace() else {
+        return Ok(Action::await_change());
+    };
+    let name = network.name_any();
+    let id = NetworkId::new(namespace.clone(), name.clone());
+    let client = &ctx.client;
+    let previous = network.status.as_ref();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let selector = labels::selector_string(&labels::component_selector(&name, "shard"));
+
+    // Validate. An invalid spec gets a condition and an Event and waits for a change.
+    if let Err(invalid) = validate(&name, &network.spec) {
+        let chain = Err(ChainError::NotImplemented("trellis_status"));
+        let next = status::compute(&StatusInput {
+            generation: network.metadata.generation,
+            spec: &network.spec,
+            topology: Err(&invalid),
+            observed: &BTreeMap::new(),
+            shards: None,
+            chain: &chain,
+            scale_submission: None,
+            previous,
+            selector,
+            endpoints: None,
+            now,
+        });
+        write_status(ctx, network, next).await?;
+        return Ok(Action::await_change());
+    }
+
+    // Dereference: the shard count the chain runs, the StatefulSets that exist.
+    let genesis_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let genesis = genesis_api.get_opt(&build::genesis_name(&name)).await?;
+    let desired = u16::try_from(network.spec.shards.count).unwrap_or(1);
+    let in_service = in_service_shards(previous, genesis.as_ref()).unwrap_or(desired);
+    let shard_plan = plan_shards(desired, in_service);
+    let topology = match plan_with_shards(&id, &network.spec, shard_plan.provisioned) {
+        Ok(t) => t,
+        // validate() passed, so planning cannot fail; treat it as a build error if it does.
+        Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
+    };
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let owned_selector = labels::managed_children_selector(&name);
+    let observed_sets = sts_api
+        .list(&ListParams::default().labels(&owned_selector))
+        .await?;
+    let observed = observe(&observed_sets.items);
+
+    let beacon = BeaconEndpoint {
+        chain_id: topology.genesis.chain_id.clone(),
+        rpc_url: format!(
+            "http://{}.{namespace}.svc.{}:{}",
+            id.committee_name(trellis_crd::topology::CommitteeRole::Beacon),
+            ctx.options.cluster_domain,
+            build::RPC_PORT
+        ),
+    };
+    let endpoints = NetworkEndpoints {
+        rpc: format!(
+            "http://{}.{namespace}.svc.{}:{}",
+            build::rpc_service_name(&name),
+            ctx.options.cluster_domain,
+            build::RPC_PORT
+        ),
+        beacon_peers: topology
+            .beacon()
+            .map(|b| {
+                b.nodes
+                    .iter()
+                    .map(|n| build::node_p2p_address(&n.name, &b.name, &namespace, &ctx.options))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+
+    if !network.spec.paused {
+        // Keys first: genesis and bootstrap peers need the public keys. One list serves
+        // every committee's Secret.
+        let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        let existing_secrets: BTreeMap<String, Secret> = secrets_api
+            .list(&ListParams::default().labels(&owned_selector))
+            .await?
+            .items
+            .into_iter()
+            .map(|s| (s.name_any(), s))
+            .collect();
+        let mut public_by_entry = BTreeMap::new();
+        for committee in &topology.committees {
+            let entries: Vec<String> = committee
+                .nodes
+                .iter()
+                .map(|n| keys::node_entry(&n.name))
+                .collect();
+            let secret_name = build::key_secret_name(committee);
+            let secret_labels = labels::committee_labels(&name, committee);
+            let set = ensure_keys(
+                client,
+                network,
+                &namespace,
+                existing_secrets.get(&secret_name),
+                &secret_name,
+                secret_labels,
+                &entries,
+            )
+            .await?;
+            public_by_entry.extend(set.into_iter().map(|(entry, keys)| (entry, keys.node)));
+        }
+        let admin_name = build::admin_key_secret_name(&name);
+        let admin = ensure_keys(
+            client,
+            network,
+            &namespace,
+            existing_secrets.get(&admin_name),
+            &admin_name,
+            labels::network_labels(&name),
+            &[keys::ADMIN_KEY_ENTRY.to_owned()],
+        )
+        .await?;
+        let admin_public = admin
+            .get(keys::ADMIN_KEY_ENTRY)
+            .map(|k| k.admin.clone())
+            .unwrap_or_default();
+        let public_keys = build::node_public_keys(&topology, &public_by_entry)?;
+
+        let input = BuildInput {
+            network,
+            topology: &topology,
+            public_keys: &public_keys,
+            admin_public_key: &admin_public,
+            options: &ctx.options,
+        };
+        let children = build::build(&input)?;
+        if genesis.is_none() {
+            let genesis = build::genesis_config_map(&input)?;
+            create_if_missing(&genesis_api, &genesis).await?;
+        }
+        // Pod readiness changes trigger most reconciles and change no child: skip the
+        // server-side applies when the same children were applied recently and every
+        // StatefulSet still exists. Anything else (spec, keys, a deleted child, or
+        // DRIFT_REPAIR elapsed) applies everything.
+        let key = format!("{namespace}/{name}");
+        let fingerprint = children.fingerprint();
+        let all_sets_exist = children.stateful_sets.iter().all(|s| {
+            s.metadata
+                .name
+                .as_ref()
+                .is_some_and(|n| observed.contains_key(n))
+        });
+        let recently_applied = ctx.applied.lock().ok().is_some_and(|applied| {
+            applied
+                .get(&key)
+                .is_some_and(|r| r.fingerprint == fingerprint && r.at.elapsed() < DRIFT_REPAIR)
+        });
+        if !(recently_applied && all_sets_exist) {
+            apply_all(client, &namespace, &children).await?;
+            if let Ok(mut applied) = ctx.applied.lock() {
+                applied.insert(
+                    key,
+                    ApplyRecord {
+                        fingerprint,
+                        at: Instant::now(),
+                    },
+                );
+            }
+        }
+        // Orphans appear when the spec changed (or the shards in service did, which the
+        // StatefulSets show); a settled network skips the five list calls. Orphans are
+        // deleted StatefulSets last, so a leftover child always leaves a StatefulSet
+        // behind that triggers the next clean-up.
+        let desired_sets: BTreeSet<String> = children.names().stateful_sets.into_iter().collect();
+        let spec_changed =
+            previous.and_then(|p| p.observed_generation) != network.metadata.generation;
+        let extra_sets = observed.keys().any(|n| !desired_sets.contains(n));
+        if spec_changed || extra_sets {
+            delete_orphans(client, network, &namespace, &owned_selector, &children).await?;
+        }
+    }
+
+    // The beacon step: read the chain's view; ask for the new shard count if it differs.
+    let chain = ctx.chain.beacon_view(&beacon).await;
+    let submission = if shard_plan.is_scaling() && !network.spec.paused {
+        Some(ctx.chain.set_shard_count(&beacon, shard_plan.desired).await)
+    } else {
+        None
+    };
+
+    let next = status::compute(&StatusInput {
+        generation: network.metadata.generation,
+        spec: &network.spec,
+        topology: Ok(&topology),
+        observed: &observed,
+        shards: Some(shard_plan),
+        chain: &chain,
+        scale_submission: submission.as_ref(),
+        previous,
+        selector,
+        endpoints: Some(endpoints),
+        now,
+    });
+    let settled = next.phase == Some(trellis_crd::NetworkPhase::Running);
+    write_status(ctx, network, next).await?;
+    Ok(Action::requeue(if settled {
+        SETTLED_REQUEUE
+    } else {
+        BUSY_REQUEUE
+    }))
+}
+
+/// Shards the chain runs: the last recorded count, else the genesis file's.
+fn in_service_shards(
+    previous: Option<&ChainNetworkStatus>,
+    genesis: Option<&ConfigMap>,
+) -> Option<u16> {
+    if let Some(count) = previous.and_then(|s| s.shard_count) {
+        return u16::try_from(count).ok().filter(|c| *c > 0);
+    }
+    let text = genesis?.data.as_ref()?.get(build::GENESIS_ENTRY)?;
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    u16::try_from(value.get("shard_count")?.as_u64()?)
+        .ok()
+        .filter(|c| *c > 0)
+}
+
+/// StatefulSet figures by name.
+pub fn observe(sets: &[StatefulSet]) -> BTreeMap<String, ObservedCommittee> {
+    sets.iter()
+        .map(|s| {
+            let status = s.status.clone().unwrap_or_default();
+            let replicas = s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(0);
+            let current = status.observed_generation == s.metadata.generation;
+            // A roll is under way when the controller has seen this generation and not
+            // every pod runs the update revision yet.
+            let rolling = current
+                && replicas > 0
+                && status.update_revision.is_some()
+                && (status.current_revision != status.update_revision
+                    || status.updated_replicas.unwrap_or(0) < replicas);
+            let updated = !rolling;
+            (
+                s.name_any(),
+                ObservedCommittee {
+                    replicas,
+                    ready_replicas: if current {
+                        status.ready_replicas.unwrap_or(0)
+                    } else {
+                        0
+                    },
+                    updated,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Makes sure Secret `secret_name` holds a key for each of `entries`; returns the public
+/// keys by entry. Creates the Secret when missing; adds only missing entries otherwise.
+async fn ensure_keys(
+    client: &Client,
+    network: &ChainNetwork,
+    namespace: &str,
+    existing: Option<&Secret>,
+    secret_name: &str,
+    secret_labels: BTreeMap<String, String>,
+    entries: &[String],
+) -> Result<BTreeMap<String, keys::PublicKeys>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let set = keys::complete_keys(secret_name, existing, entries)?;
+    if set.missing.is_empty() {
+        return Ok(set.public_keys);
+    }
+    let data = keys::secret_data(&set.missing);
+    match existing {
+        None => {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(secret_name.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some(secret_labels),
+                    owner_references: Some(vec![build::owner_reference(network)?]),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("Opaque".to_owned()),
+                data: Some(data),
+                ..Secret::default()
+            };
+            // A concurrent creator wins; our keys are dropped and the next reconcile
+            // reads theirs (the public keys returned here are then never used).
+            api.create(&PostParams::default(), &secret).await?;
+        }
+        Some(secret) => {
+            // Add entries only, guarded by resourceVersion: if the Secret changed since
+            // we read it, the patch fails and the next reconcile starts over.
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": secret.metadata.resource_version},
+                "data": data,
+            });
+            api.patch(secret_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+    }
+    info!(
+        secret = secret_name,
+        namespace,
+        added = set.missing.len(),
+        "generated node keys"
+    );
+    Ok(set.public_keys)
+}
+
+async fn create_if_missing<K>(api: &Api<K>, object: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn apply<K>(client: &Client, namespace: &str, objects: &[K]) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(labels::MANAGER).force();
+    for object in objects {
+        let name = object.meta().name.clone().unwrap_or_default();
+        api.patch(&name, &params, &Patch::Apply(object)).await?;
+    }
+    Ok(())
+}
+
+/// Server-side apply in a fixed order: what pods reference exists before the pods.
+async fn apply_all(client: &Client, namespace: &str, children: &Children) -> Result<(), Error> {
+    apply(client, namespace, &children.services).await?;
+    apply(client, namespace, &children.config_maps).await?;
+    apply(client, namespace, &children.pod_disruption_budgets).await?;
+    apply(client, namespace, &children.network_policies).await?;
+    apply(client, namespace, &children.stateful_sets).await?;
+    Ok(())
+}
+
+/// Deletes children of `network` (by label and owner UID) that the build no longer
+/// produces. Secrets and the genesis ConfigMap are never orphans: keys of a removed shard
+/// stay for when it comes back, and genesis is forever. PVCs are the StatefulSets'
+/// (retention policy), never deleted here.
+async fn delete_orphans(
+    client: &Client,
+    network: &ChainNetwork,
+    namespace: &str,
+    selector: &str,
+    children: &Children,
+) -> Result<(), Error> {
+    let names = children.names();
+    let uid = network.metadata.uid.clone().unwrap_or_default();
+    let mut keep_config_maps = names.config_maps.clone();
+    keep_config_maps.push(build::genesis_name(&network.name_any()));
+    delete_unlisted::<PodDisruptionBudget>(
+        client,
+        namespace,
+        selector,
+        &uid,
+        &names.pod_disruption_budgets,
+    )
+    .await?;
+    delete_unlisted::<NetworkPolicy>(client, namespace, selector, &uid, &names.network_policies)
+        .await?;
+    delete_unlisted::<ConfigMap>(client, namespace, selector, &uid, &keep_config_maps).await?;
+    delete_unlisted::<Service>(client, namespace, selector, &uid, &names.services).await?;
+    delete_unlisted::<StatefulSet>(client, namespace, selector, &uid, &names.stateful_sets).await?;
+    Ok(())
+}
+
+async fn delete_unlisted<K>(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    owner_uid: &str,
+    keep: &[String],
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let keep: BTreeSet<&str> = keep.iter().map(String::as_str).collect();
+    for object in api
+        .list_metadata(&ListParams::default().labels(selector))
+        .await?
+    {
+        let owned = object
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == owner_uid && o.controller == Some(true));
+        let name = object.name_any();
+        if owned && !keep.contains(name.as_str()) {
+            info!(
+                kind = K::kind(&()).as_ref(),
+                name, namespace, "deleting orphaned child"
+            );
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the status when it changed, and publishes an Event per condition transition.
+async fn write_status(
+    ctx: &Context,
+    network: &ChainNetwork,
+    next: ChainNetworkStatus,
+) -> Result<(), Error> {
+    let previous = network.status.clone().unwrap_or_default();
+    if previous == next {
+        return Ok(());
+    }
+    let api: Api<ChainNetwork> =
+        Api::namespaced(ctx.client.clone(), &network.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"status": next});
+    api.patch_status(
+        &network.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    let reference = network.object_ref(&());
+    for transition in status::transitions(&previous.conditions, &next.conditions) {
+        let warning = (transition.type_ == status::DEGRADED && transition.status == "True")
+            || transition.reason == "InvalidSpec"
+            || transition.reason == "QuorumLost";
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: transition.reason.clone(),
+            note: Some(format!(
+                "{}={}: {}",
+                transition.type_, transition.status, transition.message
+            )),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        // Events are best effort: a failure to record one must not fail the reconcile.
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+    Ok(())
+}

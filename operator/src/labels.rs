@@ -1,0 +1,79 @@
+//! Labels and names shared by every child object.
+//!
+//! Every child carries the recommended `app.kubernetes.io/*` labels plus Trellis' own
+//! `trellis.dev/*` ones. Selectors use a small, never-changing subset, because a
+//! StatefulSet's selector is immutable.
+
+use std::collections::BTreeMap;
+
+use trellis_crd::topology::{Committee, CommitteeRole};
+
+pub const NAME: &str = "app.kubernetes.io/name";
+pub const INSTANCE: &str = "app.kubernetes.io/instance";
+pub const COMPONENT: &str = "app.kubernetes.io/component";
+pub const PART_OF: &str = "app.kubernetes.io/part-of";
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const VERSION: &str = "app.kubernetes.io/version";
+pub const COMMITTEE: &str = "trellis.dev/committee";
+pub const SHARD: &str = "trellis.dev/shard";
+
+/// The `app.kubernetes.io/name` of every node pod.
+pub const NODE_APP: &str = "trellis-node";
+/// The server-side-apply field manager and `app.kubernetes.io/managed-by` value.
+pub const MANAGER: &str = "trellis-operator";
+/// `app.kubernetes.io/component` of network-wide children (RPC Service, genesis, policy).
+pub const NETWORK_COMPONENT: &str = "network";
+
+/// Labels of a network-wide child of `network`.
+pub fn network_labels(network: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME.to_owned(), NODE_APP.to_owned()),
+        (INSTANCE.to_owned(), network.to_owned()),
+        (COMPONENT.to_owned(), NETWORK_COMPONENT.to_owned()),
+        (PART_OF.to_owned(), "trellis".to_owned()),
+        (MANAGED_BY.to_owned(), MANAGER.to_owned()),
+    ])
+}
+
+/// Labels of a committee's children (StatefulSet, pods, Services, PDB, key Secret).
+pub fn committee_labels(network: &str, committee: &Committee) -> BTreeMap<String, String> {
+    let mut labels = network_labels(network);
+    labels.insert(COMPONENT.to_owned(), committee.role.component().to_owned());
+    labels.insert(COMMITTEE.to_owned(), committee.name.clone());
+    if let CommitteeRole::Shard(n) = committee.role {
+        labels.insert(SHARD.to_owned(), n.to_string());
+    }
+    labels
+}
+
+/// The immutable selector of a committee's pods.
+pub fn committee_selector(network: &str, committee: &Committee) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME.to_owned(), NODE_APP.to_owned()),
+        (INSTANCE.to_owned(), network.to_owned()),
+        (COMMITTEE.to_owned(), committee.name.clone()),
+    ])
+}
+
+/// Selects every node pod of `network` of `component` (`beacon` / `shard`).
+pub fn component_selector(network: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME.to_owned(), NODE_APP.to_owned()),
+        (INSTANCE.to_owned(), network.to_owned()),
+        (COMPONENT.to_owned(), component.to_owned()),
+    ])
+}
+
+/// Label-selector string (`k=v,k=v`), e.g. for the scale subresource's `status.selector`.
+pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Selects every child the operator manages for `network` (orphan clean-up).
+pub fn managed_children_selector(network: &str) -> String {
+    format!("{INSTANCE}={network},{MANAGED_BY}={MANAGER}")
+}

@@ -1,0 +1,436 @@
+//! Status: conditions, phase and per-committee figures, computed from what was observed.
+//!
+//! Pure. Conditions follow the Kubernetes API conventions: keyed by type, CamelCase
+//! reasons, `lastTransitionTime` changes only when the status does, `observedGeneration`
+//! on each. Object readiness (`Ready`, `Progressing`, `Degraded`, `Scaling`) comes from
+//! the StatefulSets; `ChainHealthy` comes only from the chain (see [`crate::chain`]).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use trellis_crd::topology::{CommitteeRole, Topology};
+use trellis_crd::validate::InvalidSpec;
+use trellis_crd::{
+    ChainNetworkSpec, ChainNetworkStatus, CommitteeStatus, NetworkEndpoints, NetworkPhase,
+    ShardStatus,
+};
+
+use crate::chain::{BeaconView, ChainError};
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+pub const SCALING: &str = "Scaling";
+pub const CHAIN_HEALTHY: &str = "ChainHealthy";
+
+/// A condition's desired state, before timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionUpdate {
+    pub type_: &'static str,
+    pub status: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ConditionUpdate {
+    fn new(type_: &'static str, status: bool, reason: &'static str, message: String) -> Self {
+        Self {
+            type_,
+            status: if status { "True" } else { "False" },
+            reason,
+            message,
+        }
+    }
+
+    fn unknown(type_: &'static str, reason: &'static str, message: String) -> Self {
+        Self {
+            type_,
+            status: "Unknown",
+            reason,
+            message,
+        }
+    }
+}
+
+/// Applies `update` to `conditions`: keeps `lastTransitionTime` when the status is
+/// unchanged, sets it to `now` when it changes or the condition is new.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    update: ConditionUpdate,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let transition = conditions
+        .iter()
+        .find(|c| c.type_ == update.type_)
+        .filter(|c| c.status == update.status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    let condition = Condition {
+        type_: update.type_.to_owned(),
+        status: update.status.to_owned(),
+        reason: update.reason.to_owned(),
+        message: update.message,
+        observed_generation: generation,
+        last_transition_time: transition,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// A condition whose status changed between two statuses (the Events to publish).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Conditions of `next` that are new or whose status or reason differs from `previous`.
+pub fn transitions(previous: &[Condition], next: &[Condition]) -> Vec<Transition> {
+    next.iter()
+        .filter(|n| {
+            !previous
+                .iter()
+                .any(|p| p.type_ == n.type_ && p.status == n.status && p.reason == n.reason)
+        })
+        .map(|n| Transition {
+            type_: n.type_.clone(),
+            status: n.status.clone(),
+            reason: n.reason.clone(),
+            message: n.message.clone(),
+        })
+        .collect()
+}
+
+/// What one committee's StatefulSet reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObservedCommittee {
+    /// `spec.replicas` as the StatefulSet controller has seen it.
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    /// All pods run the current revision.
+    pub updated: bool,
+}
+
+/// The shard-count state machine's position (see [`plan_shards`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardPlan {
+    /// `spec.shards.count`.
+    pub desired: u16,
+    /// Shards the chain runs (the beacon's count once known; genesis count before).
+    pub in_service: u16,
+    /// Shard committees that must exist: `max(desired, in_service)`. New shards are
+    /// provisioned before the beacon is asked to use them; drained shards stay until the
+    /// beacon has moved their tables away.
+    pub provisioned: u16,
+}
+
+impl ShardPlan {
+    pub fn is_scaling(&self) -> bool {
+        self.desired != self.in_service
+    }
+}
+
+/// Plans which shard committees exist while the shard count moves from `in_service` to
+/// `desired`.
+pub fn plan_shards(desired: u16, in_service: u16) -> ShardPlan {
+    ShardPlan {
+        desired,
+        in_service,
+        provisioned: desired.max(in_service),
+    }
+}
+
+/// Everything the status is computed from.
+pub struct StatusInput<'a> {
+    pub generation: Option<i64>,
+    pub spec: &'a ChainNetworkSpec,
+    /// `Err` when the spec is invalid.
+    pub topology: Result<&'a Topology, &'a InvalidSpec>,
+    /// StatefulSet figures by committee name.
+    pub observed: &'a BTreeMap<String, ObservedCommittee>,
+    pub shards: Option<ShardPlan>,
+    /// Outcome of the beacon step: its view, or why there is none.
+    pub chain: &'a Result<BeaconView, ChainError>,
+    /// Outcome of submitting `SetShardCount` when scaling (None when not scaling).
+    pub scale_submission: Option<&'a Result<(), ChainError>>,
+    pub previous: Option<&'a ChainNetworkStatus>,
+    pub selector: String,
+    pub endpoints: Option<NetworkEndpoints>,
+    pub now: Time,
+}
+
+/// Computes the next status.
+pub fn compute(input: &StatusInput<'_>) -> ChainNetworkStatus {
+    let mut status = input.previous.cloned().unwrap_or_default();
+    let generation = input.generation;
+    let now = &input.now;
+    let set = |status: &mut ChainNetworkStatus, update| {
+        set_condition(&mut status.conditions, update, generation, now)
+    };
+    status.observed_generation = generation;
+    status.selector = Some(input.selector.clone());
+    status.endpoints = input.endpoints.clone().or(status.endpoints);
+
+    let topology = match input.topology {
+        Ok(topology) => topology,
+        Err(invalid) => {
+            let message = invalid.to_string();
+            set(
+                &mut status,
+                ConditionUpdate::new(READY, false, "InvalidSpec", message.clone()),
+            );
+            set(
+                &mut status,
+                ConditionUpdate::new(DEGRADED, true, "InvalidSpec", message.clone()),
+            );
+            set(
+                &mut status,
+                ConditionUpdate::new(
+                    PROGRESSING,
+                    false,
+                    "InvalidSpec",
+                    "waiting for a valid spec".to_owned(),
+                ),
+            );
+            status.phase = Some(NetworkPhase::Invalid);
+            return status;
+        }
+    };
+
+    // Committee figures.
+    let figures = |name: &str| input.observed.get(name).copied().unwrap_or_default();
+    let mut all_ready = true;
+    let mut quorum_lost = Vec::new();
+    let mut missing = Vec::new();
+    let mut rolling = false;
+    let mut shard_statuses = Vec::new();
+    for committee in &topology.committees {
+        let observed = figures(&committee.name);
+        let validators = i32::try_from(committee.validators).unwrap_or(0);
+        let quorum = i32::try_from(committee.quorum).unwrap_or(0);
+        if observed.ready_replicas < validators {
+            all_ready = false;
+            missing.push(format!(
+                "{} {}/{}",
+                committee.name, observed.ready_replicas, validators
+            ));
+            if observed.ready_replicas < quorum {
+                quorum_lost.push(committee.name.clone());
+            }
+        }
+        rolling |= !observed.updated;
+        match committee.role {
+            CommitteeRole::Beacon => {
+                status.beacon = Some(CommitteeStatus {
+                    validators,
+                    ready_validators: observed.ready_replicas,
+                })
+            }
+            CommitteeRole::Shard(id) => {
+                // Keep chain figures read earlier for this shard; they come from the nodes.
+                let previous = input
+                    .previous
+                    .and_then(|p| p.shards.iter().find(|s| s.id == i32::from(id)));
+                shard_statuses.push(ShardStatus {
+                    id: i32::from(id),
+                    validators,
+                    ready_validators: observed.ready_replicas,
+                    finalized_height: previous.and_then(|p| p.finalized_height),
+                    tx_per_second: previous.and_then(|p| p.tx_per_second),
+                    mempool_depth: previous.and_then(|p| p.mempool_depth),
+                    tables: previous.and_then(|p| p.tables.clone()),
+                })
+            }
+        }
+    }
+    status.shards = shard_statuses;
+    if let Some(plan) = input.shards {
+        status.shard_count = Some(i32::from(plan.in_service));
+    }
+
+    let was_ready = input
+        .previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == READY))
+        .is_some_and(|c| c.status == "True");
+    let was_degraded = input
+        .previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == DEGRADED))
+        .is_some_and(|c| c.status == "True" && c.reason != "InvalidSpec");
+
+    // Ready / Degraded / Progressing.
+    if input.spec.stopped {
+        set(
+            &mut status,
+            ConditionUpdate::new(
+                READY,
+                false,
+                "Stopped",
+                "spec.stopped: every committee is scaled to zero; ledger data is kept".to_owned(),
+            ),
+        );
+        set(
+            &mut status,
+            ConditionUpdate::new(DEGRADED, false, "Stopped", String::new()),
+        );
+    } else if all_ready {
+        set(
+            &mut status,
+            ConditionUpdate::new(
+                READY,
+                true,
+                "AllValidatorsReady",
+                format!(
+                    "{} committees have every validator ready",
+                    topology.committees.len()
+                ),
+            ),
+        );
+        set(
+            &mut status,
+            ConditionUpdate::new(DEGRADED, false, "AllValidatorsReady", String::new()),
+        );
+    } else {
+        let detail = format!("validators ready: {}", missing.join(", "));
+        set(
+            &mut status,
+            ConditionUpdate::new(READY, false, "ValidatorsNotReady", detail.clone()),
+        );
+        // A network that was Ready and lost validators is degraded; one still coming up
+        // is only progressing.
+        if was_ready || was_degraded {
+            let (reason, message) = if quorum_lost.is_empty() {
+                (
+                    "ValidatorsUnavailable",
+                    format!("within the fault budget; {detail}"),
+                )
+            } else {
+                (
+                    "QuorumLost",
+                    format!("below 2f+1 in {}; {detail}", quorum_lost.join(", ")),
+                )
+            };
+            set(
+                &mut status,
+                ConditionUpdate::new(DEGRADED, true, reason, message),
+            );
+        } else {
+            set(
+                &mut status,
+                ConditionUpdate::new(DEGRADED, false, "Provisioning", String::new()),
+            );
+        }
+    }
+
+    // Scaling, through the beacon.
+    let scaling = input.shards.is_some_and(|p| p.is_scaling());
+    match input.shards {
+        Some(plan) if plan.is_scaling() => {
+            let waiting_on = match input.scale_submission {
+                Some(Err(e)) => format!("SetShardCount({}) not accepted yet: {e}", plan.desired),
+                Some(Ok(())) => format!(
+                    "SetShardCount({}) submitted; waiting for the epoch switch",
+                    plan.desired
+                ),
+                None => format!("SetShardCount({}) not submitted yet", plan.desired),
+            };
+            let message = format!(
+                "{} -> {} shards; {} shard committees provisioned; {waiting_on}",
+                plan.in_service, plan.desired, plan.provisioned
+            );
+            set(
+                &mut status,
+                ConditionUpdate::new(SCALING, true, "AwaitingBeacon", message),
+            );
+        }
+        Some(plan) => set(
+            &mut status,
+            ConditionUpdate::new(
+                SCALING,
+                false,
+                "Stable",
+                format!("{} shards in service", plan.in_service),
+            ),
+        ),
+        None => {}
+    }
+
+    let progressing = !input.spec.stopped && (!all_ready || rolling || scaling);
+    set(
+        &mut status,
+        if input.spec.paused {
+            ConditionUpdate::new(
+                PROGRESSING,
+                false,
+                "Paused",
+                "spec.paused: nothing is written".to_owned(),
+            )
+        } else if progressing {
+            let reason = if scaling {
+                "ScalingShards"
+            } else if rolling {
+                "RollingUpdate"
+            } else {
+                "WaitingForValidators"
+            };
+            ConditionUpdate::new(PROGRESSING, true, reason, String::new())
+        } else {
+            ConditionUpdate::new(PROGRESSING, false, "Reconciled", String::new())
+        },
+    );
+
+    // Chain health: only from the chain.
+    let chain = match input.chain {
+        Ok(view) => {
+            status.epoch = i64::try_from(view.epoch).ok();
+            ConditionUpdate::new(
+                CHAIN_HEALTHY,
+                view.healthy,
+                if view.healthy {
+                    "Finalizing"
+                } else {
+                    "NotFinalizing"
+                },
+                format!(
+                    "epoch {}, finalized height {}",
+                    view.epoch, view.finalized_height
+                ),
+            )
+        }
+        Err(ChainError::NotImplemented(call)) => ConditionUpdate::unknown(
+            CHAIN_HEALTHY,
+            "NodeRpcNotImplemented",
+            format!(
+                "chain health is read from the nodes' {call} RPC, which trellis-node does not serve yet"
+            ),
+        ),
+        Err(e) => ConditionUpdate::unknown(CHAIN_HEALTHY, "BeaconUnreachable", e.to_string()),
+    };
+    set(&mut status, chain);
+
+    status.phase = Some(if input.spec.paused {
+        NetworkPhase::Paused
+    } else if input.spec.stopped {
+        NetworkPhase::Stopped
+    } else if scaling {
+        NetworkPhase::Scaling
+    } else if status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DEGRADED && c.status == "True")
+    {
+        NetworkPhase::Degraded
+    } else if all_ready {
+        NetworkPhase::Running
+    } else {
+        NetworkPhase::Provisioning
+    });
+    status
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,362 @@
+//! Condition arithmetic and status computation.
+
+use super::*;
+use trellis_crd::topology::{NetworkId, plan_with_shards};
+use trellis_crd::validate::SpecViolation;
+use trellis_crd::{ChainNetworkSpec, NetworkMode, ShardsSpec};
+
+fn time(second: i64) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap())
+}
+
+fn spec(count: i32) -> ChainNetworkSpec {
+    let mut spec = ChainNetworkSpec::new(NetworkMode::Public, "n:1");
+    spec.shards = ShardsSpec {
+        count,
+        min: 1,
+        max: 8,
+    };
+    spec
+}
+
+fn condition<'a>(status: &'a ChainNetworkStatus, type_: &str) -> &'a Condition {
+    status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+struct Case {
+    spec: ChainNetworkSpec,
+    topology: Topology,
+    observed: BTreeMap<String, ObservedCommittee>,
+    chain: Result<BeaconView, ChainError>,
+    shards: ShardPlan,
+}
+
+impl Case {
+    fn new(spec: ChainNetworkSpec, in_service: u16) -> Self {
+        let desired = u16::try_from(spec.shards.count).unwrap();
+        let shards = plan_shards(desired, in_service);
+        let topology =
+            plan_with_shards(&NetworkId::new("ns", "alpha"), &spec, shards.provisioned).unwrap();
+        Self {
+            spec,
+            topology,
+            observed: BTreeMap::new(),
+            chain: Err(ChainError::NotImplemented("trellis_status")),
+            shards,
+        }
+    }
+
+    fn ready(mut self, ready: i32) -> Self {
+        for c in &self.topology.committees {
+            self.observed.insert(
+                c.name.clone(),
+                ObservedCommittee {
+                    replicas: i32::try_from(c.validators).unwrap(),
+                    ready_replicas: ready,
+                    updated: true,
+                },
+            );
+        }
+        self
+    }
+
+    fn set(mut self, committee: &str, ready: i32) -> Self {
+        if let Some(o) = self.observed.get_mut(committee) {
+            o.ready_replicas = ready;
+        }
+        self
+    }
+
+    fn compute(&self, previous: Option<&ChainNetworkStatus>, now: i64) -> ChainNetworkStatus {
+        compute(&StatusInput {
+            generation: Some(3),
+            spec: &self.spec,
+            topology: Ok(&self.topology),
+            observed: &self.observed,
+            shards: Some(self.shards),
+            chain: &self.chain,
+            scale_submission: None,
+            previous,
+            selector: "sel".to_owned(),
+            endpoints: None,
+            now: time(now),
+        })
+    }
+}
+
+#[test]
+fn set_condition_keeps_transition_time_when_status_is_unchanged() {
+    let mut conditions = Vec::new();
+    set_condition(
+        &mut conditions,
+        ConditionUpdate::new(READY, false, "A", "first".into()),
+        Some(1),
+        &time(10),
+    );
+    set_condition(
+        &mut conditions,
+        ConditionUpdate::new(READY, false, "B", "second".into()),
+        Some(2),
+        &time(20),
+    );
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(conditions[0].last_transition_time, time(10));
+    assert_eq!(conditions[0].reason, "B");
+    assert_eq!(conditions[0].message, "second");
+    assert_eq!(conditions[0].observed_generation, Some(2));
+    set_condition(
+        &mut conditions,
+        ConditionUpdate::new(READY, true, "C", String::new()),
+        Some(2),
+        &time(30),
+    );
+    assert_eq!(conditions[0].last_transition_time, time(30));
+    assert_eq!(conditions[0].status, "True");
+}
+
+#[test]
+fn transitions_report_new_and_changed_conditions_only() {
+    let mut before = Vec::new();
+    set_condition(
+        &mut before,
+        ConditionUpdate::new(READY, false, "X", String::new()),
+        None,
+        &time(1),
+    );
+    set_condition(
+        &mut before,
+        ConditionUpdate::new(DEGRADED, false, "Y", String::new()),
+        None,
+        &time(1),
+    );
+    let mut after = before.clone();
+    set_condition(
+        &mut after,
+        ConditionUpdate::new(READY, true, "Z", "up".into()),
+        None,
+        &time(2),
+    );
+    set_condition(
+        &mut after,
+        ConditionUpdate::new(DEGRADED, false, "Y", "new text".into()),
+        None,
+        &time(2),
+    );
+    set_condition(
+        &mut after,
+        ConditionUpdate::new(SCALING, false, "Stable", String::new()),
+        None,
+        &time(2),
+    );
+    let t = transitions(&before, &after);
+    let types: Vec<_> = t.iter().map(|t| t.type_.as_str()).collect();
+    assert_eq!(types, [READY, SCALING]);
+    assert_eq!(t[0].message, "up");
+    assert!(transitions(&after, &after).is_empty());
+}
+
+#[test]
+fn shard_plan_provisions_the_larger_count() {
+    assert_eq!(plan_shards(3, 1).provisioned, 3);
+    assert_eq!(
+        plan_shards(1, 3).provisioned,
+        3,
+        "draining shards stay until the beacon confirms"
+    );
+    assert!(plan_shards(1, 3).is_scaling());
+    assert!(!plan_shards(2, 2).is_scaling());
+}
+
+#[test]
+fn fresh_network_is_provisioning_not_degraded() {
+    let case = Case::new(spec(1), 1).ready(0);
+    let s = case.compute(None, 100);
+    assert_eq!(condition(&s, READY).status, "False");
+    assert_eq!(condition(&s, READY).reason, "ValidatorsNotReady");
+    assert!(condition(&s, READY).message.contains("alpha-beacon 0/4"));
+    assert_eq!(condition(&s, DEGRADED).status, "False");
+    assert_eq!(condition(&s, PROGRESSING).status, "True");
+    assert_eq!(s.phase, Some(NetworkPhase::Provisioning));
+    assert_eq!(s.observed_generation, Some(3));
+    assert_eq!(s.shard_count, Some(1));
+    assert_eq!(s.selector.as_deref(), Some("sel"));
+}
+
+#[test]
+fn all_ready_is_ready_and_settled() {
+    let case = Case::new(spec(2), 2).ready(4);
+    let s = case.compute(None, 100);
+    assert_eq!(condition(&s, READY).status, "True");
+    assert_eq!(condition(&s, READY).reason, "AllValidatorsReady");
+    assert_eq!(condition(&s, PROGRESSING).status, "False");
+    assert_eq!(condition(&s, SCALING).status, "False");
+    assert_eq!(s.phase, Some(NetworkPhase::Running));
+    assert_eq!(s.shards.len(), 2);
+    assert_eq!(s.shards[1].ready_validators, 4);
+    assert_eq!(s.beacon.as_ref().unwrap().ready_validators, 4);
+    // Recomputing from the result changes nothing (no status write, no event).
+    let again = case.compute(Some(&s), 200);
+    assert_eq!(again, s);
+}
+
+#[test]
+fn losing_validators_after_ready_is_degraded_with_quorum_arithmetic() {
+    let ready = Case::new(spec(1), 1).ready(4).compute(None, 100);
+    // One of four down: within f = 1.
+    let one_down = Case::new(spec(1), 1)
+        .ready(4)
+        .set("alpha-shard-0", 3)
+        .compute(Some(&ready), 200);
+    assert_eq!(condition(&one_down, DEGRADED).status, "True");
+    assert_eq!(
+        condition(&one_down, DEGRADED).reason,
+        "ValidatorsUnavailable"
+    );
+    assert_eq!(condition(&one_down, READY).status, "False");
+    assert_eq!(condition(&one_down, READY).last_transition_time, time(200));
+    assert_eq!(one_down.phase, Some(NetworkPhase::Degraded));
+    // Two of four down: below 2f+1 = 3.
+    let two_down = Case::new(spec(1), 1)
+        .ready(4)
+        .set("alpha-shard-0", 2)
+        .compute(Some(&one_down), 300);
+    assert_eq!(condition(&two_down, DEGRADED).reason, "QuorumLost");
+    assert!(
+        condition(&two_down, DEGRADED)
+            .message
+            .contains("alpha-shard-0")
+    );
+    assert_eq!(
+        condition(&two_down, DEGRADED).last_transition_time,
+        time(200)
+    );
+    // Back to full strength.
+    let healed = Case::new(spec(1), 1).ready(4).compute(Some(&two_down), 400);
+    assert_eq!(condition(&healed, DEGRADED).status, "False");
+    assert_eq!(condition(&healed, READY).status, "True");
+}
+
+#[test]
+fn scaling_waits_for_the_beacon() {
+    let case = Case::new(spec(3), 1).ready(4);
+    assert_eq!(case.topology.shards().count(), 3);
+    let s = compute(&StatusInput {
+        generation: Some(4),
+        spec: &case.spec,
+        topology: Ok(&case.topology),
+        observed: &case.observed,
+        shards: Some(case.shards),
+        chain: &case.chain,
+        scale_submission: Some(&Err(ChainError::NotImplemented("trellis_submitGovernance"))),
+        previous: None,
+        selector: "sel".to_owned(),
+        endpoints: None,
+        now: time(1),
+    });
+    let scaling = condition(&s, SCALING);
+    assert_eq!(scaling.status, "True");
+    assert_eq!(scaling.reason, "AwaitingBeacon");
+    assert!(
+        scaling.message.contains("1 -> 3 shards"),
+        "{}",
+        scaling.message
+    );
+    assert!(
+        scaling.message.contains("trellis_submitGovernance"),
+        "{}",
+        scaling.message
+    );
+    assert_eq!(
+        s.shard_count,
+        Some(1),
+        "in service until the beacon switches"
+    );
+    assert_eq!(s.phase, Some(NetworkPhase::Scaling));
+    assert_eq!(condition(&s, PROGRESSING).reason, "ScalingShards");
+}
+
+#[test]
+fn chain_health_comes_only_from_the_chain() {
+    let mut case = Case::new(spec(1), 1).ready(4);
+    let s = case.compute(None, 1);
+    let chain = condition(&s, CHAIN_HEALTHY);
+    assert_eq!(
+        chain.status, "Unknown",
+        "ready pods do not make a healthy chain"
+    );
+    assert_eq!(chain.reason, "NodeRpcNotImplemented");
+    assert_eq!(s.epoch, None);
+    case.chain = Ok(BeaconView {
+        epoch: 7,
+        shard_count: 1,
+        pending_shard_count: None,
+        healthy: false,
+        finalized_height: 700,
+    });
+    let s = case.compute(Some(&s), 2);
+    assert_eq!(condition(&s, CHAIN_HEALTHY).status, "False");
+    assert_eq!(condition(&s, CHAIN_HEALTHY).reason, "NotFinalizing");
+    assert_eq!(s.epoch, Some(7));
+    case.chain = Err(ChainError::Unreachable("timeout".into()));
+    let s = case.compute(Some(&s), 3);
+    assert_eq!(condition(&s, CHAIN_HEALTHY).reason, "BeaconUnreachable");
+}
+
+#[test]
+fn stopped_and_paused_phases() {
+    let mut stopped = spec(1);
+    stopped.stopped = true;
+    let s = Case::new(stopped, 1).ready(0).compute(None, 1);
+    assert_eq!(s.phase, Some(NetworkPhase::Stopped));
+    assert_eq!(condition(&s, READY).reason, "Stopped");
+    assert_eq!(condition(&s, PROGRESSING).status, "False");
+    let mut paused = spec(1);
+    paused.paused = true;
+    let s = Case::new(paused, 1).ready(4).compute(None, 1);
+    assert_eq!(s.phase, Some(NetworkPhase::Paused));
+    assert_eq!(condition(&s, PROGRESSING).reason, "Paused");
+}
+
+#[test]
+fn invalid_spec_gets_conditions_not_a_crash() {
+    let invalid = InvalidSpec(vec![SpecViolation {
+        field: "spec.validatorsPerShard".into(),
+        message: "must be 3f+1".into(),
+    }]);
+    let spec = spec(1);
+    let s = compute(&StatusInput {
+        generation: Some(9),
+        spec: &spec,
+        topology: Err(&invalid),
+        observed: &BTreeMap::new(),
+        shards: None,
+        chain: &Err(ChainError::NotImplemented("trellis_status")),
+        scale_submission: None,
+        previous: None,
+        selector: "sel".to_owned(),
+        endpoints: None,
+        now: time(1),
+    });
+    assert_eq!(s.phase, Some(NetworkPhase::Invalid));
+    let ready = condition(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        ready
+            .message
+            .contains("spec.validatorsPerShard: must be 3f+1")
+    );
+    assert_eq!(condition(&s, DEGRADED).status, "True");
+    assert_eq!(s.observed_generation, Some(9));
+}
+
+#[test]
+fn chain_figures_of_a_shard_survive_recomputation() {
+    let case = Case::new(spec(1), 1).ready(4);
+    let mut s = case.compute(None, 1);
+    s.shards[0].finalized_height = Some(42);
+    let again = case.compute(Some(&s), 2);
+    assert_eq!(again.shards[0].finalized_height, Some(42));
+}

@@ -1,0 +1,918 @@
+//! The operator against a real Kubernetes control plane (kube-apiserver, etcd,
+//! kube-controller-manager, kube-scheduler) with kwok fake nodes, from `trellis-e2e`.
+//!
+//! What is real here: the apiserver (CRD schema, CEL rules, scale subresource, server-side
+//! apply, garbage collection), the StatefulSet and PV controllers, the scheduler, and the
+//! operator's own reconciler running in-process. What is not: pods do not run processes
+//! (kwok marks them Running and Ready), so `ChainHealthy` stays Unknown and shard-count
+//! changes stop at the beacon step (the node RPC does not exist yet).
+//!
+//! Without a cluster each test prints `SKIPPED` and returns; the README test command
+//! always provides one.
+
+// Helpers of this test binary fail the test by panicking, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, HostPathVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeSpec, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use trellis_crd::{ChainNetwork, ChainNetworkSpec, NetworkMode, ShardsSpec};
+use trellis_e2e::kube::{TestNamespace, eventually, test_namespace};
+use trellis_operator::build::BuildOptions;
+use trellis_operator::chain::NodeRpcPending;
+use trellis_operator::controller::{self, Context};
+use trellis_operator::lease::{self, LeaseConfig};
+use trellis_operator::metrics::Metrics;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Installs (server-side applies) the CRDs and waits until they are served.
+async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("trellis-e2e").force();
+    for crd in trellis_crd::crds() {
+        let name = crd.name_any();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap();
+        eventually(&format!("CRD {name} established"), WAIT, || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Pre-bound hostPath PVs for the ledger claims of `pods` (the test cluster has no
+/// storage provisioner; the real PV controller binds each claim to its volume).
+async fn ledger_volumes(ns: &TestNamespace, pods: &[String]) -> Vec<String> {
+    let api: Api<PersistentVolume> = Api::all(ns.client.clone());
+    let mut names = Vec::new();
+    for pod in pods {
+        let claim = format!("ledger-{pod}");
+        let name = format!("{}-{claim}", ns.name);
+        let pv = PersistentVolume {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([(
+                    "trellis.dev/test".to_owned(),
+                    ns.name.clone(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeSpec {
+                capacity: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity("10Gi".to_owned()),
+                )])),
+                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                persistent_volume_reclaim_policy: Some("Retain".to_owned()),
+                host_path: Some(HostPathVolumeSource {
+                    path: format!("/tmp/trellis-e2e/{name}"),
+                    ..HostPathVolumeSource::default()
+                }),
+                claim_ref: Some(ObjectReference {
+                    namespace: Some(ns.name.clone()),
+                    name: Some(claim),
+                    ..ObjectReference::default()
+                }),
+                ..PersistentVolumeSpec::default()
+            }),
+            ..PersistentVolume::default()
+        };
+        api.create(&PostParams::default(), &pv).await.unwrap();
+        names.push(name);
+    }
+    names
+}
+
+async fn delete_volumes(client: &Client, names: &[String]) {
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    for name in names {
+        let _ = api.delete(name, &DeleteParams::background()).await;
+    }
+}
+
+fn pods(network: &str, committees: &[&str], validators: u32) -> Vec<String> {
+    committees
+        .iter()
+        .flat_map(|c| (0..validators).map(move |i| format!("{network}-{c}-{i}")))
+        .collect()
+}
+
+/// Starts the reconciler in-process, watching only `ns`; stops when the sender drops.
+fn start_operator(ns: &TestNamespace) -> (Arc<Context>, tokio::sync::watch::Sender<()>) {
+    let ctx = Arc::new(Context::new(
+        ns.client.clone(),
+        Arc::new(NodeRpcPending),
+        BuildOptions::default(),
+        Arc::new(Metrics::new()),
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        // Resolves when the sender is dropped.
+        while rx.changed().await.is_ok() {}
+    };
+    tokio::spawn(controller::run(
+        ctx.clone(),
+        Some(ns.name.clone()),
+        until_stopped(stopped.clone()),
+    ));
+    tokio::spawn(trellis_operator::member::run(
+        ctx.clone(),
+        Some(ns.name.clone()),
+        until_stopped(stopped),
+    ));
+    (ctx, stop)
+}
+
+fn network(name: &str, shards: i32) -> ChainNetwork {
+    let mut spec = ChainNetworkSpec::new(NetworkMode::Public, "trellis-node:e2e");
+    spec.shards = ShardsSpec {
+        count: shards,
+        min: 1,
+        max: 4,
+    };
+    ChainNetwork::new(name, spec)
+}
+
+fn condition(network: &ChainNetwork, type_: &str) -> Option<(String, String)> {
+    network
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn names<K>(api: &Api<K>) -> Vec<String>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut names: Vec<String> = api
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=alpha"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// resourceVersion of every object the operator writes for `alpha`, and of alpha itself.
+async fn versions(ns: &TestNamespace) -> BTreeMap<String, String> {
+    async fn of<K>(ns: &TestNamespace, kind: &str, out: &mut BTreeMap<String, String>)
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = ns.api();
+        for o in api
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=alpha"))
+            .await
+            .unwrap()
+            .items
+        {
+            out.insert(
+                format!("{kind}/{}", o.name_any()),
+                o.resource_version().unwrap_or_default(),
+            );
+        }
+    }
+    let mut out = BTreeMap::new();
+    of::<StatefulSet>(ns, "sts", &mut out).await;
+    of::<Service>(ns, "svc", &mut out).await;
+    of::<ConfigMap>(ns, "cm", &mut out).await;
+    of::<Secret>(ns, "secret", &mut out).await;
+    of::<PodDisruptionBudget>(ns, "pdb", &mut out).await;
+    of::<NetworkPolicy>(ns, "netpol", &mut out).await;
+    let cr: ChainNetwork = ns.api::<ChainNetwork>().get("alpha").await.unwrap();
+    out.insert(
+        "cnet/alpha".to_owned(),
+        cr.resource_version().unwrap_or_default(),
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_lifecycle_on_a_real_cluster() {
+    let Some(ns) = test_namespace("op-net").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let volumes = ledger_volumes(
+        &ns,
+        &pods("alpha", &["beacon", "shard-0", "shard-1", "shard-2"], 4),
+    )
+    .await;
+    let (ctx, stop) = start_operator(&ns);
+    let networks: Api<ChainNetwork> = ns.api();
+    networks
+        .create(&PostParams::default(), &network("alpha", 2))
+        .await
+        .unwrap();
+
+    // Every child exists, labelled and owned.
+    let sts: Api<StatefulSet> = ns.api();
+    let all = eventually("StatefulSets created", WAIT, || {
+        let sts = sts.clone();
+        async move {
+            let n = names(&sts).await;
+            (n.len() == 3).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(all, ["alpha-beacon", "alpha-shard-0", "alpha-shard-1"]);
+    assert_eq!(
+        names(&ns.api::<Service>()).await,
+        [
+            "alpha-beacon",
+            "alpha-rpc",
+            "alpha-shard-0",
+            "alpha-shard-1"
+        ]
+    );
+    assert_eq!(
+        names(&ns.api::<PodDisruptionBudget>()).await,
+        ["alpha-beacon", "alpha-shard-0", "alpha-shard-1"]
+    );
+    assert_eq!(names(&ns.api::<NetworkPolicy>()).await, ["alpha-nodes"]);
+    assert_eq!(
+        names(&ns.api::<ConfigMap>()).await,
+        [
+            "alpha-beacon-config",
+            "alpha-genesis",
+            "alpha-shard-0-config",
+            "alpha-shard-1-config"
+        ]
+    );
+    let secrets = names(&ns.api::<Secret>()).await;
+    assert_eq!(
+        secrets,
+        [
+            "alpha-admin-key",
+            "alpha-beacon-keys",
+            "alpha-shard-0-keys",
+            "alpha-shard-1-keys"
+        ]
+    );
+    let cr = networks.get("alpha").await.unwrap();
+    let uid = cr.uid().unwrap();
+    for set in sts.list(&ListParams::default()).await.unwrap().items {
+        let owner = &set.owner_references()[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            (uid.as_str(), Some(true))
+        );
+    }
+    let keys_before = ns
+        .api::<Secret>()
+        .get("alpha-shard-0-keys")
+        .await
+        .unwrap()
+        .data;
+    assert_eq!(keys_before.as_ref().map(|d| d.len()), Some(4));
+
+    // kwok makes the pods Ready; the Ready condition follows.
+    let ready = eventually("network Ready", Duration::from_secs(150), || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            (condition(&n, "Ready")? == ("True".to_owned(), "AllValidatorsReady".to_owned()))
+                .then_some(n)
+        }
+    })
+    .await;
+    let status = ready.status.clone().unwrap();
+    assert_eq!(status.shard_count, Some(2));
+    assert_eq!(status.observed_generation, cr.metadata.generation);
+    assert_eq!(
+        condition(&ready, "ChainHealthy").unwrap(),
+        ("Unknown".to_owned(), "NodeRpcNotImplemented".to_owned()),
+        "pod readiness must not pass for chain health"
+    );
+    let pvcs: Api<PersistentVolumeClaim> = ns.api();
+    assert_eq!(
+        pvcs.list(&ListParams::default()).await.unwrap().items.len(),
+        12
+    );
+
+    // Reconciling again changes nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = versions(&ns).await;
+    // A fresh context has no record of earlier applies, so this is a full apply.
+    let fresh = Arc::new(Context::new(
+        ns.client.clone(),
+        Arc::new(NodeRpcPending),
+        BuildOptions::default(),
+        Arc::new(Metrics::new()),
+    ));
+    for _ in 0..2 {
+        let current = Arc::new(networks.get("alpha").await.unwrap());
+        controller::reconcile(current, fresh.clone()).await.unwrap();
+    }
+    assert_eq!(fresh.metrics.recent_durations().len(), 2);
+    let _ = &ctx;
+    assert_eq!(
+        versions(&ns).await,
+        before,
+        "a second reconcile wrote something"
+    );
+
+    // `kubectl scale` through the scale subresource changes spec.shards.count.
+    let scaled = match trellis_e2e::kube::kubectl() {
+        Some(kubectl) => {
+            let out = std::process::Command::new(kubectl)
+                .arg("--kubeconfig")
+                .arg(ns.kubeconfig())
+                .args([
+                    "-n",
+                    &ns.name,
+                    "scale",
+                    "chainnetwork/alpha",
+                    "--replicas=3",
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            true
+        }
+        None => false,
+    };
+    if !scaled {
+        networks
+            .patch_scale(
+                "alpha",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}})),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(networks.get("alpha").await.unwrap().spec.shards.count, 3);
+    eventually("shard-2 provisioned", WAIT, || {
+        let sts = sts.clone();
+        async move { sts.get_opt("alpha-shard-2").await.ok()?.map(|_| ()) }
+    })
+    .await;
+    let scaling = eventually("Scaling condition", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            (condition(&n, "Scaling")?.0 == "True").then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(condition(&scaling, "Scaling").unwrap().1, "AwaitingBeacon");
+    assert_eq!(
+        scaling.status.as_ref().unwrap().shard_count,
+        Some(2),
+        "the beacon has not switched: shards in service stay 2"
+    );
+    let scale = networks.get_scale("alpha").await.unwrap();
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(3));
+
+    // Back to 2: the never-activated shard goes away; the in-service ones stay.
+    networks
+        .patch_scale(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    eventually("shard-2 removed", WAIT, || {
+        let sts = sts.clone();
+        async move {
+            sts.get_opt("alpha-shard-2")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(sts.get_opt("alpha-shard-1").await.unwrap().is_some());
+    let keys_after = ns
+        .api::<Secret>()
+        .get("alpha-shard-0-keys")
+        .await
+        .unwrap()
+        .data;
+    assert_eq!(keys_after, keys_before, "keys are never regenerated");
+
+    // The apiserver refuses an out-of-bounds scale with the CEL message.
+    let err = networks
+        .patch_scale(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 9}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("min <= count <= max"), "{err}");
+
+    // Delete: children are garbage collected, ledger PVCs are kept (retainLedgerOnDelete).
+    networks
+        .delete("alpha", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually("children collected", WAIT, || {
+        let sts = sts.clone();
+        async move { names(&sts).await.is_empty().then_some(()) }
+    })
+    .await;
+    assert!(
+        pvcs.list(&ListParams::default()).await.unwrap().items.len() >= 12,
+        "ledger PVCs must survive the network's deletion"
+    );
+    drop(stop);
+    delete_volumes(&ns.client, &volumes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_refused_or_reported() {
+    let Some(ns) = test_namespace("op-invalid").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let networks: Api<ChainNetwork> = ns.api();
+
+    // CEL at the apiserver.
+    let mut bad = network("bad", 1);
+    bad.spec.validators_per_shard = 5;
+    let err = networks
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("3f+1"), "{err}");
+    let mut immutable = networks
+        .create(&PostParams::default(), &network("fixed", 1))
+        .await
+        .unwrap();
+    immutable.spec.mode = NetworkMode::Consortium;
+    let err = networks
+        .replace("fixed", &PostParams::default(), &immutable)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("mode is immutable"), "{err}");
+    networks
+        .delete("fixed", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // A spec the schema accepts but the operator cannot run gets a condition, no children.
+    let (_ctx, stop) = start_operator(&ns);
+    let mut unrunnable = network("alpha", 1);
+    unrunnable.spec.autoscaling = Some(trellis_crd::AutoscalingSpec {
+        enabled: true,
+        target_tx_per_second_per_shard: None,
+        target_mempool_depth: None,
+        cooldown_seconds: 60,
+        stabilization_window_seconds: 60,
+    });
+    networks
+        .create(&PostParams::default(), &unrunnable)
+        .await
+        .unwrap();
+    let reported = eventually("InvalidSpec condition", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            (condition(&n, "Ready")?.1 == "InvalidSpec").then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(
+        reported.status.as_ref().unwrap().phase,
+        Some(trellis_crd::NetworkPhase::Invalid)
+    );
+    assert!(names(&ns.api::<StatefulSet>()).await.is_empty());
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let found = eventually("InvalidSpec event", WAIT, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("InvalidSpec"))
+        }
+    })
+    .await;
+    assert_eq!(found.type_.as_deref(), Some("Warning"));
+    drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_takes_the_lease_when_the_leader_stops_renewing() {
+    let Some(ns) = test_namespace("op-lease").await else {
+        return;
+    };
+    let config = |identity: &str| LeaseConfig {
+        name: "trellis-operator".to_owned(),
+        namespace: ns.name.clone(),
+        identity: identity.to_owned(),
+        lease_duration: Duration::from_secs(2),
+        renew_every: Duration::from_millis(500),
+    };
+    let (a, b) = (config("replica-a"), config("replica-b"));
+    assert!(lease::try_acquire_or_renew(&ns.client, &a).await.unwrap());
+    assert!(!lease::try_acquire_or_renew(&ns.client, &b).await.unwrap());
+    assert!(
+        lease::try_acquire_or_renew(&ns.client, &a).await.unwrap(),
+        "renewal"
+    );
+    // A stops renewing (killed); B takes over once the lease has expired.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), lease::acquire(&ns.client, &b))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !lease::try_acquire_or_renew(&ns.client, &a).await.unwrap(),
+        "A is a follower now"
+    );
+    let held: k8s_openapi::api::coordination::v1::Lease =
+        ns.api().get("trellis-operator").await.unwrap();
+    let spec = held.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consortium_members_report_their_admission_state() {
+    let Some(ns) = test_namespace("op-member").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let (_ctx, stop) = start_operator(&ns);
+    let mut spec = ChainNetworkSpec::new(NetworkMode::Consortium, "trellis-node:e2e");
+    spec.members = vec![trellis_crd::ConsortiumMember {
+        name: "org-a".to_owned(),
+        admin_public_key: "aa".repeat(32),
+        nodes: 1,
+    }];
+    let networks: Api<ChainNetwork> = ns.api();
+    networks
+        .create(&PostParams::default(), &ChainNetwork::new("alpha", spec))
+        .await
+        .unwrap();
+    let members: Api<trellis_crd::ChainMember> = ns.api();
+    let member = |name: &str, org: &str, key: &str| {
+        trellis_crd::ChainMember::new(
+            name,
+            trellis_crd::ChainMemberSpec {
+                network: trellis_crd::member::NetworkRef {
+                    name: "alpha".to_owned(),
+                    namespace: None,
+                },
+                organization: org.to_owned(),
+                admin_public_key: key.to_owned(),
+                nodes: 1,
+                node_key_secret: None,
+                remove: false,
+            },
+        )
+    };
+    members
+        .create(
+            &PostParams::default(),
+            &member("org-a", "org-a", &"aa".repeat(32)),
+        )
+        .await
+        .unwrap();
+    members
+        .create(
+            &PostParams::default(),
+            &member("org-b", "org-b", &"bb".repeat(32)),
+        )
+        .await
+        .unwrap();
+    let phase = |name: &'static str| {
+        let members = members.clone();
+        async move {
+            let m = members.get(name).await.ok()?;
+            let status = m.status?;
+            let c = status.conditions.iter().find(|c| c.type_ == "Admitted")?;
+            Some((status.phase?, c.reason.clone()))
+        }
+    };
+    let a = eventually("org-a status", WAIT, || phase("org-a")).await;
+    assert_eq!(
+        a,
+        (
+            trellis_crd::MemberPhase::Admitted,
+            "GenesisMember".to_owned()
+        )
+    );
+    let b = eventually("org-b status", WAIT, || phase("org-b")).await;
+    assert_eq!(
+        b,
+        (
+            trellis_crd::MemberPhase::Invited,
+            "AwaitingBeaconGovernance".to_owned()
+        )
+    );
+    // Immutable organisation, enforced by the apiserver.
+    let mut renamed = members.get("org-b").await.unwrap();
+    renamed.spec.organization = "org-c".to_owned();
+    let err = members
+        .replace("org-b", &PostParams::default(), &renamed)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("organization is immutable"),
+        "{err}"
+    );
+    drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_paused_and_ledger_deletion_policy() {
+    let Some(ns) = test_namespace("op-ops").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let volumes = ledger_volumes(&ns, &pods("alpha", &["beacon", "shard-0"], 4)).await;
+    let (_ctx, stop) = start_operator(&ns);
+    let networks: Api<ChainNetwork> = ns.api();
+    let mut spec = network("alpha", 1);
+    spec.spec.retain_ledger_on_delete = false;
+    networks
+        .create(&PostParams::default(), &spec)
+        .await
+        .unwrap();
+    let sts: Api<StatefulSet> = ns.api();
+    let reason = |want: &'static str| {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            (condition(&n, "Ready")?.1 == want).then_some(n)
+        }
+    };
+    eventually("Ready", Duration::from_secs(150), || {
+        reason("AllValidatorsReady")
+    })
+    .await;
+
+    // stopped: every committee at zero replicas, claims kept.
+    let patch = |body: serde_json::Value| {
+        let networks = networks.clone();
+        async move {
+            networks
+                .patch("alpha", &PatchParams::default(), &Patch::Merge(body))
+                .await
+                .unwrap();
+        }
+    };
+    patch(serde_json::json!({"spec": {"stopped": true}})).await;
+    let stopped = eventually("Stopped", WAIT, || reason("Stopped")).await;
+    assert_eq!(
+        stopped.status.unwrap().phase,
+        Some(trellis_crd::NetworkPhase::Stopped)
+    );
+    for set in sts.list(&ListParams::default()).await.unwrap().items {
+        assert_eq!(set.spec.unwrap().replicas, Some(0));
+    }
+    let pvcs: Api<PersistentVolumeClaim> = ns.api();
+    assert_eq!(
+        pvcs.list(&ListParams::default()).await.unwrap().items.len(),
+        8
+    );
+
+    // paused: a spec change is not acted on, and the status says why.
+    patch(serde_json::json!({"spec": {"stopped": false, "paused": true}})).await;
+    eventually("Paused phase", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            (n.status?.phase? == trellis_crd::NetworkPhase::Paused).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for set in sts.list(&ListParams::default()).await.unwrap().items {
+        assert_eq!(
+            set.spec.unwrap().replicas,
+            Some(0),
+            "paused: nothing written"
+        );
+    }
+    patch(serde_json::json!({"spec": {"paused": false}})).await;
+    eventually("Ready again", Duration::from_secs(150), || {
+        reason("AllValidatorsReady")
+    })
+    .await;
+
+    // retainLedgerOnDelete: false lets the StatefulSets take their claims with them.
+    networks
+        .delete("alpha", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually(
+        "claims deleted with the network",
+        Duration::from_secs(120),
+        || {
+            let pvcs = pvcs.clone();
+            async move {
+                let live = pvcs
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .count();
+                (live == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    drop(stop);
+    delete_volumes(&ns.client, &volumes).await;
+}
+
+/// A `trellis-operator` process watching the test namespace; killed on drop.
+struct OperatorProcess(std::process::Child);
+
+impl OperatorProcess {
+    fn start(ns: &TestNamespace, identity: &str) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_trellis-operator"))
+            .args(["run", "--http-addr", "127.0.0.1:0", "--leader-election"])
+            .args(["--namespace", &ns.name, "--lease-namespace", &ns.name])
+            .args(["--identity", identity, "--lease-seconds", "3"])
+            .env("KUBECONFIG", ns.kubeconfig())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn lease_holder(ns: &TestNamespace) -> Option<String> {
+    let lease: k8s_openapi::api::coordination::v1::Lease =
+        ns.api().get_opt("trellis-operator").await.ok()??;
+    lease.spec?.holder_identity
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operator_processes_one_leads_the_other_takes_over() {
+    let Some(ns) = test_namespace("op-ha").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let mut a = OperatorProcess::start(&ns, "op-a");
+    let mut b = OperatorProcess::start(&ns, "op-b");
+    let leader = eventually("a leader", WAIT, || lease_holder(&ns)).await;
+    let networks: Api<ChainNetwork> = ns.api();
+    networks
+        .create(&PostParams::default(), &network("alpha", 1))
+        .await
+        .unwrap();
+    let sts: Api<StatefulSet> = ns.api();
+    eventually("children from the first leader", WAIT, || {
+        let sts = sts.clone();
+        async move { (names(&sts).await.len() == 2).then_some(()) }
+    })
+    .await;
+
+    // Kill the leader (SIGKILL: no release); the follower takes over within seconds.
+    let killed = std::time::Instant::now();
+    if leader == "op-a" {
+        a.kill()
+    } else {
+        b.kill()
+    }
+    let successor = eventually("a new leader", Duration::from_secs(30), || {
+        let ns = &ns;
+        let leader = leader.clone();
+        async move { lease_holder(ns).await.filter(|h| *h != leader) }
+    })
+    .await;
+    assert_ne!(successor, leader);
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "takeover took {:?}",
+        killed.elapsed()
+    );
+
+    // The new leader reconciles: a change made after the kill is acted on.
+    networks
+        .patch_scale(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    eventually("shard-1 from the new leader", WAIT, || {
+        let sts = sts.clone();
+        async move { sts.get_opt("alpha-shard-1").await.ok()?.map(|_| ()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_killed_mid_reconcile_converges_on_restart() {
+    let Some(ns) = test_namespace("op-crash").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let networks: Api<ChainNetwork> = ns.api();
+    networks
+        .create(&PostParams::default(), &network("alpha", 3))
+        .await
+        .unwrap();
+    let mut first = OperatorProcess::start(&ns, "op-1");
+    // Kill it as soon as it has written something, before it can have finished.
+    let secrets: Api<Secret> = ns.api();
+    eventually("first write", WAIT, || {
+        let secrets = secrets.clone();
+        async move { (!names(&secrets).await.is_empty()).then_some(()) }
+    })
+    .await;
+    first.kill();
+    let early: BTreeMap<String, Option<BTreeMap<String, k8s_openapi::ByteString>>> = secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| (s.name_any(), s.data))
+        .collect();
+
+    let _second = OperatorProcess::start(&ns, "op-2");
+    let sts: Api<StatefulSet> = ns.api();
+    eventually("all StatefulSets after restart", WAIT, || {
+        let sts = sts.clone();
+        async move { (names(&sts).await.len() == 4).then_some(()) }
+    })
+    .await;
+    eventually("status written after restart", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            (n.status?.observed_generation == n.metadata.generation).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(names(&secrets).await.len(), 5, "4 committees + admin key");
+    // Keys written before the crash are the keys after it.
+    for (name, data) in early {
+        let now = secrets.get(&name).await.unwrap().data;
+        let before = data.unwrap_or_default();
+        let after = now.unwrap_or_default();
+        for (entry, value) in before {
+            assert_eq!(
+                after.get(&entry),
+                Some(&value),
+                "{name}/{entry} was regenerated"
+            );
+        }
+    }
+}
