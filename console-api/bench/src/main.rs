@@ -1,10 +1,10 @@
 //! Load benchmark of the console API (measured, not asserted):
 //!
-//!   cargo run --release -p trellis-console --example load -- [SECONDS] [CONNECTIONS]
+//!   cargo run --release -p trellis-console-bench -- [SECONDS] [CONNECTIONS]
 //!
 //! Starts, in this process on loopback, a bare axum hello-world (the baseline) and the
-//! console (real router, real database: SQLite in a temp dir, then PostgreSQL from the
-//! e2e fixture when one is available), signs up a tenant, creates 20 networks, and
+//! console (real router, real database: SQLite in a temp dir, then PostgreSQL when
+//! `TRELLIS_BENCH_DATABASE_URL` names an empty database), signs up a tenant, creates 20 networks, and
 //! drives authenticated `GET /v1/networks?limit=20` and `GET /v1/networks/{id}` with
 //! CONNECTIONS keep-alive HTTP/1.1 connections for SECONDS each. Prints requests/s,
 //! p50/p99 latency and the ratio to the hello-world baseline measured in the same run.
@@ -256,7 +256,7 @@ async fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut backends = vec![("SQLite".to_string(), db::sqlite_url(dir.path()))];
-    if let Some(url) = trellis_e2e::postgres::fresh_database().await {
+    if let Ok(url) = std::env::var("TRELLIS_BENCH_DATABASE_URL") {
         backends.push(("PostgreSQL".to_string(), url));
     }
     for (backend, url) in backends {
