@@ -40,6 +40,8 @@ use uuid::Uuid;
 
 use crate::networks::spec::NetworkSpec;
 
+pub mod kube;
+
 /// Identifies one network for a provisioner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkRef {

@@ -1,0 +1,774 @@
+//! The `kube` provisioner: desired networks become `ChainNetwork` resources that the
+//! operator reconciles.
+//!
+//! - One namespace per tenant, `trellis-<tenant_slug>`, created (server-side applied) on
+//!   every apply, labelled with the tenant id.
+//! - One `ChainNetwork` named after the network, built by the pure [`chain_network`],
+//!   written with server-side apply under the field manager [`FIELD_MANAGER`] (forced:
+//!   the console owns the fields it sets).
+//! - The console generation is in the annotation [`GENERATION_ANNOTATION`]. Before each
+//!   apply the existing resource is read; [`decide`] skips a generation lower than the
+//!   recorded one, and the apply carries the read `resourceVersion`, so a concurrent
+//!   writer makes it fail with a conflict (`Unavailable`, retried) instead of racing.
+//! - `observe` maps the resource's status onto [`ObservedStatus`]; `delete` sets
+//!   `spec.retainLedgerOnDelete` as asked and deletes the resource.
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client};
+use trellis_crd::network::MAX_NETWORK_NAME_LEN;
+use trellis_crd::{
+    AutoscalingSpec, BeaconSpec, ChainNetwork, ChainNetworkSpec, ConsortiumMember, NetworkMode,
+    NetworkPhase, ShardsSpec,
+};
+
+use super::{
+    DesiredNetwork, NetworkRef, ObservedPhase, ObservedStatus, ProvisionError, Provisioner,
+    ShardStatus,
+};
+use crate::networks::spec::{self, NetworkSpec};
+
+/// Field manager of every server-side apply the console makes.
+pub const FIELD_MANAGER: &str = "trellis-console";
+/// The console generation a `ChainNetwork` was written from.
+pub const GENERATION_ANNOTATION: &str = "console.trellis.dev/generation";
+pub const TENANT_ID_LABEL: &str = "console.trellis.dev/tenant-id";
+pub const NETWORK_ID_LABEL: &str = "console.trellis.dev/network-id";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Default repository of the `trellis-node` image; the tag is the node version.
+pub const DEFAULT_NODE_IMAGE_REPOSITORY: &str = "ghcr.io/trellis/trellis-node";
+
+/// Kubernetes namespace of a tenant's networks.
+pub fn namespace_of(tenant_slug: &str) -> String {
+    format!("trellis-{tenant_slug}")
+}
+
+fn is_dns_label(name: &str, max: usize) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= max
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// The DNS-label form of an organisation's display name (`Acme Corp.` → `acme-corp`),
+/// which names the member in `spec.members`.
+pub fn member_name(organisation: &str) -> String {
+    let mut out = String::new();
+    for c in organisation.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.truncate(40);
+    out.trim_end_matches('-').to_string()
+}
+
+fn int(value: u64, field: &str) -> Result<i64, ProvisionError> {
+    i64::try_from(value).map_err(|_| rejected(format!("{field} ({value}) is too large")))
+}
+
+fn int32(value: u32, field: &str) -> Result<i32, ProvisionError> {
+    i32::try_from(value).map_err(|_| rejected(format!("{field} ({value}) is too large")))
+}
+
+fn rejected(message: String) -> ProvisionError {
+    ProvisionError::Rejected(message)
+}
+
+/// The `ChainNetwork` that realises `desired`: pure, so every mapping is unit-tested.
+pub fn chain_network(
+    desired: &DesiredNetwork,
+    image_repository: &str,
+) -> Result<ChainNetwork, ProvisionError> {
+    let network = &desired.network;
+    let namespace = namespace_of(&network.tenant_slug);
+    if !is_dns_label(&namespace, 63) {
+        return Err(rejected(format!(
+            "tenant slug {:?} does not give a valid namespace name ({namespace:?}: at most \
+             63 lower-case letters, digits and '-')",
+            network.tenant_slug
+        )));
+    }
+    if !is_dns_label(&network.name, MAX_NETWORK_NAME_LEN) {
+        return Err(rejected(format!(
+            "network name {:?} must be a DNS label of at most {MAX_NETWORK_NAME_LEN} characters",
+            network.name
+        )));
+    }
+    let s: &NetworkSpec = &desired.spec;
+    if !spec::is_node_version(&s.node_version) {
+        return Err(rejected(format!(
+            "node_version {:?} is not MAJOR.MINOR.PATCH[-prerelease]",
+            s.node_version
+        )));
+    }
+    let mode = match s.mode {
+        spec::NetworkMode::Public => NetworkMode::Public,
+        spec::NetworkMode::Consortium => NetworkMode::Consortium,
+    };
+    let mut members = Vec::with_capacity(s.members.len());
+    for (index, member) in s.members.iter().enumerate() {
+        let name = member_name(&member.organisation);
+        if name.is_empty() {
+            return Err(rejected(format!(
+                "members[{index}]: organisation {:?} has no letter or digit to name it by; \
+                 rename it",
+                member.organisation
+            )));
+        }
+        if members.iter().any(|m: &ConsortiumMember| m.name == name) {
+            return Err(rejected(format!(
+                "members[{index}]: organisation {:?} has the same Kubernetes name ({name}) as \
+                 an earlier member; give the organisations distinct names",
+                member.organisation
+            )));
+        }
+        let Some(key) = member.admin_public_key.as_deref() else {
+            return Err(rejected(format!(
+                "members[{index}] ({}): no admin public key recorded; the console writes \
+                 custodied keys into the spec when the member is created or admitted, so \
+                 this member needs its key before the network can be provisioned",
+                member.organisation
+            )));
+        };
+        members.push(ConsortiumMember {
+            name,
+            admin_public_key: key.to_lowercase(),
+            nodes: int32(member.nodes, &format!("members[{index}].nodes"))?,
+        });
+    }
+    let a = &s.autoscaling;
+    let spec = ChainNetworkSpec {
+        mode,
+        shards: ShardsSpec {
+            count: int32(s.shards.count, "shards.count")?,
+            min: int32(s.shards.min, "shards.min")?,
+            max: int32(s.shards.max, "shards.max")?,
+        },
+        validators_per_shard: int32(s.validators_per_shard, "validators_per_shard")?,
+        beacon: BeaconSpec {
+            validators: int32(s.beacon_validators, "beacon_validators")?,
+        },
+        members,
+        node: trellis_crd::NodeSpec {
+            image: format!("{image_repository}:{}", s.node_version),
+            image_pull_policy: None,
+            resources: None,
+            storage: trellis_crd::StorageSpec::default(),
+        },
+        autoscaling: Some(AutoscalingSpec {
+            enabled: a.enabled,
+            target_tx_per_second_per_shard: Some(i64::from(a.target_tx_per_second_per_shard)),
+            target_mempool_depth: Some(i64::from(a.target_mempool_depth)),
+            cooldown_seconds: i64::from(a.cooldown_seconds),
+            stabilization_window_seconds: i64::from(a.stabilization_window_seconds),
+        }),
+        epoch_length: int(s.epoch_length, "epoch_length")?,
+        paused: s.paused,
+        stopped: s.stopped,
+        retain_ledger_on_delete: s.retain_ledger_on_delete,
+    };
+    let mut cr = ChainNetwork::new(&network.name, spec);
+    cr.metadata = ObjectMeta {
+        name: Some(network.name.clone()),
+        namespace: Some(namespace),
+        labels: Some(labels(network)),
+        annotations: Some(BTreeMap::from([(
+            GENERATION_ANNOTATION.to_string(),
+            desired.generation.to_string(),
+        )])),
+        ..ObjectMeta::default()
+    };
+    Ok(cr)
+}
+
+fn labels(network: &NetworkRef) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (TENANT_ID_LABEL.to_string(), network.tenant_id.to_string()),
+        (NETWORK_ID_LABEL.to_string(), network.network_id.to_string()),
+        (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
+    ])
+}
+
+/// What to do with a desired generation given the existing resource's annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Write it (create, newer generation, or the same one again: a no-op for the
+    /// apiserver when nothing changed).
+    Apply,
+    /// A newer generation is already written: leave it.
+    Skip { existing: i64 },
+}
+
+/// The generation guard. A missing or unreadable annotation (a resource someone else
+/// made) is overwritten.
+pub fn decide(existing_annotation: Option<&str>, desired_generation: i64) -> Decision {
+    match existing_annotation.and_then(|a| a.trim().parse::<i64>().ok()) {
+        Some(existing) if existing > desired_generation => Decision::Skip { existing },
+        _ => Decision::Apply,
+    }
+}
+
+/// The console generation recorded on a resource.
+fn console_generation(cr: &ChainNetwork) -> Option<i64> {
+    cr.metadata
+        .annotations
+        .as_ref()?
+        .get(GENERATION_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn unsigned32(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
+
+/// Maps a resource's status onto the console's view. `observed_generation` is the console
+/// generation when the operator has observed the resource's latest write, else 0 (the
+/// status describes an older spec).
+pub fn observed_status(cr: &ChainNetwork) -> ObservedStatus {
+    let status = cr.status.clone().unwrap_or_default();
+    let caught_up = match (status.observed_generation, cr.metadata.generation) {
+        (Some(observed), Some(current)) => observed >= current,
+        _ => false,
+    };
+    let observed_generation = if caught_up {
+        console_generation(cr).unwrap_or(0)
+    } else {
+        0
+    };
+    let phase = match status.phase {
+        None | Some(NetworkPhase::Provisioning) => ObservedPhase::Provisioning,
+        Some(NetworkPhase::Running) => ObservedPhase::Running,
+        Some(NetworkPhase::Scaling) => ObservedPhase::Scaling,
+        Some(NetworkPhase::Degraded) => ObservedPhase::Degraded,
+        Some(NetworkPhase::Stopped) => ObservedPhase::Stopped,
+        Some(NetworkPhase::Paused) => ObservedPhase::Paused,
+        Some(NetworkPhase::Invalid) => ObservedPhase::Failed,
+    };
+    let message = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status != "True" && !c.message.is_empty())
+        .map(|c| c.message.clone());
+    ObservedStatus {
+        observed_generation,
+        phase,
+        shard_count: status.shard_count.map(unsigned32).unwrap_or(0),
+        epoch: status.epoch.map(unsigned).unwrap_or(0),
+        shards: status
+            .shards
+            .iter()
+            .map(|s| ShardStatus {
+                id: unsigned32(s.id),
+                ready_validators: unsigned32(s.ready_validators),
+                finalized_height: s.finalized_height.map(unsigned).unwrap_or(0),
+                tx_per_second: s.tx_per_second.unwrap_or(0.0),
+                mempool_depth: s.mempool_depth.map(unsigned).unwrap_or(0),
+            })
+            .collect(),
+        rpc_endpoints: status
+            .endpoints
+            .iter()
+            .filter(|e| !e.rpc.is_empty())
+            .map(|e| e.rpc.clone())
+            .collect(),
+        message,
+    }
+}
+
+/// Classifies a client error: refusals of the request itself are `Rejected` with the
+/// apiserver's message; everything else (unreachable, 5xx, conflicts, throttling,
+/// missing CRD, missing permissions) is `Unavailable`.
+pub fn classify(what: &str, error: &kube::Error) -> ProvisionError {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            400 | 422 => rejected(format!(
+                "{what}: the cluster refused it: {}",
+                status.message
+            )),
+            404 => ProvisionError::Unavailable(format!(
+                "{what}: not found on the cluster (is the ChainNetwork CRD installed?): {}",
+                status.message
+            )),
+            409 => ProvisionError::Unavailable(format!(
+                "{what}: changed concurrently, will retry: {}",
+                status.message
+            )),
+            code => ProvisionError::Unavailable(format!(
+                "{what}: Kubernetes API answered {code}: {}",
+                status.message
+            )),
+        },
+        other => {
+            ProvisionError::Unavailable(format!("{what}: Kubernetes API unreachable: {other}"))
+        }
+    }
+}
+
+/// Provisions networks as `ChainNetwork` resources through the Kubernetes API.
+#[derive(Clone)]
+pub struct KubeProvisioner {
+    client: Client,
+    image_repository: String,
+}
+
+impl KubeProvisioner {
+    pub fn new(client: Client, image_repository: impl Into<String>) -> Self {
+        Self {
+            client,
+            image_repository: image_repository.into(),
+        }
+    }
+
+    fn api(&self, network: &NetworkRef) -> Api<ChainNetwork> {
+        Api::namespaced(self.client.clone(), &namespace_of(&network.tenant_slug))
+    }
+
+    async fn ensure_namespace(&self, network: &NetworkRef) -> Result<(), ProvisionError> {
+        let name = namespace_of(&network.tenant_slug);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([
+                    (TENANT_ID_LABEL.to_string(), network.tenant_id.to_string()),
+                    (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(self.client.clone())
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&ns),
+            )
+            .await
+            .map_err(|e| classify(&format!("namespace {name}"), &e))?;
+        Ok(())
+    }
+
+    async fn apply_network(&self, desired: &DesiredNetwork) -> Result<(), ProvisionError> {
+        let mut cr = chain_network(desired, &self.image_repository)?;
+        self.ensure_namespace(&desired.network).await?;
+        let api = self.api(&desired.network);
+        let what = format!("ChainNetwork {}", desired.network.name);
+        let existing = api
+            .get_opt(&desired.network.name)
+            .await
+            .map_err(|e| classify(&what, &e))?;
+        if let Some(existing) = &existing {
+            let annotation = existing
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(GENERATION_ANNOTATION))
+                .map(String::as_str);
+            if let Decision::Skip { existing } = decide(annotation, desired.generation) {
+                tracing::info!(
+                    network = %desired.network.network_id,
+                    desired = desired.generation,
+                    existing,
+                    "ignoring an older generation"
+                );
+                return Ok(());
+            }
+            // Optimistic concurrency: a write since our read fails with 409 (retried).
+            cr.metadata
+                .resource_version
+                .clone_from(&existing.metadata.resource_version);
+        }
+        api.patch(
+            &desired.network.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&cr),
+        )
+        .await
+        .map_err(|e| classify(&what, &e))?;
+        Ok(())
+    }
+
+    async fn observe_network(
+        &self,
+        network: &NetworkRef,
+    ) -> Result<Option<ObservedStatus>, ProvisionError> {
+        let what = format!("ChainNetwork {}", network.name);
+        let cr = self
+            .api(network)
+            .get_opt(&network.name)
+            .await
+            .map_err(|e| classify(&what, &e))?;
+        Ok(cr.as_ref().map(observed_status))
+    }
+
+    async fn delete_network(
+        &self,
+        network: &NetworkRef,
+        retain_ledger: bool,
+    ) -> Result<(), ProvisionError> {
+        let api = self.api(network);
+        let what = format!("ChainNetwork {}", network.name);
+        let Some(cr) = api
+            .get_opt(&network.name)
+            .await
+            .map_err(|e| classify(&what, &e))?
+        else {
+            return Ok(());
+        };
+        if cr.spec.retain_ledger_on_delete != retain_ledger {
+            let patch = serde_json::json!({"spec": {"retainLedgerOnDelete": retain_ledger}});
+            match api
+                .patch(
+                    &network.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                Err(e) => return Err(classify(&what, &e)),
+            }
+        }
+        match api.delete(&network.name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(classify(&what, &e)),
+        }
+    }
+}
+
+impl Provisioner for KubeProvisioner {
+    fn kind(&self) -> &'static str {
+        "kube"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        desired: &'a DesiredNetwork,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>> {
+        Box::pin(self.apply_network(desired))
+    }
+
+    fn observe<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+    ) -> BoxFuture<'a, Result<Option<ObservedStatus>, ProvisionError>> {
+        Box::pin(self.observe_network(network))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+        retain_ledger: bool,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>> {
+        Box::pin(self.delete_network(network, retain_ledger))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::networks::spec::{AutoscalingPolicy, MemberSpec, ShardRange};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    use trellis_crd::{ChainNetworkStatus, NetworkEndpoints};
+    use uuid::Uuid;
+
+    const KEY: &str = "AB12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
+
+    fn desired(mode: spec::NetworkMode) -> DesiredNetwork {
+        DesiredNetwork {
+            network: NetworkRef {
+                tenant_id: Uuid::from_u128(1),
+                tenant_slug: "acme".into(),
+                network_id: Uuid::from_u128(2),
+                name: "ledger".into(),
+            },
+            generation: 7,
+            spec: NetworkSpec {
+                mode,
+                shards: ShardRange {
+                    count: 2,
+                    min: 1,
+                    max: 8,
+                },
+                validators_per_shard: 7,
+                beacon_validators: 10,
+                node_version: "1.2.3".into(),
+                autoscaling: AutoscalingPolicy {
+                    enabled: true,
+                    target_tx_per_second_per_shard: 900,
+                    target_mempool_depth: 4_000,
+                    cooldown_seconds: 60,
+                    stabilization_window_seconds: 30,
+                },
+                members: match mode {
+                    spec::NetworkMode::Public => Vec::new(),
+                    spec::NetworkMode::Consortium => vec![
+                        MemberSpec {
+                            organisation: "Acme Corp.".into(),
+                            nodes: 2,
+                            admin_public_key: Some(KEY.into()),
+                        },
+                        MemberSpec {
+                            organisation: "Globex".into(),
+                            nodes: 1,
+                            admin_public_key: Some("cd".repeat(32)),
+                        },
+                    ],
+                },
+                epoch_length: 250,
+                paused: true,
+                stopped: false,
+                retain_ledger_on_delete: false,
+            },
+        }
+    }
+
+    #[test]
+    fn maps_every_field() {
+        let cr = chain_network(&desired(spec::NetworkMode::Public), "reg/node").unwrap();
+        assert_eq!(cr.metadata.name.as_deref(), Some("ledger"));
+        assert_eq!(cr.metadata.namespace.as_deref(), Some("trellis-acme"));
+        let labels = cr.metadata.labels.unwrap();
+        assert_eq!(labels[TENANT_ID_LABEL], Uuid::from_u128(1).to_string());
+        assert_eq!(labels[NETWORK_ID_LABEL], Uuid::from_u128(2).to_string());
+        assert_eq!(labels[MANAGED_BY_LABEL], "trellis-console");
+        assert_eq!(cr.metadata.annotations.unwrap()[GENERATION_ANNOTATION], "7");
+        let s = cr.spec;
+        assert_eq!(s.mode, NetworkMode::Public);
+        assert_eq!(
+            s.shards,
+            ShardsSpec {
+                count: 2,
+                min: 1,
+                max: 8
+            }
+        );
+        assert_eq!(s.validators_per_shard, 7);
+        assert_eq!(s.beacon.validators, 10);
+        assert!(s.members.is_empty());
+        assert_eq!(s.node.image, "reg/node:1.2.3");
+        assert_eq!(
+            s.autoscaling,
+            Some(AutoscalingSpec {
+                enabled: true,
+                target_tx_per_second_per_shard: Some(900),
+                target_mempool_depth: Some(4_000),
+                cooldown_seconds: 60,
+                stabilization_window_seconds: 30,
+            })
+        );
+        assert_eq!(s.epoch_length, 250);
+        assert!(s.paused);
+        assert!(!s.stopped);
+        assert!(!s.retain_ledger_on_delete);
+    }
+
+    #[test]
+    fn maps_members() {
+        let cr = chain_network(&desired(spec::NetworkMode::Consortium), "r").unwrap();
+        assert_eq!(cr.spec.mode, NetworkMode::Consortium);
+        assert_eq!(
+            cr.spec.members,
+            vec![
+                ConsortiumMember {
+                    name: "acme-corp".into(),
+                    admin_public_key: KEY.to_lowercase(),
+                    nodes: 2
+                },
+                ConsortiumMember {
+                    name: "globex".into(),
+                    admin_public_key: "cd".repeat(32),
+                    nodes: 1
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn member_names_are_dns_labels() {
+        assert_eq!(member_name("Acme Corp."), "acme-corp");
+        assert_eq!(member_name("  Über--Bank 2 "), "ber-bank-2");
+        assert_eq!(member_name("!!!"), "");
+        let long = member_name(&"a b ".repeat(30));
+        assert!(long.len() <= 40 && is_dns_label(&long, 40), "{long}");
+    }
+
+    fn rejection(desired: &DesiredNetwork) -> String {
+        match chain_network(desired, "r") {
+            Err(ProvisionError::Rejected(m)) => m,
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_map() {
+        let mut d = desired(spec::NetworkMode::Consortium);
+        d.spec.members[1].admin_public_key = None;
+        let m = rejection(&d);
+        assert!(
+            m.contains("members[1] (Globex)") && m.contains("admin public key"),
+            "{m}"
+        );
+
+        let mut d = desired(spec::NetworkMode::Consortium);
+        d.spec.members[1].organisation = "acme  corp".into();
+        let m = rejection(&d);
+        assert!(m.contains("same Kubernetes name (acme-corp)"), "{m}");
+
+        let mut d = desired(spec::NetworkMode::Consortium);
+        d.spec.members[0].organisation = "???".into();
+        assert!(rejection(&d).contains("no letter or digit"));
+
+        let mut d = desired(spec::NetworkMode::Public);
+        d.network.name = "Not_A_Label".into();
+        assert!(rejection(&d).contains("DNS label"));
+
+        let mut d = desired(spec::NetworkMode::Public);
+        d.network.name = "a".repeat(41);
+        assert!(rejection(&d).contains("at most 40"));
+
+        let mut d = desired(spec::NetworkMode::Public);
+        d.network.tenant_slug = "x".repeat(60);
+        assert!(rejection(&d).contains("namespace"));
+
+        let mut d = desired(spec::NetworkMode::Public);
+        d.spec.node_version = "latest".into();
+        assert!(rejection(&d).contains("node_version"));
+
+        let mut d = desired(spec::NetworkMode::Public);
+        d.spec.shards.max = u32::MAX;
+        assert!(rejection(&d).contains("shards.max"));
+
+        let mut d = desired(spec::NetworkMode::Public);
+        d.spec.epoch_length = u64::MAX;
+        assert!(rejection(&d).contains("epoch_length"));
+    }
+
+    #[test]
+    fn generation_guard() {
+        assert_eq!(decide(None, 1), Decision::Apply);
+        assert_eq!(decide(Some("3"), 4), Decision::Apply);
+        assert_eq!(decide(Some("4"), 4), Decision::Apply);
+        assert_eq!(decide(Some("5"), 4), Decision::Skip { existing: 5 });
+        assert_eq!(decide(Some("garbage"), 4), Decision::Apply);
+    }
+
+    fn with_status(status: ChainNetworkStatus, generation: i64) -> ChainNetwork {
+        let mut cr = chain_network(&desired(spec::NetworkMode::Public), "r").unwrap();
+        cr.metadata.generation = Some(generation);
+        cr.status = Some(status);
+        cr
+    }
+
+    #[test]
+    fn maps_status() {
+        let status = ChainNetworkStatus {
+            observed_generation: Some(3),
+            phase: Some(NetworkPhase::Degraded),
+            shard_count: Some(2),
+            epoch: Some(12),
+            shards: vec![trellis_crd::ShardStatus {
+                id: 1,
+                validators: 4,
+                ready_validators: 3,
+                finalized_height: Some(99),
+                tx_per_second: Some(12.5),
+                mempool_depth: Some(40),
+                tables: None,
+            }],
+            endpoints: Some(NetworkEndpoints {
+                rpc: "http://ledger-rpc.trellis-acme.svc:8545".into(),
+                beacon_peers: vec![],
+            }),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                message: "shard 1 has 3/4 validators".into(),
+                reason: "ValidatorsMissing".into(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Default::default(),
+                ),
+                observed_generation: None,
+            }],
+            ..ChainNetworkStatus::default()
+        };
+        let observed = observed_status(&with_status(status.clone(), 3));
+        assert_eq!(
+            observed,
+            ObservedStatus {
+                observed_generation: 7,
+                phase: ObservedPhase::Degraded,
+                shard_count: 2,
+                epoch: 12,
+                shards: vec![ShardStatus {
+                    id: 1,
+                    ready_validators: 3,
+                    finalized_height: 99,
+                    tx_per_second: 12.5,
+                    mempool_depth: 40
+                }],
+                rpc_endpoints: vec!["http://ledger-rpc.trellis-acme.svc:8545".into()],
+                message: Some("shard 1 has 3/4 validators".into()),
+            }
+        );
+        // The operator has not seen the latest write: the status is for an older spec.
+        assert_eq!(
+            observed_status(&with_status(status, 4)).observed_generation,
+            0
+        );
+        // Invalid is terminal for the console; no status yet is Provisioning.
+        let invalid = ChainNetworkStatus {
+            phase: Some(NetworkPhase::Invalid),
+            ..ChainNetworkStatus::default()
+        };
+        assert_eq!(
+            observed_status(&with_status(invalid, 1)).phase,
+            ObservedPhase::Failed
+        );
+        let empty = observed_status(&with_status(ChainNetworkStatus::default(), 1));
+        assert_eq!(empty.phase, ObservedPhase::Provisioning);
+        assert!(empty.rpc_endpoints.is_empty() && empty.message.is_none());
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: "spec.validatorsPerShard: must be 3f+1".into(),
+                ..kube::core::Status::default()
+            }))
+        };
+        assert!(
+            matches!(classify("x", &api(422)), ProvisionError::Rejected(m) if m.contains("3f+1"))
+        );
+        assert!(matches!(
+            classify("x", &api(409)),
+            ProvisionError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify("x", &api(503)),
+            ProvisionError::Unavailable(_)
+        ));
+        assert!(
+            matches!(classify("x", &api(404)), ProvisionError::Unavailable(m) if m.contains("CRD"))
+        );
+    }
+}
