@@ -1,0 +1,265 @@
+//! The `kube` provisioner against a real Kubernetes apiserver (from `trellis-e2e`): the
+//! CRDs are installed, ChainNetworks are written by the provisioner, their status is
+//! written like the operator writes it, and the provisioner reads it back.
+//!
+//! Without a cluster the test prints `SKIPPED` and returns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use trellis_console::networks::spec::{
+    AutoscalingPolicy, MemberSpec, NetworkMode, NetworkSpec, ShardRange,
+};
+use trellis_console::provisioner::kube::{
+    GENERATION_ANNOTATION, KubeProvisioner, NETWORK_ID_LABEL, TENANT_ID_LABEL,
+};
+use trellis_console::provisioner::{
+    DesiredNetwork, NetworkRef, ObservedPhase, ProvisionError, Provisioner,
+};
+use trellis_crd::ChainNetwork;
+use trellis_e2e::kube::{eventually, test_namespace};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Server-side applies the CRDs (other tests of the cluster may do the same) and waits
+/// until they are served.
+async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("trellis-e2e").force();
+    for crd in trellis_crd::crds() {
+        let name = crd.name_any();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap();
+        eventually(&format!("CRD {name} established"), WAIT, || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+fn spec(mode: NetworkMode, shards: u32) -> NetworkSpec {
+    NetworkSpec {
+        mode,
+        shards: ShardRange {
+            count: shards,
+            min: 1,
+            max: 8,
+        },
+        validators_per_shard: 4,
+        beacon_validators: 4,
+        node_version: "0.1.0".into(),
+        autoscaling: AutoscalingPolicy::default(),
+        members: match mode {
+            NetworkMode::Public => Vec::new(),
+            NetworkMode::Consortium => vec![
+                MemberSpec {
+                    organisation: "Acme Corp".into(),
+                    nodes: 2,
+                    admin_public_key: Some("ab".repeat(32)),
+                },
+                MemberSpec {
+                    organisation: "Globex".into(),
+                    nodes: 2,
+                    admin_public_key: Some("cd".repeat(32)),
+                },
+            ],
+        },
+        epoch_length: 100,
+        paused: false,
+        stopped: false,
+        retain_ledger_on_delete: true,
+    }
+}
+
+#[tokio::test]
+async fn kube_provisioner_writes_observes_and_deletes_chain_networks() {
+    let Some(ns) = test_namespace("kubeprov").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    // The provisioner makes `trellis-<slug>`; a slug from the test namespace keeps
+    // concurrent runs apart.
+    let slug = ns.name.clone();
+    let namespace = format!("trellis-{slug}");
+    let provisioner = KubeProvisioner::new(ns.client.clone(), "registry.test/trellis-node");
+    let tenant_id = Uuid::now_v7();
+    let reference = |name: &str| NetworkRef {
+        tenant_id,
+        tenant_slug: slug.clone(),
+        network_id: Uuid::now_v7(),
+        name: name.into(),
+    };
+    let consortium = reference("alliance");
+    let public = reference("open");
+    let api: Api<ChainNetwork> = Api::namespaced(ns.client.clone(), &namespace);
+
+    assert_eq!(provisioner.observe(&public).await.unwrap(), None);
+
+    // First applies create the namespace and both resources.
+    let desired = |network: &NetworkRef, generation, mode, shards| DesiredNetwork {
+        network: network.clone(),
+        generation,
+        spec: spec(mode, shards),
+    };
+    provisioner
+        .apply(&desired(&consortium, 1, NetworkMode::Consortium, 1))
+        .await
+        .unwrap();
+    provisioner
+        .apply(&desired(&public, 2, NetworkMode::Public, 2))
+        .await
+        .unwrap();
+    let tenant_ns = Api::<Namespace>::all(ns.client.clone())
+        .get(&namespace)
+        .await
+        .unwrap();
+    assert_eq!(
+        tenant_ns.labels()[TENANT_ID_LABEL],
+        tenant_id.to_string(),
+        "namespace labelled with its tenant"
+    );
+    let alliance = api.get("alliance").await.unwrap();
+    assert_eq!(alliance.labels()[TENANT_ID_LABEL], tenant_id.to_string());
+    assert_eq!(
+        alliance.labels()[NETWORK_ID_LABEL],
+        consortium.network_id.to_string()
+    );
+    assert_eq!(alliance.annotations()[GENERATION_ANNOTATION], "1");
+    assert_eq!(alliance.spec.mode, trellis_crd::NetworkMode::Consortium);
+    let members: Vec<_> = alliance
+        .spec
+        .members
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(members, ["acme-corp", "globex"]);
+    assert_eq!(alliance.spec.node.image, "registry.test/trellis-node:0.1.0");
+    let open = api.get("open").await.unwrap();
+    assert_eq!(open.spec.mode, trellis_crd::NetworkMode::Public);
+    assert_eq!(open.spec.shards.count, 2);
+    assert!(open.spec.members.is_empty());
+
+    // The same generation again changes nothing.
+    let version = open.resource_version();
+    provisioner
+        .apply(&desired(&public, 2, NetworkMode::Public, 2))
+        .await
+        .unwrap();
+    assert_eq!(api.get("open").await.unwrap().resource_version(), version);
+
+    // A newer generation scales; an older one arriving late is ignored.
+    provisioner
+        .apply(&desired(&public, 4, NetworkMode::Public, 3))
+        .await
+        .unwrap();
+    let scaled = api.get("open").await.unwrap();
+    assert_eq!(scaled.spec.shards.count, 3);
+    assert_eq!(scaled.annotations()[GENERATION_ANNOTATION], "4");
+    provisioner
+        .apply(&desired(&public, 3, NetworkMode::Public, 1))
+        .await
+        .unwrap();
+    let kept = api.get("open").await.unwrap();
+    assert_eq!(kept.spec.shards.count, 3, "an older generation was applied");
+    assert_eq!(kept.resource_version(), scaled.resource_version());
+
+    // What the apiserver refuses (CEL: mode is immutable) is Rejected with its message.
+    match provisioner
+        .apply(&desired(&public, 5, NetworkMode::Consortium, 3))
+        .await
+    {
+        Err(ProvisionError::Rejected(message)) => {
+            assert!(message.contains("mode is immutable"), "{message}")
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+
+    // A status like the operator writes it is mapped onto the console's view.
+    let generation = kept.metadata.generation.unwrap();
+    let status = json!({"status": {
+        "observedGeneration": generation,
+        "phase": "Running",
+        "shardCount": 3,
+        "epoch": 5,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "AllReady",
+                        "message": "all validators ready",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        "shards": [
+            {"id": 0, "validators": 4, "readyValidators": 4, "finalizedHeight": 120,
+             "txPerSecond": 33.5, "mempoolDepth": 7},
+            {"id": 1, "validators": 4, "readyValidators": 3},
+            {"id": 2, "validators": 4, "readyValidators": 4}
+        ],
+        "endpoints": {"rpc": format!("http://open-rpc.{namespace}.svc:8545"),
+                      "beaconPeers": []}
+    }});
+    api.patch_status("open", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let observed = provisioner.observe(&public).await.unwrap().unwrap();
+    assert_eq!(observed.observed_generation, 4);
+    assert_eq!(observed.phase, ObservedPhase::Running);
+    assert_eq!(observed.shard_count, 3);
+    assert_eq!(observed.epoch, 5);
+    assert_eq!(observed.shards.len(), 3);
+    assert_eq!(observed.shards[0].finalized_height, 120);
+    assert_eq!(observed.shards[0].tx_per_second, 33.5);
+    assert_eq!(observed.shards[0].mempool_depth, 7);
+    assert_eq!(observed.shards[1].ready_validators, 3);
+    assert_eq!(
+        observed.rpc_endpoints,
+        [format!("http://open-rpc.{namespace}.svc:8545")]
+    );
+    assert_eq!(observed.message, None);
+    // Without status the network is provisioning, and the status is not for the
+    // current generation.
+    let fresh = provisioner.observe(&consortium).await.unwrap().unwrap();
+    assert_eq!(fresh.phase, ObservedPhase::Provisioning);
+    assert_eq!(fresh.observed_generation, 0);
+
+    // Delete sets the ledger retention asked for, removes the resource, and is
+    // idempotent. (No finalizer runs here: no operator in this test.)
+    provisioner.delete(&public, false).await.unwrap();
+    eventually("ChainNetwork open deleted", WAIT, || {
+        let api = api.clone();
+        async move { api.get_opt("open").await.unwrap().is_none().then_some(()) }
+    })
+    .await;
+    provisioner.delete(&public, false).await.unwrap();
+    assert_eq!(provisioner.observe(&public).await.unwrap(), None);
+    assert!(api.get_opt("alliance").await.unwrap().is_some());
+    provisioner.delete(&consortium, true).await.unwrap();
+    provisioner
+        .delete(&reference("never-made"), true)
+        .await
+        .unwrap();
+
+    // A tenant namespace nobody made yet: observe and delete still answer.
+    let other = NetworkRef {
+        tenant_slug: format!("{slug}-x"),
+        ..reference("nothing")
+    };
+    assert_eq!(provisioner.observe(&other).await.unwrap(), None);
+    provisioner.delete(&other, true).await.unwrap();
+
+    let _ = Api::<Namespace>::all(ns.client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await;
+}
