@@ -10,6 +10,7 @@ use trellis_console::app::{self, AppState, Settings};
 use trellis_console::auth::jwt::TokenKeys;
 use trellis_console::custody::MasterKey;
 use trellis_console::networks::reconcile;
+use trellis_console::provisioner::kube::{DEFAULT_NODE_IMAGE_REPOSITORY, KubeProvisioner};
 use trellis_console::provisioner::{Provisioner, Unattached};
 use trellis_console::{db, openapi};
 
@@ -24,8 +25,13 @@ struct Cli {
 enum ProvisionerKind {
     /// Record desired state only; networks stay Pending until a provisioner is attached.
     Unattached,
+    /// Write ChainNetwork resources (one namespace `trellis-<tenant>` per tenant) for the
+    /// operator; the client comes from the in-cluster config or KUBECONFIG.
+    Kube,
 }
 
+// Parsed once at start-up; the size of the `Serve` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API.
@@ -75,6 +81,14 @@ enum Command {
             default_value = "unattached"
         )]
         provisioner: ProvisionerKind,
+        /// `kube` provisioner: repository of the trellis-node image; the tag is the
+        /// network's node version.
+        #[arg(
+            long,
+            env = "TRELLIS_CONSOLE_NODE_IMAGE_REPOSITORY",
+            default_value = DEFAULT_NODE_IMAGE_REPOSITORY
+        )]
+        node_image_repository: String,
         /// Log as JSON lines. Traces are exported over OTLP/HTTP when
         /// OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set.
         #[arg(long, env = "TRELLIS_LOG_JSON")]
@@ -104,6 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tenant_requests_per_minute,
             reconcile_interval,
             provisioner,
+            node_image_repository,
             log_json,
         } => {
             let telemetry = trellis_console::telemetry::init(log_json)?;
@@ -125,6 +140,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         "no provisioner attached: networks are recorded but not provisioned"
                     );
                     Arc::new(Unattached)
+                }
+                ProvisionerKind::Kube => {
+                    let client = kube::Client::try_default().await?;
+                    tracing::info!(
+                        %node_image_repository,
+                        "kube provisioner: networks become ChainNetwork resources"
+                    );
+                    Arc::new(KubeProvisioner::new(client, node_image_repository))
                 }
             };
             let settings = Settings {
