@@ -263,3 +263,204 @@ async fn kube_provisioner_writes_observes_and_deletes_chain_networks() {
         .delete(&namespace, &DeleteParams::background())
         .await;
 }
+
+/// Sends one request to the console's router; returns status and JSON body.
+async fn call(
+    router: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use tower::ServiceExt;
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(axum::body::Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The whole path: the console API with the kube provisioner creates a consortium
+/// network (custodied and brought-your-own keys) and a ChainNetwork appears in the
+/// tenant's namespace with the keys the console recorded; a PATCH scales it; a DELETE
+/// removes it.
+#[tokio::test]
+async fn console_api_with_the_kube_provisioner() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use trellis_console::app::{self, AppState, Settings};
+    use trellis_console::auth::jwt::{TokenKeys, generate_signing_key};
+    use trellis_console_entity::tenant;
+
+    let Some(ns) = test_namespace("kubeconsole").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let database =
+        trellis_console::db::connect_and_migrate(&trellis_console::db::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+    let keys = TokenKeys::new(&generate_signing_key(), &[], 900).unwrap();
+    let mut settings = Settings {
+        auth_requests_per_minute: 0,
+        tenant_requests_per_minute: 0,
+        ..Settings::default()
+    };
+    settings.password.memory_kib = 1024;
+    settings.password.iterations = 1;
+    let provisioner = KubeProvisioner::new(ns.client.clone(), "registry.test/trellis-node");
+    let state = AppState::new(
+        database,
+        keys,
+        trellis_console::custody::MasterKey::generate(),
+        std::sync::Arc::new(provisioner),
+        settings,
+    );
+    let router = app::router(state.clone());
+
+    let (status, signup) = call(
+        &router,
+        "POST",
+        "/v1/auth/signup",
+        None,
+        json!({"organisation": ns.name, "email": "owner@example.test",
+               "password": "correct horse battery staple"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{signup}");
+    let tenant_id = signup["tenant"]["id"].as_str().unwrap().to_string();
+    let token = signup["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tenant::Entity::update_many()
+        .col_expr(
+            tenant::Column::Plan,
+            sea_orm::sea_query::Expr::value("team"),
+        )
+        .filter(tenant::Column::Id.eq(Uuid::parse_str(&tenant_id).unwrap()))
+        .exec(&state.db)
+        .await
+        .unwrap();
+
+    let byo = "ef".repeat(32);
+    let (status, created) = call(
+        &router,
+        "POST",
+        "/v1/networks",
+        Some(&token),
+        json!({"name": "alliance", "mode": "consortium", "members": [
+            {"organisation": "Acme", "nodes": 2},
+            {"organisation": "Globex", "nodes": 2, "admin_public_key": byo},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let network_id = created["id"].as_str().unwrap().to_string();
+    let custodied = created["spec"]["members"][0]["admin_public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The tenant's namespace, found by its tenant label.
+    let namespaces = Api::<Namespace>::all(ns.client.clone())
+        .list(&kube::api::ListParams::default().labels(&format!("{TENANT_ID_LABEL}={tenant_id}")))
+        .await
+        .unwrap();
+    assert_eq!(namespaces.items.len(), 1, "one namespace per tenant");
+    let namespace = namespaces.items[0].name_any();
+    assert!(namespace.starts_with("trellis-"), "{namespace}");
+    let api: Api<ChainNetwork> = Api::namespaced(ns.client.clone(), &namespace);
+    let cr = api.get("alliance").await.unwrap();
+    assert_eq!(cr.labels()[NETWORK_ID_LABEL], network_id);
+    let keys: Vec<_> = cr
+        .spec
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.admin_public_key.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [("acme", custodied.as_str()), ("globex", byo.as_str())]
+    );
+
+    // The status the operator would write shows through the console's API.
+    let generation = cr.metadata.generation.unwrap();
+    api.patch_status(
+        "alliance",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"observedGeneration": generation,
+            "phase": "Running", "shardCount": 1,
+            "shards": [{"id": 0, "validators": 4, "readyValidators": 4}]}})),
+    )
+    .await
+    .unwrap();
+    trellis_console::networks::reconcile::reconcile_once(&state)
+        .await
+        .unwrap();
+    let (status, shown) = call(
+        &router,
+        "GET",
+        &format!("/v1/networks/{network_id}"),
+        Some(&token),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["status"]["phase"], "Running", "{shown}");
+    assert_eq!(shown["phase"], "Running", "{shown}");
+
+    // A PATCH is a new generation, applied over the old one.
+    let (status, body) = call(
+        &router,
+        "PATCH",
+        &format!("/v1/networks/{network_id}"),
+        Some(&token),
+        json!({"shards": {"count": 2, "max": 4}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let scaled = api.get("alliance").await.unwrap();
+    assert_eq!(scaled.spec.shards.count, 2);
+    assert_eq!(scaled.spec.shards.max, 4);
+    assert_eq!(scaled.annotations()[GENERATION_ANNOTATION], "2");
+
+    // DELETE removes the resource.
+    let (status, body) = call(
+        &router,
+        "DELETE",
+        &format!("/v1/networks/{network_id}"),
+        Some(&token),
+        json!(null),
+    )
+    .await;
+    assert!(status == 204 || status == 202, "{status} {body}");
+    eventually("ChainNetwork alliance deleted", WAIT, || {
+        let api = api.clone();
+        async move {
+            api.get_opt("alliance")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    let _ = Api::<Namespace>::all(ns.client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await;
+}
