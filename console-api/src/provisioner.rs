@@ -27,11 +27,13 @@
 //!
 //! # Implementations
 //!
-//! - [`Unattached`]: the only one in this crate today. It provisions nothing and says
-//!   so: `apply` fails with `Unavailable`, so networks stay `Pending` with an explicit
-//!   message and are applied by the retry loop once a real provisioner is configured.
-//! - `kube` and `local` depend on the operator's CRD crate and the node crate, which are
-//!   being built in parallel; they will implement this trait (see docs/console-api.md).
+//! - [`Unattached`]: provisions nothing and says so: `apply` fails with `Unavailable`,
+//!   so networks stay `Pending` with an explicit message and are applied by the retry
+//!   loop once a real provisioner is configured.
+//! - [`kube::KubeProvisioner`]: writes `ChainNetwork` resources (one namespace per
+//!   tenant) that the operator reconciles.
+//! - `local` depends on the node crate, being built in parallel (see
+//!   docs/console-api.md).
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
