@@ -464,3 +464,112 @@ async fn console_api_with_the_kube_provisioner() {
         .delete(&namespace, &DeleteParams::background())
         .await;
 }
+
+/// The operator's reconciler (in-process) picks up a network the provisioner wrote: its
+/// StatefulSets appear, and the status the operator writes maps onto the console's view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_reconciles_a_console_network() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use std::sync::Arc;
+    use trellis_operator::build::BuildOptions;
+    use trellis_operator::chain::NodeRpcPending;
+    use trellis_operator::controller::{self, Context};
+    use trellis_operator::metrics::Metrics;
+
+    let Some(ns) = test_namespace("kubeop").await else {
+        return;
+    };
+    install_crds(&ns.client).await;
+    let slug = ns.name.clone();
+    let namespace = format!("trellis-{slug}");
+    let provisioner = KubeProvisioner::new(ns.client.clone(), "registry.test/trellis-node");
+    let network = NetworkRef {
+        tenant_id: Uuid::now_v7(),
+        tenant_slug: slug,
+        network_id: Uuid::now_v7(),
+        name: "chain".into(),
+    };
+    provisioner
+        .apply(&DesiredNetwork {
+            network: network.clone(),
+            generation: 3,
+            spec: spec(NetworkMode::Public, 1),
+        })
+        .await
+        .unwrap();
+
+    let ctx = Arc::new(Context::new(
+        ns.client.clone(),
+        Arc::new(NodeRpcPending),
+        BuildOptions::default(),
+        Arc::new(Metrics::new()),
+    ));
+    let (stop, mut stopped) = tokio::sync::watch::channel(());
+    tokio::spawn(controller::run(ctx, Some(namespace.clone()), async move {
+        while stopped.changed().await.is_ok() {}
+    }));
+
+    let sts: Api<StatefulSet> = Api::namespaced(ns.client.clone(), &namespace);
+    let names = eventually("StatefulSets of the console's network", WAIT, || {
+        let sts = sts.clone();
+        async move {
+            let mut names: Vec<String> = sts
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .map(|s| s.name_any())
+                .collect();
+            names.sort();
+            (names.len() == 2).then_some(names)
+        }
+    })
+    .await;
+    assert_eq!(names, ["chain-beacon", "chain-shard-0"]);
+    let image = sts
+        .get("chain-shard-0")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("registry.test/trellis-node:0.1.0"));
+
+    // The operator's own status, read through the provisioner, is for generation 3.
+    let observed = eventually("status for console generation 3", WAIT, || {
+        let provisioner = provisioner.clone();
+        let network = network.clone();
+        async move {
+            let observed = provisioner.observe(&network).await.ok()??;
+            (observed.observed_generation == 3).then_some(observed)
+        }
+    })
+    .await;
+    assert_ne!(observed.phase, ObservedPhase::Failed, "{observed:?}");
+
+    // Deleted while the operator runs (it may hold a finalizer), then gone.
+    provisioner.delete(&network, true).await.unwrap();
+    eventually("ChainNetwork chain deleted", WAIT, || {
+        let provisioner = provisioner.clone();
+        let network = network.clone();
+        async move {
+            provisioner
+                .observe(&network)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    drop(stop);
+    let _ = Api::<Namespace>::all(ns.client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await;
+}
