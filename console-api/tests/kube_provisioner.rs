@@ -9,9 +9,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
 use trellis_console::networks::spec::{
     AutoscalingPolicy, MemberSpec, NetworkMode, NetworkSpec, ShardRange,
@@ -23,36 +22,10 @@ use trellis_console::provisioner::{
     DesiredNetwork, NetworkRef, ObservedPhase, ProvisionError, Provisioner,
 };
 use trellis_crd::ChainNetwork;
-use trellis_e2e::kube::{eventually, test_namespace};
+use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Server-side applies the CRDs (other tests of the cluster may do the same) and waits
-/// until they are served.
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply("trellis-e2e").force();
-    for crd in trellis_crd::crds() {
-        let name = crd.name_any();
-        api.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .unwrap();
-        eventually(&format!("CRD {name} established"), WAIT, || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await;
-    }
-}
 
 fn spec(mode: NetworkMode, shards: u32) -> NetworkSpec {
     NetworkSpec {
@@ -93,7 +66,7 @@ async fn kube_provisioner_writes_observes_and_deletes_chain_networks() {
     let Some(ns) = test_namespace("kubeprov").await else {
         return;
     };
-    install_crds(&ns.client).await;
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     // The provisioner makes `trellis-<slug>`; a slug from the test namespace keeps
     // concurrent runs apart.
     let slug = ns.name.clone();
@@ -308,7 +281,7 @@ async fn console_api_with_the_kube_provisioner() {
     let Some(ns) = test_namespace("kubeconsole").await else {
         return;
     };
-    install_crds(&ns.client).await;
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let database =
         trellis_console::db::connect_and_migrate(&trellis_console::db::sqlite_url(dir.path()))
@@ -479,7 +452,7 @@ async fn the_operator_reconciles_a_console_network() {
     let Some(ns) = test_namespace("kubeop").await else {
         return;
     };
-    install_crds(&ns.client).await;
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let slug = ns.name.clone();
     let namespace = format!("trellis-{slug}");
     let provisioner = KubeProvisioner::new(ns.client.clone(), "registry.test/trellis-node");

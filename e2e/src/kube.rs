@@ -4,8 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{
+    HostPathVolumeSource, Namespace, ObjectReference, PersistentVolume, PersistentVolumeSpec,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
@@ -102,6 +106,50 @@ impl TestNamespace {
         &self.kubeconfig
     }
 
+    /// Creates one hostPath PersistentVolume of `size` pre-bound to each named claim of
+    /// this namespace, and returns the volumes' names. The test cluster has no storage
+    /// provisioner, so Pods with volume claims stay Pending without these; the real PV
+    /// controller still does the binding. The volumes are deleted with the namespace.
+    pub async fn prebound_volumes(
+        &self,
+        claims: &[String],
+        size: &str,
+    ) -> Result<Vec<String>, EnvError> {
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        let mut names = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let name = format!("{}-{claim}", self.name);
+            let pv = PersistentVolume {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: Some([(TEST_LABEL.to_string(), self.name.clone())].into()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeSpec {
+                    capacity: Some([("storage".to_string(), Quantity(size.to_string()))].into()),
+                    access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+                    persistent_volume_reclaim_policy: Some("Retain".to_string()),
+                    host_path: Some(HostPathVolumeSource {
+                        path: format!("/tmp/trellis-e2e/{name}"),
+                        ..HostPathVolumeSource::default()
+                    }),
+                    claim_ref: Some(ObjectReference {
+                        namespace: Some(self.name.clone()),
+                        name: Some(claim.clone()),
+                        ..ObjectReference::default()
+                    }),
+                    ..PersistentVolumeSpec::default()
+                }),
+                ..PersistentVolume::default()
+            };
+            api.create(&PostParams::default(), &pv)
+                .await
+                .map_err(|e| EnvError::Kube(format!("creating volume {name}: {e}")))?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+
     /// A typed API for objects of this namespace.
     pub fn api<K>(&self) -> Api<K>
     where
@@ -125,6 +173,13 @@ impl Drop for TestNamespace {
             };
             rt.block_on(async move {
                 if let Ok(client) = client_from(&kubeconfig).await {
+                    let volumes = Api::<PersistentVolume>::all(client.clone());
+                    let _ = volumes
+                        .delete_collection(
+                            &DeleteParams::background(),
+                            &ListParams::default().labels(&format!("{TEST_LABEL}={name}")),
+                        )
+                        .await;
                     let _ = Api::<Namespace>::all(client)
                         .delete(&name, &DeleteParams::background())
                         .await;
@@ -175,6 +230,40 @@ pub async fn try_test_namespace(hint: &str) -> Result<TestNamespace, EnvError> {
         name,
         kubeconfig,
     })
+}
+
+/// Server-side applies `crds` (tests sharing the cluster may apply the same ones) and
+/// waits until each is Established, i.e. served by the apiserver.
+pub async fn apply_crds(
+    client: &Client,
+    crds: impl IntoIterator<Item = CustomResourceDefinition>,
+) -> Result<(), EnvError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("trellis-e2e").force();
+    for crd in crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .map_err(|e| EnvError::Kube(format!("applying CRD {name}: {e}")))?;
+        eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(60),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await.ok()?;
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, or fails the test after `timeout`

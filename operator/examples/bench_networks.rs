@@ -11,17 +11,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark command
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    HostPathVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeSpec,
-};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use trellis_crd::{ChainNetwork, ChainNetworkSpec, NetworkMode, ShardsSpec};
 use trellis_operator::build::BuildOptions;
 use trellis_operator::chain::NodeRpcPending;
@@ -56,57 +51,21 @@ async fn main() {
         panic!("the benchmark needs the test cluster");
     };
     let client = ns.client.clone();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in trellis_crd::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply("bench").force(),
-            &Patch::Apply(&crd),
-        )
+    trellis_e2e::kube::apply_crds(&client, trellis_crd::crds())
         .await
         .unwrap();
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Ledger volumes, pre-bound (no provisioner on the test cluster); not timed.
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    let mut volumes = Vec::new();
-    for i in 0..n {
-        for committee in ["beacon", "shard-0", "shard-1"] {
-            for ordinal in 0..4 {
-                let claim = format!("ledger-net-{i}-{committee}-{ordinal}");
-                let name = format!("{}-{claim}", ns.name);
-                let pv = PersistentVolume {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(PersistentVolumeSpec {
-                        capacity: Some(BTreeMap::from([(
-                            "storage".to_owned(),
-                            Quantity("10Gi".to_owned()),
-                        )])),
-                        access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-                        persistent_volume_reclaim_policy: Some("Retain".to_owned()),
-                        host_path: Some(HostPathVolumeSource {
-                            path: format!("/tmp/trellis-bench/{name}"),
-                            ..HostPathVolumeSource::default()
-                        }),
-                        claim_ref: Some(ObjectReference {
-                            namespace: Some(ns.name.clone()),
-                            name: Some(claim),
-                            ..ObjectReference::default()
-                        }),
-                        ..PersistentVolumeSpec::default()
-                    }),
-                    ..PersistentVolume::default()
-                };
-                pvs.create(&PostParams::default(), &pv).await.unwrap();
-                volumes.push(name);
-            }
-        }
-    }
+    let claims: Vec<String> = (0..n)
+        .flat_map(|i| {
+            ["beacon", "shard-0", "shard-1"]
+                .into_iter()
+                .flat_map(move |committee| {
+                    (0..4).map(move |ordinal| format!("ledger-net-{i}-{committee}-{ordinal}"))
+                })
+        })
+        .collect();
+    let volumes = ns.prebound_volumes(&claims, "10Gi").await.unwrap();
 
     let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context::new(
@@ -201,6 +160,7 @@ async fn main() {
     );
 
     drop(stop);
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
     for name in volumes {
         let _ = pvs.delete(&name, &DeleteParams::background()).await;
     }

@@ -19,17 +19,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, HostPathVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeSpec, Secret, Service,
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use trellis_crd::{ChainNetwork, ChainNetworkSpec, NetworkMode, ShardsSpec};
-use trellis_e2e::kube::{TestNamespace, eventually, test_namespace};
+use trellis_e2e::kube::{TestNamespace, apply_crds, eventually, test_namespace};
 use trellis_operator::build::BuildOptions;
 use trellis_operator::chain::NodeRpcPending;
 use trellis_operator::controller::{self, Context};
@@ -38,72 +35,11 @@ use trellis_operator::metrics::Metrics;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// Installs (server-side applies) the CRDs and waits until they are served.
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply("trellis-e2e").force();
-    for crd in trellis_crd::crds() {
-        let name = crd.name_any();
-        api.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .unwrap();
-        eventually(&format!("CRD {name} established"), WAIT, || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await;
-    }
-}
-
 /// Pre-bound hostPath PVs for the ledger claims of `pods` (the test cluster has no
 /// storage provisioner; the real PV controller binds each claim to its volume).
 async fn ledger_volumes(ns: &TestNamespace, pods: &[String]) -> Vec<String> {
-    let api: Api<PersistentVolume> = Api::all(ns.client.clone());
-    let mut names = Vec::new();
-    for pod in pods {
-        let claim = format!("ledger-{pod}");
-        let name = format!("{}-{claim}", ns.name);
-        let pv = PersistentVolume {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(
-                    "trellis.dev/test".to_owned(),
-                    ns.name.clone(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PersistentVolumeSpec {
-                capacity: Some(BTreeMap::from([(
-                    "storage".to_owned(),
-                    Quantity("10Gi".to_owned()),
-                )])),
-                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-                persistent_volume_reclaim_policy: Some("Retain".to_owned()),
-                host_path: Some(HostPathVolumeSource {
-                    path: format!("/tmp/trellis-e2e/{name}"),
-                    ..HostPathVolumeSource::default()
-                }),
-                claim_ref: Some(ObjectReference {
-                    namespace: Some(ns.name.clone()),
-                    name: Some(claim),
-                    ..ObjectReference::default()
-                }),
-                ..PersistentVolumeSpec::default()
-            }),
-            ..PersistentVolume::default()
-        };
-        api.create(&PostParams::default(), &pv).await.unwrap();
-        names.push(name);
-    }
-    names
+    let claims: Vec<String> = pods.iter().map(|pod| format!("ledger-{pod}")).collect();
+    ns.prebound_volumes(&claims, "10Gi").await.unwrap()
 }
 
 async fn delete_volumes(client: &Client, names: &[String]) {
@@ -224,7 +160,7 @@ async fn network_lifecycle_on_a_real_cluster() {
     let Some(ns) = test_namespace("op-net").await else {
         return;
     };
-    install_crds(&ns.client).await;
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let volumes = ledger_volumes(
         &ns,
         &pods("alpha", &["beacon", "shard-0", "shard-1", "shard-2"], 4),
@@ -464,7 +400,7 @@ async fn invalid_specs_are_refused_or_reported() {
     let Some(ns) = test_namespace("op-invalid").await else {
         return;
     };
-    install_crds(&ns.client).await;
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let networks: Api<ChainNetwork> = ns.api();
 
     // CEL at the apiserver.
@@ -577,7 +513,7 @@ async fn consortium_members_report_their_admission_state() {
     let Some(ns) = test_namespace("op-member").await else {
         return;
     };
-    install_crds(&ns.client).await;
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let (_ctx, stop) = start_operator(&ns);
     let mut spec = ChainNetworkSpec::new(NetworkMode::Consortium, "trellis-node:e2e");
     spec.members = vec![trellis_crd::ConsortiumMember {
@@ -665,7 +601,7 @@ async fn stopped_paused_and_ledger_deletion_policy() {
     let Some(ns) = test_namespace("op-ops").await else {
         return;
     };
-    install_crds(&ns.client).await;
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let volumes = ledger_volumes(&ns, &pods("alpha", &["beacon", "shard-0"], 4)).await;
     let (_ctx, stop) = start_operator(&ns);
     let networks: Api<ChainNetwork> = ns.api();
@@ -805,7 +741,7 @@ async fn two_operator_processes_one_leads_the_other_takes_over() {
     let Some(ns) = test_namespace("op-ha").await else {
         return;
     };
-    install_crds(&ns.client).await;
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let mut a = OperatorProcess::start(&ns, "op-a");
     let mut b = OperatorProcess::start(&ns, "op-b");
     let leader = eventually("a leader", WAIT, || lease_holder(&ns)).await;
@@ -862,7 +798,7 @@ async fn operator_killed_mid_reconcile_converges_on_restart() {
     let Some(ns) = test_namespace("op-crash").await else {
         return;
     };
-    install_crds(&ns.client).await;
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let networks: Api<ChainNetwork> = ns.api();
     networks
         .create(&PostParams::default(), &network("alpha", 3))
