@@ -261,6 +261,43 @@ struct Access {
     owner: bool,
 }
 
+impl Access {
+    /// Records a decision on a member in the caller's audit log and, when the caller is
+    /// not the network's owner, in the owner's log too: both tenants see every step.
+    async fn audit(
+        &self,
+        conn: &impl ConnectionTrait,
+        scope: &Scope,
+        action: &str,
+        member_id: Uuid,
+        details: serde_json::Value,
+    ) -> Result<(), DbErr> {
+        let target = Some(format!("member:{member_id}"));
+        audit::record(
+            conn,
+            scope.tenant(),
+            &scope.actor(),
+            action,
+            target.clone(),
+            details.clone(),
+        )
+        .await?;
+        if !self.owner {
+            let actor = format!("tenant:{}", scope.tenant().get());
+            audit::record(
+                conn,
+                TenantId::trusted(self.network.tenant_id),
+                &actor,
+                action,
+                target,
+                details,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 /// The single check of the cross-tenant consortium relation (see the module docs).
 async fn access(conn: &impl ConnectionTrait, scope: &Scope, network_id: Uuid) -> ApiResult<Access> {
     let not_found = || ApiError::not_found("network");
@@ -715,26 +752,9 @@ pub async fn approve(
         "approvals": approvals,
         "threshold": threshold,
     });
-    audit::record(
-        &txn,
-        scope.tenant(),
-        &scope.actor(),
-        "consortium.approve",
-        Some(format!("member:{member_id}")),
-        details.clone(),
-    )
-    .await?;
-    if !access.owner {
-        audit::record(
-            &txn,
-            TenantId::trusted(access.network.tenant_id),
-            &format!("tenant:{tenant}"),
-            "consortium.approve",
-            Some(format!("member:{member_id}")),
-            details,
-        )
+    access
+        .audit(&txn, &scope, "consortium.approve", member_id, details)
         .await?;
-    }
     let mut admitted_network = None;
     if approvals >= threshold {
         let promoted = consortium_member::Entity::update_many()
@@ -872,26 +892,9 @@ pub async fn reject(
         "organisation": candidate.organisation,
         "previous_state": candidate.state,
     });
-    audit::record(
-        &txn,
-        scope.tenant(),
-        &scope.actor(),
-        "consortium.reject",
-        Some(format!("member:{member_id}")),
-        details.clone(),
-    )
-    .await?;
-    if !access.owner {
-        audit::record(
-            &txn,
-            TenantId::trusted(access.network.tenant_id),
-            &format!("tenant:{tenant}"),
-            "consortium.reject",
-            Some(format!("member:{member_id}")),
-            details,
-        )
+    access
+        .audit(&txn, &scope, "consortium.reject", member_id, details)
         .await?;
-    }
     let row = consortium_member::Entity::find_by_id(member_id)
         .one(&txn)
         .await?
