@@ -4,7 +4,7 @@
 #   bash e2e/test-all.sh [extra cargo test arguments]
 #
 # 1. installs what is missing (Debian packages; the Kubernetes binaries, built from Go
-#    modules and cached under ~/.cache/trellis),
+#    modules and cached under ~/.cache/trellis; Helm likewise),
 # 2. checks formatting and lints (cargo fmt, cargo clippy -D warnings),
 # 3. starts a real Kubernetes control plane and a PostgreSQL server on loopback,
 # 4. runs every test of the workspace against them (the tests that need them cannot
@@ -42,6 +42,8 @@ cargo fmt --version >/dev/null && cargo clippy --version >/dev/null || {
 step "Kubernetes test binaries (built once from Go modules, then cached)"
 bin=$(bash e2e/scripts/build-kube.sh)
 echo "$bin"
+step "Helm (built once from Go modules, then cached)"
+bash e2e/scripts/build-helm.sh
 
 # --- 2. static checks -------------------------------------------------------------
 step "cargo fmt --check"

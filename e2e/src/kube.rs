@@ -115,6 +115,17 @@ impl TestNamespace {
         claims: &[String],
         size: &str,
     ) -> Result<Vec<String>, EnvError> {
+        self.prebound_volumes_in(&self.name, claims, size).await
+    }
+
+    /// Like [`Self::prebound_volumes`], for claims of another namespace (one the product
+    /// created, e.g. a tenant's); the volumes are still deleted with this namespace.
+    pub async fn prebound_volumes_in(
+        &self,
+        namespace: &str,
+        claims: &[String],
+        size: &str,
+    ) -> Result<Vec<String>, EnvError> {
         let api: Api<PersistentVolume> = Api::all(self.client.clone());
         let mut names = Vec::with_capacity(claims.len());
         for claim in claims {
@@ -134,7 +145,7 @@ impl TestNamespace {
                         ..HostPathVolumeSource::default()
                     }),
                     claim_ref: Some(ObjectReference {
-                        namespace: Some(self.name.clone()),
+                        namespace: Some(namespace.to_string()),
                         name: Some(claim.clone()),
                         ..ObjectReference::default()
                     }),

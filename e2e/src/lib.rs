@@ -4,6 +4,7 @@
 //!   kube-controller-manager, kube-scheduler and kwok's fake nodes) running as plain
 //!   processes on loopback; each test gets its own namespace.
 //! * [`postgres`]: a real PostgreSQL server on loopback; each test gets a fresh database.
+//! * [`tools`]: the command-line tools tests drive (Helm, the workspace's binaries).
 //!
 //! Both are started at most once per test binary, by the scripts in `e2e/scripts/`, and
 //! both stop when the test binary exits, however it exits: the scripts watch their
@@ -18,5 +19,6 @@
 pub mod kube;
 pub mod postgres;
 mod supervised;
+pub mod tools;
 
 pub use supervised::EnvError;
