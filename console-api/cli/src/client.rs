@@ -1,0 +1,284 @@
+//! The console's HTTP API as the CLI uses it: bearer tokens refreshed once on `401`,
+//! RFC 9457 problems turned into messages a person can act on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::credentials::{self, Credentials};
+
+/// An answer the console refused, with what it said.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub code: Option<String>,
+    pub detail: String,
+    /// `field: message` lines.
+    pub fields: Vec<String>,
+    pub request_id: Option<String>,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the console refused ({}", self.status.as_u16())?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        write!(f, "): {}", self.detail)?;
+        for field in &self.fields {
+            write!(f, "\n  - {field}")?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, "\n  (request id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl Refused {
+    fn from_body(status: StatusCode, body: &str) -> Self {
+        let problem: Option<Value> = serde_json::from_str(body).ok();
+        let text = |key: &str| {
+            problem
+                .as_ref()
+                .and_then(|p| p.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let fields = problem
+            .as_ref()
+            .and_then(|p| p.get("errors"))
+            .and_then(Value::as_array)
+            .map(|errors| {
+                errors
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            e.get("field").and_then(Value::as_str).unwrap_or("?"),
+                            e.get("message").and_then(Value::as_str).unwrap_or("?")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let detail = text("detail")
+            .filter(|d| !d.is_empty())
+            .or_else(|| text("title"))
+            .unwrap_or_else(|| {
+                let body = body.trim();
+                if body.is_empty() {
+                    status.canonical_reason().unwrap_or("error").to_string()
+                } else {
+                    body.chars().take(300).collect()
+                }
+            });
+        Self {
+            status,
+            code: text("code"),
+            detail,
+            fields,
+            request_id: text("request_id"),
+        }
+    }
+}
+
+/// A session with one console.
+pub struct Console {
+    http: reqwest::Client,
+    base: String,
+    creds: Option<Credentials>,
+    creds_path: PathBuf,
+}
+
+impl Console {
+    /// `url` overrides the logged-in console's URL (needed before the first login).
+    pub fn new(url: Option<String>, creds_path: PathBuf) -> Result<Self> {
+        let creds = credentials::load(&creds_path)?;
+        let base = match (url, &creds) {
+            (Some(url), _) => url,
+            (None, Some(c)) => c.console.clone(),
+            (None, None) => bail!(
+                "which console? pass --console URL (or set TRELLIS_CONSOLE_URL), e.g. \
+                 --console http://127.0.0.1:8080"
+            ),
+        };
+        let base = base.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("--console must be an http:// or https:// URL, not {base:?}");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("trellis-cli/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base,
+            creds,
+            creds_path,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Stores tokens from a login or sign-up answer.
+    pub fn remember(&mut self, email: &str, tokens: &Value) -> Result<()> {
+        let field = |k: &str| {
+            tokens
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("the console's answer has no {k}"))
+        };
+        let creds = Credentials {
+            console: self.base.clone(),
+            email: email.to_string(),
+            access_token: field("access_token")?,
+            refresh_token: field("refresh_token")?,
+        };
+        credentials::save(&self.creds_path, &creds)?;
+        self.creds = Some(creds);
+        Ok(())
+    }
+
+    /// Revokes the refresh token family and forgets the tokens.
+    pub async fn logout(&mut self) -> Result<()> {
+        if let Some(creds) = self.creds.take() {
+            // Best effort: an unreachable console must not keep the tokens on disk.
+            let _ = self
+                .send(
+                    Method::POST,
+                    "/v1/auth/logout",
+                    Some(&json!({"refresh_token": creds.refresh_token})),
+                    None,
+                    false,
+                )
+                .await;
+        }
+        credentials::remove(&self.creds_path)
+    }
+
+    /// An unauthenticated call (sign-up, login).
+    pub async fn public(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.send(method, path, body, None, false).await
+    }
+
+    /// An authenticated call; refreshes the access token once if it expired.
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value> {
+        if self.creds.is_none() {
+            bail!("not logged in: run `trellis login --console URL --email you@example.com`");
+        }
+        match self
+            .send(method.clone(), path, body, idempotency_key, true)
+            .await
+        {
+            Err(e) if is_unauthorized(&e) => {
+                self.refresh().await?;
+                self.send(method, path, body, idempotency_key, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn refresh(&mut self) -> Result<()> {
+        let Some(creds) = self.creds.clone() else {
+            bail!("not logged in");
+        };
+        let tokens = self
+            .send(
+                Method::POST,
+                "/v1/auth/refresh",
+                Some(&json!({"refresh_token": creds.refresh_token})),
+                None,
+                false,
+            )
+            .await
+            .map_err(|e| anyhow!("your session has ended ({e}); run `trellis login` again"))?;
+        self.remember(&creds.email, &tokens)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+        authenticated: bool,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if authenticated && let Some(creds) = &self.creds {
+            request = request.bearer_auth(&creds.access_token);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the console at {}: {e}", self.base))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            return Err(Refused::from_body(status, &text).into());
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow!("the console answered {url} with something that is not JSON: {e}"))
+    }
+}
+
+fn is_unauthorized(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Refused>()
+        .is_some_and(|r| r.status == StatusCode::UNAUTHORIZED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_become_actionable_messages() {
+        let body = r#"{"type":"urn:trellis:problem:validation","title":"Invalid request",
+            "status":422,"detail":"the request has invalid fields","code":"validation",
+            "request_id":"r-1","errors":[{"field":"shards.count","message":"must be 1..=256"}]}"#;
+        let refused = Refused::from_body(StatusCode::UNPROCESSABLE_ENTITY, body);
+        let text = refused.to_string();
+        assert!(text.contains("422 validation"), "{text}");
+        assert!(text.contains("shards.count: must be 1..=256"), "{text}");
+        assert!(text.contains("request id r-1"), "{text}");
+        let plain = Refused::from_body(StatusCode::BAD_GATEWAY, "");
+        assert!(plain.to_string().contains("Bad Gateway"), "{plain}");
+    }
+
+    #[test]
+    fn a_console_url_is_required_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let err = Console::new(None, path.clone()).err().unwrap().to_string();
+        assert!(err.contains("--console"), "{err}");
+        let err = Console::new(Some("ftp://x".into()), path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("http://"), "{err}");
+    }
+}

@@ -1,0 +1,658 @@
+//! `trellis`: the command line for people using a Trellis console.
+//!
+//! Everything goes through the console's public HTTP API; `--output json` prints the
+//! console's answers unchanged for scripts, the default is a table.
+
+mod client;
+mod credentials;
+mod output;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use client::Console;
+use output::{Format, MEMBER_COLUMNS, NETWORK_COLUMNS};
+
+#[derive(Parser)]
+#[command(
+    name = "trellis",
+    version,
+    about = "Manage Trellis chain networks from the command line"
+)]
+struct Cli {
+    /// The console's URL (remembered by `login`).
+    #[arg(long, global = true, env = "TRELLIS_CONSOLE_URL")]
+    console: Option<String>,
+    /// `table` for people, `json` for scripts.
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        value_enum,
+        default_value = "table",
+        env = "TRELLIS_OUTPUT"
+    )]
+    output: Format,
+    /// The credentials file (default: ~/.config/trellis/credentials.json).
+    #[arg(long, global = true, env = "TRELLIS_CLI_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an organisation with you as its owner, and log in.
+    Signup {
+        #[arg(long)]
+        organisation: String,
+        #[arg(long)]
+        email: String,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Log in to a console; the tokens are kept in the credentials file (mode 0600).
+    Login {
+        #[arg(long)]
+        email: String,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Revoke this session's tokens and forget them.
+    Logout,
+    /// Who you are logged in as.
+    Whoami,
+    /// Chain networks of your organisation.
+    #[command(subcommand, visible_alias = "network")]
+    Networks(Networks),
+    /// Invitations and admissions of consortium members.
+    #[command(subcommand)]
+    Consortium(Consortium),
+    /// Print a shell completion script, e.g. `trellis completions bash > /etc/bash_completion.d/trellis`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Public,
+    Consortium,
+}
+
+#[derive(Subcommand)]
+enum Networks {
+    /// List networks.
+    List,
+    /// Show one network (by name or id).
+    Get { network: String },
+    /// Create a network.
+    Create {
+        name: String,
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// Shards to start with (public networks).
+        #[arg(long)]
+        shards: Option<u32>,
+        /// Lowest shard count the autoscaler may choose.
+        #[arg(long)]
+        min_shards: Option<u32>,
+        /// Highest shard count the autoscaler may choose.
+        #[arg(long)]
+        max_shards: Option<u32>,
+        /// Validators per shard (3f+1: 4, 7, 10 …).
+        #[arg(long)]
+        validators: Option<u32>,
+        /// A consortium organisation: `NAME[:NODES[:ADMIN_PUBLIC_KEY]]`; repeat per
+        /// organisation, yours first.
+        #[arg(long = "member")]
+        members: Vec<String>,
+        #[arg(long)]
+        node_version: Option<String>,
+        #[arg(long)]
+        epoch_length: Option<u64>,
+        /// Makes a retried create safe (default: a fresh random key).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Change the shard count (and optionally its bounds).
+    Scale {
+        network: String,
+        #[arg(long)]
+        shards: u32,
+        #[arg(long)]
+        min_shards: Option<u32>,
+        #[arg(long)]
+        max_shards: Option<u32>,
+    },
+    /// Roll the network's nodes to another trellis-node version.
+    Upgrade {
+        network: String,
+        #[arg(long)]
+        node_version: String,
+    },
+    /// Stop reconciling the network (it keeps running as it is).
+    Pause { network: String },
+    /// Undo `pause`.
+    Resume { network: String },
+    /// Scale every node to zero, keeping the ledger.
+    Stop { network: String },
+    /// Undo `stop`.
+    Start { network: String },
+    /// Delete the network (ledger volumes are kept unless the network says otherwise).
+    Delete { network: String },
+}
+
+#[derive(Subcommand)]
+enum Consortium {
+    /// Members of a consortium network and their admission state.
+    Members { network: String },
+    /// Invite an organisation; prints the invitation token once.
+    Invite {
+        network: String,
+        #[arg(long)]
+        organisation: String,
+        #[arg(long)]
+        nodes: Option<u32>,
+        #[arg(long)]
+        expires_in_hours: Option<u32>,
+    },
+    /// Accept an invitation for your organisation.
+    Accept {
+        token: String,
+        /// Bring your own admin key (hex Ed25519 public key) instead of a custodied one.
+        #[arg(long)]
+        admin_public_key: Option<String>,
+    },
+    /// Approve a proposed member's admission (as every member you control).
+    Approve { network: String, member: String },
+    /// Reject a member that is invited or proposed.
+    Reject { network: String, member: String },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    // reqwest links rustls; name its crypto provider once for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<String> {
+    if let Command::Completions { shell } = cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "trellis", &mut out);
+        return Ok(String::from_utf8_lossy(&out).trim_end().to_string());
+    }
+    let path = match cli.config {
+        Some(path) => path,
+        None => credentials::default_path()?,
+    };
+    let mut console = Console::new(cli.console, path)?;
+    let format = cli.output;
+    match cli.command {
+        Command::Completions { .. } => Ok(String::new()),
+        Command::Signup {
+            organisation,
+            email,
+            password_stdin,
+        } => {
+            let password = password(password_stdin)?;
+            let body = json!({"organisation": organisation, "email": email, "password": password});
+            let answer = console
+                .public(Method::POST, "/v1/auth/signup", Some(&body))
+                .await?;
+            console.remember(&email, &answer["tokens"])?;
+            Ok(match format {
+                Format::Json => output::pretty(&redacted(&answer)),
+                Format::Table => format!(
+                    "organisation {} ({}) created; logged in to {} as {email}",
+                    output::at(&answer, "tenant/name"),
+                    output::at(&answer, "tenant/slug"),
+                    console.base()
+                ),
+            })
+        }
+        Command::Login {
+            email,
+            password_stdin,
+        } => {
+            let password = password(password_stdin)?;
+            let body = json!({"email": email, "password": password});
+            let answer = console
+                .public(Method::POST, "/v1/auth/login", Some(&body))
+                .await?;
+            console.remember(&email, &answer)?;
+            Ok(match format {
+                Format::Json => output::pretty(&redacted(&answer)),
+                Format::Table => format!("logged in to {} as {email}", console.base()),
+            })
+        }
+        Command::Logout => {
+            console.logout().await?;
+            Ok("logged out".into())
+        }
+        Command::Whoami => {
+            let me = console.call(Method::GET, "/v1/me", None, None).await?;
+            Ok(output::object(
+                format,
+                &me,
+                &[
+                    ("ORGANISATION", "tenant/name"),
+                    ("SLUG", "tenant/slug"),
+                    ("PLAN", "tenant/plan"),
+                    ("ROLE", "role"),
+                    ("USER", "user_id"),
+                ],
+            ))
+        }
+        Command::Networks(command) => networks(&mut console, format, command).await,
+        Command::Consortium(command) => consortium(&mut console, format, command).await,
+    }
+}
+
+const NETWORK_ROWS: &[output::Column] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("MODE", "mode"),
+    ("PHASE", "phase"),
+    ("SHARDS", "spec/shards/count"),
+    ("SHARD RANGE", "spec/shards"),
+    ("VALIDATORS/SHARD", "spec/validators_per_shard"),
+    ("NODE VERSION", "spec/node_version"),
+    ("PAUSED", "spec/paused"),
+    ("STOPPED", "spec/stopped"),
+    ("GENERATION", "generation"),
+    ("PROVISIONED", "provisioned_generation"),
+    ("EPOCH", "status/epoch"),
+    ("RPC", "status/rpc_endpoints"),
+    ("ERROR", "provision_error"),
+];
+
+async fn networks(console: &mut Console, format: Format, command: Networks) -> Result<String> {
+    match command {
+        Networks::List => {
+            let items = all_networks(console).await?;
+            let answer = json!({ "items": items });
+            Ok(output::list(format, &answer, &items, NETWORK_COLUMNS))
+        }
+        Networks::Get { network } => {
+            let id = network_id(console, &network).await?;
+            let answer = console
+                .call(Method::GET, &format!("/v1/networks/{id}"), None, None)
+                .await?;
+            Ok(output::object(format, &answer, NETWORK_ROWS))
+        }
+        Networks::Create {
+            name,
+            mode,
+            shards,
+            min_shards,
+            max_shards,
+            validators,
+            members,
+            node_version,
+            epoch_length,
+            idempotency_key,
+        } => {
+            let mut body = Map::new();
+            body.insert("name".into(), json!(name));
+            body.insert(
+                "mode".into(),
+                json!(match mode {
+                    Mode::Public => "public",
+                    Mode::Consortium => "consortium",
+                }),
+            );
+            if shards.is_some() || min_shards.is_some() || max_shards.is_some() {
+                let count = shards.unwrap_or(1);
+                body.insert(
+                    "shards".into(),
+                    json!({"count": count, "min": min_shards.unwrap_or(1).min(count),
+                           "max": max_shards.unwrap_or(count).max(count)}),
+                );
+            }
+            if let Some(v) = validators {
+                body.insert("validators_per_shard".into(), json!(v));
+            }
+            if !members.is_empty() {
+                let members = members
+                    .iter()
+                    .map(|m| member_spec(m))
+                    .collect::<Result<Vec<_>>>()?;
+                body.insert("members".into(), Value::Array(members));
+            }
+            if let Some(v) = node_version {
+                body.insert("node_version".into(), json!(v));
+            }
+            if let Some(v) = epoch_length {
+                body.insert("epoch_length".into(), json!(v));
+            }
+            let key = idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let answer = console
+                .call(
+                    Method::POST,
+                    "/v1/networks",
+                    Some(&Value::Object(body)),
+                    Some(&key),
+                )
+                .await?;
+            Ok(output::object(format, &answer, NETWORK_ROWS))
+        }
+        Networks::Scale {
+            network,
+            shards,
+            min_shards,
+            max_shards,
+        } => {
+            let mut range = Map::new();
+            range.insert("count".into(), json!(shards));
+            if let Some(min) = min_shards {
+                range.insert("min".into(), json!(min));
+            }
+            if let Some(max) = max_shards {
+                range.insert("max".into(), json!(max));
+            }
+            patch(console, format, &network, json!({ "shards": range })).await
+        }
+        Networks::Upgrade {
+            network,
+            node_version,
+        } => {
+            patch(
+                console,
+                format,
+                &network,
+                json!({ "node_version": node_version }),
+            )
+            .await
+        }
+        Networks::Pause { network } => {
+            patch(console, format, &network, json!({"paused": true})).await
+        }
+        Networks::Resume { network } => {
+            patch(console, format, &network, json!({"paused": false})).await
+        }
+        Networks::Stop { network } => {
+            patch(console, format, &network, json!({"stopped": true})).await
+        }
+        Networks::Start { network } => {
+            patch(console, format, &network, json!({"stopped": false})).await
+        }
+        Networks::Delete { network } => {
+            let id = network_id(console, &network).await?;
+            let answer = console
+                .call(Method::DELETE, &format!("/v1/networks/{id}"), None, None)
+                .await?;
+            Ok(match (format, answer.is_null()) {
+                (Format::Json, true) => output::pretty(&json!({"id": id, "deleted": true})),
+                (Format::Json, false) => output::pretty(&answer),
+                (Format::Table, true) => format!("network {network} deleted"),
+                (Format::Table, false) => format!(
+                    "network {network} is being deleted (phase {}); `trellis networks get {id}` shows progress",
+                    output::at(&answer, "phase")
+                ),
+            })
+        }
+    }
+}
+
+async fn patch(
+    console: &mut Console,
+    format: Format,
+    network: &str,
+    body: Value,
+) -> Result<String> {
+    let id = network_id(console, network).await?;
+    let answer = console
+        .call(
+            Method::PATCH,
+            &format!("/v1/networks/{id}"),
+            Some(&body),
+            None,
+        )
+        .await?;
+    Ok(output::object(format, &answer, NETWORK_ROWS))
+}
+
+async fn consortium(console: &mut Console, format: Format, command: Consortium) -> Result<String> {
+    match command {
+        Consortium::Members { network } => {
+            let id = network_id(console, &network).await?;
+            let answer = console
+                .call(
+                    Method::GET,
+                    &format!("/v1/networks/{id}/members"),
+                    None,
+                    None,
+                )
+                .await?;
+            let items = answer["items"].as_array().cloned().unwrap_or_default();
+            Ok(output::list(format, &answer, &items, MEMBER_COLUMNS))
+        }
+        Consortium::Invite {
+            network,
+            organisation,
+            nodes,
+            expires_in_hours,
+        } => {
+            let id = network_id(console, &network).await?;
+            let body = json!({"organisation": organisation, "nodes": nodes,
+                              "expires_in_hours": expires_in_hours});
+            let key = uuid::Uuid::new_v4().to_string();
+            let answer = console
+                .call(
+                    Method::POST,
+                    &format!("/v1/networks/{id}/invitations"),
+                    Some(&body),
+                    Some(&key),
+                )
+                .await?;
+            Ok(match format {
+                Format::Json => output::pretty(&answer),
+                Format::Table => format!(
+                    "{organisation} invited (member {}), expires {}.\nGive this token to them — it is shown only once:\n{}",
+                    output::at(&answer, "member/id"),
+                    output::at(&answer, "expires_at"),
+                    output::at(&answer, "token")
+                ),
+            })
+        }
+        Consortium::Accept {
+            token,
+            admin_public_key,
+        } => {
+            let body = json!({"token": token, "admin_public_key": admin_public_key});
+            let answer = console
+                .call(
+                    Method::POST,
+                    "/v1/consortium/invitations/accept",
+                    Some(&body),
+                    None,
+                )
+                .await?;
+            Ok(output::object(format, &answer, MEMBER_COLUMNS))
+        }
+        Consortium::Approve { network, member } => {
+            let id = network_id(console, &network).await?;
+            let answer = console
+                .call(
+                    Method::POST,
+                    &format!("/v1/networks/{id}/members/{member}/approvals"),
+                    Some(&json!({})),
+                    None,
+                )
+                .await?;
+            Ok(match format {
+                Format::Json => output::pretty(&answer),
+                Format::Table => format!(
+                    "{} approvals of {} needed; member {} is {}",
+                    output::at(&answer, "approvals"),
+                    output::at(&answer, "threshold"),
+                    output::at(&answer, "member/organisation"),
+                    output::at(&answer, "member/state"),
+                ),
+            })
+        }
+        Consortium::Reject { network, member } => {
+            let id = network_id(console, &network).await?;
+            let answer = console
+                .call(
+                    Method::POST,
+                    &format!("/v1/networks/{id}/members/{member}/rejection"),
+                    Some(&json!({})),
+                    None,
+                )
+                .await?;
+            Ok(output::object(format, &answer, MEMBER_COLUMNS))
+        }
+    }
+}
+
+/// Every network of the caller's organisation, following the pages.
+async fn all_networks(console: &mut Console) -> Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/networks?limit=200&cursor={c}"),
+            None => "/v1/networks?limit=200".to_string(),
+        };
+        let page = console.call(Method::GET, &path, None, None).await?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(next) if !next.is_empty() => cursor = Some(next.to_string()),
+            _ => return Ok(items),
+        }
+    }
+}
+
+/// A network's id from its name or id.
+async fn network_id(console: &mut Console, network: &str) -> Result<String> {
+    if uuid::Uuid::parse_str(network).is_ok() {
+        return Ok(network.to_string());
+    }
+    all_networks(console)
+        .await?
+        .iter()
+        .find(|n| n["name"] == network)
+        .and_then(|n| n["id"].as_str().map(str::to_string))
+        .with_context(|| {
+            format!("your organisation has no network named {network:?} (`trellis networks list` shows them)")
+        })
+}
+
+/// `NAME[:NODES[:ADMIN_PUBLIC_KEY]]`.
+fn member_spec(text: &str) -> Result<Value> {
+    let mut parts = text.splitn(3, ':');
+    let name = parts.next().unwrap_or_default().trim();
+    if name.is_empty() {
+        bail!("--member {text:?}: expected NAME[:NODES[:ADMIN_PUBLIC_KEY]]");
+    }
+    let mut spec = json!({"organisation": name});
+    if let Some(nodes) = parts.next() {
+        let nodes: u32 = nodes
+            .parse()
+            .with_context(|| format!("--member {text:?}: NODES must be a whole number"))?;
+        spec["nodes"] = json!(nodes);
+    }
+    if let Some(key) = parts.next() {
+        spec["admin_public_key"] = json!(key);
+    }
+    Ok(spec)
+}
+
+fn password(from_stdin: bool) -> Result<String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("password: ")?
+    } else {
+        bail!("no terminal to ask for the password: pipe it in with --password-stdin");
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(password)
+}
+
+/// The answer without tokens: they go to the credentials file, never to the terminal.
+fn redacted(answer: &Value) -> Value {
+    let mut answer = answer.clone();
+    strip_tokens(&mut answer);
+    if let Some(tokens) = answer.get_mut("tokens") {
+        strip_tokens(tokens);
+    }
+    answer
+}
+
+fn strip_tokens(value: &mut Value) {
+    if let Some(map) = value.as_object_mut() {
+        map.remove("access_token");
+        map.remove("refresh_token");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_specs_parse_or_say_why() {
+        assert_eq!(
+            member_spec("Acme").unwrap(),
+            json!({"organisation": "Acme"})
+        );
+        assert_eq!(
+            member_spec("Acme:2:ab12").unwrap(),
+            json!({"organisation": "Acme", "nodes": 2, "admin_public_key": "ab12"})
+        );
+        assert!(member_spec(":2").unwrap_err().to_string().contains("NAME"));
+        assert!(
+            member_spec("Acme:two")
+                .unwrap_err()
+                .to_string()
+                .contains("whole number")
+        );
+    }
+
+    #[test]
+    fn tokens_never_reach_the_output() {
+        let answer = json!({"tenant": {"name": "A"}, "tokens": {"access_token": "x", "refresh_token": "y", "expires_in": 900}});
+        let shown = redacted(&answer).to_string();
+        assert!(
+            !shown.contains("\"x\"") && !shown.contains("\"y\""),
+            "{shown}"
+        );
+        assert!(shown.contains("expires_in"));
+        let login = json!({"access_token": "x", "refresh_token": "y", "token_type": "Bearer"});
+        assert_eq!(redacted(&login), json!({"token_type": "Bearer"}));
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

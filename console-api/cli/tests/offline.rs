@@ -1,0 +1,63 @@
+//! The `trellis` binary without a console: help, completions, and the errors a person
+//! sees before anything is set up.
+
+// A test: failing is its job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+fn trellis(config: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trellis"));
+    c.env_remove("TRELLIS_CONSOLE_URL")
+        .env("TRELLIS_CLI_CONFIG", config);
+    c
+}
+
+fn run(c: &mut Command) -> (bool, String, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_completions_and_first_run_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("credentials.json");
+
+    let (ok, help, _) = run(trellis(&config).arg("--help"));
+    assert!(ok);
+    for command in ["login", "networks", "consortium", "completions"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let (ok, script, _) = run(trellis(&config).args(["completions", "bash"]));
+    assert!(ok && script.contains("_trellis"), "{script}");
+
+    let (ok, _, err) = run(trellis(&config).args(["networks", "list"]));
+    assert!(!ok);
+    assert!(err.contains("--console"), "{err}");
+
+    let (ok, _, err) =
+        run(trellis(&config).args(["--console", "http://127.0.0.1:9", "networks", "list"]));
+    assert!(!ok);
+    assert!(err.contains("not logged in"), "{err}");
+
+    let (ok, _, err) = run(trellis(&config)
+        .args([
+            "--console",
+            "http://127.0.0.1:9",
+            "login",
+            "--email",
+            "a@b.io",
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::null()));
+    assert!(!ok);
+    assert!(err.contains("password is empty"), "{err}");
+
+    let (ok, _, err) = run(trellis(&config).args(["--console", "ftp://x", "whoami"]));
+    assert!(!ok);
+    assert!(err.contains("http://"), "{err}");
+}
