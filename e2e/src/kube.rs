@@ -84,6 +84,9 @@ pub async fn kubeconfig() -> Result<PathBuf, EnvError> {
 
 /// A client for the cluster described by `kubeconfig`, bound to the current runtime.
 pub async fn client_from(kubeconfig: &Path) -> Result<Client, EnvError> {
+    // kube links rustls with ring and reqwest (in tests) with aws-lc-rs: with both
+    // compiled in, rustls needs to be told which to use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| EnvError::Kube(e.to_string()))?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await

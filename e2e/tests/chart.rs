@@ -443,8 +443,6 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
     let Some(helm) = helm_or_skip(test) else {
         return;
     };
-    // kube links rustls with ring and reqwest with aws-lc-rs: name the provider once.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(ns) = test_namespace("chart").await else {
         return;
     };
@@ -628,11 +626,14 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
     let created = http
         .post(format!("{console_url}/v1/networks"))
         .bearer_auth(token)
-        .json(&json!({"name": "ledger", "mode": "public"}))
+        .json(&json!({"name": "ledger", "mode": "public",
+                      "shards": {"count": 1, "min": 1, "max": 4}}))
         .send()
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let network_id = created["id"].as_str().unwrap().to_string();
 
     // The console (as its ServiceAccount) made the tenant's namespace and ChainNetwork.
     eventually("ChainNetwork written by the console", WAIT, || async {
@@ -717,4 +718,126 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
     )
     .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "chart-test");
+
+    // The console reads the operator's status back: the tenant sees it running.
+    let network_url = format!("{console_url}/v1/networks/{network_id}");
+    eventually("the console shows the network Running", WAIT, || {
+        let (http, url) = (http.clone(), network_url.clone());
+        async move {
+            let shown: Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (shown["phase"] == "Running").then_some(())
+        }
+    })
+    .await;
+
+    // `kubectl scale` on the network (its scale subresource) changes the shard count:
+    // the operator provisions the new shard's StatefulSet.
+    succeed(
+        Command::new(kubectl().unwrap())
+            .arg("--kubeconfig")
+            .arg(ns.kubeconfig())
+            .args([
+                "scale",
+                "chainnetwork",
+                "ledger",
+                "--replicas",
+                "2",
+                "-n",
+                &tenant_ns,
+            ]),
+    );
+    eventually("StatefulSet of the new shard", WAIT, || async {
+        kubectl_json(
+            &ns,
+            &["get", "statefulset", "ledger-shard-1", "-n", &tenant_ns],
+        )
+    })
+    .await;
+
+    // A consortium created through the console appears as a ChainNetwork with its
+    // organisations, each with its own admin key.
+    let guild = http
+        .post(format!("{console_url}/v1/networks"))
+        .bearer_auth(token)
+        .json(&json!({"name": "guild", "mode": "consortium",
+                      "members": [{"organisation": "Guild A"}, {"organisation": "Guild B"},
+                                  {"organisation": "Guild C"}, {"organisation": "Guild D"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guild.status(), 201);
+    let guild: Value = guild.json().await.unwrap();
+    let guild_url = format!(
+        "{console_url}/v1/networks/{}",
+        guild["id"].as_str().unwrap()
+    );
+    let provisioned = eventually("the console provisions the consortium", WAIT, || {
+        let (http, url) = (http.clone(), guild_url.clone());
+        async move {
+            let shown: Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (shown["provisioned_generation"] == 1 || !shown["provision_error"].is_null())
+                .then_some(shown)
+        }
+    })
+    .await;
+    assert!(provisioned["provision_error"].is_null(), "{provisioned}");
+    let guild = eventually("consortium ChainNetwork", WAIT, || async {
+        kubectl_json(&ns, &["get", "chainnetwork", "guild", "-n", &tenant_ns])
+    })
+    .await;
+    assert_eq!(guild["spec"]["mode"], "Consortium", "{guild}");
+    let members = guild["spec"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4, "{guild}");
+    let keys: BTreeSet<&str> = members
+        .iter()
+        .map(|m| m["adminPublicKey"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 4, "distinct organisation keys: {guild}");
+
+    // Deleting through the console removes the ChainNetwork, and Kubernetes' garbage
+    // collector removes its children (owner references).
+    let deleted = http
+        .delete(&network_url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        deleted.status() == 204 || deleted.status() == 202,
+        "{}",
+        deleted.status()
+    );
+    eventually("ledger's StatefulSets collected", WAIT, || async {
+        let network = kubectl_json(&ns, &["get", "chainnetworks", "-n", &tenant_ns])?;
+        let gone = !network["items"]
+            .as_array()?
+            .iter()
+            .any(|n| n["metadata"]["name"] == "ledger");
+        let sets = kubectl_json(&ns, &["get", "statefulsets", "-n", &tenant_ns])?;
+        let left = sets["items"].as_array()?.iter().any(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("ledger-"))
+        });
+        (gone && !left).then_some(())
+    })
+    .await;
+    operator.assert_running();
+    console.assert_running();
 }

@@ -108,6 +108,9 @@ struct RunArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // kube links rustls with ring, other crates may add aws-lc-rs: with two providers
+    // compiled in, rustls cannot pick one by itself, so name it before any TLS client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Crd) => {
