@@ -1,18 +1,29 @@
 //! The seam between the operator and the chain itself.
 //!
-//! Everything the operator needs from running nodes goes through [`ChainClient`]: the
-//! beacon's view (epoch, shard count in force, health) and the system transactions the
-//! operator signs with the network admin key (`SetShardCount`). Kubernetes objects tell
-//! the operator whether pods are Ready; only this seam may say whether the *chain* is
-//! healthy, so the `ChainHealthy` condition is never derived from pod state.
+//! Everything the operator needs from running nodes goes through [`ChainClient`]: each
+//! committee's nodes' `trellis_status` (finalized height, epoch, peers — the
+//! `ChainHealthy` condition and the rolling upgrade's finality gate), the beacon's view
+//! (epoch, shard count in force) and the system transactions the operator signs with the
+//! network admin key (`SetShardCount`). Kubernetes objects tell the operator whether pods
+//! are Ready; only this seam may say whether the *chain* is healthy, so `ChainHealthy` is
+//! never derived from pod state.
 //!
-//! `trellis-node`'s JSON-RPC (`trellis_status`, `trellis_submitGovernance`) is not
-//! available yet, so the only implementation is [`NodeRpcPending`], which reports
-//! [`ChainError::NotImplemented`]: the operator then keeps `ChainHealthy` Unknown and
-//! holds every shard-count change at the beacon step (see `docs/operator.md`). An HTTP
-//! implementation plugs in here without touching the reconciler.
+//! [`NodeRpc`] is the real client: JSON-RPC over HTTP with timeouts, nodes located by a
+//! [`NodeResolver`] (in-cluster DNS, or loopback in tests). What `trellis-node` does not
+//! serve yet answers [`ChainError::NotImplemented`]: the beacon role (issue 4), so the
+//! shard-count change stops at the beacon step, and governance transactions.
+//! [`NodeRpcPending`] answers `NotImplemented` for everything (benchmarks and tests that
+//! run no node).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use trellis_node_api::{JsonRpcRequest, JsonRpcResponse, NodeStatus, RPC_PATH, methods};
+
+use crate::endpoints::{NodeRef, NodeResolver};
 
 /// Where the operator reaches a network's beacon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,22 +46,59 @@ pub struct BeaconView {
     pub finalized_height: u64,
 }
 
+/// The validators of one committee, to be asked for their status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitteeNodes {
+    /// The chain id every node must report (a node of another network is not counted).
+    pub chain_id: String,
+    pub nodes: Vec<NodeRef>,
+}
+
+/// What each validator of a committee answered, by pod name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitteeChain {
+    pub nodes: BTreeMap<String, Result<NodeStatus, ChainError>>,
+}
+
+impl CommitteeChain {
+    /// Statuses of the nodes that answered.
+    pub fn answered(&self) -> impl Iterator<Item = (&String, &NodeStatus)> {
+        self.nodes
+            .iter()
+            .filter_map(|(name, r)| r.as_ref().ok().map(|s| (name, s)))
+    }
+
+    /// Highest finalized height any node reports.
+    pub fn finalized_height(&self) -> Option<u64> {
+        self.answered().map(|(_, s)| s.finalized_height).max()
+    }
+}
+
 /// Why the chain could not be asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
-    /// The node RPC this call needs does not exist yet.
-    #[error("the trellis-node RPC for {0} is not implemented yet")]
+    /// What this call needs does not exist in `trellis-node` yet.
+    #[error("{0} is not implemented by trellis-node yet")]
     NotImplemented(&'static str),
-    /// The beacon did not answer (pods not running, network partition).
-    #[error("beacon unreachable: {0}")]
+    /// The node did not answer (no pod, no process, network partition, timeout).
+    #[error("unreachable: {0}")]
     Unreachable(String),
-    /// The beacon refused the transaction.
-    #[error("beacon refused the transaction: {0}")]
+    /// The node answered something that is not the contract (or another network).
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+    /// The chain refused the transaction.
+    #[error("refused: {0}")]
     Refused(String),
 }
 
 /// Reads from and writes to a network's chain.
 pub trait ChainClient: Send + Sync + 'static {
+    /// `trellis_status` of every validator of a committee, asked concurrently.
+    fn committee_status<'a>(
+        &'a self,
+        committee: &'a CommitteeNodes,
+    ) -> BoxFuture<'a, CommitteeChain>;
+
     /// The beacon's current view.
     fn beacon_view<'a>(
         &'a self,
@@ -82,16 +130,112 @@ pub struct MemberProposal {
     pub remove: bool,
 }
 
-/// The chain client until `trellis-node` serves its RPC: every call says so.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NodeRpcPending;
+/// What the beacon step needs and `trellis-node` does not run yet (issue 4).
+const BEACON_ROLE: &str = "the beacon role (trellis_status of a beacon node)";
+/// Governance transactions (`trellis_submitGovernance` answers -33008 until they land).
+const GOVERNANCE: &str = "governance (trellis_submitGovernance)";
 
-impl ChainClient for NodeRpcPending {
+/// The chain client over the nodes' JSON-RPC.
+#[derive(Clone)]
+pub struct NodeRpc {
+    http: reqwest::Client,
+    resolver: Arc<dyn NodeResolver>,
+}
+
+/// Per-request limit: a node that does not answer within it counts as unreachable, so a
+/// dead pod never stalls a reconcile.
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl NodeRpc {
+    pub fn new(resolver: Arc<dyn NodeResolver>, timeout: Duration) -> Result<Self, ChainError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // Loopback test nodes and in-cluster Services: never through a proxy.
+            .no_proxy()
+            .build()
+            .map_err(|e| ChainError::Protocol(format!("HTTP client: {e}")))?;
+        Ok(Self { http, resolver })
+    }
+
+    /// One JSON-RPC call to one node.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        node: &NodeRef,
+        method: &str,
+        params: impl serde::Serialize,
+    ) -> Result<T, ChainError> {
+        let base = self
+            .resolver
+            .rpc_url(node)
+            .ok_or_else(|| ChainError::Unreachable(format!("no address for {}", node.node)))?;
+        let request = JsonRpcRequest::new(1, method, params)
+            .map_err(|e| ChainError::Protocol(e.to_string()))?;
+        let response = self
+            .http
+            .post(format!("{base}{RPC_PATH}"))
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| ChainError::Unreachable(format!("{}: {e}", node.node)))?;
+        let body: JsonRpcResponse = response
+            .json()
+            .await
+            .map_err(|e| ChainError::Protocol(format!("{}: {e}", node.node)))?;
+        if let Some(error) = body.error {
+            return Err(ChainError::Refused(format!(
+                "{} answered {} ({})",
+                node.node, error.code, error.message
+            )));
+        }
+        let result = body
+            .result
+            .ok_or_else(|| ChainError::Protocol(format!("{}: no result", node.node)))?;
+        serde_json::from_value(result)
+            .map_err(|e| ChainError::Protocol(format!("{}: {method}: {e}", node.node)))
+    }
+
+    async fn node_status(&self, chain_id: &str, node: &NodeRef) -> Result<NodeStatus, ChainError> {
+        let status: NodeStatus = self.call(node, methods::STATUS, ()).await?;
+        if status.chain_id != chain_id {
+            return Err(ChainError::Protocol(format!(
+                "{} runs chain {:?}, not {chain_id:?}",
+                node.node, status.chain_id
+            )));
+        }
+        Ok(status)
+    }
+}
+
+impl ChainClient for NodeRpc {
+    fn committee_status<'a>(
+        &'a self,
+        committee: &'a CommitteeNodes,
+    ) -> BoxFuture<'a, CommitteeChain> {
+        Box::pin(async move {
+            let answers = futures::future::join_all(
+                committee
+                    .nodes
+                    .iter()
+                    .map(|node| self.node_status(&committee.chain_id, node)),
+            )
+            .await;
+            CommitteeChain {
+                nodes: committee
+                    .nodes
+                    .iter()
+                    .map(|n| n.node.clone())
+                    .zip(answers)
+                    .collect(),
+            }
+        })
+    }
+
     fn beacon_view<'a>(
         &'a self,
         _beacon: &'a BeaconEndpoint,
     ) -> BoxFuture<'a, Result<BeaconView, ChainError>> {
-        Box::pin(async { Err(ChainError::NotImplemented("trellis_status")) })
+        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
     }
 
     fn set_shard_count<'a>(
@@ -99,7 +243,7 @@ impl ChainClient for NodeRpcPending {
         _beacon: &'a BeaconEndpoint,
         _count: u16,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
-        Box::pin(async { Err(ChainError::NotImplemented("trellis_submitGovernance")) })
+        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
     }
 
     fn propose_member<'a>(
@@ -107,6 +251,55 @@ impl ChainClient for NodeRpcPending {
         _beacon: &'a BeaconEndpoint,
         _proposal: &'a MemberProposal,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
-        Box::pin(async { Err(ChainError::NotImplemented("trellis_submitGovernance")) })
+        Box::pin(async { Err(ChainError::NotImplemented(GOVERNANCE)) })
+    }
+}
+
+/// A chain client for runs without nodes: every call says the RPC is not there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeRpcPending;
+
+impl ChainClient for NodeRpcPending {
+    fn committee_status<'a>(
+        &'a self,
+        committee: &'a CommitteeNodes,
+    ) -> BoxFuture<'a, CommitteeChain> {
+        Box::pin(async move {
+            CommitteeChain {
+                nodes: committee
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        (
+                            n.node.clone(),
+                            Err(ChainError::NotImplemented("trellis_status")),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+    }
+
+    fn beacon_view<'a>(
+        &'a self,
+        _beacon: &'a BeaconEndpoint,
+    ) -> BoxFuture<'a, Result<BeaconView, ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
+    }
+
+    fn set_shard_count<'a>(
+        &'a self,
+        _beacon: &'a BeaconEndpoint,
+        _count: u16,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
+    }
+
+    fn propose_member<'a>(
+        &'a self,
+        _beacon: &'a BeaconEndpoint,
+        _proposal: &'a MemberProposal,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented(GOVERNANCE)) })
     }
 }
