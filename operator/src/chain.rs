@@ -138,24 +138,81 @@ const GOVERNANCE: &str = "governance (trellis_submitGovernance)";
 /// The chain client over the nodes' JSON-RPC.
 #[derive(Clone)]
 pub struct NodeRpc {
-    http: reqwest::Client,
     resolver: Arc<dyn NodeResolver>,
+    timeout: Duration,
 }
 
 /// Per-request limit: a node that does not answer within it counts as unreachable, so a
 /// dead pod never stalls a reconcile.
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Largest response body read from a node (a status is a few hundred bytes; the bound
+/// keeps a misbehaving peer from filling the operator's memory).
+const MAX_RESPONSE: usize = 1 << 20;
+
 impl NodeRpc {
-    pub fn new(resolver: Arc<dyn NodeResolver>, timeout: Duration) -> Result<Self, ChainError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            // Loopback test nodes and in-cluster Services: never through a proxy.
-            .no_proxy()
-            .build()
-            .map_err(|e| ChainError::Protocol(format!("HTTP client: {e}")))?;
-        Ok(Self { http, resolver })
+    pub fn new(resolver: Arc<dyn NodeResolver>, timeout: Duration) -> Self {
+        Self { resolver, timeout }
+    }
+
+    /// One HTTP/1.1 exchange with `node` (`POST` with a JSON body, or `GET`), within the
+    /// timeout. Returns the status code and the body.
+    pub async fn http(
+        &self,
+        node: &NodeRef,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>), ChainError> {
+        let base = self
+            .resolver
+            .rpc_url(node)
+            .ok_or_else(|| ChainError::Unreachable(format!("no address for {}", node.node)))?;
+        let authority = base
+            .strip_prefix("http://")
+            .map(|a| a.trim_end_matches('/').to_owned())
+            .ok_or_else(|| ChainError::Protocol(format!("{base} is not an http:// URL")))?;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ChainError::Unreachable(format!("{} ({authority}): {e}", node.node))
+        };
+        let exchange = async {
+            let stream = tokio::net::TcpStream::connect(&authority)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+            // The connection task ends with the exchange (Connection: close).
+            tokio::spawn(connection);
+            let builder = hyper::Request::builder()
+                .uri(path)
+                .header(hyper::header::HOST, &authority)
+                .header(hyper::header::CONNECTION, "close");
+            let request = match body {
+                Some(bytes) => builder
+                    .method(hyper::Method::POST)
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(bytes))),
+                None => builder
+                    .method(hyper::Method::GET)
+                    .body(http_body_util::Full::new(bytes::Bytes::new())),
+            }
+            .map_err(|e| ChainError::Protocol(e.to_string()))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let status = response.status().as_u16();
+            let limited = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE);
+            let bytes = http_body_util::BodyExt::collect(limited)
+                .await
+                .map_err(|e| unreachable(&e))?
+                .to_bytes();
+            Ok((status, bytes.to_vec()))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| unreachable(&format!("no answer within {:?}", self.timeout)))?
     }
 
     /// One JSON-RPC call to one node.
@@ -165,22 +222,11 @@ impl NodeRpc {
         method: &str,
         params: impl serde::Serialize,
     ) -> Result<T, ChainError> {
-        let base = self
-            .resolver
-            .rpc_url(node)
-            .ok_or_else(|| ChainError::Unreachable(format!("no address for {}", node.node)))?;
         let request = JsonRpcRequest::new(1, method, params)
             .map_err(|e| ChainError::Protocol(e.to_string()))?;
-        let response = self
-            .http
-            .post(format!("{base}{RPC_PATH}"))
-            .json(&request)
-            .send()
-            .await
-            .map_err(|e| ChainError::Unreachable(format!("{}: {e}", node.node)))?;
-        let body: JsonRpcResponse = response
-            .json()
-            .await
+        let body = serde_json::to_vec(&request).map_err(|e| ChainError::Protocol(e.to_string()))?;
+        let (_, bytes) = self.http(node, RPC_PATH, Some(body)).await?;
+        let body: JsonRpcResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ChainError::Protocol(format!("{}: {e}", node.node)))?;
         if let Some(error) = body.error {
             return Err(ChainError::Refused(format!(

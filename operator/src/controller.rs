@@ -441,10 +441,17 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     let chain_answers = shard_chain
         .values()
         .any(|r| r.chain.answered().next().is_some());
+    // Nodes that should answer and do not (down, or not started yet) are looked at again
+    // soon; a client without node RPC (benchmarks) has nothing to look at.
+    let chain_silent = !chain_answers
+        && shard_chain
+            .values()
+            .flat_map(|r| r.chain.nodes.values())
+            .any(|r| !matches!(r, Err(ChainError::NotImplemented(_))));
     write_status(ctx, network, next).await?;
     Ok(Action::requeue(if rollouts.values().any(|r| r.rolling) {
         ROLLING_REQUEUE
-    } else if !settled {
+    } else if !settled || chain_silent {
         BUSY_REQUEUE
     } else if chain_answers {
         CHAIN_REQUEUE

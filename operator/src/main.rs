@@ -158,7 +158,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             cluster_domain: args.cluster_domain.clone(),
         }),
         std::time::Duration::from_secs(args.node_rpc_timeout_seconds.max(1)),
-    )?;
+    );
     let mut ctx = Context::new(
         client.clone(),
         Arc::new(chain),

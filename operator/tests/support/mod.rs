@@ -149,7 +149,7 @@ pub fn materialise(
 }
 
 pub fn rpc(resolver: &Loopback) -> NodeRpc {
-    NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(3)).unwrap()
+    NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(3))
 }
 
 pub async fn committee_status(
