@@ -81,6 +81,9 @@ pub struct MemberSpec {
 }
 
 /// What a proposal does.
+// Governance values are rare and short-lived; boxing the admission would only make
+// building one clumsier for callers.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GovernanceAction {
     /// Admit a member and its validator.
