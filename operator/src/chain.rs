@@ -133,7 +133,7 @@ pub struct MemberProposal {
 /// What the beacon step needs and `trellis-node` does not run yet (issue 4).
 const BEACON_ROLE: &str = "the beacon role (trellis_status of a beacon node)";
 /// Governance transactions (`trellis_submitGovernance` answers -33008 until they land).
-const GOVERNANCE: &str = "governance (trellis_submitGovernance)";
+const GOVERNANCE: &str = "governance execution (trellis_submitGovernance, trellis_getMembers)";
 
 /// The chain client over the nodes' JSON-RPC.
 #[derive(Clone)]

@@ -1,12 +1,18 @@
 //! The `ChainMember` reconciler: records where a consortium organisation stands.
 //!
-//! Admission and removal are beacon governance transactions signed by a threshold of the
-//! current members; the operator proposes them through [`ChainClient::propose_member`].
-//! Until `trellis-node` serves that RPC the proposal cannot be sent, so a new member stays
-//! `Invited` with `Admitted=False/AwaitingBeaconGovernance`. Organisations listed in the
-//! network's own `spec.members` are members from genesis and are `Admitted` at once.
-//! Provisioning a newly admitted member's nodes (possibly in the member's namespace) is
-//! the step after admission and is not built yet (see `docs/operator.md`).
+//! Admission and removal are governance transactions of the chain (contract:
+//! `trellis-node-types::governance`), approved by more than 2/3 of the current members'
+//! admin keys. Those keys are the organisations' own, custodied by the console (or by the
+//! tenant), never by the operator: so the operator builds the proposal and the console
+//! supplies the approvals; the operator assembles and submits the transaction, then
+//! provisions the member's nodes (see `docs/operator.md`, "Member admission").
+//!
+//! `trellis-node` does not execute governance yet, so [`ChainClient::propose_member`]
+//! cannot pass and a new member stays `Invited` with `Admitted=False/GovernancePending`.
+//! Organisations listed in the network's own `spec.members` are members from genesis
+//! and are `Admitted` at once.
+//!
+//! [`ChainClient::propose_member`]: crate::chain::ChainClient::propose_member
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,13 +136,13 @@ pub fn member_status(
         Some(Err(e)) => set(
             current,
             "False",
-            "AwaitingBeaconGovernance",
+            "GovernancePending",
             format!("{verb} not proposed yet: {e}"),
         ),
         None => set(
             current,
             "False",
-            "AwaitingBeaconGovernance",
+            "GovernancePending",
             format!("{verb} not proposed yet"),
         ),
     }
@@ -192,7 +198,7 @@ pub async fn reconcile(member: Arc<ChainMember>, ctx: Arc<Context>) -> Result<Ac
     let needs_proposal = first
         .conditions
         .iter()
-        .any(|c| c.type_ == ADMITTED && c.reason == "AwaitingBeaconGovernance");
+        .any(|c| c.type_ == ADMITTED && c.reason == "GovernancePending");
     let next = if needs_proposal {
         let id = NetworkId::new(network_ns.clone(), member.spec.network.name.clone());
         let beacon = BeaconEndpoint {
@@ -280,10 +286,7 @@ mod tests {
         let err = Err(ChainError::NotImplemented("trellis_submitGovernance"));
         let s = member_status(&member("org-b", false), &consortium(), Some(&err), &now());
         assert_eq!(s.phase, Some(MemberPhase::Invited));
-        assert_eq!(
-            admitted(&s),
-            ("False".into(), "AwaitingBeaconGovernance".into())
-        );
+        assert_eq!(admitted(&s), ("False".into(), "GovernancePending".into()));
         let c = &s.conditions[0];
         assert!(
             c.message.contains("trellis_submitGovernance"),
