@@ -122,6 +122,7 @@ pub fn node_refs(namespace: &str, committee: &Committee) -> Vec<NodeRef> {
 
 /// Writes every node of `committee` from the objects and returns the (not yet started)
 /// processes.
+#[allow(clippy::too_many_arguments)]
 pub fn materialise(
     dir: &Path,
     namespace: &str,
