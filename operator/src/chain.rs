@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
-use trellis_node_api::{JsonRpcRequest, JsonRpcResponse, NodeStatus, RPC_PATH, methods};
+use trellis_node_api::{
+    JsonRpcRequest, JsonRpcResponse, MembersInfo, NodeStatus, RPC_PATH, error_codes, methods,
+};
 
 use crate::endpoints::{NodeRef, NodeResolver};
 
@@ -89,6 +91,9 @@ pub enum ChainError {
     /// The chain refused the transaction.
     #[error("refused: {0}")]
     Refused(String),
+    /// The nodes answered, but the step cannot be taken yet (and says why).
+    #[error("{0}")]
+    Pending(String),
 }
 
 /// Reads from and writes to a network's chain.
@@ -113,11 +118,12 @@ pub trait ChainClient: Send + Sync + 'static {
         count: u16,
     ) -> BoxFuture<'a, Result<(), ChainError>>;
 
-    /// Proposes admitting (or, with `remove`, removing) a consortium member; the
-    /// transaction passes once a threshold of current members' admin keys signed it.
+    /// Proposes admitting (or, with `remove`, removing) a consortium member to the
+    /// committee whose chain keeps the member registry (shard 0 until the beacon runs);
+    /// the transaction passes once a threshold of current members' admin keys signed it.
     fn propose_member<'a>(
         &'a self,
-        beacon: &'a BeaconEndpoint,
+        registry: &'a CommitteeNodes,
         proposal: &'a MemberProposal,
     ) -> BoxFuture<'a, Result<(), ChainError>>;
 }
@@ -230,7 +236,7 @@ impl NodeRpc {
             .map_err(|e| ChainError::Protocol(format!("{}: {e}", node.node)))?;
         if let Some(error) = body.error {
             return Err(ChainError::Refused(format!(
-                "{} answered {} ({})",
+                "{} answered {}: {}",
                 node.node, error.code, error.message
             )));
         }
@@ -292,12 +298,45 @@ impl ChainClient for NodeRpc {
         Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
     }
 
+    /// Asks the registry's nodes for the member registry (`trellis_getMembers`, which
+    /// gives the proposal's sequence and threshold). The approvals come from the console
+    /// (it custodies the organisations' admin keys), and that hand-over is not built, so
+    /// this never submits yet; it says precisely what the chain side answered.
     fn propose_member<'a>(
         &'a self,
-        _beacon: &'a BeaconEndpoint,
-        _proposal: &'a MemberProposal,
+        registry: &'a CommitteeNodes,
+        proposal: &'a MemberProposal,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
-        Box::pin(async { Err(ChainError::NotImplemented(GOVERNANCE)) })
+        Box::pin(async move {
+            let mut last = ChainError::Unreachable("no node of the registry committee".into());
+            for node in &registry.nodes {
+                match self
+                    .call::<MembersInfo>(node, methods::GET_MEMBERS, ())
+                    .await
+                {
+                    Ok(members) => {
+                        return Err(ChainError::Pending(format!(
+                            "the chain keeps {} members (threshold {}, next sequence {}); \
+                             approvals of {} by the members' admin keys come from the console, \
+                             which is not built yet",
+                            members.members.len(),
+                            members.threshold,
+                            members.sequence,
+                            proposal.organization
+                        )));
+                    }
+                    Err(ChainError::Refused(message))
+                        if message.contains(&error_codes::METHOD_NOT_FOUND.to_string()) =>
+                    {
+                        return Err(ChainError::Pending(format!(
+                            "{GOVERNANCE} is not served by the nodes yet ({message})"
+                        )));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        })
     }
 }
 
@@ -343,7 +382,7 @@ impl ChainClient for NodeRpcPending {
 
     fn propose_member<'a>(
         &'a self,
-        _beacon: &'a BeaconEndpoint,
+        _registry: &'a CommitteeNodes,
         _proposal: &'a MemberProposal,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
         Box::pin(async { Err(ChainError::NotImplemented(GOVERNANCE)) })

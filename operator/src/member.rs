@@ -25,13 +25,13 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tracing::warn;
 use trellis_crd::member::MemberPhase;
-use trellis_crd::topology::{CommitteeRole, NetworkId};
+use trellis_crd::topology::{NetworkId, plan};
 use trellis_crd::validate::{is_dns_label, is_hex_key};
 use trellis_crd::{ChainMember, ChainMemberStatus, ChainNetwork, NetworkMode};
 
-use crate::build::RPC_PORT;
-use crate::chain::{BeaconEndpoint, ChainError, MemberProposal};
+use crate::chain::{ChainError, CommitteeNodes, MemberProposal};
 use crate::controller::{Context, Error};
+use crate::endpoints::NodeRef;
 use crate::status::{ConditionUpdate, set_condition};
 
 /// Condition type of a member's admission.
@@ -201,20 +201,35 @@ pub async fn reconcile(member: Arc<ChainMember>, ctx: Arc<Context>) -> Result<Ac
         .any(|c| c.type_ == ADMITTED && c.reason == "GovernancePending");
     let next = if needs_proposal {
         let id = NetworkId::new(network_ns.clone(), member.spec.network.name.clone());
-        let beacon = BeaconEndpoint {
+        // Contract v1 keeps the member registry on each committee's own chain; until the
+        // beacon runs, shard 0's is the one that admits members.
+        let registry = match &lookup {
+            NetworkLookup::Found(network) => plan(&id, &network.spec).ok().and_then(|t| {
+                t.shards().next().map(|shard| CommitteeNodes {
+                    chain_id: t.genesis.chain_id.clone(),
+                    nodes: shard
+                        .nodes
+                        .iter()
+                        .map(|n| NodeRef {
+                            namespace: network_ns.clone(),
+                            committee: shard.name.clone(),
+                            node: n.name.clone(),
+                        })
+                        .collect(),
+                })
+            }),
+            NetworkLookup::NotFound => None,
+        }
+        .unwrap_or(CommitteeNodes {
             chain_id: id.chain_id(),
-            rpc_url: format!(
-                "http://{}.{network_ns}.svc.{}:{RPC_PORT}",
-                id.committee_name(CommitteeRole::Beacon),
-                ctx.options.cluster_domain
-            ),
-        };
+            nodes: Vec::new(),
+        });
         let proposal = MemberProposal {
             organization: member.spec.organization.clone(),
             admin_public_key: member.spec.admin_public_key.clone(),
             remove: member.spec.remove,
         };
-        let result = ctx.chain.propose_member(&beacon, &proposal).await;
+        let result = ctx.chain.propose_member(&registry, &proposal).await;
         member_status(&member, &lookup, Some(&result), &now)
     } else {
         first
