@@ -388,3 +388,140 @@ impl ChainClient for NodeRpcPending {
         Box::pin(async { Err(ChainError::NotImplemented(GOVERNANCE)) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::Loopback;
+    use std::net::{IpAddr, SocketAddr};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TCP server on `ip`:8545 answering every request with `response` (raw HTTP), or
+    /// never answering when `None`.
+    async fn server(ip: [u8; 4], response: Option<String>) -> tokio::task::JoinHandle<()> {
+        let addr = SocketAddr::new(IpAddr::from(ip), 8545);
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    match response {
+                        Some(r) => {
+                            let _ = stream.write_all(r.as_bytes()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(30)).await,
+                    }
+                });
+            }
+        })
+    }
+
+    fn http_ok(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn client(ip: [u8; 4]) -> (NodeRpc, NodeRef) {
+        let node = NodeRef {
+            namespace: "ns".into(),
+            committee: "c".into(),
+            node: "n-0".into(),
+        };
+        let resolver = Loopback {
+            nodes: [("n-0".to_owned(), IpAddr::from(ip))].into(),
+        };
+        (
+            NodeRpc::new(Arc::new(resolver), Duration::from_millis(500)),
+            node,
+        )
+    }
+
+    fn status_json(chain_id: &str) -> String {
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {
+            "contract_version": 1, "chain_id": chain_id, "role": {"kind": "shard", "shard": 0},
+            "node_key": "00", "epoch": 2, "finalized_height": 40, "peers": 3,
+            "syncing": false, "mempool_depth": 0, "validators": []
+        }})
+        .to_string()
+    }
+
+    async fn ask(rpc: &NodeRpc, node: &NodeRef) -> Result<NodeStatus, ChainError> {
+        let chain = rpc
+            .committee_status(&CommitteeNodes {
+                chain_id: "alpha.ns".into(),
+                nodes: vec![node.clone()],
+            })
+            .await;
+        chain.nodes[&node.node].clone()
+    }
+
+    #[tokio::test]
+    async fn status_is_read_and_checked_against_the_chain_id() {
+        let _s = server([127, 0, 30, 201], Some(http_ok(&status_json("alpha.ns")))).await;
+        let (rpc, node) = client([127, 0, 30, 201]);
+        assert_eq!(ask(&rpc, &node).await.unwrap().finalized_height, 40);
+
+        let _t = server([127, 0, 30, 202], Some(http_ok(&status_json("other")))).await;
+        let (rpc, node) = client([127, 0, 30, 202]);
+        let err = ask(&rpc, &node).await.unwrap_err();
+        assert!(
+            matches!(&err, ChainError::Protocol(m) if m.contains("\"other\"")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_refusing_and_garbled_nodes_are_errors_not_hangs() {
+        // Accepts the connection and never answers: the timeout ends it.
+        let _s = server([127, 0, 30, 203], None).await;
+        let (rpc, node) = client([127, 0, 30, 203]);
+        let started = std::time::Instant::now();
+        let err = ask(&rpc, &node).await.unwrap_err();
+        assert!(
+            matches!(&err, ChainError::Unreachable(m) if m.contains("no answer")),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Nobody listens.
+        let (rpc, node) = client([127, 0, 30, 204]);
+        assert!(matches!(
+            ask(&rpc, &node).await,
+            Err(ChainError::Unreachable(_))
+        ));
+        // Not JSON-RPC.
+        let _g = server([127, 0, 30, 205], Some(http_ok("<html>"))).await;
+        let (rpc, node) = client([127, 0, 30, 205]);
+        assert!(matches!(
+            ask(&rpc, &node).await,
+            Err(ChainError::Protocol(_))
+        ));
+        // A JSON-RPC error.
+        let error =
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"unknown method"}}"#;
+        let _e = server([127, 0, 30, 206], Some(http_ok(error))).await;
+        let (rpc, node) = client([127, 0, 30, 206]);
+        let err = ask(&rpc, &node).await.unwrap_err();
+        assert!(
+            matches!(&err, ChainError::Refused(m) if m.contains("-32601")),
+            "{err}"
+        );
+        // A node without an address.
+        let (rpc, _) = client([127, 0, 30, 207]);
+        let nowhere = NodeRef {
+            namespace: "ns".into(),
+            committee: "c".into(),
+            node: "n-9".into(),
+        };
+        assert!(matches!(
+            ask(&rpc, &nowhere).await,
+            Err(ChainError::Unreachable(_))
+        ));
+    }
+}

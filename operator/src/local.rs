@@ -154,3 +154,150 @@ pub fn write_node(
         node: config,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::Loopback;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    const KEY: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    fn node(name: &str) -> NodeRef {
+        NodeRef {
+            namespace: "ns".into(),
+            committee: "alpha-shard-0".into(),
+            node: name.into(),
+        }
+    }
+
+    fn objects(peer: &str) -> (ConfigMap, ConfigMap, Secret) {
+        let toml = format!(
+            r#"chain_id = "alpha.ns"
+key_file = "/etc/trellis/keys/node.key"
+data_dir = "/var/lib/trellis"
+genesis_file = "/etc/trellis/genesis/alpha-shard-0.json"
+p2p_listen = "0.0.0.0:7000"
+rpc_listen = "0.0.0.0:8545"
+
+[role]
+kind = "shard"
+shard = 0
+
+[[bootstrap_peers]]
+public_key = "{KEY}"
+address = "{peer}"
+"#
+        );
+        let config = ConfigMap {
+            data: Some(BTreeMap::from([("node.toml".to_owned(), toml)])),
+            ..ConfigMap::default()
+        };
+        let genesis = ConfigMap {
+            data: Some(BTreeMap::from([(
+                "alpha-shard-0.json".to_owned(),
+                "{}".to_owned(),
+            )])),
+            ..ConfigMap::default()
+        };
+        let keys = Secret {
+            data: Some(BTreeMap::from([(
+                "alpha-shard-0-0.key".to_owned(),
+                ByteString(b"{\"node_key\":\"x\"}".to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        (config, genesis, keys)
+    }
+
+    fn loopback() -> Loopback {
+        Loopback {
+            nodes: BTreeMap::from([
+                ("alpha-shard-0-0".to_owned(), "127.0.30.1".parse().unwrap()),
+                ("alpha-shard-0-1".to_owned(), "127.0.30.2".parse().unwrap()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn writes_the_pods_view_with_addresses_and_paths_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, genesis, keys) =
+            objects("alpha-shard-0-1.alpha-shard-0.ns.svc.cluster.local:7000");
+        let files = write_node(
+            dir.path(),
+            &node("alpha-shard-0-0"),
+            &config,
+            &genesis,
+            &keys,
+            &loopback(),
+        )
+        .unwrap();
+        let written =
+            NodeConfig::from_toml(&std::fs::read_to_string(&files.config).unwrap()).unwrap();
+        assert_eq!(written, files.node);
+        assert_eq!(written.p2p_listen.to_string(), "127.0.30.1:7000");
+        assert_eq!(written.rpc_listen.to_string(), "127.0.30.1:8545");
+        assert_eq!(written.bootstrap_peers[0].address, "127.0.30.2:7000");
+        assert_eq!(written.bootstrap_peers[0].public_key, KEY);
+        assert_eq!(written.chain_id, "alpha.ns");
+        assert_eq!(
+            std::fs::read_to_string(&written.genesis_file).unwrap(),
+            "{}"
+        );
+        assert_eq!(
+            std::fs::read(&written.key_file).unwrap(),
+            b"{\"node_key\":\"x\"}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&written.key_file)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "key files are private");
+        }
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, genesis, keys) =
+            objects("alpha-shard-0-1.alpha-shard-0.ns.svc.cluster.local:7000");
+        let err = write_node(
+            dir.path(),
+            &node("alpha-shard-0-1"),
+            &config,
+            &genesis,
+            &keys,
+            &loopback(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, LocalError::MissingEntry(_, ref e) if e == "alpha-shard-0-1.key"));
+        let (config, genesis, keys) = objects("10.0.0.1:7000");
+        let err = write_node(
+            dir.path(),
+            &node("alpha-shard-0-0"),
+            &config,
+            &genesis,
+            &keys,
+            &loopback(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, LocalError::UnknownPeer(_)), "{err}");
+        let (config, genesis, keys) =
+            objects("alpha-shard-0-7.alpha-shard-0.ns.svc.cluster.local:7000");
+        let err = write_node(
+            dir.path(),
+            &node("alpha-shard-0-0"),
+            &config,
+            &genesis,
+            &keys,
+            &loopback(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, LocalError::NoAddress(ref n) if n == "alpha-shard-0-7"));
+    }
+}

@@ -407,6 +407,28 @@ mod rolling {
         assert!(shard_status.finalized_height.unwrap() > 0);
         assert!(shard_status.epoch.is_some());
 
+        // The transition was published as a Kubernetes Event.
+        let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+        eventually("ChainHealthy Event", WAIT, || {
+            let events = events.clone();
+            async move {
+                events
+                    .list(&kube::api::ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("Finalizing")
+                            && e.note
+                                .as_deref()
+                                .is_some_and(|n| n.starts_with("ChainHealthy=True"))
+                    })
+                    .then_some(())
+            }
+        })
+        .await;
+
         // The validator the roll replaces first is down before the roll begins: three of
         // four keep finalizing, so the chain stays healthy...
         nodes[3].kill();
