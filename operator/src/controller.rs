@@ -82,6 +82,9 @@ pub struct Context {
     /// Last finalized height seen per committee (namespace/committee) and since when:
     /// "finality advancing" needs a memory across reconciles.
     finality: std::sync::Mutex<std::collections::HashMap<String, (u64, Instant)>>,
+    /// When each network's status last got fresh chain figures (see
+    /// [`status::keep_chain_figures`]).
+    chain_written: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 /// The last full apply of one network's children.
@@ -121,6 +124,7 @@ impl Context {
             concurrency: DEFAULT_CONCURRENCY,
             applied: std::sync::Mutex::default(),
             finality: std::sync::Mutex::default(),
+            chain_written: std::sync::Mutex::default(),
         }
     }
 }
@@ -200,6 +204,9 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         }
         if let Ok(mut finality) = ctx.finality.lock() {
             finality.retain(|k, _| !k.starts_with(&format!("{key}-")));
+        }
+        if let Ok(mut written) = ctx.chain_written.lock() {
+            written.remove(&key);
         }
         return Ok(Action::await_change());
     }
@@ -422,7 +429,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         None
     };
 
-    let next = status::compute(&StatusInput {
+    let mut next = status::compute(&StatusInput {
         generation: network.metadata.generation,
         spec: &network.spec,
         topology: Ok(&topology),
@@ -448,6 +455,22 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             .values()
             .flat_map(|r| r.chain.nodes.values())
             .any(|r| !matches!(r, Err(ChainError::NotImplemented(_))));
+    // Chain figures move with every block: refresh them at most every CHAIN_REFRESH, so
+    // that writing them does not wake this controller again and again.
+    let key = format!("{namespace}/{name}");
+    let refresh_due = ctx.chain_written.lock().ok().is_none_or(|written| {
+        written
+            .get(&key)
+            .is_none_or(|at| at.elapsed() >= status::CHAIN_REFRESH)
+    });
+    match previous {
+        Some(previous) if !refresh_due => status::keep_chain_figures(&mut next, previous),
+        _ => {
+            if let Ok(mut written) = ctx.chain_written.lock() {
+                written.insert(key, Instant::now());
+            }
+        }
+    }
     write_status(ctx, network, next).await?;
     Ok(Action::requeue(if rollouts.values().any(|r| r.rolling) {
         ROLLING_REQUEUE

@@ -231,6 +231,40 @@ fn shard_health(
     Ok((true, "Finalizing", summary))
 }
 
+/// How often chain figures (heights, epochs, the `ChainHealthy` message) may rewrite the
+/// status. They move with every block; writing each change would wake the controller's
+/// own watch and reconcile a healthy network in a loop.
+pub const CHAIN_REFRESH: Duration = Duration::from_secs(30);
+
+/// Keeps `previous`'s chain figures in `next` where only they moved: per-shard finalized
+/// height, epoch and mempool depth, the network epoch, and the `ChainHealthy` message
+/// while its status and reason are unchanged. A change of status or reason always gets
+/// through.
+pub fn keep_chain_figures(next: &mut ChainNetworkStatus, previous: &ChainNetworkStatus) {
+    for shard in &mut next.shards {
+        if let Some(old) = previous.shards.iter().find(|s| s.id == shard.id) {
+            shard.finalized_height = old.finalized_height;
+            shard.epoch = old.epoch;
+            shard.mempool_depth = old.mempool_depth;
+        }
+    }
+    next.epoch = previous.epoch;
+    let old = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CHAIN_HEALTHY);
+    if let (Some(old), Some(new)) = (
+        old,
+        next.conditions
+            .iter_mut()
+            .find(|c| c.type_ == CHAIN_HEALTHY),
+    ) && old.status == new.status
+        && old.reason == new.reason
+    {
+        new.message = old.message.clone();
+    }
+}
+
 /// Everything the status is computed from.
 pub struct StatusInput<'a> {
     pub generation: Option<i64>,

@@ -470,3 +470,32 @@ fn chain_figures_of_a_shard_survive_recomputation() {
     let again = case.compute(Some(&s), 2);
     assert_eq!(again.shards[0].finalized_height, Some(42));
 }
+
+#[test]
+fn chain_figures_alone_can_be_held_back_but_transitions_cannot() {
+    let mut case = Case::new(spec(1), 1).ready(4);
+    case.shard_chain.insert(
+        0,
+        reading([node(100, 3), node(100, 3), node(99, 3), node(100, 3)], 0),
+    );
+    let first = case.compute(None, 1);
+    // Ten blocks later: only figures moved; held back, nothing to write.
+    case.shard_chain.insert(
+        0,
+        reading([node(110, 3), node(110, 3), node(110, 3), node(109, 3)], 0),
+    );
+    let mut later = case.compute(Some(&first), 2);
+    assert_ne!(later, first);
+    keep_chain_figures(&mut later, &first);
+    assert_eq!(later, first, "no status write for moving figures alone");
+    // A stall changes the reason: it gets through, with its message.
+    case.shard_chain.insert(
+        0,
+        reading([node(110, 3), node(110, 3), node(110, 3), node(110, 3)], 40),
+    );
+    let mut stalled = case.compute(Some(&first), 3);
+    keep_chain_figures(&mut stalled, &first);
+    let chain = condition(&stalled, CHAIN_HEALTHY);
+    assert_eq!(chain.reason, "NotFinalizing");
+    assert!(chain.message.contains("110"), "{}", chain.message);
+}
