@@ -188,8 +188,9 @@ impl NodeRpc {
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                     .await
                     .map_err(|e| unreachable(&e))?;
-            // The connection task ends with the exchange (Connection: close).
-            tokio::spawn(connection);
+            // The connection task ends with the exchange (Connection: close), and at the
+            // latest with the timeout, so a node that stops mid-answer holds no socket.
+            tokio::spawn(tokio::time::timeout(self.timeout, connection));
             let builder = hyper::Request::builder()
                 .uri(path)
                 .header(hyper::header::HOST, &authority)
