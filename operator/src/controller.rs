@@ -463,13 +463,12 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             .get(&key)
             .is_none_or(|at| at.elapsed() >= status::CHAIN_REFRESH)
     });
-    match previous {
+    let held = match previous {
         Some(previous) if !refresh_due => status::keep_chain_figures(&mut next, previous),
-        _ => {
-            if let Ok(mut written) = ctx.chain_written.lock() {
-                written.insert(key, Instant::now());
-            }
-        }
+        _ => false,
+    };
+    if !held && let Ok(mut written) = ctx.chain_written.lock() {
+        written.insert(key, Instant::now());
     }
     write_status(ctx, network, next).await?;
     Ok(Action::requeue(if rollouts.values().any(|r| r.rolling) {

@@ -237,32 +237,40 @@ fn shard_health(
 pub const CHAIN_REFRESH: Duration = Duration::from_secs(30);
 
 /// Keeps `previous`'s chain figures in `next` where only they moved: per-shard finalized
-/// height, epoch and mempool depth, the network epoch, and the `ChainHealthy` message
-/// while its status and reason are unchanged. A change of status or reason always gets
-/// through.
-pub fn keep_chain_figures(next: &mut ChainNetworkStatus, previous: &ChainNetworkStatus) {
-    for shard in &mut next.shards {
-        if let Some(old) = previous.shards.iter().find(|s| s.id == shard.id) {
-            shard.finalized_height = old.finalized_height;
-            shard.epoch = old.epoch;
-            shard.mempool_depth = old.mempool_depth;
-        }
-    }
-    next.epoch = previous.epoch;
+/// height, epoch and mempool depth, the network epoch, and the `ChainHealthy` message.
+/// Nothing is kept when `ChainHealthy` changed status or reason (a transition is written
+/// with fresh figures at once), nor where `previous` had no figure yet. Returns whether
+/// anything was kept back.
+pub fn keep_chain_figures(next: &mut ChainNetworkStatus, previous: &ChainNetworkStatus) -> bool {
     let old = previous
         .conditions
         .iter()
         .find(|c| c.type_ == CHAIN_HEALTHY);
-    if let (Some(old), Some(new)) = (
-        old,
-        next.conditions
-            .iter_mut()
-            .find(|c| c.type_ == CHAIN_HEALTHY),
-    ) && old.status == new.status
-        && old.reason == new.reason
-    {
-        new.message = old.message.clone();
+    let Some(new) = next
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == CHAIN_HEALTHY)
+    else {
+        return false;
+    };
+    let Some(old) = old.filter(|o| o.status == new.status && o.reason == new.reason) else {
+        return false;
+    };
+    new.message = old.message.clone();
+    fn keep<T: Clone>(new: &mut Option<T>, old: &Option<T>) {
+        if old.is_some() {
+            new.clone_from(old);
+        }
     }
+    for shard in &mut next.shards {
+        if let Some(old) = previous.shards.iter().find(|s| s.id == shard.id) {
+            keep(&mut shard.finalized_height, &old.finalized_height);
+            keep(&mut shard.epoch, &old.epoch);
+            keep(&mut shard.mempool_depth, &old.mempool_depth);
+        }
+    }
+    keep(&mut next.epoch, &previous.epoch);
+    true
 }
 
 /// Everything the status is computed from.

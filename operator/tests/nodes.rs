@@ -204,6 +204,7 @@ async fn the_operators_objects_run_real_nodes_that_finalize() {
     use trellis_operator::chain::{ChainClient, ChainError};
     match rpc.propose_member(&registry, &proposal).await {
         Err(ChainError::Pending(message)) => {
+            eprintln!("member admission: {message}");
             assert!(
                 message.contains("trellis_getMembers") || message.contains("approvals"),
                 "{message}"

@@ -486,7 +486,7 @@ fn chain_figures_alone_can_be_held_back_but_transitions_cannot() {
     );
     let mut later = case.compute(Some(&first), 2);
     assert_ne!(later, first);
-    keep_chain_figures(&mut later, &first);
+    assert!(keep_chain_figures(&mut later, &first));
     assert_eq!(later, first, "no status write for moving figures alone");
     // A stall changes the reason: it gets through, with its message.
     case.shard_chain.insert(
@@ -494,8 +494,36 @@ fn chain_figures_alone_can_be_held_back_but_transitions_cannot() {
         reading([node(110, 3), node(110, 3), node(110, 3), node(110, 3)], 40),
     );
     let mut stalled = case.compute(Some(&first), 3);
-    keep_chain_figures(&mut stalled, &first);
+    assert!(!keep_chain_figures(&mut stalled, &first));
     let chain = condition(&stalled, CHAIN_HEALTHY);
     assert_eq!(chain.reason, "NotFinalizing");
     assert!(chain.message.contains("110"), "{}", chain.message);
+}
+
+#[test]
+fn a_first_chain_reading_is_never_held_back() {
+    // Written while the nodes were still down: no figures, ChainHealthy Unknown.
+    let mut case = Case::new(spec(1), 1).ready(4);
+    let down = || Err(ChainError::Unreachable("connection refused".into()));
+    case.shard_chain
+        .insert(0, reading([down(), down(), down(), down()], 0));
+    let before = case.compute(None, 1);
+    assert_eq!(before.shards[0].finalized_height, None);
+    // Seconds later they finalize: a transition, written with its figures.
+    case.shard_chain.insert(
+        0,
+        reading([node(12, 3), node(12, 3), node(12, 3), node(11, 3)], 0),
+    );
+    let mut after = case.compute(Some(&before), 2);
+    assert!(!keep_chain_figures(&mut after, &before));
+    assert_eq!(after.shards[0].finalized_height, Some(12));
+    assert_eq!(condition(&after, CHAIN_HEALTHY).reason, "Finalizing");
+    // Same reason, previous figures missing: the new ones are kept, not erased.
+    let mut blank = after.clone();
+    blank.shards[0].finalized_height = None;
+    blank.epoch = None;
+    let mut again = case.compute(Some(&blank), 3);
+    assert!(keep_chain_figures(&mut again, &blank));
+    assert_eq!(again.shards[0].finalized_height, Some(12));
+    assert_eq!(again.epoch, Some(0));
 }
