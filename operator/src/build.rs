@@ -5,6 +5,7 @@
 //! order of [`Children::apply_order`].
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
@@ -28,9 +29,14 @@ use kube::Resource;
 use serde::Serialize;
 use trellis_crd::topology::{Committee, CommitteeRole, Topology};
 use trellis_crd::{ChainNetwork, NetworkMode};
+use trellis_node_api::{
+    BootstrapPeer, CONTRACT_VERSION, Genesis, GenesisMember, HEALTHZ_PATH, MempoolConfig,
+    NodeConfig, READYZ_PATH, Role,
+};
 
 use crate::keys;
 use crate::labels;
+use crate::rollout::{self, RolloutStep};
 
 /// Authenticated p2p port of every node.
 pub const P2P_PORT: i32 = 7000;
@@ -199,67 +205,51 @@ pub fn build(input: &BuildInput<'_>) -> Result<Children, BuildError> {
     Ok(children)
 }
 
-/// The node configuration file, shaped after the node contract's `NodeConfig`.
-#[derive(Debug, Serialize)]
-struct NodeConfigFile<'a> {
-    chain_id: &'a str,
-    role: NodeRole,
-    key_file: &'a str,
-    data_dir: &'a str,
-    genesis_file: String,
-    p2p_listen: String,
-    rpc_listen: String,
-    bootstrap_peers: Vec<BootstrapPeer>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum NodeRole {
-    Beacon,
-    Shard { shard: u16 },
-}
-
-#[derive(Debug, Serialize)]
-struct BootstrapPeer {
-    public_key: String,
-    address: String,
-}
-
-/// Renders `node.toml` of `committee`: bootstrap peers are the beacon's validators and the
-/// committee's own, by stable DNS name.
-fn node_config(input: &BuildInput<'_>, committee: &Committee) -> Result<String, BuildError> {
+/// Renders `node.toml` of `committee` with the contract's [`NodeConfig`]: the committee's
+/// role, the genesis entry of this committee, and as bootstrap peers the committee's
+/// validators by public key and stable DNS name (they override the genesis addresses,
+/// which is what lets a test resolver point them at loopback instead).
+pub fn node_config(input: &BuildInput<'_>, committee: &Committee) -> Result<String, BuildError> {
     let ns = namespace(input.network)?;
-    let mut peers = Vec::new();
-    let beacon = input.topology.beacon();
-    for c in beacon
-        .into_iter()
-        .chain((committee.role != CommitteeRole::Beacon).then_some(committee))
-    {
-        for node in &c.nodes {
-            let public_key = input
-                .public_keys
-                .get(&node.name)
-                .ok_or_else(|| BuildError::MissingKey(node.name.clone()))?;
-            peers.push(BootstrapPeer {
-                public_key: public_key.clone(),
-                address: node_p2p_address(&node.name, &c.name, &ns, input.options),
-            });
-        }
-    }
-    let file = NodeConfigFile {
-        chain_id: &input.topology.genesis.chain_id,
+    let bootstrap_peers = committee
+        .nodes
+        .iter()
+        .map(|node| {
+            Ok(BootstrapPeer {
+                public_key: node_key(input, &node.name)?.clone(),
+                address: node_p2p_address(&node.name, &committee.name, &ns, input.options),
+            })
+        })
+        .collect::<Result<_, BuildError>>()?;
+    let config = NodeConfig {
+        chain_id: input.topology.genesis.chain_id.clone(),
         role: match committee.role {
-            CommitteeRole::Beacon => NodeRole::Beacon,
-            CommitteeRole::Shard(shard) => NodeRole::Shard { shard },
+            CommitteeRole::Beacon => Role::Beacon,
+            CommitteeRole::Shard(shard) => Role::Shard { shard },
         },
-        key_file: KEY_FILE,
-        data_dir: DATA_DIR,
-        genesis_file: format!("{GENESIS_DIR}/{GENESIS_ENTRY}"),
-        p2p_listen: format!("0.0.0.0:{P2P_PORT}"),
-        rpc_listen: format!("0.0.0.0:{RPC_PORT}"),
-        bootstrap_peers: peers,
+        key_file: KEY_FILE.into(),
+        data_dir: DATA_DIR.into(),
+        genesis_file: format!("{GENESIS_DIR}/{}", genesis_entry(committee)).into(),
+        p2p_listen: SocketAddr::from(([0, 0, 0, 0], port(P2P_PORT))),
+        p2p_external: None,
+        rpc_listen: SocketAddr::from(([0, 0, 0, 0], port(RPC_PORT))),
+        bootstrap_peers,
+        mempool: MempoolConfig::default(),
     };
-    toml::to_string(&file).map_err(|e| BuildError::Render("node.toml", e.to_string()))
+    config
+        .to_toml()
+        .map_err(|e| BuildError::Render("node.toml", e.to_string()))
+}
+
+fn port(p: i32) -> u16 {
+    u16::try_from(p).unwrap_or_default()
+}
+
+fn node_key<'a>(input: &'a BuildInput<'_>, node: &str) -> Result<&'a String, BuildError> {
+    input
+        .public_keys
+        .get(node)
+        .ok_or_else(|| BuildError::MissingKey(node.to_owned()))
 }
 
 /// Name of a committee's config ConfigMap.
@@ -286,8 +276,14 @@ fn config_map(
     })
 }
 
-/// Entry of the genesis ConfigMap.
-pub const GENESIS_ENTRY: &str = "genesis.json";
+/// Entry of the genesis ConfigMap with the operator's network plan (shard count, table
+/// map, committees, members). The nodes read their committee's entry instead.
+pub const NETWORK_ENTRY: &str = "network.json";
+
+/// Entry of the genesis ConfigMap holding `committee`'s contract genesis file.
+pub fn genesis_entry(committee: &Committee) -> String {
+    format!("{}.json", committee.name)
+}
 
 /// Name of the network's genesis ConfigMap.
 pub fn genesis_name(network: &str) -> String {
@@ -295,7 +291,7 @@ pub fn genesis_name(network: &str) -> String {
 }
 
 #[derive(Debug, Serialize)]
-struct GenesisFile<'a> {
+struct NetworkPlanFile<'a> {
     contract_version: u32,
     chain_id: &'a str,
     mode: &'a str,
@@ -303,13 +299,13 @@ struct GenesisFile<'a> {
     admin_key: &'a str,
     shard_count: u16,
     table_map: &'a [u16],
-    beacon: Vec<GenesisValidator>,
-    shards: Vec<Vec<GenesisValidator>>,
-    members: Vec<GenesisMember<'a>>,
+    beacon: Vec<PlanValidator>,
+    shards: Vec<Vec<PlanValidator>>,
+    members: Vec<PlanMember<'a>>,
 }
 
 #[derive(Debug, Serialize)]
-struct GenesisValidator {
+struct PlanValidator {
     node_key: String,
     p2p_address: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -317,26 +313,70 @@ struct GenesisValidator {
 }
 
 #[derive(Debug, Serialize)]
-struct GenesisMember<'a> {
+struct PlanMember<'a> {
     name: &'a str,
     admin_key: &'a str,
 }
 
-/// The genesis ConfigMap. Written only when missing: genesis is fixed at creation, and
-/// every later change (shard count, members) happens through the beacon.
-pub fn genesis_config_map(input: &BuildInput<'_>) -> Result<ConfigMap, BuildError> {
+/// The contract genesis of one committee, as `trellis-node` (contract v1) reads it.
+///
+/// Contract v1 knows one consensus group per genesis: its members are exactly the
+/// validators. So each committee gets a genesis whose members are its validators, named
+/// by pod, at their stable DNS p2p addresses. A member's `admin_key` is the governance
+/// key that speaks for that validator: in a consortium its organisation's admin key, in
+/// a public network the network admin key the operator holds.
+pub fn committee_genesis(
+    input: &BuildInput<'_>,
+    committee: &Committee,
+) -> Result<Genesis, BuildError> {
     let ns = namespace(input.network)?;
-    let validators = |committee: &Committee| -> Result<Vec<GenesisValidator>, BuildError> {
+    let topology = input.topology;
+    let members = committee
+        .nodes
+        .iter()
+        .map(|node| {
+            let admin_key = match (&topology.genesis.mode, &node.member) {
+                (NetworkMode::Consortium, Some(org)) => topology
+                    .members
+                    .iter()
+                    .find(|m| &m.name == org)
+                    .map(|m| m.admin_public_key.to_ascii_lowercase())
+                    .ok_or_else(|| BuildError::Render("genesis", format!("no member {org}")))?,
+                _ => input.admin_public_key.to_owned(),
+            };
+            Ok(GenesisMember {
+                name: node.name.clone(),
+                admin_key,
+                node_key: node_key(input, &node.name)?.clone(),
+                p2p_address: node_p2p_address(&node.name, &committee.name, &ns, input.options),
+            })
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    let genesis = Genesis {
+        contract_version: CONTRACT_VERSION,
+        chain_id: topology.genesis.chain_id.clone(),
+        epoch_length: topology.genesis.epoch_length,
+        members,
+        balances: Vec::new(),
+    };
+    genesis
+        .check()
+        .map_err(|e| BuildError::Render("genesis", e.to_string()))?;
+    Ok(genesis)
+}
+
+/// The entries of the genesis ConfigMap: [`NETWORK_ENTRY`] and one contract genesis per
+/// committee ([`genesis_entry`]). Entries are written only when missing (see
+/// [`genesis_config_map`]).
+pub fn genesis_entries(input: &BuildInput<'_>) -> Result<BTreeMap<String, String>, BuildError> {
+    let ns = namespace(input.network)?;
+    let validators = |committee: &Committee| -> Result<Vec<PlanValidator>, BuildError> {
         committee
             .nodes
             .iter()
             .map(|node| {
-                Ok(GenesisValidator {
-                    node_key: input
-                        .public_keys
-                        .get(&node.name)
-                        .ok_or_else(|| BuildError::MissingKey(node.name.clone()))?
-                        .clone(),
+                Ok(PlanValidator {
+                    node_key: node_key(input, &node.name)?.clone(),
                     p2p_address: node_p2p_address(&node.name, &committee.name, &ns, input.options),
                     member: node.member.clone(),
                 })
@@ -344,8 +384,8 @@ pub fn genesis_config_map(input: &BuildInput<'_>) -> Result<ConfigMap, BuildErro
             .collect()
     };
     let topology = input.topology;
-    let genesis = GenesisFile {
-        contract_version: 1,
+    let plan = NetworkPlanFile {
+        contract_version: CONTRACT_VERSION,
         chain_id: &topology.genesis.chain_id,
         mode: match topology.genesis.mode {
             NetworkMode::Public => "public",
@@ -366,21 +406,42 @@ pub fn genesis_config_map(input: &BuildInput<'_>) -> Result<ConfigMap, BuildErro
         members: topology
             .members
             .iter()
-            .map(|m| GenesisMember {
+            .map(|m| PlanMember {
                 name: &m.name,
                 admin_key: &m.admin_public_key,
             })
             .collect(),
     };
-    let json = serde_json::to_string_pretty(&genesis)
-        .map_err(|e| BuildError::Render("genesis.json", e.to_string()))?;
+    let mut entries = BTreeMap::new();
+    entries.insert(
+        NETWORK_ENTRY.to_owned(),
+        serde_json::to_string_pretty(&plan)
+            .map_err(|e| BuildError::Render("network.json", e.to_string()))?,
+    );
+    for committee in &topology.committees {
+        let genesis = committee_genesis(input, committee)?;
+        entries.insert(
+            genesis_entry(committee),
+            genesis
+                .to_json()
+                .map_err(|e| BuildError::Render("genesis", e.to_string()))?,
+        );
+    }
+    Ok(entries)
+}
+
+/// The genesis ConfigMap. Created when missing; later, only entries for committees that
+/// have none yet are added (a new shard's genesis). An existing entry is never changed:
+/// a committee's genesis is fixed when it starts, and every later change (shard count,
+/// members) happens through the chain's governance.
+pub fn genesis_config_map(input: &BuildInput<'_>) -> Result<ConfigMap, BuildError> {
     Ok(ConfigMap {
         metadata: child_meta(
             input.network,
-            genesis_name(&topology.id.name),
-            labels::network_labels(&topology.id.name),
+            genesis_name(&input.topology.id.name),
+            labels::network_labels(&input.topology.id.name),
         )?,
-        data: Some(BTreeMap::from([(GENESIS_ENTRY.to_owned(), json)])),
+        data: Some(genesis_entries(input)?),
         ..ConfigMap::default()
     })
 }
@@ -589,7 +650,8 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 ///
 /// * `Parallel` pod management: a BFT committee only becomes Ready once `2f+1` of its
 ///   validators run, so `OrderedReady` would wait forever for pod 0.
-/// * Rolling updates replace one validator at a time (`maxUnavailable` 1 ≤ f).
+/// * Rolling updates replace one validator at a time, driven by the operator through
+///   the `partition` ([`set_rollout`]): each step waits for readiness and finality.
 /// * Ledger PVCs are kept on scale-down always, and on deletion unless
 ///   `retainLedgerOnDelete` is false.
 /// * `spec.stopped` scales to zero; PVCs and keys stay.
@@ -647,10 +709,10 @@ fn stateful_set(
                 ..ContainerPort::default()
             },
         ]),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        readiness_probe: Some(http_probe(READYZ_PATH, 5, 3)),
+        liveness_probe: Some(http_probe(HEALTHZ_PATH, 10, 6)),
         // Catching up from a long ledger may take a while; liveness waits for it.
-        startup_probe: Some(http_probe("/healthz", 5, 60)),
+        startup_probe: Some(http_probe(HEALTHZ_PATH, 5, 60)),
         resources: spec.node.resources.clone(),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -692,7 +754,7 @@ fn stateful_set(
         ..Container::default()
     };
     let selector = labels::committee_selector(&name, committee);
-    Ok(StatefulSet {
+    let mut set = StatefulSet {
         metadata: child_meta(
             network,
             committee.name.clone(),
@@ -816,7 +878,45 @@ fn stateful_set(
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
-    })
+    };
+    let hash = template_hash(&set);
+    set.metadata.annotations = Some(BTreeMap::from([(
+        rollout::TEMPLATE_HASH_ANNOTATION.to_owned(),
+        hash,
+    )]));
+    Ok(set)
+}
+
+/// Hash of a StatefulSet's pod template: what a roll replaces validators for.
+pub fn template_hash(set: &StatefulSet) -> String {
+    let template = set.spec.as_ref().map(|s| &s.template);
+    stable_hash(&serde_json::to_string(&template).unwrap_or_default())
+}
+
+/// Sets the roll's position on a built StatefulSet: the `RollingUpdate` partition (pods
+/// with an ordinal at or above it run the new template) and the finalized height the
+/// current step began at (see [`crate::rollout`]).
+pub fn set_rollout(set: &mut StatefulSet, step: &RolloutStep) {
+    if let Some(strategy) = set
+        .spec
+        .as_mut()
+        .and_then(|s| s.update_strategy.as_mut())
+        .and_then(|u| u.rolling_update.as_mut())
+    {
+        strategy.partition = Some(step.partition);
+    }
+    let annotations = set.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    match step.step_height {
+        Some(height) => {
+            annotations.insert(
+                rollout::STEP_HEIGHT_ANNOTATION.to_owned(),
+                height.to_string(),
+            );
+        }
+        None => {
+            annotations.remove(rollout::STEP_HEIGHT_ANNOTATION);
+        }
+    }
 }
 
 /// The tag of `image` when it is a valid label value (`repo:tag`, no digest).

@@ -1,18 +1,31 @@
 //! The seam between the operator and the chain itself.
 //!
-//! Everything the operator needs from running nodes goes through [`ChainClient`]: the
-//! beacon's view (epoch, shard count in force, health) and the system transactions the
-//! operator signs with the network admin key (`SetShardCount`). Kubernetes objects tell
-//! the operator whether pods are Ready; only this seam may say whether the *chain* is
-//! healthy, so the `ChainHealthy` condition is never derived from pod state.
+//! Everything the operator needs from running nodes goes through [`ChainClient`]: each
+//! committee's nodes' `trellis_status` (finalized height, epoch, peers — the
+//! `ChainHealthy` condition and the rolling upgrade's finality gate), the beacon's view
+//! (epoch, shard count in force) and the system transactions the operator signs with the
+//! network admin key (`SetShardCount`). Kubernetes objects tell the operator whether pods
+//! are Ready; only this seam may say whether the *chain* is healthy, so `ChainHealthy` is
+//! never derived from pod state.
 //!
-//! `trellis-node`'s JSON-RPC (`trellis_status`, `trellis_submitGovernance`) is not
-//! available yet, so the only implementation is [`NodeRpcPending`], which reports
-//! [`ChainError::NotImplemented`]: the operator then keeps `ChainHealthy` Unknown and
-//! holds every shard-count change at the beacon step (see `docs/operator.md`). An HTTP
-//! implementation plugs in here without touching the reconciler.
+//! [`NodeRpc`] is the real client: JSON-RPC over HTTP with timeouts, nodes located by a
+//! [`NodeResolver`] (in-cluster DNS, or loopback in tests). What `trellis-node` does not
+//! serve yet answers [`ChainError::NotImplemented`]: the beacon role (issue 4), so the
+//! shard-count change stops at the beacon step, and governance transactions.
+//! [`NodeRpcPending`] answers `NotImplemented` for everything (benchmarks and tests that
+//! run no node).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use trellis_node_api::{
+    JsonRpcRequest, JsonRpcResponse, MembersInfo, NodeStatus, RPC_PATH, error_codes, methods,
+};
+
+use crate::endpoints::{NodeRef, NodeResolver};
 
 /// Where the operator reaches a network's beacon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,22 +48,62 @@ pub struct BeaconView {
     pub finalized_height: u64,
 }
 
+/// The validators of one committee, to be asked for their status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitteeNodes {
+    /// The chain id every node must report (a node of another network is not counted).
+    pub chain_id: String,
+    pub nodes: Vec<NodeRef>,
+}
+
+/// What each validator of a committee answered, by pod name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitteeChain {
+    pub nodes: BTreeMap<String, Result<NodeStatus, ChainError>>,
+}
+
+impl CommitteeChain {
+    /// Statuses of the nodes that answered.
+    pub fn answered(&self) -> impl Iterator<Item = (&String, &NodeStatus)> {
+        self.nodes
+            .iter()
+            .filter_map(|(name, r)| r.as_ref().ok().map(|s| (name, s)))
+    }
+
+    /// Highest finalized height any node reports.
+    pub fn finalized_height(&self) -> Option<u64> {
+        self.answered().map(|(_, s)| s.finalized_height).max()
+    }
+}
+
 /// Why the chain could not be asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
-    /// The node RPC this call needs does not exist yet.
-    #[error("the trellis-node RPC for {0} is not implemented yet")]
+    /// What this call needs does not exist in `trellis-node` yet.
+    #[error("{0} is not implemented by trellis-node yet")]
     NotImplemented(&'static str),
-    /// The beacon did not answer (pods not running, network partition).
-    #[error("beacon unreachable: {0}")]
+    /// The node did not answer (no pod, no process, network partition, timeout).
+    #[error("unreachable: {0}")]
     Unreachable(String),
-    /// The beacon refused the transaction.
-    #[error("beacon refused the transaction: {0}")]
+    /// The node answered something that is not the contract (or another network).
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+    /// The chain refused the transaction.
+    #[error("refused: {0}")]
     Refused(String),
+    /// The nodes answered, but the step cannot be taken yet (and says why).
+    #[error("{0}")]
+    Pending(String),
 }
 
 /// Reads from and writes to a network's chain.
 pub trait ChainClient: Send + Sync + 'static {
+    /// `trellis_status` of every validator of a committee, asked concurrently.
+    fn committee_status<'a>(
+        &'a self,
+        committee: &'a CommitteeNodes,
+    ) -> BoxFuture<'a, CommitteeChain>;
+
     /// The beacon's current view.
     fn beacon_view<'a>(
         &'a self,
@@ -65,11 +118,12 @@ pub trait ChainClient: Send + Sync + 'static {
         count: u16,
     ) -> BoxFuture<'a, Result<(), ChainError>>;
 
-    /// Proposes admitting (or, with `remove`, removing) a consortium member; the
-    /// transaction passes once a threshold of current members' admin keys signed it.
+    /// Proposes admitting (or, with `remove`, removing) a consortium member to the
+    /// committee whose chain keeps the member registry (shard 0 until the beacon runs);
+    /// the transaction passes once a threshold of current members' admin keys signed it.
     fn propose_member<'a>(
         &'a self,
-        beacon: &'a BeaconEndpoint,
+        registry: &'a CommitteeNodes,
         proposal: &'a MemberProposal,
     ) -> BoxFuture<'a, Result<(), ChainError>>;
 }
@@ -82,16 +136,159 @@ pub struct MemberProposal {
     pub remove: bool,
 }
 
-/// The chain client until `trellis-node` serves its RPC: every call says so.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NodeRpcPending;
+/// What the beacon step needs and `trellis-node` does not run yet (issue 4).
+const BEACON_ROLE: &str = "the beacon role (trellis_status of a beacon node)";
+/// Governance transactions (`trellis_submitGovernance` answers -33008 until they land).
+const GOVERNANCE: &str = "governance execution (trellis_submitGovernance, trellis_getMembers)";
 
-impl ChainClient for NodeRpcPending {
+/// The chain client over the nodes' JSON-RPC.
+#[derive(Clone)]
+pub struct NodeRpc {
+    resolver: Arc<dyn NodeResolver>,
+    timeout: Duration,
+}
+
+/// Per-request limit: a node that does not answer within it counts as unreachable, so a
+/// dead pod never stalls a reconcile.
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Largest response body read from a node (a status is a few hundred bytes; the bound
+/// keeps a misbehaving peer from filling the operator's memory).
+const MAX_RESPONSE: usize = 1 << 20;
+
+impl NodeRpc {
+    pub fn new(resolver: Arc<dyn NodeResolver>, timeout: Duration) -> Self {
+        Self { resolver, timeout }
+    }
+
+    /// One HTTP/1.1 exchange with `node` (`POST` with a JSON body, or `GET`), within the
+    /// timeout. Returns the status code and the body.
+    pub async fn http(
+        &self,
+        node: &NodeRef,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>), ChainError> {
+        let base = self
+            .resolver
+            .rpc_url(node)
+            .ok_or_else(|| ChainError::Unreachable(format!("no address for {}", node.node)))?;
+        let authority = base
+            .strip_prefix("http://")
+            .map(|a| a.trim_end_matches('/').to_owned())
+            .ok_or_else(|| ChainError::Protocol(format!("{base} is not an http:// URL")))?;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ChainError::Unreachable(format!("{} ({authority}): {e}", node.node))
+        };
+        let exchange = async {
+            let stream = tokio::net::TcpStream::connect(&authority)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+            // The connection task ends with the exchange (Connection: close), and at the
+            // latest with the timeout, so a node that stops mid-answer holds no socket.
+            tokio::spawn(tokio::time::timeout(self.timeout, connection));
+            let builder = hyper::Request::builder()
+                .uri(path)
+                .header(hyper::header::HOST, &authority)
+                .header(hyper::header::CONNECTION, "close");
+            let request = match body {
+                Some(bytes) => builder
+                    .method(hyper::Method::POST)
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(bytes))),
+                None => builder
+                    .method(hyper::Method::GET)
+                    .body(http_body_util::Full::new(bytes::Bytes::new())),
+            }
+            .map_err(|e| ChainError::Protocol(e.to_string()))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let status = response.status().as_u16();
+            let limited = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE);
+            let bytes = http_body_util::BodyExt::collect(limited)
+                .await
+                .map_err(|e| unreachable(&e))?
+                .to_bytes();
+            Ok((status, bytes.to_vec()))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| unreachable(&format!("no answer within {:?}", self.timeout)))?
+    }
+
+    /// One JSON-RPC call to one node.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        node: &NodeRef,
+        method: &str,
+        params: impl serde::Serialize,
+    ) -> Result<T, ChainError> {
+        let request = JsonRpcRequest::new(1, method, params)
+            .map_err(|e| ChainError::Protocol(e.to_string()))?;
+        let body = serde_json::to_vec(&request).map_err(|e| ChainError::Protocol(e.to_string()))?;
+        let (_, bytes) = self.http(node, RPC_PATH, Some(body)).await?;
+        let body: JsonRpcResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| ChainError::Protocol(format!("{}: {e}", node.node)))?;
+        if let Some(error) = body.error {
+            return Err(ChainError::Refused(format!(
+                "{} answered {}: {}",
+                node.node, error.code, error.message
+            )));
+        }
+        let result = body
+            .result
+            .ok_or_else(|| ChainError::Protocol(format!("{}: no result", node.node)))?;
+        serde_json::from_value(result)
+            .map_err(|e| ChainError::Protocol(format!("{}: {method}: {e}", node.node)))
+    }
+
+    async fn node_status(&self, chain_id: &str, node: &NodeRef) -> Result<NodeStatus, ChainError> {
+        let status: NodeStatus = self.call(node, methods::STATUS, ()).await?;
+        if status.chain_id != chain_id {
+            return Err(ChainError::Protocol(format!(
+                "{} runs chain {:?}, not {chain_id:?}",
+                node.node, status.chain_id
+            )));
+        }
+        Ok(status)
+    }
+}
+
+impl ChainClient for NodeRpc {
+    fn committee_status<'a>(
+        &'a self,
+        committee: &'a CommitteeNodes,
+    ) -> BoxFuture<'a, CommitteeChain> {
+        Box::pin(async move {
+            let answers = futures::future::join_all(
+                committee
+                    .nodes
+                    .iter()
+                    .map(|node| self.node_status(&committee.chain_id, node)),
+            )
+            .await;
+            CommitteeChain {
+                nodes: committee
+                    .nodes
+                    .iter()
+                    .map(|n| n.node.clone())
+                    .zip(answers)
+                    .collect(),
+            }
+        })
+    }
+
     fn beacon_view<'a>(
         &'a self,
         _beacon: &'a BeaconEndpoint,
     ) -> BoxFuture<'a, Result<BeaconView, ChainError>> {
-        Box::pin(async { Err(ChainError::NotImplemented("trellis_status")) })
+        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
     }
 
     fn set_shard_count<'a>(
@@ -99,14 +296,233 @@ impl ChainClient for NodeRpcPending {
         _beacon: &'a BeaconEndpoint,
         _count: u16,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
-        Box::pin(async { Err(ChainError::NotImplemented("trellis_submitGovernance")) })
+        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
+    }
+
+    /// Asks the registry's nodes for the member registry (`trellis_getMembers`, which
+    /// gives the proposal's sequence and threshold). The approvals come from the console
+    /// (it custodies the organisations' admin keys), and that hand-over is not built, so
+    /// this never submits yet; it says precisely what the chain side answered.
+    fn propose_member<'a>(
+        &'a self,
+        registry: &'a CommitteeNodes,
+        proposal: &'a MemberProposal,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async move {
+            let mut last = ChainError::Unreachable("no node of the registry committee".into());
+            for node in &registry.nodes {
+                match self
+                    .call::<MembersInfo>(node, methods::GET_MEMBERS, ())
+                    .await
+                {
+                    Ok(members) => {
+                        return Err(ChainError::Pending(format!(
+                            "the chain keeps {} members (threshold {}, next sequence {}); \
+                             approvals of {} by the members' admin keys come from the console, \
+                             which is not built yet",
+                            members.members.len(),
+                            members.threshold,
+                            members.sequence,
+                            proposal.organization
+                        )));
+                    }
+                    Err(ChainError::Refused(message))
+                        if message.contains(&error_codes::METHOD_NOT_FOUND.to_string()) =>
+                    {
+                        return Err(ChainError::Pending(format!(
+                            "{GOVERNANCE} is not served by the nodes yet ({message})"
+                        )));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        })
+    }
+}
+
+/// A chain client for runs without nodes: every call says the RPC is not there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeRpcPending;
+
+impl ChainClient for NodeRpcPending {
+    fn committee_status<'a>(
+        &'a self,
+        committee: &'a CommitteeNodes,
+    ) -> BoxFuture<'a, CommitteeChain> {
+        Box::pin(async move {
+            CommitteeChain {
+                nodes: committee
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        (
+                            n.node.clone(),
+                            Err(ChainError::NotImplemented("trellis_status")),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+    }
+
+    fn beacon_view<'a>(
+        &'a self,
+        _beacon: &'a BeaconEndpoint,
+    ) -> BoxFuture<'a, Result<BeaconView, ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
+    }
+
+    fn set_shard_count<'a>(
+        &'a self,
+        _beacon: &'a BeaconEndpoint,
+        _count: u16,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
     }
 
     fn propose_member<'a>(
         &'a self,
-        _beacon: &'a BeaconEndpoint,
+        _registry: &'a CommitteeNodes,
         _proposal: &'a MemberProposal,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
-        Box::pin(async { Err(ChainError::NotImplemented("trellis_submitGovernance")) })
+        Box::pin(async { Err(ChainError::NotImplemented(GOVERNANCE)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::Loopback;
+    use std::net::{IpAddr, SocketAddr};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TCP server on `ip`:8545 answering every request with `response` (raw HTTP), or
+    /// never answering when `None`.
+    async fn server(ip: [u8; 4], response: Option<String>) -> tokio::task::JoinHandle<()> {
+        let addr = SocketAddr::new(IpAddr::from(ip), 8545);
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    match response {
+                        Some(r) => {
+                            let _ = stream.write_all(r.as_bytes()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(30)).await,
+                    }
+                });
+            }
+        })
+    }
+
+    fn http_ok(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn client(ip: [u8; 4]) -> (NodeRpc, NodeRef) {
+        let node = NodeRef {
+            namespace: "ns".into(),
+            committee: "c".into(),
+            node: "n-0".into(),
+        };
+        let resolver = Loopback {
+            nodes: [("n-0".to_owned(), IpAddr::from(ip))].into(),
+        };
+        (
+            NodeRpc::new(Arc::new(resolver), Duration::from_millis(500)),
+            node,
+        )
+    }
+
+    fn status_json(chain_id: &str) -> String {
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {
+            "contract_version": 1, "chain_id": chain_id, "role": {"kind": "shard", "shard": 0},
+            "node_key": "00", "epoch": 2, "finalized_height": 40, "peers": 3,
+            "syncing": false, "mempool_depth": 0, "validators": []
+        }})
+        .to_string()
+    }
+
+    async fn ask(rpc: &NodeRpc, node: &NodeRef) -> Result<NodeStatus, ChainError> {
+        let chain = rpc
+            .committee_status(&CommitteeNodes {
+                chain_id: "alpha.ns".into(),
+                nodes: vec![node.clone()],
+            })
+            .await;
+        chain.nodes[&node.node].clone()
+    }
+
+    #[tokio::test]
+    async fn status_is_read_and_checked_against_the_chain_id() {
+        let _s = server([127, 0, 30, 201], Some(http_ok(&status_json("alpha.ns")))).await;
+        let (rpc, node) = client([127, 0, 30, 201]);
+        assert_eq!(ask(&rpc, &node).await.unwrap().finalized_height, 40);
+
+        let _t = server([127, 0, 30, 202], Some(http_ok(&status_json("other")))).await;
+        let (rpc, node) = client([127, 0, 30, 202]);
+        let err = ask(&rpc, &node).await.unwrap_err();
+        assert!(
+            matches!(&err, ChainError::Protocol(m) if m.contains("\"other\"")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_refusing_and_garbled_nodes_are_errors_not_hangs() {
+        // Accepts the connection and never answers: the timeout ends it.
+        let _s = server([127, 0, 30, 203], None).await;
+        let (rpc, node) = client([127, 0, 30, 203]);
+        let started = std::time::Instant::now();
+        let err = ask(&rpc, &node).await.unwrap_err();
+        assert!(
+            matches!(&err, ChainError::Unreachable(m) if m.contains("no answer")),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Nobody listens.
+        let (rpc, node) = client([127, 0, 30, 204]);
+        assert!(matches!(
+            ask(&rpc, &node).await,
+            Err(ChainError::Unreachable(_))
+        ));
+        // Not JSON-RPC.
+        let _g = server([127, 0, 30, 205], Some(http_ok("<html>"))).await;
+        let (rpc, node) = client([127, 0, 30, 205]);
+        assert!(matches!(
+            ask(&rpc, &node).await,
+            Err(ChainError::Protocol(_))
+        ));
+        // A JSON-RPC error.
+        let error =
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"unknown method"}}"#;
+        let _e = server([127, 0, 30, 206], Some(http_ok(error))).await;
+        let (rpc, node) = client([127, 0, 30, 206]);
+        let err = ask(&rpc, &node).await.unwrap_err();
+        assert!(
+            matches!(&err, ChainError::Refused(m) if m.contains("-32601")),
+            "{err}"
+        );
+        // A node without an address.
+        let (rpc, _) = client([127, 0, 30, 207]);
+        let nowhere = NodeRef {
+            namespace: "ns".into(),
+            committee: "c".into(),
+            node: "n-9".into(),
+        };
+        assert!(matches!(
+            ask(&rpc, &nowhere).await,
+            Err(ChainError::Unreachable(_))
+        ));
     }
 }

@@ -26,16 +26,24 @@ use trellis_crd::validate::validate;
 use trellis_crd::{ChainNetwork, ChainNetworkStatus, NetworkEndpoints};
 
 use crate::build::{self, BuildError, BuildInput, BuildOptions, Children};
-use crate::chain::{BeaconEndpoint, ChainClient, ChainError};
+use crate::chain::{BeaconEndpoint, ChainClient, ChainError, CommitteeNodes};
+use crate::endpoints::NodeRef;
 use crate::keys::{self, KeyError};
 use crate::labels;
 use crate::metrics::Metrics;
-use crate::status::{self, ObservedCommittee, StatusInput, plan_shards};
+use crate::rollout::{self, Gate, ObservedRollout};
+use crate::status::{self, ObservedCommittee, ShardChain, StatusInput, plan_shards};
 
 /// Requeue interval of a settled network (status refresh, drift repair).
 const SETTLED_REQUEUE: Duration = Duration::from_secs(300);
 /// Requeue interval while something is still moving.
 const BUSY_REQUEUE: Duration = Duration::from_secs(15);
+/// Requeue interval while a roll waits for a validator to come back and finalize: the
+/// StatefulSet's events do not say when the chain moved.
+const ROLLING_REQUEUE: Duration = Duration::from_secs(5);
+/// Requeue interval of a settled network whose nodes answer: keeps `ChainHealthy` fresh
+/// (a stall shows within this plus [`status::FINALITY_STALL`]).
+const CHAIN_REQUEUE: Duration = Duration::from_secs(60);
 
 /// Reconcile failures, by category (the `category` label of the error metric).
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +79,12 @@ pub struct Context {
     /// What was last applied per network (namespace/name): skips re-applying an
     /// unchanged set of children on status-only events (see [`ApplyRecord`]).
     applied: std::sync::Mutex<std::collections::HashMap<String, ApplyRecord>>,
+    /// Last finalized height seen per committee (namespace/committee) and since when:
+    /// "finality advancing" needs a memory across reconciles.
+    finality: std::sync::Mutex<std::collections::HashMap<String, (u64, Instant)>>,
+    /// When each network's status last got fresh chain figures (see
+    /// [`status::keep_chain_figures`]).
+    chain_written: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 /// The last full apply of one network's children.
@@ -109,6 +123,8 @@ impl Context {
             recorder,
             concurrency: DEFAULT_CONCURRENCY,
             applied: std::sync::Mutex::default(),
+            finality: std::sync::Mutex::default(),
+            chain_written: std::sync::Mutex::default(),
         }
     }
 }
@@ -178,12 +194,19 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     // Children go with the network by garbage collection (owner references); nothing
     // outside the cluster needs clean-up, so there is no finalizer.
     if network.meta().deletion_timestamp.is_some() {
+        let key = format!(
+            "{}/{}",
+            network.namespace().unwrap_or_default(),
+            network.name_any()
+        );
         if let Ok(mut applied) = ctx.applied.lock() {
-            applied.remove(&format!(
-                "{}/{}",
-                network.namespace().unwrap_or_default(),
-                network.name_any()
-            ));
+            applied.remove(&key);
+        }
+        if let Ok(mut finality) = ctx.finality.lock() {
+            finality.retain(|k, _| !k.starts_with(&format!("{key}-")));
+        }
+        if let Ok(mut written) = ctx.chain_written.lock() {
+            written.remove(&key);
         }
         return Ok(Action::await_change());
     }
@@ -200,6 +223,8 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     // Validate. An invalid spec gets a condition and an Event and waits for a change.
     if let Err(invalid) = validate(&name, &network.spec) {
         let chain = Err(ChainError::NotImplemented("trellis_status"));
+        let no_readings = BTreeMap::new();
+        let no_rollouts = BTreeMap::new();
         let next = status::compute(&StatusInput {
             generation: network.metadata.generation,
             spec: &network.spec,
@@ -207,6 +232,8 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             observed: &BTreeMap::new(),
             shards: None,
             chain: &chain,
+            shard_chain: &no_readings,
+            rollouts: &no_rollouts,
             scale_submission: None,
             previous,
             selector,
@@ -234,6 +261,8 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         .list(&ListParams::default().labels(&owned_selector))
         .await?;
     let observed = observe(&observed_sets.items);
+    let shard_chain = read_shards(ctx, &namespace, &topology).await;
+    let mut rollouts = BTreeMap::new();
 
     let beacon = BeaconEndpoint {
         chain_id: topology.genesis.chain_id.clone(),
@@ -318,10 +347,37 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             admin_public_key: &admin_public,
             options: &ctx.options,
         };
-        let children = build::build(&input)?;
-        if genesis.is_none() {
-            let genesis = build::genesis_config_map(&input)?;
-            create_if_missing(&genesis_api, &genesis).await?;
+        let mut children = build::build(&input)?;
+        ensure_genesis(&genesis_api, genesis.as_ref(), &input).await?;
+        // Rolling upgrades: each committee's partition, from its live StatefulSet and
+        // the chain (see crate::rollout).
+        for set in &mut children.stateful_sets {
+            let set_name = set.name_any();
+            let Some(committee) = topology.committees.iter().find(|c| c.name == set_name) else {
+                continue;
+            };
+            let nodes: Vec<String> = committee.nodes.iter().map(|n| n.name.clone()).collect();
+            let live = observed_sets
+                .items
+                .iter()
+                .find(|s| s.name_any() == set_name);
+            let gate = match committee.role {
+                trellis_crd::topology::CommitteeRole::Shard(id) => match shard_chain.get(&id) {
+                    Some(reading) => Gate::Finality(&reading.chain),
+                    None => Gate::ReadinessOnly("the shard's nodes were not asked"),
+                },
+                trellis_crd::topology::CommitteeRole::Beacon => {
+                    Gate::ReadinessOnly("trellis-node does not run the beacon role yet")
+                }
+            };
+            let step = rollout::next_step(
+                &build::template_hash(set),
+                &nodes,
+                live.map(observe_rollout).as_ref(),
+                gate,
+            );
+            build::set_rollout(set, &step);
+            rollouts.insert(set_name, step);
         }
         // Pod readiness changes trigger most reconciles and change no child: skip the
         // server-side applies when the same children were applied recently and every
@@ -373,13 +429,15 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         None
     };
 
-    let next = status::compute(&StatusInput {
+    let mut next = status::compute(&StatusInput {
         generation: network.metadata.generation,
         spec: &network.spec,
         topology: Ok(&topology),
         observed: &observed,
         shards: Some(shard_plan),
         chain: &chain,
+        shard_chain: &shard_chain,
+        rollouts: &rollouts,
         scale_submission: submission.as_ref(),
         previous,
         selector,
@@ -387,11 +445,40 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         now,
     });
     let settled = next.phase == Some(trellis_crd::NetworkPhase::Running);
+    let chain_answers = shard_chain
+        .values()
+        .any(|r| r.chain.answered().next().is_some());
+    // Nodes that should answer and do not (down, or not started yet) are looked at again
+    // soon; a client without node RPC (benchmarks) has nothing to look at.
+    let chain_silent = !chain_answers
+        && shard_chain
+            .values()
+            .flat_map(|r| r.chain.nodes.values())
+            .any(|r| !matches!(r, Err(ChainError::NotImplemented(_))));
+    // Chain figures move with every block: refresh them at most every CHAIN_REFRESH, so
+    // that writing them does not wake this controller again and again.
+    let key = format!("{namespace}/{name}");
+    let refresh_due = ctx.chain_written.lock().ok().is_none_or(|written| {
+        written
+            .get(&key)
+            .is_none_or(|at| at.elapsed() >= status::CHAIN_REFRESH)
+    });
+    let held = match previous {
+        Some(previous) if !refresh_due => status::keep_chain_figures(&mut next, previous),
+        _ => false,
+    };
+    if !held && let Ok(mut written) = ctx.chain_written.lock() {
+        written.insert(key, Instant::now());
+    }
     write_status(ctx, network, next).await?;
-    Ok(Action::requeue(if settled {
-        SETTLED_REQUEUE
-    } else {
+    Ok(Action::requeue(if rollouts.values().any(|r| r.rolling) {
+        ROLLING_REQUEUE
+    } else if !settled || chain_silent {
         BUSY_REQUEUE
+    } else if chain_answers {
+        CHAIN_REQUEUE
+    } else {
+        SETTLED_REQUEUE
     }))
 }
 
@@ -403,11 +490,123 @@ fn in_service_shards(
     if let Some(count) = previous.and_then(|s| s.shard_count) {
         return u16::try_from(count).ok().filter(|c| *c > 0);
     }
-    let text = genesis?.data.as_ref()?.get(build::GENESIS_ENTRY)?;
+    let text = genesis?.data.as_ref()?.get(build::NETWORK_ENTRY)?;
     let value: serde_json::Value = serde_json::from_str(text).ok()?;
     u16::try_from(value.get("shard_count")?.as_u64()?)
         .ok()
         .filter(|c| *c > 0)
+}
+
+/// Asks every shard committee's validators for their status, and records how long each
+/// committee's finalized height has stood still.
+async fn read_shards(
+    ctx: &Context,
+    namespace: &str,
+    topology: &trellis_crd::topology::Topology,
+) -> BTreeMap<u16, ShardChain> {
+    let asks = topology.shards().filter_map(|committee| {
+        let trellis_crd::topology::CommitteeRole::Shard(id) = committee.role else {
+            return None;
+        };
+        let nodes = CommitteeNodes {
+            chain_id: topology.genesis.chain_id.clone(),
+            nodes: committee
+                .nodes
+                .iter()
+                .map(|n| NodeRef {
+                    namespace: namespace.to_owned(),
+                    committee: committee.name.clone(),
+                    node: n.name.clone(),
+                })
+                .collect(),
+        };
+        let key = format!("{namespace}/{}", committee.name);
+        Some(async move { (id, key, ctx.chain.committee_status(&nodes).await) })
+    });
+    let answers = futures::future::join_all(asks).await;
+    let now = Instant::now();
+    let mut readings = BTreeMap::new();
+    for (id, key, chain) in answers {
+        let unchanged_for = match (chain.finalized_height(), ctx.finality.lock()) {
+            (Some(height), Ok(mut seen)) => {
+                let entry = seen.entry(key).or_insert((height, now));
+                if entry.0 != height {
+                    *entry = (height, now);
+                }
+                now.saturating_duration_since(entry.1)
+            }
+            _ => Duration::ZERO,
+        };
+        readings.insert(
+            id,
+            ShardChain {
+                chain,
+                unchanged_for,
+            },
+        );
+    }
+    readings
+}
+
+/// Creates the genesis ConfigMap when missing; adds the entries of committees that have
+/// none yet (a new shard), guarded by `resourceVersion`. Never changes an entry.
+async fn ensure_genesis(
+    api: &Api<ConfigMap>,
+    existing: Option<&ConfigMap>,
+    input: &BuildInput<'_>,
+) -> Result<(), Error> {
+    let Some(existing) = existing else {
+        return create_if_missing(api, &build::genesis_config_map(input)?).await;
+    };
+    let have = existing.data.clone().unwrap_or_default();
+    let missing: BTreeMap<String, String> = build::genesis_entries(input)?
+        .into_iter()
+        .filter(|(entry, _)| !have.contains_key(entry))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": existing.metadata.resource_version},
+        "data": missing,
+    });
+    api.patch(
+        &existing.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A StatefulSet's roll position (see [`crate::rollout`]).
+pub fn observe_rollout(set: &StatefulSet) -> ObservedRollout {
+    let annotations = set.metadata.annotations.clone().unwrap_or_default();
+    let spec = set.spec.as_ref();
+    let status = set.status.clone().unwrap_or_default();
+    let current = status.observed_generation == set.metadata.generation;
+    ObservedRollout {
+        template_hash: annotations.get(rollout::TEMPLATE_HASH_ANNOTATION).cloned(),
+        partition: spec
+            .and_then(|s| s.update_strategy.as_ref())
+            .and_then(|u| u.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+            .unwrap_or(0),
+        step_height: annotations
+            .get(rollout::STEP_HEIGHT_ANNOTATION)
+            .and_then(|h| h.parse().ok()),
+        replicas: spec.and_then(|s| s.replicas).unwrap_or(0),
+        updated_replicas: if current {
+            status.updated_replicas.unwrap_or(0)
+        } else {
+            0
+        },
+        ready_replicas: if current {
+            status.ready_replicas.unwrap_or(0)
+        } else {
+            0
+        },
+    }
 }
 
 /// StatefulSet figures by name.
@@ -627,6 +826,7 @@ async fn write_status(
     let reference = network.object_ref(&());
     for transition in status::transitions(&previous.conditions, &next.conditions) {
         let warning = (transition.type_ == status::DEGRADED && transition.status == "True")
+            || (transition.type_ == status::CHAIN_HEALTHY && transition.status == "False")
             || transition.reason == "InvalidSpec"
             || transition.reason == "QuorumLost";
         let event = Event {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use trellis_operator::build::BuildOptions;
-use trellis_operator::chain::NodeRpcPending;
+use trellis_operator::chain::NodeRpc;
 use trellis_operator::controller::{self, Context};
+use trellis_operator::endpoints::ClusterDns;
 use trellis_operator::lease::{self, LeaseConfig};
 use trellis_operator::member;
 use trellis_operator::metrics::Metrics;
@@ -96,6 +97,14 @@ struct RunArgs {
     /// Networks reconciled at the same time (0: unbounded).
     #[arg(long, global = true, env = "TRELLIS_RECONCILE_CONCURRENCY", default_value_t = controller::DEFAULT_CONCURRENCY)]
     concurrency: u16,
+    /// Limit of one JSON-RPC call to a node, in seconds (a slower node counts as down).
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_NODE_RPC_TIMEOUT_SECONDS",
+        default_value_t = 3
+    )]
+    node_rpc_timeout_seconds: u64,
     /// `text` or `json` logs.
     #[arg(
         long,
@@ -145,9 +154,17 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     client.apiserver_version().await?;
     health.ready.store(true, Ordering::Relaxed);
 
+    // Nodes are reached by their stable DNS names through the committees' headless
+    // Services.
+    let chain = NodeRpc::new(
+        Arc::new(ClusterDns {
+            cluster_domain: args.cluster_domain.clone(),
+        }),
+        std::time::Duration::from_secs(args.node_rpc_timeout_seconds.max(1)),
+    );
     let mut ctx = Context::new(
         client.clone(),
-        Arc::new(NodeRpcPending),
+        Arc::new(chain),
         BuildOptions {
             cluster_domain: args.cluster_domain.clone(),
         },

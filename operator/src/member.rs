@@ -1,12 +1,18 @@
 //! The `ChainMember` reconciler: records where a consortium organisation stands.
 //!
-//! Admission and removal are beacon governance transactions signed by a threshold of the
-//! current members; the operator proposes them through [`ChainClient::propose_member`].
-//! Until `trellis-node` serves that RPC the proposal cannot be sent, so a new member stays
-//! `Invited` with `Admitted=False/AwaitingBeaconGovernance`. Organisations listed in the
-//! network's own `spec.members` are members from genesis and are `Admitted` at once.
-//! Provisioning a newly admitted member's nodes (possibly in the member's namespace) is
-//! the step after admission and is not built yet (see `docs/operator.md`).
+//! Admission and removal are governance transactions of the chain (contract:
+//! `trellis-node-types::governance`), approved by more than 2/3 of the current members'
+//! admin keys. Those keys are the organisations' own, custodied by the console (or by the
+//! tenant), never by the operator: so the operator builds the proposal and the console
+//! supplies the approvals; the operator assembles and submits the transaction, then
+//! provisions the member's nodes (see `docs/operator.md`, "Member admission").
+//!
+//! `trellis-node` does not execute governance yet, so [`ChainClient::propose_member`]
+//! cannot pass and a new member stays `Invited` with `Admitted=False/GovernancePending`.
+//! Organisations listed in the network's own `spec.members` are members from genesis
+//! and are `Admitted` at once.
+//!
+//! [`ChainClient::propose_member`]: crate::chain::ChainClient::propose_member
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +25,13 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tracing::warn;
 use trellis_crd::member::MemberPhase;
-use trellis_crd::topology::{CommitteeRole, NetworkId};
+use trellis_crd::topology::{NetworkId, plan};
 use trellis_crd::validate::{is_dns_label, is_hex_key};
 use trellis_crd::{ChainMember, ChainMemberStatus, ChainNetwork, NetworkMode};
 
-use crate::build::RPC_PORT;
-use crate::chain::{BeaconEndpoint, ChainError, MemberProposal};
+use crate::chain::{ChainError, CommitteeNodes, MemberProposal};
 use crate::controller::{Context, Error};
+use crate::endpoints::NodeRef;
 use crate::status::{ConditionUpdate, set_condition};
 
 /// Condition type of a member's admission.
@@ -130,13 +136,13 @@ pub fn member_status(
         Some(Err(e)) => set(
             current,
             "False",
-            "AwaitingBeaconGovernance",
+            "GovernancePending",
             format!("{verb} not proposed yet: {e}"),
         ),
         None => set(
             current,
             "False",
-            "AwaitingBeaconGovernance",
+            "GovernancePending",
             format!("{verb} not proposed yet"),
         ),
     }
@@ -192,23 +198,38 @@ pub async fn reconcile(member: Arc<ChainMember>, ctx: Arc<Context>) -> Result<Ac
     let needs_proposal = first
         .conditions
         .iter()
-        .any(|c| c.type_ == ADMITTED && c.reason == "AwaitingBeaconGovernance");
+        .any(|c| c.type_ == ADMITTED && c.reason == "GovernancePending");
     let next = if needs_proposal {
         let id = NetworkId::new(network_ns.clone(), member.spec.network.name.clone());
-        let beacon = BeaconEndpoint {
+        // Contract v1 keeps the member registry on each committee's own chain; until the
+        // beacon runs, shard 0's is the one that admits members.
+        let registry = match &lookup {
+            NetworkLookup::Found(network) => plan(&id, &network.spec).ok().and_then(|t| {
+                t.shards().next().map(|shard| CommitteeNodes {
+                    chain_id: t.genesis.chain_id.clone(),
+                    nodes: shard
+                        .nodes
+                        .iter()
+                        .map(|n| NodeRef {
+                            namespace: network_ns.clone(),
+                            committee: shard.name.clone(),
+                            node: n.name.clone(),
+                        })
+                        .collect(),
+                })
+            }),
+            NetworkLookup::NotFound => None,
+        }
+        .unwrap_or(CommitteeNodes {
             chain_id: id.chain_id(),
-            rpc_url: format!(
-                "http://{}.{network_ns}.svc.{}:{RPC_PORT}",
-                id.committee_name(CommitteeRole::Beacon),
-                ctx.options.cluster_domain
-            ),
-        };
+            nodes: Vec::new(),
+        });
         let proposal = MemberProposal {
             organization: member.spec.organization.clone(),
             admin_public_key: member.spec.admin_public_key.clone(),
             remove: member.spec.remove,
         };
-        let result = ctx.chain.propose_member(&beacon, &proposal).await;
+        let result = ctx.chain.propose_member(&registry, &proposal).await;
         member_status(&member, &lookup, Some(&result), &now)
     } else {
         first
@@ -280,10 +301,7 @@ mod tests {
         let err = Err(ChainError::NotImplemented("trellis_submitGovernance"));
         let s = member_status(&member("org-b", false), &consortium(), Some(&err), &now());
         assert_eq!(s.phase, Some(MemberPhase::Invited));
-        assert_eq!(
-            admitted(&s),
-            ("False".into(), "AwaitingBeaconGovernance".into())
-        );
+        assert_eq!(admitted(&s), ("False".into(), "GovernancePending".into()));
         let c = &s.conditions[0];
         assert!(
             c.message.contains("trellis_submitGovernance"),

@@ -6,6 +6,7 @@
 //! the StatefulSets; `ChainHealthy` comes only from the chain (see [`crate::chain`]).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use trellis_crd::topology::{CommitteeRole, Topology};
@@ -15,7 +16,8 @@ use trellis_crd::{
     ShardStatus,
 };
 
-use crate::chain::{BeaconView, ChainError};
+use crate::chain::{BeaconView, ChainError, CommitteeChain};
+use crate::rollout::RolloutStep;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -145,6 +147,132 @@ pub fn plan_shards(desired: u16, in_service: u16) -> ShardPlan {
     }
 }
 
+/// A shard committee's chain reading.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardChain {
+    pub chain: CommitteeChain,
+    /// How long the committee's finalized height has not moved, as far as the operator
+    /// has seen (zero when it just moved or is seen for the first time).
+    pub unchanged_for: Duration,
+}
+
+/// A finalized height that has not moved for this long means the shard stopped
+/// finalizing (blocks finalize every few seconds when healthy, even without traffic).
+pub const FINALITY_STALL: Duration = Duration::from_secs(30);
+
+/// `ChainHealthy` of one shard: `Ok((healthy, reason, message))`, or `Err((reason,
+/// message))` when no node answered (Unknown: the chain could not be asked).
+fn shard_health(
+    committee: &trellis_crd::topology::Committee,
+    reading: &ShardChain,
+) -> Result<(bool, &'static str, String), (&'static str, String)> {
+    let answered: Vec<_> = reading.chain.answered().collect();
+    if answered.is_empty() {
+        let mut errors = reading
+            .chain
+            .nodes
+            .values()
+            .filter_map(|r| r.as_ref().err());
+        return match errors.next() {
+            Some(ChainError::NotImplemented(call)) => Err((
+                "NodeRpcNotImplemented",
+                format!(
+                    "{}: {call} is not implemented by trellis-node",
+                    committee.name
+                ),
+            )),
+            Some(e) => Err((
+                "NodesUnreachable",
+                format!("{}: no validator answers ({e})", committee.name),
+            )),
+            None => Err((
+                "NodesUnreachable",
+                format!("{}: no validator asked", committee.name),
+            )),
+        };
+    }
+    let height = answered
+        .iter()
+        .map(|(_, s)| s.finalized_height)
+        .max()
+        .unwrap_or(0);
+    let epoch = answered.iter().map(|(_, s)| s.epoch).max().unwrap_or(0);
+    // A node counts itself and the peers it hears from; the best-connected one shows
+    // whether a quorum of the committee can talk at all.
+    let connected = answered
+        .iter()
+        .map(|(_, s)| s.peers.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    let quorum = usize::try_from(committee.quorum).unwrap_or(usize::MAX);
+    let summary = format!(
+        "{}: finalized height {height}, epoch {epoch}, {}/{} validators answering, {connected} connected",
+        committee.name,
+        answered.len(),
+        committee.validators
+    );
+    if connected < quorum {
+        return Ok((
+            false,
+            "QuorumNotConnected",
+            format!("{summary}; quorum is {quorum}"),
+        ));
+    }
+    if height == 0 || reading.unchanged_for >= FINALITY_STALL {
+        return Ok((
+            false,
+            "NotFinalizing",
+            format!(
+                "{summary}; unchanged for {}s",
+                reading.unchanged_for.as_secs()
+            ),
+        ));
+    }
+    Ok((true, "Finalizing", summary))
+}
+
+/// How often chain figures (heights, epochs, the `ChainHealthy` message) may rewrite the
+/// status. They move with every block; writing each change would wake the controller's
+/// own watch and reconcile a healthy network in a loop.
+pub const CHAIN_REFRESH: Duration = Duration::from_secs(30);
+
+/// Keeps `previous`'s chain figures in `next` where only they moved: per-shard finalized
+/// height, epoch and mempool depth, the network epoch, and the `ChainHealthy` message.
+/// Nothing is kept when `ChainHealthy` changed status or reason (a transition is written
+/// with fresh figures at once), nor where `previous` had no figure yet. Returns whether
+/// anything was kept back.
+pub fn keep_chain_figures(next: &mut ChainNetworkStatus, previous: &ChainNetworkStatus) -> bool {
+    let old = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CHAIN_HEALTHY);
+    let Some(new) = next
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == CHAIN_HEALTHY)
+    else {
+        return false;
+    };
+    let Some(old) = old.filter(|o| o.status == new.status && o.reason == new.reason) else {
+        return false;
+    };
+    new.message = old.message.clone();
+    fn keep<T: Clone>(new: &mut Option<T>, old: &Option<T>) {
+        if old.is_some() {
+            new.clone_from(old);
+        }
+    }
+    for shard in &mut next.shards {
+        if let Some(old) = previous.shards.iter().find(|s| s.id == shard.id) {
+            keep(&mut shard.finalized_height, &old.finalized_height);
+            keep(&mut shard.epoch, &old.epoch);
+            keep(&mut shard.mempool_depth, &old.mempool_depth);
+        }
+    }
+    keep(&mut next.epoch, &previous.epoch);
+    true
+}
+
 /// Everything the status is computed from.
 pub struct StatusInput<'a> {
     pub generation: Option<i64>,
@@ -156,6 +284,10 @@ pub struct StatusInput<'a> {
     pub shards: Option<ShardPlan>,
     /// Outcome of the beacon step: its view, or why there is none.
     pub chain: &'a Result<BeaconView, ChainError>,
+    /// What each in-service shard's validators answered, by shard id.
+    pub shard_chain: &'a BTreeMap<u16, ShardChain>,
+    /// Rolls under way, by committee name.
+    pub rollouts: &'a BTreeMap<String, RolloutStep>,
     /// Outcome of submitting `SetShardCount` when scaling (None when not scaling).
     pub scale_submission: Option<&'a Result<(), ChainError>>,
     pub previous: Option<&'a ChainNetworkStatus>,
@@ -207,7 +339,7 @@ pub fn compute(input: &StatusInput<'_>) -> ChainNetworkStatus {
     let mut all_ready = true;
     let mut quorum_lost = Vec::new();
     let mut missing = Vec::new();
-    let mut rolling = false;
+    let mut rolling = input.rollouts.values().any(|r| r.rolling);
     let mut shard_statuses = Vec::new();
     for committee in &topology.committees {
         let observed = figures(&committee.name);
@@ -232,17 +364,33 @@ pub fn compute(input: &StatusInput<'_>) -> ChainNetworkStatus {
                 })
             }
             CommitteeRole::Shard(id) => {
-                // Keep chain figures read earlier for this shard; they come from the nodes.
+                // Chain figures come from the nodes; without an answer this time, the
+                // last ones read stay.
                 let previous = input
                     .previous
                     .and_then(|p| p.shards.iter().find(|s| s.id == i32::from(id)));
+                let answered: Vec<_> = input
+                    .shard_chain
+                    .get(&id)
+                    .map(|r| r.chain.answered().map(|(_, s)| s.clone()).collect())
+                    .unwrap_or_default();
+                let read = |f: fn(&trellis_node_api::NodeStatus) -> u64| {
+                    answered
+                        .iter()
+                        .map(f)
+                        .max()
+                        .and_then(|v| i64::try_from(v).ok())
+                };
                 shard_statuses.push(ShardStatus {
                     id: i32::from(id),
                     validators,
                     ready_validators: observed.ready_replicas,
-                    finalized_height: previous.and_then(|p| p.finalized_height),
+                    finalized_height: read(|s| s.finalized_height)
+                        .or(previous.and_then(|p| p.finalized_height)),
+                    epoch: read(|s| s.epoch).or(previous.and_then(|p| p.epoch)),
                     tx_per_second: previous.and_then(|p| p.tx_per_second),
-                    mempool_depth: previous.and_then(|p| p.mempool_depth),
+                    mempool_depth: read(|s| u64::try_from(s.mempool_depth).unwrap_or(u64::MAX))
+                        .or(previous.and_then(|p| p.mempool_depth)),
                     tables: previous.and_then(|p| p.tables.clone()),
                 })
             }
@@ -377,40 +525,72 @@ pub fn compute(input: &StatusInput<'_>) -> ChainNetworkStatus {
             } else {
                 "WaitingForValidators"
             };
-            ConditionUpdate::new(PROGRESSING, true, reason, String::new())
+            let message = input
+                .rollouts
+                .iter()
+                .filter_map(|(committee, step)| {
+                    step.waiting
+                        .as_ref()
+                        .filter(|_| step.rolling)
+                        .map(|w| format!("{committee} partition {}: {w}", step.partition))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            ConditionUpdate::new(PROGRESSING, true, reason, message)
         } else {
             ConditionUpdate::new(PROGRESSING, false, "Reconciled", String::new())
         },
     );
 
-    // Chain health: only from the chain.
-    let chain = match input.chain {
-        Ok(view) => {
-            status.epoch = i64::try_from(view.epoch).ok();
-            ConditionUpdate::new(
-                CHAIN_HEALTHY,
-                view.healthy,
-                if view.healthy {
-                    "Finalizing"
-                } else {
-                    "NotFinalizing"
-                },
-                format!(
-                    "epoch {}, finalized height {}",
-                    view.epoch, view.finalized_height
-                ),
-            )
+    // Chain health: only from the chain, over the shards in service (the committees
+    // that finalize transactions). The beacon's view feeds the epoch and the beacon step.
+    let in_service = input.shards.map_or(u16::MAX, |p| p.in_service);
+    let mut unhealthy = Vec::new();
+    let mut unknown = Vec::new();
+    let mut healthy = Vec::new();
+    for committee in topology.shards() {
+        let CommitteeRole::Shard(id) = committee.role else {
+            continue;
+        };
+        if id >= in_service {
+            continue;
         }
-        Err(ChainError::NotImplemented(call)) => ConditionUpdate::unknown(
+        let reading = input.shard_chain.get(&id).cloned().unwrap_or_default();
+        match shard_health(committee, &reading) {
+            Ok((true, _, message)) => healthy.push(message),
+            Ok((false, reason, message)) => unhealthy.push((reason, message)),
+            Err((reason, message)) => unknown.push((reason, message)),
+        }
+    }
+    let chain = if let Some((reason, _)) = unhealthy.first() {
+        let message = unhealthy
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        ConditionUpdate::new(CHAIN_HEALTHY, false, reason, message)
+    } else if let Some((reason, _)) = unknown.first() {
+        let message = unknown
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        ConditionUpdate::unknown(CHAIN_HEALTHY, reason, message)
+    } else if healthy.is_empty() {
+        ConditionUpdate::unknown(
             CHAIN_HEALTHY,
-            "NodeRpcNotImplemented",
-            format!(
-                "chain health is read from the nodes' {call} RPC, which trellis-node does not serve yet"
-            ),
-        ),
-        Err(e) => ConditionUpdate::unknown(CHAIN_HEALTHY, "BeaconUnreachable", e.to_string()),
+            "NodesUnreachable",
+            "no shard in service".to_owned(),
+        )
+    } else {
+        ConditionUpdate::new(CHAIN_HEALTHY, true, "Finalizing", healthy.join("; "))
     };
     set(&mut status, chain);
+    status.epoch = match input.chain {
+        Ok(view) => i64::try_from(view.epoch).ok(),
+        Err(_) => status.shards.iter().filter_map(|s| s.epoch).max(),
+    }
+    .or(status.epoch);
 
     status.phase = Some(if input.spec.paused {
         NetworkPhase::Paused

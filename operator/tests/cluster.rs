@@ -4,8 +4,10 @@
 //! What is real here: the apiserver (CRD schema, CEL rules, scale subresource, server-side
 //! apply, garbage collection), the StatefulSet and PV controllers, the scheduler, and the
 //! operator's own reconciler running in-process. What is not: pods do not run processes
-//! (kwok marks them Running and Ready), so `ChainHealthy` stays Unknown and shard-count
-//! changes stop at the beacon step (the node RPC does not exist yet).
+//! (kwok marks them Running and Ready), so the operator's real node RPC client finds no
+//! node (`ChainHealthy=Unknown/NodesUnreachable`) and shard-count changes stop at the
+//! beacon step (trellis-node does not run the beacon yet). `tests/nodes.rs` runs real
+//! nodes next to this cluster.
 //!
 //! Without a cluster each test prints `SKIPPED` and returns; the README test command
 //! always provides one.
@@ -28,8 +30,9 @@ use kube::{Client, Resource, ResourceExt};
 use trellis_crd::{ChainNetwork, ChainNetworkSpec, NetworkMode, ShardsSpec};
 use trellis_e2e::kube::{TestNamespace, apply_crds, eventually, test_namespace};
 use trellis_operator::build::BuildOptions;
-use trellis_operator::chain::NodeRpcPending;
+use trellis_operator::chain::NodeRpc;
 use trellis_operator::controller::{self, Context};
+use trellis_operator::endpoints::Loopback;
 use trellis_operator::lease::{self, LeaseConfig};
 use trellis_operator::metrics::Metrics;
 
@@ -56,11 +59,16 @@ fn pods(network: &str, committees: &[&str], validators: u32) -> Vec<String> {
         .collect()
 }
 
+/// The operator's real node RPC client, resolving no node (kwok pods run no process).
+fn no_nodes() -> NodeRpc {
+    NodeRpc::new(Arc::new(Loopback::default()), Duration::from_secs(1))
+}
+
 /// Starts the reconciler in-process, watching only `ns`; stops when the sender drops.
 fn start_operator(ns: &TestNamespace) -> (Arc<Context>, tokio::sync::watch::Sender<()>) {
     let ctx = Arc::new(Context::new(
         ns.client.clone(),
-        Arc::new(NodeRpcPending),
+        Arc::new(no_nodes()),
         BuildOptions::default(),
         Arc::new(Metrics::new()),
     ));
@@ -249,7 +257,7 @@ async fn network_lifecycle_on_a_real_cluster() {
     assert_eq!(status.observed_generation, cr.metadata.generation);
     assert_eq!(
         condition(&ready, "ChainHealthy").unwrap(),
-        ("Unknown".to_owned(), "NodeRpcNotImplemented".to_owned()),
+        ("Unknown".to_owned(), "NodesUnreachable".to_owned()),
         "pod readiness must not pass for chain health"
     );
     let pvcs: Api<PersistentVolumeClaim> = ns.api();
@@ -264,7 +272,7 @@ async fn network_lifecycle_on_a_real_cluster() {
     // A fresh context has no record of earlier applies, so this is a full apply.
     let fresh = Arc::new(Context::new(
         ns.client.clone(),
-        Arc::new(NodeRpcPending),
+        Arc::new(no_nodes()),
         BuildOptions::default(),
         Arc::new(Metrics::new()),
     ));
@@ -579,7 +587,7 @@ async fn consortium_members_report_their_admission_state() {
         b,
         (
             trellis_crd::MemberPhase::Invited,
-            "AwaitingBeaconGovernance".to_owned()
+            "GovernancePending".to_owned()
         )
     );
     // Immutable organisation, enforced by the apiserver.

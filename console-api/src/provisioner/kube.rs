@@ -689,6 +689,7 @@ mod tests {
                 validators: 4,
                 ready_validators: 3,
                 finalized_height: Some(99),
+                epoch: None,
                 tx_per_second: Some(12.5),
                 mempool_depth: Some(40),
                 tables: None,

@@ -393,6 +393,9 @@ pub struct ShardStatus {
     pub ready_validators: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finalized_height: Option<i64>,
+    /// Epoch the shard's nodes report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_per_second: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -42,7 +42,7 @@ impl Fixture {
             network: &self.network,
             topology: &self.topology,
             public_keys: &self.public_keys,
-            admin_public_key: "ad",
+            admin_public_key: ADMIN,
             options: &self.options,
         }
     }
@@ -348,7 +348,7 @@ fn rpc_service_selects_shard_validators() {
 }
 
 #[test]
-fn node_config_lists_beacon_and_own_committee_as_bootstrap_peers() {
+fn node_config_lists_only_its_committee_as_bootstrap_peers() {
     let f = Fixture::new(public(2));
     let children = f.build();
     let text = &children.config_maps[1].data.as_ref().unwrap()["node.toml"];
@@ -359,25 +359,21 @@ fn node_config_lists_beacon_and_own_committee_as_bootstrap_peers() {
     assert_eq!(config["key_file"].as_str(), Some(KEY_FILE));
     assert_eq!(
         config["genesis_file"].as_str(),
-        Some("/etc/trellis/genesis/genesis.json")
+        Some("/etc/trellis/genesis/alpha-shard-0.json")
     );
     let peers = config["bootstrap_peers"].as_array().unwrap();
-    assert_eq!(peers.len(), 8, "4 beacon + 4 own shard");
+    assert_eq!(peers.len(), 4, "the committee's own validators");
     assert_eq!(
         peers[0]["address"].as_str(),
-        Some("alpha-beacon-0.alpha-beacon.tenant-a.svc.cluster.local:7000")
-    );
-    assert_eq!(
-        peers[4]["address"].as_str(),
         Some("alpha-shard-0-0.alpha-shard-0.tenant-a.svc.cluster.local:7000")
     );
     assert_eq!(
-        peers[4]["public_key"].as_str(),
+        peers[0]["public_key"].as_str(),
         Some(f.public_keys["alpha-shard-0-0"].as_str())
     );
     assert!(
-        !text.contains("alpha-shard-1-0"),
-        "no peers of other shards"
+        !text.contains("alpha-shard-1-0") && !text.contains("alpha-beacon-0"),
+        "no peers of other committees"
     );
     let beacon_text = &children.config_maps[0].data.as_ref().unwrap()["node.toml"];
     let beacon: toml::Value = toml::from_str(beacon_text).unwrap();
@@ -391,7 +387,7 @@ fn config_change_changes_the_pod_template_hash() {
     let a = f.build();
     let mut g = Fixture::new(public(1));
     g.public_keys
-        .insert("alpha-beacon-0".to_owned(), "ff".repeat(32));
+        .insert("alpha-shard-0-0".to_owned(), "ff".repeat(32));
     let b = g.build();
     let hash = |c: &Children, n: &str| {
         sts(c, n)
@@ -425,25 +421,83 @@ fn missing_public_key_is_an_error() {
     );
 }
 
+const ADMIN: &str = "adadadadadadadadadadadadadadadadadadadadadadadadadadadadadadadad";
+
 #[test]
-fn genesis_holds_every_validator_and_the_table_map() {
+fn network_plan_holds_every_validator_and_the_table_map() {
     let f = Fixture::new(public(2));
     let cm = genesis_config_map(&f.input()).unwrap();
     assert_eq!(cm.metadata.name.as_deref(), Some("alpha-genesis"));
-    let genesis: serde_json::Value =
-        serde_json::from_str(&cm.data.as_ref().unwrap()[GENESIS_ENTRY]).unwrap();
-    assert_eq!(genesis["chain_id"], "alpha.tenant-a");
-    assert_eq!(genesis["shard_count"], 2);
-    assert_eq!(genesis["epoch_length"], 100);
-    assert_eq!(genesis["mode"], "public");
-    assert_eq!(genesis["admin_key"], "ad");
-    assert_eq!(genesis["table_map"].as_array().unwrap().len(), 256);
-    assert_eq!(genesis["beacon"].as_array().unwrap().len(), 4);
-    assert_eq!(genesis["shards"].as_array().unwrap().len(), 2);
+    let plan: serde_json::Value =
+        serde_json::from_str(&cm.data.as_ref().unwrap()[NETWORK_ENTRY]).unwrap();
+    assert_eq!(plan["chain_id"], "alpha.tenant-a");
+    assert_eq!(plan["shard_count"], 2);
+    assert_eq!(plan["epoch_length"], 100);
+    assert_eq!(plan["mode"], "public");
+    assert_eq!(plan["admin_key"], ADMIN);
+    assert_eq!(plan["table_map"].as_array().unwrap().len(), 256);
+    assert_eq!(plan["beacon"].as_array().unwrap().len(), 4);
+    assert_eq!(plan["shards"].as_array().unwrap().len(), 2);
     assert_eq!(
-        genesis["shards"][1][3]["node_key"],
+        plan["shards"][1][3]["node_key"],
         f.public_keys["alpha-shard-1-3"].as_str()
     );
+    // One contract genesis per committee next to the plan.
+    let entries: Vec<&String> = cm.data.as_ref().unwrap().keys().collect();
+    assert_eq!(
+        entries,
+        [
+            "alpha-beacon.json",
+            "alpha-shard-0.json",
+            "alpha-shard-1.json",
+            "network.json"
+        ]
+    );
+}
+
+#[test]
+fn committee_genesis_is_the_node_contract_genesis_of_its_validators() {
+    let f = Fixture::new(public(2));
+    let cm = genesis_config_map(&f.input()).unwrap();
+    let text = &cm.data.as_ref().unwrap()["alpha-shard-1.json"];
+    // Parsed exactly as trellis-node parses it (unknown fields refused, checks run).
+    let genesis = trellis_node_api::Genesis::from_json(text).unwrap();
+    assert_eq!(genesis.contract_version, trellis_node_api::CONTRACT_VERSION);
+    assert_eq!(genesis.chain_id, "alpha.tenant-a");
+    assert_eq!(genesis.epoch_length, 100);
+    assert!(genesis.balances.is_empty());
+    let names: Vec<&str> = genesis.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "alpha-shard-1-0",
+            "alpha-shard-1-1",
+            "alpha-shard-1-2",
+            "alpha-shard-1-3"
+        ]
+    );
+    let third = &genesis.members[3];
+    assert_eq!(third.node_key, f.public_keys["alpha-shard-1-3"]);
+    assert_eq!(
+        third.p2p_address,
+        "alpha-shard-1-3.alpha-shard-1.tenant-a.svc.cluster.local:7000"
+    );
+    // Public networks: the network admin key speaks for every validator.
+    assert!(genesis.members.iter().all(|m| m.admin_key == ADMIN));
+    // The same genesis through the single-committee builder.
+    let committee = &f.topology.committees[2];
+    assert_eq!(committee_genesis(&f.input(), committee).unwrap(), genesis);
+}
+
+#[test]
+fn a_genesis_the_node_would_refuse_is_a_build_error() {
+    let f = Fixture::new(public(1));
+    let mut input = f.input();
+    input.admin_public_key = "not-hex";
+    assert!(matches!(
+        genesis_config_map(&input),
+        Err(BuildError::Render("genesis", _))
+    ));
 }
 
 #[test]
@@ -464,12 +518,28 @@ fn consortium_genesis_names_members_and_their_validators() {
     ];
     let f = Fixture::new(spec);
     let cm = genesis_config_map(&f.input()).unwrap();
-    let genesis: serde_json::Value =
-        serde_json::from_str(&cm.data.as_ref().unwrap()[GENESIS_ENTRY]).unwrap();
-    assert_eq!(genesis["mode"], "consortium");
-    assert_eq!(genesis["members"][1]["admin_key"], "bb".repeat(32));
-    assert_eq!(genesis["beacon"][0]["member"], "org-a");
-    assert_eq!(genesis["beacon"][1]["member"], "org-b");
+    let plan: serde_json::Value =
+        serde_json::from_str(&cm.data.as_ref().unwrap()[NETWORK_ENTRY]).unwrap();
+    assert_eq!(plan["mode"], "consortium");
+    assert_eq!(plan["members"][1]["admin_key"], "bb".repeat(32));
+    assert_eq!(plan["beacon"][0]["member"], "org-a");
+    assert_eq!(plan["beacon"][1]["member"], "org-b");
+    // Each validator's governance key is its organisation's admin key.
+    let shard =
+        trellis_node_api::Genesis::from_json(&cm.data.as_ref().unwrap()["alpha-shard-0.json"])
+            .unwrap();
+    let committee = &f.topology.committees[1];
+    for (member, node) in shard.members.iter().zip(&committee.nodes) {
+        let org = node.member.as_deref().unwrap();
+        let key = if org == "org-a" { "aa" } else { "bb" };
+        assert_eq!(member.admin_key, key.repeat(32), "{}", member.name);
+    }
+    assert!(
+        shard
+            .members
+            .iter()
+            .any(|m| m.admin_key != shard.members[0].admin_key)
+    );
 }
 
 #[test]
@@ -590,5 +660,91 @@ fn node_config_parses_with_the_node_contract() {
     )
     .unwrap();
     assert_eq!(shard.role, trellis_node_api::Role::Shard { shard: 1 });
-    assert_eq!(shard.bootstrap_peers.len(), 8);
+    // The committee's own validators (contract v1: the peer set is the genesis members),
+    // by stable DNS name; the genesis file is this committee's entry.
+    let peers: Vec<&str> = shard
+        .bootstrap_peers
+        .iter()
+        .map(|p| p.address.as_str())
+        .collect();
+    assert_eq!(
+        peers,
+        (0..4)
+            .map(|i| format!("alpha-shard-1-{i}.alpha-shard-1.tenant-a.svc.cluster.local:7000"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        shard.bootstrap_peers[2].public_key,
+        Fixture::new(public(2)).public_keys["alpha-shard-1-2"]
+    );
+    assert_eq!(
+        shard.genesis_file.to_str(),
+        Some("/etc/trellis/genesis/alpha-shard-1.json")
+    );
+    assert_eq!(shard.p2p_listen.to_string(), "0.0.0.0:7000");
+    assert_eq!(shard.data_dir.to_str(), Some(DATA_DIR));
+    let beacon = trellis_node_api::NodeConfig::from_toml(
+        &children.config_maps[0].data.as_ref().unwrap()["node.toml"],
+    )
+    .unwrap();
+    assert_eq!(beacon.role, trellis_node_api::Role::Beacon);
+}
+
+#[test]
+fn stateful_sets_carry_their_template_hash_and_roll_by_partition() {
+    let f = Fixture::new(public(1));
+    let mut set = f.build().stateful_sets.remove(1);
+    let annotations = set.metadata.annotations.clone().unwrap();
+    assert_eq!(
+        annotations[crate::rollout::TEMPLATE_HASH_ANNOTATION],
+        template_hash(&set)
+    );
+    let partition = |s: &StatefulSet| {
+        s.spec
+            .as_ref()
+            .unwrap()
+            .update_strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap()
+            .partition
+    };
+    assert_eq!(partition(&set), Some(0));
+    // A new image is a new template hash; the partition is not part of it.
+    let mut spec = public(1);
+    spec.node.image = "registry.example/trellis-node:1.2.4".to_owned();
+    let newer = Fixture::new(spec).build().stateful_sets.remove(1);
+    assert_ne!(template_hash(&newer), template_hash(&set));
+    let before = template_hash(&set);
+    set_rollout(
+        &mut set,
+        &crate::rollout::RolloutStep {
+            partition: 3,
+            step_height: Some(42),
+            rolling: true,
+            waiting: None,
+        },
+    );
+    assert_eq!(partition(&set), Some(3));
+    assert_eq!(template_hash(&set), before);
+    let annotations = set.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations[crate::rollout::STEP_HEIGHT_ANNOTATION], "42");
+    set_rollout(
+        &mut set,
+        &crate::rollout::RolloutStep {
+            partition: 0,
+            step_height: None,
+            rolling: false,
+            waiting: None,
+        },
+    );
+    assert_eq!(partition(&set), Some(0));
+    assert!(
+        !set.metadata
+            .annotations
+            .unwrap()
+            .contains_key(crate::rollout::STEP_HEIGHT_ANNOTATION)
+    );
 }

@@ -28,6 +28,8 @@ struct Case {
     topology: Topology,
     observed: BTreeMap<String, ObservedCommittee>,
     chain: Result<BeaconView, ChainError>,
+    shard_chain: BTreeMap<u16, ShardChain>,
+    rollouts: BTreeMap<String, RolloutStep>,
     shards: ShardPlan,
 }
 
@@ -42,6 +44,8 @@ impl Case {
             topology,
             observed: BTreeMap::new(),
             chain: Err(ChainError::NotImplemented("trellis_status")),
+            shard_chain: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
             shards,
         }
     }
@@ -75,6 +79,8 @@ impl Case {
             observed: &self.observed,
             shards: Some(self.shards),
             chain: &self.chain,
+            shard_chain: &self.shard_chain,
+            rollouts: &self.rollouts,
             scale_submission: None,
             previous,
             selector: "sel".to_owned(),
@@ -247,6 +253,8 @@ fn scaling_waits_for_the_beacon() {
         observed: &case.observed,
         shards: Some(case.shards),
         chain: &case.chain,
+        shard_chain: &case.shard_chain,
+        rollouts: &case.rollouts,
         scale_submission: Some(&Err(ChainError::NotImplemented("trellis_submitGovernance"))),
         previous: None,
         selector: "sel".to_owned(),
@@ -275,6 +283,36 @@ fn scaling_waits_for_the_beacon() {
     assert_eq!(condition(&s, PROGRESSING).reason, "ScalingShards");
 }
 
+fn node(height: u64, peers: usize) -> Result<trellis_node_api::NodeStatus, ChainError> {
+    Ok(trellis_node_api::NodeStatus {
+        contract_version: 1,
+        chain_id: "alpha.ns".into(),
+        role: trellis_node_api::Role::Shard { shard: 0 },
+        node_key: String::new(),
+        epoch: height / 100,
+        finalized_height: height,
+        peers,
+        syncing: false,
+        mempool_depth: 5,
+        validators: Vec::new(),
+    })
+}
+
+fn reading(
+    nodes: [Result<trellis_node_api::NodeStatus, ChainError>; 4],
+    unchanged_for: u64,
+) -> ShardChain {
+    ShardChain {
+        chain: CommitteeChain {
+            nodes: (0..4)
+                .map(|i| format!("alpha-shard-0-{i}"))
+                .zip(nodes)
+                .collect(),
+        },
+        unchanged_for: Duration::from_secs(unchanged_for),
+    }
+}
+
 #[test]
 fn chain_health_comes_only_from_the_chain() {
     let mut case = Case::new(spec(1), 1).ready(4);
@@ -284,22 +322,92 @@ fn chain_health_comes_only_from_the_chain() {
         chain.status, "Unknown",
         "ready pods do not make a healthy chain"
     );
-    assert_eq!(chain.reason, "NodeRpcNotImplemented");
+    assert_eq!(chain.reason, "NodesUnreachable");
     assert_eq!(s.epoch, None);
+
+    let down = || Err(ChainError::Unreachable("connection refused".into()));
+    case.shard_chain
+        .insert(0, reading([down(), down(), down(), down()], 0));
+    let s = case.compute(Some(&s), 2);
+    assert_eq!(condition(&s, CHAIN_HEALTHY).status, "Unknown");
+    assert!(
+        condition(&s, CHAIN_HEALTHY)
+            .message
+            .contains("connection refused")
+    );
+
+    // Finalizing: height moved, a quorum (3 of 4) connected.
+    case.shard_chain.insert(
+        0,
+        reading([node(420, 3), node(421, 2), down(), node(419, 2)], 0),
+    );
+    let s = case.compute(Some(&s), 3);
+    let healthy = condition(&s, CHAIN_HEALTHY);
+    assert_eq!(
+        (healthy.status.as_str(), healthy.reason.as_str()),
+        ("True", "Finalizing")
+    );
+    assert!(
+        healthy.message.contains("finalized height 421"),
+        "{}",
+        healthy.message
+    );
+    assert_eq!(s.shards[0].finalized_height, Some(421));
+    assert_eq!(s.shards[0].epoch, Some(4));
+    assert_eq!(s.shards[0].mempool_depth, Some(5));
+    assert_eq!(s.epoch, Some(4), "no beacon view: the shards' epoch");
+
+    // Stalled for longer than FINALITY_STALL.
+    case.shard_chain.insert(
+        0,
+        reading([node(421, 3), node(421, 3), node(421, 3), node(421, 3)], 31),
+    );
+    let s = case.compute(Some(&s), 4);
+    assert_eq!(condition(&s, CHAIN_HEALTHY).reason, "NotFinalizing");
+    assert_eq!(condition(&s, CHAIN_HEALTHY).status, "False");
+
+    // Nodes answer but hear nobody: no quorum can form.
+    case.shard_chain
+        .insert(0, reading([node(421, 0), node(421, 0), down(), down()], 0));
+    let s = case.compute(Some(&s), 5);
+    assert_eq!(condition(&s, CHAIN_HEALTHY).reason, "QuorumNotConnected");
+    // Figures read earlier stay when nobody answers.
+    case.shard_chain
+        .insert(0, reading([down(), down(), down(), down()], 0));
+    let s = case.compute(Some(&s), 6);
+    assert_eq!(s.shards[0].finalized_height, Some(421));
+
+    // The beacon's epoch wins when the beacon answers.
     case.chain = Ok(BeaconView {
         epoch: 7,
         shard_count: 1,
         pending_shard_count: None,
-        healthy: false,
+        healthy: true,
         finalized_height: 700,
     });
-    let s = case.compute(Some(&s), 2);
-    assert_eq!(condition(&s, CHAIN_HEALTHY).status, "False");
-    assert_eq!(condition(&s, CHAIN_HEALTHY).reason, "NotFinalizing");
+    let s = case.compute(Some(&s), 7);
     assert_eq!(s.epoch, Some(7));
-    case.chain = Err(ChainError::Unreachable("timeout".into()));
-    let s = case.compute(Some(&s), 3);
-    assert_eq!(condition(&s, CHAIN_HEALTHY).reason, "BeaconUnreachable");
+}
+
+#[test]
+fn rolls_show_in_progressing() {
+    let mut case = Case::new(spec(1), 1).ready(4);
+    case.rollouts.insert(
+        "alpha-shard-0".into(),
+        RolloutStep {
+            partition: 3,
+            step_height: Some(10),
+            rolling: true,
+            waiting: Some("alpha-shard-0-3 not answering".into()),
+        },
+    );
+    let s = case.compute(None, 1);
+    let progressing = condition(&s, PROGRESSING);
+    assert_eq!(progressing.reason, "RollingUpdate");
+    assert_eq!(
+        progressing.message,
+        "alpha-shard-0 partition 3: alpha-shard-0-3 not answering"
+    );
 }
 
 #[test]
@@ -331,6 +439,8 @@ fn invalid_spec_gets_conditions_not_a_crash() {
         observed: &BTreeMap::new(),
         shards: None,
         chain: &Err(ChainError::NotImplemented("trellis_status")),
+        shard_chain: &BTreeMap::new(),
+        rollouts: &BTreeMap::new(),
         scale_submission: None,
         previous: None,
         selector: "sel".to_owned(),
@@ -359,4 +469,61 @@ fn chain_figures_of_a_shard_survive_recomputation() {
     s.shards[0].finalized_height = Some(42);
     let again = case.compute(Some(&s), 2);
     assert_eq!(again.shards[0].finalized_height, Some(42));
+}
+
+#[test]
+fn chain_figures_alone_can_be_held_back_but_transitions_cannot() {
+    let mut case = Case::new(spec(1), 1).ready(4);
+    case.shard_chain.insert(
+        0,
+        reading([node(100, 3), node(100, 3), node(99, 3), node(100, 3)], 0),
+    );
+    let first = case.compute(None, 1);
+    // Ten blocks later: only figures moved; held back, nothing to write.
+    case.shard_chain.insert(
+        0,
+        reading([node(110, 3), node(110, 3), node(110, 3), node(109, 3)], 0),
+    );
+    let mut later = case.compute(Some(&first), 2);
+    assert_ne!(later, first);
+    assert!(keep_chain_figures(&mut later, &first));
+    assert_eq!(later, first, "no status write for moving figures alone");
+    // A stall changes the reason: it gets through, with its message.
+    case.shard_chain.insert(
+        0,
+        reading([node(110, 3), node(110, 3), node(110, 3), node(110, 3)], 40),
+    );
+    let mut stalled = case.compute(Some(&first), 3);
+    assert!(!keep_chain_figures(&mut stalled, &first));
+    let chain = condition(&stalled, CHAIN_HEALTHY);
+    assert_eq!(chain.reason, "NotFinalizing");
+    assert!(chain.message.contains("110"), "{}", chain.message);
+}
+
+#[test]
+fn a_first_chain_reading_is_never_held_back() {
+    // Written while the nodes were still down: no figures, ChainHealthy Unknown.
+    let mut case = Case::new(spec(1), 1).ready(4);
+    let down = || Err(ChainError::Unreachable("connection refused".into()));
+    case.shard_chain
+        .insert(0, reading([down(), down(), down(), down()], 0));
+    let before = case.compute(None, 1);
+    assert_eq!(before.shards[0].finalized_height, None);
+    // Seconds later they finalize: a transition, written with its figures.
+    case.shard_chain.insert(
+        0,
+        reading([node(12, 3), node(12, 3), node(12, 3), node(11, 3)], 0),
+    );
+    let mut after = case.compute(Some(&before), 2);
+    assert!(!keep_chain_figures(&mut after, &before));
+    assert_eq!(after.shards[0].finalized_height, Some(12));
+    assert_eq!(condition(&after, CHAIN_HEALTHY).reason, "Finalizing");
+    // Same reason, previous figures missing: the new ones are kept, not erased.
+    let mut blank = after.clone();
+    blank.shards[0].finalized_height = None;
+    blank.epoch = None;
+    let mut again = case.compute(Some(&blank), 3);
+    assert!(keep_chain_figures(&mut again, &blank));
+    assert_eq!(again.shards[0].finalized_height, Some(12));
+    assert_eq!(again.epoch, Some(0));
 }

@@ -1,0 +1,167 @@
+//! Real `trellis-node` processes started from the operator's objects.
+
+// Test harness code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use trellis_crd::topology::Committee;
+use trellis_operator::chain::{ChainClient, CommitteeChain, CommitteeNodes, NodeRpc};
+use trellis_operator::endpoints::{Loopback, NodeRef};
+use trellis_operator::local::{NodeFiles, write_node};
+
+/// The `trellis-node` binary: `TRELLIS_NODE_BIN`, else the workspace's
+/// `target/debug/trellis-node` (built by `cargo build -p trellis-node`, and by every
+/// workspace test run). None (the caller prints SKIPPED) unless a run requires it.
+pub fn node_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("TRELLIS_NODE_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    let path = target.join("debug/trellis-node");
+    if path.exists() {
+        return Some(path);
+    }
+    let required = ["TRELLIS_REQUIRE_NODE", "TRELLIS_REQUIRE_CLUSTER"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|v| v == "1"));
+    assert!(
+        !required,
+        "{} is missing: run `cargo build -p trellis-node` (or set TRELLIS_NODE_BIN)",
+        path.display()
+    );
+    None
+}
+
+/// A node process, SIGKILLed when dropped so that a failing test leaves nothing behind.
+pub struct NodeProcess {
+    pub name: String,
+    pub files: NodeFiles,
+    binary: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already runs", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .unwrap();
+        let child = Command::new(&self.binary)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.files.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL (a pod replaced without grace) and wait.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Loopback addresses `127.0.30.<first + ordinal>` for the nodes of `committee`.
+pub fn loopback(committee: &Committee, first: u8) -> Loopback {
+    Loopback {
+        nodes: committee
+            .nodes
+            .iter()
+            .zip(first..)
+            .map(|(n, last)| (n.name.clone(), IpAddr::from([127, 0, 30, last])))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+pub fn node_refs(namespace: &str, committee: &Committee) -> Vec<NodeRef> {
+    committee
+        .nodes
+        .iter()
+        .map(|n| NodeRef {
+            namespace: namespace.to_owned(),
+            committee: committee.name.clone(),
+            node: n.name.clone(),
+        })
+        .collect()
+}
+
+/// Writes every node of `committee` from the objects and returns the (not yet started)
+/// processes.
+#[allow(clippy::too_many_arguments)]
+pub fn materialise(
+    dir: &Path,
+    namespace: &str,
+    committee: &Committee,
+    config_map: &ConfigMap,
+    genesis: &ConfigMap,
+    keys: &Secret,
+    resolver: &Loopback,
+    binary: &Path,
+) -> Vec<NodeProcess> {
+    node_refs(namespace, committee)
+        .into_iter()
+        .map(|node| {
+            let node_dir = dir.join(&node.node);
+            let files = write_node(&node_dir, &node, config_map, genesis, keys, resolver).unwrap();
+            NodeProcess {
+                name: node.node.clone(),
+                files,
+                binary: binary.to_owned(),
+                dir: node_dir,
+                child: None,
+            }
+        })
+        .collect()
+}
+
+pub fn rpc(resolver: &Loopback) -> NodeRpc {
+    NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(3))
+}
+
+pub async fn committee_status(
+    rpc: &NodeRpc,
+    chain_id: &str,
+    namespace: &str,
+    committee: &Committee,
+) -> CommitteeChain {
+    rpc.committee_status(&CommitteeNodes {
+        chain_id: chain_id.to_owned(),
+        nodes: node_refs(namespace, committee),
+    })
+    .await
+}
