@@ -769,7 +769,7 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
         .bearer_auth(token)
         .json(&json!({"name": "guild", "mode": "consortium",
                       "members": [{"organisation": "Guild A"}, {"organisation": "Guild B"},
-                                  {"organisation": "Guild C"}, {"organisation": "Guild D"}]}))
+                                  {"organisation": "Guild C"}]}))
         .send()
         .await
         .unwrap();
@@ -803,12 +803,12 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
     .await;
     assert_eq!(guild["spec"]["mode"], "Consortium", "{guild}");
     let members = guild["spec"]["members"].as_array().unwrap();
-    assert_eq!(members.len(), 4, "{guild}");
+    assert_eq!(members.len(), 3, "{guild}");
     let keys: BTreeSet<&str> = members
         .iter()
         .map(|m| m["adminPublicKey"].as_str().unwrap())
         .collect();
-    assert_eq!(keys.len(), 4, "distinct organisation keys: {guild}");
+    assert_eq!(keys.len(), 3, "distinct organisation keys: {guild}");
 
     // Deleting through the console removes the ChainNetwork, and Kubernetes' garbage
     // collector removes its children (owner references).

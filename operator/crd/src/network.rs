@@ -90,6 +90,14 @@ pub const MAX_VALIDATORS: i32 = 100;
     {
         "rule": "self.mode != 'Public' || size(self.members) == 0",
         "message": "members are only allowed in Consortium mode"
+    },
+    {
+        "rule": "self.mode != 'Public' || (self.validatorsPerShard >= 4 && self.validatorsPerShard % 3 == 1)",
+        "message": "validatorsPerShard must be 3f+1 (4, 7, 10, ...) in a Public network"
+    },
+    {
+        "rule": "self.mode != 'Public' || (self.beacon.validators >= 4 && self.beacon.validators % 3 == 1)",
+        "message": "beacon.validators must be 3f+1 (4, 7, 10, ...) in a Public network"
     }
 ]))]
 pub struct ChainNetworkSpec {
@@ -104,11 +112,11 @@ pub struct ChainNetworkSpec {
     #[serde(default)]
     pub shards: ShardsSpec,
 
-    /// Validators in each shard committee: `3f+1` with `f ≥ 1`, so 4, 7, 10, ...
+    /// Validators in each shard committee. Public: `3f+1` with `f ≥ 1`, so 4, 7, 10, ...
+    /// Consortium: the members' nodes, any count (a consortium grows one organisation at
+    /// a time; below 4 it tolerates no faulty validator, which the status says).
     #[serde(default = "default_validators")]
-    #[schemars(range(min = 4, max = 100), extend("x-kubernetes-validations" = [
-        {"rule": "self % 3 == 1", "message": "validatorsPerShard must be 3f+1 (4, 7, 10, ...)"}
-    ]))]
+    #[schemars(range(min = 1, max = 100))]
     pub validators_per_shard: i32,
 
     /// The beacon committee, which orders system transactions (shard count, members,
@@ -211,11 +219,10 @@ impl Default for ShardsSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BeaconSpec {
-    /// Beacon validators: `3f+1` with `f ≥ 1`.
+    /// Beacon validators: `3f+1` with `f ≥ 1` in a public network; the members' nodes in
+    /// a consortium.
     #[serde(default = "default_validators")]
-    #[schemars(range(min = 4, max = 100), extend("x-kubernetes-validations" = [
-        {"rule": "self % 3 == 1", "message": "beacon.validators must be 3f+1 (4, 7, 10, ...)"}
-    ]))]
+    #[schemars(range(min = 1, max = 100))]
     pub validators: i32,
 }
 
@@ -554,6 +561,29 @@ mod tests {
             spec["beacon"] = json!({"validators": ok});
             assert_eq!(cel_errors(spec, None), Vec::<String>::new(), "{ok}");
         }
+    }
+
+    #[test]
+    fn a_consortium_committee_is_its_members_nodes_whatever_their_count() {
+        // Three organisations with one node each: valid for a consortium (it admits a
+        // fourth later), refused for a public network, which sizes committees itself.
+        let mut spec = full_spec();
+        spec["mode"] = json!("Consortium");
+        spec["members"] = json!([
+            {"name": "org-a", "adminPublicKey": "aa".repeat(32), "nodes": 1},
+            {"name": "org-b", "adminPublicKey": "bb".repeat(32), "nodes": 1},
+            {"name": "org-c", "adminPublicKey": "cc".repeat(32), "nodes": 1}
+        ]);
+        spec["validatorsPerShard"] = json!(3);
+        spec["beacon"] = json!({"validators": 3});
+        assert_eq!(cel_errors(spec, None), Vec::<String>::new());
+        let mut spec = full_spec();
+        spec["validatorsPerShard"] = json!(3);
+        let errors = cel_errors(spec, None);
+        assert!(
+            errors.iter().any(|e| e.contains("in a Public network")),
+            "{errors:?}"
+        );
     }
 
     #[test]

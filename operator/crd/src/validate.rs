@@ -78,11 +78,15 @@ pub fn validate(name: &str, spec: &ChainNetworkSpec) -> Result<(), InvalidSpec> 
         ("spec.validatorsPerShard", spec.validators_per_shard),
         ("spec.beacon.validators", spec.beacon.validators),
     ] {
-        if !is_bft_committee_size(n) {
+        // A public network sizes its committees; a consortium's are its members' nodes,
+        // which grow one organisation at a time (3 → 4 → 5), so any size is accepted.
+        if spec.mode == NetworkMode::Public && !is_bft_committee_size(n) {
             fail(
                 field,
-                format!("must be 3f+1 with f >= 1 (4, 7, 10, ...), got {n}"),
+                format!("must be 3f+1 with f >= 1 (4, 7, 10, ...) in a Public network, got {n}"),
             );
+        } else if n < 1 {
+            fail(field, format!("at least 1 validator, got {n}"));
         } else if n > MAX_VALIDATORS {
             fail(field, format!("at most {MAX_VALIDATORS}, got {n}"));
         }
@@ -230,6 +234,17 @@ mod tests {
         s.validators_per_shard = 103;
         s.beacon.validators = 4;
         assert_eq!(fields(validate("alpha", &s)), ["spec.validatorsPerShard"]);
+        // A consortium's committees are its members' nodes: 3 organisations is valid
+        // (no fault tolerated until a 4th joins), 0 is not.
+        let mut c = spec();
+        c.mode = NetworkMode::Consortium;
+        c.members = vec![member("org-a"), member("org-b"), member("org-c")];
+        c.validators_per_shard = 3;
+        c.beacon.validators = 3;
+        assert_eq!(validate("alpha", &c), Ok(()));
+        assert_eq!(fault_tolerance(3), 0);
+        c.validators_per_shard = 0;
+        assert_eq!(fields(validate("alpha", &c)), ["spec.validatorsPerShard"]);
     }
 
     #[test]
