@@ -519,6 +519,51 @@ mod tests {
         assert_eq!(v["error"]["code"], codes::PARSE_ERROR);
     }
 
+    #[tokio::test]
+    async fn a_batch_of_sends_refuses_exactly_the_bad_ones() {
+        let (rpc, key) = rpc(10);
+        let rpc = Arc::new(rpc);
+        let send = |id: u64, tx: String| {
+            serde_json::json!({"jsonrpc": "2.0", "id": id,
+                               "method": methods::SEND_TRANSACTION, "params": {"tx": tx}})
+        };
+        let good = |nonce| tx(&key, nonce, 1, "c");
+        let mut forged = good(1).into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
+        let forged = String::from_utf8(forged).unwrap();
+        let body = serde_json::json!([
+            send(1, good(0)),
+            send(2, forged),
+            {"jsonrpc": "2.0", "id": 3, "method": methods::STATUS},
+            send(4, good(1)),
+            send(5, tx(&key, 2, 1, "other")),
+            send(6, "zz".into()),
+            send(7, good(1)),
+        ])
+        .to_string();
+        let Json(v) = handle_rpc(State(rpc.clone()), body).await;
+        let v = v.as_array().unwrap();
+        assert_eq!(v.len(), 7);
+        let ids: Vec<u64> = v.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7]);
+        assert!(v[0]["result"]["hash"].is_string(), "{}", v[0]);
+        assert_eq!(v[1]["error"]["code"], codes::BAD_SIGNATURE);
+        assert_eq!(v[2]["result"]["chain_id"], "c");
+        assert!(v[3]["result"]["hash"].is_string(), "{}", v[3]);
+        assert_eq!(v[4]["error"]["code"], codes::WRONG_CHAIN);
+        assert_eq!(v[5]["error"]["code"], codes::MALFORMED_TX);
+        assert_eq!(v[6]["error"]["code"], codes::ALREADY_KNOWN);
+        assert_eq!(lock(&rpc.state).mempool.len(), 2);
+
+        // A batch of valid transactions takes the one-verification path.
+        let body = serde_json::json!([send(8, good(2)), send(9, good(3))]).to_string();
+        let Json(v) = handle_rpc(State(rpc.clone()), body).await;
+        assert!(v[0]["result"]["hash"].is_string() && v[1]["result"]["hash"].is_string());
+        assert_eq!(lock(&rpc.state).mempool.len(), 4);
+        assert_eq!(lock(&rpc.state).gossip.len(), 4);
+    }
+
     #[test]
     fn queries_answer_from_state() {
         let (rpc, key) = rpc(10);

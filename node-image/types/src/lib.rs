@@ -640,6 +640,33 @@ mod tests {
     }
 
     #[test]
+    fn remembered_keys_decode_exactly_as_before() {
+        let tx = transfer(&test_key(41), &test_key(42), 0, 1);
+        let bytes = tx.encode();
+        // Decoded twice: the second time from remembered keys, to the same transaction.
+        assert_eq!(Tx::decode_untrusted(&bytes).unwrap(), tx);
+        assert_eq!(Tx::decode_untrusted(&bytes).unwrap(), tx);
+        // A receiver that is not a curve point fails every time, never remembered.
+        let to_at = tx.encode_size() - Signature::SIZE - 1 - 32;
+        let mut bad = bytes.to_vec();
+        let mut found = false;
+        for candidate in 0..=255u8 {
+            bad[to_at..to_at + 32].fill(candidate);
+            if PublicKey::decode(commonware_codec::Copying(&bad[to_at..to_at + 32])).is_err() {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "no invalid point among the constant patterns");
+        for _ in 0..2 {
+            assert!(matches!(
+                Tx::decode_untrusted(&bad),
+                Err(TxError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
     fn anchor_key_bounds_are_enforced() {
         let a = test_key(1);
         // Encode a key one byte longer than allowed by hand: the decoder refuses it.
