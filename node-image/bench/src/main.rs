@@ -154,8 +154,39 @@ fn ed25519_rates() -> (f64, f64) {
 
 struct Network {
     _root: tempfile::TempDir,
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
     rpcs: Vec<SocketAddr>,
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc (Linux); 0 elsewhere.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Clock ticks are 100 per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+impl Network {
+    /// CPU seconds used so far by all validator processes together.
+    fn cpu_seconds(&self) -> f64 {
+        self.procs
+            .iter()
+            .filter_map(|p| p.0.as_ref())
+            .map(|c| cpu_seconds(&c.id().to_string()))
+            .sum()
+    }
 }
 
 /// Validator `i`'s loopback address: `first` + `i`, refused if it leaves `first`'s /24.
@@ -243,7 +274,7 @@ fn start_network(
     }
     Ok(Network {
         _root: root,
-        _procs: procs,
+        procs,
         rpcs,
     })
 }
@@ -342,6 +373,7 @@ fn main() -> anyhow::Result<()> {
     let rejected = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
+    let (nodes_cpu_start, bench_cpu_start) = (network.cpu_seconds(), cpu_seconds("self"));
     let mut loaders = Vec::new();
     for (node, batches) in per_node.into_iter().enumerate() {
         let addr = rpcs[node];
@@ -429,6 +461,10 @@ fn main() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let (nodes_cpu, bench_cpu) = (
+        network.cpu_seconds() - nodes_cpu_start,
+        cpu_seconds("self") - bench_cpu_start,
+    );
     stop.store(true, Ordering::Relaxed);
     for l in loaders {
         let _ = l.join();
@@ -446,6 +482,20 @@ fn main() -> anyhow::Result<()> {
     println!(
         "rejected at admission: {}",
         rejected.load(Ordering::Relaxed)
+    );
+    // CPU per finalized transaction hardly depends on what else runs on the machine, so
+    // it compares builds fairly on a shared machine; cores / cost is the rate this
+    // machine could sustain if the validators had it to themselves.
+    let finalized = latencies.len().max(1) as f64;
+    let per_tx = nodes_cpu / finalized;
+    println!(
+        "CPU while loading and draining ({:.0} s): validators {nodes_cpu:.1} s = {:.0} µs per \
+         finalized tx (all {} validators together; {cores} cores / that = {:.0} tx/s), \
+         load generator {bench_cpu:.1} s",
+        watch_until.duration_since(start).as_secs_f64(),
+        per_tx * 1e6,
+        args.validators,
+        cores as f64 / per_tx
     );
     // Every validator checks every signature once (at admission or in a proposed block),
     // so with all validators on this machine the verification ceiling is the machine's
