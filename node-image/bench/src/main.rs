@@ -48,6 +48,13 @@ struct Args {
     /// Offered load in tx/s over all validators (0: as fast as admission allows).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Loopback address of the first validator; validator i listens on this address + i.
+    /// Keep every validator inside the range reserved for node benchmarks (127.0.1.0/24).
+    #[arg(long, default_value = "127.0.1.2")]
+    first_ip: std::net::Ipv4Addr,
+    /// Most transactions the load generator keeps waiting in each validator's mempool.
+    #[arg(long, default_value_t = 60_000)]
+    max_pending: u64,
 }
 
 struct Proc(Option<Child>);
@@ -147,11 +154,57 @@ fn ed25519_rates() -> (f64, f64) {
 
 struct Network {
     _root: tempfile::TempDir,
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
     rpcs: Vec<SocketAddr>,
 }
 
-fn start_network(bin: &Path, n: usize, accounts: &[PrivateKey]) -> anyhow::Result<Network> {
+/// CPU seconds (user + system) a process has used so far, from /proc (Linux); 0 elsewhere.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Clock ticks are 100 per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+impl Network {
+    /// CPU seconds used so far by all validator processes together.
+    fn cpu_seconds(&self) -> f64 {
+        self.procs
+            .iter()
+            .filter_map(|p| p.0.as_ref())
+            .map(|c| cpu_seconds(&c.id().to_string()))
+            .sum()
+    }
+}
+
+/// Validator `i`'s loopback address: `first` + `i`, refused if it leaves `first`'s /24.
+fn validator_ip(first: std::net::Ipv4Addr, i: usize) -> anyhow::Result<std::net::Ipv4Addr> {
+    let [a, b, c, d] = first.octets();
+    let last = usize::from(d) + i;
+    if !first.is_loopback() || last > 254 {
+        bail!("validator {i} would be outside {a}.{b}.{c}.0/24 on loopback (first IP {first})");
+    }
+    Ok(std::net::Ipv4Addr::new(a, b, c, last as u8))
+}
+
+fn start_network(
+    bin: &Path,
+    n: usize,
+    first_ip: std::net::Ipv4Addr,
+    accounts: &[PrivateKey],
+) -> anyhow::Result<Network> {
     let root = tempfile::tempdir()?;
     let base = 40_000 + (std::process::id() % 1_000) as u16 * 20;
     let mut members = Vec::new();
@@ -169,7 +222,7 @@ fn start_network(bin: &Path, n: usize, accounts: &[PrivateKey]) -> anyhow::Resul
             bail!("keygen: {}", String::from_utf8_lossy(&out.stderr));
         }
         let keys: Value = serde_json::from_slice(&out.stdout)?;
-        let ip = format!("127.0.1.{}", i + 2);
+        let ip = validator_ip(first_ip, i)?;
         let p2p: SocketAddr = format!("{ip}:{}", base + i as u16).parse()?;
         let rpc: SocketAddr = format!("{ip}:{}", base + 10 + i as u16).parse()?;
         members.push(format!(
@@ -221,7 +274,7 @@ fn start_network(bin: &Path, n: usize, accounts: &[PrivateKey]) -> anyhow::Resul
     }
     Ok(Network {
         _root: root,
-        _procs: procs,
+        procs,
         rpcs,
     })
 }
@@ -272,7 +325,30 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let network = start_network(&bin, args.validators, &accounts)?;
+    // The JSON-RPC request bodies are built before the measured window too, so the load
+    // generator's cost inside the window is sending bytes and reading answers.
+    let per_node: Vec<Vec<(Vec<[u8; 32]>, String)>> = per_node
+        .iter()
+        .map(|txs| {
+            txs.chunks(args.batch)
+                .map(|chunk| {
+                    let hashes = chunk.iter().map(|tx| tx.hash().0).collect();
+                    let body: Vec<Value> = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, tx)| {
+                            json!({"jsonrpc": "2.0", "id": i,
+                                   "method": methods::SEND_TRANSACTION,
+                                   "params": {"tx": to_hex(&tx.encode())}})
+                        })
+                        .collect();
+                    (hashes, Value::Array(body).to_string())
+                })
+                .collect()
+        })
+        .collect();
+
+    let network = start_network(&bin, args.validators, args.first_ip, &accounts)?;
     let rpcs = network.rpcs.clone();
     let ready = Instant::now();
     while rpcs.iter().any(|r| finalized_height(*r) < 2) {
@@ -297,20 +373,21 @@ fn main() -> anyhow::Result<()> {
     let rejected = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
+    let (nodes_cpu_start, bench_cpu_start) = (network.cpu_seconds(), cpu_seconds("self"));
     let mut loaders = Vec::new();
-    for (node, txs) in per_node.into_iter().enumerate() {
+    for (node, batches) in per_node.into_iter().enumerate() {
         let addr = rpcs[node];
         let submitted = submitted.clone();
         let stop = stop.clone();
         let rejected = rejected.clone();
-        let batch = args.batch;
+        let max_pending = args.max_pending;
         // Each loader offers its share of the rate: one batch per `pace`.
         let pace = (args.rate > 0).then(|| {
-            Duration::from_secs_f64(batch as f64 * args.validators as f64 / args.rate as f64)
+            Duration::from_secs_f64(args.batch as f64 * args.validators as f64 / args.rate as f64)
         });
         loaders.push(std::thread::spawn(move || {
             let mut next_send = Instant::now();
-            for chunk in txs.chunks(batch) {
+            for (hashes, body) in batches {
                 if let Some(pace) = pace {
                     let now = Instant::now();
                     if next_send > now {
@@ -322,25 +399,17 @@ fn main() -> anyhow::Result<()> {
                     break;
                 }
                 // Backpressure: keep the pool below its bound.
-                while mempool_depth(addr) > 60_000 && Instant::now() < deadline {
+                while mempool_depth(addr) > max_pending && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                let body: Vec<Value> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, tx)| {
-                        json!({"jsonrpc": "2.0", "id": i, "method": methods::SEND_TRANSACTION,
-                               "params": {"tx": to_hex(&tx.encode())}})
-                    })
-                    .collect();
                 let now = Instant::now();
                 {
                     let mut map = submitted.lock().unwrap_or_else(|p| p.into_inner());
-                    for tx in chunk {
-                        map.insert(tx.hash().0, now);
+                    for hash in &hashes {
+                        map.insert(*hash, now);
                     }
                 }
-                match http(addr, &Value::Array(body).to_string()) {
+                match http(addr, &body) {
                     Ok(Value::Array(responses)) => {
                         let errors: Vec<&Value> =
                             responses.iter().filter_map(|r| r.get("error")).collect();
@@ -356,7 +425,7 @@ fn main() -> anyhow::Result<()> {
                         if rejected.load(Ordering::Relaxed) == 0 {
                             eprintln!("batch failed: {other:?}");
                         }
-                        rejected.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        rejected.fetch_add(hashes.len() as u64, Ordering::Relaxed);
                     }
                 }
             }
@@ -392,6 +461,10 @@ fn main() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let (nodes_cpu, bench_cpu) = (
+        network.cpu_seconds() - nodes_cpu_start,
+        cpu_seconds("self") - bench_cpu_start,
+    );
     stop.store(true, Ordering::Relaxed);
     for l in loaders {
         let _ = l.join();
@@ -410,10 +483,31 @@ fn main() -> anyhow::Result<()> {
         "rejected at admission: {}",
         rejected.load(Ordering::Relaxed)
     );
+    // CPU per finalized transaction hardly depends on what else runs on the machine, so
+    // it compares builds fairly on a shared machine; cores / cost is the rate this
+    // machine could sustain if the validators had it to themselves.
+    let finalized = latencies.len().max(1) as f64;
+    let per_tx = nodes_cpu / finalized;
     println!(
-        "throughput / single-core batch-verify rate: {:.3}; / ({cores} cores × batch rate): {:.3}",
-        tps / batch,
-        tps / (batch * cores.max(1) as f64)
+        "CPU while loading and draining ({:.0} s): validators {nodes_cpu:.1} s = {:.0} µs per \
+         finalized tx (all {} validators together; {cores} cores / that = {:.0} tx/s), \
+         load generator {bench_cpu:.1} s",
+        watch_until.duration_since(start).as_secs_f64(),
+        per_tx * 1e6,
+        args.validators,
+        cores as f64 / per_tx
+    );
+    // Every validator checks every signature once (at admission or in a proposed block),
+    // so with all validators on this machine the verification ceiling is the machine's
+    // batch rate divided by the number of validators.
+    let machine = batch * cores.max(1) as f64;
+    let ceiling = machine / args.validators.max(1) as f64;
+    println!(
+        "throughput / machine batch-verify rate ({cores} cores × {batch:.0}/s): {:.3}; \
+         / verification ceiling for {} validators here ({ceiling:.0} tx/s): {:.3}",
+        tps / machine,
+        args.validators,
+        tps / ceiling
     );
     Ok(())
 }

@@ -25,6 +25,8 @@ pub enum AdmitError {
 
 struct Entry {
     tx: Tx,
+    /// The transaction's hash, computed once at admission.
+    hash: Digest,
     admitted: Instant,
 }
 
@@ -109,6 +111,7 @@ impl Mempool {
             nonce,
             Entry {
                 tx,
+                hash,
                 admitted: Instant::now(),
             },
         );
@@ -124,7 +127,7 @@ impl Mempool {
         while out.len() < limit && !queues.is_empty() {
             queues.retain_mut(|q| match q.next() {
                 Some(entry) => {
-                    if out.len() < limit && !exclude.contains(&entry.tx.hash()) {
+                    if out.len() < limit && !exclude.contains(&entry.hash) {
                         out.push(entry.tx.clone());
                     }
                     true
@@ -158,7 +161,7 @@ impl Mempool {
                 let stale: Vec<u64> = queue.range(..account.nonce).map(|(n, _)| *n).collect();
                 for nonce in stale {
                     if let Some(entry) = queue.remove(&nonce) {
-                        self.hashes.remove(&entry.tx.hash());
+                        self.hashes.remove(&entry.hash);
                     }
                 }
                 if queue.is_empty() {

@@ -183,8 +183,7 @@ async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json
             );
             return Json(serde_json::to_value(e).unwrap_or(Value::Null));
         }
-        let responses: Vec<JsonRpcResponse> =
-            requests.into_iter().map(|r| answer(&rpc, r)).collect();
+        let responses = answer_batch(&rpc, requests);
         return Json(serde_json::to_value(responses).unwrap_or(Value::Null));
     }
     match serde_json::from_str::<JsonRpcRequest>(&body) {
@@ -226,26 +225,91 @@ pub fn admit_error_code(e: &AdmitError) -> i64 {
     }
 }
 
+fn decode_tx(p: SendTransactionParams) -> Result<Tx, RpcFailure> {
+    let bytes =
+        from_hex(&p.tx).ok_or_else(|| RpcFailure::new(codes::MALFORMED_TX, "tx is not hex"))?;
+    Tx::decode_untrusted(&bytes).map_err(|e| {
+        let e = AdmitError::Invalid(e);
+        RpcFailure::new(admit_error_code(&e), e.to_string())
+    })
+}
+
+fn admitted(result: Result<Digest, AdmitError>) -> Result<SendTransactionResult, RpcFailure> {
+    match result {
+        Ok(hash) => Ok(SendTransactionResult {
+            hash: to_hex(&hash.0),
+        }),
+        Err(e) => Err(RpcFailure::new(admit_error_code(&e), e.to_string())),
+    }
+}
+
 fn send_transaction<K: Kv>(
     rpc: &Rpc<K>,
     p: SendTransactionParams,
 ) -> Result<SendTransactionResult, RpcFailure> {
-    let bytes =
-        from_hex(&p.tx).ok_or_else(|| RpcFailure::new(codes::MALFORMED_TX, "tx is not hex"))?;
-    let tx = Tx::decode_untrusted(&bytes).map_err(|e| {
-        let e = AdmitError::Invalid(e);
-        RpcFailure::new(admit_error_code(&e), e.to_string())
-    })?;
+    let tx = decode_tx(p)?;
     let mut state = lock(&rpc.state);
-    match state.submit(tx) {
-        Ok(hash) => {
-            rpc.metrics.mempool_depth.set(state.mempool.len() as i64);
-            Ok(SendTransactionResult {
-                hash: to_hex(&hash.0),
-            })
+    let result = admitted(state.submit(tx));
+    rpc.metrics.mempool_depth.set(state.mempool.len() as i64);
+    result
+}
+
+/// [`NodeState::submit`] for a transaction whose signature was checked by the caller.
+fn submit_verified<K: Kv>(state: &mut NodeState<K>, tx: Tx) -> Result<Digest, AdmitError> {
+    let hash = state.mempool.admit_verified(tx.clone(), &state.ledger)?;
+    state.gossip.push(tx);
+    Ok(hash)
+}
+
+/// Answers a batch. Its transaction submissions are decoded and their signatures checked
+/// with one batch verification before the state lock is taken, once, to admit them all
+/// in order; every other request is answered on its own.
+fn answer_batch<K: Kv>(rpc: &Rpc<K>, requests: Vec<JsonRpcRequest>) -> Vec<JsonRpcResponse> {
+    let mut responses: Vec<Option<JsonRpcResponse>> = Vec::with_capacity(requests.len());
+    let mut sends: Vec<(usize, Value, Tx)> = Vec::new();
+    let mut others: Vec<(usize, JsonRpcRequest)> = Vec::new();
+    for (i, request) in requests.into_iter().enumerate() {
+        responses.push(None);
+        if request.jsonrpc != "2.0" || request.method != methods::SEND_TRANSACTION {
+            others.push((i, request));
+            continue;
         }
-        Err(e) => Err(RpcFailure::new(admit_error_code(&e), e.to_string())),
+        match params(request.params).and_then(decode_tx) {
+            Ok(tx) => sends.push((i, request.id, tx)),
+            Err(f) => responses[i] = Some(JsonRpcResponse::err(request.id, f.code, f.message)),
+        }
     }
+    if !sends.is_empty() {
+        // Wrong-chain transactions are refused by admission; only the rest need checking.
+        let to_check: Vec<&Tx> = sends
+            .iter()
+            .map(|(_, _, tx)| tx)
+            .filter(|tx| tx.unsigned.chain_id == rpc.chain_id)
+            .collect();
+        let all_valid = trellis_node_types::verify_signatures(&to_check);
+        let mut state = lock(&rpc.state);
+        for (i, id, tx) in sends {
+            // A batch with a bad signature is admitted one by one, each fully checked, so
+            // that exactly the forged transactions are refused.
+            let result = admitted(if all_valid {
+                submit_verified(&mut state, tx)
+            } else {
+                state.submit(tx)
+            });
+            responses[i] = Some(match result {
+                Ok(r) => match serde_json::to_value(r) {
+                    Ok(v) => JsonRpcResponse::ok(id, v),
+                    Err(e) => JsonRpcResponse::err(id, codes::INTERNAL, e.to_string()),
+                },
+                Err(f) => JsonRpcResponse::err(id, f.code, f.message),
+            });
+        }
+        rpc.metrics.mempool_depth.set(state.mempool.len() as i64);
+    }
+    for (i, request) in others {
+        responses[i] = Some(answer(rpc, request));
+    }
+    responses.into_iter().flatten().collect()
 }
 
 fn parse_hash(s: &str) -> Result<Digest, RpcFailure> {
@@ -453,6 +517,51 @@ mod tests {
         assert_eq!(v["error"]["code"], codes::INVALID_REQUEST);
         let Json(v) = handle_rpc(State(rpc), "{".into()).await;
         assert_eq!(v["error"]["code"], codes::PARSE_ERROR);
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_sends_refuses_exactly_the_bad_ones() {
+        let (rpc, key) = rpc(10);
+        let rpc = Arc::new(rpc);
+        let send = |id: u64, tx: String| {
+            serde_json::json!({"jsonrpc": "2.0", "id": id,
+                               "method": methods::SEND_TRANSACTION, "params": {"tx": tx}})
+        };
+        let good = |nonce| tx(&key, nonce, 1, "c");
+        let mut forged = good(1).into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
+        let forged = String::from_utf8(forged).unwrap();
+        let body = serde_json::json!([
+            send(1, good(0)),
+            send(2, forged),
+            {"jsonrpc": "2.0", "id": 3, "method": methods::STATUS},
+            send(4, good(1)),
+            send(5, tx(&key, 2, 1, "other")),
+            send(6, "zz".into()),
+            send(7, good(1)),
+        ])
+        .to_string();
+        let Json(v) = handle_rpc(State(rpc.clone()), body).await;
+        let v = v.as_array().unwrap();
+        assert_eq!(v.len(), 7);
+        let ids: Vec<u64> = v.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7]);
+        assert!(v[0]["result"]["hash"].is_string(), "{}", v[0]);
+        assert_eq!(v[1]["error"]["code"], codes::BAD_SIGNATURE);
+        assert_eq!(v[2]["result"]["chain_id"], "c");
+        assert!(v[3]["result"]["hash"].is_string(), "{}", v[3]);
+        assert_eq!(v[4]["error"]["code"], codes::WRONG_CHAIN);
+        assert_eq!(v[5]["error"]["code"], codes::MALFORMED_TX);
+        assert_eq!(v[6]["error"]["code"], codes::ALREADY_KNOWN);
+        assert_eq!(lock(&rpc.state).mempool.len(), 2);
+
+        // A batch of valid transactions takes the one-verification path.
+        let body = serde_json::json!([send(8, good(2)), send(9, good(3))]).to_string();
+        let Json(v) = handle_rpc(State(rpc.clone()), body).await;
+        assert!(v[0]["result"]["hash"].is_string() && v[1]["result"]["hash"].is_string());
+        assert_eq!(lock(&rpc.state).mempool.len(), 4);
+        assert_eq!(lock(&rpc.state).gossip.len(), 4);
     }
 
     #[test]

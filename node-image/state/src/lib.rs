@@ -16,7 +16,8 @@ pub use kv::{Entry, Kv, KvError, MemKv, RedbKv, Space, WriteBatch};
 
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader};
 use jmt::{KeyHash, OwnedValue, RootHash, Sha256Jmt, Version};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use trellis_node_types::{PublicKey, TABLES, Tx, TxKind, table_of};
 
 /// A failure of the ledger itself (storage or a corrupt tree), never of a transaction.
@@ -236,9 +237,19 @@ pub fn verify_account_proof(account: &PublicKey, proven: &ProvenAccount) -> bool
     }
 }
 
+/// Most leaf values [`Ledger`] keeps in memory.
+const VALUE_CACHE: usize = 262_144;
+
+/// Committed leaf values by (table, key hash), `None` for absent ones.
+type ValueCache = HashMap<(u8, [u8; 32]), Option<Vec<u8>>>;
+
 /// The ledger of one chain.
 pub struct Ledger<K: Kv> {
     kv: K,
+    /// Leaf values as committed at the current table versions, so that admission and
+    /// execution do not open a store transaction per account. Filled on reads, updated
+    /// only after a block's commit succeeded, bounded (cleared when full).
+    values: Mutex<ValueCache>,
     /// Finalized height applied, `None` before genesis.
     height: Option<u64>,
     versions: Vec<u64>,
@@ -271,6 +282,7 @@ impl<K: Kv> Ledger<K> {
             fee_pool: read_u64(&kv, META_FEES)?.unwrap_or(0),
             supply: read_u64(&kv, META_SUPPLY)?.unwrap_or(0),
             kv,
+            values: Mutex::new(HashMap::new()),
             height,
             versions,
             roots,
@@ -315,6 +327,7 @@ impl<K: Kv> Ledger<K> {
         );
         batch.put(Space::Meta, META_FEES.to_vec(), 0u64.to_be_bytes().to_vec());
         // Every table starts at version 0 so that later versions are dense.
+        self.cached_values().clear();
         self.write_tables(changes, &mut batch, true)?;
         self.supply = supply;
         self.fee_pool = 0;
@@ -367,14 +380,27 @@ impl<K: Kv> Ledger<K> {
         }
     }
 
+    fn cached_values(&self) -> std::sync::MutexGuard<'_, ValueCache> {
+        self.values.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn read_value(&self, table: u8, key: KeyHash) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(value) = self.cached_values().get(&(table, key.0)) {
+            return Ok(value.clone());
+        }
         let reader = TableReader {
             kv: &self.kv,
             table,
         };
-        reader
+        let value = reader
             .get_value_option(self.versions[table as usize], key)
-            .map_err(tree_err)
+            .map_err(tree_err)?;
+        let mut cache = self.cached_values();
+        if cache.len() >= VALUE_CACHE {
+            cache.clear();
+        }
+        cache.insert((table, key.0), value.clone());
+        Ok(value)
     }
 
     /// An account's committed state.
@@ -487,13 +513,24 @@ impl<K: Kv> Ledger<K> {
             receipts.push(receipt);
         }
         let mut changes: BTreeMap<u8, BTreeMap<KeyHash, Option<Vec<u8>>>> = BTreeMap::new();
-        for ((table, key), value) in overlay {
-            changes.entry(table).or_default().insert(key, value);
+        for ((table, key), value) in &overlay {
+            changes
+                .entry(*table)
+                .or_default()
+                .insert(*key, value.clone());
         }
         self.write_tables(changes, &mut batch, false)?;
         batch.put(Space::Meta, META_FEES.to_vec(), fees.to_be_bytes().to_vec());
         self.fee_pool = fees;
         self.finish(batch, height)?;
+        // The block is durable: its values are now the committed ones.
+        let mut cache = self.cached_values();
+        if cache.len() + overlay.len() > VALUE_CACHE {
+            cache.clear();
+        }
+        for ((table, key), value) in overlay {
+            cache.insert((table, key.0), value);
+        }
         Ok(receipts)
     }
 

@@ -253,3 +253,35 @@ fn redb_ledger_resumes_after_reopen() {
         .unwrap();
     assert_eq!(ledger.account(&k[0].public_key()).unwrap().nonce, 2);
 }
+
+#[test]
+fn cached_reads_follow_commits_and_match_a_fresh_open() {
+    let k = keys(3);
+    let kv = MemKv::default();
+    let mut ledger = genesis(kv.clone(), &k, 100);
+    // Reads fill the in-memory values; blocks must replace them.
+    for key in &k {
+        assert_eq!(ledger.account(&key.public_key()).unwrap().balance, 100);
+    }
+    for height in 1..=5 {
+        let n = height - 1;
+        ledger
+            .apply_block(height, &[transfer(&k[0], &k[1].public_key(), n, 10, 1)])
+            .unwrap();
+        assert_eq!(
+            ledger.account(&k[0].public_key()).unwrap(),
+            Account {
+                balance: 100 - 11 * height,
+                nonce: height
+            }
+        );
+    }
+    let reopened = Ledger::open(kv).unwrap();
+    for key in &k {
+        assert_eq!(
+            reopened.account(&key.public_key()).unwrap(),
+            ledger.account(&key.public_key()).unwrap()
+        );
+    }
+    assert_eq!(total(&ledger, &k), 300);
+}

@@ -63,6 +63,36 @@ pub fn table_of(account: &PublicKey) -> u8 {
     digest.0[31]
 }
 
+/// Most public keys remembered by [`read_public_key`].
+const KEY_CACHE: usize = 65_536;
+
+static KEYS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<[u8; 32], PublicKey>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Reads an ed25519 public key. Decoding one decompresses a curve point, the costliest
+/// step of decoding a transaction (two per transfer), and a node decodes the same
+/// accounts over and over (RPC, gossip, every proposed block). Keys that decoded are
+/// remembered: a memo of a pure function, bounded (cleared when full), and bytes that
+/// fail to decode are never remembered, so what decodes and what fails is unchanged.
+fn read_public_key(buf: &mut impl Buf) -> Result<PublicKey, CodecError> {
+    let raw = <[u8; 32]>::read(buf)?;
+    let known = KEYS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&raw)
+        .cloned();
+    if let Some(key) = known {
+        return Ok(key);
+    }
+    let key = PublicKey::decode(commonware_codec::Copying(raw.as_slice()))?;
+    let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    if keys.len() >= KEY_CACHE {
+        keys.clear();
+    }
+    keys.insert(raw, key.clone());
+    Ok(key)
+}
+
 fn write_bytes(bytes: &[u8], buf: &mut impl BufMut) {
     // Lengths written here are bounded by the MAX_* constants, far below u32::MAX.
     UInt(bytes.len() as u32).write(buf);
@@ -130,7 +160,7 @@ impl Read for TxKind {
     fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
         match u8::read(buf)? {
             KIND_TRANSFER => {
-                let to = PublicKey::read(buf)?;
+                let to = read_public_key(buf)?;
                 let amount = UInt::<u64>::read(buf)?.into();
                 Ok(TxKind::Transfer { to, amount })
             }
@@ -185,7 +215,7 @@ impl Read for UnsignedTx {
     fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
         let chain_id = String::from_utf8(read_bytes(buf, MAX_CHAIN_ID_LEN)?)
             .map_err(|_| CodecError::Invalid("UnsignedTx", "chain id is not UTF-8"))?;
-        let from = PublicKey::read(buf)?;
+        let from = read_public_key(buf)?;
         let nonce = UInt::<u64>::read(buf)?.into();
         let fee = UInt::<u64>::read(buf)?.into();
         let kind = TxKind::read(buf)?;
@@ -661,6 +691,33 @@ mod tests {
                 .collect();
             let _ = Tx::decode_untrusted(&garbage);
             let _ = Block::decode_untrusted(&garbage);
+        }
+    }
+
+    #[test]
+    fn remembered_keys_decode_exactly_as_before() {
+        let tx = transfer(&test_key(41), &test_key(42), 0, 1);
+        let bytes = tx.encode();
+        // Decoded twice: the second time from remembered keys, to the same transaction.
+        assert_eq!(Tx::decode_untrusted(&bytes).unwrap(), tx);
+        assert_eq!(Tx::decode_untrusted(&bytes).unwrap(), tx);
+        // A receiver that is not a curve point fails every time, never remembered.
+        let to_at = tx.encode_size() - Signature::SIZE - 1 - 32;
+        let mut bad = bytes.to_vec();
+        let mut found = false;
+        for candidate in 0..=255u8 {
+            bad[to_at..to_at + 32].fill(candidate);
+            if PublicKey::decode(commonware_codec::Copying(&bad[to_at..to_at + 32])).is_err() {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "no invalid point among the constant patterns");
+        for _ in 0..2 {
+            assert!(matches!(
+                Tx::decode_untrusted(&bad),
+                Err(TxError::Malformed(_))
+            ));
         }
     }
 
