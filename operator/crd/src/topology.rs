@@ -13,6 +13,9 @@
 //! * the initial table map gives every shard `⌊256/S⌋` or `⌈256/S⌉` tables.
 
 use crate::network::{ChainNetworkSpec, NetworkMode, TABLES};
+
+/// The node's limit on a chain id (`trellis-node-types::MAX_CHAIN_ID_LEN`).
+pub const MAX_CHAIN_ID_LEN: usize = 32;
 use crate::validate::{InvalidSpec, fault_tolerance, validate};
 
 /// What a committee does.
@@ -59,9 +62,21 @@ impl NetworkId {
     }
 
     /// The chain id every transaction signs over: unique per namespace and name, so a
-    /// transaction for one network can never be replayed on another.
+    /// transaction for one network can never be replayed on another. `name.namespace`
+    /// when it fits the node's 32-byte limit, else the name's start and a 64-bit hash of
+    /// the whole (names are ASCII DNS labels, so byte slicing is safe).
     pub fn chain_id(&self) -> String {
-        format!("{}.{}", self.name, self.namespace)
+        let full = format!("{}.{}", self.name, self.namespace);
+        if full.len() <= MAX_CHAIN_ID_LEN {
+            return full;
+        }
+        // FNV-1a: stable across releases and platforms, no dependency.
+        let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let keep = MAX_CHAIN_ID_LEN - 17;
+        let prefix: String = self.name.chars().take(keep).collect();
+        format!("{}-{hash:016x}", prefix.trim_end_matches('-'))
     }
 
     /// Name of the committee with `role`: `<network>-beacon`, `<network>-shard-<n>`.
@@ -312,6 +327,7 @@ mod tests {
         let beacon = t.beacon().unwrap();
         assert_eq!(beacon.nodes[3].name, "alpha-beacon-3");
         assert_eq!(t.genesis.chain_id, "alpha.tenant-a");
+
         assert_eq!(t.genesis.beacon_key_slots, [0, 1, 2, 3]);
         assert_eq!(t.genesis.shard_key_slots, [vec![4, 5, 6, 7]]);
         assert_eq!(t.key_slots(), 8);
@@ -410,5 +426,23 @@ mod tests {
         let mut spec = public(1);
         spec.validators_per_shard = 5;
         assert!(plan(&id(), &spec).is_err());
+    }
+
+    #[test]
+    fn chain_ids_fit_the_node_and_stay_distinct() {
+        let long = "a-network-name-of-forty-characters-xxxxx";
+        let a = NetworkId::new("trellis-acme-corporation-worldwide", long).chain_id();
+        let b = NetworkId::new("trellis-acme-corporation-worldwidf", long).chain_id();
+        assert!(
+            a.len() <= MAX_CHAIN_ID_LEN && b.len() <= MAX_CHAIN_ID_LEN,
+            "{a} {b}"
+        );
+        assert_ne!(a, b);
+        assert!(a.starts_with("a-network-name-"), "{a}");
+        assert_eq!(
+            a,
+            NetworkId::new("trellis-acme-corporation-worldwide", long).chain_id()
+        );
+        assert_eq!(NetworkId::new("ns", "x").chain_id(), "x.ns");
     }
 }
