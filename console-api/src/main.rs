@@ -318,8 +318,14 @@ async fn run(config: ServerConfig, up: Option<UpMode>) -> Result<(), Box<dyn std
             let base = format!("http://{address}");
             let mut server = std::pin::pin!(server.into_future());
             let mut stdout = std::io::stdout();
-            let bootstrap =
-                up::bootstrap(&base, &data_dir, up_mode.demo, local, up_mode.started, &mut stdout);
+            let bootstrap = up::bootstrap(
+                &base,
+                &data_dir,
+                up_mode.demo,
+                local,
+                up_mode.started,
+                &mut stdout,
+            );
             // Serve while bootstrapping (it is a client of this very server).
             let bootstrapped = tokio::select! {
                 served = &mut server => Some(served.map_err(|e| e.to_string())),

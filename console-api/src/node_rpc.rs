@@ -42,7 +42,10 @@ const WRITE_METHODS: [&str; 2] = [
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/networks/{id}/rpc", post(forward_any))
-        .route("/v1/networks/{id}/shards/{shard}/rpc", post(forward_to_shard))
+        .route(
+            "/v1/networks/{id}/shards/{shard}/rpc",
+            post(forward_to_shard),
+        )
 }
 
 fn client() -> Result<&'static reqwest::Client, ApiError> {
@@ -68,7 +71,11 @@ fn methods_of(body: &Value) -> Result<Vec<&str>, ApiError> {
         }
         Value::Array(batch) => batch.iter().collect(),
         Value::Object(_) => vec![body],
-        _ => return Err(invalid("the body must be a JSON-RPC request object or a batch (array)")),
+        _ => {
+            return Err(invalid(
+                "the body must be a JSON-RPC request object or a batch (array)",
+            ));
+        }
     };
     requests
         .into_iter()

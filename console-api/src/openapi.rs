@@ -6,9 +6,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{
-    api_keys, audit, consortium, error, identity, networks, node_rpc, provisioner, users,
-};
+use crate::{api_keys, audit, consortium, error, identity, networks, node_rpc, provisioner, users};
 
 struct BearerAuth;
 

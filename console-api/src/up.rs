@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use trellis_node_api::methods;
-use trellis_node_types::{Encode as _, Signer as _, TxKind, UnsignedTx, private_key_from_hex, to_hex};
+use trellis_node_types::{
+    Encode as _, Signer as _, TxKind, UnsignedTx, private_key_from_hex, to_hex,
+};
 use uuid::Uuid;
 
 use crate::provisioner::local::LocalProvisioner;
@@ -345,7 +347,11 @@ async fn first_admin(
         "  API key   {}   (admin role: Authorization: Bearer <key>)",
         key["secret"].as_str().unwrap_or("?")
     );
-    let _ = writeln!(out, "export TRELLIS_TOKEN={}", key["secret"].as_str().unwrap_or("?"));
+    let _ = writeln!(
+        out,
+        "export TRELLIS_TOKEN={}",
+        key["secret"].as_str().unwrap_or("?")
+    );
     Ok((record, Some(token)))
 }
 
@@ -359,21 +365,41 @@ pub async fn bootstrap(
     out: &mut impl Write,
 ) -> Result<(), String> {
     let client = ConsoleClient::new(base)?;
-    let _ = writeln!(out, "Trellis console (embedded: SQLite and local nodes in {})", data_dir.display());
+    let _ = writeln!(
+        out,
+        "Trellis console (embedded: SQLite and local nodes in {})",
+        data_dir.display()
+    );
     let _ = writeln!(out, "  API       {base}/v1");
     let _ = writeln!(out, "  OpenAPI   {base}/openapi.json");
-    let _ = writeln!(out, "  health    {base}/healthz   {base}/readyz   metrics {base}/metrics");
+    let _ = writeln!(
+        out,
+        "  health    {base}/healthz   {base}/readyz   metrics {base}/metrics"
+    );
     let (mut record, token) = first_admin(&client, data_dir, out).await?;
     if !demo {
-        let _ = writeln!(out, "Ready. Ctrl-C stops the console and its nodes; `up` again resumes them.");
+        let _ = writeln!(
+            out,
+            "Ready. Ctrl-C stops the console and its nodes; `up` again resumes them."
+        );
         return Ok(());
     }
     if !record.demo_networks.is_empty() {
-        let _ = writeln!(out, "Demo networks (resumed; their nodes are adopted or restarted):");
+        let _ = writeln!(
+            out,
+            "Demo networks (resumed; their nodes are adopted or restarted):"
+        );
         for n in &record.demo_networks {
-            let _ = writeln!(out, "  {:<16} {}   {base}/v1/networks/{}/rpc", n.name, n.id, n.id);
+            let _ = writeln!(
+                out,
+                "  {:<16} {}   {base}/v1/networks/{}/rpc",
+                n.name, n.id, n.id
+            );
         }
-        let _ = writeln!(out, "Ready. Ctrl-C stops the console and its nodes; `up` again resumes them.");
+        let _ = writeln!(
+            out,
+            "Ready. Ctrl-C stops the console and its nodes; `up` again resumes them."
+        );
         return Ok(());
     }
     let Some(token) = token else {
@@ -436,7 +462,13 @@ pub async fn bootstrap(
         "  {DEMO_PUBLIC:<16} {public_id}  public, 2 shards × 4 validators (in local mode: 2 independent chains, no beacon)"
     );
     let treasury = local.treasury_key_file(consortium_id);
-    let first = first_transfer(&client, consortium_id, &treasury, Instant::now() + DEMO_DEADLINE).await?;
+    let first = first_transfer(
+        &client,
+        consortium_id,
+        &treasury,
+        Instant::now() + DEMO_DEADLINE,
+    )
+    .await?;
     let _ = writeln!(
         out,
         "First transfer final on {DEMO_CONSORTIUM} at height {} in {:.3} s after start (tx {})",
@@ -444,8 +476,17 @@ pub async fn bootstrap(
         started.elapsed().as_secs_f64(),
         first.hash
     );
-    let next = signed_transfer(&treasury, &first.chain_id, first.nonce + 1, &first.recipient, 5)?;
-    let _ = writeln!(out, "Send a transaction (a transfer of 5 from the treasury, signed for you):");
+    let next = signed_transfer(
+        &treasury,
+        &first.chain_id,
+        first.nonce + 1,
+        &first.recipient,
+        5,
+    )?;
+    let _ = writeln!(
+        out,
+        "Send a transaction (a transfer of 5 from the treasury, signed for you):"
+    );
     let _ = writeln!(
         out,
         "  curl -s -H \"Authorization: Bearer $TRELLIS_TOKEN\" -H 'content-type: application/json' \\\n    \
@@ -464,6 +505,9 @@ pub async fn bootstrap(
         "The treasury (funded at genesis on every local chain) signs with {}",
         treasury.display()
     );
-    let _ = writeln!(out, "Ready. Ctrl-C stops the console and its nodes; `up` again resumes them.");
+    let _ = writeln!(
+        out,
+        "Ready. Ctrl-C stops the console and its nodes; `up` again resumes them."
+    );
     Ok(())
 }

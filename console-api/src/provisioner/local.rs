@@ -242,7 +242,9 @@ impl LocalProvisioner {
             .values()
             .flat_map(|r| r.nodes().map(|(_, n)| n.address))
             .collect();
-        let record = self.prepare(desired, existing.as_ref(), &plan, &used).await?;
+        let record = self
+            .prepare(desired, existing.as_ref(), &plan, &used)
+            .await?;
         inner
             .layout
             .save(&record)
@@ -283,16 +285,16 @@ impl LocalProvisioner {
         let old_chains: BTreeMap<u16, &ChainRecord> = existing
             .map(|r| r.chains.iter().map(|c| (c.shard, c)).collect())
             .unwrap_or_default();
-        let new_nodes = plan
-            .chains
-            .iter()
-            .flat_map(|chain| {
-                let old = old_chains.get(&chain.shard);
-                chain.nodes.iter().filter(move |n| {
-                    !old.is_some_and(|c| c.nodes.iter().any(|o| o.name == n.name))
+        let new_nodes =
+            plan.chains
+                .iter()
+                .flat_map(|chain| {
+                    let old = old_chains.get(&chain.shard);
+                    chain.nodes.iter().filter(move |n| {
+                        !old.is_some_and(|c| c.nodes.iter().any(|o| o.name == n.name))
+                    })
                 })
-            })
-            .count();
+                .count();
         let mut fresh = self
             .inner
             .settings
@@ -306,8 +308,7 @@ impl LocalProvisioner {
             let old = old_chains.get(&planned.shard);
             let mut nodes = Vec::new();
             for node in &planned.nodes {
-                if let Some(kept) = old.and_then(|c| c.nodes.iter().find(|o| o.name == node.name))
-                {
+                if let Some(kept) = old.and_then(|c| c.nodes.iter().find(|o| o.name == node.name)) {
                     nodes.push(kept.clone());
                     continue;
                 }
@@ -485,7 +486,10 @@ fn read_public_keys(path: &Path) -> Option<(String, String)> {
     ))
 }
 
-async fn run_node_tool(binary: &Path, args: &[std::ffi::OsString]) -> Result<Vec<u8>, ProvisionError> {
+async fn run_node_tool(
+    binary: &Path,
+    args: &[std::ffi::OsString],
+) -> Result<Vec<u8>, ProvisionError> {
     let output = tokio::process::Command::new(binary)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -496,7 +500,9 @@ async fn run_node_tool(binary: &Path, args: &[std::ffi::OsString]) -> Result<Vec
     if !output.status.success() {
         return Err(ProvisionError::Unavailable(format!(
             "trellis-node {} failed: {}",
-            args.first().map(|a| a.to_string_lossy()).unwrap_or_default(),
+            args.first()
+                .map(|a| a.to_string_lossy())
+                .unwrap_or_default(),
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
@@ -841,7 +847,11 @@ impl Provisioner for LocalProvisioner {
                 let ready = reports.iter().filter(|r| r.ready).count();
                 let statuses: Vec<&NodeStatus> =
                     reports.iter().filter_map(|r| r.status.as_ref()).collect();
-                let height = statuses.iter().map(|s| s.finalized_height).max().unwrap_or(0);
+                let height = statuses
+                    .iter()
+                    .map(|s| s.finalized_height)
+                    .max()
+                    .unwrap_or(0);
                 epoch = epoch.max(statuses.iter().map(|s| s.epoch).max().unwrap_or(0));
                 quorate &= ready >= quorum(validators.len());
                 all_ready &= ready == validators.len();

@@ -151,16 +151,28 @@ impl TestApp {
     }
 
     async fn build(dir: tempfile::TempDir, url: &str, settings: Settings) -> Self {
+        Self::build_with(dir, url, settings, None).await
+    }
+
+    /// The app with `provisioner` (e.g. the real local one) instead of the recording one;
+    /// `self.provisioner` then records nothing.
+    pub async fn build_with(
+        dir: tempfile::TempDir,
+        url: &str,
+        settings: Settings,
+        provisioner: Option<Arc<dyn Provisioner>>,
+    ) -> Self {
         let database = db::connect_and_migrate(url).await.unwrap();
         let keys = TokenKeys::new(&generate_signing_key(), &[], 900).unwrap();
-        let provisioner = Arc::new(RecordingProvisioner::default());
+        let recording = Arc::new(RecordingProvisioner::default());
         let state = AppState::new(
             database,
             keys,
             trellis_console::custody::MasterKey::generate(),
-            provisioner.clone(),
+            provisioner.unwrap_or_else(|| recording.clone()),
             settings,
         );
+        let provisioner = recording;
         Self {
             router: app::router(state.clone()),
             state,

@@ -67,7 +67,11 @@ impl ProcessId {
 
 /// The arguments a node is started with; also what [`find_running`] looks for.
 fn node_args(config: &Path) -> [std::ffi::OsString; 3] {
-    ["run".into(), "--config".into(), config.as_os_str().to_owned()]
+    [
+        "run".into(),
+        "--config".into(),
+        config.as_os_str().to_owned(),
+    ]
 }
 
 /// Every live process running `trellis-node run --config <config>` (any binary path).
@@ -113,7 +117,10 @@ pub fn spawn(binary: &Path, config: &Path, log: &Path) -> std::io::Result<(Child
         .stderr(log)
         .process_group(0);
     if std::env::var_os("TRELLIS_NODE_LOG").is_some() {
-        command.env("RUST_LOG", std::env::var_os("TRELLIS_NODE_LOG").unwrap_or_default());
+        command.env(
+            "RUST_LOG",
+            std::env::var_os("TRELLIS_NODE_LOG").unwrap_or_default(),
+        );
     } else {
         command.env("RUST_LOG", "warn");
     }
@@ -154,10 +161,12 @@ pub fn find_node_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
             }
         }
     }
-    Err("the trellis-node binary was not found (not given with --node-binary or \
+    Err(
+        "the trellis-node binary was not found (not given with --node-binary or \
          TRELLIS_NODE_BINARY, not next to trellis-console, not on PATH); build it with \
          `cargo build --release -p trellis-node`"
-        .to_string())
+            .to_string(),
+    )
 }
 
 #[cfg(test)]

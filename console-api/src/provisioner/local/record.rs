@@ -224,7 +224,12 @@ mod tests {
         };
         layout.save(&record).unwrap();
         layout.save(&record).unwrap(); // replacing works and leaves no temporary file
-        assert!(!layout.record(record.network_id).with_extension("tmp").exists());
+        assert!(
+            !layout
+                .record(record.network_id)
+                .with_extension("tmp")
+                .exists()
+        );
         let broken = Uuid::now_v7();
         std::fs::create_dir_all(layout.network(broken)).unwrap();
         std::fs::write(layout.record(broken), b"{\"network_id\":").unwrap();
