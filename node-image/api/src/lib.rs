@@ -262,9 +262,15 @@ pub mod methods {
     pub const GET_BLOCK: &str = "trellis_getBlock";
     /// params: none → [`super::NodeStatus`]
     pub const STATUS: &str = "trellis_status";
-    /// params: [`super::SendTransactionParams`] (a governance transaction) →
-    /// [`super::SendTransactionResult`]
+    /// params: [`super::SubmitGovernanceParams`] (a signed governance transaction) →
+    /// [`super::SubmitGovernanceResult`]; every refusal is
+    /// [`super::error_codes::BAD_GOVERNANCE`] with a message saying why.
     pub const SUBMIT_GOVERNANCE: &str = "trellis_submitGovernance";
+    /// params: none → [`super::MembersInfo`] (members, validators, pending changes).
+    pub const GET_MEMBERS: &str = "trellis_getMembers";
+    /// params: [`super::TransactionQuery`] (hash of a governance transaction) →
+    /// [`super::TransactionStatus`].
+    pub const GET_GOVERNANCE: &str = "trellis_getGovernance";
 }
 
 /// Stable JSON-RPC error codes. -32xxx are JSON-RPC's own; -330xx are Trellis's.
@@ -453,6 +459,80 @@ pub struct NodeStatus {
     pub mempool_depth: usize,
     /// Hex node keys of the current validator set.
     pub validators: Vec<String>,
+}
+
+/// `trellis_submitGovernance` params: the hex binary encoding of a governance
+/// transaction (`trellis_node_types::GovernanceTx::to_hex`).
+pub type SubmitGovernanceParams = SendTransactionParams;
+
+/// `trellis_submitGovernance` result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitGovernanceResult {
+    /// Hex SHA-256 of the encoded governance transaction (query it with
+    /// `trellis_getGovernance`).
+    pub hash: String,
+    /// Hex SHA-256 of the proposal (what the approvals signed).
+    pub proposal: String,
+    /// The proposal's governance sequence number.
+    pub sequence: u64,
+}
+
+/// A member of the consortium.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub name: String,
+    /// Hex ed25519 admin (governance) key.
+    pub admin_key: String,
+    /// Hex ed25519 node key (p2p identity and validator).
+    pub node_key: String,
+    pub p2p_address: String,
+}
+
+/// What a pending change does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Admit,
+    Remove,
+}
+
+/// A finalized governance change waiting for its epoch boundary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChange {
+    pub kind: ChangeKind,
+    pub member: MemberInfo,
+    /// Height of the block that carried the governance transaction.
+    pub height: u64,
+    /// Hex id of the proposal.
+    pub proposal: String,
+    /// First epoch with the change applied.
+    pub effective_epoch: u64,
+}
+
+/// `trellis_getMembers`: the member registry at the node's finalized height.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersInfo {
+    pub chain_id: String,
+    /// Finalized height the registry was read at.
+    pub height: u64,
+    /// Current consensus epoch.
+    pub epoch: u64,
+    pub epoch_length: u64,
+    /// Last height of the current epoch: pending changes apply once it is finalized.
+    pub epoch_end_height: u64,
+    /// Sequence number the next governance proposal must carry.
+    pub sequence: u64,
+    /// Approvals a proposal needs now (more than 2/3 of `members`).
+    pub threshold: usize,
+    /// Current members; their admin keys sign governance, their node keys validate this
+    /// epoch.
+    pub members: Vec<MemberInfo>,
+    /// Hex node keys of this epoch's validators.
+    pub validators: Vec<String>,
+    /// Hex node keys allowed as p2p peers: the members plus admitted members waiting for
+    /// the next epoch.
+    pub peers: Vec<String>,
+    pub pending: Vec<PendingChange>,
 }
 
 // ---------------------------------------------------------------------------------------

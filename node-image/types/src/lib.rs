@@ -15,6 +15,11 @@ use commonware_codec::{
 use commonware_cryptography::{Hasher, Sha256, ed25519, sha256};
 use std::fmt;
 
+pub mod governance;
+pub use governance::{
+    Approval, GovernanceAction, GovernanceError, GovernanceTx, MemberSpec, Proposal,
+};
+
 pub use commonware_codec::Encode;
 pub use commonware_cryptography::ed25519::{PrivateKey, PublicKey, Signature};
 pub use commonware_cryptography::sha256::Digest;
@@ -28,6 +33,8 @@ pub const MAX_CHAIN_ID_LEN: usize = 32;
 pub const MAX_ANCHOR_KEY_LEN: usize = 64;
 /// Most transactions in one block.
 pub const MAX_BLOCK_TXS: usize = 20_000;
+/// Most governance transactions in one block.
+pub const MAX_BLOCK_GOVERNANCE: usize = 8;
 /// Number of state tables (fixed forever: `table(account) = H(account) mod 256`).
 pub const TABLES: usize = 256;
 
@@ -310,6 +317,8 @@ pub struct Block {
     /// Proposer's clock, milliseconds since the Unix epoch (informational).
     pub timestamp_ms: u64,
     pub txs: Vec<Tx>,
+    /// Governance transactions, executed after `txs` (see [`governance`]).
+    pub governance: Vec<GovernanceTx>,
     digest: Digest,
 }
 
@@ -320,6 +329,7 @@ impl fmt::Debug for Block {
             .field("view", &self.view)
             .field("digest", &self.digest)
             .field("txs", &self.txs.len())
+            .field("governance", &self.governance.len())
             .finish()
     }
 }
@@ -333,6 +343,19 @@ impl Block {
         timestamp_ms: u64,
         txs: Vec<Tx>,
     ) -> Self {
+        Self::with_governance(parent, height, epoch, view, timestamp_ms, txs, Vec::new())
+    }
+
+    /// A block that also carries governance transactions.
+    pub fn with_governance(
+        parent: Digest,
+        height: u64,
+        epoch: u64,
+        view: u64,
+        timestamp_ms: u64,
+        txs: Vec<Tx>,
+        governance: Vec<GovernanceTx>,
+    ) -> Self {
         let mut block = Self {
             parent,
             height,
@@ -340,6 +363,7 @@ impl Block {
             view,
             timestamp_ms,
             txs,
+            governance,
             digest: sha256::Digest([0; 32]),
         };
         block.digest = Sha256::hash(&[&block.encode()]);
@@ -401,6 +425,10 @@ impl Write for Block {
         for tx in &self.txs {
             tx.write(buf);
         }
+        UInt(self.governance.len() as u32).write(buf);
+        for g in &self.governance {
+            g.write(buf);
+        }
     }
 }
 
@@ -413,6 +441,12 @@ impl EncodeSize for Block {
             + UInt(self.timestamp_ms).encode_size()
             + UInt(self.txs.len() as u32).encode_size()
             + self.txs.iter().map(EncodeSize::encode_size).sum::<usize>()
+            + UInt(self.governance.len() as u32).encode_size()
+            + self
+                .governance
+                .iter()
+                .map(EncodeSize::encode_size)
+                .sum::<usize>()
     }
 }
 
@@ -438,12 +472,33 @@ impl Read for Block {
         for _ in 0..count {
             txs.push(Tx::read(buf)?);
         }
-        Ok(Self::new(parent, height, epoch, view, timestamp_ms, txs))
+        let count = u32::from(UInt::<u32>::read(buf)?) as usize;
+        if count > MAX_BLOCK_GOVERNANCE {
+            return Err(CodecError::InvalidLength(count));
+        }
+        let mut governance = Vec::with_capacity(count);
+        for _ in 0..count {
+            governance.push(GovernanceTx::read(buf)?);
+        }
+        Ok(Self::with_governance(
+            parent,
+            height,
+            epoch,
+            view,
+            timestamp_ms,
+            txs,
+            governance,
+        ))
     }
 }
 
 /// Largest encoding of a block.
-pub const MAX_BLOCK_SIZE: usize = 32 + 4 * 10 + 5 + MAX_BLOCK_TXS * MAX_TX_SIZE;
+pub const MAX_BLOCK_SIZE: usize = 32
+    + 4 * 10
+    + 5
+    + MAX_BLOCK_TXS * MAX_TX_SIZE
+    + 1
+    + MAX_BLOCK_GOVERNANCE * governance::MAX_GOVERNANCE_TX_SIZE;
 
 impl Block {
     /// Decodes untrusted bytes (a peer's block).
@@ -694,12 +749,14 @@ mod tests {
         let mut bytes = Block::new(genesis.digest(), 1, 0, 1, 0, vec![])
             .encode()
             .to_vec();
-        // Replace the trailing count (0) with a huge varint.
-        bytes.pop();
+        // Replace the transaction count (0) and the governance count (0) with a huge
+        // transaction count.
+        bytes.truncate(bytes.len() - 2);
         UInt(u32::MAX).write(&mut bytes);
         assert!(Block::decode_untrusted(&bytes).is_err());
         bytes.truncate(bytes.len() - UInt(u32::MAX).encode_size());
         UInt(MAX_BLOCK_TXS as u32).write(&mut bytes);
+        bytes.push(0);
         assert!(matches!(
             Block::decode_untrusted(&bytes),
             Err(CodecError::EndOfBuffer)
