@@ -13,6 +13,7 @@ pub mod consortium;
 pub mod custody;
 pub mod db;
 pub mod error;
+pub mod governance;
 pub mod health;
 pub mod idempotency;
 pub mod identity;

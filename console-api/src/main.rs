@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use trellis_console::app::{self, AppState, Settings};
 use trellis_console::auth::jwt::TokenKeys;
 use trellis_console::custody::MasterKey;
+use trellis_console::governance::CustodySigner;
 use trellis_console::networks::reconcile;
 use trellis_console::provisioner::kube::{DEFAULT_NODE_IMAGE_REPOSITORY, KubeProvisioner};
 use trellis_console::provisioner::local::addresses::AddressRange;
@@ -301,6 +302,13 @@ async fn run(config: ServerConfig, up: Option<UpMode>) -> Result<(), Box<dyn std
         }
     };
     let state = AppState::new(database, keys, master_key, provisioner, config.settings);
+    if let Some(local) = &local {
+        // Admissions into local consortia are approved on chain with custodied keys.
+        local.set_governance_signer(Arc::new(CustodySigner::new(
+            state.db.clone(),
+            state.master_key.clone(),
+        )));
+    }
     tokio::spawn(reconcile::run(
         state.clone(),
         Duration::from_secs(config.reconcile_interval.max(1)),

@@ -200,3 +200,18 @@ impl Provisioner for Unattached {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// Signs a consortium chain's governance proposals with the organisation keys the
+/// console custodies; implemented by [`crate::governance::CustodySigner`]. A provisioner
+/// that sends governance transactions itself (the local one) is handed one.
+pub trait GovernanceSigner: Send + Sync + 'static {
+    /// Approvals of `proposal` by those of `admin_keys` (hex public keys of the chain's
+    /// current members) whose private keys the console holds for admitted members of
+    /// `network`. Keys it does not hold (brought by their organisations) are skipped.
+    fn approve<'a>(
+        &'a self,
+        network: Uuid,
+        admin_keys: &'a [String],
+        proposal: &'a trellis_node_types::Proposal,
+    ) -> BoxFuture<'a, Result<Vec<trellis_node_types::Approval>, String>>;
+}

@@ -19,8 +19,12 @@
 //!   SIGKILL), and removes the network's directory, or moves it to `retained/` when the
 //!   network's retain policy keeps the ledger.
 //! - **observe** asks every node for `trellis_status` and `/readyz`.
+//! - **Consortium admissions** ([`admission`]): a member admitted after genesis gets its
+//!   node prepared but started only once the chain's governance has admitted it; the
+//!   console's custodied keys approve the governance transaction.
 
 pub mod addresses;
+mod admission;
 pub mod plan;
 pub mod process;
 pub mod record;
@@ -29,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -41,8 +45,8 @@ use self::plan::{LocalPlan, plan_local};
 use self::process::ProcessId;
 use self::record::{ChainRecord, Layout, NetworkRecord, NodeRecord, write_atomically};
 use super::{
-    DesiredNetwork, NetworkRef, ObservedPhase, ObservedStatus, ProvisionError, Provisioner,
-    RpcEndpoint, ShardStatus,
+    DesiredNetwork, GovernanceSigner, NetworkRef, ObservedPhase, ObservedStatus, ProvisionError,
+    Provisioner, RpcEndpoint, ShardStatus,
 };
 
 /// How often the supervisor looks at every node.
@@ -121,6 +125,12 @@ struct Inner {
     layout: Layout,
     fleet: tokio::sync::Mutex<Fleet>,
     http: reqwest::Client,
+    /// Approves admissions with the console's custodied keys (set once at start-up).
+    signer: OnceLock<Arc<dyn GovernanceSigner>>,
+    /// What each node waiting for admission is waiting for, by (network, node).
+    admission_notes: tokio::sync::Mutex<HashMap<(Uuid, String), String>>,
+    /// When each admission was last submitted.
+    admission_sent: tokio::sync::Mutex<HashMap<(Uuid, String), Instant>>,
 }
 
 /// See the module documentation.
@@ -173,9 +183,19 @@ impl LocalProvisioner {
             layout,
             fleet: tokio::sync::Mutex::new(fleet),
             http,
+            signer: OnceLock::new(),
+            admission_notes: tokio::sync::Mutex::new(HashMap::new()),
+            admission_sent: tokio::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(supervise_forever(Arc::downgrade(&inner)));
+        tokio::spawn(admission::admit_forever(Arc::downgrade(&inner)));
         Ok(Self { inner })
+    }
+
+    /// Who approves consortium admissions on chain; without one, admitted members'
+    /// nodes wait with an explanation in the status. Set once; later calls are ignored.
+    pub fn set_governance_signer(&self, signer: Arc<dyn GovernanceSigner>) {
+        let _ = self.inner.signer.set(signer);
     }
 
     pub fn settings(&self) -> &LocalSettings {
@@ -340,6 +360,7 @@ impl LocalProvisioner {
                 shard: planned.shard,
                 chain_id: old.map_or_else(|| planned.chain_id.clone(), |c| c.chain_id.clone()),
                 nodes,
+                retired: false,
             };
             if old.is_none() {
                 genesis(
@@ -359,10 +380,7 @@ impl LocalProvisioner {
         for (shard, old) in &old_chains {
             if !plan.chains.iter().any(|c| c.shard == *shard) {
                 let mut retired = (*old).clone();
-                for node in &mut retired.nodes {
-                    node.in_genesis = false;
-                    node.admitted = false;
-                }
+                retired.retired = true;
                 chains.push(retired);
             }
         }
@@ -682,12 +700,13 @@ fn supervise(inner: &Inner, fleet: &mut Fleet) {
             // Paused: the console reads but changes nothing.
             continue;
         }
-        for (_, node) in record.nodes() {
+        for (chain, node) in record.nodes() {
             let runtime = nodes
                 .entry((record.network_id, node.name.clone()))
                 .or_insert_with(NodeRuntime::new);
             let alive = runtime.is_alive();
-            let wanted = !record.deleting && !record.stopped && node.is_validator();
+            let wanted =
+                !record.deleting && !record.stopped && !chain.retired && node.is_validator();
             if !wanted {
                 if alive {
                     match runtime.terminating_since {
@@ -818,11 +837,7 @@ impl Provisioner for LocalProvisioner {
             let Some((record, restarts)) = self.observe_network(network.network_id).await else {
                 return Ok(None);
             };
-            let active: Vec<&ChainRecord> = record
-                .chains
-                .iter()
-                .filter(|c| c.nodes.iter().any(NodeRecord::is_validator))
-                .collect();
+            let active: Vec<&ChainRecord> = record.chains.iter().filter(|c| !c.retired).collect();
             let mut shards = Vec::new();
             let mut endpoints = Vec::new();
             let mut epoch = 0;
@@ -882,10 +897,15 @@ impl Provisioner for LocalProvisioner {
             };
             let mut message: Vec<String> = record.note.iter().cloned().collect();
             if !waiting.is_empty() {
-                message.push(format!(
-                    "waiting for the chain's governance to admit: {}",
-                    waiting.join(", ")
-                ));
+                let notes = self.inner.admission_notes.lock().await;
+                for name in &waiting {
+                    message.push(
+                        notes
+                            .get(&(record.network_id, name.clone()))
+                            .cloned()
+                            .unwrap_or_else(|| format!("{name} waits for its admission on chain")),
+                    );
+                }
             }
             let restarted: Vec<String> = restarts
                 .iter()
@@ -929,7 +949,7 @@ impl Provisioner for LocalProvisioner {
             }
             Ok(record
                 .nodes()
-                .filter(|(_, n)| n.is_validator())
+                .filter(|(c, n)| !c.retired && n.is_validator())
                 .map(|(chain, node)| RpcEndpoint {
                     shard: Some(u32::from(chain.shard)),
                     url: node_url(node),

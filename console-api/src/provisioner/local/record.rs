@@ -32,8 +32,9 @@ pub struct NodeRecord {
     /// The key that signs this validator's governance (its organisation's, in a
     /// consortium).
     pub admin_public_key: String,
-    /// In the chain's genesis validator set. A node added later runs only once the
-    /// chain's governance has admitted it (`admitted`).
+    /// In the chain's genesis validator set. A node added later (a consortium member
+    /// admitted after genesis) runs only once the chain's governance has admitted it
+    /// (`admitted`: its admission executed on chain).
     pub in_genesis: bool,
     #[serde(default)]
     pub admitted: bool,
@@ -51,6 +52,10 @@ pub struct ChainRecord {
     pub shard: u16,
     pub chain_id: String,
     pub nodes: Vec<NodeRecord>,
+    /// A shard planned away (scale-in): its nodes are stopped, keys and ledger kept, and
+    /// a later scale-out brings the same chain back.
+    #[serde(default)]
+    pub retired: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +225,7 @@ mod tests {
                     in_genesis: true,
                     admitted: false,
                 }],
+                retired: false,
             }],
         };
         layout.save(&record).unwrap();
