@@ -8,8 +8,8 @@
 //! the local provisioner's records, the kube provisioner's client Service). Reading needs
 //! the `viewer` role, sending transactions (`trellis_sendTransaction`,
 //! `trellis_submitGovernance`) the `member` role. Each tenant has its own budget of RPC
-//! requests per minute, apart from the budget of the rest of the API, and bodies are
-//! capped like every request body (64 KiB, `413 body_too_large`).
+//! requests per minute, on top of the budget every authenticated request counts
+//! against, and bodies are capped like every request body (64 KiB, `413 body_too_large`).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -64,6 +64,8 @@ async fn eventually<T>(
 }
 
 struct Consortium {
+    // Dropped first: kills whatever a failed test left running.
+    _guard: common::KillUnder,
     app: TestApp,
     local: LocalProvisioner,
     founder: Org,
@@ -82,6 +84,7 @@ async fn admit_a_fourth_organisation(range: &str) -> Consortium {
     })
     .await
     .unwrap();
+    let guard = common::KillUnder(dir.path().to_path_buf());
     let url = trellis_console::db::sqlite_url(dir.path());
     let app = TestApp::build_with(dir, &url, test_settings(), Some(Arc::new(local.clone()))).await;
     local.set_governance_signer(Arc::new(CustodySigner::new(
@@ -156,6 +159,7 @@ async fn admit_a_fourth_organisation(range: &str) -> Consortium {
     )
     .await;
     Consortium {
+        _guard: guard,
         app,
         local,
         founder,

@@ -79,8 +79,9 @@ async fn local_app(
     url: Option<String>,
     range: &str,
     rpc_per_minute: u32,
-) -> (TestApp, LocalProvisioner) {
+) -> (TestApp, LocalProvisioner, common::KillUnder) {
     let dir = tempfile::tempdir().unwrap();
+    let guard = common::KillUnder(dir.path().to_path_buf());
     let local = LocalProvisioner::start(LocalSettings {
         root: dir.path().join("local"),
         node_binary: node_binary(),
@@ -95,7 +96,7 @@ async fn local_app(
         ..test_settings()
     };
     let app = TestApp::build_with(dir, &url, settings, Some(Arc::new(local.clone()))).await;
-    (app, local)
+    (app, local, guard)
 }
 
 async fn rpc(
@@ -127,7 +128,7 @@ fn network_ref(tenant: &str, network: &str) -> NetworkRef {
 
 /// The whole life of a local network, on the database at `url` (SQLite when `None`).
 async fn network_lifecycle(url: Option<String>, range: &str) {
-    let (app, local) = local_app(url, range, 40).await;
+    let (app, local, _guard) = local_app(url, range, 40).await;
     let org = app.signup("Local Ltd", "ops@local.example").await;
     let other = app.signup("Other Ltd", "ops@other.example").await;
     let created = app
@@ -352,7 +353,7 @@ async fn local_network_lifecycle_postgres() {
 
 #[tokio::test]
 async fn a_sharded_consortium_is_refused_with_a_clear_error() {
-    let (app, _local) = local_app(None, "127.0.2.0/24", 0).await;
+    let (app, _local, _guard) = local_app(None, "127.0.2.0/24", 0).await;
     let org = app.signup("Shards Ltd", "ops@shards.example").await;
     let created = app
         .post(

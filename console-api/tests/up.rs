@@ -4,6 +4,8 @@
 //! data dir, same pids, no second admin, no second demo); SIGTERM stops the nodes too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -163,6 +165,7 @@ fn http(method: reqwest::Method, url: &str, token: &str, body: Option<Value>) ->
 fn up_demo_runs_end_to_end_and_resumes_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
+    let _guard = common::KillUnder(data.to_path_buf());
 
     let mut first = Up::start(data);
     let line = first.wait_for("First transfer final", Duration::from_secs(240));

@@ -390,3 +390,29 @@ macro_rules! on_both_databases {
         }
     };
 }
+
+/// Kills (SIGKILL) every process whose command line mentions `root` when dropped, so a
+/// failing test that started local nodes leaves none behind.
+pub struct KillUnder(pub std::path::PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        let root = self.0.to_string_lossy().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if cmdline
+                .split(|b| *b == 0)
+                .any(|arg| String::from_utf8_lossy(arg).starts_with(&root))
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
