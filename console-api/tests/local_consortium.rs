@@ -18,7 +18,12 @@ use trellis_console::governance::CustodySigner;
 use trellis_console::provisioner::local::{LocalProvisioner, LocalSettings};
 use trellis_console::provisioner::{NetworkRef, Provisioner};
 
+/// `TRELLIS_TEST_NODE_BINARY` (e.g. a governance-capable build), else
+/// `target/<profile>/trellis-node`, built on demand.
 fn node_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TRELLIS_TEST_NODE_BINARY") {
+        return PathBuf::from(path);
+    }
     let profile_dir = std::env::current_exe()
         .unwrap()
         .parent()
@@ -224,7 +229,7 @@ async fn an_admitted_member_waits_for_its_admission_on_chain_with_a_clear_condit
 /// The whole flow on chain. Needs the node's governance execution (branch node-gov):
 /// run with `--ignored` once it is merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs trellis-node governance execution (node-gov), not merged yet"]
+#[ignore = "needs trellis-node governance execution (branch node-gov); run with --include-ignored and TRELLIS_TEST_NODE_BINARY=<node-gov build>"]
 async fn a_fourth_organisation_is_admitted_on_chain_and_its_validator_signs_blocks() {
     let c = admit_a_fourth_organisation("127.0.6.0/24").await;
     let network = c.network.clone();
