@@ -426,40 +426,19 @@ pub async fn bootstrap(
             201,
         )
         .await?;
-    let public = client
-        .expect(
-            reqwest::Method::POST,
-            "/v1/networks",
-            Some(json!({
-                "name": DEMO_PUBLIC,
-                "mode": "public",
-                "shards": {"count": 2, "min": 1, "max": 2},
-                "validators_per_shard": 4,
-            })),
-            201,
-        )
-        .await?;
-    for (name, body) in [(DEMO_CONSORTIUM, &consortium), (DEMO_PUBLIC, &public)] {
-        let id = body["id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or("network without id")?;
-        record.demo_networks.push(DemoNetwork {
-            name: name.to_string(),
-            id,
-        });
-    }
+    let consortium_id: Uuid = consortium["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or("network without id")?;
+    record.demo_networks.push(DemoNetwork {
+        name: DEMO_CONSORTIUM.to_string(),
+        id: consortium_id,
+    });
     save_record(data_dir, &record)?;
-    let consortium_id = record.demo_networks[0].id;
-    let public_id = record.demo_networks[1].id;
     let _ = writeln!(out, "Demo networks:");
     let _ = writeln!(
         out,
         "  {DEMO_CONSORTIUM:<16} {consortium_id}  consortium of Org A, Org B, Org C (one validator each)"
-    );
-    let _ = writeln!(
-        out,
-        "  {DEMO_PUBLIC:<16} {public_id}  public, 2 shards × 4 validators (in local mode: 2 independent chains, no beacon)"
     );
     let treasury = local.treasury_key_file(consortium_id);
     let first = first_transfer(
@@ -475,6 +454,34 @@ pub async fn bootstrap(
         first.height,
         started.elapsed().as_secs_f64(),
         first.hash
+    );
+    // The public network's 8 nodes start after the first transfer: on a small machine
+    // they would otherwise slow the consortium's first blocks.
+    let public = client
+        .expect(
+            reqwest::Method::POST,
+            "/v1/networks",
+            Some(json!({
+                "name": DEMO_PUBLIC,
+                "mode": "public",
+                "shards": {"count": 2, "min": 1, "max": 2},
+                "validators_per_shard": 4,
+            })),
+            201,
+        )
+        .await?;
+    let public_id: Uuid = public["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or("network without id")?;
+    record.demo_networks.push(DemoNetwork {
+        name: DEMO_PUBLIC.to_string(),
+        id: public_id,
+    });
+    save_record(data_dir, &record)?;
+    let _ = writeln!(
+        out,
+        "  {DEMO_PUBLIC:<16} {public_id}  public, 2 shards × 4 validators (in local mode: 2 independent chains, no beacon)"
     );
     let next = signed_transfer(
         &treasury,
