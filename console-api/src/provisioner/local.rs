@@ -131,6 +131,8 @@ struct Inner {
     admission_notes: tokio::sync::Mutex<HashMap<(Uuid, String), String>>,
     /// When each admission was last submitted.
     admission_sent: tokio::sync::Mutex<HashMap<(Uuid, String), Instant>>,
+    /// Last (time, committed transactions) per chain, for tx/s.
+    tx_samples: tokio::sync::Mutex<HashMap<String, (Instant, f64)>>,
 }
 
 /// See the module documentation.
@@ -186,6 +188,7 @@ impl LocalProvisioner {
             signer: OnceLock::new(),
             admission_notes: tokio::sync::Mutex::new(HashMap::new()),
             admission_sent: tokio::sync::Mutex::new(HashMap::new()),
+            tx_samples: tokio::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(supervise_forever(Arc::downgrade(&inner)));
         tokio::spawn(admission::admit_forever(Arc::downgrade(&inner)));
@@ -445,6 +448,23 @@ impl LocalProvisioner {
         fleet.nodes.retain(|(network, _), _| *network != id);
         tracing::info!(network = %id, retain, "local network deleted");
         Ok(())
+    }
+
+    /// Transactions per second of a chain since its previous observation, from the
+    /// highest `trellis_txs_committed_total` of its nodes.
+    async fn tx_rate(&self, chain_id: &str, committed: f64) -> f64 {
+        let now = Instant::now();
+        let mut samples = self.inner.tx_samples.lock().await;
+        let rate = samples.get(chain_id).map_or(0.0, |(at, before)| {
+            let seconds = now.duration_since(*at).as_secs_f64();
+            if seconds > 0.0 && committed >= *before {
+                (committed - before) / seconds
+            } else {
+                0.0
+            }
+        });
+        samples.insert(chain_id.to_string(), (now, committed));
+        rate
     }
 
     async fn observe_network(&self, id: Uuid) -> Option<(NetworkRecord, BTreeMap<String, u64>)> {
@@ -786,6 +806,20 @@ fn start_node(inner: &Inner, network: Uuid, node: &str, runtime: &mut NodeRuntim
 struct NodeReport {
     status: Option<NodeStatus>,
     ready: bool,
+    /// `trellis_txs_committed_total` from its metrics.
+    committed: Option<f64>,
+}
+
+/// The value of the first sample of `metric` in OpenMetrics text.
+fn metric_value(text: &str, metric: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
 }
 
 async fn ask_node(http: &reqwest::Client, node: &NodeRecord) -> NodeReport {
@@ -808,8 +842,23 @@ async fn ask_node(http: &reqwest::Client, node: &NodeRecord) -> NodeReport {
             .await
             .is_ok_and(|r| r.status().is_success())
     };
-    let (status, ready) = tokio::join!(status, ready);
-    NodeReport { status, ready }
+    let committed = async {
+        let text = http
+            .get(format!("{base}{}", trellis_node_api::METRICS_PATH))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric_value(&text, trellis_node_api::metrics::TXS_COMMITTED_TOTAL)
+    };
+    let (status, ready, committed) = tokio::join!(status, ready, committed);
+    NodeReport {
+        status,
+        ready,
+        committed,
+    }
 }
 
 /// Quorum of a committee of `n`: `n - f` with `f = ⌊(n-1)/3⌋`.
@@ -875,7 +924,15 @@ impl Provisioner for LocalProvisioner {
                     id: u32::from(chain.shard),
                     ready_validators: u32::try_from(ready).unwrap_or(u32::MAX),
                     finalized_height: height,
-                    tx_per_second: 0.0,
+                    tx_per_second: self
+                        .tx_rate(
+                            &chain.chain_id,
+                            reports
+                                .iter()
+                                .filter_map(|r| r.committed)
+                                .fold(0.0, f64::max),
+                        )
+                        .await,
                     mempool_depth: statuses
                         .iter()
                         .map(|s| s.mempool_depth as u64)
@@ -973,6 +1030,19 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(1));
         assert_eq!(backoff(4), Duration::from_secs(4));
         assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn metric_values_are_read_from_openmetrics_text() {
+        let text = "# HELP trellis_txs_committed_total x\n\
+                    # TYPE trellis_txs_committed_total counter\n\
+                    trellis_txs_committed_total_created{network=\"n\"} 1.7e9\n\
+                    trellis_txs_committed_total{network=\"n\",shard=\"0\"} 42\n";
+        assert_eq!(
+            metric_value(text, "trellis_txs_committed_total"),
+            Some(42.0)
+        );
+        assert_eq!(metric_value(text, "trellis_peers"), None);
     }
 
     #[test]
