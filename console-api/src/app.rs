@@ -18,7 +18,9 @@ use crate::error::{self, ApiError};
 use crate::metrics::Metrics;
 use crate::provisioner::Provisioner;
 use crate::rate_limit::RateLimiter;
-use crate::{api_keys, audit, consortium, health, identity, networks, request_context, users};
+use crate::{
+    api_keys, audit, consortium, health, identity, networks, node_rpc, request_context, users,
+};
 
 /// Request bodies above this are refused with 413 before they are parsed.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -32,6 +34,8 @@ pub struct Settings {
     pub auth_requests_per_minute: u32,
     /// Requests per minute per tenant on authenticated routes; 0 disables.
     pub tenant_requests_per_minute: u32,
+    /// Node JSON-RPC requests per minute per tenant through the proxy; 0 disables.
+    pub rpc_requests_per_minute: u32,
 }
 
 impl Default for Settings {
@@ -41,6 +45,7 @@ impl Default for Settings {
             refresh_ttl_seconds: 30 * 24 * 3600,
             auth_requests_per_minute: 30,
             tenant_requests_per_minute: 60_000,
+            rpc_requests_per_minute: 6_000,
         }
     }
 }
@@ -57,6 +62,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub auth_limiter: Arc<RateLimiter<IpAddr>>,
     pub tenant_limiter: Arc<RateLimiter<Uuid>>,
+    /// Node RPC proxy budget per tenant.
+    pub rpc_limiter: Arc<RateLimiter<Uuid>>,
 }
 
 impl AppState {
@@ -79,6 +86,7 @@ impl AppState {
                 settings.tenant_requests_per_minute,
                 minute,
             )),
+            rpc_limiter: Arc::new(RateLimiter::new(settings.rpc_requests_per_minute, minute)),
             settings: Arc::new(settings),
         }
     }
@@ -124,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(api_keys::router())
         .merge(networks::router())
+        .merge(node_rpc::router())
         .merge(consortium::router())
         .merge(audit::router())
         .merge(health::router())

@@ -3,16 +3,24 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use trellis_console::app::{self, AppState, Settings};
 use trellis_console::auth::jwt::TokenKeys;
 use trellis_console::custody::MasterKey;
+use trellis_console::governance::CustodySigner;
 use trellis_console::networks::reconcile;
 use trellis_console::provisioner::kube::{DEFAULT_NODE_IMAGE_REPOSITORY, KubeProvisioner};
+use trellis_console::provisioner::local::addresses::AddressRange;
+use trellis_console::provisioner::local::{
+    DEFAULT_TREASURY_BALANCE, LocalProvisioner, LocalSettings, process::find_node_binary,
+};
 use trellis_console::provisioner::{Provisioner, Unattached};
-use trellis_console::{db, openapi};
+use trellis_console::{db, openapi, up};
+
+/// Loopback addresses of local nodes unless `--local-addresses` says otherwise.
+const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.100.0/24";
 
 #[derive(Parser)]
 #[command(name = "trellis-console", version, about = "The Trellis console API")]
@@ -28,6 +36,20 @@ enum ProvisionerKind {
     /// Write ChainNetwork resources (one namespace `trellis-<tenant>` per tenant) for the
     /// operator; the client comes from the in-cluster config or KUBECONFIG.
     Kube,
+    /// Run the networks as local `trellis-node` processes on loopback addresses, with
+    /// their data under `<data-dir>/local`.
+    Local,
+}
+
+/// Where the local provisioner finds its node binary and addresses.
+#[derive(Clone, Debug, clap::Args)]
+struct LocalArgs {
+    /// The `trellis-node` binary; default: next to this executable, else on PATH.
+    #[arg(long, env = "TRELLIS_NODE_BINARY")]
+    node_binary: Option<PathBuf>,
+    /// Loopback addresses for local nodes (one per node), as a CIDR block or FIRST-LAST.
+    #[arg(long, env = "TRELLIS_LOCAL_ADDRESSES", default_value = DEFAULT_LOCAL_ADDRESSES)]
+    local_addresses: AddressRange,
 }
 
 // Parsed once at start-up; the size of the `Serve` variant does not matter.
@@ -89,8 +111,28 @@ enum Command {
             default_value = DEFAULT_NODE_IMAGE_REPOSITORY
         )]
         node_image_repository: String,
+        #[command(flatten)]
+        local: LocalArgs,
         /// Log as JSON lines. Traces are exported over OTLP/HTTP when
         /// OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set.
+        #[arg(long, env = "TRELLIS_LOG_JSON")]
+        log_json: bool,
+    },
+    /// Run the whole product on this machine: the console with SQLite in the data dir
+    /// and the local provisioner; creates the first admin (printed once); `--demo` also
+    /// creates a consortium and a public network and sends a first transfer. Running it
+    /// again on the same data dir resumes.
+    Up {
+        #[arg(long, env = "TRELLIS_DATA_DIR", default_value = "./trellis-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "TRELLIS_CONSOLE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Also provision a 3-organisation consortium and a 2-shard public network and
+        /// send a first transfer through the node RPC proxy.
+        #[arg(long)]
+        demo: bool,
+        #[command(flatten)]
+        local: LocalArgs,
         #[arg(long, env = "TRELLIS_LOG_JSON")]
         log_json: bool,
     },
@@ -98,11 +140,55 @@ enum Command {
     Openapi,
 }
 
+/// Everything a running console needs, from either `serve` or `up`.
+struct ServerConfig {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    database_url: Option<String>,
+    signing_key: Option<PathBuf>,
+    master_key: Option<PathBuf>,
+    verify_keys: Vec<PathBuf>,
+    access_token_ttl: u64,
+    settings: Settings,
+    reconcile_interval: u64,
+    provisioner: ProvisionerKind,
+    node_image_repository: String,
+    local: LocalArgs,
+    log_json: bool,
+}
+
+/// `up`'s part: bootstrap once listening, stop the nodes on the way out.
+struct UpMode {
+    demo: bool,
+    started: Instant,
+}
+
+async fn local_provisioner(
+    data_dir: &std::path::Path,
+    local: &LocalArgs,
+) -> Result<LocalProvisioner, Box<dyn std::error::Error>> {
+    let node_binary = find_node_binary(local.node_binary.as_deref())?;
+    let provisioner = LocalProvisioner::start(LocalSettings {
+        root: data_dir.join("local"),
+        node_binary,
+        addresses: local.local_addresses,
+        treasury_balance: DEFAULT_TREASURY_BALANCE,
+    })
+    .await?;
+    tracing::info!(
+        addresses = %local.local_addresses,
+        node_binary = %provisioner.settings().node_binary.display(),
+        "local provisioner: networks run as trellis-node processes"
+    );
+    Ok(provisioner)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // kube links rustls with ring, other crates may add aws-lc-rs: with two providers
     // compiled in, rustls cannot pick one by itself, so name it before any TLS client.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let started = Instant::now();
     let cli = Cli::parse();
     match cli.command {
         Command::Openapi => {
@@ -122,59 +208,156 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             reconcile_interval,
             provisioner,
             node_image_repository,
+            local,
             log_json,
         } => {
-            let telemetry = trellis_console::telemetry::init(log_json)?;
-            if telemetry.exporting() {
-                tracing::info!("exporting traces over OTLP");
-            }
-            std::fs::create_dir_all(&data_dir)?;
-            let url = database_url.unwrap_or_else(|| db::sqlite_url(&data_dir));
-            let database = db::connect_and_migrate(&url).await?;
-            let key_path =
-                signing_key.unwrap_or_else(|| data_dir.join("access-token-signing-key.pem"));
-            let keys = TokenKeys::load_or_create(&key_path, &verify_keys, access_token_ttl)?;
-            let master_key = MasterKey::load_or_create(
-                &master_key.unwrap_or_else(|| data_dir.join("custody-master-key")),
-            )?;
-            let provisioner: Arc<dyn Provisioner> = match provisioner {
-                ProvisionerKind::Unattached => {
-                    tracing::warn!(
-                        "no provisioner attached: networks are recorded but not provisioned"
-                    );
-                    Arc::new(Unattached)
-                }
-                ProvisionerKind::Kube => {
-                    let client = kube::Client::try_default().await?;
-                    tracing::info!(
-                        %node_image_repository,
-                        "kube provisioner: networks become ChainNetwork resources"
-                    );
-                    Arc::new(KubeProvisioner::new(client, node_image_repository))
-                }
+            let config = ServerConfig {
+                listen,
+                data_dir,
+                database_url,
+                signing_key,
+                master_key,
+                verify_keys,
+                access_token_ttl,
+                settings: Settings {
+                    auth_requests_per_minute,
+                    tenant_requests_per_minute,
+                    ..Settings::default()
+                },
+                reconcile_interval,
+                provisioner,
+                node_image_repository,
+                local,
+                log_json,
             };
-            let settings = Settings {
-                auth_requests_per_minute,
-                tenant_requests_per_minute,
-                ..Settings::default()
+            run(config, None).await
+        }
+        Command::Up {
+            data_dir,
+            listen,
+            demo,
+            local,
+            log_json,
+        } => {
+            let config = ServerConfig {
+                listen,
+                data_dir,
+                database_url: None,
+                signing_key: None,
+                master_key: None,
+                verify_keys: Vec::new(),
+                access_token_ttl: 900,
+                settings: Settings::default(),
+                // Status shows up quickly on one machine.
+                reconcile_interval: 2,
+                provisioner: ProvisionerKind::Local,
+                node_image_repository: DEFAULT_NODE_IMAGE_REPOSITORY.to_string(),
+                local,
+                log_json,
             };
-            let state = AppState::new(database, keys, master_key, provisioner, settings);
-            tokio::spawn(reconcile::run(
-                state.clone(),
-                Duration::from_secs(reconcile_interval.max(1)),
-            ));
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            tracing::info!(address = %listener.local_addr()?, database = %redact(&url), "serving");
-            axum::serve(
-                listener,
-                app::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
-            telemetry.shutdown();
-            Ok(())
+            run(config, Some(UpMode { demo, started })).await
         }
     }
+}
+
+async fn run(config: ServerConfig, up: Option<UpMode>) -> Result<(), Box<dyn std::error::Error>> {
+    let telemetry = if up.is_some() {
+        trellis_console::telemetry::init_with(config.log_json, "warn", true)?
+    } else {
+        trellis_console::telemetry::init(config.log_json)?
+    };
+    if telemetry.exporting() {
+        tracing::info!("exporting traces over OTLP");
+    }
+    let data_dir = config.data_dir;
+    std::fs::create_dir_all(&data_dir)?;
+    let url = config
+        .database_url
+        .unwrap_or_else(|| db::sqlite_url(&data_dir));
+    let database = db::connect_and_migrate(&url).await?;
+    let key_path = config
+        .signing_key
+        .unwrap_or_else(|| data_dir.join("access-token-signing-key.pem"));
+    let keys = TokenKeys::load_or_create(&key_path, &config.verify_keys, config.access_token_ttl)?;
+    let master_key = MasterKey::load_or_create(
+        &config
+            .master_key
+            .unwrap_or_else(|| data_dir.join("custody-master-key")),
+    )?;
+    let mut local = None;
+    let provisioner: Arc<dyn Provisioner> = match config.provisioner {
+        ProvisionerKind::Unattached => {
+            tracing::warn!("no provisioner attached: networks are recorded but not provisioned");
+            Arc::new(Unattached)
+        }
+        ProvisionerKind::Kube => {
+            let client = kube::Client::try_default().await?;
+            tracing::info!(
+                node_image_repository = %config.node_image_repository,
+                "kube provisioner: networks become ChainNetwork resources"
+            );
+            Arc::new(KubeProvisioner::new(client, config.node_image_repository))
+        }
+        ProvisionerKind::Local => {
+            let provisioner = local_provisioner(&data_dir, &config.local).await?;
+            local = Some(provisioner.clone());
+            Arc::new(provisioner)
+        }
+    };
+    let state = AppState::new(database, keys, master_key, provisioner, config.settings);
+    if let Some(local) = &local {
+        // Admissions into local consortia are approved on chain with custodied keys.
+        local.set_governance_signer(Arc::new(CustodySigner::new(
+            state.db.clone(),
+            state.master_key.clone(),
+        )));
+    }
+    tokio::spawn(reconcile::run(
+        state.clone(),
+        Duration::from_secs(config.reconcile_interval.max(1)),
+    ));
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, database = %redact(&url), "serving");
+    let server = axum::serve(
+        listener,
+        app::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal());
+    let outcome = match (&up, &local) {
+        (Some(up_mode), Some(local)) => {
+            let base = format!("http://{address}");
+            let mut server = std::pin::pin!(server.into_future());
+            let mut stdout = std::io::stdout();
+            let bootstrap = up::bootstrap(
+                &base,
+                &data_dir,
+                up_mode.demo,
+                local,
+                up_mode.started,
+                &mut stdout,
+            );
+            // Serve while bootstrapping (it is a client of this very server).
+            let bootstrapped = tokio::select! {
+                served = &mut server => Some(served.map_err(|e| e.to_string())),
+                done = bootstrap => {
+                    done.map_err(|e| format!("up: {e}")).err().map(Err)
+                }
+            };
+            match bootstrapped {
+                Some(Err(e)) => Err(e),
+                Some(Ok(())) => Ok(()),
+                None => server.await.map_err(|e| e.to_string()),
+            }
+        }
+        _ => server.await.map_err(|e| e.to_string()),
+    };
+    if let (Some(_), Some(local)) = (&up, &local) {
+        // `up` owns its nodes: they stop with it and come back with the next `up`.
+        local.stop_all().await;
+    }
+    telemetry.shutdown();
+    outcome.map_err(Into::into)
 }
 
 /// The database URL without its password, for logs.

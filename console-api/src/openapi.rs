@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api_keys, audit, consortium, error, identity, networks, provisioner, users};
+use crate::{api_keys, audit, consortium, error, identity, networks, node_rpc, provisioner, users};
 
 struct BearerAuth;
 
@@ -37,6 +37,7 @@ Errors are RFC 9457 problem documents (application/problem+json).",
         consortium::list_members, consortium::invite, consortium::accept, consortium::approve,
         consortium::reject,
         audit::list,
+        node_rpc::forward_any, node_rpc::forward_to_shard,
     ),
     components(schemas(error::Problem, error::FieldError, provisioner::ObservedStatus)),
     modifiers(&BearerAuth),
@@ -47,6 +48,7 @@ Errors are RFC 9457 problem documents (application/problem+json).",
         (name = "networks", description = "Chain networks"),
         (name = "consortium", description = "Consortium membership: invitations, admission"),
         (name = "audit", description = "The tenant's audit log"),
+        (name = "node-rpc", description = "JSON-RPC of the tenant's networks' nodes, proxied"),
     ),
 )]
 pub struct ApiDoc;

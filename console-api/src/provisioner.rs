@@ -32,8 +32,8 @@
 //!   loop once a real provisioner is configured.
 //! - [`kube::KubeProvisioner`]: writes `ChainNetwork` resources (one namespace per
 //!   tenant) that the operator reconciles.
-//! - `local` depends on the node crate, being built in parallel (see
-//!   docs/console-api.md).
+//! - [`local::LocalProvisioner`]: runs the networks as `trellis-node` processes on
+//!   loopback addresses (the `up` command's provisioner).
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,7 @@ use uuid::Uuid;
 use crate::networks::spec::NetworkSpec;
 
 pub mod kube;
+pub mod local;
 
 /// Identifies one network for a provisioner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +102,15 @@ pub struct ObservedStatus {
     pub message: Option<String>,
 }
 
+/// A node JSON-RPC endpoint the console may forward a tenant's requests to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcEndpoint {
+    /// The shard it serves, when the provisioner knows (`None`: any).
+    pub shard: Option<u32>,
+    /// `http://host:port/rpc`.
+    pub url: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProvisionError {
     /// Transient; the console retries.
@@ -130,6 +140,28 @@ pub trait Provisioner: Send + Sync + 'static {
         network: &'a NetworkRef,
         retain_ledger: bool,
     ) -> BoxFuture<'a, Result<(), ProvisionError>>;
+
+    /// Where the network's node JSON-RPC answers, for the console's RPC proxy. Read-only.
+    /// By default the endpoints the last observation reports (the `kube` provisioner's
+    /// client Service); the local provisioner answers from its records.
+    fn rpc_endpoints<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+    ) -> BoxFuture<'a, Result<Vec<RpcEndpoint>, ProvisionError>> {
+        Box::pin(async move {
+            Ok(self
+                .observe(network)
+                .await?
+                .map(|status| {
+                    status
+                        .rpc_endpoints
+                        .into_iter()
+                        .map(|url| RpcEndpoint { shard: None, url })
+                        .collect()
+                })
+                .unwrap_or_default())
+        })
+    }
 }
 
 /// No provisioner configured: desired state is recorded, nothing is provisioned, and
@@ -167,4 +199,19 @@ impl Provisioner for Unattached {
         // Nothing was ever provisioned through it, so there is nothing to remove.
         Box::pin(async { Ok(()) })
     }
+}
+
+/// Signs a consortium chain's governance proposals with the organisation keys the
+/// console custodies; implemented by [`crate::governance::CustodySigner`]. A provisioner
+/// that sends governance transactions itself (the local one) is handed one.
+pub trait GovernanceSigner: Send + Sync + 'static {
+    /// Approvals of `proposal` by those of `admin_keys` (hex public keys of the chain's
+    /// current members) whose private keys the console holds for admitted members of
+    /// `network`. Keys it does not hold (brought by their organisations) are skipped.
+    fn approve<'a>(
+        &'a self,
+        network: Uuid,
+        admin_keys: &'a [String],
+        proposal: &'a trellis_node_types::Proposal,
+    ) -> BoxFuture<'a, Result<Vec<trellis_node_types::Approval>, String>>;
 }

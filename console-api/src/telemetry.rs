@@ -64,16 +64,35 @@ pub fn otlp_provider(service: &str) -> Result<SdkTracerProvider, Box<dyn std::er
 
 /// Installs the global subscriber. Call once, inside the tokio runtime.
 pub fn init(json: bool) -> Result<Telemetry, Box<dyn std::error::Error>> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with(json, "info", false)
+}
+
+/// [`init`] for an interactive command (`up`): logs go to stderr at `default_level`
+/// (unless `RUST_LOG` says otherwise), so stdout carries only what the user is told.
+pub fn init_with(
+    json: bool,
+    default_level: &str,
+    stderr: bool,
+) -> Result<Telemetry, Box<dyn std::error::Error>> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // Filters are per layer: `RUST_LOG` decides what is logged, while request spans are
     // exported whatever the log level.
-    let output = if json {
-        tracing_subscriber::fmt::layer()
+    let output = match (json, stderr) {
+        (true, false) => tracing_subscriber::fmt::layer()
             .json()
             .with_filter(filter)
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
+            .boxed(),
+        (true, true) => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        (false, false) => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+        (false, true) => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
     };
     let registry = tracing_subscriber::registry().with(output);
     if otlp_configured() {

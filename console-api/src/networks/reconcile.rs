@@ -28,6 +28,14 @@ async fn tenant_slug(conn: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Str
         .ok_or_else(|| DbErr::RecordNotFound(format!("tenant {tenant_id}")))
 }
 
+/// How the provisioner knows `row` (with its tenant's slug).
+pub(crate) async fn network_ref_of(
+    conn: &impl ConnectionTrait,
+    row: &network::Model,
+) -> Result<NetworkRef, DbErr> {
+    Ok(network_ref(row, tenant_slug(conn, row.tenant_id).await?))
+}
+
 fn network_ref(row: &network::Model, tenant_slug: String) -> NetworkRef {
     NetworkRef {
         tenant_id: row.tenant_id,

@@ -151,16 +151,28 @@ impl TestApp {
     }
 
     async fn build(dir: tempfile::TempDir, url: &str, settings: Settings) -> Self {
+        Self::build_with(dir, url, settings, None).await
+    }
+
+    /// The app with `provisioner` (e.g. the real local one) instead of the recording one;
+    /// `self.provisioner` then records nothing.
+    pub async fn build_with(
+        dir: tempfile::TempDir,
+        url: &str,
+        settings: Settings,
+        provisioner: Option<Arc<dyn Provisioner>>,
+    ) -> Self {
         let database = db::connect_and_migrate(url).await.unwrap();
         let keys = TokenKeys::new(&generate_signing_key(), &[], 900).unwrap();
-        let provisioner = Arc::new(RecordingProvisioner::default());
+        let recording = Arc::new(RecordingProvisioner::default());
         let state = AppState::new(
             database,
             keys,
             trellis_console::custody::MasterKey::generate(),
-            provisioner.clone(),
+            provisioner.unwrap_or_else(|| recording.clone()),
             settings,
         );
+        let provisioner = recording;
         Self {
             router: app::router(state.clone()),
             state,
@@ -377,4 +389,30 @@ macro_rules! on_both_databases {
             )*
         }
     };
+}
+
+/// Kills (SIGKILL) every process whose command line mentions `root` when dropped, so a
+/// failing test that started local nodes leaves none behind.
+pub struct KillUnder(pub std::path::PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        let root = self.0.to_string_lossy().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if cmdline
+                .split(|b| *b == 0)
+                .any(|arg| String::from_utf8_lossy(arg).starts_with(&root))
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
 }

@@ -1,0 +1,78 @@
+//! Signing consortium governance with custodied organisation keys.
+//!
+//! When a member is admitted by the console's approval threshold, the chain must admit
+//! it too: a governance transaction approved by more than two thirds of the chain's
+//! current members (docs/node-contract.md, "Governance"). The console holds the keys of
+//! the members it custodies (sealed under the master key) and signs with them here, only
+//! for members that are `Admitted` in that very network. Keys brought by their
+//! organisations never reach the console, so their approvals are not produced here.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use trellis_console_entity::consortium_member;
+use trellis_node_types::{Approval, Proposal, private_key_from_seed_bytes};
+use uuid::Uuid;
+
+use crate::custody::{self, MasterKey};
+use crate::provisioner::GovernanceSigner;
+
+/// Signs with the custodied keys of a network's admitted members.
+#[derive(Clone)]
+pub struct CustodySigner {
+    db: DatabaseConnection,
+    master_key: Arc<MasterKey>,
+}
+
+impl CustodySigner {
+    pub fn new(db: DatabaseConnection, master_key: Arc<MasterKey>) -> Self {
+        Self { db, master_key }
+    }
+
+    async fn approvals(
+        &self,
+        network: Uuid,
+        admin_keys: &[String],
+        proposal: &Proposal,
+    ) -> Result<Vec<Approval>, String> {
+        let members = consortium_member::Entity::find()
+            .filter(consortium_member::Column::NetworkId.eq(network))
+            .filter(consortium_member::Column::State.eq("Admitted"))
+            .all(&self.db)
+            .await
+            .map_err(|e| format!("reading the consortium's members: {e}"))?;
+        let mut approvals = Vec::new();
+        for member in members {
+            let (Some(public), Some(sealed)) =
+                (&member.admin_public_key, &member.sealed_private_key)
+            else {
+                continue;
+            };
+            if !admin_keys.iter().any(|k| k.eq_ignore_ascii_case(public))
+                || approvals.iter().any(|a: &Approval| {
+                    custody::encode_hex(a.admin_key.as_ref()) == public.to_ascii_lowercase()
+                })
+            {
+                continue;
+            }
+            let key = custody::open_custodied(&self.master_key, member.id, sealed)
+                .map_err(|e| format!("opening the key of member {}: {e}", member.id))?;
+            let signer = private_key_from_seed_bytes(key.to_bytes())
+                .ok_or_else(|| format!("the key of member {} is not usable", member.id))?;
+            approvals.push(proposal.approve(&signer));
+        }
+        Ok(approvals)
+    }
+}
+
+impl GovernanceSigner for CustodySigner {
+    fn approve<'a>(
+        &'a self,
+        network: Uuid,
+        admin_keys: &'a [String],
+        proposal: &'a Proposal,
+    ) -> BoxFuture<'a, Result<Vec<Approval>, String>> {
+        Box::pin(self.approvals(network, admin_keys, proposal))
+    }
+}

@@ -1,0 +1,233 @@
+//! The node RPC proxy: a tenant's JSON-RPC requests to its own networks' nodes.
+//!
+//! `POST /v1/networks/{id}/rpc` (any shard) and `POST /v1/networks/{id}/shards/{shard}/rpc`
+//! forward one JSON-RPC request or batch (see docs/node-contract.md) to a node of the
+//! network and return the node's answer unchanged. The network is looked up in the
+//! caller's tenant (another tenant's network is `404 not_found`, like an unknown one);
+//! endpoints come from the provisioner ([`crate::provisioner::Provisioner::rpc_endpoints`]:
+//! the local provisioner's records, the kube provisioner's client Service). Reading needs
+//! the `viewer` role, sending transactions (`trellis_sendTransaction`,
+//! `trellis_submitGovernance`) the `member` role. Each tenant has its own budget of RPC
+//! requests per minute, on top of the budget every authenticated request counts
+//! against, and bodies are capped like every request body (64 KiB, `413 body_too_large`).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::error::{ApiError, ApiResult, Json, Path};
+use crate::networks::{reconcile, store};
+use crate::provisioner::RpcEndpoint;
+use crate::tenancy::Scope;
+
+/// How long one forwarded request may take at the node.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// JSON-RPC methods that change a chain; the rest only read.
+const WRITE_METHODS: [&str; 2] = [
+    trellis_node_api::methods::SEND_TRANSACTION,
+    trellis_node_api::methods::SUBMIT_GOVERNANCE,
+];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/networks/{id}/rpc", post(forward_any))
+        .route(
+            "/v1/networks/{id}/shards/{shard}/rpc",
+            post(forward_to_shard),
+        )
+}
+
+fn client() -> Result<&'static reqwest::Client, ApiError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(NODE_TIMEOUT)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(ApiError::internal)
+}
+
+/// The JSON-RPC methods a request or batch calls, or a 400 saying what is wrong.
+fn methods_of(body: &Value) -> Result<Vec<&str>, ApiError> {
+    let invalid = |detail: &str| ApiError::bad_request("invalid_rpc_request", detail.to_string());
+    let requests: Vec<&Value> = match body {
+        Value::Array(batch) if batch.is_empty() => {
+            return Err(invalid("an empty batch; send 1 to 1000 requests"));
+        }
+        Value::Array(batch) => batch.iter().collect(),
+        Value::Object(_) => vec![body],
+        _ => {
+            return Err(invalid(
+                "the body must be a JSON-RPC request object or a batch (array)",
+            ));
+        }
+    };
+    requests
+        .into_iter()
+        .map(|request| {
+            request
+                .get("method")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("every request needs a string \"method\""))
+        })
+        .collect()
+}
+
+/// Forwards a JSON-RPC request or batch to a node of the network (any shard).
+#[utoipa::path(post, path = "/v1/networks/{id}/rpc", tag = "node-rpc",
+    params(("id" = Uuid, Path)),
+    request_body(content = Object, description = "A JSON-RPC 2.0 request or batch (docs/node-contract.md)"),
+    responses((status = 200, description = "The node's JSON-RPC response, unchanged", body = Object),
+        (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn forward_any(
+    State(state): State<AppState>,
+    scope: Scope,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Value>,
+) -> ApiResult<Response> {
+    forward(state, scope, id, None, body).await
+}
+
+/// Forwards a JSON-RPC request or batch to a node of one shard of the network.
+#[utoipa::path(post, path = "/v1/networks/{id}/shards/{shard}/rpc", tag = "node-rpc",
+    params(("id" = Uuid, Path), ("shard" = u32, Path)),
+    request_body(content = Object, description = "A JSON-RPC 2.0 request or batch (docs/node-contract.md)"),
+    responses((status = 200, description = "The node's JSON-RPC response, unchanged", body = Object),
+        (status = "default", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn forward_to_shard(
+    State(state): State<AppState>,
+    scope: Scope,
+    Path((id, shard)): Path<(Uuid, u32)>,
+    Json(body): Json<Value>,
+) -> ApiResult<Response> {
+    forward(state, scope, id, Some(shard), body).await
+}
+
+async fn forward(
+    state: AppState,
+    scope: Scope,
+    id: Uuid,
+    shard: Option<u32>,
+    body: Value,
+) -> ApiResult<Response> {
+    state
+        .rpc_limiter
+        .check(&scope.tenant().get())
+        .map_err(|retry_after| {
+            ApiError::too_many_requests(
+                "this tenant's node RPC rate limit is exhausted; retry later",
+                retry_after,
+            )
+        })?;
+    // Tenancy first: another tenant's network is not found, whatever the body says.
+    let row = store::find(&state.db, scope.tenant(), id).await?;
+    let methods = methods_of(&body)?;
+    if methods.iter().any(|m| WRITE_METHODS.contains(m)) {
+        scope.require(Role::Member)?;
+    }
+    let network = reconcile::network_ref_of(&state.db, &row).await?;
+    let endpoints: Vec<RpcEndpoint> = state
+        .provisioner
+        .rpc_endpoints(&network)
+        .await
+        .map_err(|e| ApiError::unavailable("node_unavailable", e.to_string()))?
+        .into_iter()
+        .filter(|e| shard.is_none() || e.shard.is_none() || e.shard == shard)
+        .collect();
+    if endpoints.is_empty() {
+        return Err(match shard {
+            Some(shard) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "shard_not_found",
+                format!("the network has no running node serving shard {shard}"),
+            ),
+            None => ApiError::unavailable(
+                "node_unavailable",
+                format!(
+                    "the network has no running nodes (phase {}); wait until it is Running",
+                    row.phase
+                ),
+            ),
+        });
+    }
+    let payload = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+    // Rotate the first choice so load spreads over the nodes; fail over to the next
+    // node when one cannot be reached.
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = NEXT.fetch_add(1, Ordering::Relaxed);
+    let client = client()?;
+    let mut last_error = String::new();
+    for i in 0..endpoints.len() {
+        let endpoint = &endpoints[(start + i) % endpoints.len()];
+        let sent = client
+            .post(&endpoint.url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(payload.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(answer) => {
+                let status = answer.status();
+                match answer.bytes().await {
+                    Ok(bytes) => {
+                        let mut response = (status, bytes).into_response();
+                        response.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        return Ok(response);
+                    }
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "node_unavailable",
+        "no node of the network answered; retry shortly",
+    )
+    .with_internal(last_error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_of_requests_and_batches() {
+        let one = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "trellis_status"});
+        assert_eq!(methods_of(&one).unwrap(), ["trellis_status"]);
+        let batch = serde_json::json!([one, {"method": "trellis_sendTransaction"}]);
+        assert_eq!(
+            methods_of(&batch).unwrap(),
+            ["trellis_status", "trellis_sendTransaction"]
+        );
+        for bad in [
+            serde_json::json!([]),
+            serde_json::json!(5),
+            serde_json::json!({"id": 1}),
+            serde_json::json!([{"method": 5}]),
+        ] {
+            assert_eq!(methods_of(&bad).unwrap_err().code, "invalid_rpc_request");
+        }
+    }
+}

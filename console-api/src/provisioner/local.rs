@@ -1,0 +1,1055 @@
+//! The `local` provisioner: networks as real `trellis-node` processes on loopback
+//! addresses, with their data under the console's data dir. It is what `trellis-console
+//! up` runs, so a new user sees the whole product work without a cluster.
+//!
+//! - **apply** plans the processes ([`plan::plan_local`]), allocates one loopback
+//!   address per new node ([`addresses`]), creates keys with `trellis-node keygen`,
+//!   genesis files with `trellis-node genesis` (the network's treasury account funded on
+//!   every chain) and one config per node, writes the network's record atomically
+//!   ([`record`]) and only then lets the supervisor start processes.
+//! - **The supervisor** (a task, every half second) keeps every node the records want
+//!   running: a node that exits or is killed is restarted after a backoff (0.5 s
+//!   doubling to 30 s, reset once it has run for a minute); nodes of stopped networks
+//!   or retired shards get SIGTERM, then SIGKILL after 10 s; a paused network is left
+//!   exactly as it is.
+//! - **A console restart** loads the records and adopts the nodes that still run (pid +
+//!   start time, else the exact command line in `/proc`), starting only the dead ones,
+//!   so there is never a second process on a data dir and never an orphan.
+//! - **delete** marks the record `deleting` durably, stops the nodes (SIGTERM, then
+//!   SIGKILL), and removes the network's directory, or moves it to `retained/` when the
+//!   network's retain policy keeps the ledger.
+//! - **observe** asks every node for `trellis_status` and `/readyz`.
+//! - **Consortium admissions** ([`admission`]): a member admitted after genesis gets its
+//!   node prepared but started only once the chain's governance has admitted it; the
+//!   console's custodied keys approve the governance transaction.
+
+pub mod addresses;
+mod admission;
+pub mod plan;
+pub mod process;
+pub mod record;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use trellis_node_api::{BootstrapPeer, MempoolConfig, NodeConfig, NodeStatus, Role};
+use uuid::Uuid;
+
+use self::addresses::{AddressRange, P2P_PORT, RPC_PORT};
+use self::plan::{LocalPlan, plan_local};
+use self::process::ProcessId;
+use self::record::{ChainRecord, Layout, NetworkRecord, NodeRecord, write_atomically};
+use super::{
+    DesiredNetwork, GovernanceSigner, NetworkRef, ObservedPhase, ObservedStatus, ProvisionError,
+    Provisioner, RpcEndpoint, ShardStatus,
+};
+
+/// How often the supervisor looks at every node.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+/// SIGTERM, then SIGKILL after this long.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// A node that ran this long before exiting starts over at the shortest backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Timeout of one status or readiness request to a node.
+const NODE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How the local provisioner is set up.
+#[derive(Clone, Debug)]
+pub struct LocalSettings {
+    /// `<data-dir>/local`.
+    pub root: PathBuf,
+    pub node_binary: PathBuf,
+    pub addresses: AddressRange,
+    /// Balance of each network's treasury account on each of its chains.
+    pub treasury_balance: u64,
+}
+
+pub const DEFAULT_TREASURY_BALANCE: u64 = 1_000_000_000_000;
+
+/// The restart state of one node.
+struct NodeRuntime {
+    process: Option<ProcessId>,
+    /// Set when this console started the process: it must be reaped.
+    child: Option<Child>,
+    started: Option<Instant>,
+    failures: u32,
+    not_before: Instant,
+    restarts: u64,
+    /// When SIGTERM was sent to a node that should not run.
+    terminating_since: Option<Instant>,
+}
+
+impl NodeRuntime {
+    fn new() -> Self {
+        Self {
+            process: None,
+            child: None,
+            started: None,
+            failures: 0,
+            not_before: Instant::now(),
+            restarts: 0,
+            terminating_since: None,
+        }
+    }
+
+    fn reap(&mut self) {
+        if let Some(child) = &mut self.child
+            && !matches!(child.try_wait(), Ok(None))
+        {
+            self.child = None;
+        }
+    }
+
+    fn is_alive(&mut self) -> bool {
+        self.reap();
+        self.process.is_some_and(|p| p.is_alive())
+    }
+}
+
+#[derive(Default)]
+struct Fleet {
+    networks: BTreeMap<Uuid, NetworkRecord>,
+    nodes: HashMap<(Uuid, String), NodeRuntime>,
+    /// After [`LocalProvisioner::stop_all`]: nothing is started any more.
+    stopped: bool,
+}
+
+struct Inner {
+    settings: LocalSettings,
+    layout: Layout,
+    fleet: tokio::sync::Mutex<Fleet>,
+    http: reqwest::Client,
+    /// Approves admissions with the console's custodied keys (set once at start-up).
+    signer: OnceLock<Arc<dyn GovernanceSigner>>,
+    /// What each node waiting for admission is waiting for, by (network, node).
+    admission_notes: tokio::sync::Mutex<HashMap<(Uuid, String), String>>,
+    /// When each admission was last submitted.
+    admission_sent: tokio::sync::Mutex<HashMap<(Uuid, String), Instant>>,
+    /// Last (time, committed transactions) per chain, for tx/s.
+    tx_samples: tokio::sync::Mutex<HashMap<String, (Instant, f64)>>,
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct LocalProvisioner {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(context: &str, e: impl std::fmt::Display) -> ProvisionError {
+    ProvisionError::Unavailable(format!("{context}: {e}"))
+}
+
+impl LocalProvisioner {
+    /// Loads the records under `settings.root`, adopts the nodes that still run and
+    /// starts the supervisor. Must run inside a tokio runtime.
+    pub async fn start(settings: LocalSettings) -> Result<Self, String> {
+        let layout = Layout::new(settings.root.clone());
+        let (records, problems) = layout
+            .load_all()
+            .map_err(|e| format!("reading {}: {e}", layout.root().display()))?;
+        if !problems.is_empty() {
+            return Err(format!(
+                "unreadable local network records (fix or move them; their nodes may still \
+                 run): {}",
+                problems.join("; ")
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(NODE_REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let mut fleet = Fleet::default();
+        for record in records {
+            for (_, node) in record.nodes() {
+                let mut runtime = NodeRuntime::new();
+                runtime.process = adopt(&layout, record.network_id, &node.name);
+                if let Some(p) = runtime.process {
+                    tracing::info!(node = %node.name, pid = p.pid, "adopted running node");
+                    runtime.started = Some(Instant::now());
+                }
+                fleet
+                    .nodes
+                    .insert((record.network_id, node.name.clone()), runtime);
+            }
+            fleet.networks.insert(record.network_id, record);
+        }
+        let inner = Arc::new(Inner {
+            settings,
+            layout,
+            fleet: tokio::sync::Mutex::new(fleet),
+            http,
+            signer: OnceLock::new(),
+            admission_notes: tokio::sync::Mutex::new(HashMap::new()),
+            admission_sent: tokio::sync::Mutex::new(HashMap::new()),
+            tx_samples: tokio::sync::Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(supervise_forever(Arc::downgrade(&inner)));
+        tokio::spawn(admission::admit_forever(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// Who approves consortium admissions on chain; without one, admitted members'
+    /// nodes wait with an explanation in the status. Set once; later calls are ignored.
+    pub fn set_governance_signer(&self, signer: Arc<dyn GovernanceSigner>) {
+        let _ = self.inner.signer.set(signer);
+    }
+
+    pub fn settings(&self) -> &LocalSettings {
+        &self.inner.settings
+    }
+
+    /// The key file of the account funded at genesis on every chain of `network`.
+    pub fn treasury_key_file(&self, network: Uuid) -> PathBuf {
+        self.inner.layout.treasury(network)
+    }
+
+    /// The chain ids of `network`'s chains, by shard.
+    pub async fn chain_ids(&self, network: Uuid) -> Vec<(u16, String)> {
+        let fleet = self.inner.fleet.lock().await;
+        fleet
+            .networks
+            .get(&network)
+            .map(|r| {
+                r.chains
+                    .iter()
+                    .map(|c| (c.shard, c.chain_id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL) and starts none any more; the records
+    /// stay, so the next console start brings the networks back. For `up`'s Ctrl-C.
+    pub async fn stop_all(&self) {
+        let processes: Vec<(ProcessId, Option<Child>)> = {
+            let mut fleet = self.inner.fleet.lock().await;
+            fleet.stopped = true;
+            fleet
+                .nodes
+                .values_mut()
+                .filter_map(|rt| {
+                    let child = rt.child.take();
+                    rt.process.take().map(|p| (p, child))
+                })
+                .collect()
+        };
+        stop_processes(processes).await;
+    }
+
+    /// Prepares and records `desired`; the supervisor starts what it needs.
+    async fn apply_desired(&self, desired: &DesiredNetwork) -> Result<(), ProvisionError> {
+        let inner = &self.inner;
+        let mut fleet = inner.fleet.lock().await;
+        let id = desired.network.network_id;
+        let existing = fleet.networks.get(&id).cloned();
+        if let Some(existing) = &existing {
+            if existing.deleting {
+                return Err(ProvisionError::Unavailable(
+                    "the network is being deleted".into(),
+                ));
+            }
+            if existing.generation >= desired.generation {
+                return Ok(());
+            }
+        }
+        let plan = plan_local(desired)?;
+        let used: BTreeSet<Ipv4Addr> = fleet
+            .networks
+            .values()
+            .flat_map(|r| r.nodes().map(|(_, n)| n.address))
+            .collect();
+        let record = self
+            .prepare(desired, existing.as_ref(), &plan, &used)
+            .await?;
+        inner
+            .layout
+            .save(&record)
+            .map_err(|e| unavailable("recording the network", e))?;
+        tracing::info!(
+            network = %id,
+            generation = desired.generation,
+            nodes = plan.node_count(),
+            "local network recorded"
+        );
+        for (_, node) in record.nodes() {
+            fleet
+                .nodes
+                .entry((id, node.name.clone()))
+                .or_insert_with(NodeRuntime::new);
+        }
+        fleet.networks.insert(id, record);
+        // Start what is new now rather than at the next tick.
+        supervise(inner, &mut fleet);
+        Ok(())
+    }
+
+    /// Keys, genesis files and configs for `plan`; returns the record to save.
+    async fn prepare(
+        &self,
+        desired: &DesiredNetwork,
+        existing: Option<&NetworkRecord>,
+        plan: &LocalPlan,
+        used: &BTreeSet<Ipv4Addr>,
+    ) -> Result<NetworkRecord, ProvisionError> {
+        let layout = &self.inner.layout;
+        let binary = &self.inner.settings.node_binary;
+        let id = desired.network.network_id;
+        let treasury = match read_public_keys(&layout.treasury(id)) {
+            Some(keys) => keys.1,
+            None => keygen(binary, &layout.treasury(id)).await?.1,
+        };
+        let old_chains: BTreeMap<u16, &ChainRecord> = existing
+            .map(|r| r.chains.iter().map(|c| (c.shard, c)).collect())
+            .unwrap_or_default();
+        let new_nodes =
+            plan.chains
+                .iter()
+                .flat_map(|chain| {
+                    let old = old_chains.get(&chain.shard);
+                    chain.nodes.iter().filter(move |n| {
+                        !old.is_some_and(|c| c.nodes.iter().any(|o| o.name == n.name))
+                    })
+                })
+                .count();
+        let mut fresh = self
+            .inner
+            .settings
+            .addresses
+            .allocate(used, new_nodes, ports_are_free)
+            .map_err(ProvisionError::Unavailable)?
+            .into_iter();
+
+        let mut chains = Vec::new();
+        for planned in &plan.chains {
+            let old = old_chains.get(&planned.shard);
+            let mut nodes = Vec::new();
+            for node in &planned.nodes {
+                if let Some(kept) = old.and_then(|c| c.nodes.iter().find(|o| o.name == node.name)) {
+                    nodes.push(kept.clone());
+                    continue;
+                }
+                let address = fresh.next().ok_or_else(|| {
+                    ProvisionError::Unavailable("address allocation came up short".into())
+                })?;
+                let dir = layout.node(id, &node.name);
+                // Nothing ever ran from an unrecorded node directory (nodes start only
+                // after the record is written), so leftovers of a crashed apply go.
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|e| unavailable("clearing an unrecorded node directory", e))?;
+                }
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| unavailable("creating the node directory", e))?;
+                let (node_key, own_admin_key) = keygen(binary, &dir.join("keys.json")).await?;
+                nodes.push(NodeRecord {
+                    name: node.name.clone(),
+                    member: node.member.clone(),
+                    address,
+                    node_public_key: node_key,
+                    admin_public_key: node.admin_public_key.clone().unwrap_or(own_admin_key),
+                    // A node joins the genesis only when its chain is new.
+                    in_genesis: old.is_none(),
+                    admitted: false,
+                });
+            }
+            let chain = ChainRecord {
+                shard: planned.shard,
+                chain_id: old.map_or_else(|| planned.chain_id.clone(), |c| c.chain_id.clone()),
+                nodes,
+                retired: false,
+            };
+            if old.is_none() {
+                genesis(
+                    binary,
+                    &chain,
+                    desired.spec.epoch_length.max(1),
+                    &treasury,
+                    self.inner.settings.treasury_balance,
+                    &layout.genesis(id, &chain.chain_id),
+                )
+                .await?;
+            }
+            chains.push(chain);
+        }
+        // Shards planned away are kept (keys and ledger) but stopped: a later scale-out
+        // brings the same chain back.
+        for (shard, old) in &old_chains {
+            if !plan.chains.iter().any(|c| c.shard == *shard) {
+                let mut retired = (*old).clone();
+                retired.retired = true;
+                chains.push(retired);
+            }
+        }
+        chains.sort_by_key(|c| c.shard);
+        for chain in &chains {
+            for node in &chain.nodes {
+                write_config(layout, id, chain, node)?;
+            }
+        }
+        let network = &desired.network;
+        Ok(NetworkRecord {
+            network_id: id,
+            tenant_id: network.tenant_id,
+            tenant_slug: network.tenant_slug.clone(),
+            name: network.name.clone(),
+            generation: desired.generation,
+            paused: desired.spec.paused,
+            stopped: desired.spec.stopped,
+            deleting: false,
+            epoch_length: desired.spec.epoch_length.max(1),
+            treasury_account: treasury,
+            note: plan.note.clone(),
+            chains,
+        })
+    }
+
+    async fn delete_network(&self, id: Uuid, retain: bool) -> Result<(), ProvisionError> {
+        let inner = &self.inner;
+        let processes = {
+            let mut fleet = inner.fleet.lock().await;
+            let Some(record) = fleet.networks.get_mut(&id) else {
+                // Never recorded (or already deleted): remove what a crashed apply left.
+                return remove_or_retain(&inner.layout, id, retain);
+            };
+            record.deleting = true;
+            let record = record.clone();
+            inner
+                .layout
+                .save(&record)
+                .map_err(|e| unavailable("recording the deletion", e))?;
+            let mut processes = Vec::new();
+            for (_, node) in record.nodes() {
+                if let Some(rt) = fleet.nodes.get_mut(&(id, node.name.clone())) {
+                    let child = rt.child.take();
+                    if let Some(p) = rt.process.take() {
+                        processes.push((p, child));
+                    }
+                }
+                // Also anything running the node's config that the console lost track of.
+                for p in process::find_running(&inner.layout.config(id, &node.name)) {
+                    if !processes.iter().any(|(q, _)| *q == p) {
+                        processes.push((p, None));
+                    }
+                }
+            }
+            processes
+        };
+        stop_processes(processes).await;
+        let mut fleet = inner.fleet.lock().await;
+        remove_or_retain(&inner.layout, id, retain)?;
+        fleet.networks.remove(&id);
+        fleet.nodes.retain(|(network, _), _| *network != id);
+        tracing::info!(network = %id, retain, "local network deleted");
+        Ok(())
+    }
+
+    /// Transactions per second of a chain since its previous observation, from the
+    /// highest `trellis_txs_committed_total` of its nodes.
+    async fn tx_rate(&self, chain_id: &str, committed: f64) -> f64 {
+        let now = Instant::now();
+        let mut samples = self.inner.tx_samples.lock().await;
+        let rate = samples.get(chain_id).map_or(0.0, |(at, before)| {
+            let seconds = now.duration_since(*at).as_secs_f64();
+            if seconds > 0.0 && committed >= *before {
+                (committed - before) / seconds
+            } else {
+                0.0
+            }
+        });
+        samples.insert(chain_id.to_string(), (now, committed));
+        rate
+    }
+
+    async fn observe_network(&self, id: Uuid) -> Option<(NetworkRecord, BTreeMap<String, u64>)> {
+        let fleet = self.inner.fleet.lock().await;
+        let record = fleet.networks.get(&id)?.clone();
+        let restarts = record
+            .nodes()
+            .filter_map(|(_, n)| {
+                let rt = fleet.nodes.get(&(id, n.name.clone()))?;
+                Some((n.name.clone(), rt.restarts))
+            })
+            .collect();
+        Some((record, restarts))
+    }
+}
+
+/// Adopts the node's process after a console restart, if it still runs.
+fn adopt(layout: &Layout, network: Uuid, node: &str) -> Option<ProcessId> {
+    if let Some(recorded) = layout.load_process(network, node)
+        && recorded.is_alive()
+    {
+        return Some(recorded);
+    }
+    // The console may have died between spawning and recording.
+    let mut found = process::find_running(&layout.config(network, node));
+    let first = found.pop();
+    for extra in found {
+        // Cannot happen through this console (the node's database lock refuses a second
+        // process); if someone started one by hand, one node is enough.
+        tracing::warn!(node, pid = extra.pid, "stopping a duplicate node process");
+        extra.kill();
+    }
+    first
+}
+
+fn ports_are_free(address: Ipv4Addr) -> bool {
+    [P2P_PORT, RPC_PORT]
+        .iter()
+        .all(|port| TcpListener::bind(SocketAddr::from((address, *port))).is_ok())
+}
+
+fn rpc_address(node: &NodeRecord) -> SocketAddr {
+    SocketAddr::from((node.address, RPC_PORT))
+}
+
+fn p2p_address(node: &NodeRecord) -> SocketAddr {
+    SocketAddr::from((node.address, P2P_PORT))
+}
+
+/// `(node public key, admin public key)` of an existing key file.
+fn read_public_keys(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some((
+        value["node_public_key"].as_str()?.to_string(),
+        value["admin_public_key"].as_str()?.to_string(),
+    ))
+}
+
+async fn run_node_tool(
+    binary: &Path,
+    args: &[std::ffi::OsString],
+) -> Result<Vec<u8>, ProvisionError> {
+    let output = tokio::process::Command::new(binary)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| unavailable(&format!("running {}", binary.display()), e))?;
+    if !output.status.success() {
+        return Err(ProvisionError::Unavailable(format!(
+            "trellis-node {} failed: {}",
+            args.first()
+                .map(|a| a.to_string_lossy())
+                .unwrap_or_default(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(output.stdout)
+}
+
+/// `trellis-node keygen --out <path>`: `(node public key, admin public key)`.
+async fn keygen(binary: &Path, out: &Path) -> Result<(String, String), ProvisionError> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| unavailable("creating a key directory", e))?;
+    }
+    if out.exists() {
+        // keygen refuses to overwrite; an unrecorded leftover is replaced.
+        std::fs::remove_file(out).map_err(|e| unavailable("replacing a key file", e))?;
+    }
+    run_node_tool(binary, &["keygen".into(), "--out".into(), out.into()]).await?;
+    read_public_keys(out)
+        .ok_or_else(|| ProvisionError::Unavailable("keygen wrote no public keys".into()))
+}
+
+/// `trellis-node genesis`: every node of the chain is a member (named after the node,
+/// signing governance with its organisation's key) and the treasury is funded.
+async fn genesis(
+    binary: &Path,
+    chain: &ChainRecord,
+    epoch_length: u64,
+    treasury: &str,
+    balance: u64,
+    out: &Path,
+) -> Result<(), ProvisionError> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "genesis".into(),
+        "--chain-id".into(),
+        chain.chain_id.clone().into(),
+        "--epoch-length".into(),
+        epoch_length.to_string().into(),
+    ];
+    for node in &chain.nodes {
+        args.push("--member".into());
+        args.push(
+            format!(
+                "{},{},{},{}",
+                node.name,
+                node.admin_public_key,
+                node.node_public_key,
+                p2p_address(node)
+            )
+            .into(),
+        );
+    }
+    args.push("--balance".into());
+    args.push(format!("{treasury}={balance}").into());
+    args.push("--out".into());
+    args.push(out.into());
+    run_node_tool(binary, &args).await?;
+    Ok(())
+}
+
+fn write_config(
+    layout: &Layout,
+    network: Uuid,
+    chain: &ChainRecord,
+    node: &NodeRecord,
+) -> Result<(), ProvisionError> {
+    let dir = layout.node(network, &node.name);
+    let config = NodeConfig {
+        chain_id: chain.chain_id.clone(),
+        // Every local chain is a single-committee chain: the node's shard 0.
+        role: Role::Shard { shard: 0 },
+        key_file: dir.join("keys.json"),
+        data_dir: dir.join("data"),
+        genesis_file: layout.genesis(network, &chain.chain_id),
+        p2p_listen: p2p_address(node),
+        p2p_external: None,
+        rpc_listen: rpc_address(node),
+        bootstrap_peers: chain
+            .nodes
+            .iter()
+            .filter(|peer| peer.name != node.name)
+            .map(|peer| BootstrapPeer {
+                public_key: peer.node_public_key.clone(),
+                address: p2p_address(peer).to_string(),
+            })
+            .collect(),
+        mempool: MempoolConfig::default(),
+    };
+    let text = config
+        .to_toml()
+        .map_err(|e| unavailable("rendering a node config", e))?;
+    write_atomically(&layout.config(network, &node.name), text.as_bytes())
+        .map_err(|e| unavailable("writing a node config", e))
+}
+
+fn remove_or_retain(layout: &Layout, id: Uuid, retain: bool) -> Result<(), ProvisionError> {
+    let dir = layout.network(id);
+    if !dir.exists() {
+        return Ok(());
+    }
+    if retain {
+        let target = layout.retained(id);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| unavailable("retaining the ledger", e))?;
+        }
+        if target.exists() {
+            std::fs::remove_dir_all(&target)
+                .map_err(|e| unavailable("replacing a retained ledger", e))?;
+        }
+        std::fs::rename(&dir, &target).map_err(|e| unavailable("retaining the ledger", e))
+    } else {
+        std::fs::remove_dir_all(&dir).map_err(|e| unavailable("removing the network's data", e))
+    }
+}
+
+/// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL; children are reaped.
+async fn stop_processes(processes: Vec<(ProcessId, Option<Child>)>) {
+    for (p, _) in &processes {
+        p.terminate();
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    let mut processes = processes;
+    loop {
+        for (_, child) in &mut processes {
+            if let Some(c) = child {
+                let _ = c.try_wait();
+            }
+        }
+        if processes.iter().all(|(p, _)| !p.is_alive()) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for (p, _) in &processes {
+                if p.is_alive() {
+                    tracing::warn!(pid = p.pid, "node ignored SIGTERM; sending SIGKILL");
+                    p.kill();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if Instant::now() >= deadline + Duration::from_secs(5) {
+            break;
+        }
+    }
+    for (_, child) in &mut processes {
+        if let Some(c) = child {
+            let _ = c.try_wait();
+        }
+    }
+}
+
+async fn supervise_forever(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut fleet = inner.fleet.lock().await;
+        supervise(&inner, &mut fleet);
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(10);
+    (Duration::from_millis(500) * 2u32.pow(exponent)).min(MAX_BACKOFF)
+}
+
+/// One pass: start the nodes that should run and do not, stop those that should not.
+fn supervise(inner: &Inner, fleet: &mut Fleet) {
+    if fleet.stopped {
+        return;
+    }
+    let now = Instant::now();
+    let Fleet {
+        networks, nodes, ..
+    } = fleet;
+    for record in networks.values() {
+        if record.paused && !record.deleting {
+            // Paused: the console reads but changes nothing.
+            continue;
+        }
+        for (chain, node) in record.nodes() {
+            let runtime = nodes
+                .entry((record.network_id, node.name.clone()))
+                .or_insert_with(NodeRuntime::new);
+            let alive = runtime.is_alive();
+            let wanted =
+                !record.deleting && !record.stopped && !chain.retired && node.is_validator();
+            if !wanted {
+                if alive {
+                    match runtime.terminating_since {
+                        None => {
+                            runtime.terminating_since = Some(now);
+                            runtime.process.iter().for_each(ProcessId::terminate);
+                        }
+                        Some(since) if now.duration_since(since) > STOP_GRACE => {
+                            runtime.process.iter().for_each(ProcessId::kill);
+                        }
+                        Some(_) => {}
+                    }
+                } else {
+                    runtime.process = None;
+                    runtime.terminating_since = None;
+                }
+                continue;
+            }
+            runtime.terminating_since = None;
+            if alive {
+                continue;
+            }
+            if let Some(dead) = runtime.process.take() {
+                let ran = runtime.started.map(|s| now.duration_since(s));
+                runtime.failures = if ran.is_some_and(|r| r > HEALTHY_RUN) {
+                    1
+                } else {
+                    runtime.failures.saturating_add(1)
+                };
+                runtime.not_before = now + backoff(runtime.failures);
+                runtime.restarts += 1;
+                tracing::warn!(
+                    node = %node.name,
+                    pid = dead.pid,
+                    restart_in_ms = backoff(runtime.failures).as_millis() as u64,
+                    "node exited; restarting it"
+                );
+            }
+            if now < runtime.not_before {
+                continue;
+            }
+            start_node(inner, record.network_id, &node.name, runtime);
+        }
+    }
+}
+
+fn start_node(inner: &Inner, network: Uuid, node: &str, runtime: &mut NodeRuntime) {
+    let layout = &inner.layout;
+    let config = layout.config(network, node);
+    // Never a second process on one data dir: one may run that this console lost track
+    // of (it died between spawning and recording).
+    if let Some(running) = process::find_running(&config).into_iter().next() {
+        runtime.process = Some(running);
+        runtime.started = Some(Instant::now());
+        return;
+    }
+    let log = layout.node(network, node).join("node.log");
+    match process::spawn(&inner.settings.node_binary, &config, &log) {
+        Ok((child, id)) => {
+            if let Err(e) = layout.save_process(network, node, &id) {
+                tracing::warn!(node, error = %e, "could not record the node's process");
+            }
+            tracing::debug!(node, pid = id.pid, "node started");
+            runtime.process = Some(id);
+            runtime.child = Some(child);
+            runtime.started = Some(Instant::now());
+        }
+        Err(e) => {
+            runtime.failures = runtime.failures.saturating_add(1);
+            runtime.not_before = Instant::now() + backoff(runtime.failures);
+            tracing::error!(node, error = %e, "could not start node");
+        }
+    }
+}
+
+/// What one node says about itself.
+struct NodeReport {
+    status: Option<NodeStatus>,
+    ready: bool,
+    /// `trellis_txs_committed_total` from its metrics.
+    committed: Option<f64>,
+}
+
+/// The value of the first sample of `metric` in OpenMetrics text.
+fn metric_value(text: &str, metric: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+}
+
+async fn ask_node(http: &reqwest::Client, node: &NodeRecord) -> NodeReport {
+    let base = format!("http://{}", rpc_address(node));
+    let status = async {
+        let response = http
+            .post(format!("{base}{}", trellis_node_api::RPC_PATH))
+            .json(&serde_json::json!({
+                "jsonrpc": "2.0", "id": 1, "method": trellis_node_api::methods::STATUS
+            }))
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = response.json().await.ok()?;
+        serde_json::from_value::<NodeStatus>(body.get("result")?.clone()).ok()
+    };
+    let ready = async {
+        http.get(format!("{base}{}", trellis_node_api::READYZ_PATH))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    let committed = async {
+        let text = http
+            .get(format!("{base}{}", trellis_node_api::METRICS_PATH))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric_value(&text, trellis_node_api::metrics::TXS_COMMITTED_TOTAL)
+    };
+    let (status, ready, committed) = tokio::join!(status, ready, committed);
+    NodeReport {
+        status,
+        ready,
+        committed,
+    }
+}
+
+/// Quorum of a committee of `n`: `n - f` with `f = ⌊(n-1)/3⌋`.
+fn quorum(n: usize) -> usize {
+    n - n.saturating_sub(1) / 3
+}
+
+impl Provisioner for LocalProvisioner {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        desired: &'a DesiredNetwork,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>> {
+        Box::pin(self.apply_desired(desired))
+    }
+
+    fn observe<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+    ) -> BoxFuture<'a, Result<Option<ObservedStatus>, ProvisionError>> {
+        Box::pin(async move {
+            let Some((record, restarts)) = self.observe_network(network.network_id).await else {
+                return Ok(None);
+            };
+            let active: Vec<&ChainRecord> = record.chains.iter().filter(|c| !c.retired).collect();
+            let mut shards = Vec::new();
+            let mut endpoints = Vec::new();
+            let mut epoch = 0;
+            let mut quorate = true;
+            let mut all_ready = true;
+            let mut ever_final = false;
+            let mut waiting = Vec::new();
+            for chain in &active {
+                let validators: Vec<&NodeRecord> =
+                    chain.nodes.iter().filter(|n| n.is_validator()).collect();
+                waiting.extend(
+                    chain
+                        .nodes
+                        .iter()
+                        .filter(|n| !n.is_validator() && n.member.is_some())
+                        .map(|n| n.name.clone()),
+                );
+                let reports = futures::future::join_all(
+                    validators.iter().map(|n| ask_node(&self.inner.http, n)),
+                )
+                .await;
+                let ready = reports.iter().filter(|r| r.ready).count();
+                let statuses: Vec<&NodeStatus> =
+                    reports.iter().filter_map(|r| r.status.as_ref()).collect();
+                let height = statuses
+                    .iter()
+                    .map(|s| s.finalized_height)
+                    .max()
+                    .unwrap_or(0);
+                epoch = epoch.max(statuses.iter().map(|s| s.epoch).max().unwrap_or(0));
+                quorate &= ready >= quorum(validators.len());
+                all_ready &= ready == validators.len();
+                ever_final |= height > 0;
+                shards.push(ShardStatus {
+                    id: u32::from(chain.shard),
+                    ready_validators: u32::try_from(ready).unwrap_or(u32::MAX),
+                    finalized_height: height,
+                    tx_per_second: self
+                        .tx_rate(
+                            &chain.chain_id,
+                            reports
+                                .iter()
+                                .filter_map(|r| r.committed)
+                                .fold(0.0, f64::max),
+                        )
+                        .await,
+                    mempool_depth: statuses
+                        .iter()
+                        .map(|s| s.mempool_depth as u64)
+                        .max()
+                        .unwrap_or(0),
+                });
+                endpoints.extend(validators.iter().map(|n| node_url(n)));
+            }
+            let phase = if record.stopped {
+                ObservedPhase::Stopped
+            } else if record.paused {
+                ObservedPhase::Paused
+            } else if quorate && all_ready {
+                ObservedPhase::Running
+            } else if quorate || ever_final {
+                ObservedPhase::Degraded
+            } else {
+                ObservedPhase::Provisioning
+            };
+            let mut message: Vec<String> = record.note.iter().cloned().collect();
+            if !waiting.is_empty() {
+                let notes = self.inner.admission_notes.lock().await;
+                for name in &waiting {
+                    message.push(
+                        notes
+                            .get(&(record.network_id, name.clone()))
+                            .cloned()
+                            .unwrap_or_else(|| format!("{name} waits for its admission on chain")),
+                    );
+                }
+            }
+            let restarted: Vec<String> = restarts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(name, n)| format!("{name} ×{n}"))
+                .collect();
+            if !restarted.is_empty() {
+                message.push(format!("restarted nodes: {}", restarted.join(", ")));
+            }
+            Ok(Some(ObservedStatus {
+                observed_generation: record.generation,
+                phase,
+                shard_count: u32::try_from(active.len()).unwrap_or(u32::MAX),
+                epoch,
+                shards,
+                rpc_endpoints: endpoints,
+                message: (!message.is_empty()).then(|| message.join("; ")),
+            }))
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+        retain_ledger: bool,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>> {
+        Box::pin(self.delete_network(network.network_id, retain_ledger))
+    }
+
+    fn rpc_endpoints<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+    ) -> BoxFuture<'a, Result<Vec<RpcEndpoint>, ProvisionError>> {
+        Box::pin(async move {
+            let fleet = self.inner.fleet.lock().await;
+            let Some(record) = fleet.networks.get(&network.network_id) else {
+                return Ok(Vec::new());
+            };
+            if record.stopped || record.deleting {
+                return Ok(Vec::new());
+            }
+            Ok(record
+                .nodes()
+                .filter(|(c, n)| !c.retired && n.is_validator())
+                .map(|(chain, node)| RpcEndpoint {
+                    shard: Some(u32::from(chain.shard)),
+                    url: node_url(node),
+                })
+                .collect())
+        })
+    }
+}
+
+fn node_url(node: &NodeRecord) -> String {
+    format!("http://{}{}", rpc_address(node), trellis_node_api::RPC_PATH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_thirty_seconds() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn metric_values_are_read_from_openmetrics_text() {
+        let text = "# HELP trellis_txs_committed_total x\n\
+                    # TYPE trellis_txs_committed_total counter\n\
+                    trellis_txs_committed_total_created{network=\"n\"} 1.7e9\n\
+                    trellis_txs_committed_total{network=\"n\",shard=\"0\"} 42\n";
+        assert_eq!(
+            metric_value(text, "trellis_txs_committed_total"),
+            Some(42.0)
+        );
+        assert_eq!(metric_value(text, "trellis_peers"), None);
+    }
+
+    #[test]
+    fn quorum_is_n_minus_f() {
+        assert_eq!(quorum(1), 1);
+        assert_eq!(quorum(3), 3);
+        assert_eq!(quorum(4), 3);
+        assert_eq!(quorum(7), 5);
+    }
+}

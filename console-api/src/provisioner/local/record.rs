@@ -1,0 +1,246 @@
+//! The local provisioner's durable state: one `network.json` per network, written
+//! atomically (temporary file, fsync, rename, fsync of the directory) before any process
+//! is started for it, so a console that dies at any moment restarts with either the old
+//! or the new record, never half of one.
+//!
+//! Layout under `<data-dir>/local/`:
+//!
+//! ```text
+//! networks/<network-id>/network.json          the record below
+//! networks/<network-id>/treasury.json         key file of the funded genesis account
+//! networks/<network-id>/<chain-id>.genesis.json
+//! networks/<network-id>/nodes/<node>/keys.json, node.toml, data/, node.log, process.json
+//! retained/<network-id>/                      a deleted network's ledger, when retained
+//! ```
+
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::process::ProcessId;
+
+/// One validator as provisioned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub member: Option<String>,
+    pub address: Ipv4Addr,
+    pub node_public_key: String,
+    /// The key that signs this validator's governance (its organisation's, in a
+    /// consortium).
+    pub admin_public_key: String,
+    /// In the chain's genesis validator set. A node added later (a consortium member
+    /// admitted after genesis) runs only once the chain's governance has admitted it
+    /// (`admitted`: its admission executed on chain).
+    pub in_genesis: bool,
+    #[serde(default)]
+    pub admitted: bool,
+}
+
+impl NodeRecord {
+    /// Whether the chain accepts this node as a validator.
+    pub fn is_validator(&self) -> bool {
+        self.in_genesis || self.admitted
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainRecord {
+    pub shard: u16,
+    pub chain_id: String,
+    pub nodes: Vec<NodeRecord>,
+    /// A shard planned away (scale-in): its nodes are stopped, keys and ledger kept, and
+    /// a later scale-out brings the same chain back.
+    #[serde(default)]
+    pub retired: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub network_id: Uuid,
+    pub tenant_id: Uuid,
+    pub tenant_slug: String,
+    pub name: String,
+    /// The console generation this record realises.
+    pub generation: i64,
+    pub paused: bool,
+    pub stopped: bool,
+    /// Set (durably) before a delete stops anything, so a console that dies mid-delete
+    /// never restarts the network's nodes.
+    #[serde(default)]
+    pub deleting: bool,
+    pub epoch_length: u64,
+    /// Public key of the account funded at genesis on every chain of the network.
+    pub treasury_account: String,
+    pub note: Option<String>,
+    pub chains: Vec<ChainRecord>,
+}
+
+impl NetworkRecord {
+    pub fn nodes(&self) -> impl Iterator<Item = (&ChainRecord, &NodeRecord)> {
+        self.chains
+            .iter()
+            .flat_map(|c| c.nodes.iter().map(move |n| (c, n)))
+    }
+}
+
+/// Where everything lives.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn networks(&self) -> PathBuf {
+        self.root.join("networks")
+    }
+
+    pub fn network(&self, id: Uuid) -> PathBuf {
+        self.networks().join(id.to_string())
+    }
+
+    pub fn record(&self, id: Uuid) -> PathBuf {
+        self.network(id).join("network.json")
+    }
+
+    pub fn treasury(&self, id: Uuid) -> PathBuf {
+        self.network(id).join("treasury.json")
+    }
+
+    pub fn genesis(&self, id: Uuid, chain_id: &str) -> PathBuf {
+        self.network(id).join(format!("{chain_id}.genesis.json"))
+    }
+
+    pub fn node(&self, id: Uuid, node: &str) -> PathBuf {
+        self.network(id).join("nodes").join(node)
+    }
+
+    pub fn config(&self, id: Uuid, node: &str) -> PathBuf {
+        self.node(id, node).join("node.toml")
+    }
+
+    pub fn process(&self, id: Uuid, node: &str) -> PathBuf {
+        self.node(id, node).join("process.json")
+    }
+
+    pub fn retained(&self, id: Uuid) -> PathBuf {
+        self.root.join("retained").join(id.to_string())
+    }
+
+    /// Every network record on disk. A record that does not parse is reported, not
+    /// skipped silently: its nodes would otherwise be orphaned.
+    pub fn load_all(&self) -> std::io::Result<(Vec<NetworkRecord>, Vec<String>)> {
+        let mut records = Vec::new();
+        let mut problems = Vec::new();
+        let dir = self.networks();
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path().join("network.json");
+            match std::fs::read(&path) {
+                Ok(bytes) => match serde_json::from_slice::<NetworkRecord>(&bytes) {
+                    Ok(record) => records.push(record),
+                    Err(e) => problems.push(format!("{}: {e}", path.display())),
+                },
+                // A directory without a record: apply died before recording; the
+                // console re-applies the network and reuses what was prepared.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => problems.push(format!("{}: {e}", path.display())),
+            }
+        }
+        Ok((records, problems))
+    }
+
+    pub fn save(&self, record: &NetworkRecord) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        write_atomically(&self.record(record.network_id), &bytes)
+    }
+
+    pub fn save_process(&self, id: Uuid, node: &str, process: &ProcessId) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(process).map_err(std::io::Error::other)?;
+        write_atomically(&self.process(id, node), &bytes)
+    }
+
+    pub fn load_process(&self, id: Uuid, node: &str) -> Option<ProcessId> {
+        let bytes = std::fs::read(self.process(id, node)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new content.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other(format!("{} has no directory", path.display())))?;
+    std::fs::create_dir_all(dir)?;
+    let temporary = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_a_corrupt_one_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().to_path_buf());
+        let record = NetworkRecord {
+            network_id: Uuid::now_v7(),
+            tenant_id: Uuid::now_v7(),
+            tenant_slug: "acme".into(),
+            name: "n".into(),
+            generation: 3,
+            paused: false,
+            stopped: false,
+            deleting: false,
+            epoch_length: 100,
+            treasury_account: "ab".repeat(32),
+            note: None,
+            chains: vec![ChainRecord {
+                shard: 0,
+                chain_id: "n-s0".into(),
+                nodes: vec![NodeRecord {
+                    name: "n-0".into(),
+                    member: None,
+                    address: Ipv4Addr::new(127, 0, 2, 1),
+                    node_public_key: "cd".repeat(32),
+                    admin_public_key: "ef".repeat(32),
+                    in_genesis: true,
+                    admitted: false,
+                }],
+                retired: false,
+            }],
+        };
+        layout.save(&record).unwrap();
+        layout.save(&record).unwrap(); // replacing works and leaves no temporary file
+        assert!(
+            !layout
+                .record(record.network_id)
+                .with_extension("tmp")
+                .exists()
+        );
+        let broken = Uuid::now_v7();
+        std::fs::create_dir_all(layout.network(broken)).unwrap();
+        std::fs::write(layout.record(broken), b"{\"network_id\":").unwrap();
+        let (records, problems) = layout.load_all().unwrap();
+        assert_eq!(records, [record]);
+        assert_eq!(problems.len(), 1);
+    }
+}

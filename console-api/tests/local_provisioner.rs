@@ -1,0 +1,411 @@
+//! The local provisioner with real `trellis-node` processes on loopback (addresses
+//! 127.0.2.0/24, 127.0.3.0/24, 127.0.9.0/24): a network created through the API finalizes a
+//! transfer sent through the node RPC proxy; a node killed with SIGKILL is restarted; the
+//! proxy refuses another tenant's network and rate-limits; delete stops every process
+//! and removes the data.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::{TestApp, assert_problem, test_settings};
+use serde_json::{Value, json};
+use trellis_console::provisioner::local::{LocalProvisioner, LocalSettings};
+use trellis_console::provisioner::{NetworkRef, ObservedPhase, Provisioner};
+
+/// `target/<profile>/trellis-node`, built on demand when this crate's tests run alone.
+pub fn node_binary() -> PathBuf {
+    let profile_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
+    let binary = profile_dir.join("trellis-node");
+    if !binary.is_file() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "trellis-node"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building trellis-node failed");
+    }
+    binary
+}
+
+/// Live processes whose command line runs the node config in `node_dir`, counted
+/// independently of the provisioner's own bookkeeping.
+pub fn processes_for(node_dir: &Path) -> Vec<i32> {
+    let config = node_dir.join("node.toml");
+    let wanted = config.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie
+                && cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == wanted.as_bytes())
+        })
+        .collect()
+}
+
+async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn local_app(
+    url: Option<String>,
+    range: &str,
+    rpc_per_minute: u32,
+) -> (TestApp, LocalProvisioner, common::KillUnder) {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = common::KillUnder(dir.path().to_path_buf());
+    let local = LocalProvisioner::start(LocalSettings {
+        root: dir.path().join("local"),
+        node_binary: node_binary(),
+        addresses: range.parse().unwrap(),
+        treasury_balance: 1_000_000,
+    })
+    .await
+    .unwrap();
+    let url = url.unwrap_or_else(|| trellis_console::db::sqlite_url(dir.path()));
+    let settings = trellis_console::app::Settings {
+        rpc_requests_per_minute: rpc_per_minute,
+        ..test_settings()
+    };
+    let app = TestApp::build_with(dir, &url, settings, Some(Arc::new(local.clone()))).await;
+    (app, local, guard)
+}
+
+async fn rpc(
+    app: &TestApp,
+    token: &str,
+    network: &str,
+    method: &str,
+    params: Value,
+) -> (StatusCode, Value) {
+    let r = app
+        .post(
+            &format!("/v1/networks/{network}/rpc"),
+            token,
+            json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}),
+        )
+        .await;
+    (r.status, r.body)
+}
+
+/// The local provisioner knows a network by its id.
+fn network_ref(tenant: &str, network: &str) -> NetworkRef {
+    NetworkRef {
+        tenant_id: tenant.parse().unwrap(),
+        tenant_slug: String::new(),
+        network_id: network.parse().unwrap(),
+        name: String::new(),
+    }
+}
+
+/// The whole life of a local network, on the database at `url` (SQLite when `None`).
+async fn network_lifecycle(url: Option<String>, range: &str) {
+    let (app, local, _guard) = local_app(url, range, 0).await;
+    let org = app.signup("Local Ltd", "ops@local.example").await;
+    let other = app.signup("Other Ltd", "ops@other.example").await;
+    let created = app
+        .post(
+            "/v1/networks",
+            &org.token,
+            json!({"name": "ledger", "mode": "consortium", "retain_ledger_on_delete": false,
+                   "members": [{"organisation": "A", "nodes": 1}, {"organisation": "B", "nodes": 1},
+                               {"organisation": "C", "nodes": 1}, {"organisation": "D", "nodes": 1}]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let network_dir = local.settings().root.join("networks").join(&id);
+    let node_dirs: Vec<PathBuf> = std::fs::read_dir(network_dir.join("nodes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(node_dirs.len(), 4);
+
+    // A transfer sent through the proxy finalizes.
+    let treasury = local.treasury_key_file(id.parse().unwrap());
+    let client_token = org.token.clone();
+    let status = eventually(
+        "the chain to finalize a block",
+        Duration::from_secs(120),
+        async || {
+            let (code, body) = rpc(&app, &client_token, &id, "trellis_status", Value::Null).await;
+            (code == StatusCode::OK && body["result"]["finalized_height"].as_u64()? > 0)
+                .then_some(body)
+        },
+    )
+    .await;
+    let chain_id = status["result"]["chain_id"].as_str().unwrap().to_string();
+    let account = {
+        let keys: Value =
+            serde_json::from_str(&std::fs::read_to_string(&treasury).unwrap()).unwrap();
+        keys["admin_public_key"].as_str().unwrap().to_string()
+    };
+    let recipient = "11".repeat(32);
+    let tx =
+        trellis_console::up::signed_transfer(&treasury, &chain_id, 0, &recipient, 250).unwrap();
+    let (code, sent) = rpc(
+        &app,
+        &org.token,
+        &id,
+        "trellis_sendTransaction",
+        json!({"tx": tx}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{sent}");
+    let hash = sent["result"]["hash"].as_str().unwrap().to_string();
+    eventually(
+        "the transfer to finalize",
+        Duration::from_secs(60),
+        async || {
+            let (_, body) = rpc(
+                &app,
+                &org.token,
+                &id,
+                "trellis_getTransaction",
+                json!({"hash": hash}),
+            )
+            .await;
+            (body["result"]["state"] == "committed").then_some(())
+        },
+    )
+    .await;
+    let (_, balance) = rpc(
+        &app,
+        &org.token,
+        &id,
+        "trellis_getAccount",
+        json!({"account": recipient}),
+    )
+    .await;
+    assert_eq!(balance["result"]["balance"], 250, "{balance}");
+    let (_, treasury_after) = rpc(
+        &app,
+        &org.token,
+        &id,
+        "trellis_getAccount",
+        json!({"account": account}),
+    )
+    .await;
+    assert_eq!(treasury_after["result"]["nonce"], 1);
+
+    // The provisioner reads the network's state back from its nodes.
+    let reference = network_ref(&org.tenant_id, &id);
+    let observed = eventually(
+        "the network to be Running",
+        Duration::from_secs(60),
+        async || {
+            let status = local.observe(&reference).await.unwrap()?;
+            (status.phase == ObservedPhase::Running).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(observed.shards.len(), 1);
+    assert_eq!(observed.shards[0].ready_validators, 4);
+    assert!(observed.shards[0].finalized_height > 0);
+    assert_eq!(observed.rpc_endpoints.len(), 4);
+
+    // A node killed with SIGKILL is restarted: one process per data dir again, a new pid.
+    let victim = &node_dirs[1];
+    let before = processes_for(victim);
+    assert_eq!(before.len(), 1, "one process for {}", victim.display());
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &before[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let after = eventually(
+        "the killed node to be restarted",
+        Duration::from_secs(30),
+        async || {
+            let now = processes_for(victim);
+            (now.len() == 1 && now[0] != before[0]).then_some(now)
+        },
+    )
+    .await;
+    assert_eq!(after.len(), 1);
+    let height = observed.shards[0].finalized_height;
+    eventually(
+        "the chain to keep finalizing",
+        Duration::from_secs(60),
+        async || {
+            let status = local.observe(&reference).await.unwrap()?;
+            (status.shards[0].finalized_height > height + 2
+                && status.shards[0].ready_validators == 4)
+                .then_some(())
+        },
+    )
+    .await;
+    for dir in &node_dirs {
+        assert_eq!(processes_for(dir).len(), 1, "{}", dir.display());
+    }
+
+    // Another tenant's network is not found; a viewer may read but not send.
+    let (code, body) = rpc(&app, &other.token, &id, "trellis_status", Value::Null).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "not_found");
+    let viewer = app
+        .user_with_role(&org, "viewer@local.example", "viewer")
+        .await;
+    let (code, _) = rpc(&app, &viewer, &id, "trellis_status", Value::Null).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, body) = rpc(
+        &app,
+        &viewer,
+        &id,
+        "trellis_sendTransaction",
+        json!({"tx": tx}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    let bad = app
+        .post(&format!("/v1/networks/{id}/rpc"), &org.token, json!([]))
+        .await;
+    assert_problem(&bad, StatusCode::BAD_REQUEST, "invalid_rpc_request");
+    let huge = app
+        .post(
+            &format!("/v1/networks/{id}/rpc"),
+            &org.token,
+            json!({"method": "trellis_status", "params": {"pad": "x".repeat(70 * 1024)}}),
+        )
+        .await;
+    assert_problem(&huge, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+
+    // Delete stops every process and removes the data (retain_ledger_on_delete: false).
+    let deleted = app.delete(&format!("/v1/networks/{id}"), &org.token).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    for dir in &node_dirs {
+        assert!(
+            processes_for(dir).is_empty(),
+            "{} still runs",
+            dir.display()
+        );
+    }
+    assert!(!network_dir.exists());
+    assert_eq!(local.observe(&reference).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_network_lifecycle_sqlite() {
+    network_lifecycle(None, "127.0.2.0/24").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_network_lifecycle_postgres() {
+    let Some(url) = common::postgres_url().await else {
+        eprintln!("SKIPPED: local_network_lifecycle on PostgreSQL");
+        return;
+    };
+    network_lifecycle(Some(url), "127.0.3.0/24").await;
+}
+
+/// Each tenant has its own RPC budget (3 a minute here), counted before the network is
+/// looked up, so probing ids spends it too.
+#[tokio::test]
+async fn the_rpc_proxy_rate_limits_each_tenant() {
+    let (app, _local, _guard) = local_app(None, "127.0.2.0/24", 3).await;
+    let org = app.signup("Busy Ltd", "ops@busy.example").await;
+    let other = app.signup("Calm Ltd", "ops@calm.example").await;
+    let path = format!("/v1/networks/{}/rpc", uuid::Uuid::now_v7());
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "trellis_status"});
+    for _ in 0..3 {
+        let r = app.post(&path, &org.token, body.clone()).await;
+        assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    }
+    let limited = app.post(&path, &org.token, body.clone()).await;
+    assert_problem(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(limited.headers.contains_key("retry-after"));
+    let fresh = app.post(&path, &other.token, body).await;
+    assert_problem(&fresh, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_sharded_consortium_is_refused_with_a_clear_error() {
+    let (app, _local, _guard) = local_app(None, "127.0.2.0/24", 0).await;
+    let org = app.signup("Shards Ltd", "ops@shards.example").await;
+    let created = app
+        .post(
+            "/v1/networks",
+            &org.token,
+            json!({"name": "sharded", "mode": "consortium",
+                   "shards": {"count": 2, "min": 1, "max": 2},
+                   "members": [{"organisation": "A", "nodes": 1}]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(created.body["phase"], "Failed", "{}", created.text);
+    assert!(
+        created.body["provision_error"]
+            .as_str()
+            .unwrap()
+            .contains("shards.count is 2"),
+        "{}",
+        created.text
+    );
+}
+
+/// With `retain_ledger_on_delete` (the default), delete stops the nodes and moves the
+/// network's keys and ledger to `local/retained/<id>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_keeps_the_ledger_when_the_network_retains_it() {
+    let (app, local, _guard) = local_app(None, "127.0.9.0/24", 0).await;
+    let org = app.signup("Keep Ltd", "ops@keep.example").await;
+    let created = app
+        .post(
+            "/v1/networks",
+            &org.token,
+            json!({"name": "kept", "mode": "consortium",
+                   "members": [{"organisation": "Solo", "nodes": 1}]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let node_dir = local
+        .settings()
+        .root
+        .join("networks")
+        .join(&id)
+        .join("nodes/kept-solo-0");
+    eventually(
+        "the node to write its ledger",
+        Duration::from_secs(60),
+        async || {
+            (processes_for(&node_dir).len() == 1 && node_dir.join("data").is_dir()).then_some(())
+        },
+    )
+    .await;
+    let deleted = app.delete(&format!("/v1/networks/{id}"), &org.token).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    assert!(processes_for(&node_dir).is_empty());
+    let retained = local.settings().root.join("retained").join(&id);
+    assert!(retained.join("nodes/kept-solo-0/data").is_dir());
+    assert!(retained.join("nodes/kept-solo-0/keys.json").is_file());
+    assert!(!local.settings().root.join("networks").join(&id).exists());
+}
