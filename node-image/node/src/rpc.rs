@@ -341,6 +341,8 @@ fn get_block<K: Kv>(rpc: &Rpc<K>, q: BlockQuery) -> Result<BlockInfo, RpcFailure
         .state_root_at(q.height)
         .map_err(internal)?
         .unwrap_or_default();
+    // The signers are read under the state lock again.
+    drop(state);
     Ok(BlockInfo {
         height: block.height,
         digest: to_hex(&block.digest().0),
@@ -532,6 +534,14 @@ mod tests {
         );
         assert_eq!(
             call(&rpc, methods::SUBMIT_GOVERNANCE, Value::Null),
+            Err(codes::INVALID_PARAMS)
+        );
+        assert_eq!(
+            call(
+                &rpc,
+                methods::SUBMIT_GOVERNANCE,
+                serde_json::json!({ "tx": "00" })
+            ),
             Err(codes::BAD_GOVERNANCE)
         );
     }
