@@ -324,7 +324,8 @@ fn fourth_organisation_admitted_and_one_removed() {
     let result: Value = serde_json::from_str(&cli(&submit)).unwrap();
     let hash = result["hash"].as_str().unwrap().to_string();
     wait_for("admission to finalize", limit, || {
-        committed(rpcs[1], methods::GET_GOVERNANCE, &hash).is_some()
+        committed(rpcs[0], methods::GET_GOVERNANCE, &hash).is_some()
+            && committed(rpcs[1], methods::GET_GOVERNANCE, &hash).is_some()
     });
     assert_eq!(
         committed(rpcs[1], methods::GET_GOVERNANCE, &hash)
