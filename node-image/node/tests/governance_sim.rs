@@ -360,7 +360,7 @@ fn admit_then_remove(seed: u64) {
 
         // The boundary passes; org4's node replays the chain and validates.
         sim.run_until(&founders, "joiner catches up", Duration::from_secs(300), |s| {
-            s.registry(0).epoch >= admitted + 1
+            s.registry(0).epoch >= admitted
                 && s.height(joiner) + 3 >= s.height(0)
                 && s.height(joiner) > admitted * EPOCH
         })
