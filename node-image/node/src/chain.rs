@@ -1340,12 +1340,13 @@ where
             Backfill::EpochEnd { block, certificate } => self.epoch_end(block, certificate),
             Backfill::Governance { txs } => {
                 let mut state = lock(&self.state);
+                // Only what this node's own clients submitted is gossiped by it.
+                let own = state.governance_gossip.len();
                 for tx in txs {
                     // Known, stale or not (yet) acceptable: dropped, as in the mempool.
                     let _ = state.submit_governance(tx, &self.config.chain_id);
                 }
-                // Only what this node's own clients submitted is gossiped by it.
-                state.governance_gossip.clear();
+                state.governance_gossip.truncate(own);
                 Ok(())
             }
             Backfill::Response { blocks } => {
