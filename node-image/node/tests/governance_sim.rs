@@ -3,10 +3,10 @@
 //!
 //! Four organisations run the chain (epochs of 10 blocks). A fifth organisation's node
 //! starts from the genesis registry and its own key, is admitted by governance, replays
-//! the chain, and signs certificates from its first epoch; then an organisation is removed
-//! and its signatures vanish from certificates while the chain keeps finalizing. Every
-//! run checks safety (one block per height on every node), supply conservation, and who
-//! signed each stored finalization certificate.
+//! the chain, signs certificates from its first epoch, and survives a crash and restart;
+//! then an organisation is removed and its signatures vanish from certificates while the
+//! chain keeps finalizing. Every run checks safety (one block per height on every node),
+//! supply conservation, and who signed each stored finalization certificate.
 
 // Test harness code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -186,6 +186,15 @@ impl Sim {
         .unwrap();
         self.nodes[i].state = Some(state);
         self.nodes[i].handles = Some(handles);
+    }
+
+    /// Kills a node: its tasks stop, its memory is lost, its store survives.
+    fn crash(&mut self, i: usize) {
+        if let Some((chain, orchestrator)) = self.nodes[i].handles.take() {
+            chain.abort();
+            orchestrator.abort();
+        }
+        self.nodes[i].state = None;
     }
 
     fn state(&self, i: usize) -> &Arc<Mutex<NodeState<MemKv>>> {
@@ -376,6 +385,23 @@ fn admit_then_remove(seed: u64) {
         .await;
         assert_eq!(sim.registry(joiner).validators().len(), 5);
         let everyone: Vec<usize> = (0..=joiner).collect();
+        sim.check_invariants(&everyone);
+
+        // The new validator crashes (memory lost, store kept) and restarts from its store:
+        // it resumes in its epoch with its registry and catches up.
+        sim.crash(joiner);
+        let before = sim.height(0);
+        sim.run_until(&founders, "progress without org4", Duration::from_secs(120), |s| {
+            s.height(0) >= before + 3
+        })
+        .await;
+        sim.start(joiner).await;
+        assert_eq!(sim.registry(joiner).validators().len(), 5);
+        let target = sim.height(0) + 2;
+        sim.run_until(&founders, "org4 catches up after a crash", Duration::from_secs(300), |s| {
+            s.height(joiner) >= target
+        })
+        .await;
         sim.check_invariants(&everyone);
 
         // Remove org1, approved by 4 of the 5 members (org4 among them).
