@@ -638,6 +638,8 @@ impl Reporter for Mailbox {
 #[derive(Clone, Debug)]
 pub struct ChainConfig {
     pub chain_id: String,
+    /// Epoch at start-up (informational: proposals and votes use the epoch consensus
+    /// gives them, checked against the member registry).
     pub epoch: u64,
     /// Most transactions per proposed block.
     pub block_txs: usize,
