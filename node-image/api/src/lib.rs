@@ -440,6 +440,13 @@ pub struct BlockInfo {
     pub state_root: String,
     /// Hex hashes of the block's transactions, in order.
     pub transactions: Vec<String>,
+    /// Hex hashes of the block's governance transactions, in order.
+    #[serde(default)]
+    pub governance: Vec<String>,
+    /// Hex node keys of the validators whose signatures the block's stored finalization
+    /// certificate carries; absent when the block was finalized through a descendant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signers: Option<Vec<String>>,
 }
 
 /// `trellis_status`.

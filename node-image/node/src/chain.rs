@@ -14,6 +14,7 @@
 //! Everything goes through the commonware runtime traits, so the same actor runs on tokio
 //! in `trellis-node` and in the deterministic simulator in the tests.
 
+use crate::governance::{GovernanceReceipt, REGISTRY_KEY, Registry, receipt_key};
 use crate::mempool::Mempool;
 use crate::metrics::ChainMetrics;
 use bytes::BufMut;
@@ -35,7 +36,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use trellis_node_state::{Kv, Ledger, Space, StateError, WriteBatch};
-use trellis_node_types::{Block, Digest, PublicKey, Tx};
+use trellis_node_types::{Block, Digest, GovernanceTx, MAX_BLOCK_GOVERNANCE, PublicKey, Tx};
 
 /// The consensus signing scheme: ed25519, one signature per validator in a certificate.
 pub type Scheme = ed25519::Scheme;
@@ -66,6 +67,20 @@ fn key_digest(digest: &Digest) -> Vec<u8> {
 fn key_pending(digest: &Digest) -> Vec<u8> {
     [b"chain/p/".as_slice(), &digest.0].concat()
 }
+/// The validator set of an epoch (hex node keys, sorted), kept to read old certificates.
+fn key_validators(epoch: u64) -> Vec<u8> {
+    [b"chain/gov/v/".as_slice(), &epoch.to_be_bytes()].concat()
+}
+
+fn validators_bytes(registry: &Registry) -> Result<Vec<u8>, StateError> {
+    let keys: Vec<String> = registry
+        .validators()
+        .iter()
+        .map(|k| trellis_node_types::to_hex(k.as_ref()))
+        .collect();
+    serde_json::to_vec(&keys).map_err(|e| StateError::Corrupt(format!("validator set: {e}")))
+}
+
 fn key_finalization(height: u64) -> Vec<u8> {
     [b"chain/f/".as_slice(), &height.to_be_bytes()].concat()
 }
@@ -84,6 +99,26 @@ pub struct NodeState<K: Kv> {
     /// Transactions admitted through this node's RPC, to be gossiped to the committee so
     /// that whichever validator leads next can include them.
     pub gossip: Vec<Tx>,
+    /// The member registry at the finalized height.
+    pub registry: Registry,
+    /// Governance transactions waiting for a block (checked against the registry).
+    pub governance_pool: Vec<GovernanceTx>,
+    /// Governance transactions admitted here, to be gossiped to the committee.
+    pub governance_gossip: Vec<GovernanceTx>,
+}
+
+/// Most governance transactions waiting in the pool.
+pub const GOVERNANCE_POOL: usize = 64;
+
+/// Why a governance transaction was not admitted to the pool.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GovernanceRefusal {
+    #[error("{0}")]
+    Refused(String),
+    #[error("this governance transaction is already pending")]
+    Known,
+    #[error("the governance pool is full ({GOVERNANCE_POOL} transactions); retry later")]
+    Full,
 }
 
 impl<K: Kv> NodeState<K> {
@@ -112,7 +147,7 @@ impl<K: Kv> NodeState<K> {
             Some(block) => block.digest(),
             None => return Err(StateError::Corrupt(format!("block {height} missing"))),
         };
-        Ok(Self {
+        Self {
             ledger,
             mempool: Mempool::new(chain_id, mempool_bound),
             finalized_digest,
@@ -120,7 +155,107 @@ impl<K: Kv> NodeState<K> {
             syncing: false,
             epoch: 0,
             gossip: Vec::new(),
-        })
+            registry: Registry::fixed(&[]),
+            governance_pool: Vec::new(),
+            governance_gossip: Vec::new(),
+        }
+        .with_stored_registry()
+    }
+
+    fn with_stored_registry(mut self) -> Result<Self, StateError> {
+        if let Some(bytes) = self.ledger.kv().get(Space::Meta, REGISTRY_KEY)? {
+            self.registry = serde_json::from_slice(&bytes)
+                .map_err(|e| StateError::Corrupt(format!("member registry: {e}")))?;
+            self.epoch = self.registry.epoch;
+        }
+        Ok(self)
+    }
+
+    /// Opens a consortium chain: [`Self::open`], with `genesis` as the member registry
+    /// when the store has none yet.
+    pub fn open_consortium(
+        kv: K,
+        chain_id: &str,
+        balances: &[(PublicKey, u64)],
+        mempool_bound: usize,
+        genesis: Registry,
+    ) -> Result<Self, StateError> {
+        let mut state = Self::open(kv, chain_id, balances, mempool_bound)?;
+        if state.ledger.kv().get(Space::Meta, REGISTRY_KEY)?.is_none() {
+            let mut batch = WriteBatch::default();
+            batch.put(
+                Space::Meta,
+                REGISTRY_KEY.to_vec(),
+                registry_bytes(&genesis)?,
+            );
+            batch.put(
+                Space::Meta,
+                key_validators(genesis.epoch),
+                validators_bytes(&genesis)?,
+            );
+            state.ledger.kv().commit(batch)?;
+            state.epoch = genesis.epoch;
+            state.registry = genesis;
+        }
+        Ok(state)
+    }
+
+    /// Uses a fixed committee when the store holds no registry (a node started without
+    /// a genesis registry, e.g. the plain simulation).
+    pub fn ensure_registry(&mut self, validators: &[PublicKey]) {
+        if self.registry.members.is_empty() {
+            self.registry = Registry::fixed(validators);
+        }
+    }
+
+    /// Admits a governance transaction submitted by a client and queues it for gossip.
+    pub fn submit_governance(
+        &mut self,
+        tx: GovernanceTx,
+        chain_id: &str,
+    ) -> Result<Digest, GovernanceRefusal> {
+        let hash = tx.hash();
+        if self.governance_pool.iter().any(|g| g.hash() == hash) {
+            return Err(GovernanceRefusal::Known);
+        }
+        self.registry
+            .check(&tx, chain_id)
+            .map_err(GovernanceRefusal::Refused)?;
+        if self.governance_pool.len() >= GOVERNANCE_POOL {
+            return Err(GovernanceRefusal::Full);
+        }
+        self.governance_pool.push(tx.clone());
+        self.governance_gossip.push(tx);
+        Ok(hash)
+    }
+
+    /// The validators of `epoch`, when this store recorded them (consortium chains).
+    pub fn validators_of(&self, epoch: u64) -> Result<Option<Vec<PublicKey>>, StateError> {
+        let Some(bytes) = self.ledger.kv().get(Space::Meta, &key_validators(epoch))? else {
+            return Ok(None);
+        };
+        let keys: Vec<String> = serde_json::from_slice(&bytes)
+            .map_err(|e| StateError::Corrupt(format!("validator set: {e}")))?;
+        keys.iter()
+            .map(|k| {
+                trellis_node_types::public_key_from_hex(k)
+                    .ok_or_else(|| StateError::Corrupt("validator key".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// The receipt of an executed governance transaction.
+    pub fn governance_receipt(
+        &self,
+        hash: &Digest,
+    ) -> Result<Option<GovernanceReceipt>, StateError> {
+        match self.ledger.kv().get(Space::Meta, &receipt_key(&hash.0))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt(format!("governance receipt: {e}"))),
+        }
     }
 
     /// Admits a transaction submitted by a client and queues it for gossip.
@@ -160,6 +295,10 @@ impl<K: Kv> NodeState<K> {
     }
 }
 
+fn registry_bytes(registry: &Registry) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(registry).map_err(|e| StateError::Corrupt(format!("member registry: {e}")))
+}
+
 fn read_block<K: Kv>(kv: &K, height: u64) -> Result<Option<Block>, StateError> {
     match kv.get(Space::Meta, &key_block(height))? {
         None => Ok(None),
@@ -167,6 +306,55 @@ fn read_block<K: Kv>(kv: &K, height: u64) -> Result<Option<Block>, StateError> {
             .map(Some)
             .map_err(|e| StateError::Corrupt(format!("stored block {height}: {e}"))),
     }
+}
+
+/// Checks an encoded finalization certificate: it must finalize `digest` and carry a
+/// quorum of valid signatures of `validators`. Returns its (epoch, view).
+pub fn verify_finalization(
+    chain_id: &str,
+    validators: &[PublicKey],
+    certificate: &[u8],
+    digest: &Digest,
+) -> Option<(u64, u64)> {
+    use commonware_codec::Decode;
+    use commonware_consensus::simplex::types::Finalization;
+    let participants = commonware_utils::ordered::Set::try_from(validators.to_vec()).ok()?;
+    let scheme = Scheme::verifier(&crate::engine::consensus_namespace(chain_id), participants);
+    let finalization = Finalization::<Scheme, Digest>::decode_cfg(
+        commonware_codec::Copying(certificate),
+        &validators.len(),
+    )
+    .ok()?;
+    if finalization.proposal.payload != *digest {
+        return None;
+    }
+    let valid = finalization.verify(
+        &mut commonware_utils::sys_rng(),
+        &scheme,
+        &commonware_parallel::Sequential,
+    );
+    valid.then(|| {
+        let round = finalization.proposal.round;
+        (round.epoch().get(), round.view().get())
+    })
+}
+
+/// The validators whose signatures an encoded finalization certificate carries (in the
+/// order of `validators`, the sorted validator set of the certificate's epoch).
+pub fn certificate_signers(validators: &[PublicKey], certificate: &[u8]) -> Option<Vec<PublicKey>> {
+    use commonware_codec::Decode;
+    use commonware_consensus::simplex::types::Finalization;
+    let finalization = Finalization::<Scheme, Digest>::decode_cfg(
+        commonware_codec::Copying(certificate),
+        &validators.len(),
+    )
+    .ok()?;
+    finalization
+        .certificate
+        .signers
+        .iter()
+        .map(|p| validators.get(p.get() as usize).cloned())
+        .collect()
 }
 
 /// Locks shared state; a poisoned lock means another thread panicked while holding it,
@@ -177,6 +365,8 @@ pub fn lock<K: Kv>(state: &Mutex<NodeState<K>>) -> MutexGuard<'_, NodeState<K>> 
 
 /// Most transactions in one gossip message.
 const GOSSIP_BATCH: usize = 512;
+/// Ticks between checks whether this node is stuck before an epoch change.
+const EPOCH_END_EVERY: u64 = 10;
 
 /// Backfill protocol and transaction gossip, on the chain actor's own p2p channel.
 #[derive(Debug, PartialEq)]
@@ -187,7 +377,18 @@ enum Backfill {
     Response { blocks: Vec<Block> },
     /// Transactions admitted by the sender, for the receivers' mempools.
     Gossip { txs: Vec<Tx> },
+    /// "Send me the last block of this epoch and its finalization certificate."
+    EpochEndRequest { epoch: u64 },
+    /// The last block of an epoch with the certificate that finalized it (verified by the
+    /// receiver against that epoch's validators).
+    EpochEnd { block: Block, certificate: Vec<u8> },
+    /// Governance transactions admitted by the sender, for the receivers' pools.
+    Governance { txs: Vec<GovernanceTx> },
 }
+
+/// Largest encoded finalization certificate accepted (a proposal and one ed25519
+/// signature per validator, up to 128 validators).
+const MAX_CERTIFICATE_SIZE: usize = 64 * 1024;
 
 impl Write for Backfill {
     fn write(&self, buf: &mut impl BufMut) {
@@ -211,6 +412,23 @@ impl Write for Backfill {
                     tx.write(buf);
                 }
             }
+            Backfill::EpochEndRequest { epoch } => {
+                3u8.write(buf);
+                UInt(*epoch).write(buf);
+            }
+            Backfill::EpochEnd { block, certificate } => {
+                4u8.write(buf);
+                block.write(buf);
+                UInt(certificate.len() as u32).write(buf);
+                buf.put_slice(certificate);
+            }
+            Backfill::Governance { txs } => {
+                5u8.write(buf);
+                UInt(txs.len() as u32).write(buf);
+                for tx in txs {
+                    tx.write(buf);
+                }
+            }
         }
     }
 }
@@ -224,6 +442,16 @@ impl EncodeSize for Backfill {
                     + blocks.iter().map(EncodeSize::encode_size).sum::<usize>()
             }
             Backfill::Gossip { txs } => {
+                UInt(txs.len() as u32).encode_size()
+                    + txs.iter().map(EncodeSize::encode_size).sum::<usize>()
+            }
+            Backfill::EpochEndRequest { epoch } => UInt(*epoch).encode_size(),
+            Backfill::EpochEnd { block, certificate } => {
+                block.encode_size()
+                    + UInt(certificate.len() as u32).encode_size()
+                    + certificate.len()
+            }
+            Backfill::Governance { txs } => {
                 UInt(txs.len() as u32).encode_size()
                     + txs.iter().map(EncodeSize::encode_size).sum::<usize>()
             }
@@ -261,6 +489,33 @@ impl Read for Backfill {
                 }
                 Ok(Backfill::Gossip { txs })
             }
+            3 => Ok(Backfill::EpochEndRequest {
+                epoch: UInt::<u64>::read(buf)?.into(),
+            }),
+            4 => {
+                let block = Block::read(buf)?;
+                let len = u32::from(UInt::<u32>::read(buf)?) as usize;
+                if len > MAX_CERTIFICATE_SIZE {
+                    return Err(CodecError::InvalidLength(len));
+                }
+                if buf.remaining() < len {
+                    return Err(CodecError::EndOfBuffer);
+                }
+                let mut certificate = vec![0u8; len];
+                buf.copy_to_slice(&mut certificate);
+                Ok(Backfill::EpochEnd { block, certificate })
+            }
+            5 => {
+                let count = u32::from(UInt::<u32>::read(buf)?) as usize;
+                if count > GOVERNANCE_POOL {
+                    return Err(CodecError::InvalidLength(count));
+                }
+                let mut txs = Vec::with_capacity(count.min(8));
+                for _ in 0..count {
+                    txs.push(GovernanceTx::read(buf)?);
+                }
+                Ok(Backfill::Governance { txs })
+            }
             t => Err(CodecError::InvalidEnum(t)),
         }
     }
@@ -290,6 +545,7 @@ enum Message {
     },
     Finalized {
         digest: Digest,
+        epoch: u64,
         view: u64,
         certificate: Vec<u8>,
     },
@@ -363,6 +619,7 @@ impl Reporter for Mailbox {
         match activity {
             Activity::Finalization(f) => self.send(Message::Finalized {
                 digest: f.proposal.payload,
+                epoch: f.proposal.round.epoch().get(),
                 view: f.proposal.round.view().get(),
                 certificate: f.encode().to_vec(),
             }),
@@ -381,6 +638,8 @@ impl Reporter for Mailbox {
 #[derive(Clone, Debug)]
 pub struct ChainConfig {
     pub chain_id: String,
+    /// Epoch at start-up (informational: proposals and votes use the epoch consensus
+    /// gives them, checked against the member registry).
     pub epoch: u64,
     /// Most transactions per proposed block.
     pub block_txs: usize,
@@ -389,6 +648,40 @@ pub struct ChainConfig {
     /// A proposal waits until this long after its parent's timestamp, so an idle chain
     /// does not spin out empty blocks as fast as the network allows.
     pub min_block_interval: Duration,
+    /// Told about every change of the epoch or the peer set, once it is committed.
+    pub memberships: Option<mpsc::UnboundedSender<Membership>>,
+}
+
+/// The membership consensus and p2p must use from now on.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    pub epoch: u64,
+    /// This epoch's validators, sorted.
+    pub validators: Vec<PublicKey>,
+    /// The last block before this epoch: the new consensus engine's genesis.
+    pub floor: Digest,
+    /// Peer-set version and the allowed peers with their governance addresses.
+    pub peer_set: u64,
+    pub peers: Vec<(PublicKey, String)>,
+}
+
+impl<K: Kv> NodeState<K> {
+    /// The membership at the finalized height.
+    pub fn membership(&self) -> Result<Membership, StateError> {
+        let registry = &self.registry;
+        let floor_height = registry.epoch_floor(registry.epoch).unwrap_or(0);
+        let floor = self
+            .block(floor_height)?
+            .ok_or_else(|| StateError::Corrupt(format!("epoch floor block {floor_height}")))?
+            .digest();
+        Ok(Membership {
+            epoch: registry.epoch,
+            validators: registry.validators(),
+            floor,
+            peer_set: registry.peer_set,
+            peers: registry.peers(),
+        })
+    }
 }
 
 struct PendingVerify {
@@ -412,8 +705,10 @@ struct Actor<E, K: Kv, BS, FS> {
     blocks: HashMap<Digest, Block>,
     verifies: Vec<PendingVerify>,
     proposals: Vec<PendingPropose>,
-    /// Highest finalization seen: the block to finalize up to.
-    target: Option<(Digest, u64)>,
+    /// Highest finalization seen (digest, epoch, view): the block to finalize up to.
+    target: Option<(Digest, (u64, u64))>,
+    /// Finalized height at the last epoch-end request, to ask only when stuck.
+    stalled_at: Option<u64>,
     certificates: HashMap<Digest, Vec<u8>>,
     /// Digests requested from peers, with the tick they were last requested at.
     wanted: HashMap<Digest, u64>,
@@ -487,6 +782,7 @@ where
             verifies: Vec::new(),
             proposals: Vec::new(),
             target: None,
+            stalled_at: None,
             certificates: HashMap::new(),
             wanted: HashMap::new(),
             ticks: 0,
@@ -535,16 +831,10 @@ where
                 }
                 Message::Finalized {
                     digest,
+                    epoch,
                     view,
                     certificate,
-                } => {
-                    self.note_view(view);
-                    self.certificates.insert(digest, certificate);
-                    if self.target.is_none_or(|(_, v)| view > v) {
-                        self.target = Some((digest, view));
-                    }
-                    self.advance()
-                }
+                } => self.finalized(digest, (epoch, view), certificate),
                 Message::Seen { view } => {
                     self.note_view(view);
                     Ok(())
@@ -565,6 +855,34 @@ where
                 return;
             }
         }
+    }
+
+    /// A finalization certificate from consensus.
+    fn finalized(
+        &mut self,
+        digest: Digest,
+        round: (u64, u64),
+        certificate: Vec<u8>,
+    ) -> Result<(), StateError> {
+        self.note_view(round.1);
+        // A block finalized again (an epoch's last block is re-proposed until it is
+        // finalized directly): keep the certificate if the block has none yet, so that
+        // peers catching up across the epoch can be served one.
+        let known = lock(&self.state).finalized_height_of(&digest)?;
+        if let Some(height) = known {
+            let state = lock(&self.state);
+            if state.finalization(height)?.is_none() {
+                let mut batch = WriteBatch::default();
+                batch.put(Space::Meta, key_finalization(height), certificate);
+                state.ledger.kv().commit(batch)?;
+            }
+            return Ok(());
+        }
+        self.certificates.insert(digest, certificate);
+        if self.target.is_none_or(|(_, r)| round > r) {
+            self.target = Some((digest, round));
+        }
+        self.advance()
     }
 
     fn note_view(&mut self, view: u64) {
@@ -669,6 +987,22 @@ where
             let parent_digest = p.context.parent.1;
             match self.lookup(&parent_digest) {
                 Ok(Some(parent)) => {
+                    let epoch = p.context.round.epoch().get();
+                    let (current, end) = {
+                        let state = lock(&self.state);
+                        (state.registry.epoch, state.registry.epoch_end(epoch))
+                    };
+                    if current != epoch || end.is_some_and(|end| parent.height > end) {
+                        // An engine of an epoch this node has left: it is being stopped.
+                        continue;
+                    }
+                    if end == Some(parent.height) {
+                        // The epoch is complete: re-propose its last block until it is
+                        // finalized directly, so its certificate exists for every node
+                        // that changes epoch.
+                        p.response.send_lossy(parent_digest);
+                        continue;
+                    }
                     let ready_at = UNIX_EPOCH
                         + Duration::from_millis(parent.timestamp_ms)
                         + self.config.min_block_interval;
@@ -718,23 +1052,61 @@ where
         for tx in &cursor.txs {
             exclude.insert(tx.hash());
         }
-        let txs = lock(&self.state)
-            .mempool
-            .select(self.config.block_txs, &exclude);
+        let governance_above = self.governance_above(parent);
+        let (txs, governance) = {
+            let state = lock(&self.state);
+            let txs = state.mempool.select(self.config.block_txs, &exclude);
+            // Governance waits while an unfinalized ancestor carries some: its outcome
+            // (and so the next sequence) is not known yet.
+            let mut governance = Vec::new();
+            if !governance_above {
+                let mut registry = state.registry.clone();
+                for g in &state.governance_pool {
+                    if governance.len() >= MAX_BLOCK_GOVERNANCE {
+                        break;
+                    }
+                    if registry
+                        .execute(g, &self.config.chain_id, parent.height + 1)
+                        .is_ok()
+                    {
+                        governance.push(g.clone());
+                    }
+                }
+            }
+            (txs, governance)
+        };
         let now_ms = self
             .context
             .current()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Block::new(
+        Block::with_governance(
             parent.digest(),
             parent.height + 1,
-            self.config.epoch,
+            context.round.epoch().get(),
             context.view().get(),
             now_ms,
             txs,
+            governance,
         )
+    }
+
+    /// True when a block between the finalized one and `parent` (inclusive) carries
+    /// governance transactions.
+    fn governance_above(&self, parent: &Block) -> bool {
+        let finalized = lock(&self.state).finalized_height();
+        let mut cursor = parent.clone();
+        while cursor.height > finalized {
+            if !cursor.governance.is_empty() {
+                return true;
+            }
+            match self.unfinalized(&cursor.parent) {
+                Ok(Some(b)) => cursor = b,
+                _ => break,
+            }
+        }
+        false
     }
 
     fn serve_verifies(&mut self) {
@@ -771,7 +1143,15 @@ where
                 self.verifies.push(v);
                 continue;
             };
-            let valid = self.valid(&v.context, &block, &parent);
+            let valid = if v.digest == v.context.parent.1 {
+                // A re-proposal: valid only for the last block of the current epoch.
+                let state = lock(&self.state);
+                let epoch = v.context.round.epoch().get();
+                state.registry.epoch == epoch
+                    && state.registry.epoch_end(epoch) == Some(block.height)
+            } else {
+                self.valid(&v.context, &block, &parent)
+            };
             if !valid {
                 warn!(digest = ?v.digest, "refusing invalid block");
             } else if let Err(e) = self.persist(&block) {
@@ -784,11 +1164,23 @@ where
     }
 
     fn valid(&self, context: &ConsensusContext, block: &Block, parent: &Block) -> bool {
+        let epoch = context.round.epoch().get();
+        let (current, end) = {
+            let state = lock(&self.state);
+            (state.registry.epoch, state.registry.epoch_end(epoch))
+        };
         block.parent == parent.digest()
             && block.height == parent.height + 1
             && block.view == context.view().get()
-            && block.epoch == self.config.epoch
+            && block.epoch == epoch
+            && current == epoch
+            && end.is_none_or(|end| block.height <= end)
             && block.txs.len() <= self.config.block_txs
+            && block.governance.len() <= MAX_BLOCK_GOVERNANCE
+            && block
+                .governance
+                .iter()
+                .all(|g| g.check_stateless(&self.config.chain_id).is_ok())
             && {
                 // Signatures of transactions in this node's mempool were checked at
                 // admission; the rest are checked with one batch verification, outside
@@ -810,6 +1202,9 @@ where
     fn tick(&mut self) -> Result<(), StateError> {
         self.ticks += 1;
         self.flush_gossip();
+        if self.ticks.is_multiple_of(EPOCH_END_EVERY) {
+            self.ask_epoch_end();
+        }
         for v in &mut self.verifies {
             v.ticks += 1;
         }
@@ -824,7 +1219,34 @@ where
         self.advance()
     }
 
+    /// When finalization has not moved since the last look, asks peers for the current
+    /// epoch's last block: a node that missed an epoch change (or a new member's node
+    /// replaying the chain) learns it this way, since the engines of past epochs are gone.
+    fn ask_epoch_end(&mut self) {
+        let (height, epoch, ends) = {
+            let state = lock(&self.state);
+            let r = &state.registry;
+            (
+                state.finalized_height(),
+                r.epoch,
+                r.epoch_end(r.epoch).is_some(),
+            )
+        };
+        if ends && self.stalled_at == Some(height) {
+            let request = Backfill::EpochEndRequest { epoch };
+            self.backfill_sender
+                .send(Recipients::All, IoBuf::from(request.encode()), false);
+        }
+        self.stalled_at = Some(height);
+    }
+
     fn flush_gossip(&mut self) {
+        let governance = std::mem::take(&mut lock(&self.state).governance_gossip);
+        if !governance.is_empty() {
+            let message = Backfill::Governance { txs: governance };
+            self.backfill_sender
+                .send(Recipients::All, IoBuf::from(message.encode()), false);
+        }
         let txs = std::mem::take(&mut lock(&self.state).gossip);
         for batch in txs.chunks(GOSSIP_BATCH) {
             let message = Backfill::Gossip {
@@ -894,6 +1316,41 @@ where
                 }
                 Ok(())
             }
+            Backfill::EpochEndRequest { epoch } => {
+                let proof = {
+                    let state = lock(&self.state);
+                    match state.registry.epoch_end(epoch) {
+                        Some(end) if end <= state.finalized_height() => {
+                            match (state.block(end)?, state.finalization(end)?) {
+                                (Some(block), Some(certificate)) => Some((block, certificate)),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some((block, certificate)) = proof {
+                    let response = Backfill::EpochEnd { block, certificate };
+                    self.backfill_sender.send(
+                        Recipients::One(from),
+                        IoBuf::from(response.encode()),
+                        false,
+                    );
+                }
+                Ok(())
+            }
+            Backfill::EpochEnd { block, certificate } => self.epoch_end(block, certificate),
+            Backfill::Governance { txs } => {
+                let mut state = lock(&self.state);
+                // Only what this node's own clients submitted is gossiped by it.
+                let own = state.governance_gossip.len();
+                for tx in txs {
+                    // Known, stale or not (yet) acceptable: dropped, as in the mempool.
+                    let _ = state.submit_governance(tx, &self.config.chain_id);
+                }
+                state.governance_gossip.truncate(own);
+                Ok(())
+            }
             Backfill::Response { blocks } => {
                 // Accept only what was asked for, and then each block's parent: digests
                 // are hashes, so a peer cannot slip in anything else.
@@ -912,6 +1369,45 @@ where
                 self.advance()
             }
         }
+    }
+
+    /// A peer's proof that `block` ended this node's current epoch: accepted when the
+    /// certificate finalizes exactly that block in that epoch with a quorum of the epoch's
+    /// validators (as this node's registry knows them).
+    fn epoch_end(&mut self, block: Block, certificate: Vec<u8>) -> Result<(), StateError> {
+        let (epoch, end, validators, finalized) = {
+            let state = lock(&self.state);
+            let r = &state.registry;
+            (
+                r.epoch,
+                r.epoch_end(r.epoch),
+                r.validators(),
+                state.finalized_height(),
+            )
+        };
+        if end != Some(block.height) || block.height <= finalized {
+            return Ok(());
+        }
+        let Some(round) = verify_finalization(
+            &self.config.chain_id,
+            &validators,
+            &certificate,
+            &block.digest(),
+        ) else {
+            warn!(epoch, "refused an epoch-end proof that does not verify");
+            return Ok(());
+        };
+        if round.0 != epoch {
+            return Ok(());
+        }
+        let digest = block.digest();
+        self.certificates.insert(digest, certificate);
+        self.wanted.insert(digest, self.ticks);
+        self.keep(block);
+        if self.target.is_none_or(|(_, r)| round > r) {
+            self.target = Some((digest, round));
+        }
+        self.advance()
     }
 
     /// Finalizes up to the target: walks back to the last finalized block, then executes
@@ -978,6 +1474,40 @@ where
         if let Some(certificate) = self.certificates.remove(&digest) {
             extra.put(Space::Meta, key_finalization(block.height), certificate);
         }
+        // Governance executes after the block's transactions; the registry it leaves is
+        // committed with the block.
+        let mut registry = lock(&self.state).registry.clone();
+        let before = (registry.epoch, registry.peer_set);
+        for g in &block.governance {
+            let outcome = registry.execute(g, &self.config.chain_id, block.height);
+            if let Err(e) = &outcome {
+                info!(height = block.height, error = %e, "governance transaction failed");
+            }
+            let receipt = GovernanceReceipt {
+                height: block.height,
+                success: outcome.is_ok(),
+                error: outcome.err(),
+            };
+            extra.put(
+                Space::Meta,
+                receipt_key(&g.hash().0),
+                serde_json::to_vec(&receipt)
+                    .map_err(|e| StateError::Corrupt(format!("governance receipt: {e}")))?,
+            );
+        }
+        if registry.end_of_block(block.height) {
+            extra.put(
+                Space::Meta,
+                key_validators(registry.epoch),
+                validators_bytes(&registry)?,
+            );
+        }
+        let changed = (registry.epoch, registry.peer_set) != before;
+        extra.put(
+            Space::Meta,
+            REGISTRY_KEY.to_vec(),
+            registry_bytes(&registry)?,
+        );
         let (admitted, depth) = {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
@@ -985,6 +1515,12 @@ where
                 .ledger
                 .apply_block_with(block.height, &block.txs, extra)?;
             state.finalized_digest = digest;
+            state.epoch = registry.epoch;
+            let chain_id = &self.config.chain_id;
+            state
+                .governance_pool
+                .retain(|g| !block.governance.contains(g) && registry.check(g, chain_id).is_ok());
+            state.registry = registry;
             let admitted = state.mempool.on_finalized(&block.txs, &state.ledger);
             (admitted, state.mempool.len())
         };
@@ -992,6 +1528,19 @@ where
             self.metrics
                 .finality_latency
                 .observe(at.elapsed().as_secs_f64());
+        }
+        if changed {
+            let membership = lock(&self.state).membership()?;
+            info!(
+                epoch = membership.epoch,
+                validators = membership.validators.len(),
+                peers = membership.peers.len(),
+                "membership changed"
+            );
+            self.metrics.epoch.set(membership.epoch as i64);
+            if let Some(updates) = &self.config.memberships {
+                let _ = updates.send(membership);
+            }
         }
         self.metrics.finalized_height.set(block.height as i64);
         self.metrics.txs_committed.inc_by(block.txs.len() as u64);

@@ -3,13 +3,14 @@
 //! (tokio + authenticated p2p) and the simulation tests (deterministic runtime + simulated
 //! network) run exactly this code.
 
-use crate::chain::{self, ChainConfig, NodeState, Scheme};
+use crate::chain::{self, ChainConfig, Membership, NodeState, Scheme};
 use crate::metrics::ChainMetrics;
 use commonware_consensus::simplex::Engine;
 use commonware_consensus::simplex::config::{Config, Floor, ForwardPolicy, SkipBudget, SkipPolicy};
 use commonware_consensus::simplex::elector::RoundRobin;
 use commonware_consensus::types::{Epoch, ViewDelta};
 use commonware_cryptography::Sha256;
+use commonware_p2p::utils::mux::Muxer;
 use commonware_p2p::{Blocker, Receiver, Sender};
 use commonware_parallel::Sequential;
 use commonware_runtime::buffer::paged::CacheRef;
@@ -19,8 +20,10 @@ use commonware_utils::ordered::Set;
 use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{error, info};
 use trellis_node_state::Kv;
-use trellis_node_types::{Block, PrivateKey, PublicKey, Signer};
+use trellis_node_types::{PrivateKey, PublicKey, Signer};
 
 /// p2p channel numbers (identical on every node).
 pub const CHANNEL_VOTES: u64 = 0;
@@ -98,6 +101,8 @@ pub enum StartError {
     NotAValidator,
     #[error("the validator set is empty or has duplicates")]
     BadValidatorSet,
+    #[error("reading the member registry: {0}")]
+    Storage(String),
 }
 
 /// The namespace every consensus signature is made in: bound to the chain id so that votes
@@ -106,10 +111,12 @@ pub fn consensus_namespace(chain_id: &str) -> Vec<u8> {
     [b"_TRELLIS_CONSENSUS_".as_slice(), chain_id.as_bytes()].concat()
 }
 
-/// Starts the chain actor and the consensus engine of one validator. Returns the handles
-/// of both (abort them to stop the validator).
-// Each argument is a distinct dependency the caller builds differently in the binary and
-// the simulation; bundling them would only move the list into a struct literal.
+/// Registers a peer set with the p2p layer: `(id, [(node key, governance address)])`.
+/// Ids only grow; the latest set is the one p2p keeps connections to.
+pub type PeerSets = Box<dyn FnMut(u64, &[(PublicKey, String)]) + Send>;
+
+/// Starts a fixed committee's validator: [`start_node`] on a store without a genesis
+/// registry uses `validators` as a committee that never changes.
 #[allow(clippy::too_many_arguments)]
 pub fn start_validator<E, K, B, S, R>(
     context: E,
@@ -128,32 +135,171 @@ where
     S: Sender<PublicKey = PublicKey>,
     R: Receiver<PublicKey = PublicKey>,
 {
-    let participants =
-        Set::try_from(validators.to_vec()).map_err(|_| StartError::BadValidatorSet)?;
-    if participants.as_ref().is_empty() {
+    if Set::try_from(validators.to_vec()).is_err() || validators.is_empty() {
         return Err(StartError::BadValidatorSet);
     }
     if !validators.contains(&key.public_key()) {
         return Err(StartError::NotAValidator);
     }
-    let namespace = consensus_namespace(&config.chain_id);
-    let scheme = Scheme::signer(&namespace, participants, key).ok_or(StartError::NotAValidator)?;
-    let genesis = Block::genesis(&config.chain_id).digest();
+    chain::lock(&state).ensure_registry(validators);
+    start_node(
+        context, key, config, state, metrics, blocker, channels, None,
+    )
+}
+
+/// Starts the chain actor and the orchestrator of one node. The orchestrator runs one
+/// simplex engine per epoch in which this node is a validator (with that epoch's
+/// validators, on per-epoch subchannels of the consensus channels, in its own journal
+/// partition) and registers every new peer set with p2p. Returns the handles of the
+/// chain actor and the orchestrator (abort both to stop the node).
+#[allow(clippy::too_many_arguments)]
+pub fn start_node<E, K, B, S, R>(
+    context: E,
+    key: PrivateKey,
+    config: ValidatorConfig,
+    state: Arc<Mutex<NodeState<K>>>,
+    metrics: ChainMetrics,
+    blocker: B,
+    channels: Channels<S, R>,
+    mut peer_sets: Option<PeerSets>,
+) -> Result<(Handle<()>, Handle<()>), StartError>
+where
+    E: Clock + rand_core::CryptoRng + Spawner + Storage + Metrics,
+    K: Kv,
+    B: Blocker<PublicKey = PublicKey>,
+    S: Sender<PublicKey = PublicKey>,
+    R: Receiver<PublicKey = PublicKey>,
+{
+    let first = chain::lock(&state)
+        .membership()
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    if first.validators.is_empty() {
+        return Err(StartError::BadValidatorSet);
+    }
     let timing = config.timing.clone();
+    let (updates, mut memberships) = mpsc::unbounded_channel();
     let (mailbox, chain_handle) = chain::start(
         context.child("application"),
         ChainConfig {
             chain_id: config.chain_id.clone(),
-            epoch: 0,
+            epoch: first.epoch,
             block_txs: config.block_txs,
             tick: timing.tick,
             min_block_interval: timing.min_block_interval,
+            memberships: Some(updates),
         },
         state,
         metrics,
         channels.blocks,
         channels.backfill,
     );
+    let me = key.public_key();
+    let orchestrator = context
+        .child("orchestrator")
+        .spawn(move |context| async move {
+            let (votes, mut votes_mux) = Muxer::new(
+                context.child("votes_mux"),
+                channels.votes.0,
+                channels.votes.1,
+            );
+            let (certificates, mut certificates_mux) = Muxer::new(
+                context.child("certificates_mux"),
+                channels.certificates.0,
+                channels.certificates.1,
+            );
+            let (resolver, mut resolver_mux) = Muxer::new(
+                context.child("resolver_mux"),
+                channels.resolver.0,
+                channels.resolver.1,
+            );
+            votes.start();
+            certificates.start();
+            resolver.start();
+            let mut membership = first;
+            let mut engine: Option<(u64, Handle<()>)> = None;
+            let mut tracked: Option<u64> = None;
+            loop {
+                if tracked != Some(membership.peer_set)
+                    && let Some(track) = peer_sets.as_mut()
+                {
+                    track(membership.peer_set, &membership.peers);
+                    tracked = Some(membership.peer_set);
+                }
+                if engine.as_ref().map(|(e, _)| *e) != Some(membership.epoch) {
+                    if let Some((epoch, handle)) = engine.take() {
+                        info!(epoch, "stopping the consensus engine of a finished epoch");
+                        handle.abort();
+                    }
+                    if membership.validators.contains(&me) {
+                        let epoch = membership.epoch;
+                        let (Ok(v), Ok(c), Ok(r)) = (
+                            votes_mux.register(epoch).await,
+                            certificates_mux.register(epoch).await,
+                            resolver_mux.register(epoch).await,
+                        ) else {
+                            error!(epoch, "could not open the epoch's consensus channels");
+                            return;
+                        };
+                        match start_engine(
+                            context.child("consensus").with_attribute("epoch", epoch),
+                            &key,
+                            &membership,
+                            &config,
+                            mailbox.clone(),
+                            blocker.clone(),
+                            (v, c, r),
+                        ) {
+                            Some(handle) => {
+                                info!(
+                                    epoch,
+                                    validators = membership.validators.len(),
+                                    "consensus engine started"
+                                );
+                                engine = Some((epoch, handle));
+                            }
+                            None => error!(epoch, "could not start the consensus engine"),
+                        }
+                    } else {
+                        info!(
+                            epoch = membership.epoch,
+                            "not a validator in this epoch; following the chain"
+                        );
+                    }
+                }
+                // Only the latest membership matters.
+                let Some(mut next) = memberships.recv().await else {
+                    return;
+                };
+                while let Ok(later) = memberships.try_recv() {
+                    next = later;
+                }
+                membership = next;
+            }
+        });
+    Ok((chain_handle, orchestrator))
+}
+
+type Pair<S, R> = (S, R);
+
+fn start_engine<E, B, S, R>(
+    context: E,
+    key: &PrivateKey,
+    membership: &Membership,
+    config: &ValidatorConfig,
+    mailbox: chain::Mailbox,
+    blocker: B,
+    (votes, certificates, resolver): (Pair<S, R>, Pair<S, R>, Pair<S, R>),
+) -> Option<Handle<()>>
+where
+    E: Clock + rand_core::CryptoRng + Spawner + Storage + Metrics,
+    B: Blocker<PublicKey = PublicKey>,
+    S: Sender<PublicKey = PublicKey>,
+    R: Receiver<PublicKey = PublicKey>,
+{
+    let participants = Set::try_from(membership.validators.clone()).ok()?;
+    let namespace = consensus_namespace(&config.chain_id);
+    let scheme = Scheme::signer(&namespace, participants, key.clone())?;
+    let timing = &config.timing;
     let engine_config = Config {
         scheme,
         elector: RoundRobin::<Sha256>::default(),
@@ -162,10 +308,10 @@ where
         relay: mailbox.clone(),
         reporter: mailbox,
         strategy: Sequential,
-        partition: config.partition,
+        partition: format!("{}-{}", config.partition, membership.epoch),
         mailbox_size: NonZeroUsize::MIN.saturating_add(1023),
-        epoch: Epoch::new(0),
-        floor: Floor::Genesis(genesis),
+        epoch: Epoch::new(membership.epoch),
+        floor: Floor::Genesis(membership.floor),
         leader_timeout: timing.leader_timeout,
         certification_timeout: timing.certification_timeout,
         timeout_retry: timing.timeout_retry,
@@ -186,7 +332,6 @@ where
         forward: ForwardPolicy::Disabled,
         track_historical_votes: false,
     };
-    let engine = Engine::new(context.child("consensus"), engine_config);
-    let engine_handle = engine.start(channels.votes, channels.certificates, channels.resolver);
-    Ok((chain_handle, engine_handle))
+    let engine = Engine::new(context, engine_config);
+    Some(engine.start(votes, certificates, resolver))
 }

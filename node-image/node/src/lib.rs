@@ -2,8 +2,11 @@
 //! state), its JSON-RPC API and its metrics.
 
 pub mod chain;
+pub mod cli_governance;
 pub mod engine;
+pub mod governance;
 pub mod mempool;
 pub mod metrics;
 pub mod rpc;
+pub mod rpc_governance;
 pub mod run;

@@ -1,4 +1,4 @@
-//! `trellis-node`: keygen, genesis, run.
+//! `trellis-node`: keygen, genesis, governance, run.
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -37,6 +37,11 @@ enum Command {
         balances: Vec<String>,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Admit or remove consortium members: propose, sign, submit, members.
+    Governance {
+        #[command(subcommand)]
+        command: trellis_node::cli_governance::GovernanceCommand,
     },
     /// Run a validator.
     Run {
@@ -111,6 +116,9 @@ fn main() -> anyhow::Result<()> {
             genesis.check()?;
             std::fs::write(&out, genesis.to_json()?)
                 .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Command::Governance { command } => {
+            println!("{}", trellis_node::cli_governance::execute(command)?);
         }
         Command::Run { config } => {
             let text = std::fs::read_to_string(&config)

@@ -61,8 +61,18 @@ pub struct Rpc<K: Kv> {
 }
 
 impl<K: Kv> Rpc<K> {
+    /// This epoch's validators: the registry's, or the fixed set this node started with.
+    pub fn current_validators(&self) -> Vec<PublicKey> {
+        let registry = lock(&self.state).registry.validators();
+        if registry.is_empty() {
+            self.validators.clone()
+        } else {
+            registry
+        }
+    }
+
     fn quorum(&self) -> usize {
-        let n = self.validators.len();
+        let n = self.current_validators().len();
         n - (n.saturating_sub(1)) / 3
     }
 }
@@ -134,6 +144,12 @@ impl RpcFailure {
     }
 }
 
+impl From<(i64, String)> for RpcFailure {
+    fn from((code, message): (i64, String)) -> Self {
+        Self { code, message }
+    }
+}
+
 fn params<T: DeserializeOwned>(value: Value) -> Result<T, RpcFailure> {
     serde_json::from_value(value).map_err(|e| RpcFailure::new(codes::INVALID_PARAMS, e.to_string()))
 }
@@ -199,10 +215,15 @@ fn dispatch<K: Kv>(rpc: &Rpc<K>, method: &str, p: Value) -> Result<Value, RpcFai
         methods::GET_ACCOUNT => result(get_account(rpc, params(p)?)?),
         methods::GET_BLOCK => result(get_block(rpc, params(p)?)?),
         methods::STATUS => result(status(rpc)),
-        methods::SUBMIT_GOVERNANCE => Err(RpcFailure::new(
-            codes::BAD_GOVERNANCE,
-            "consortium governance transactions are not implemented in this release",
-        )),
+        methods::SUBMIT_GOVERNANCE => {
+            result(crate::rpc_governance::submit(rpc, params(p)?).map_err(RpcFailure::from)?)
+        }
+        methods::GET_MEMBERS => {
+            result(crate::rpc_governance::members(rpc).map_err(RpcFailure::from)?)
+        }
+        methods::GET_GOVERNANCE => {
+            result(crate::rpc_governance::status(rpc, params(p)?).map_err(RpcFailure::from)?)
+        }
         other => Err(RpcFailure::new(
             codes::METHOD_NOT_FOUND,
             format!("unknown method {other}"),
@@ -384,6 +405,8 @@ fn get_block<K: Kv>(rpc: &Rpc<K>, q: BlockQuery) -> Result<BlockInfo, RpcFailure
         .state_root_at(q.height)
         .map_err(internal)?
         .unwrap_or_default();
+    // The signers are read under the state lock again.
+    drop(state);
     Ok(BlockInfo {
         height: block.height,
         digest: to_hex(&block.digest().0),
@@ -392,10 +415,17 @@ fn get_block<K: Kv>(rpc: &Rpc<K>, q: BlockQuery) -> Result<BlockInfo, RpcFailure
         view: block.view,
         state_root: to_hex(&root),
         transactions: block.txs.iter().map(|t| to_hex(&t.hash().0)).collect(),
+        governance: block
+            .governance
+            .iter()
+            .map(|g| to_hex(&g.hash().0))
+            .collect(),
+        signers: crate::rpc_governance::signers(rpc, &block)?,
     })
 }
 
 fn status<K: Kv>(rpc: &Rpc<K>) -> NodeStatus {
+    let validators = rpc.current_validators();
     let state = lock(&rpc.state);
     NodeStatus {
         contract_version: CONTRACT_VERSION,
@@ -407,7 +437,7 @@ fn status<K: Kv>(rpc: &Rpc<K>) -> NodeStatus {
         peers: rpc.peers.connected(),
         syncing: state.syncing,
         mempool_depth: state.mempool.len(),
-        validators: rpc.validators.iter().map(|v| to_hex(v.as_ref())).collect(),
+        validators: validators.iter().map(|v| to_hex(v.as_ref())).collect(),
     }
 }
 
@@ -613,6 +643,14 @@ mod tests {
         );
         assert_eq!(
             call(&rpc, methods::SUBMIT_GOVERNANCE, Value::Null),
+            Err(codes::INVALID_PARAMS)
+        );
+        assert_eq!(
+            call(
+                &rpc,
+                methods::SUBMIT_GOVERNANCE,
+                serde_json::json!({ "tx": "00" })
+            ),
             Err(codes::BAD_GOVERNANCE)
         );
     }

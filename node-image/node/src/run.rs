@@ -1,7 +1,10 @@
 //! `trellis-node run`: a validator on tokio with authenticated p2p, plus the HTTP API.
 
 use crate::chain::{MAX_MESSAGE_SIZE, NodeState};
-use crate::engine::{CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_validator};
+use crate::engine::{
+    CHANNELS, Channels, PeerSets, Timing, ValidatorConfig, channel_quota, start_node,
+};
+use crate::governance::Registry;
 use crate::metrics::ChainMetrics;
 use crate::rpc::{PeerTracker, Rpc, router};
 use anyhow::{Context as _, anyhow, bail};
@@ -18,7 +21,7 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::info;
+use tracing::{info, warn};
 use trellis_node_api::{Genesis, NodeConfig, Role};
 use trellis_node_state::RedbKv;
 use trellis_node_types::{
@@ -162,6 +165,14 @@ impl Plan {
             peers.push((pk, address));
         }
         validators.sort();
+        // Bootstrap entries for members admitted after genesis: where to dial them.
+        for peer in &config.bootstrap_peers {
+            let pk = public_key_from_hex(&peer.public_key)
+                .ok_or_else(|| anyhow!("bootstrap peer {} has an invalid key", peer.address))?;
+            if !peers.iter().any(|(k, _)| *k == pk) {
+                peers.push((pk, resolve(&peer.address)?));
+            }
+        }
         let mut balances = Vec::new();
         for b in &genesis.balances {
             let pk = public_key_from_hex(&b.account)
@@ -179,17 +190,51 @@ impl Plan {
     }
 }
 
+/// Where to dial each peer: the config's bootstrap overrides and the genesis addresses
+/// (resolved at start-up), otherwise the address governance admitted it with.
+struct PeerAddresses {
+    me: PublicKey,
+    own: SocketAddr,
+    overrides: Vec<(PublicKey, SocketAddr)>,
+}
+
+impl PeerAddresses {
+    fn directory(&self, peers: &[(PublicKey, String)]) -> Vec<(PublicKey, Address)> {
+        let mut out = Vec::new();
+        for (key, address) in peers {
+            let resolved = if *key == self.me {
+                Some(self.own)
+            } else if let Some((_, a)) = self.overrides.iter().find(|(k, _)| k == key) {
+                Some(*a)
+            } else {
+                match resolve(address) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        warn!(error = %e, "peer address does not resolve; peer left out");
+                        None
+                    }
+                }
+            };
+            if let Some(a) = resolved {
+                out.push((key.clone(), Address::from(a)));
+            }
+        }
+        out
+    }
+}
+
 /// Runs the node until the process is stopped.
 pub fn run(plan: Plan) -> anyhow::Result<()> {
     let config = plan.config.clone();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let kv = RedbKv::open(&config.data_dir.join("state.redb"))?;
-    let state = Arc::new(Mutex::new(NodeState::open(
+    let state = Arc::new(Mutex::new(NodeState::open_consortium(
         kv,
         &config.chain_id,
         &plan.balances,
         config.mempool.max_txs,
+        Registry::from_genesis(&plan.genesis),
     )?));
     let shard = match config.role {
         Role::Shard { shard } => shard,
@@ -225,7 +270,9 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             handshake,
             &namespace,
             config.p2p_listen,
-            NonZeroUsize::new(plan.peers.len().max(1)).unwrap_or(NonZeroUsize::MIN),
+            // Governance can grow the consortium up to the approval limit.
+            NonZeroUsize::new(trellis_node_types::governance::MAX_APPROVALS + 1)
+                .unwrap_or(NonZeroUsize::MIN),
             MAX_MESSAGE_SIZE,
             NonZeroUsize::MIN.saturating_add(1023),
         );
@@ -234,16 +281,23 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
         // addresses on loopback aliases or behind Kubernetes Services, so the IP filter
         // stays off.
         p2p.bypass_ip_check = true;
-        let (mut network, mut oracle) = lookup::Network::new(context.child("p2p"), p2p);
-        // Consortium mode: the peer set is exactly the members' node keys; the handshake
-        // refuses anyone else.
-        let directory: Vec<(PublicKey, Address)> = plan
-            .peers
-            .iter()
-            .map(|(pk, addr)| (pk.clone(), Address::from(*addr)))
-            .collect();
-        let directory = Map::from_iter_dedup(directory);
-        let _ = oracle.track(0, directory);
+        // Only the latest peer set counts: a member removed by governance is
+        // disconnected and refused as soon as the epoch that drops it starts.
+        p2p.tracked_peer_sets = NonZeroUsize::MIN;
+        let (mut network, oracle) = lookup::Network::new(context.child("p2p"), p2p);
+        // Consortium mode: the peer set is exactly the admitted members' node keys (the
+        // member registry's, updated by governance); the handshake refuses anyone else.
+        let mut tracker = oracle.clone();
+        let addresses = PeerAddresses {
+            me: plan.key.public_key(),
+            own: config.p2p_external.unwrap_or(config.p2p_listen),
+            overrides: plan.peers.clone(),
+        };
+        let peer_sets: PeerSets = Box::new(move |id, peers| {
+            let directory = Map::from_iter_dedup(addresses.directory(peers));
+            info!(id, peers = peers.len(), "registering the p2p peer set");
+            let _ = tracker.track(id, directory);
+        });
         let mut pairs = Vec::new();
         for channel in CHANNELS {
             let (sender, receiver) = network.register(channel, channel_quota(channel));
@@ -266,10 +320,9 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             return Err(anyhow!("channel registration"));
         };
         network.start();
-        let (chain, engine) = start_validator(
+        let (chain, engine) = start_node(
             context.child("validator"),
             plan.key.clone(),
-            &plan.validators,
             ValidatorConfig {
                 chain_id: config.chain_id.clone(),
                 block_txs: 5_000,
@@ -286,6 +339,7 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
                 blocks,
                 backfill,
             },
+            Some(peer_sets),
         )?;
         let listener = tokio::net::TcpListener::bind(config.rpc_listen)
             .await
