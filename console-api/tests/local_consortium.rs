@@ -182,9 +182,8 @@ fn reference(c: &Consortium) -> NetworkRef {
     }
 }
 
-/// Until the node has governance execution (branch node-gov, docs/node-contract.md
-/// "Governance"), the admitted member's node must not run (the chain would refuse it)
-/// and the network's status must say why.
+/// Until the chain has admitted the member (the admission is final), its node must not
+/// run (the chain would refuse its handshake) and the network's status says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admitted_member_waits_for_its_admission_on_chain_with_a_clear_condition() {
     let c = admit_a_fourth_organisation("127.0.5.0/24").await;
@@ -226,10 +225,8 @@ async fn an_admitted_member_waits_for_its_admission_on_chain_with_a_clear_condit
     assert_eq!(running(&c.delta_node), 0);
 }
 
-/// The whole flow on chain. Needs the node's governance execution (branch node-gov):
-/// run with `--ignored` once it is merged.
+/// The whole flow on chain, with the node's governance execution.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs trellis-node governance execution (branch node-gov); run with --include-ignored and TRELLIS_TEST_NODE_BINARY=<node-gov build>"]
 async fn a_fourth_organisation_is_admitted_on_chain_and_its_validator_signs_blocks() {
     let c = admit_a_fourth_organisation("127.0.6.0/24").await;
     let network = c.network.clone();
