@@ -57,6 +57,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub auth_limiter: Arc<RateLimiter<IpAddr>>,
     pub tenant_limiter: Arc<RateLimiter<Uuid>>,
+    /// Metering, monitoring and alerting: clock, settings, RPC request counts.
+    pub billing: Arc<crate::billing::Billing>,
 }
 
 impl AppState {
@@ -80,6 +82,7 @@ impl AppState {
                 minute,
             )),
             settings: Arc::new(settings),
+            billing: Arc::new(crate::billing::Billing::default()),
         }
     }
 }
@@ -126,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .merge(networks::router())
         .merge(consortium::router())
         .merge(audit::router())
+        .merge(crate::billing::router())
         .merge(health::router())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod consortium;
 pub mod custody;
 pub mod db;

@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api_keys, audit, consortium, error, identity, networks, provisioner, users};
+use crate::{api_keys, audit, billing, consortium, error, identity, networks, provisioner, users};
 
 struct BearerAuth;
 
@@ -37,6 +37,9 @@ Errors are RFC 9457 problem documents (application/problem+json).",
         consortium::list_members, consortium::invite, consortium::accept, consortium::approve,
         consortium::reject,
         audit::list,
+        billing::api::my_plan, billing::api::usage, billing::api::usage_events,
+        billing::api::invoice_of, billing::admin::list_plans, billing::admin::put_plan,
+        billing::admin::set_tenant_plan,
     ),
     components(schemas(error::Problem, error::FieldError, provisioner::ObservedStatus)),
     modifiers(&BearerAuth),
@@ -47,6 +50,7 @@ Errors are RFC 9457 problem documents (application/problem+json).",
         (name = "networks", description = "Chain networks"),
         (name = "consortium", description = "Consortium membership: invitations, admission"),
         (name = "audit", description = "The tenant's audit log"),
+        (name = "billing", description = "Plans, quotas, usage and invoices"),
     ),
 )]
 pub struct ApiDoc;

@@ -49,9 +49,11 @@ pub fn parse_unit_price(text: &str) -> Result<Decimal, PriceError> {
     Ok(price.normalize())
 }
 
-/// Rounded to the cent, half away from zero.
+/// Rounded to the cent, half away from zero, always written with two places.
 pub fn round_cents(amount: Decimal) -> Decimal {
-    amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+    let mut cents = amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    cents.rescale(2);
+    cents
 }
 
 /// `unit_price × base_quantity / base_per_unit`, rounded to the cent; `None` on overflow
@@ -113,6 +115,8 @@ mod tests {
         // 3 × 0.1 is exactly 0.3 (it is not in binary floating point).
         assert_eq!(line_amount(d("0.1"), 3, 1), Some(d("0.30")));
         assert_eq!(billed_quantity(5400, 3600), d("1.5"));
+        assert_eq!(round_cents(Decimal::ZERO).to_string(), "0.00");
+        assert_eq!(round_cents(d("2")).to_string(), "2.00");
         assert_eq!(billed_quantity(100, 3600), d("0.027778"));
     }
 }
