@@ -5,6 +5,7 @@
 //! the shared [`app::AppState`]. Tenancy is enforced by [`tenancy::Scope`]; every error
 //! is an [`error::ApiError`], rendered once as problem+json. See `docs/console-api.md`.
 
+pub mod alerts;
 pub mod api_keys;
 pub mod app;
 pub mod audit;
@@ -18,6 +19,7 @@ pub mod health;
 pub mod idempotency;
 pub mod identity;
 pub mod metrics;
+pub mod monitoring;
 pub mod networks;
 pub mod openapi;
 pub mod pagination;

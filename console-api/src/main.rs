@@ -89,6 +89,9 @@ enum Command {
             default_value = DEFAULT_NODE_IMAGE_REPOSITORY
         )]
         node_image_repository: String,
+        /// Seconds between monitoring collections (node scrapes, alerts, webhooks).
+        #[arg(long, env = "TRELLIS_CONSOLE_COLLECT_INTERVAL", default_value_t = 15)]
+        collect_interval: u64,
         /// Log as JSON lines. Traces are exported over OTLP/HTTP when
         /// OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set.
         #[arg(long, env = "TRELLIS_LOG_JSON")]
@@ -96,6 +99,17 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Make the owners and admins of a tenant platform admins (they edit plans and
+    /// prices through the API).
+    GrantPlatformAdmin {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, env = "TRELLIS_DATA_DIR", default_value = "./trellis-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -104,6 +118,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Openapi => {
             print!("{}", openapi::json());
+            Ok(())
+        }
+        Command::GrantPlatformAdmin {
+            tenant,
+            data_dir,
+            database_url,
+        } => {
+            let url = database_url.unwrap_or_else(|| db::sqlite_url(&data_dir));
+            let database = db::connect_and_migrate(&url).await?;
+            let id = trellis_console::billing::admin::grant_by_slug(&database, &tenant).await?;
+            println!("tenant {tenant} ({id}) is a platform admin");
             Ok(())
         }
         Command::Serve {
@@ -119,6 +144,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             reconcile_interval,
             provisioner,
             node_image_repository,
+            collect_interval,
             log_json,
         } => {
             let telemetry = trellis_console::telemetry::init(log_json)?;
@@ -155,7 +181,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tenant_requests_per_minute,
                 ..Settings::default()
             };
-            let state = AppState::new(database, keys, master_key, provisioner, settings);
+            let mut state = AppState::new(database, keys, master_key, provisioner, settings);
+            trellis_console::billing::start(
+                &mut state,
+                listen,
+                Duration::from_secs(collect_interval.max(1)),
+            );
             tokio::spawn(reconcile::run(
                 state.clone(),
                 Duration::from_secs(reconcile_interval.max(1)),

@@ -49,6 +49,17 @@ pub async fn grant(conn: &impl ConnectionTrait, tenant_id: Uuid, now: i64) -> Re
     .map(|_| ())
 }
 
+/// [`grant`] by tenant slug, for the command line.
+pub async fn grant_by_slug(conn: &impl ConnectionTrait, slug: &str) -> Result<Uuid, DbErr> {
+    let row = tenant::Entity::find()
+        .filter(tenant::Column::Slug.eq(slug))
+        .one(conn)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("no tenant with slug {slug:?}")))?;
+    grant(conn, row.id, chrono::Utc::now().timestamp()).await?;
+    Ok(row.id)
+}
+
 /// 403 unless the caller is an admin (or owner) of a platform-admin tenant.
 async fn require_platform_admin(conn: &impl ConnectionTrait, scope: &Scope) -> ApiResult<()> {
     let denied = || ApiError::forbidden("only platform admins may change plans and prices");

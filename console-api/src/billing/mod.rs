@@ -104,6 +104,29 @@ impl std::fmt::Debug for Billing {
     }
 }
 
+/// Configures billing for a served console listening on `listen` and starts its loops:
+/// metering (every minute) and collection plus webhook delivery (every `collect`).
+pub fn start(state: &mut AppState, listen: std::net::SocketAddr, collect: Duration) {
+    let settings = BillingSettings {
+        console: ConsoleAddresses {
+            listen: vec![listen],
+            public_url: None,
+        },
+        ..BillingSettings::default()
+    };
+    state.billing = Arc::new(Billing::new(Arc::new(SystemClock), settings));
+    tokio::spawn(metering::run(
+        state.db.clone(),
+        state.billing.clone(),
+        Duration::from_secs(60),
+    ));
+    tokio::spawn(crate::monitoring::collector::run(state.clone(), collect));
+}
+
+/// Billing, monitoring and alert routes.
 pub fn router() -> Router<AppState> {
-    api::router().merge(admin::router())
+    api::router()
+        .merge(admin::router())
+        .merge(crate::monitoring::router())
+        .merge(crate::alerts::router())
 }
