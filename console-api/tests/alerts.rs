@@ -234,6 +234,8 @@ async fn a_killed_validator_fires_a_signed_alert_and_its_restart_resolves_it() {
     for node in &mut nodes {
         node.start(&bin);
     }
+    // The process's rustls provider (the console installs it when it builds its own).
+    trellis_console::billing::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()

@@ -51,7 +51,7 @@ impl Default for BillingSettings {
             webhook_backoff_max_seconds: 3600,
             webhook_max_attempts: 10,
             http_timeout: Duration::from_secs(5),
-            raw_retention_seconds: 3600,
+            raw_retention_seconds: 900,
             minute_retention_seconds: 6 * 3600,
             hour_retention_seconds: 35 * 24 * 3600,
         }
@@ -69,8 +69,16 @@ pub struct Billing {
     pub http: reqwest::Client,
 }
 
+/// Makes ring the process's rustls provider (kube already builds rustls with ring
+/// only). Idempotent; HTTP clients with TLS need it before they are built.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already, which is all that is needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Billing {
     pub fn new(clock: Arc<dyn Clock>, settings: BillingSettings) -> Self {
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.http_timeout)
