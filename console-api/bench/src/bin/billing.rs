@@ -1,10 +1,10 @@
 //! Metering and rollup cost (measured, not asserted):
 //!
-//!   cargo run --release -p trellis-console-bench --bin billing -- [NETWORKS]
+//!   cargo run --release -p trellis-console-bench --bin billing -- [NETWORKS] [HOURS]
 //!
 //! On a fresh SQLite database: NETWORKS (default 1,000) networks of 12 nodes (4 beacon
 //! validators + 2 shards × 4), every tenth paused for two days, metered hour by hour
-//! through a simulated month (720 passes of the real metering code, with the
+//! through a simulated month (HOURS = 720 passes of the real metering code, with the
 //! collector's transaction counts added every hour). Then a month of monitoring
 //! history for their 2 × NETWORKS shard series is written the way retention leaves it
 //! (1-hour buckets for 30 days, 1-minute buckets for 6 hours, raw samples for 15
@@ -83,6 +83,7 @@ async fn main() {
     let networks: usize = std::env::args()
         .nth(1)
         .map_or(1_000, |n| n.parse().unwrap());
+    let hours: i64 = std::env::args().nth(2).map_or(720, |n| n.parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("console.db");
     let db = db::connect_and_migrate(&db::sqlite_url(dir.path()))
@@ -172,7 +173,18 @@ async fn main() {
     let mut passes = Vec::new();
     let mut counting = 0.0;
     let month_start = Instant::now();
-    for hour in 0..720 {
+    for hour in 0..hours {
+        if hour > 0 && hour % 24 == 0 {
+            let mut so_far = passes.clone();
+            so_far.sort_by(f64::total_cmp);
+            println!(
+                "day {}: pass p50 {:.1} ms, max {:.1} ms, {:.1} s so far",
+                hour / 24,
+                so_far[so_far.len() / 2] * 1e3,
+                so_far[so_far.len() - 1] * 1e3,
+                month_start.elapsed().as_secs_f64()
+            );
+        }
         let now = t0 + hour * HOUR + 30 * 60;
         let counted = Instant::now();
         let txn = db.begin().await.unwrap();
@@ -292,10 +304,10 @@ async fn main() {
         p50 / baseline
     );
     println!(
-        "month: 720 passes + 720 × {networks} counter adds in {month:.1} s (counting {counting:.1} s); {records} usage records"
+        "{hours} hourly passes + {hours} × {networks} counter adds in {month:.1} s (counting {counting:.1} s); {records} usage records"
     );
     println!(
-        "database: empty {:.2} MiB; after a month of metering {:.2} MiB (+{:.2})",
+        "database: empty {:.2} MiB; after {hours} h of metering {:.2} MiB (+{:.2})",
         mib(empty),
         mib(metered),
         mib(metered - empty)
