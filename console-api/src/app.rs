@@ -64,6 +64,8 @@ pub struct AppState {
     pub tenant_limiter: Arc<RateLimiter<Uuid>>,
     /// Node RPC proxy budget per tenant.
     pub rpc_limiter: Arc<RateLimiter<Uuid>>,
+    /// Metering, monitoring and alerting: clock, settings, RPC request counts.
+    pub billing: Arc<crate::billing::Billing>,
 }
 
 impl AppState {
@@ -88,6 +90,7 @@ impl AppState {
             )),
             rpc_limiter: Arc::new(RateLimiter::new(settings.rpc_requests_per_minute, minute)),
             settings: Arc::new(settings),
+            billing: Arc::new(crate::billing::Billing::default()),
         }
     }
 }
@@ -135,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .merge(node_rpc::router())
         .merge(consortium::router())
         .merge(audit::router())
+        .merge(crate::billing::router())
         .merge(health::router())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

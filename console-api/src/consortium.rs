@@ -790,6 +790,7 @@ pub async fn approve(
                         "the network changed during the admission; approve again",
                     )
                 })?;
+            crate::billing::ledger::record(&txn, &state.billing, &updated, &next).await?;
             audit::record(
                 &txn,
                 owner_tenant,

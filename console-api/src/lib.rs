@@ -5,10 +5,12 @@
 //! the shared [`app::AppState`]. Tenancy is enforced by [`tenancy::Scope`]; every error
 //! is an [`error::ApiError`], rendered once as problem+json. See `docs/console-api.md`.
 
+pub mod alerts;
 pub mod api_keys;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod consortium;
 pub mod custody;
 pub mod db;
@@ -18,6 +20,7 @@ pub mod health;
 pub mod idempotency;
 pub mod identity;
 pub mod metrics;
+pub mod monitoring;
 pub mod networks;
 pub mod node_rpc;
 pub mod openapi;

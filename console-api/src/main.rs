@@ -113,6 +113,9 @@ enum Command {
         node_image_repository: String,
         #[command(flatten)]
         local: LocalArgs,
+        /// Seconds between monitoring collections (node scrapes, alerts, webhooks).
+        #[arg(long, env = "TRELLIS_CONSOLE_COLLECT_INTERVAL", default_value_t = 15)]
+        collect_interval: u64,
         /// Log as JSON lines. Traces are exported over OTLP/HTTP when
         /// OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set.
         #[arg(long, env = "TRELLIS_LOG_JSON")]
@@ -138,6 +141,17 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Make the owners and admins of a tenant platform admins (they edit plans and
+    /// prices through the API).
+    GrantPlatformAdmin {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, env = "TRELLIS_DATA_DIR", default_value = "./trellis-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
 }
 
 /// Everything a running console needs, from either `serve` or `up`.
@@ -151,6 +165,8 @@ struct ServerConfig {
     access_token_ttl: u64,
     settings: Settings,
     reconcile_interval: u64,
+    /// Seconds between monitoring collections.
+    collect_interval: u64,
     provisioner: ProvisionerKind,
     node_image_repository: String,
     local: LocalArgs,
@@ -195,6 +211,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             print!("{}", openapi::json());
             Ok(())
         }
+        Command::GrantPlatformAdmin {
+            tenant,
+            data_dir,
+            database_url,
+        } => {
+            let url = database_url.unwrap_or_else(|| db::sqlite_url(&data_dir));
+            let database = db::connect_and_migrate(&url).await?;
+            let id = trellis_console::billing::admin::grant_by_slug(&database, &tenant).await?;
+            println!("tenant {tenant} ({id}) is a platform admin");
+            Ok(())
+        }
         Command::Serve {
             listen,
             data_dir,
@@ -209,6 +236,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             provisioner,
             node_image_repository,
             local,
+            collect_interval,
             log_json,
         } => {
             let config = ServerConfig {
@@ -225,6 +253,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ..Settings::default()
                 },
                 reconcile_interval,
+                collect_interval,
                 provisioner,
                 node_image_repository,
                 local,
@@ -250,6 +279,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 settings: Settings::default(),
                 // Status shows up quickly on one machine.
                 reconcile_interval: 2,
+                collect_interval: 15,
                 provisioner: ProvisionerKind::Local,
                 node_image_repository: DEFAULT_NODE_IMAGE_REPOSITORY.to_string(),
                 local,
@@ -304,7 +334,13 @@ async fn run(config: ServerConfig, up: Option<UpMode>) -> Result<(), Box<dyn std
             Arc::new(provisioner)
         }
     };
-    let state = AppState::new(database, keys, master_key, provisioner, config.settings);
+    let mut state = AppState::new(database, keys, master_key, provisioner, config.settings);
+    // Metering, monitoring and alerts (also installs the process's TLS provider).
+    trellis_console::billing::start(
+        &mut state,
+        config.listen,
+        Duration::from_secs(config.collect_interval.max(1)),
+    );
     if let Some(local) = &local {
         // Admissions into local consortia are approved on chain with custodied keys.
         local.set_governance_signer(Arc::new(CustodySigner::new(

@@ -187,6 +187,12 @@ async fn forward(
                 let status = answer.status();
                 match answer.bytes().await {
                     Ok(bytes) => {
+                        // Metered per forwarded request (a batch counts each of its).
+                        state.billing.rpc_requests.record(
+                            scope.tenant().get(),
+                            id,
+                            u64::try_from(methods.len()).unwrap_or(u64::MAX),
+                        );
                         let mut response = (status, bytes).into_response();
                         response.headers_mut().insert(
                             header::CONTENT_TYPE,

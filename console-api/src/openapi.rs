@@ -6,7 +6,10 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api_keys, audit, consortium, error, identity, networks, node_rpc, provisioner, users};
+use crate::{
+    alerts, api_keys, audit, billing, consortium, error, identity, monitoring, networks, node_rpc,
+    provisioner, users,
+};
 
 struct BearerAuth;
 
@@ -38,6 +41,12 @@ Errors are RFC 9457 problem documents (application/problem+json).",
         consortium::reject,
         audit::list,
         node_rpc::forward_any, node_rpc::forward_to_shard,
+        billing::api::my_plan, billing::api::usage, billing::api::usage_events,
+        billing::api::invoice_of, billing::admin::list_plans, billing::admin::put_plan,
+        billing::admin::set_tenant_plan,
+        monitoring::api::current, monitoring::api::history,
+        alerts::list, alerts::webhooks::create, alerts::webhooks::list, alerts::webhooks::remove,
+        alerts::webhooks::deliveries,
     ),
     components(schemas(error::Problem, error::FieldError, provisioner::ObservedStatus)),
     modifiers(&BearerAuth),
@@ -49,6 +58,9 @@ Errors are RFC 9457 problem documents (application/problem+json).",
         (name = "consortium", description = "Consortium membership: invitations, admission"),
         (name = "audit", description = "The tenant's audit log"),
         (name = "node-rpc", description = "JSON-RPC of the tenant's networks' nodes, proxied"),
+        (name = "billing", description = "Plans, quotas, usage and invoices"),
+        (name = "monitoring", description = "Network health and its history"),
+        (name = "alerts", description = "Alerts and the webhooks they are delivered to"),
     ),
 )]
 pub struct ApiDoc;

@@ -3,6 +3,9 @@
 //!
 //! Node counts are taken at the network's *maximum* scale (`shards.max`), because the
 //! autoscaler may take it there without another request passing this check.
+//!
+//! Plans are stored (`billing_plans`, editable by a platform admin through the billing
+//! API); [`limits`] holds the built-in defaults the first migration seeds them with.
 
 use axum::http::StatusCode;
 
@@ -15,27 +18,32 @@ pub struct PlanLimits {
     pub shards_per_network: u32,
     /// Validator nodes across all of the tenant's networks at maximum scale.
     pub nodes: u64,
+    /// Ledger storage across all of the tenant's networks at maximum scale, GiB.
+    pub storage_gib: u64,
 }
 
 pub const DEFAULT_PLAN: &str = "free";
 
-/// The limits of a plan; an unknown plan gets the free plan's.
+/// The built-in limits of a plan; an unknown plan gets the free plan's.
 pub fn limits(plan: &str) -> PlanLimits {
     match plan {
         "team" => PlanLimits {
             networks: 25,
             shards_per_network: 32,
             nodes: 400,
+            storage_gib: 4_000,
         },
         "enterprise" => PlanLimits {
             networks: 500,
             shards_per_network: 256,
             nodes: 20_000,
+            storage_gib: 200_000,
         },
         _ => PlanLimits {
             networks: 3,
             shards_per_network: 8,
             nodes: 64,
+            storage_gib: 640,
         },
     }
 }
@@ -51,15 +59,59 @@ fn exceeded(detail: String) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", detail)
 }
 
-/// Checks `spec` against the plan, given the tenant's other networks (`other_networks`
-/// of them, with `other_nodes` nodes at maximum scale).
-pub fn check(
+/// The stored limits of `plan`; a plan that is not stored gets the stored free plan's
+/// (or, before any plan is stored, the built-in ones).
+pub async fn stored_limits(
+    conn: &impl sea_orm::ConnectionTrait,
+    plan: &str,
+) -> Result<PlanLimits, ApiError> {
+    use sea_orm::EntityTrait;
+    use trellis_console_entity::billing_plan;
+    let row = match billing_plan::Entity::find_by_id(plan.to_string())
+        .one(conn)
+        .await?
+    {
+        Some(row) => Some(row),
+        None => {
+            billing_plan::Entity::find_by_id(DEFAULT_PLAN.to_string())
+                .one(conn)
+                .await?
+        }
+    };
+    let whole = |value: i64| u64::try_from(value).unwrap_or(0);
+    Ok(match row {
+        Some(row) => PlanLimits {
+            networks: whole(row.networks),
+            shards_per_network: u32::try_from(row.shards_per_network).unwrap_or(0),
+            nodes: whole(row.nodes),
+            storage_gib: whole(row.storage_gib),
+        },
+        None => limits(plan),
+    })
+}
+
+/// Checks `spec` against the plan's stored limits, given the tenant's other networks
+/// (`other_networks` of them, with `other_nodes` nodes at maximum scale).
+pub async fn check_stored(
+    conn: &impl sea_orm::ConnectionTrait,
     plan: &str,
     spec: &NetworkSpec,
     other_networks: u64,
     other_nodes: u64,
 ) -> Result<(), ApiError> {
-    let limits = limits(plan);
+    let limits = stored_limits(conn, plan).await?;
+    check(plan, &limits, spec, other_networks, other_nodes)
+}
+
+/// Checks `spec` against `limits`, given the tenant's other networks (`other_networks`
+/// of them, with `other_nodes` nodes at maximum scale).
+pub fn check(
+    plan: &str,
+    limits: &PlanLimits,
+    spec: &NetworkSpec,
+    other_networks: u64,
+    other_nodes: u64,
+) -> Result<(), ApiError> {
     if other_networks + 1 > limits.networks {
         return Err(exceeded(format!(
             "the {plan} plan allows {} networks and this tenant has {other_networks}; delete \
@@ -81,6 +133,16 @@ pub fn check(
              networks {other_nodes}; the {plan} plan allows {} in all — lower shards.max or \
              validators, or upgrade the plan",
             limits.nodes
+        )));
+    }
+    let storage = (other_nodes + nodes) * crate::billing::ledger::STORAGE_GIB_PER_NODE;
+    if storage > limits.storage_gib {
+        return Err(exceeded(format!(
+            "at maximum scale the tenant's networks would hold {storage} GiB of ledger \
+             storage ({} GiB per node); the {plan} plan allows {} GiB — lower shards.max \
+             or validators, or upgrade the plan",
+            crate::billing::ledger::STORAGE_GIB_PER_NODE,
+            limits.storage_gib
         )));
     }
     Ok(())
@@ -118,14 +180,21 @@ mod tests {
 
     #[test]
     fn free_plan_limits_are_enforced_with_advice() {
-        assert!(check("free", &spec(8), 0, 0).is_ok());
-        let too_many_shards = check("free", &spec(9), 0, 0).unwrap_err();
+        let free = limits("free");
+        assert!(check("free", &free, &spec(8), 0, 0).is_ok());
+        let too_many_shards = check("free", &free, &spec(9), 0, 0).unwrap_err();
         assert_eq!(too_many_shards.code, "quota_exceeded");
         assert!(too_many_shards.detail.contains("lower shards.max to 8"));
-        assert!(check("free", &spec(1), 3, 0).is_err());
-        assert!(check("free", &spec(8), 1, 36).is_err());
-        assert!(check("free", &spec(8), 1, 28).is_ok());
-        assert!(check("team", &spec(9), 0, 0).is_ok());
-        assert_eq!(limits("no-such-plan"), limits("free"));
+        assert!(check("free", &free, &spec(1), 3, 0).is_err());
+        assert!(check("free", &free, &spec(8), 1, 36).is_err());
+        assert!(check("free", &free, &spec(8), 1, 28).is_ok());
+        assert!(check("team", &limits("team"), &spec(9), 0, 0).is_ok());
+        assert_eq!(limits("no-such-plan"), free);
+        let small_disks = PlanLimits {
+            storage_gib: 300,
+            ..free
+        };
+        let err = check("free", &small_disks, &spec(8), 0, 0).unwrap_err();
+        assert!(err.detail.contains("360 GiB"), "{}", err.detail);
     }
 }

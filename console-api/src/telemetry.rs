@@ -47,6 +47,7 @@ impl Telemetry {
 
 /// The OTLP span exporter and provider for `service`, from the standard environment.
 pub fn otlp_provider(service: &str) -> Result<SdkTracerProvider, Box<dyn std::error::Error>> {
+    crate::billing::install_crypto_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()?;

@@ -316,6 +316,7 @@ fn chart_lints_renders_and_refuses_bad_values() {
         "PrometheusRule/demo-trellis",
         "Ingress/demo-trellis-console",
         "PodDisruptionBudget/demo-trellis-console",
+        "ConfigMap/demo-trellis-dashboard-trellis-networks",
     ] {
         assert!(
             names.contains(expected),

@@ -10,6 +10,8 @@ mod m20261122_000001_identity;
 mod m20261122_000002_networks;
 mod m20261122_000003_audit;
 mod m20261122_000004_consortium;
+mod m20261122_000010_billing;
+mod m20261122_000011_monitoring;
 
 pub struct Migrator;
 
@@ -21,6 +23,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_networks::Migration),
             Box::new(m20261122_000003_audit::Migration),
             Box::new(m20261122_000004_consortium::Migration),
+            Box::new(m20261122_000010_billing::Migration),
+            Box::new(m20261122_000011_monitoring::Migration),
         ]
     }
 }

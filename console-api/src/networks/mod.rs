@@ -203,7 +203,7 @@ pub async fn create(
     }
     let mut spec = NetworkSpec::from_create(&request).map_err(ApiError::validation)?;
     let (plan, networks, nodes) = store::usage(&state.db, tenant, None).await?;
-    crate::plans::check(&plan, &spec, networks, nodes)?;
+    crate::plans::check_stored(&state.db, &plan, &spec, networks, nodes).await?;
     let founders = crate::consortium::prepare_founders(&mut spec, &state.master_key)?;
 
     let attempt = async {
@@ -212,6 +212,7 @@ pub async fn create(
             .await
             .map_err(unique_as_conflict)?;
         crate::consortium::insert_founders(&txn, &row, &spec, founders).await?;
+        crate::billing::ledger::record(&txn, &state.billing, &row, &spec).await?;
         audit::record(
             &txn,
             tenant,
@@ -334,7 +335,7 @@ pub async fn update(
         return Ok(Json(Network::from_row(row)?));
     }
     let (plan, networks, nodes) = store::usage(&state.db, tenant, Some(id)).await?;
-    crate::plans::check(&plan, &next, networks, nodes)?;
+    crate::plans::check_stored(&state.db, &plan, &next, networks, nodes).await?;
     let txn = state.db.begin().await?;
     let updated = store::update_spec(&txn, tenant, &row, &next)
         .await?
@@ -344,6 +345,7 @@ pub async fn update(
                 "the network changed while this request was processed; read it and retry",
             )
         })?;
+    crate::billing::ledger::record(&txn, &state.billing, &updated, &next).await?;
     audit::record(
         &txn,
         tenant,
@@ -375,6 +377,7 @@ pub async fn remove(
     let row = store::find(&state.db, tenant, id).await?;
     let txn = state.db.begin().await?;
     store::set_phase(&txn, row.id, NetworkPhase::Deleting, None).await?;
+    crate::billing::ledger::record_deleted(&txn, &state.billing, &row).await?;
     audit::record(
         &txn,
         tenant,
