@@ -269,6 +269,54 @@ fn a_person_runs_networks_and_a_consortium_with_the_cli() {
     let members = acme.ok(&["consortium", "members", "trade"]);
     assert_eq!(members.matches("Admitted").count(), 3, "{members}");
 
+    // Usage and invoices (the networks above are metered once their first hour closes:
+    // here the answers are well-formed and scoped, not yet filled).
+    let period = &items[0]["created_at"].as_str().unwrap()[..7];
+    let (year, month): (u32, u32) = (period[..4].parse().unwrap(), period[5..].parse().unwrap());
+    let from = format!("{period}-01T00:00:00Z");
+    let to = if month == 12 {
+        format!("{}-01-01T00:00:00Z", year + 1)
+    } else {
+        format!("{year}-{:02}-01T00:00:00Z", month + 1)
+    };
+    let usage = acme.json(&["usage", "--from", &from, "--to", &to]);
+    assert!(usage["records"].is_array(), "{usage}");
+    let table = acme.ok(&[
+        "usage",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--meter",
+        "rpc_requests",
+    ]);
+    assert!(table.contains("METER"), "{table}");
+    let err = acme.refused(&["usage", "--from", "yesterday", "--to", &to]);
+    assert!(err.contains("from"), "{err}");
+    let invoice = acme.json(&["invoice", period]);
+    assert_eq!(invoice["period"], period, "{invoice}");
+    assert!(
+        invoice["lines"].is_array() && invoice["total"].is_string(),
+        "{invoice}"
+    );
+    let table = acme.ok(&["invoice", period]);
+    assert!(table.contains(&format!("invoice {period}")), "{table}");
+    let csv = acme.ok(&["invoice", period, "--csv"]);
+    assert!(csv.lines().next().is_some_and(|h| h.contains(',')), "{csv}");
+    let err = acme.refused(&["invoice", "2026-13"]);
+    assert!(err.to_lowercase().contains("period"), "{err}");
+
+    // Transactions go through the console's node RPC proxy; this console provisions
+    // nothing, so the network has no node to take them, and the CLI says so.
+    let err = acme.refused(&["tx", "send", "trade", "--tx", "zz"]);
+    assert!(err.contains("--tx must be"), "{err}");
+    let err = acme.refused(&["tx", "send", "trade", "--tx", "00ff"]);
+    assert!(
+        err.contains("503") && err.contains("no running nodes"),
+        "{err}"
+    );
+    assert!(globex.refused(&["tx", "get", &id, "00"]).contains("404"));
+
     // Delete; logout revokes the session.
     let gone = acme.ok(&["networks", "delete", "payments"]);
     assert!(

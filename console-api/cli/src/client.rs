@@ -193,6 +193,49 @@ impl Console {
         }
     }
 
+    /// An authenticated call answered with text (e.g. CSV), not JSON.
+    pub async fn call_text(&mut self, path: &str) -> Result<String> {
+        if self.creds.is_none() {
+            bail!("not logged in: run `trellis login --console URL --email you@example.com`");
+        }
+        let get = |token: String| {
+            self.http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .send()
+        };
+        let token = self
+            .creds
+            .as_ref()
+            .map(|c| c.access_token.clone())
+            .unwrap_or_default();
+        let mut response = get(token)
+            .await
+            .map_err(|e| anyhow!("cannot reach the console at {}: {e}", self.base))?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            self.refresh().await?;
+            let token = self
+                .creds
+                .as_ref()
+                .map(|c| c.access_token.clone())
+                .unwrap_or_default();
+            response = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| anyhow!("cannot reach the console at {}: {e}", self.base))?;
+        }
+        let status = response.status();
+        let text = response.text().await?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(Refused::from_body(status, &text).into())
+        }
+    }
+
     async fn refresh(&mut self) -> Result<()> {
         let Some(creds) = self.creds.clone() else {
             bail!("not logged in");

@@ -76,6 +76,31 @@ enum Command {
     /// Invitations and admissions of consortium members.
     #[command(subcommand)]
     Consortium(Consortium),
+    /// Send a transaction to a network, or look one up (through the console's node RPC proxy).
+    #[command(subcommand)]
+    Tx(Tx),
+    /// Your organisation's metered usage.
+    Usage {
+        /// Start, RFC 3339, e.g. 2026-11-01T00:00:00Z.
+        #[arg(long)]
+        from: String,
+        /// End, RFC 3339, exclusive (at most 400 days after --from).
+        #[arg(long)]
+        to: String,
+        /// Only this network (name or id).
+        #[arg(long)]
+        network: Option<String>,
+        /// Only this meter, e.g. `node_hours.standard`, `transactions`, `rpc_requests`.
+        #[arg(long)]
+        meter: Option<String>,
+    },
+    /// The invoice of a billing period (`YYYY-MM`).
+    Invoice {
+        period: String,
+        /// Print it as CSV (the console's export).
+        #[arg(long)]
+        csv: bool,
+    },
     /// Print a shell completion script, e.g. `trellis completions bash > /etc/bash_completion.d/trellis`.
     Completions {
         #[arg(value_enum)]
@@ -150,6 +175,21 @@ enum Networks {
     Start { network: String },
     /// Delete the network (ledger volumes are kept unless the network says otherwise).
     Delete { network: String },
+}
+
+#[derive(Subcommand)]
+enum Tx {
+    /// Send a signed transaction (hex, as `trellis-node` encodes it); prints its hash.
+    Send {
+        network: String,
+        #[arg(long)]
+        tx: String,
+        /// Send to this shard's nodes (default: any node of the network).
+        #[arg(long)]
+        shard: Option<u32>,
+    },
+    /// A transaction's state and receipt.
+    Get { network: String, hash: String },
 }
 
 #[derive(Subcommand)]
@@ -267,6 +307,55 @@ async fn run(cli: Cli) -> Result<String> {
             ))
         }
         Command::Networks(command) => networks(&mut console, format, command).await,
+        Command::Tx(command) => transactions(&mut console, format, command).await,
+        Command::Usage {
+            from,
+            to,
+            network,
+            meter,
+        } => {
+            let mut query = vec![
+                format!("from={}", encode(&from)),
+                format!("to={}", encode(&to)),
+            ];
+            if let Some(network) = network {
+                query.push(format!(
+                    "network_id={}",
+                    network_id(&mut console, &network).await?
+                ));
+            }
+            if let Some(meter) = meter {
+                query.push(format!("meter={}", encode(&meter)));
+            }
+            let path = format!("/v1/billing/usage?{}", query.join("&"));
+            let answer = console.call(Method::GET, &path, None, None).await?;
+            let items = answer["records"].as_array().cloned().unwrap_or_default();
+            Ok(output::list(format, &answer, &items, USAGE_COLUMNS))
+        }
+        Command::Invoice { period, csv } => {
+            let path = format!("/v1/billing/invoices/{}", encode(&period));
+            if csv {
+                return Ok(console
+                    .call_text(&format!("{path}?format=csv"))
+                    .await?
+                    .trim_end()
+                    .to_string());
+            }
+            let answer = console.call(Method::GET, &path, None, None).await?;
+            let lines = answer["lines"].as_array().cloned().unwrap_or_default();
+            Ok(match format {
+                Format::Json => output::pretty(&answer),
+                Format::Table => format!(
+                    "{}\ninvoice {} ({}, plan {}): total {} {}",
+                    output::list(format, &answer, &lines, INVOICE_COLUMNS),
+                    output::at(&answer, "period"),
+                    output::at(&answer, "status"),
+                    output::at(&answer, "plan"),
+                    output::at(&answer, "total"),
+                    output::at(&answer, "currency"),
+                ),
+            })
+        }
         Command::Consortium(command) => consortium(&mut console, format, command).await,
     }
 }
@@ -415,6 +504,92 @@ async fn networks(console: &mut Console, format: Format, command: Networks) -> R
             })
         }
     }
+}
+
+const USAGE_COLUMNS: &[output::Column] = &[
+    ("NETWORK", "network_id"),
+    ("METER", "meter"),
+    ("FROM", "window_start"),
+    ("TO", "window_end"),
+    ("QUANTITY", "billed_quantity"),
+    ("UNIT", "unit"),
+];
+
+const INVOICE_COLUMNS: &[output::Column] = &[
+    ("NETWORK", "network_name"),
+    ("METER", "meter"),
+    ("QUANTITY", "quantity"),
+    ("UNIT", "unit"),
+    ("PRICE", "unit_price"),
+    ("AMOUNT", "amount"),
+];
+
+/// Percent-encodes a query or path value (RFC 3986 unreserved characters pass).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+async fn transactions(console: &mut Console, format: Format, command: Tx) -> Result<String> {
+    let (network, shard, method, params) = match command {
+        Tx::Send { network, tx, shard } => {
+            let tx = tx.trim().trim_start_matches("0x").to_string();
+            if tx.is_empty() || tx.len() % 2 != 0 || !tx.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "--tx must be the transaction's bytes in hex (an even number of 0-9a-f digits)"
+                );
+            }
+            (network, shard, "trellis_sendTransaction", json!({"tx": tx}))
+        }
+        Tx::Get { network, hash } => (
+            network,
+            None,
+            "trellis_getTransaction",
+            json!({"hash": hash}),
+        ),
+    };
+    let id = network_id(console, &network).await?;
+    let path = match shard {
+        Some(shard) => format!("/v1/networks/{id}/shards/{shard}/rpc"),
+        None => format!("/v1/networks/{id}/rpc"),
+    };
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let answer = console
+        .call(Method::POST, &path, Some(&request), None)
+        .await?;
+    if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
+        bail!(
+            "the node refused ({}): {}",
+            output::at(error, "code"),
+            output::at(error, "message")
+        );
+    }
+    let result = &answer["result"];
+    Ok(match (format, method) {
+        (Format::Json, _) => output::pretty(result),
+        (Format::Table, "trellis_sendTransaction") => format!(
+            "sent; transaction hash {} (`trellis tx get {network} <hash>` follows it)",
+            output::at(result, "hash")
+        ),
+        (Format::Table, _) => output::object(
+            format,
+            result,
+            &[
+                ("HASH", "hash"),
+                ("STATE", "state"),
+                ("HEIGHT", "height"),
+                ("SUCCESS", "success"),
+                ("ERROR", "error"),
+            ],
+        ),
+    })
 }
 
 async fn patch(
@@ -636,6 +811,15 @@ mod tests {
                 .to_string()
                 .contains("whole number")
         );
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            encode("2026-11-01T00:00:00+00:00"),
+            "2026-11-01T00%3A00%3A00%2B00%3A00"
+        );
+        assert_eq!(encode("node_hours.standard"), "node_hours.standard");
     }
 
     #[test]
