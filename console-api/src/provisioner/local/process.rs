@@ -197,7 +197,13 @@ mod tests {
         let config = dir.path().join("node.toml");
         let (mut child, id) = spawn(&binary, &config, &dir.path().join("log")).unwrap();
         assert!(id.is_alive());
-        let found = find_running(&config);
+        // Until the child has exec'd, /proc shows the parent's command line: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = find_running(&config);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            found = find_running(&config);
+        }
         assert_eq!(found, [id]);
         assert!(find_running(&dir.path().join("other.toml")).is_empty());
         id.kill();
