@@ -197,10 +197,12 @@ mod tests {
         let config = dir.path().join("node.toml");
         let (mut child, id) = spawn(&binary, &config, &dir.path().join("log")).unwrap();
         assert!(id.is_alive());
-        // Until the child has exec'd, /proc shows the parent's command line: wait for it.
+        // Until the child has exec'd, /proc shows the parent's command line, and while
+        // the script's shell forks `sleep`, that fork shows the script's: wait until
+        // exactly the spawned process matches.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut found = find_running(&config);
-        while found.is_empty() && std::time::Instant::now() < deadline {
+        while found != [id] && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
             found = find_running(&config);
         }
