@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::node_binary;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,31 +28,6 @@ use trellis_console::provisioner::{ObservedPhase, ObservedStatus};
 
 const CHAIN: &str = "billing-alerts";
 const NODES: usize = 4;
-
-/// The node binary: `TRELLIS_NODE_BIN`, else the one in this test's target directory
-/// (wherever `CARGO_TARGET_DIR` put it; built once if missing).
-fn node_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("TRELLIS_NODE_BIN") {
-        return PathBuf::from(path);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    // target/<profile>/deps/<this test> -> target/<profile>/trellis-node
-    let path = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("trellis-node");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "trellis-node", "--bin", "trellis-node"])
-            .current_dir(&root)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    path
-}
 
 struct Node {
     dir: PathBuf,

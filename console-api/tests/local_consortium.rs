@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::node_binary;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,29 +19,6 @@ use serde_json::{Value, json};
 use trellis_console::governance::CustodySigner;
 use trellis_console::provisioner::local::{LocalProvisioner, LocalSettings};
 use trellis_console::provisioner::{NetworkRef, Provisioner};
-
-/// `TRELLIS_TEST_NODE_BINARY` (e.g. a governance-capable build), else
-/// `target/<profile>/trellis-node`, built on demand.
-fn node_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TRELLIS_TEST_NODE_BINARY") {
-        return PathBuf::from(path);
-    }
-    let profile_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf();
-    let binary = profile_dir.join("trellis-node");
-    if !binary.is_file() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "trellis-node"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building trellis-node failed");
-    }
-    binary
-}
 
 fn running(node_dir: &Path) -> usize {
     let config = node_dir.join("node.toml").to_string_lossy().to_string();

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::node_binary;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,25 +18,6 @@ use common::{TestApp, assert_problem, test_settings};
 use serde_json::{Value, json};
 use trellis_console::provisioner::local::{LocalProvisioner, LocalSettings};
 use trellis_console::provisioner::{NetworkRef, ObservedPhase, Provisioner};
-
-/// `target/<profile>/trellis-node`, built on demand when this crate's tests run alone.
-pub fn node_binary() -> PathBuf {
-    let profile_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf();
-    let binary = profile_dir.join("trellis-node");
-    if !binary.is_file() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "trellis-node"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building trellis-node failed");
-    }
-    binary
-}
 
 /// Live processes whose command line runs the node config in `node_dir`, counted
 /// independently of the provisioner's own bookkeeping.

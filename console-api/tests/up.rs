@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::node_binary;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,21 +15,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-fn node_binary() -> PathBuf {
-    let binary = Path::new(env!("CARGO_BIN_EXE_trellis-console"))
-        .parent()
-        .unwrap()
-        .join("trellis-node");
-    if !binary.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "trellis-node"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building trellis-node failed");
-    }
-    binary
-}
 
 struct Up {
     child: Child,

@@ -416,3 +416,27 @@ impl Drop for KillUnder {
         }
     }
 }
+
+/// The `trellis-node` binary the tests run: `TRELLIS_NODE_BIN` (e.g. another build),
+/// else the one in this test's target directory (`target/<profile>/`, wherever
+/// `CARGO_TARGET_DIR` puts it), built on demand when this crate's tests run alone.
+pub fn node_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("TRELLIS_NODE_BIN") {
+        return std::path::PathBuf::from(path);
+    }
+    // target/<profile>/deps/<this test> -> target/<profile>/trellis-node
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("trellis-node");
+    if !binary.is_file() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "trellis-node", "--bin", "trellis-node"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building trellis-node failed");
+    }
+    binary
+}
