@@ -7,11 +7,72 @@
 //! recommendation, scale-in its largest, so a spike or a dip does not flap the shard
 //! count), and never within the cooldown after the previous change.
 //!
-//! The per-shard loads come from the nodes' metrics through the chain seam, which does not
-//! exist yet; the reconciler does not call this policy until it does (see
-//! `docs/operator.md`).
+//! The per-shard loads come from the nodes' Prometheus metrics through the chain seam
+//! ([`crate::chain::ChainClient::committee_load`]); [`LoadHistory`] turns the committed-
+//! transactions counter into a rate between reconciles.
 
+use std::collections::BTreeMap;
 use trellis_crd::AutoscalingSpec;
+
+/// Two counter readings closer than this give no new rate (the previous one stands): a
+/// burst of reconciles must not turn a single block into a huge or zero rate.
+pub const MIN_RATE_INTERVAL_SECONDS: f64 = 5.0;
+
+/// One shard's last counter reading and the rate it gave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reading {
+    txs_committed: u64,
+    at_seconds: f64,
+    rate: Option<f64>,
+}
+
+/// The autoscaler's memory of one network between reconciles: counter readings per shard
+/// and the policy's recommendations. Lost on an operator restart, which only restarts the
+/// stabilization window (as the Horizontal Pod Autoscaler's is).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadHistory {
+    readings: BTreeMap<u16, Reading>,
+    pub state: AutoscalerState,
+}
+
+impl LoadHistory {
+    /// Records a reading of `shard`'s committed-transactions counter and returns its rate
+    /// (tx/s) since the previous reading: `None` for the first reading and after the
+    /// counter went back (the node restarted, or the shard is new).
+    pub fn rate(&mut self, shard: u16, txs_committed: u64, now_seconds: f64) -> Option<f64> {
+        let fresh = Reading {
+            txs_committed,
+            at_seconds: now_seconds,
+            rate: None,
+        };
+        let Some(previous) = self.readings.get(&shard).copied() else {
+            self.readings.insert(shard, fresh);
+            return None;
+        };
+        if txs_committed < previous.txs_committed {
+            self.readings.insert(shard, fresh);
+            return None;
+        }
+        let elapsed = now_seconds - previous.at_seconds;
+        if elapsed < MIN_RATE_INTERVAL_SECONDS {
+            return previous.rate;
+        }
+        let rate = (txs_committed - previous.txs_committed) as f64 / elapsed;
+        self.readings.insert(
+            shard,
+            Reading {
+                rate: Some(rate),
+                ..fresh
+            },
+        );
+        Some(rate)
+    }
+
+    /// Forgets shards that are no longer in service.
+    pub fn retain_shards(&mut self, in_service: u16) {
+        self.readings.retain(|shard, _| *shard < in_service);
+    }
+}
 
 /// What one shard reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -157,6 +218,23 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counter_becomes_a_rate_between_readings() {
+        let mut history = LoadHistory::default();
+        assert_eq!(history.rate(0, 1_000, 100.0), None);
+        // Too soon: no rate yet, and the baseline stays.
+        assert_eq!(history.rate(0, 1_010, 101.0), None);
+        assert_eq!(history.rate(0, 1_600, 110.0), Some(60.0));
+        // Too soon again: the last rate stands.
+        assert_eq!(history.rate(0, 1_700, 111.0), Some(60.0));
+        assert_eq!(history.rate(0, 1_500, 120.0), None, "counter went back");
+        assert_eq!(history.rate(0, 1_600, 130.0), Some(10.0));
+        // Shards are independent, and shards out of service are forgotten.
+        assert_eq!(history.rate(1, 5, 130.0), None);
+        history.retain_shards(1);
+        assert_eq!(history.rate(1, 50, 140.0), None);
+    }
 
     fn policy(tps: Option<i64>, mempool: Option<i64>) -> AutoscalingSpec {
         AutoscalingSpec {

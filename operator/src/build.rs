@@ -30,8 +30,8 @@ use serde::Serialize;
 use trellis_crd::topology::{Committee, CommitteeRole, Topology};
 use trellis_crd::{ChainNetwork, NetworkMode};
 use trellis_node_api::{
-    BootstrapPeer, CONTRACT_VERSION, Genesis, GenesisMember, HEALTHZ_PATH, MempoolConfig,
-    NodeConfig, READYZ_PATH, Role,
+    BootstrapPeer, CONTRACT_VERSION, Genesis, GenesisBalance, GenesisMember, HEALTHZ_PATH,
+    MempoolConfig, NodeConfig, READYZ_PATH, Role,
 };
 
 use crate::keys;
@@ -357,7 +357,17 @@ pub fn committee_genesis(
         chain_id: topology.genesis.chain_id.clone(),
         epoch_length: topology.genesis.epoch_length,
         members,
-        balances: Vec::new(),
+        balances: input
+            .network
+            .spec
+            .genesis_balances
+            .iter()
+            .map(|a| GenesisBalance {
+                account: a.account.to_ascii_lowercase(),
+                // validate() refuses amounts below 1.
+                amount: u64::try_from(a.amount).unwrap_or(0),
+            })
+            .collect(),
     };
     genesis
         .check()

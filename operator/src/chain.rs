@@ -76,6 +76,17 @@ impl CommitteeChain {
     }
 }
 
+/// A committee's load, read from its nodes' Prometheus metrics (`GET /metrics`): the
+/// built-in autoscaler's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitteeLoad {
+    /// `trellis_txs_committed_total`: transactions in finalized blocks (a counter; the
+    /// autoscaler turns two readings into a rate). The highest any node reports.
+    pub txs_committed: u64,
+    /// `trellis_mempool_depth`: the deepest mempool of the committee's nodes.
+    pub mempool_depth: u64,
+}
+
 /// Why the chain could not be asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -118,6 +129,12 @@ pub trait ChainClient: Send + Sync + 'static {
         count: u16,
     ) -> BoxFuture<'a, Result<(), ChainError>>;
 
+    /// The committee's load from its nodes' metrics; an error when no node answered.
+    fn committee_load<'a>(
+        &'a self,
+        committee: &'a CommitteeNodes,
+    ) -> BoxFuture<'a, Result<CommitteeLoad, ChainError>>;
+
     /// Proposes admitting (or, with `remove`, removing) a consortium member to the
     /// committee whose chain keeps the member registry (shard 0 until the beacon runs);
     /// the transaction passes once a threshold of current members' admin keys signed it.
@@ -151,6 +168,9 @@ pub struct NodeRpc {
 /// Per-request limit: a node that does not answer within it counts as unreachable, so a
 /// dead pod never stalls a reconcile.
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where a node serves its Prometheus metrics.
+const METRICS_PATH: &str = "/metrics";
 
 /// Largest response body read from a node (a status is a few hundred bytes; the bound
 /// keeps a misbehaving peer from filling the operator's memory).
@@ -248,6 +268,27 @@ impl NodeRpc {
             .map_err(|e| ChainError::Protocol(format!("{}: {method}: {e}", node.node)))
     }
 
+    /// One node's load figures from its `/metrics`.
+    async fn node_load(&self, node: &NodeRef) -> Result<CommitteeLoad, ChainError> {
+        let (status, body) = self.http(node, METRICS_PATH, None).await?;
+        if status != 200 {
+            return Err(ChainError::Protocol(format!(
+                "{}: GET {METRICS_PATH} answered {status}",
+                node.node
+            )));
+        }
+        let text = String::from_utf8_lossy(&body);
+        let read = |name: &str| {
+            crate::scrape::metric_total(&text, name)
+                .map(|v| v.max(0.0) as u64)
+                .ok_or_else(|| ChainError::Protocol(format!("{}: no {name} metric", node.node)))
+        };
+        Ok(CommitteeLoad {
+            txs_committed: read("trellis_txs_committed_total")?,
+            mempool_depth: read("trellis_mempool_depth")?,
+        })
+    }
+
     async fn node_status(&self, chain_id: &str, node: &NodeRef) -> Result<NodeStatus, ChainError> {
         let status: NodeStatus = self.call(node, methods::STATUS, ()).await?;
         if status.chain_id != chain_id {
@@ -297,6 +338,30 @@ impl ChainClient for NodeRpc {
         _count: u16,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
         Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
+    }
+
+    fn committee_load<'a>(
+        &'a self,
+        committee: &'a CommitteeNodes,
+    ) -> BoxFuture<'a, Result<CommitteeLoad, ChainError>> {
+        Box::pin(async move {
+            let answers =
+                futures::future::join_all(committee.nodes.iter().map(|node| self.node_load(node)))
+                    .await;
+            let mut load = None::<CommitteeLoad>;
+            let mut last = ChainError::Unreachable("the committee has no nodes".into());
+            for answer in answers {
+                match answer {
+                    Ok(l) => {
+                        let seen = load.get_or_insert(l);
+                        seen.txs_committed = seen.txs_committed.max(l.txs_committed);
+                        seen.mempool_depth = seen.mempool_depth.max(l.mempool_depth);
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            load.ok_or(last)
+        })
     }
 
     /// Asks the registry's nodes for the member registry (`trellis_getMembers`, which
@@ -379,6 +444,13 @@ impl ChainClient for NodeRpcPending {
         _count: u16,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
         Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
+    }
+
+    fn committee_load<'a>(
+        &'a self,
+        _committee: &'a CommitteeNodes,
+    ) -> BoxFuture<'a, Result<CommitteeLoad, ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented("node metrics")) })
     }
 
     fn propose_member<'a>(

@@ -85,6 +85,9 @@ pub struct Context {
     /// When each network's status last got fresh chain figures (see
     /// [`status::keep_chain_figures`]).
     chain_written: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// The built-in autoscaler's memory per network (namespace/name).
+    pub(crate) autoscalers:
+        std::sync::Mutex<std::collections::HashMap<String, crate::autoscaler::LoadHistory>>,
 }
 
 /// The last full apply of one network's children.
@@ -125,6 +128,7 @@ impl Context {
             applied: std::sync::Mutex::default(),
             finality: std::sync::Mutex::default(),
             chain_written: std::sync::Mutex::default(),
+            autoscalers: std::sync::Mutex::default(),
         }
     }
 }
@@ -207,6 +211,9 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         }
         if let Ok(mut written) = ctx.chain_written.lock() {
             written.remove(&key);
+        }
+        if let Ok(mut memory) = ctx.autoscalers.lock() {
+            memory.remove(&key);
         }
         return Ok(Action::await_change());
     }
@@ -444,6 +451,8 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         endpoints: Some(endpoints),
         now,
     });
+    next.autoscaler = previous.and_then(|p| p.autoscaler.clone());
+    crate::scaling::autoscale(ctx, network, &topology, &shard_plan, &mut next).await?;
     let settled = next.phase == Some(trellis_crd::NetworkPhase::Running);
     let chain_answers = shard_chain
         .values()

@@ -17,6 +17,8 @@ pub mod local;
 pub mod member;
 pub mod metrics;
 pub mod rollout;
+pub mod scaling;
+pub mod scrape;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -267,6 +267,7 @@ pub fn keep_chain_figures(next: &mut ChainNetworkStatus, previous: &ChainNetwork
             keep(&mut shard.finalized_height, &old.finalized_height);
             keep(&mut shard.epoch, &old.epoch);
             keep(&mut shard.mempool_depth, &old.mempool_depth);
+            keep(&mut shard.tx_per_second, &old.tx_per_second);
         }
     }
     keep(&mut next.epoch, &previous.epoch);

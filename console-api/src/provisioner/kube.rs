@@ -171,6 +171,9 @@ pub fn chain_network(
             cooldown_seconds: i64::from(a.cooldown_seconds),
             stabilization_window_seconds: i64::from(a.stabilization_window_seconds),
         }),
+        // The console funds no account on Kubernetes networks yet (local mode funds its
+        // treasury); tenants fund accounts through `spec.genesisBalances` directly.
+        genesis_balances: Vec::new(),
         epoch_length: int(s.epoch_length, "epoch_length")?,
         paused: s.paused,
         stopped: s.stopped,

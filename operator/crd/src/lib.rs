@@ -18,9 +18,9 @@ pub mod validate;
 
 pub use member::{ChainMember, ChainMemberSpec, ChainMemberStatus, MemberPhase};
 pub use network::{
-    AutoscalingSpec, BeaconSpec, ChainNetwork, ChainNetworkSpec, ChainNetworkStatus,
-    CommitteeStatus, ConsortiumMember, NetworkEndpoints, NetworkMode, NetworkPhase, NodeSpec,
-    ShardStatus, ShardsSpec, StorageSpec,
+    AutoscalerStatus, AutoscalingSpec, BeaconSpec, ChainNetwork, ChainNetworkSpec,
+    ChainNetworkStatus, CommitteeStatus, ConsortiumMember, GenesisAllocation, NetworkEndpoints,
+    NetworkMode, NetworkPhase, NodeSpec, ShardStatus, ShardsSpec, StorageSpec,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -9,7 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, ValidationRule,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube_core::CustomResourceExt;
 use kube_derive::CustomResource;
 use schemars::JsonSchema;
@@ -139,6 +139,14 @@ pub struct ChainNetworkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
 
+    /// Funded accounts at genesis (hex ed25519 public keys): the network's initial
+    /// allocation. Written into the genesis file once; cannot change after creation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "genesisBalances are immutable"}
+    ]))]
+    pub genesis_balances: Vec<GenesisAllocation>,
+
     /// Beacon blocks per epoch; shard-count and membership changes apply at epoch ends.
     #[serde(default = "default_epoch_length")]
     #[schemars(range(min = 10, max = 1_000_000))]
@@ -166,6 +174,18 @@ fn default_epoch_length() -> i64 {
 }
 fn default_true() -> bool {
     true
+}
+
+/// One funded account at genesis.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GenesisAllocation {
+    /// Hex ed25519 public key of the account (64 hex digits).
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub account: String,
+    /// Initial balance.
+    #[schemars(range(min = 1))]
+    pub amount: i64,
 }
 
 /// Network flavour.
@@ -379,6 +399,22 @@ pub struct ChainNetworkStatus {
     pub shards: Vec<ShardStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<NetworkEndpoints>,
+    /// The built-in autoscaler's last shard-count change (absent until it makes one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// A shard-count change the built-in autoscaler made.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// When it set `spec.shards.count`.
+    pub last_scale_time: Time,
+    /// Shard count before and after.
+    pub from: i32,
+    pub to: i32,
+    /// Why: the loads and the policy that led to it.
+    pub reason: String,
 }
 
 /// Object-level state of one committee's StatefulSet.
@@ -464,6 +500,7 @@ impl ChainNetworkSpec {
                 storage: StorageSpec::default(),
             },
             autoscaling: None,
+            genesis_balances: Vec::new(),
             epoch_length: default_epoch_length(),
             paused: false,
             stopped: false,

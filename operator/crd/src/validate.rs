@@ -160,6 +160,33 @@ pub fn validate(name: &str, spec: &ChainNetworkSpec) -> Result<(), InvalidSpec> 
         }
     }
 
+    let mut accounts = std::collections::BTreeSet::new();
+    let mut supply: i64 = 0;
+    for (i, allocation) in spec.genesis_balances.iter().enumerate() {
+        let field = format!("spec.genesisBalances[{i}]");
+        if !is_hex_key(&allocation.account) {
+            fail(
+                &format!("{field}.account"),
+                "must be a hex ed25519 public key (64 hex digits)".to_owned(),
+            );
+        } else if !accounts.insert(allocation.account.to_ascii_lowercase()) {
+            fail(
+                &format!("{field}.account"),
+                "is listed twice; give each account one allocation".to_owned(),
+            );
+        }
+        if allocation.amount < 1 {
+            fail(&format!("{field}.amount"), "must be at least 1".to_owned());
+        }
+        match supply.checked_add(allocation.amount.max(0)) {
+            Some(total) => supply = total,
+            None => fail(
+                "spec.genesisBalances",
+                "the total supply overflows a signed 64-bit integer".to_owned(),
+            ),
+        }
+    }
+
     if violations.is_empty() {
         Ok(())
     } else {
@@ -301,6 +328,34 @@ mod tests {
         let mut public = spec();
         public.members = vec![member("org-a")];
         assert_eq!(fields(validate("p", &public)), ["spec.members"]);
+    }
+
+    #[test]
+    fn genesis_balances_are_checked() {
+        let mut s = spec();
+        s.genesis_balances = vec![
+            crate::network::GenesisAllocation {
+                account: "ab".repeat(32),
+                amount: 10,
+            },
+            crate::network::GenesisAllocation {
+                account: "AB".repeat(32),
+                amount: 0,
+            },
+            crate::network::GenesisAllocation {
+                account: "xyz".to_owned(),
+                amount: i64::MAX,
+            },
+        ];
+        assert_eq!(
+            fields(validate("a", &s)),
+            [
+                "spec.genesisBalances[1].account",
+                "spec.genesisBalances[1].amount",
+                "spec.genesisBalances[2].account",
+                "spec.genesisBalances",
+            ]
+        );
     }
 
     #[test]

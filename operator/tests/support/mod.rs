@@ -98,12 +98,18 @@ impl Drop for NodeProcess {
 
 /// Loopback addresses `127.0.30.<first + ordinal>` for the nodes of `committee`.
 pub fn loopback(committee: &Committee, first: u8) -> Loopback {
+    loopback_in(30, committee, first)
+}
+
+/// Loopback addresses `127.0.<subnet>.<first + ordinal>`: each test file has its own
+/// subnet, so test binaries running side by side never share an address.
+pub fn loopback_in(subnet: u8, committee: &Committee, first: u8) -> Loopback {
     Loopback {
         nodes: committee
             .nodes
             .iter()
             .zip(first..)
-            .map(|(n, last)| (n.name.clone(), IpAddr::from([127, 0, 30, last])))
+            .map(|(n, last)| (n.name.clone(), IpAddr::from([127, 0, subnet, last])))
             .collect::<BTreeMap<_, _>>(),
     }
 }
