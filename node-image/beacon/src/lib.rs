@@ -689,10 +689,14 @@ impl BeaconState {
     }
 
     /// Replaces the consortium's members (the node calls it when a governance change
-    /// applies). Validators of a removed member leave the committees at the next epoch
-    /// boundary; their registrations stay until deregistered.
+    /// applies). A removed member's validators are deregistered with it: they leave the
+    /// committees at the next epoch boundary (a shard they leave empty keeps its
+    /// committee until validators register for it).
     pub fn set_members(&mut self, members: Vec<Member>) {
         self.members = members.into_iter().map(|m| (m.name, m.admin_key)).collect();
+        let members = &self.members;
+        self.validators
+            .retain(|_, v| v.member.as_ref().is_some_and(|m| members.contains_key(m)));
     }
 
     /// Called after the system transactions of every finalized beacon block. At the last
