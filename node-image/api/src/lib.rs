@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub mod shard;
+
 /// Version of this contract (config, genesis, RPC, metrics). Reported by `trellis_status`.
 pub const CONTRACT_VERSION: u32 = 1;
 
@@ -271,6 +273,17 @@ pub mod methods {
     /// params: [`super::TransactionQuery`] (hash of a governance transaction) →
     /// [`super::TransactionStatus`].
     pub const GET_GOVERNANCE: &str = "trellis_getGovernance";
+    /// params: none → [`super::shard::ShardMapInfo`].
+    pub const GET_SHARD_MAP: &str = "trellis_getShardMap";
+    /// params: [`super::shard::SubmitSystemParams`] → [`super::shard::SubmitSystemResult`];
+    /// refusals are [`super::error_codes::SYSTEM_REFUSED`] or
+    /// [`super::error_codes::RESHARDING`] with a message saying why.
+    pub const SUBMIT_SYSTEM: &str = "trellis_submitSystem";
+    /// params: [`super::TransactionQuery`] (hash of a system transaction) →
+    /// [`super::shard::SystemStatus`].
+    pub const GET_SYSTEM: &str = "trellis_getSystem";
+    /// params: [`super::shard::SystemSequenceQuery`] → [`super::shard::SystemSequence`].
+    pub const GET_SYSTEM_SEQUENCE: &str = "trellis_getSystemSequence";
 }
 
 /// Stable JSON-RPC error codes. -32xxx are JSON-RPC's own; -330xx are Trellis's.
@@ -295,6 +308,10 @@ pub mod error_codes {
     /// Governance transaction not acceptable (wrong kind, unknown member, threshold).
     pub const BAD_GOVERNANCE: i64 = -33008;
     pub const NOT_FOUND: i64 = -33009;
+    /// System transaction not acceptable (signer, sequence, shard count, validators).
+    pub const SYSTEM_REFUSED: i64 = -33011;
+    /// A shard count change is pending or its table handoff unfinished: retry later.
+    pub const RESHARDING: i64 = -33012;
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

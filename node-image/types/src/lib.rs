@@ -19,6 +19,8 @@ pub mod governance;
 pub use governance::{
     Approval, GovernanceAction, GovernanceError, GovernanceTx, MemberSpec, Proposal,
 };
+pub mod system;
+pub use system::{SystemAction, SystemError, SystemPayload, SystemTx};
 
 pub use commonware_codec::Encode;
 pub use commonware_cryptography::ed25519::{PrivateKey, PublicKey, Signature};
