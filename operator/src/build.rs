@@ -180,6 +180,19 @@ pub fn node_p2p_address(
     )
 }
 
+/// `host:port` of a node's JSON-RPC listener (its stable StatefulSet DNS name).
+pub fn node_rpc_address(
+    node: &str,
+    committee: &str,
+    namespace: &str,
+    options: &BuildOptions,
+) -> String {
+    format!(
+        "{node}.{committee}.{namespace}.svc.{}:{RPC_PORT}",
+        options.cluster_domain
+    )
+}
+
 /// Builds every child of the network (see [`Children`]).
 pub fn build(input: &BuildInput<'_>) -> Result<Children, BuildError> {
     let mut children = Children::default();

@@ -25,14 +25,57 @@ use trellis_node_api::{
     JsonRpcRequest, JsonRpcResponse, MembersInfo, NodeStatus, RPC_PATH, error_codes, methods,
 };
 
+use trellis_node_api::shard::{
+    ShardMapInfo, SubmitSystemParams, SubmitSystemResult, SystemSequence, SystemSequenceQuery,
+};
+use trellis_node_types::{PrivateKey, Signer, SystemAction, SystemPayload, SystemTx, to_hex};
+
 use crate::endpoints::{NodeRef, NodeResolver};
 
-/// Where the operator reaches a network's beacon.
+/// The signing key of a hex seed.
+fn signing_key(seed: &Seed) -> Result<PrivateKey, ChainError> {
+    trellis_node_types::private_key_from_hex(&seed.0)
+        .ok_or_else(|| ChainError::Protocol("a key Secret holds a malformed seed".into()))
+}
+
+/// Where the operator reaches a network's beacon, and the key it signs system
+/// transactions with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BeaconEndpoint {
     pub chain_id: String,
-    /// JSON-RPC URL of the beacon committee (its headless Service).
-    pub rpc_url: String,
+    /// The beacon committee's validators.
+    pub nodes: Vec<NodeRef>,
+    /// The network admin key (`None` while its Secret is unreadable).
+    pub admin: Option<Seed>,
+}
+
+/// A hex ed25519 seed the operator signs with. `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Seed(pub String);
+
+impl std::fmt::Debug for Seed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seed(..)")
+    }
+}
+
+/// A validator of a shard that is about to join: registered with the beacon (signed with
+/// its own node key, as public networks allow) before `SetShardCount` names its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewValidator {
+    pub shard: u16,
+    pub node_key: Seed,
+    /// `host:port` of its p2p and JSON-RPC listeners (stable DNS names).
+    pub p2p_address: String,
+    pub rpc_address: String,
+}
+
+/// A shard-count change to ask the beacon for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleRequest {
+    pub count: u16,
+    /// Validators of shards the new count adds.
+    pub new_validators: Vec<NewValidator>,
 }
 
 /// The beacon's view of the network.
@@ -46,6 +89,8 @@ pub struct BeaconView {
     /// The beacon finalises blocks and has a quorum connected.
     pub healthy: bool,
     pub finalized_height: u64,
+    /// Tables are being handed off after the last change (another change waits).
+    pub resharding: bool,
 }
 
 /// The validators of one committee, to be asked for their status.
@@ -121,12 +166,14 @@ pub trait ChainClient: Send + Sync + 'static {
         beacon: &'a BeaconEndpoint,
     ) -> BoxFuture<'a, Result<BeaconView, ChainError>>;
 
-    /// Submits `SetShardCount(count)`, signed with the network admin key; it takes effect
-    /// at the next epoch boundary.
-    fn set_shard_count<'a>(
+    /// Asks the beacon for a shard count: registers the new shards' validators, then
+    /// submits `SetShardCount(count)` signed with the network admin key (it takes effect
+    /// at the next epoch boundary). Idempotent: call it on every reconcile until the
+    /// beacon's view shows the count.
+    fn scale<'a>(
         &'a self,
         beacon: &'a BeaconEndpoint,
-        count: u16,
+        request: &'a ScaleRequest,
     ) -> BoxFuture<'a, Result<(), ChainError>>;
 
     /// The committee's load from its nodes' metrics; an error when no node answered.
@@ -268,6 +315,72 @@ impl NodeRpc {
             .map_err(|e| ChainError::Protocol(format!("{}: {method}: {e}", node.node)))
     }
 
+    /// The beacon's shard map, asked of every beacon node at once: the most advanced
+    /// answer (highest finalized beacon height), with the node that gave it.
+    async fn shard_map(
+        &self,
+        beacon: &BeaconEndpoint,
+    ) -> Result<(NodeRef, ShardMapInfo), ChainError> {
+        let answers = futures::future::join_all(beacon.nodes.iter().map(|node| async move {
+            let map = self
+                .call::<ShardMapInfo>(node, methods::GET_SHARD_MAP, ())
+                .await;
+            (node, map)
+        }))
+        .await;
+        let mut best: Option<(NodeRef, ShardMapInfo)> = None;
+        let mut last = ChainError::Unreachable("the beacon has no nodes".into());
+        for (node, answer) in answers {
+            match answer {
+                Ok(map) => {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(_, b)| map.beacon_height > b.beacon_height)
+                    {
+                        best = Some((node.clone(), map));
+                    }
+                }
+                Err(ChainError::Refused(m))
+                    if m.contains(&format!("answered {}", error_codes::METHOD_NOT_FOUND)) =>
+                {
+                    last = ChainError::NotImplemented(BEACON_ROLE);
+                }
+                Err(e) => last = e,
+            }
+        }
+        best.ok_or(last)
+    }
+
+    async fn system_sequence(&self, node: &NodeRef, key: &PrivateKey) -> Result<u64, ChainError> {
+        let query = SystemSequenceQuery {
+            key: to_hex(key.public_key().as_ref()),
+        };
+        let answer: SystemSequence = self.call(node, methods::GET_SYSTEM_SEQUENCE, query).await?;
+        Ok(answer.sequence)
+    }
+
+    /// Submits a system transaction; one already in the beacon's pool counts as submitted.
+    async fn submit_system(&self, node: &NodeRef, tx: &SystemTx) -> Result<(), ChainError> {
+        let params = SubmitSystemParams { tx: tx.to_hex() };
+        match self
+            .call::<SubmitSystemResult>(node, methods::SUBMIT_SYSTEM, params)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ChainError::Refused(m))
+                if m.contains(&format!("answered {}", error_codes::ALREADY_KNOWN)) =>
+            {
+                Ok(())
+            }
+            Err(ChainError::Refused(m))
+                if m.contains(&format!("answered {}", error_codes::RESHARDING)) =>
+            {
+                Err(ChainError::Pending(m))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// One node's load figures from its `/metrics`.
     async fn node_load(&self, node: &NodeRef) -> Result<CommitteeLoad, ChainError> {
         let (status, body) = self.http(node, METRICS_PATH, None).await?;
@@ -327,17 +440,79 @@ impl ChainClient for NodeRpc {
 
     fn beacon_view<'a>(
         &'a self,
-        _beacon: &'a BeaconEndpoint,
+        beacon: &'a BeaconEndpoint,
     ) -> BoxFuture<'a, Result<BeaconView, ChainError>> {
-        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
+        Box::pin(async move {
+            let (_, map) = self.shard_map(beacon).await?;
+            Ok(BeaconView {
+                epoch: map.epoch,
+                shard_count: map.shard_count,
+                pending_shard_count: map.pending_shard_count,
+                healthy: true,
+                finalized_height: map.beacon_height,
+                resharding: map.resharding,
+            })
+        })
     }
 
-    fn set_shard_count<'a>(
+    fn scale<'a>(
         &'a self,
-        _beacon: &'a BeaconEndpoint,
-        _count: u16,
+        beacon: &'a BeaconEndpoint,
+        request: &'a ScaleRequest,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
-        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
+        Box::pin(async move {
+            let (node, map) = self.shard_map(beacon).await?;
+            let settled = map.pending_shard_count == Some(request.count)
+                || (map.pending_shard_count.is_none() && map.shard_count == request.count);
+            if settled {
+                return Ok(());
+            }
+            // New shards' validators first: the beacon refuses a count whose shards have
+            // none. A node key signs nothing but its registration, so a key whose system
+            // sequence moved on is registered (or was refused, which the next step says).
+            let mut registering = 0;
+            for validator in &request.new_validators {
+                let key = signing_key(&validator.node_key)?;
+                let sequence = self.system_sequence(&node, &key).await?;
+                if sequence > 0 {
+                    continue;
+                }
+                let node_key = key.public_key();
+                let tx = SystemPayload {
+                    chain_id: beacon.chain_id.clone(),
+                    sequence,
+                    action: SystemAction::RegisterValidator {
+                        shard: validator.shard,
+                        node_key,
+                        p2p_address: validator.p2p_address.clone(),
+                        rpc_address: validator.rpc_address.clone(),
+                    },
+                }
+                .sign(&key);
+                self.submit_system(&node, &tx).await?;
+                registering += 1;
+            }
+            if registering > 0 {
+                return Err(ChainError::Pending(format!(
+                    "registering {registering} validators of the new shards with the beacon"
+                )));
+            }
+            let admin = beacon.admin.as_ref().ok_or_else(|| {
+                ChainError::Pending("the network admin key Secret is not readable yet".into())
+            })?;
+            let key = signing_key(admin)?;
+            let sequence = self.system_sequence(&node, &key).await?;
+            let tx = SystemPayload {
+                chain_id: beacon.chain_id.clone(),
+                sequence,
+                action: SystemAction::SetShardCount {
+                    count: request.count,
+                    load: Vec::new(),
+                },
+            }
+            .sign(&key);
+            self.submit_system(&node, &tx).await
+        })
     }
 
     fn committee_load<'a>(
@@ -438,10 +613,10 @@ impl ChainClient for NodeRpcPending {
         Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
     }
 
-    fn set_shard_count<'a>(
+    fn scale<'a>(
         &'a self,
         _beacon: &'a BeaconEndpoint,
-        _count: u16,
+        _request: &'a ScaleRequest,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
         Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
     }

@@ -26,7 +26,9 @@ use trellis_crd::validate::validate;
 use trellis_crd::{ChainNetwork, ChainNetworkStatus, NetworkEndpoints};
 
 use crate::build::{self, BuildError, BuildInput, BuildOptions, Children};
-use crate::chain::{BeaconEndpoint, ChainClient, ChainError, CommitteeNodes};
+use crate::chain::{
+    BeaconEndpoint, ChainClient, ChainError, CommitteeNodes, NewValidator, ScaleRequest, Seed,
+};
 use crate::endpoints::NodeRef;
 use crate::keys::{self, KeyError};
 use crate::labels;
@@ -255,7 +257,16 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     let genesis_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let genesis = genesis_api.get_opt(&build::genesis_name(&name)).await?;
     let desired = u16::try_from(network.spec.shards.count).unwrap_or(1);
-    let in_service = in_service_shards(previous, genesis.as_ref()).unwrap_or(desired);
+    // The beacon says which shards run; without it, the last recorded count.
+    let mut beacon = beacon_endpoint(&id, &network.spec, &namespace);
+    let chain = ctx.chain.beacon_view(&beacon).await;
+    let recorded = in_service_shards(previous, genesis.as_ref());
+    let in_service = match &chain {
+        // Drained shards stay until their tables are handed off.
+        Ok(view) if view.resharding => view.shard_count.max(recorded.unwrap_or(0)),
+        Ok(view) => view.shard_count,
+        Err(_) => recorded.unwrap_or(desired),
+    };
     let shard_plan = plan_shards(desired, in_service);
     let topology = match plan_with_shards(&id, &network.spec, shard_plan.provisioned) {
         Ok(t) => t,
@@ -271,15 +282,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     let shard_chain = read_shards(ctx, &namespace, &topology).await;
     let mut rollouts = BTreeMap::new();
 
-    let beacon = BeaconEndpoint {
-        chain_id: topology.genesis.chain_id.clone(),
-        rpc_url: format!(
-            "http://{}.{namespace}.svc.{}:{}",
-            id.committee_name(trellis_crd::topology::CommitteeRole::Beacon),
-            ctx.options.cluster_domain,
-            build::RPC_PORT
-        ),
-    };
+    let mut new_validators = Vec::new();
     let endpoints = NetworkEndpoints {
         rpc: format!(
             "http://{}.{namespace}.svc.{}:{}",
@@ -345,6 +348,45 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             .get(keys::ADMIN_KEY_ENTRY)
             .map(|k| k.admin.clone())
             .unwrap_or_default();
+        // What the beacon step signs with: the admin key, and the node keys of shards the
+        // new count adds (read from Secrets that existed before this reconcile; keys
+        // generated just now are read on the next one).
+        let key_file = |secret: &str, entry: &str| {
+            existing_secrets
+                .get(secret)
+                .and_then(|s| s.data.as_ref()?.get(entry))
+                .and_then(|bytes| keys::NodeKeyFile::parse(&bytes.0))
+        };
+        beacon.admin = key_file(&admin_name, keys::ADMIN_KEY_ENTRY).map(|f| Seed(f.admin_key));
+        for committee in topology.shards() {
+            let trellis_crd::topology::CommitteeRole::Shard(shard) = committee.role else {
+                continue;
+            };
+            if shard < in_service {
+                continue;
+            }
+            let secret = build::key_secret_name(committee);
+            for node in &committee.nodes {
+                if let Some(file) = key_file(&secret, &keys::node_entry(&node.name)) {
+                    new_validators.push(NewValidator {
+                        shard,
+                        node_key: Seed(file.node_key),
+                        p2p_address: build::node_p2p_address(
+                            &node.name,
+                            &committee.name,
+                            &namespace,
+                            &ctx.options,
+                        ),
+                        rpc_address: build::node_rpc_address(
+                            &node.name,
+                            &committee.name,
+                            &namespace,
+                            &ctx.options,
+                        ),
+                    });
+                }
+            }
+        }
         let public_keys = build::node_public_keys(&topology, &public_by_entry)?;
 
         let input = BuildInput {
@@ -428,10 +470,13 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         }
     }
 
-    // The beacon step: read the chain's view; ask for the new shard count if it differs.
-    let chain = ctx.chain.beacon_view(&beacon).await;
+    // The beacon step: ask for the new shard count while it differs.
     let submission = if shard_plan.is_scaling() && !network.spec.paused {
-        Some(ctx.chain.set_shard_count(&beacon, shard_plan.desired).await)
+        let request = ScaleRequest {
+            count: shard_plan.desired,
+            new_validators,
+        };
+        Some(ctx.chain.scale(&beacon, &request).await)
     } else {
         None
     };
@@ -489,6 +534,37 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     } else {
         SETTLED_REQUEUE
     }))
+}
+
+/// The beacon committee's nodes (their keys are filled in later, when read).
+fn beacon_endpoint(
+    id: &NetworkId,
+    spec: &trellis_crd::ChainNetworkSpec,
+    namespace: &str,
+) -> BeaconEndpoint {
+    // The beacon and the chain id do not depend on the shard count.
+    let topology = trellis_crd::topology::plan(id, spec).ok();
+    BeaconEndpoint {
+        chain_id: topology
+            .as_ref()
+            .map(|t| t.genesis.chain_id.clone())
+            .unwrap_or_default(),
+        nodes: topology
+            .as_ref()
+            .and_then(|t| t.beacon())
+            .map(|b| {
+                b.nodes
+                    .iter()
+                    .map(|n| NodeRef {
+                        namespace: namespace.to_owned(),
+                        committee: b.name.clone(),
+                        node: n.name.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        admin: None,
+    }
 }
 
 /// Shards the chain runs: the last recorded count, else the genesis file's.

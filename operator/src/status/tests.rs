@@ -384,6 +384,7 @@ fn chain_health_comes_only_from_the_chain() {
         pending_shard_count: None,
         healthy: true,
         finalized_height: 700,
+        resharding: false,
     });
     let s = case.compute(Some(&s), 7);
     assert_eq!(s.epoch, Some(7));
