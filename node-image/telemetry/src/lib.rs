@@ -315,6 +315,12 @@ pub fn init(
     Ok(Telemetry { export })
 }
 
+/// Installs the global subscriber with `output` only: for commands that never export.
+pub fn init_logs(output: BoxedLayer) -> Result<Telemetry, TelemetryError> {
+    tracing_subscriber::registry().with(output).try_init()?;
+    Ok(Telemetry { export: None })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
