@@ -171,6 +171,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(chain),
         BuildOptions {
             cluster_domain: args.cluster_domain.clone(),
+            node_env: telemetry::node_env(args.otlp_endpoint.as_deref()),
         },
         metrics.clone(),
     );

@@ -7,9 +7,11 @@
 //! always provides one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::{Api, PostParams};
 use trellis_crd::{ChainNetwork, ChainNetworkSpec, NetworkMode, ShardsSpec};
 use trellis_e2e::kube::{TestNamespace, apply_crds, test_namespace};
@@ -125,6 +127,54 @@ async fn reconciles_are_traced_and_measured_over_otlp() {
         })
         .await
         .expect("no reconcile duration metric");
+    // The nodes it runs export to the same collector, named by their pod.
+    let env = node_env(&ns, "traced").await;
+    assert_eq!(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some(&Some(endpoint.clone()))
+    );
+    assert_eq!(
+        env.get("OTEL_RESOURCE_ATTRIBUTES"),
+        Some(&Some(
+            "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)".to_string()
+        ))
+    );
+}
+
+/// The environment of the node container of the network's first StatefulSet, once the
+/// operator has written it.
+async fn node_env(ns: &TestNamespace, network: &str) -> BTreeMap<String, Option<String>> {
+    let statefulsets: Api<StatefulSet> = ns.api();
+    let set = trellis_e2e::kube::eventually("the network's StatefulSets", WAIT, || {
+        let statefulsets = statefulsets.clone();
+        let prefix = format!("{network}-");
+        async move {
+            statefulsets
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|s| {
+                    s.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(&prefix))
+                })
+        }
+    })
+    .await;
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    let node = pod
+        .containers
+        .into_iter()
+        .find(|c| c.name == "node")
+        .unwrap();
+    node.env
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,21 +189,10 @@ async fn nothing_is_exported_or_logged_without_an_endpoint() {
         .create(&PostParams::default(), &network("quiet"))
         .await
         .unwrap();
-    // The operator has reconciled once it wrote the network's children.
-    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> = ns.api();
-    trellis_e2e::kube::eventually("children of the network", WAIT, || {
-        let statefulsets = statefulsets.clone();
-        async move {
-            (!statefulsets
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .is_empty())
-            .then_some(())
-        }
-    })
-    .await;
+    // The operator has reconciled once it wrote the network's children; the nodes get
+    // no OTLP settings either.
+    let env = node_env(&ns, "quiet").await;
+    assert!(env.keys().all(|k| !k.starts_with("OTEL_")), "{env:?}");
     let names = operator.thread_names();
     assert!(
         !names.iter().any(|n| n.starts_with("OpenTelemetry")),
