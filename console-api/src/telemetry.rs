@@ -59,6 +59,8 @@ pub fn init_with(
             service: SERVICE,
             version: env!("CARGO_PKG_VERSION"),
             endpoint: otlp_endpoint,
+            // reqwest with rustls (webhooks to https receivers).
+            https: true,
         },
         output,
         Vec::new(),

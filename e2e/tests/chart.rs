@@ -396,6 +396,10 @@ fn chart_lints_renders_and_refuses_bad_values() {
     refused(&["otlp.endpoint=grpc://collector"], "/otlp/endpoint");
     refused(&["otlp.endpoint=otel-collector:4318"], "/otlp/endpoint");
     refused(
+        &["otlp.endpoint=https://collector.example"],
+        "/otlp/endpoint",
+    );
+    refused(
         &["otlp.resourceAttributes=no-equals-sign"],
         "/otlp/resourceAttributes",
     );

@@ -26,6 +26,8 @@ pub fn init(json: bool, otlp_endpoint: Option<String>) -> Result<Telemetry, Tele
             service: SERVICE,
             version: env!("CARGO_PKG_VERSION"),
             endpoint: otlp_endpoint,
+            // Its reqwest has no TLS stack (kube brings its own); collectors are in-cluster.
+            https: false,
         },
         output,
         Vec::new(),

@@ -51,7 +51,7 @@ pub fn init(
         return trellis_telemetry::init_logs(output);
     }
     let mut extra = Vec::new();
-    if trellis_telemetry::destinations(otlp_endpoint.as_deref())?.any() {
+    if trellis_telemetry::destinations(otlp_endpoint.as_deref(), false)?.any() {
         extra.push(
             Finalizations
                 .with_filter(Targets::new().with_target(CHAIN_TARGET, LevelFilter::INFO))
@@ -62,6 +62,8 @@ pub fn init(
         service: SERVICE,
         version: env!("CARGO_PKG_VERSION"),
         endpoint: otlp_endpoint,
+        // No TLS stack in the node (its collector is an in-cluster one).
+        https: false,
     };
     let telemetry = trellis_telemetry::init(&settings, output, extra)?;
     EXPORTING.store(telemetry.exporting(), Ordering::Relaxed);

@@ -59,6 +59,10 @@ pub struct Settings {
     /// An endpoint from the process's own flags or config: the collector's base URL
     /// (e.g. `http://otel-collector:4318`); it takes precedence over the environment.
     pub endpoint: Option<String>,
+    /// Whether the process links a TLS stack for its HTTP client (reqwest's `rustls`
+    /// feature). Without one an `https` endpoint is refused at start-up rather than
+    /// failing every export.
+    pub https: bool,
 }
 
 /// Configuration that cannot be used; the message says what to change.
@@ -105,8 +109,8 @@ fn env(var: &str) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
-/// Checks that `value` is an http(s) URL with a host.
-fn check_url(source_name: &str, value: &str) -> Result<(), TelemetryError> {
+/// Checks that `value` is an http(s) URL with a host (`https` only when supported).
+fn check_url(source_name: &str, value: &str, https: bool) -> Result<(), TelemetryError> {
     let fail = |reason: String| TelemetryError::Endpoint {
         source_name: source_name.to_string(),
         shown: if value.contains('@') {
@@ -117,8 +121,16 @@ fn check_url(source_name: &str, value: &str) -> Result<(), TelemetryError> {
         reason,
     };
     let url = url::Url::parse(value).map_err(|e| fail(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(fail(format!("scheme {:?}", url.scheme())));
+    match url.scheme() {
+        "http" => {}
+        "https" if https => {}
+        "https" => {
+            return Err(fail(
+                "this process exports over plain HTTP only; use a collector or agent inside the cluster"
+                    .to_string(),
+            ));
+        }
+        other => return Err(fail(format!("scheme {other:?}"))),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(fail("no host".to_string()));
@@ -127,17 +139,17 @@ fn check_url(source_name: &str, value: &str) -> Result<(), TelemetryError> {
 }
 
 /// Which signals are exported and where, or why the configuration is unusable.
-pub fn destinations(endpoint: Option<&str>) -> Result<Destinations, TelemetryError> {
+pub fn destinations(endpoint: Option<&str>, https: bool) -> Result<Destinations, TelemetryError> {
     if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(Destinations::default());
     }
     let endpoint = endpoint.map(str::trim).filter(|e| !e.is_empty());
     if let Some(endpoint) = endpoint {
-        check_url("the OTLP endpoint", endpoint)?;
+        check_url("the OTLP endpoint", endpoint, https)?;
     }
     for var in [ENDPOINT_VAR, TRACES_ENDPOINT_VAR, METRICS_ENDPOINT_VAR] {
         if let Some(value) = env(var) {
-            check_url(var, &value)?;
+            check_url(var, &value, https)?;
         }
     }
     let base = env(ENDPOINT_VAR);
@@ -297,7 +309,7 @@ pub fn init(
     output: BoxedLayer,
     extra: Vec<BoxedLayer>,
 ) -> Result<Telemetry, TelemetryError> {
-    let destinations = destinations(settings.endpoint.as_deref())?;
+    let destinations = destinations(settings.endpoint.as_deref(), settings.https)?;
     let export = Export::start(settings, &destinations)?;
     let mut layers = vec![output];
     layers.extend(extra);
@@ -327,13 +339,15 @@ mod tests {
 
     #[test]
     fn endpoints_must_be_http_urls_and_credentials_are_not_echoed() {
-        assert!(check_url("x", "http://collector:4318").is_ok());
-        assert!(check_url("x", "https://collector.example/otlp").is_ok());
-        let err = check_url("--otlp-endpoint", "collector:4318").unwrap_err();
+        assert!(check_url("x", "http://collector:4318", false).is_ok());
+        assert!(check_url("x", "https://collector.example/otlp", true).is_ok());
+        let err = check_url("x", "https://collector.example/otlp", false).unwrap_err();
+        assert!(err.to_string().contains("plain HTTP only"), "{err}");
+        let err = check_url("--otlp-endpoint", "collector:4318", true).unwrap_err();
         assert!(err.to_string().contains("--otlp-endpoint"), "{err}");
-        assert!(check_url("x", "grpc://collector:4317").is_err());
-        assert!(check_url("x", "not a url").is_err());
-        let err = check_url("x", "ftp://user:hunter2@collector").unwrap_err();
+        assert!(check_url("x", "grpc://collector:4317", true).is_err());
+        assert!(check_url("x", "not a url", true).is_err());
+        let err = check_url("x", "ftp://user:hunter2@collector", true).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
@@ -344,7 +358,7 @@ mod tests {
         if std::env::vars().any(|(k, _)| k.starts_with("OTEL_")) {
             return;
         }
-        let d = destinations(Some("http://127.0.60.1:4318/")).unwrap();
+        let d = destinations(Some("http://127.0.60.1:4318/"), false).unwrap();
         assert_eq!(
             d.traces,
             Some(Some("http://127.0.60.1:4318/v1/traces".to_string()))
@@ -353,8 +367,11 @@ mod tests {
             d.metrics,
             Some(Some("http://127.0.60.1:4318/v1/metrics".to_string()))
         );
-        assert_eq!(destinations(None).unwrap(), Destinations::default());
-        assert_eq!(destinations(Some("  ")).unwrap(), Destinations::default());
-        assert!(destinations(Some("127.0.60.1:4318")).is_err());
+        assert_eq!(destinations(None, false).unwrap(), Destinations::default());
+        assert_eq!(
+            destinations(Some("  "), false).unwrap(),
+            Destinations::default()
+        );
+        assert!(destinations(Some("127.0.60.1:4318"), false).is_err());
     }
 }

@@ -14,8 +14,9 @@ async fn spans_and_metrics_reach_the_collector() {
         service: "trellis-test",
         version: "9.9.9",
         endpoint: Some(collector.endpoint()),
+        https: false,
     };
-    let destinations = destinations(settings.endpoint.as_deref()).unwrap();
+    let destinations = destinations(settings.endpoint.as_deref(), false).unwrap();
     let export = Export::start(&settings, &destinations).unwrap().unwrap();
     let subscriber = tracing_subscriber::registry().with(export.layer(settings.service));
     tracing::subscriber::with_default(subscriber, || {
@@ -67,10 +68,11 @@ fn nothing_is_built_without_an_endpoint() {
         service: "trellis-test",
         version: "0",
         endpoint: None,
+        https: false,
     };
     // This test binary's environment sets no OTEL_* variable.
     assert!(std::env::vars().all(|(k, _)| !k.starts_with("OTEL_")));
-    let destinations = destinations(None).unwrap();
+    let destinations = destinations(None, false).unwrap();
     assert_eq!(destinations, Destinations::default());
     assert!(Export::start(&settings, &destinations).unwrap().is_none());
 }
