@@ -116,10 +116,13 @@ enum Command {
         /// Seconds between monitoring collections (node scrapes, alerts, webhooks).
         #[arg(long, env = "TRELLIS_CONSOLE_COLLECT_INTERVAL", default_value_t = 15)]
         collect_interval: u64,
-        /// Log as JSON lines. Traces are exported over OTLP/HTTP when
-        /// OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set.
+        /// Log as JSON lines.
         #[arg(long, env = "TRELLIS_LOG_JSON")]
         log_json: bool,
+        /// OTLP/HTTP collector (e.g. http://otel-collector:4318) for spans and metrics;
+        /// default: the standard OTEL_EXPORTER_OTLP_ENDPOINT; neither: nothing exported.
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// Run the whole product on this machine: the console with SQLite in the data dir
     /// and the local provisioner; creates the first admin (printed once); `--demo` also
@@ -138,6 +141,9 @@ enum Command {
         local: LocalArgs,
         #[arg(long, env = "TRELLIS_LOG_JSON")]
         log_json: bool,
+        /// OTLP/HTTP collector for spans and metrics (as for `serve`).
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// Print the OpenAPI document.
     Openapi,
@@ -171,6 +177,7 @@ struct ServerConfig {
     node_image_repository: String,
     local: LocalArgs,
     log_json: bool,
+    otlp_endpoint: Option<String>,
 }
 
 /// `up`'s part: bootstrap once listening, stop the nodes on the way out.
@@ -238,6 +245,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             local,
             collect_interval,
             log_json,
+            otlp_endpoint,
         } => {
             let config = ServerConfig {
                 listen,
@@ -258,6 +266,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 node_image_repository,
                 local,
                 log_json,
+                otlp_endpoint,
             };
             run(config, None).await
         }
@@ -267,6 +276,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             demo,
             local,
             log_json,
+            otlp_endpoint,
         } => {
             let config = ServerConfig {
                 listen,
@@ -284,6 +294,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 node_image_repository: DEFAULT_NODE_IMAGE_REPOSITORY.to_string(),
                 local,
                 log_json,
+                otlp_endpoint,
             };
             run(config, Some(UpMode { demo, started })).await
         }
@@ -292,13 +303,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn run(config: ServerConfig, up: Option<UpMode>) -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = if up.is_some() {
-        trellis_console::telemetry::init_with(config.log_json, "warn", true)?
+        trellis_console::telemetry::init_with(
+            config.log_json,
+            "warn",
+            true,
+            config.otlp_endpoint.clone(),
+        )?
     } else {
-        trellis_console::telemetry::init(config.log_json)?
+        trellis_console::telemetry::init(config.log_json, config.otlp_endpoint.clone())?
     };
-    if telemetry.exporting() {
-        tracing::info!("exporting traces over OTLP");
-    }
     let data_dir = config.data_dir;
     std::fs::create_dir_all(&data_dir)?;
     let url = config

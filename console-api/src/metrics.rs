@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use opentelemetry::KeyValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,6 +35,40 @@ struct Inner {
     durations: Family<RequestLabels, Histogram>,
     provision_calls: Family<ProvisionLabels, Counter>,
     pending_networks: Gauge,
+    otel: OtelInstruments,
+}
+
+/// The same figures as OpenTelemetry instruments, exported over OTLP when configured
+/// (no-ops otherwise: the global meter provider is only set when exporting, which
+/// happens at start-up, before the application state is built).
+struct OtelInstruments {
+    /// Semantic-convention HTTP server duration; its count is the request count.
+    durations: opentelemetry::metrics::Histogram<f64>,
+    provision_calls: opentelemetry::metrics::Counter<u64>,
+    pending_networks: opentelemetry::metrics::Gauge<i64>,
+}
+
+impl OtelInstruments {
+    fn new() -> Self {
+        let meter = opentelemetry::global::meter(crate::telemetry::SERVICE);
+        Self {
+            durations: meter
+                .f64_histogram("http.server.request.duration")
+                .with_unit("s")
+                .with_description("Duration of HTTP requests served by the console")
+                .build(),
+            provision_calls: meter
+                .u64_counter("trellis.console.provisioner.calls")
+                .with_description("Calls to the provisioner by operation and outcome")
+                .build(),
+            pending_networks: meter
+                .i64_gauge("trellis.console.networks.pending")
+                .with_description(
+                    "Networks whose desired generation the provisioner has not accepted yet",
+                )
+                .build(),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -74,6 +109,7 @@ impl Metrics {
                 durations,
                 provision_calls,
                 pending_networks,
+                otel: OtelInstruments::new(),
             }),
         }
     }
@@ -86,6 +122,14 @@ impl Metrics {
         };
         self.inner.requests.get_or_create(&labels).inc();
         self.inner.durations.get_or_create(&labels).observe(seconds);
+        self.inner.otel.durations.record(
+            seconds,
+            &[
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("http.route", route.to_string()),
+                KeyValue::new("http.response.status_code", i64::from(status)),
+            ],
+        );
     }
 
     pub fn observe_provision(&self, operation: &'static str, ok: bool) {
@@ -94,10 +138,18 @@ impl Metrics {
             .provision_calls
             .get_or_create(&ProvisionLabels { operation, outcome })
             .inc();
+        self.inner.otel.provision_calls.add(
+            1,
+            &[
+                KeyValue::new("provisioner.operation", operation),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
     }
 
     pub fn set_pending_networks(&self, count: i64) {
         self.inner.pending_networks.set(count);
+        self.inner.otel.pending_networks.record(count, &[]);
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {

@@ -29,11 +29,19 @@ pub async fn middleware(State(metrics): State<Metrics>, request: Request, next: 
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    // Field names are OpenTelemetry's semantic conventions: they are the exported span's
+    // attributes. `tenant.id` is filled in by the tenant scope extractor; no header,
+    // token or body is ever recorded.
     let span = tracing::info_span!(
         "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         request_id = %request_id,
-        method = %method,
-        route = %route,
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        tenant.id = tracing::field::Empty,
     );
     let started = Instant::now();
     let mut response = REQUEST_ID
@@ -44,6 +52,10 @@ pub async fn middleware(State(metrics): State<Metrics>, request: Request, next: 
         .await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     span.in_scope(|| {
         tracing::info!(status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "served");
     });

@@ -1,71 +1,26 @@
-//! Logging and tracing: `tracing` to stdout (text or JSON), plus OTLP/HTTP trace export
-//! when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set.
+//! Logging and tracing: `tracing` to stdout (text or JSON), plus OpenTelemetry — request
+//! and provisioner spans and the request/provisioner instruments of [`crate::metrics`] —
+//! over OTLP/HTTP when an endpoint is configured (`--otlp-endpoint` or the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`; see `trellis-telemetry` and docs/observability.md).
 //!
-//! Spans go through a batch processor on the tokio runtime (the exporter's HTTP client
-//! is async). Every request is one span (see [`crate::request_context`]); with export on,
-//! its OpenTelemetry trace id is also put into error bodies.
+//! Every request is one span (see [`crate::request_context`]); with export on, its
+//! OpenTelemetry trace id is also put into error bodies.
 
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use std::future::Future;
+use std::time::Instant;
+
+use opentelemetry::trace::TraceContextExt;
+use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+pub use trellis_telemetry::{Telemetry, TelemetryError};
 
-pub const OTLP_ENDPOINT_VARS: [&str; 2] = [
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-];
+/// `service.name` unless `OTEL_SERVICE_NAME` says otherwise.
+pub const SERVICE: &str = "trellis-console";
 
-/// Whether OTLP export is configured in the environment.
-pub fn otlp_configured() -> bool {
-    OTLP_ENDPOINT_VARS
-        .iter()
-        .any(|var| std::env::var(var).is_ok_and(|value| !value.is_empty()))
-}
-
-/// Keeps the exporter alive; flush it with [`Telemetry::shutdown`] before exit.
-pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
-}
-
-impl Telemetry {
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
-    pub fn shutdown(self) {
-        if let Some(provider) = self.provider
-            && let Err(err) = provider.shutdown()
-        {
-            tracing::warn!(error = %err, "flushing traces failed");
-        }
-    }
-}
-
-/// The OTLP span exporter and provider for `service`, from the standard environment.
-pub fn otlp_provider(service: &str) -> Result<SdkTracerProvider, Box<dyn std::error::Error>> {
-    crate::billing::install_crypto_provider();
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()?;
-    let processor =
-        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
-    Ok(SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .build(),
-        )
-        .build())
-}
-
-/// Installs the global subscriber. Call once, inside the tokio runtime.
-pub fn init(json: bool) -> Result<Telemetry, Box<dyn std::error::Error>> {
-    init_with(json, "info", false)
+/// Installs the global subscriber. Call once, at start-up.
+pub fn init(json: bool, otlp_endpoint: Option<String>) -> Result<Telemetry, TelemetryError> {
+    init_with(json, "info", false, otlp_endpoint)
 }
 
 /// [`init`] for an interactive command (`up`): logs go to stderr at `default_level`
@@ -74,7 +29,8 @@ pub fn init_with(
     json: bool,
     default_level: &str,
     stderr: bool,
-) -> Result<Telemetry, Box<dyn std::error::Error>> {
+    otlp_endpoint: Option<String>,
+) -> Result<Telemetry, TelemetryError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // Filters are per layer: `RUST_LOG` decides what is logged, while request spans are
@@ -95,24 +51,20 @@ pub fn init_with(
             .with_filter(filter)
             .boxed(),
     };
-    let registry = tracing_subscriber::registry().with(output);
-    if otlp_configured() {
-        let provider = otlp_provider("trellis-console")?;
-        let tracer = provider.tracer("trellis-console");
-        registry
-            .with(
-                tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-            )
-            .try_init()?;
-        Ok(Telemetry {
-            provider: Some(provider),
-        })
-    } else {
-        registry.try_init()?;
-        Ok(Telemetry { provider: None })
-    }
+    // The OTLP exporter's HTTP client may speak TLS (an https collector): name the
+    // process's rustls provider first, as for every other client.
+    crate::billing::install_crypto_provider();
+    trellis_telemetry::init(
+        &trellis_telemetry::Settings {
+            service: SERVICE,
+            version: env!("CARGO_PKG_VERSION"),
+            endpoint: otlp_endpoint,
+            // reqwest with rustls (webhooks to https receivers).
+            https: true,
+        },
+        output,
+        Vec::new(),
+    )
 }
 
 /// The OpenTelemetry trace id of the current span, when one is being exported.
@@ -123,4 +75,34 @@ pub fn current_trace_id() -> Option<String> {
     span_context
         .is_valid()
         .then(|| span_context.trace_id().to_string())
+}
+
+/// Runs one provisioner call inside a `provisioner.<operation>` span that records the
+/// network, the outcome and (as the span's own duration) how long it took; the call's
+/// outcome is also counted by [`crate::metrics::Metrics::observe_provision`].
+pub async fn provisioner_call<T, E: std::fmt::Display>(
+    operation: &'static str,
+    network: impl std::fmt::Display,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let span = tracing::info_span!(
+        "provisioner",
+        otel.name = format!("provisioner.{operation}"),
+        provisioner.operation = operation,
+        network.id = %network,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let result = call.instrument(span.clone()).await;
+    span.record("duration_ms", started.elapsed().as_secs_f64() * 1e3);
+    match &result {
+        Ok(_) => span.record("outcome", "ok"),
+        Err(_) => {
+            span.record("otel.status_code", "error");
+            span.record("outcome", "error")
+        }
+    };
+    result
 }

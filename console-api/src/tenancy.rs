@@ -134,6 +134,8 @@ where
                     retry_after,
                 )
             })?;
+        // The request's span (crate::request_context) carries the tenant, never the token.
+        tracing::Span::current().record("tenant.id", tracing::field::display(scope.tenant.get()));
         Ok(scope)
     }
 }

@@ -200,7 +200,9 @@ fn chart_lints_renders_and_refuses_bad_values() {
         "monitoring.serviceMonitor.enabled=true",
         "monitoring.prometheusRule.enabled=true",
         "monitoring.grafanaDashboards.enabled=true",
-        "otlpEndpoint=http://otel-collector.monitoring:4318",
+        "otlp.endpoint=http://otel-collector.monitoring:4318",
+        "otlp.headersSecret.name=otlp-auth",
+        "otlp.resourceAttributes=deployment.environment.name=prod",
     ];
     succeed(
         Command::new(&helm)
@@ -339,10 +341,27 @@ fn chart_lints_renders_and_refuses_bad_values() {
         env(c, "DATABASE_URL").unwrap()["valueFrom"]["secretKeyRef"]["name"],
         "trellis-db"
     );
-    assert_eq!(
-        env(c, "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap()["value"],
-        "http://otel-collector.monitoring:4318"
-    );
+    for c in [
+        c,
+        container(
+            find(&objects, "Deployment", "demo-trellis-operator"),
+            "operator",
+        ),
+    ] {
+        assert_eq!(
+            env(c, "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap()["value"],
+            "http://otel-collector.monitoring:4318"
+        );
+        // Headers are credentials: referenced from the Secret, never inlined.
+        assert_eq!(
+            env(c, "OTEL_EXPORTER_OTLP_HEADERS").unwrap()["valueFrom"]["secretKeyRef"],
+            json!({"name": "otlp-auth", "key": "otlp-headers"})
+        );
+        assert_eq!(
+            env(c, "OTEL_RESOURCE_ATTRIBUTES").unwrap()["value"],
+            "deployment.environment.name=prod"
+        );
+    }
     assert!(console["spec"].get("strategy").is_none());
 
     // Bad values are refused with a message that says what to do.
@@ -374,7 +393,16 @@ fn chart_lints_renders_and_refuses_bad_values() {
     );
     refused(&["console.database.type=mysql"], "/console/database/type");
     refused(&["operator.replicas=-1"], "/operator/replicas");
-    refused(&["otlpEndpoint=grpc://collector"], "/otlpEndpoint");
+    refused(&["otlp.endpoint=grpc://collector"], "/otlp/endpoint");
+    refused(&["otlp.endpoint=otel-collector:4318"], "/otlp/endpoint");
+    refused(
+        &["otlp.endpoint=https://collector.example"],
+        "/otlp/endpoint",
+    );
+    refused(
+        &["otlp.resourceAttributes=no-equals-sign"],
+        "/otlp/resourceAttributes",
+    );
     refused(&["console.provisioner=docker"], "/console/provisioner");
     refused(&["console.unknownSetting=1"], "unknownSetting");
 }

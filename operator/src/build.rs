@@ -71,12 +71,17 @@ pub enum BuildError {
 pub struct BuildOptions {
     /// DNS suffix of the cluster (`cluster.local`).
     pub cluster_domain: String,
+    /// Extra environment (name, value) of every node container: the OTLP export
+    /// settings the operator passes on (crate::telemetry::node_env); empty when it
+    /// exports nothing.
+    pub node_env: Vec<(String, String)>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         Self {
             cluster_domain: "cluster.local".to_owned(),
+            node_env: Vec::new(),
         }
     }
 }
@@ -207,9 +212,12 @@ pub fn build(input: &BuildInput<'_>) -> Result<Children, BuildError> {
         children
             .pod_disruption_budgets
             .push(pod_disruption_budget(input.network, committee)?);
-        children
-            .stateful_sets
-            .push(stateful_set(input.network, committee, &config)?);
+        children.stateful_sets.push(stateful_set(
+            input.network,
+            committee,
+            &config,
+            &input.options.node_env,
+        )?);
     }
     children.services.push(rpc_service(input.network)?);
     children
@@ -682,6 +690,7 @@ fn stateful_set(
     network: &ChainNetwork,
     committee: &Committee,
     config: &str,
+    node_env: &[(String, String)],
 ) -> Result<StatefulSet, BuildError> {
     let name = network_name(network)?;
     let spec = &network.spec;
@@ -714,10 +723,19 @@ fn stateful_set(
             "--config".to_owned(),
             format!("{CONFIG_DIR}/node.toml"),
         ]),
-        env: Some(vec![
-            env("POD_NAME", "metadata.name"),
-            env("POD_NAMESPACE", "metadata.namespace"),
-        ]),
+        env: Some(
+            [
+                env("POD_NAME", "metadata.name"),
+                env("POD_NAMESPACE", "metadata.namespace"),
+            ]
+            .into_iter()
+            .chain(node_env.iter().map(|(name, value)| EnvVar {
+                name: name.clone(),
+                value: Some(value.clone()),
+                ..EnvVar::default()
+            }))
+            .collect(),
+        ),
         ports: Some(vec![
             ContainerPort {
                 name: Some("p2p".to_owned()),

@@ -189,10 +189,21 @@ pub async fn reconcile(network: Arc<ChainNetwork>, ctx: Arc<Context>) -> Result<
     let span = tracing::info_span!(
         "reconcile",
         network = %network.name_any(),
-        namespace = network.namespace().unwrap_or_default()
+        namespace = network.namespace().unwrap_or_default(),
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
-    let result = reconcile_inner(&network, &ctx).instrument(span).await;
+    let result = reconcile_inner(&network, &ctx)
+        .instrument(span.clone())
+        .await;
     ctx.metrics.reconciled(started.elapsed());
+    // Exported with the span (docs/observability.md): "ok" or the error's category.
+    match &result {
+        Ok(_) => span.record("outcome", "ok"),
+        Err(e) => span
+            .record("otel.status_code", "error")
+            .record("outcome", e.category()),
+    };
     result
 }
 

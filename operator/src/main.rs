@@ -113,6 +113,10 @@ struct RunArgs {
         default_value = "text"
     )]
     log_format: String,
+    /// OTLP/HTTP collector (e.g. http://otel-collector:4318) for spans and metrics;
+    /// default: the standard OTEL_EXPORTER_OTLP_ENDPOINT; neither: nothing exported.
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
@@ -131,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let telemetry = telemetry::init(args.log_format == "json").map_err(|e| anyhow::anyhow!(e))?;
+    let telemetry = telemetry::init(args.log_format == "json", args.otlp_endpoint.clone())?;
     let result = run_operator(args).await;
     telemetry.shutdown();
     result
@@ -167,6 +171,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(chain),
         BuildOptions {
             cluster_domain: args.cluster_domain.clone(),
+            node_env: telemetry::node_env(args.otlp_endpoint.as_deref()),
         },
         metrics.clone(),
     );

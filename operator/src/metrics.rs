@@ -1,4 +1,6 @@
-//! Prometheus metrics of the operator (`/metrics`).
+//! Metrics of the operator: Prometheus at `/metrics`, and the same figures as
+//! OpenTelemetry instruments exported over OTLP when an endpoint is configured
+//! (crate::telemetry; no-ops otherwise).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,6 +26,35 @@ pub struct Metrics {
     leader: Gauge,
     /// The most recent reconcile durations (seconds), for percentiles in benchmarks.
     recent: Mutex<std::collections::VecDeque<f64>>,
+    otel: OtelInstruments,
+}
+
+/// From the global meter: created after telemetry is initialised (in `run_operator`).
+struct OtelInstruments {
+    duration: opentelemetry::metrics::Histogram<f64>,
+    errors: opentelemetry::metrics::Counter<u64>,
+    leader: opentelemetry::metrics::Gauge<i64>,
+}
+
+impl OtelInstruments {
+    fn new() -> Self {
+        let meter = opentelemetry::global::meter(crate::telemetry::SERVICE);
+        Self {
+            duration: meter
+                .f64_histogram("trellis.operator.reconcile.duration")
+                .with_unit("s")
+                .with_description("Duration of one reconcile; its count is the reconcile count")
+                .build(),
+            errors: meter
+                .u64_counter("trellis.operator.reconcile.errors")
+                .with_description("Reconcile errors by category")
+                .build(),
+            leader: meter
+                .i64_gauge("trellis.operator.leader")
+                .with_description("1 while this replica holds the leader Lease")
+                .build(),
+        }
+    }
 }
 
 /// Reconcile durations kept for [`Metrics::recent_durations`].
@@ -66,12 +97,14 @@ impl Metrics {
             duration,
             leader,
             recent: Mutex::new(std::collections::VecDeque::new()),
+            otel: OtelInstruments::new(),
         }
     }
 
     pub fn reconciled(&self, took: Duration) {
         self.reconciles.inc();
         self.duration.observe(took.as_secs_f64());
+        self.otel.duration.record(took.as_secs_f64(), &[]);
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECENT {
                 recent.pop_front();
@@ -94,10 +127,18 @@ impl Metrics {
                 category: category.to_owned(),
             })
             .inc();
+        self.otel.errors.add(
+            1,
+            &[opentelemetry::KeyValue::new(
+                "category",
+                category.to_owned(),
+            )],
+        );
     }
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+        self.otel.leader.record(i64::from(leader), &[]);
     }
 
     /// The OpenMetrics text exposition.

@@ -48,9 +48,24 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
+{{/* OTLP export settings of the operator and the console (docs/observability.md); the
+operator passes the endpoint on to the nodes it runs. Nothing without otlp.endpoint. */}}
 {{- define "trellis.otlpEnv" -}}
-{{- if .Values.otlpEndpoint }}
+{{- with .Values.otlp }}
+{{- if .endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
-  value: {{ .Values.otlpEndpoint | quote }}
+  value: {{ .endpoint | quote }}
+{{- if .headersSecret.name }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .headersSecret.name | quote }}
+      key: {{ .headersSecret.key | quote }}
+{{- end }}
+{{- with .resourceAttributes }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end -}}

@@ -86,7 +86,9 @@ async fn apply_with_slug(
         generation: row.generation,
         spec: spec_of(row)?,
     };
-    let result = state.provisioner.apply(&desired).await;
+    let result =
+        crate::telemetry::provisioner_call("apply", row.id, state.provisioner.apply(&desired))
+            .await;
     state.metrics.observe_provision("apply", result.is_ok());
     match &result {
         Ok(()) => {
@@ -139,10 +141,12 @@ async fn delete_with_slug(
     slug: String,
 ) -> ApiResult<Deletion> {
     let retain = spec_of(row)?.retain_ledger_on_delete;
-    let result = state
-        .provisioner
-        .delete(&network_ref(row, slug), retain)
-        .await;
+    let result = crate::telemetry::provisioner_call(
+        "delete",
+        row.id,
+        state.provisioner.delete(&network_ref(row, slug), retain),
+    )
+    .await;
     state.metrics.observe_provision("delete", result.is_ok());
     match result {
         Ok(()) => {
@@ -211,7 +215,12 @@ pub async fn reconcile_once(state: &AppState) -> ApiResult<ReconcileReport> {
                     }
                 }
             } else {
-                let observed = state.provisioner.observe(&network_ref(&row, slug)).await;
+                let observed = crate::telemetry::provisioner_call(
+                    "observe",
+                    row.id,
+                    state.provisioner.observe(&network_ref(&row, slug)),
+                )
+                .await;
                 state.metrics.observe_provision("observe", observed.is_ok());
                 match observed {
                     Ok(status) => {

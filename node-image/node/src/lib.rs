@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod rpc;
 pub mod rpc_governance;
 pub mod run;
+pub mod telemetry;

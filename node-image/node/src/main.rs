@@ -11,6 +11,10 @@ use trellis_node_api::{CONTRACT_VERSION, Genesis, GenesisBalance, GenesisMember,
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// `run`: OTLP/HTTP collector (e.g. http://otel-collector:4318) for spans and metrics;
+    /// default: the standard OTEL_EXPORTER_OTLP_ENDPOINT; neither: nothing exported.
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -74,14 +78,17 @@ fn parse_balance(s: &str) -> anyhow::Result<GenesisBalance> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // Logs to stderr; `run` also exports over OTLP when configured (docs/observability.md).
+    let running = matches!(cli.command, Command::Run { .. });
+    let telemetry = trellis_node::telemetry::init(running, cli.otlp_endpoint)?;
+    let result = execute(cli.command);
+    telemetry.shutdown();
+    result
+}
+
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Keygen { out } => {
             let keys = KeyFile::generate()?;
             keys.save(&out)?;

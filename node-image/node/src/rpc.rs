@@ -84,6 +84,7 @@ pub fn router<K: Kv>(rpc: Arc<Rpc<K>>) -> Router {
         .route(METRICS_PATH, get(handle_metrics::<K>))
         .route(HEALTHZ_PATH, get(handle_healthz::<K>))
         .route(READYZ_PATH, get(handle_readyz::<K>))
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_rpc))
         .with_state(rpc)
 }
 
