@@ -237,7 +237,7 @@ pub struct BeaconState {
     /// Next system sequence of every key that signed one.
     sequences: BTreeMap<PublicKey, u64>,
     pending: Option<PendingCount>,
-    /// The last load hint the operator gave (zeros: none yet).
+    /// The last load hint the operator gave (zeros: none yet); informational.
     load: [u64; TABLES],
     seed: [u8; 32],
     /// The epoch in which the last shard count change hands its tables off.
@@ -753,19 +753,23 @@ impl BeaconState {
         }
         let before = self.tables;
         if to != from {
+            // The change's own load hint; without one, table counts (an older hint would
+            // describe traffic that has moved on).
+            let mut load = [0u64; TABLES];
             if let Some(p) = self.pending.take()
                 && p.load.len() == TABLES
             {
-                self.load.copy_from_slice(&p.load);
+                load.copy_from_slice(&p.load);
+                self.load = load;
             }
-            self.tables = plan_tables(&before, from, to, &self.load);
-            self.resharding_epoch = Some(self.epoch + 1);
+            self.tables = plan_tables(&before, from, to, &load);
+            self.resharding_epoch = Some(self.epoch.saturating_add(1));
         }
         let seats = self.seats(&keys, &self.committees);
         self.committees = seats;
         self.shard_count = to;
         self.seed = seed;
-        self.epoch += 1;
+        self.epoch = self.epoch.saturating_add(1);
         let changed = self
             .history
             .last()
@@ -783,7 +787,7 @@ impl BeaconState {
         }
         Some(EpochChange {
             epoch: self.epoch,
-            first_height: height + 1,
+            first_height: height.saturating_add(1),
             previous_shard_count: from,
             shard_count: to,
             tables: self.tables,
