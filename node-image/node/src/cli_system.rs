@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use trellis_node_api::shard::SystemSequence;
 use trellis_node_api::{NodeStatus, methods};
-use trellis_node_types::system::ANY_SHARD;
+use trellis_node_types::system::{ANY_SHARD, MAX_SHARDS};
 use trellis_node_types::{
     PrivateKey, PublicKey, Signer, SystemAction, SystemPayload, SystemTx, TABLES,
     private_key_from_hex, public_key_from_hex, to_hex,
@@ -104,7 +104,7 @@ fn parse_shard(s: &str) -> Result<u16, String> {
         return Ok(ANY_SHARD);
     }
     match s.parse::<u16>() {
-        Ok(n) if n != ANY_SHARD => Ok(n),
+        Ok(n) if n < MAX_SHARDS => Ok(n),
         _ => Err(format!("{s:?} is not a shard number (0..=255) or `any`")),
     }
 }
@@ -425,7 +425,7 @@ mod tests {
                 &common[..],
                 &[
                     "--shard",
-                    "65535",
+                    "256",
                     "--p2p-address",
                     "a:1",
                     "--rpc-address",
