@@ -2,7 +2,10 @@
 //! persistence, determinism.
 
 use super::*;
-use trellis_node_types::{Encode, PrivateKey, Signer, SystemPayload, test_key};
+use std::collections::BTreeSet;
+use trellis_node_api::GenesisMember;
+use trellis_node_types::system::SystemAction;
+use trellis_node_types::{Encode, PrivateKey, Signer, SystemPayload, SystemTx, test_key};
 
 const CHAIN: &str = "beacon-test";
 const L: u64 = 10;
