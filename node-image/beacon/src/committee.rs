@@ -42,6 +42,9 @@ pub fn assign(
     members: &BTreeSet<String>,
 ) -> Vec<Vec<PublicKey>> {
     let count = usize::from(count);
+    if count == 0 {
+        return Vec::new();
+    }
     let mut committees: Vec<Vec<PublicKey>> = vec![Vec::new(); count];
     let eligible = validators.values().filter(|v| match mode {
         Mode::Public => true,
@@ -359,6 +362,18 @@ mod tests {
         }
         // The shuffle does move validators.
         assert!(rotated_total > 100, "only {rotated_total} rotations");
+    }
+
+    #[test]
+    fn no_shards_means_no_committees() {
+        let registry: BTreeMap<PublicKey, Validator> = (0..3)
+            .map(|i| validator(i, ANY_SHARD, Some("a")))
+            .map(|v| (v.node_key.clone(), v))
+            .collect();
+        let members: BTreeSet<String> = ["a".to_string()].into();
+        for mode in [Mode::Public, Mode::Consortium] {
+            assert!(assign(mode, 0, &registry, &[], &[0; 32], &members).is_empty());
+        }
     }
 
     #[test]

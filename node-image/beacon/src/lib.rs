@@ -29,12 +29,9 @@ pub use tables::{TableMap, TableMove, genesis_map, moves, plan_tables};
 use commonware_cryptography::{Hasher, Sha256};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use trellis_node_api::GenesisMember;
-use trellis_node_api::shard::{ShardInfo, ShardMapInfo, ShardingGenesis, ShardingMode};
-use trellis_node_types::system::{ANY_SHARD, MAX_ADDRESS_LEN, MAX_SHARDS, SystemAction};
-use trellis_node_types::{
-    MAX_CHAIN_ID_LEN, PublicKey, SystemError, SystemTx, TABLES, public_key_from_hex, to_hex,
-};
+use trellis_node_api::shard::{ShardInfo, ShardMapInfo, ShardingMode};
+use trellis_node_types::system::ANY_SHARD;
+use trellis_node_types::{PublicKey, TABLES, to_hex};
 
 /// Most validators registered at once (beacon state and committee computation stay small;
 /// open registration cannot grow them without bound).
@@ -120,21 +117,6 @@ pub struct EpochChange {
     pub deferred: Option<String>,
 }
 
-/// The initial beacon state, from the genesis file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BeaconGenesis {
-    pub chain_id: String,
-    pub mode: Mode,
-    pub admin_key: PublicKey,
-    pub epoch_length: u64,
-    pub max_shards: u16,
-    pub shard_count: u16,
-    pub beacon_validators: Vec<Seat>,
-    pub validators: Vec<Validator>,
-    /// Consortium mode: the organisations (ignored in public mode).
-    pub members: Vec<Member>,
-}
-
 /// A beacon state that cannot be built or restored.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BeaconError {
@@ -142,70 +124,6 @@ pub enum BeaconError {
     Genesis(String),
     #[error("stored beacon state is corrupt: {0}")]
     Corrupt(String),
-}
-
-impl BeaconGenesis {
-    /// Reads the genesis file's parts: chain id, epoch length, the consortium's members
-    /// (their admin keys register validators) and the `sharding` section.
-    pub fn from_contract(
-        chain_id: &str,
-        epoch_length: u64,
-        members: &[GenesisMember],
-        sharding: &ShardingGenesis,
-    ) -> Result<Self, BeaconError> {
-        sharding
-            .check()
-            .map_err(|e| BeaconError::Genesis(e.to_string()))?;
-        let key = |hex: &str, what: &str| {
-            public_key_from_hex(hex).ok_or_else(|| {
-                BeaconError::Genesis(format!("{what} {hex:?} is not an ed25519 key"))
-            })
-        };
-        let beacon_validators = sharding
-            .beacon
-            .iter()
-            .map(|v| {
-                Ok(Seat {
-                    node_key: key(&v.node_key, "beacon node key")?,
-                    p2p_address: v.p2p_address.clone(),
-                    rpc_address: v.rpc_address.clone(),
-                })
-            })
-            .collect::<Result<_, BeaconError>>()?;
-        let validators = sharding
-            .validators
-            .iter()
-            .map(|v| {
-                Ok(Validator {
-                    node_key: key(&v.node_key, "validator node key")?,
-                    shard: v.shard,
-                    p2p_address: v.p2p_address.clone(),
-                    rpc_address: v.rpc_address.clone(),
-                    member: v.member.clone(),
-                })
-            })
-            .collect::<Result<_, BeaconError>>()?;
-        let members = members
-            .iter()
-            .map(|m| {
-                Ok(Member {
-                    name: m.name.clone(),
-                    admin_key: key(&m.admin_key, "member admin key")?,
-                })
-            })
-            .collect::<Result<_, BeaconError>>()?;
-        Ok(Self {
-            chain_id: chain_id.to_string(),
-            mode: sharding.mode.into(),
-            admin_key: key(&sharding.admin_key, "sharding.admin_key")?,
-            epoch_length,
-            max_shards: sharding.max_shards,
-            shard_count: sharding.shard_count,
-            beacon_validators,
-            validators,
-            members,
-        })
-    }
 }
 
 /// One stretch of epochs with the same table map and committees.
@@ -237,7 +155,7 @@ pub struct BeaconState {
     /// Next system sequence of every key that signed one.
     sequences: BTreeMap<PublicKey, u64>,
     pending: Option<PendingCount>,
-    /// The last load hint the operator gave (zeros: none yet).
+    /// The last load hint the operator gave (zeros: none yet); informational.
     load: [u64; TABLES],
     seed: [u8; 32],
     /// The epoch in which the last shard count change hands its tables off.
@@ -250,165 +168,7 @@ fn hex(key: &PublicKey) -> String {
     to_hex(key.as_ref())
 }
 
-fn check_address(what: &'static str, address: &str) -> Result<(), SystemRefusal> {
-    let valid = address.len() <= MAX_ADDRESS_LEN
-        && !address.chars().any(|c| c.is_control() || c.is_whitespace())
-        && address.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(SystemRefusal::BadAddress {
-            what,
-            address: address.to_string(),
-        })
-    }
-}
-
 impl BeaconState {
-    /// The state at genesis (epoch 0, the genesis map, committees from the registry).
-    pub fn genesis(g: BeaconGenesis) -> Result<Self, BeaconError> {
-        let bad = |m: String| Err(BeaconError::Genesis(m));
-        if g.chain_id.is_empty() || g.chain_id.len() > MAX_CHAIN_ID_LEN {
-            return bad(format!("chain id must be 1..={MAX_CHAIN_ID_LEN} bytes"));
-        }
-        let seed = Sha256::hash(&[SEED_NAMESPACE, g.chain_id.as_bytes()]).0;
-        let mut state = Self {
-            chain_id: g.chain_id,
-            mode: g.mode,
-            admin_key: g.admin_key,
-            epoch_length: g.epoch_length,
-            max_shards: g.max_shards,
-            epoch: 0,
-            shard_count: g.shard_count,
-            tables: genesis_map(g.shard_count),
-            committees: Vec::new(),
-            beacon: g.beacon_validators,
-            validators: BTreeMap::new(),
-            members: BTreeMap::new(),
-            sequences: BTreeMap::new(),
-            pending: None,
-            load: [0; TABLES],
-            seed,
-            resharding_epoch: None,
-            history: Vec::new(),
-        };
-        if g.mode == Mode::Consortium {
-            for m in g.members {
-                if state.members.values().any(|k| *k == m.admin_key) {
-                    return bad(format!("admin key of member {:?} is used twice", m.name));
-                }
-                if state.members.insert(m.name.clone(), m.admin_key).is_some() {
-                    return bad(format!("member {:?} twice", m.name));
-                }
-            }
-        }
-        for v in g.validators {
-            if state.validators.contains_key(&v.node_key) {
-                return bad(format!("validator {} twice", hex(&v.node_key)));
-            }
-            state.validators.insert(v.node_key.clone(), v);
-        }
-        state.validate().map_err(BeaconError::Genesis)?;
-        let keys = committee::assign(
-            state.mode,
-            state.shard_count,
-            &state.validators,
-            &[],
-            &state.seed,
-            &state.member_names(),
-        );
-        if let Some(s) = keys.iter().position(Vec::is_empty) {
-            return bad(format!("shard {s} has no validators"));
-        }
-        state.committees = state.seats(&keys, &[]);
-        state.history.push(EpochRecord {
-            from_epoch: 0,
-            tables: state.tables,
-            committees: keys,
-        });
-        Ok(state)
-    }
-
-    /// Checks every invariant of the state (genesis and restored bytes alike).
-    fn validate(&self) -> Result<(), String> {
-        if self.chain_id.is_empty() || self.chain_id.len() > MAX_CHAIN_ID_LEN {
-            return Err(format!("chain id must be 1..={MAX_CHAIN_ID_LEN} bytes"));
-        }
-        if self.epoch_length == 0 {
-            return Err("epoch_length is 0".into());
-        }
-        if self.max_shards == 0 || self.max_shards > MAX_SHARDS {
-            return Err(format!(
-                "max_shards {} is outside 1..={MAX_SHARDS}",
-                self.max_shards
-            ));
-        }
-        if self.shard_count == 0 || self.shard_count > self.max_shards {
-            return Err(format!(
-                "shard_count {} is outside 1..={} (max_shards)",
-                self.shard_count, self.max_shards
-            ));
-        }
-        if self.tables.iter().any(|&o| o >= self.shard_count) {
-            return Err("a table is owned by a shard beyond shard_count".into());
-        }
-        if self.beacon.is_empty() {
-            return Err("the beacon has no validators".into());
-        }
-        if self.validators.len() > MAX_VALIDATORS {
-            return Err(format!("more than {MAX_VALIDATORS} validators"));
-        }
-        let mut seen = BTreeSet::new();
-        for s in &self.beacon {
-            if !seen.insert(&s.node_key) {
-                return Err(format!("beacon validator {} twice", hex(&s.node_key)));
-            }
-            check_address("p2p address", &s.p2p_address).map_err(|e| e.to_string())?;
-            check_address("rpc address", &s.rpc_address).map_err(|e| e.to_string())?;
-        }
-        for (key, v) in &self.validators {
-            if *key != v.node_key {
-                return Err("registry key mismatch".into());
-            }
-            if seen.contains(key) {
-                return Err(format!(
-                    "node key {} is both a beacon and a shard validator",
-                    hex(key)
-                ));
-            }
-            if v.shard != ANY_SHARD && v.shard >= self.max_shards {
-                return Err(format!(
-                    "validator {} is for shard {}, beyond max_shards {}",
-                    hex(key),
-                    v.shard,
-                    self.max_shards
-                ));
-            }
-            check_address("p2p address", &v.p2p_address).map_err(|e| e.to_string())?;
-            check_address("rpc address", &v.rpc_address).map_err(|e| e.to_string())?;
-            match (self.mode, &v.member) {
-                (Mode::Consortium, Some(m)) if !self.members.contains_key(m) => {
-                    return Err(format!(
-                        "validator {} belongs to unknown member {m:?}",
-                        hex(key)
-                    ));
-                }
-                (Mode::Consortium, None) => {
-                    return Err(format!("validator {} names no member", hex(key)));
-                }
-                _ => {}
-            }
-        }
-        if let Some(p) = &self.pending
-            && (p.count == 0 || p.count > self.max_shards)
-        {
-            return Err(format!("pending shard count {} is out of range", p.count));
-        }
-        Ok(())
-    }
-
     fn member_names(&self) -> BTreeSet<String> {
         self.members.keys().cloned().collect()
     }
@@ -443,249 +203,6 @@ impl BeaconState {
             .iter()
             .map(|c| c.iter().map(|s| s.node_key.clone()).collect())
             .collect()
-    }
-
-    /// Shards of `count` that `registry` would leave without validators next epoch.
-    fn empty_shards(&self, registry: &BTreeMap<PublicKey, Validator>, count: u16) -> Vec<u16> {
-        committee::assign(
-            self.mode,
-            count,
-            registry,
-            &self.current_keys(),
-            &self.seed,
-            &self.member_names(),
-        )
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.is_empty())
-        // < count ≤ 256.
-        .map(|(s, _)| s as u16)
-        .collect()
-    }
-
-    /// Refuses a registry change that would leave a shard (of this epoch's count or the
-    /// pending one) without validators that it has now.
-    fn keeps_shards_staffed(
-        &self,
-        registry: &BTreeMap<PublicKey, Validator>,
-    ) -> Result<(), SystemRefusal> {
-        let counts = [
-            Some(self.shard_count),
-            self.pending.as_ref().map(|p| p.count),
-        ];
-        for count in counts.into_iter().flatten() {
-            let before = self.empty_shards(&self.validators, count);
-            if let Some(&shard) = self
-                .empty_shards(registry, count)
-                .iter()
-                .find(|s| !before.contains(s))
-            {
-                return Err(SystemRefusal::EmptyShard { shard });
-            }
-        }
-        Ok(())
-    }
-
-    /// The name of the member whose admin key is `key`.
-    fn member_of(&self, key: &PublicKey) -> Option<&String> {
-        self.members
-            .iter()
-            .find(|(_, admin)| *admin == key)
-            .map(|(name, _)| name)
-    }
-
-    /// Chain, signature, signer and sequence: what must hold before a transaction may
-    /// touch state at all.
-    fn authorize(&self, tx: &SystemTx) -> Result<(), SystemRefusal> {
-        tx.check_stateless(&self.chain_id).map_err(|e| match e {
-            SystemError::WrongChain { expected, got } => {
-                SystemRefusal::WrongChain { expected, got }
-            }
-            SystemError::BadSignature(k) => SystemRefusal::BadSignature(k),
-            // check_stateless only reports the two above.
-            other => SystemRefusal::BadSignature(other.to_string()),
-        })?;
-        let signer = &tx.signer;
-        let action = tx.payload.action.name();
-        match &tx.payload.action {
-            SystemAction::SetShardCount { .. } => {
-                if *signer != self.admin_key {
-                    return Err(SystemRefusal::WrongSigner {
-                        action,
-                        required: format!("the network admin key {}", hex(&self.admin_key)),
-                        signer: hex(signer),
-                    });
-                }
-            }
-            SystemAction::RegisterValidator { node_key, .. }
-            | SystemAction::DeregisterValidator { node_key } => match self.mode {
-                Mode::Public => {
-                    if signer != node_key && *signer != self.admin_key {
-                        return Err(SystemRefusal::WrongSigner {
-                            action,
-                            required: format!(
-                                "the node key {} itself or the network admin key {}",
-                                hex(node_key),
-                                hex(&self.admin_key)
-                            ),
-                            signer: hex(signer),
-                        });
-                    }
-                }
-                Mode::Consortium => {
-                    let Some(member) = self.member_of(signer) else {
-                        return Err(SystemRefusal::NotMember(hex(signer)));
-                    };
-                    if let Some(owner) = self
-                        .validators
-                        .get(node_key)
-                        .and_then(|v| v.member.as_ref())
-                        && owner != member
-                    {
-                        return Err(SystemRefusal::NotOwner {
-                            key: hex(node_key),
-                            owner: owner.clone(),
-                        });
-                    }
-                }
-            },
-        }
-        let expected = self.next_sequence(signer);
-        let got = tx.payload.sequence;
-        if got < expected {
-            return Err(SystemRefusal::StaleSequence {
-                signer: hex(signer),
-                got,
-                expected,
-            });
-        }
-        if got > expected {
-            return Err(SystemRefusal::FutureSequence {
-                signer: hex(signer),
-                got,
-                expected,
-            });
-        }
-        Ok(())
-    }
-
-    /// What the action needs of the state; returns the registry after it, if it
-    /// changes the registry.
-    fn check_action(
-        &self,
-        tx: &SystemTx,
-    ) -> Result<Option<BTreeMap<PublicKey, Validator>>, SystemRefusal> {
-        match &tx.payload.action {
-            SystemAction::SetShardCount { count, .. } => {
-                let count = *count;
-                if count == 0 || count > self.max_shards {
-                    return Err(SystemRefusal::CountOutOfRange {
-                        count,
-                        max_shards: self.max_shards,
-                    });
-                }
-                if let Some(p) = &self.pending {
-                    return Err(SystemRefusal::ChangePending {
-                        count: p.count,
-                        height: self.next_epoch_height(),
-                    });
-                }
-                if self.resharding_epoch == Some(self.epoch) {
-                    return Err(SystemRefusal::Resharding {
-                        epoch: self.epoch,
-                        until: self.next_epoch_height(),
-                    });
-                }
-                if count == self.shard_count {
-                    return Err(SystemRefusal::SameCount(count));
-                }
-                if let Some(&shard) = self.empty_shards(&self.validators, count).first() {
-                    return Err(SystemRefusal::EmptyShard { shard });
-                }
-                Ok(None)
-            }
-            SystemAction::RegisterValidator {
-                shard,
-                node_key,
-                p2p_address,
-                rpc_address,
-            } => {
-                if *shard != ANY_SHARD && *shard >= self.max_shards {
-                    return Err(SystemRefusal::ShardOutOfRange {
-                        shard: *shard,
-                        max_shards: self.max_shards,
-                    });
-                }
-                check_address("p2p address", p2p_address)?;
-                check_address("rpc address", rpc_address)?;
-                if self.beacon.iter().any(|s| s.node_key == *node_key) {
-                    return Err(SystemRefusal::BeaconValidator(hex(node_key)));
-                }
-                let member = match self.mode {
-                    Mode::Public => None,
-                    Mode::Consortium => self.member_of(&tx.signer).cloned(),
-                };
-                let validator = Validator {
-                    node_key: node_key.clone(),
-                    shard: *shard,
-                    p2p_address: p2p_address.clone(),
-                    rpc_address: rpc_address.clone(),
-                    member,
-                };
-                match self.validators.get(node_key) {
-                    Some(v) if *v == validator => {
-                        return Err(SystemRefusal::Unchanged(hex(node_key)));
-                    }
-                    None if self.validators.len() >= MAX_VALIDATORS => {
-                        return Err(SystemRefusal::TooManyValidators {
-                            max: MAX_VALIDATORS,
-                        });
-                    }
-                    _ => {}
-                }
-                let mut registry = self.validators.clone();
-                registry.insert(node_key.clone(), validator);
-                self.keeps_shards_staffed(&registry)?;
-                Ok(Some(registry))
-            }
-            SystemAction::DeregisterValidator { node_key } => {
-                if !self.validators.contains_key(node_key) {
-                    return Err(SystemRefusal::UnknownValidator(hex(node_key)));
-                }
-                let mut registry = self.validators.clone();
-                registry.remove(node_key);
-                self.keeps_shards_staffed(&registry)?;
-                Ok(Some(registry))
-            }
-        }
-    }
-
-    /// Whether `tx` would execute successfully now (submission check).
-    pub fn check(&self, tx: &SystemTx) -> Result<(), SystemRefusal> {
-        self.authorize(tx)?;
-        self.check_action(tx).map(|_| ())
-    }
-
-    /// Executes `tx` of the finalized beacon block at `height`. On a refusal with
-    /// [`SystemRefusal::consumes_sequence`] the signer's sequence still moves on (the
-    /// receipt records the failure); any other refusal changes nothing.
-    pub fn execute(&mut self, tx: &SystemTx, height: u64) -> Result<(), SystemRefusal> {
-        self.authorize(tx)?;
-        let outcome = self.check_action(tx);
-        let next = tx.payload.sequence.saturating_add(1);
-        self.sequences.insert(tx.signer.clone(), next);
-        match (outcome?, &tx.payload.action) {
-            (Some(registry), _) => self.validators = registry,
-            (None, SystemAction::SetShardCount { count, load }) => {
-                self.pending = Some(PendingCount {
-                    count: *count,
-                    load: load.clone(),
-                    height,
-                });
-            }
-            (None, _) => {}
-        }
-        Ok(())
     }
 
     /// Replaces the consortium's members (the node calls it when a governance change
@@ -753,19 +270,23 @@ impl BeaconState {
         }
         let before = self.tables;
         if to != from {
+            // The change's own load hint; without one, table counts (an older hint would
+            // describe traffic that has moved on).
+            let mut load = [0u64; TABLES];
             if let Some(p) = self.pending.take()
                 && p.load.len() == TABLES
             {
-                self.load.copy_from_slice(&p.load);
+                load.copy_from_slice(&p.load);
+                self.load = load;
             }
-            self.tables = plan_tables(&before, from, to, &self.load);
-            self.resharding_epoch = Some(self.epoch + 1);
+            self.tables = plan_tables(&before, from, to, &load);
+            self.resharding_epoch = Some(self.epoch.saturating_add(1));
         }
         let seats = self.seats(&keys, &self.committees);
         self.committees = seats;
         self.shard_count = to;
         self.seed = seed;
-        self.epoch += 1;
+        self.epoch = self.epoch.saturating_add(1);
         let changed = self
             .history
             .last()
@@ -783,7 +304,7 @@ impl BeaconState {
         }
         Some(EpochChange {
             epoch: self.epoch,
-            first_height: height + 1,
+            first_height: height.saturating_add(1),
             previous_shard_count: from,
             shard_count: to,
             tables: self.tables,
@@ -951,7 +472,11 @@ impl BeaconState {
     }
 }
 
+mod genesis;
 mod persist;
+mod rules;
+
+pub use genesis::BeaconGenesis;
 
 #[cfg(test)]
 mod tests;

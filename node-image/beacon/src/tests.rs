@@ -2,7 +2,10 @@
 //! persistence, determinism.
 
 use super::*;
-use trellis_node_types::{Encode, PrivateKey, Signer, SystemPayload, test_key};
+use std::collections::BTreeSet;
+use trellis_node_api::GenesisMember;
+use trellis_node_types::system::SystemAction;
+use trellis_node_types::{Encode, PrivateKey, Signer, SystemPayload, SystemTx, test_key};
 
 const CHAIN: &str = "beacon-test";
 const L: u64 = 10;
@@ -822,4 +825,90 @@ fn random_transactions_never_break_the_state() {
         assert_eq!(decoded, tx);
     }
     assert!(seen_ok > 20, "only {seen_ok} accepted");
+}
+
+#[test]
+fn a_full_registry_refuses_new_validators() {
+    let validators: Vec<Validator> = (0..MAX_VALIDATORS as u64)
+        .map(|i| validator(i, 0))
+        .collect();
+    let mut state = BeaconState::genesis(BeaconGenesis {
+        chain_id: CHAIN.into(),
+        mode: Mode::Public,
+        admin_key: admin().public_key(),
+        epoch_length: L,
+        max_shards: 2,
+        shard_count: 1,
+        beacon_validators: vec![seat(&test_key(100), 100)],
+        validators,
+        members: vec![],
+    })
+    .unwrap();
+    assert_eq!(
+        message(run(&mut state, |s| register(
+            s,
+            &admin(),
+            MAX_VALIDATORS as u64,
+            0
+        ))),
+        "the beacon already holds 4096 validators; deregister one first"
+    );
+    // Changing a registered one is still possible.
+    run(&mut state, |s| register(s, &admin(), 0, 1)).unwrap();
+}
+
+#[test]
+fn a_removed_member_defers_a_pending_count_it_was_needed_for() {
+    let orgs = ["org-a", "org-b"];
+    let mut validators: Vec<Validator> = (0..2)
+        .map(|i| Validator {
+            member: Some(orgs[i as usize].to_string()),
+            ..validator(i, 0)
+        })
+        .collect();
+    // Only org-b staffs shard 1, which does not exist yet.
+    validators.push(Validator {
+        member: Some("org-b".into()),
+        ..validator(2, 1)
+    });
+    let members: Vec<Member> = orgs
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Member {
+            name: name.to_string(),
+            admin_key: test_key(500 + i as u64).public_key(),
+        })
+        .collect();
+    let mut state = BeaconState::genesis(BeaconGenesis {
+        chain_id: CHAIN.into(),
+        mode: Mode::Consortium,
+        admin_key: admin().public_key(),
+        epoch_length: L,
+        max_shards: 2,
+        shard_count: 1,
+        beacon_validators: vec![seat(&test_key(100), 100)],
+        validators,
+        members: members.clone(),
+    })
+    .unwrap();
+    run(&mut state, |s| set_count(s, 2)).unwrap();
+    // Governance removes org-b before the boundary.
+    state.set_members(vec![members[0].clone()]);
+    let change = end_epoch(&mut state);
+    assert_eq!(change.shard_count, 1);
+    assert_eq!(
+        change.deferred.as_deref(),
+        Some(
+            "the change to 2 shards waits: shard 1 has no validators (register validators for \
+             shard 1)"
+        )
+    );
+    assert_eq!(state.pending_shard_count(), Some(2));
+    // org-b's validator of shard 0 left; org-a's stays.
+    assert_eq!(state.validators(0), vec![node(0).public_key()]);
+    // org-a staffs shard 1: the change applies at the next boundary.
+    run(&mut state, |s| register(s, &test_key(500), 7, 1)).unwrap();
+    let change = end_epoch(&mut state);
+    assert_eq!((change.shard_count, change.deferred), (2, None));
+    assert_eq!(state.validators(1), vec![node(7).public_key()]);
 }

@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod cli_governance;
+pub mod cli_system;
 pub mod engine;
 pub mod governance;
 pub mod mempool;

@@ -1,4 +1,4 @@
-//! `trellis-node`: keygen, genesis, governance, run.
+//! `trellis-node`: keygen, genesis, governance, system, run.
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -46,6 +46,12 @@ enum Command {
     Governance {
         #[command(subcommand)]
         command: trellis_node::cli_governance::GovernanceCommand,
+    },
+    /// Beacon system transactions: set-shard-count, register-validator,
+    /// deregister-validator, shard-map, status.
+    System {
+        #[command(subcommand)]
+        command: trellis_node::cli_system::SystemCommand,
     },
     /// Run a validator.
     Run {
@@ -126,6 +132,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Governance { command } => {
             println!("{}", trellis_node::cli_governance::execute(command)?);
+        }
+        Command::System { command } => {
+            println!("{}", trellis_node::cli_system::execute(command)?);
         }
         Command::Run { config } => {
             let text = std::fs::read_to_string(&config)
