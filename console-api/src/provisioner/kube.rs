@@ -26,10 +26,11 @@ use trellis_crd::{
 };
 
 use super::{
-    DesiredNetwork, NetworkRef, ObservedPhase, ObservedStatus, ProvisionError, Provisioner,
-    ShardStatus,
+    DesiredNetwork, GovernanceSigner, MemberChainState, NetworkRef, ObservedPhase, ObservedStatus,
+    ProvisionError, Provisioner, ShardStatus, kube_governance,
 };
 use crate::networks::spec::{self, NetworkSpec};
+use std::sync::{Arc, OnceLock};
 
 /// Field manager of every server-side apply the console makes.
 pub const FIELD_MANAGER: &str = "trellis-console";
@@ -323,6 +324,7 @@ pub fn classify(what: &str, error: &kube::Error) -> ProvisionError {
 pub struct KubeProvisioner {
     client: Client,
     image_repository: String,
+    signer: Arc<OnceLock<Arc<dyn GovernanceSigner>>>,
 }
 
 impl KubeProvisioner {
@@ -330,7 +332,35 @@ impl KubeProvisioner {
         Self {
             client,
             image_repository: image_repository.into(),
+            signer: Arc::default(),
         }
+    }
+
+    /// Attaches the signer of consortium admissions (see [`super::kube_governance`]).
+    pub fn set_governance_signer(&self, signer: Arc<dyn GovernanceSigner>) {
+        let _ = self.signer.set(signer);
+    }
+
+    /// Runs the governance hand-over ([`kube_governance::hand_over_once`]) every few
+    /// seconds, as long as the process runs.
+    pub fn spawn_governance(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(kube_governance::HAND_OVER_EVERY).await;
+                let Some(signer) = this.signer.get() else {
+                    continue;
+                };
+                match kube_governance::hand_over_once(&this.client, signer).await {
+                    Ok(waiting) => {
+                        for note in waiting {
+                            tracing::debug!(%note, "consortium governance waiting");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "consortium governance hand-over"),
+                }
+            }
+        });
     }
 
     fn api(&self, network: &NetworkRef) -> Api<ChainNetwork> {
@@ -391,6 +421,8 @@ impl KubeProvisioner {
                 .resource_version
                 .clone_from(&existing.metadata.resource_version);
         }
+        // Members admitted after genesis join through governance, as ChainMembers.
+        let later_members = kube_governance::split_members(&mut cr, existing.as_ref());
         api.patch(
             &desired.network.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -398,6 +430,7 @@ impl KubeProvisioner {
         )
         .await
         .map_err(|e| classify(&what, &e))?;
+        kube_governance::apply_members(&self.client, &later_members).await?;
         Ok(())
     }
 
@@ -461,6 +494,18 @@ impl Provisioner for KubeProvisioner {
         desired: &'a DesiredNetwork,
     ) -> BoxFuture<'a, Result<(), ProvisionError>> {
         Box::pin(self.apply_network(desired))
+    }
+
+    fn member_governance<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+        organisation: &'a str,
+    ) -> BoxFuture<'a, Result<Option<MemberChainState>, ProvisionError>> {
+        Box::pin(kube_governance::member_state(
+            &self.client,
+            network,
+            organisation,
+        ))
     }
 
     fn observe<'a>(
