@@ -63,6 +63,21 @@ pub struct DesiredNetwork {
     pub network: NetworkRef,
     pub generation: i64,
     pub spec: NetworkSpec,
+    /// What the tenant's plan allows in all, for a provisioner that enforces it in the
+    /// infrastructure too (`kube`: a ResourceQuota on the tenant's namespace). `None`:
+    /// not known (the console's own checks still apply).
+    pub quota: Option<TenantQuota>,
+}
+
+/// A tenant's plan limits, as the infrastructure can enforce them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantQuota {
+    pub plan: String,
+    pub networks: u64,
+    /// Validator nodes (pods, ledger claims) across the tenant's networks.
+    pub nodes: u64,
+    /// Ledger storage across the tenant's networks, GiB.
+    pub storage_gib: u64,
 }
 
 /// The provisioner's coarse view of a network.

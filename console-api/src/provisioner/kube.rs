@@ -16,7 +16,8 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, ResourceQuotaSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
 use trellis_crd::network::MAX_NETWORK_NAME_LEN;
@@ -27,7 +28,7 @@ use trellis_crd::{
 
 use super::{
     DesiredNetwork, GovernanceSigner, MemberChainState, NetworkRef, ObservedPhase, ObservedStatus,
-    ProvisionError, Provisioner, ShardStatus, kube_governance,
+    ProvisionError, Provisioner, ShardStatus, TenantQuota, kube_governance,
 };
 use crate::networks::spec::{self, NetworkSpec};
 use std::sync::{Arc, OnceLock};
@@ -191,6 +192,54 @@ pub fn chain_network(
     Ok(cr)
 }
 
+/// Name of the ResourceQuota the console keeps in each tenant namespace.
+pub const QUOTA_NAME: &str = "trellis-plan";
+/// The plan a tenant namespace's quota was derived from.
+pub const PLAN_ANNOTATION: &str = "console.trellis.dev/plan";
+
+/// The ResourceQuota of a tenant's namespace, from its plan: the plan's networks
+/// (`ChainNetwork` objects), validator nodes (pods and their ledger claims — every node
+/// has one) and ledger storage. The console refuses desired state over the plan before
+/// it reaches the cluster; the quota makes the namespace hold to the same limits
+/// whatever writes to it. Pure.
+pub fn resource_quota(network: &NetworkRef, quota: &TenantQuota) -> ResourceQuota {
+    let hard = BTreeMap::from([
+        (
+            "count/chainnetworks.trellis.dev".to_owned(),
+            Quantity(quota.networks.to_string()),
+        ),
+        ("pods".to_owned(), Quantity(quota.nodes.to_string())),
+        (
+            "persistentvolumeclaims".to_owned(),
+            Quantity(quota.nodes.to_string()),
+        ),
+        (
+            "requests.storage".to_owned(),
+            Quantity(format!("{}Gi", quota.storage_gib)),
+        ),
+    ]);
+    ResourceQuota {
+        metadata: ObjectMeta {
+            name: Some(QUOTA_NAME.to_owned()),
+            namespace: Some(namespace_of(&network.tenant_slug)),
+            labels: Some(BTreeMap::from([
+                (TENANT_ID_LABEL.to_string(), network.tenant_id.to_string()),
+                (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                PLAN_ANNOTATION.to_owned(),
+                quota.plan.clone(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    }
+}
+
 fn labels(network: &NetworkRef) -> BTreeMap<String, String> {
     BTreeMap::from([
         (TENANT_ID_LABEL.to_string(), network.tenant_id.to_string()),
@@ -300,6 +349,12 @@ pub fn classify(what: &str, error: &kube::Error) -> ProvisionError {
                 "{what}: the cluster refused it: {}",
                 status.message
             )),
+            // The namespace's ResourceQuota (the tenant's plan) refuses it: retrying
+            // will not help until the plan or the other networks change.
+            403 if status.message.contains("exceeded quota") => rejected(format!(
+                "{what}: over the tenant's plan: {}",
+                status.message
+            )),
             404 => ProvisionError::Unavailable(format!(
                 "{what}: not found on the cluster (is the ChainNetwork CRD installed?): {}",
                 status.message
@@ -391,9 +446,31 @@ impl KubeProvisioner {
         Ok(())
     }
 
+    /// Server-side applies the tenant namespace's ResourceQuota from its plan.
+    async fn apply_quota(
+        &self,
+        network: &NetworkRef,
+        quota: &TenantQuota,
+    ) -> Result<(), ProvisionError> {
+        let object = resource_quota(network, quota);
+        let namespace = namespace_of(&network.tenant_slug);
+        Api::<ResourceQuota>::namespaced(self.client.clone(), &namespace)
+            .patch(
+                QUOTA_NAME,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .map_err(|e| classify(&format!("ResourceQuota {namespace}/{QUOTA_NAME}"), &e))?;
+        Ok(())
+    }
+
     async fn apply_network(&self, desired: &DesiredNetwork) -> Result<(), ProvisionError> {
         let mut cr = chain_network(desired, &self.image_repository)?;
         self.ensure_namespace(&desired.network).await?;
+        if let Some(quota) = &desired.quota {
+            self.apply_quota(&desired.network, quota).await?;
+        }
         let api = self.api(&desired.network);
         let what = format!("ChainNetwork {}", desired.network.name);
         let existing = api
@@ -582,7 +659,28 @@ mod tests {
                 stopped: false,
                 retain_ledger_on_delete: false,
             },
+            quota: None,
         }
+    }
+
+    #[test]
+    fn the_namespace_quota_follows_the_plan() {
+        let quota = TenantQuota {
+            plan: "team".into(),
+            networks: 25,
+            nodes: 400,
+            storage_gib: 4000,
+        };
+        let rq = resource_quota(&desired(spec::NetworkMode::Public).network, &quota);
+        assert_eq!(rq.metadata.name.as_deref(), Some(QUOTA_NAME));
+        assert_eq!(rq.metadata.namespace.as_deref(), Some("trellis-acme"));
+        assert_eq!(rq.metadata.annotations.unwrap()[PLAN_ANNOTATION], "team");
+        let hard = rq.spec.unwrap().hard.unwrap();
+        let get = |k: &str| hard[k].0.clone();
+        assert_eq!(get("count/chainnetworks.trellis.dev"), "25");
+        assert_eq!(get("pods"), "400");
+        assert_eq!(get("persistentvolumeclaims"), "400");
+        assert_eq!(get("requests.storage"), "4000Gi");
     }
 
     #[test]
