@@ -172,15 +172,6 @@ pub async fn post_approval(
     // Another tenant's network answers 404 before anything about the body is said.
     let (access, candidate, chain) = context(&state, &scope, id, member_id).await?;
     scope.require(Role::Admin)?;
-    let approval = Approval::from_hex(&request.approval).map_err(|e| {
-        ApiError::validation(vec![FieldError::new(
-            "approval",
-            format!(
-                "not an approval (96 bytes hex: admin key then signature, as `trellis-node \
-                 governance sign` prints): {e}"
-            ),
-        )])
-    })?;
     let Some(current) = chain.and_then(|c| c.proposal) else {
         return Err(ApiError::conflict(
             "no_proposal",
@@ -191,6 +182,15 @@ pub async fn post_approval(
             ),
         ));
     };
+    let approval = Approval::from_hex(&request.approval).map_err(|e| {
+        ApiError::validation(vec![FieldError::new(
+            "approval",
+            format!(
+                "not an approval (96 bytes hex: admin key then signature, as `trellis-node \
+                 governance sign` prints): {e}"
+            ),
+        )])
+    })?;
     if let Some(signed) = &request.proposal_hash
         && !signed.eq_ignore_ascii_case(&current.proposal_hash)
     {
