@@ -33,6 +33,7 @@ use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use trellis_console::governance::CustodySigner;
 use trellis_console::provisioner::kube::KubeProvisioner;
+use trellis_console::provisioner::{NetworkRef, Provisioner};
 use trellis_crd::ChainMember;
 use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
 use trellis_node_types::{GovernanceTx, Proposal, Signer as _, test_key, to_hex};
@@ -284,6 +285,19 @@ async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_ke
     );
     let proposal = Proposal::from_hex(published["proposal"].as_str().unwrap()).unwrap();
     let hash = published["proposal_hash"].as_str().unwrap().to_owned();
+    // The network's own observation names the member's step too.
+    let network_ref = NetworkRef {
+        tenant_id: founder.tenant_id.parse().unwrap(),
+        tenant_slug: ns.name.clone(),
+        network_id: network_id.parse().unwrap(),
+        name: "alliance".to_owned(),
+    };
+    let observed = provisioner.observe(&network_ref).await.unwrap().unwrap();
+    let message = observed.message.unwrap_or_default();
+    assert!(
+        message.contains("member delta: AwaitingApprovals"),
+        "{message}"
+    );
 
     // Refused: not hex; a key Initech's tenant does not hold; an approval of another
     // proposal; a stale proposal hash; the right key from the wrong tenant.

@@ -521,7 +521,21 @@ impl KubeProvisioner {
             .get_opt(&network.name)
             .await
             .map_err(|e| classify(&what, &e))?;
-        Ok(cr.as_ref().map(observed_status))
+        let Some(cr) = cr else {
+            return Ok(None);
+        };
+        let mut observed = observed_status(&cr);
+        if cr.spec.mode == NetworkMode::Consortium {
+            // Later members' admissions on chain are part of what the network shows.
+            let members = kube_governance::network_members(&self.client, network).await?;
+            if let Some(notes) = kube_governance::admission_notes(&members) {
+                observed.message = Some(match observed.message.take() {
+                    Some(m) => format!("{m}; {notes}"),
+                    None => notes,
+                });
+            }
+        }
+        Ok(Some(observed))
     }
 
     async fn delete_network(

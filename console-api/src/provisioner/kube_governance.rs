@@ -154,6 +154,39 @@ pub async fn member_state(
     }))
 }
 
+/// The `ChainMember`s the console wrote for `network`.
+pub async fn network_members(
+    client: &Client,
+    network: &NetworkRef,
+) -> Result<Vec<ChainMember>, ProvisionError> {
+    let namespace = super::kube::namespace_of(&network.tenant_slug);
+    Api::<ChainMember>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default().labels(&format!("{NETWORK_ID_LABEL}={}", network.network_id)))
+        .await
+        .map(|list| list.items)
+        .map_err(|e| classify("ChainMembers", &e))
+}
+
+/// One line per member whose admission (or removal) is under way: its organisation, the
+/// step (the `Admitted` condition's reason) and the operator's message. Pure.
+pub fn admission_notes(members: &[ChainMember]) -> Option<String> {
+    let notes: Vec<String> = members
+        .iter()
+        .filter_map(|m| {
+            let status = m.status.as_ref()?;
+            let c = status.conditions.iter().find(|c| c.type_ == "Admitted")?;
+            let settled = matches!(c.reason.as_str(), "AdmittedOnChain" | "Removed");
+            (!settled).then(|| {
+                format!(
+                    "member {}: {} ({})",
+                    m.spec.organization, c.reason, c.message
+                )
+            })
+        })
+        .collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
 /// Name of the Secret carrying the transaction for a proposal.
 pub fn tx_secret_name(member: &str, proposal_hash: &str) -> String {
     let prefix: String = proposal_hash.chars().take(16).collect();
@@ -346,6 +379,35 @@ mod tests {
         assert_eq!(d.spec.organization, "d");
         assert_eq!(d.labels()[NETWORK_ID_LABEL], "n-1");
         assert_eq!(d.spec.governance_tx_secret, None);
+    }
+
+    #[test]
+    fn members_under_way_are_noted() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let existing = network(&["a"]);
+        let mut desired = network(&["a", "d", "e"]);
+        let mut later = split_members(&mut desired, Some(&existing));
+        let condition = |reason: &str, message: &str| Condition {
+            type_: "Admitted".into(),
+            status: "False".into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        };
+        assert_eq!(admission_notes(&later), None, "no status yet");
+        later[0].status = Some(trellis_crd::ChainMemberStatus {
+            conditions: vec![condition("AwaitingApprovals", "needs 2 approvals")],
+            ..Default::default()
+        });
+        later[1].status = Some(trellis_crd::ChainMemberStatus {
+            conditions: vec![condition("AdmittedOnChain", "provisioned")],
+            ..Default::default()
+        });
+        assert_eq!(
+            admission_notes(&later).as_deref(),
+            Some("member d: AwaitingApprovals (needs 2 approvals)")
+        );
     }
 
     #[test]
