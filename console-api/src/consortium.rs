@@ -38,6 +38,8 @@ use crate::networks::spec::{MAX_NODES_PER_MEMBER, MemberSpec, NetworkMode, Netwo
 use crate::networks::{NetworkPhase, reconcile, store};
 use crate::tenancy::{Scope, TenantId};
 
+pub mod proposal;
+
 pub const INVITATION_PREFIX: &str = "tri_";
 pub const DEFAULT_INVITATION_HOURS: u32 = 72;
 pub const MAX_INVITATION_HOURS: u32 = 168;
@@ -164,6 +166,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/v1/networks/{id}/members/{member_id}/rejection",
             post(reject),
+        )
+        .route(
+            "/v1/networks/{id}/members/{member_id}/proposal",
+            get(proposal::get_proposal),
+        )
+        .route(
+            "/v1/networks/{id}/members/{member_id}/proposal/approvals",
+            post(proposal::post_approval),
         )
 }
 

@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
-use trellis_console_entity::consortium_member;
-use trellis_node_types::{Approval, Proposal, private_key_from_seed_bytes};
+use trellis_console_entity::{consortium_member, governance_approval, network};
+use trellis_node_types::{Approval, Proposal, private_key_from_seed_bytes, to_hex};
 use uuid::Uuid;
 
+use crate::audit;
 use crate::custody::{self, MasterKey};
 use crate::provisioner::GovernanceSigner;
+use crate::tenancy::TenantId;
 
 /// Signs with the custodied keys of a network's admitted members.
 #[derive(Clone)]
@@ -62,7 +64,48 @@ impl CustodySigner {
                 .ok_or_else(|| format!("the key of member {} is not usable", member.id))?;
             approvals.push(proposal.approve(&signer));
         }
+        let posted = governance_approval::Entity::find()
+            .filter(governance_approval::Column::NetworkId.eq(network))
+            .filter(governance_approval::Column::ProposalHash.eq(to_hex(proposal.id().as_ref())))
+            .all(&self.db)
+            .await
+            .map_err(|e| format!("reading posted approvals: {e}"))?;
+        for row in posted {
+            let Ok(approval) = Approval::from_hex(&row.approval) else {
+                continue;
+            };
+            let key = to_hex(approval.admin_key.as_ref());
+            let counted = admin_keys.iter().any(|k| k.eq_ignore_ascii_case(&key))
+                && proposal.verify(&approval)
+                && !approvals.iter().any(|a| a.admin_key == approval.admin_key);
+            if counted {
+                approvals.push(approval);
+            }
+        }
         Ok(approvals)
+    }
+
+    async fn audit(&self, network: Uuid, action: &str, details: serde_json::Value) {
+        let owner = match network::Entity::find_by_id(network).one(&self.db).await {
+            Ok(Some(row)) => row.tenant_id,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, %network, "audit of a governance step: network lookup");
+                return;
+            }
+        };
+        if let Err(e) = audit::record(
+            &self.db,
+            TenantId::trusted(owner),
+            "console:governance",
+            action,
+            Some(format!("network:{network}")),
+            details,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, %network, action, "audit of a governance step");
+        }
     }
 }
 
@@ -74,5 +117,14 @@ impl GovernanceSigner for CustodySigner {
         proposal: &'a Proposal,
     ) -> BoxFuture<'a, Result<Vec<Approval>, String>> {
         Box::pin(self.approvals(network, admin_keys, proposal))
+    }
+
+    fn record<'a>(
+        &'a self,
+        network: Uuid,
+        action: &'a str,
+        details: serde_json::Value,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(self.audit(network, action, details))
     }
 }

@@ -328,6 +328,7 @@ async fn run(config: ServerConfig, up: Option<UpMode>) -> Result<(), Box<dyn std
             .unwrap_or_else(|| data_dir.join("custody-master-key")),
     )?;
     let mut local = None;
+    let mut kube_provisioner = None;
     let provisioner: Arc<dyn Provisioner> = match config.provisioner {
         ProvisionerKind::Unattached => {
             tracing::warn!("no provisioner attached: networks are recorded but not provisioned");
@@ -339,7 +340,9 @@ async fn run(config: ServerConfig, up: Option<UpMode>) -> Result<(), Box<dyn std
                 node_image_repository = %config.node_image_repository,
                 "kube provisioner: networks become ChainNetwork resources"
             );
-            Arc::new(KubeProvisioner::new(client, config.node_image_repository))
+            let provisioner = KubeProvisioner::new(client, config.node_image_repository);
+            kube_provisioner = Some(provisioner.clone());
+            Arc::new(provisioner)
         }
         ProvisionerKind::Local => {
             let provisioner = local_provisioner(&data_dir, &config.local).await?;
@@ -360,6 +363,14 @@ async fn run(config: ServerConfig, up: Option<UpMode>) -> Result<(), Box<dyn std
             state.db.clone(),
             state.master_key.clone(),
         )));
+    }
+    if let Some(kube) = &kube_provisioner {
+        // Admissions into consortia on Kubernetes: the approvals go to the operator.
+        kube.set_governance_signer(Arc::new(CustodySigner::new(
+            state.db.clone(),
+            state.master_key.clone(),
+        )));
+        kube.spawn_governance();
     }
     tokio::spawn(reconcile::run(
         state.clone(),

@@ -43,6 +43,7 @@ use uuid::Uuid;
 use crate::networks::spec::NetworkSpec;
 
 pub mod kube;
+pub mod kube_governance;
 pub mod local;
 
 /// Identifies one network for a provisioner.
@@ -62,6 +63,21 @@ pub struct DesiredNetwork {
     pub network: NetworkRef,
     pub generation: i64,
     pub spec: NetworkSpec,
+    /// What the tenant's plan allows in all, for a provisioner that enforces it in the
+    /// infrastructure too (`kube`: a ResourceQuota on the tenant's namespace). `None`:
+    /// not known (the console's own checks still apply).
+    pub quota: Option<TenantQuota>,
+}
+
+/// A tenant's plan limits, as the infrastructure can enforce them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantQuota {
+    pub plan: String,
+    pub networks: u64,
+    /// Validator nodes (pods, ledger claims) across the tenant's networks.
+    pub nodes: u64,
+    /// Ledger storage across the tenant's networks, GiB.
+    pub storage_gib: u64,
 }
 
 /// The provisioner's coarse view of a network.
@@ -100,6 +116,45 @@ pub struct ObservedStatus {
     pub rpc_endpoints: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A chain governance proposal waiting for the consortium members' approvals (published
+/// by the provisioner: the operator's `ChainMember` status in `kube` mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GovernanceProposal {
+    /// `Admit` or `Remove`.
+    pub action: String,
+    /// The on-chain member (validator) the proposal is about.
+    pub node: String,
+    pub chain_id: String,
+    /// The chain registry's governance sequence the proposal carries.
+    pub sequence: u64,
+    /// Hex encoding of the proposal: sign it with `trellis-node governance sign
+    /// --key-file KEYS --proposal HEX` (or `trellis consortium approve`).
+    pub proposal: String,
+    /// Hex SHA-256 of the proposal.
+    pub proposal_hash: String,
+    /// Approvals the chain needs (more than 2/3 of its members).
+    pub threshold: u32,
+    /// Hex admin keys of the chain's current members, one per member validator.
+    pub approvers: Vec<String>,
+    /// The governance transaction submitted for it, once submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_tx: Option<String>,
+}
+
+/// Where a consortium member stands on chain, as the provisioner sees it (`kube`: the
+/// `ChainMember`'s phase, `Admitted` condition and published proposal).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MemberChainState {
+    /// `Invited`, `Proposed`, `Admitted`, `Rejected` or `Removed`.
+    pub phase: Option<String>,
+    /// The step it is at (the `Admitted` condition's reason, e.g. `AwaitingApprovals`,
+    /// `GovernanceSubmitted`, `AdmissionPending`, `AdmittedOnChain`).
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    /// The proposal waiting for approvals, if any.
+    pub proposal: Option<GovernanceProposal>,
 }
 
 /// A node JSON-RPC endpoint the console may forward a tenant's requests to.
@@ -162,6 +217,17 @@ pub trait Provisioner: Send + Sync + 'static {
                 .unwrap_or_default())
         })
     }
+
+    /// Where the consortium member `organisation` of `network` stands on chain, with the
+    /// governance proposal waiting for approvals (`None`: the provisioner does not track
+    /// it). Read-only.
+    fn member_governance<'a>(
+        &'a self,
+        _network: &'a NetworkRef,
+        _organisation: &'a str,
+    ) -> BoxFuture<'a, Result<Option<MemberChainState>, ProvisionError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// No provisioner configured: desired state is recorded, nothing is provisioned, and
@@ -206,12 +272,23 @@ impl Provisioner for Unattached {
 /// that sends governance transactions itself (the local one) is handed one.
 pub trait GovernanceSigner: Send + Sync + 'static {
     /// Approvals of `proposal` by those of `admin_keys` (hex public keys of the chain's
-    /// current members) whose private keys the console holds for admitted members of
-    /// `network`. Keys it does not hold (brought by their organisations) are skipped.
+    /// current members): signed with the private keys the console holds for admitted
+    /// members of `network`, plus the approvals organisations that keep their own keys
+    /// posted for this very proposal.
     fn approve<'a>(
         &'a self,
         network: Uuid,
         admin_keys: &'a [String],
         proposal: &'a trellis_node_types::Proposal,
     ) -> BoxFuture<'a, Result<Vec<trellis_node_types::Approval>, String>>;
+
+    /// Writes a governance step of `network` to the audit log of the tenant owning it.
+    fn record<'a>(
+        &'a self,
+        _network: Uuid,
+        _action: &'a str,
+        _details: serde_json::Value,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }

@@ -60,6 +60,16 @@ fn id_matrix(victim: &Victim) -> Vec<(Method, String, Option<Value>)> {
             network.clone(),
             Some(json!({"shards": {"count": 1}, "paused": true})),
         ),
+        (
+            Method::GET,
+            format!("{network}/members/{}/proposal", victim.user_id),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("{network}/members/{}/proposal/approvals", victim.user_id),
+            Some(json!({"approval": "ab".repeat(96)})),
+        ),
         (Method::DELETE, network, None),
         (Method::GET, user.clone(), None),
         (Method::PATCH, user.clone(), Some(json!({"role": "viewer"}))),

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
@@ -19,7 +19,7 @@ use trellis_console::provisioner::kube::{
     GENERATION_ANNOTATION, KubeProvisioner, NETWORK_ID_LABEL, TENANT_ID_LABEL,
 };
 use trellis_console::provisioner::{
-    DesiredNetwork, NetworkRef, ObservedPhase, ProvisionError, Provisioner,
+    DesiredNetwork, NetworkRef, ObservedPhase, ProvisionError, Provisioner, TenantQuota,
 };
 use trellis_crd::ChainNetwork;
 use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
@@ -90,6 +90,12 @@ async fn kube_provisioner_writes_observes_and_deletes_chain_networks() {
         network: network.clone(),
         generation,
         spec: spec(mode, shards),
+        quota: Some(TenantQuota {
+            plan: if generation < 2 { "free" } else { "team" }.into(),
+            networks: if generation < 2 { 3 } else { 25 },
+            nodes: 64,
+            storage_gib: 640,
+        }),
     };
     provisioner
         .apply(&desired(&consortium, 1, NetworkMode::Consortium, 1))
@@ -128,6 +134,37 @@ async fn kube_provisioner_writes_observes_and_deletes_chain_networks() {
     assert_eq!(open.spec.mode, trellis_crd::NetworkMode::Public);
     assert_eq!(open.spec.shards.count, 2);
     assert!(open.spec.members.is_empty());
+
+    // The namespace's ResourceQuota follows the tenant's plan (upgraded between the two
+    // applies), and the apiserver holds the namespace to it.
+    let quotas: Api<ResourceQuota> = Api::namespaced(ns.client.clone(), &namespace);
+    let quota = quotas.get("trellis-plan").await.unwrap();
+    assert_eq!(quota.annotations()["console.trellis.dev/plan"], "team");
+    let hard = quota.spec.clone().unwrap().hard.unwrap();
+    assert_eq!(hard["count/chainnetworks.trellis.dev"].0, "25");
+    assert_eq!(hard["pods"].0, "64");
+    assert_eq!(hard["requests.storage"].0, "640Gi");
+    let third = NetworkRef {
+        name: "third".into(),
+        network_id: Uuid::now_v7(),
+        ..public.clone()
+    };
+    let mut over = desired(&third, 2, NetworkMode::Public, 1);
+    if let Some(q) = over.quota.as_mut() {
+        q.networks = 2;
+    }
+    let refusal = eventually("the quota refuses a third network", WAIT, || {
+        let (provisioner, over) = (provisioner.clone(), over.clone());
+        async move {
+            match provisioner.apply(&over).await {
+                Err(ProvisionError::Rejected(message)) => Some(message),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(refusal.contains("exceeded quota"), "{refusal}");
+    assert!(api.get_opt("third").await.unwrap().is_none());
 
     // The same generation again changes nothing.
     let version = open.resource_version();
@@ -467,6 +504,7 @@ async fn the_operator_reconciles_a_console_network() {
             network: network.clone(),
             generation: 3,
             spec: spec(NetworkMode::Public, 1),
+            quota: None,
         })
         .await
         .unwrap();

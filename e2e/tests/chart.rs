@@ -157,14 +157,23 @@ fn operator_grants() -> BTreeSet<String> {
     ])
 }
 
-/// What the console's kube provisioner does: a namespace per tenant, ChainNetworks in it.
+/// What the console's kube provisioner does: a namespace per tenant with its plan's
+/// ResourceQuota, ChainNetworks and later members' ChainMembers in it, and the
+/// governance transaction Secrets it hands to the operator (created, never read).
 fn console_grants() -> BTreeSet<String> {
     expand(&[
         ("", &["namespaces"], &["get", "create", "patch"]),
+        ("", &["resourcequotas"], &["create", "patch"]),
+        ("", &["secrets"], &["create"]),
         (
             "trellis.dev",
             &["chainnetworks"],
             &["get", "create", "patch", "delete"],
+        ),
+        (
+            "trellis.dev",
+            &["chainmembers"],
+            &["get", "list", "create", "patch"],
         ),
     ])
 }
@@ -669,6 +678,16 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
         kubectl_json(&ns, &["get", "chainnetwork", "ledger", "-n", &tenant_ns])
     })
     .await;
+    // With the ResourceQuota of the tenant's plan (the sign-up default, free).
+    let quota = kubectl_json(
+        &ns,
+        &["get", "resourcequota", "trellis-plan", "-n", &tenant_ns],
+    )
+    .unwrap();
+    assert_eq!(
+        quota["metadata"]["annotations"]["console.trellis.dev/plan"], "free",
+        "{quota}"
+    );
 
     let mut operator = Process(
         Command::new(workspace_binary("trellis-operator").unwrap())

@@ -268,6 +268,24 @@ fn a_person_runs_networks_and_a_consortium_with_the_cli() {
     assert_eq!(outcome["member"]["state"], "Admitted", "{outcome}");
     let members = acme.ok(&["consortium", "members", "trade"]);
     assert_eq!(members.matches("Admitted").count(), 3, "{members}");
+    // The chain side: this console provisions nothing, so no proposal is published, and
+    // an own-key approval is refused with that reason (the accepted path runs in
+    // console-api/tests/kube_consortium.rs).
+    let proposal = acme.ok(&["consortium", "proposal", "trade", &member]);
+    assert!(proposal.contains("no proposal is waiting"), "{proposal}");
+    let signature = "ab".repeat(96);
+    let err = acme.refused(&[
+        "consortium",
+        "approve",
+        "trade",
+        &member,
+        "--signature",
+        &signature,
+    ]);
+    assert!(
+        err.contains("no_proposal") || err.contains("no governance proposal"),
+        "{err}"
+    );
 
     // Usage and invoices (the networks above are metered once their first hour closes:
     // here the answers are well-formed and scoped, not yet filled).

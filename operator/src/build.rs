@@ -499,7 +499,10 @@ fn ports() -> Vec<ServicePort> {
 /// Headless Service of a committee: gives every validator a stable DNS name
 /// (`<pod>.<committee>.<ns>.svc`), published before readiness so peers can find each
 /// other while the committee forms its first quorum.
-fn headless_service(network: &ChainNetwork, committee: &Committee) -> Result<Service, BuildError> {
+pub fn headless_service(
+    network: &ChainNetwork,
+    committee: &Committee,
+) -> Result<Service, BuildError> {
     let name = &network_name(network)?;
     Ok(Service {
         metadata: child_meta(
@@ -686,7 +689,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 /// * Ledger PVCs are kept on scale-down always, and on deletion unless
 ///   `retainLedgerOnDelete` is false.
 /// * `spec.stopped` scales to zero; PVCs and keys stay.
-fn stateful_set(
+pub fn stateful_set(
     network: &ChainNetwork,
     committee: &Committee,
     config: &str,

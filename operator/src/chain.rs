@@ -11,7 +11,9 @@
 //! [`NodeRpc`] is the real client: JSON-RPC over HTTP with timeouts, nodes located by a
 //! [`NodeResolver`] (in-cluster DNS, or loopback in tests). What `trellis-node` does not
 //! serve yet answers [`ChainError::NotImplemented`]: the beacon role (issue 4), so the
-//! shard-count change stops at the beacon step, and governance transactions.
+//! shard-count change stops at the beacon step. Consortium governance (the member
+//! registry, submitting a governance transaction, its receipt) runs against the registry
+//! committee's nodes.
 //! [`NodeRpcPending`] answers `NotImplemented` for everything (benchmarks and tests that
 //! run no node).
 
@@ -22,7 +24,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use trellis_node_api::{
-    JsonRpcRequest, JsonRpcResponse, MembersInfo, NodeStatus, RPC_PATH, error_codes, methods,
+    JsonRpcRequest, JsonRpcResponse, MembersInfo, NodeStatus, RPC_PATH, SubmitGovernanceParams,
+    SubmitGovernanceResult, TransactionQuery, TransactionStatus, error_codes, methods,
 };
 
 use trellis_node_api::shard::{
@@ -182,28 +185,40 @@ pub trait ChainClient: Send + Sync + 'static {
         committee: &'a CommitteeNodes,
     ) -> BoxFuture<'a, Result<CommitteeLoad, ChainError>>;
 
-    /// Proposes admitting (or, with `remove`, removing) a consortium member to the
-    /// committee whose chain keeps the member registry (shard 0 until the beacon runs);
-    /// the transaction passes once a threshold of current members' admin keys signed it.
-    fn propose_member<'a>(
+    /// The member registry of the committee whose chain keeps it (shard 0 until the
+    /// beacon runs): `trellis_getMembers` of the first node that answers.
+    fn registry<'a>(
         &'a self,
         registry: &'a CommitteeNodes,
-        proposal: &'a MemberProposal,
-    ) -> BoxFuture<'a, Result<(), ChainError>>;
-}
+    ) -> BoxFuture<'a, Result<MembersInfo, ChainError>>;
 
-/// A governance proposal about one consortium member.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberProposal {
-    pub organization: String,
-    pub admin_public_key: String,
-    pub remove: bool,
+    /// Submits a governance transaction (hex) to the first node of `registry` that
+    /// answers; the chain's refusal comes back as [`ChainError::Refused`] with its reason.
+    fn submit_governance<'a>(
+        &'a self,
+        registry: &'a CommitteeNodes,
+        tx_hex: &'a str,
+    ) -> BoxFuture<'a, Result<SubmitGovernanceResult, ChainError>>;
+
+    /// Where a governance transaction is (`trellis_getGovernance`): pending in the pool,
+    /// committed (with its outcome) or unknown to the node asked.
+    fn governance_status<'a>(
+        &'a self,
+        registry: &'a CommitteeNodes,
+        hash: &'a str,
+    ) -> BoxFuture<'a, Result<TransactionStatus, ChainError>>;
+
+    /// The p2p address other nodes reach `node` at, as this client's resolver knows it
+    /// (what an admission proposal records on chain). `None`: the stable DNS name.
+    fn p2p_address(&self, _node: &NodeRef) -> Option<String> {
+        None
+    }
 }
 
 /// What the beacon step needs and `trellis-node` does not run yet (issue 4).
 const BEACON_ROLE: &str = "the beacon role (trellis_status of a beacon node)";
-/// Governance transactions (`trellis_submitGovernance` answers -33008 until they land).
-const GOVERNANCE: &str = "governance execution (trellis_submitGovernance, trellis_getMembers)";
+/// What a client without nodes cannot do.
+const GOVERNANCE: &str = "governance (trellis_getMembers, trellis_submitGovernance)";
 
 /// The chain client over the nodes' JSON-RPC.
 #[derive(Clone)]
@@ -402,6 +417,29 @@ impl NodeRpc {
         })
     }
 
+    /// Asks the committee's nodes in turn until one answers: a refusal (the chain said
+    /// no) is an answer and ends the search; an unreachable or garbled node is skipped.
+    async fn first_answer<'a, T, F, Fut>(
+        &'a self,
+        committee: &'a CommitteeNodes,
+        ask: F,
+    ) -> Result<T, ChainError>
+    where
+        F: Fn(&'a NodeRef) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ChainError>>,
+    {
+        let mut last =
+            ChainError::Unreachable(format!("no node of chain {} to ask", committee.chain_id));
+        for node in &committee.nodes {
+            match ask(node).await {
+                Ok(answer) => return Ok(answer),
+                Err(e @ ChainError::Refused(_)) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     async fn node_status(&self, chain_id: &str, node: &NodeRef) -> Result<NodeStatus, ChainError> {
         let status: NodeStatus = self.call(node, methods::STATUS, ()).await?;
         if status.chain_id != chain_id {
@@ -539,45 +577,67 @@ impl ChainClient for NodeRpc {
         })
     }
 
-    /// Asks the registry's nodes for the member registry (`trellis_getMembers`, which
-    /// gives the proposal's sequence and threshold). The approvals come from the console
-    /// (it custodies the organisations' admin keys), and that hand-over is not built, so
-    /// this never submits yet; it says precisely what the chain side answered.
-    fn propose_member<'a>(
+    fn registry<'a>(
         &'a self,
         registry: &'a CommitteeNodes,
-        proposal: &'a MemberProposal,
-    ) -> BoxFuture<'a, Result<(), ChainError>> {
+    ) -> BoxFuture<'a, Result<MembersInfo, ChainError>> {
         Box::pin(async move {
-            let mut last = ChainError::Unreachable("no node of the registry committee".into());
-            for node in &registry.nodes {
-                match self
-                    .call::<MembersInfo>(node, methods::GET_MEMBERS, ())
-                    .await
-                {
-                    Ok(members) => {
-                        return Err(ChainError::Pending(format!(
-                            "the chain keeps {} members (threshold {}, next sequence {}); \
-                             approvals of {} by the members' admin keys come from the console, \
-                             which is not built yet",
-                            members.members.len(),
-                            members.threshold,
-                            members.sequence,
-                            proposal.organization
-                        )));
-                    }
-                    Err(ChainError::Refused(message))
-                        if message.contains(&error_codes::METHOD_NOT_FOUND.to_string()) =>
-                    {
-                        return Err(ChainError::Pending(format!(
-                            "{GOVERNANCE} is not served by the nodes yet ({message})"
-                        )));
-                    }
-                    Err(e) => last = e,
+            self.first_answer(registry, |node| async move {
+                let members: MembersInfo = self.call(node, methods::GET_MEMBERS, ()).await?;
+                if members.chain_id != registry.chain_id {
+                    return Err(ChainError::Protocol(format!(
+                        "{} runs chain {:?}, not {:?}",
+                        node.node, members.chain_id, registry.chain_id
+                    )));
                 }
-            }
-            Err(last)
+                Ok(members)
+            })
+            .await
         })
+    }
+
+    fn submit_governance<'a>(
+        &'a self,
+        registry: &'a CommitteeNodes,
+        tx_hex: &'a str,
+    ) -> BoxFuture<'a, Result<SubmitGovernanceResult, ChainError>> {
+        Box::pin(async move {
+            self.first_answer(registry, |node| async move {
+                self.call(
+                    node,
+                    methods::SUBMIT_GOVERNANCE,
+                    SubmitGovernanceParams {
+                        tx: tx_hex.to_owned(),
+                    },
+                )
+                .await
+            })
+            .await
+        })
+    }
+
+    fn governance_status<'a>(
+        &'a self,
+        registry: &'a CommitteeNodes,
+        hash: &'a str,
+    ) -> BoxFuture<'a, Result<TransactionStatus, ChainError>> {
+        Box::pin(async move {
+            self.first_answer(registry, |node| async move {
+                self.call(
+                    node,
+                    methods::GET_GOVERNANCE,
+                    TransactionQuery {
+                        hash: hash.to_owned(),
+                    },
+                )
+                .await
+            })
+            .await
+        })
+    }
+
+    fn p2p_address(&self, node: &NodeRef) -> Option<String> {
+        self.resolver.p2p_address(node)
     }
 }
 
@@ -628,11 +688,26 @@ impl ChainClient for NodeRpcPending {
         Box::pin(async { Err(ChainError::NotImplemented("node metrics")) })
     }
 
-    fn propose_member<'a>(
+    fn registry<'a>(
         &'a self,
         _registry: &'a CommitteeNodes,
-        _proposal: &'a MemberProposal,
-    ) -> BoxFuture<'a, Result<(), ChainError>> {
+    ) -> BoxFuture<'a, Result<MembersInfo, ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented(GOVERNANCE)) })
+    }
+
+    fn submit_governance<'a>(
+        &'a self,
+        _registry: &'a CommitteeNodes,
+        _tx_hex: &'a str,
+    ) -> BoxFuture<'a, Result<SubmitGovernanceResult, ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented(GOVERNANCE)) })
+    }
+
+    fn governance_status<'a>(
+        &'a self,
+        _registry: &'a CommitteeNodes,
+        _hash: &'a str,
+    ) -> BoxFuture<'a, Result<TransactionStatus, ChainError>> {
         Box::pin(async { Err(ChainError::NotImplemented(GOVERNANCE)) })
     }
 }

@@ -802,7 +802,7 @@ where
     }
 }
 
-async fn apply<K>(client: &Client, namespace: &str, objects: &[K]) -> Result<(), Error>
+pub(crate) async fn apply<K>(client: &Client, namespace: &str, objects: &[K]) -> Result<(), Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone

@@ -548,6 +548,7 @@ async fn consortium_members_report_their_admission_state() {
                 nodes: 1,
                 node_key_secret: None,
                 remove: false,
+                governance_tx_secret: None,
             },
         )
     };
@@ -582,13 +583,22 @@ async fn consortium_members_report_their_admission_state() {
             "GenesisMember".to_owned()
         )
     );
+    // No node runs behind kwok's pods: the registry cannot be read, and nothing moves.
     let b = eventually("org-b status", WAIT, || phase("org-b")).await;
     assert_eq!(
         b,
         (
             trellis_crd::MemberPhase::Invited,
-            "GovernancePending".to_owned()
+            "RegistryUnreachable".to_owned()
         )
+    );
+    // Its node keys were generated into the member's key Secret, owned by the member.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = ns.api();
+    let keys = secrets.get("alpha-m-org-b-keys").await.unwrap();
+    assert!(keys.data.unwrap().contains_key("alpha-m-org-b-0.key"));
+    assert_eq!(
+        keys.metadata.owner_references.unwrap()[0].kind,
+        "ChainMember"
     );
     // Immutable organisation, enforced by the apiserver.
     let mut renamed = members.get("org-b").await.unwrap();

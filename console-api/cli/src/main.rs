@@ -213,8 +213,23 @@ enum Consortium {
         #[arg(long)]
         admin_public_key: Option<String>,
     },
-    /// Approve a proposed member's admission (as every member you control).
-    Approve { network: String, member: String },
+    /// Approve a proposed member's admission (as every member you control), or, with
+    /// `--signature`, post your organisation's own-key approval of the member's chain
+    /// governance proposal.
+    Approve {
+        network: String,
+        member: String,
+        /// Hex approval of the chain proposal, as `trellis-node governance sign
+        /// --key-file KEYS --proposal HEX` prints it (see `trellis consortium proposal`).
+        #[arg(long)]
+        signature: Option<String>,
+        /// The proposal hash you signed; a proposal that is no longer current is then
+        /// reported as stale.
+        #[arg(long, requires = "signature")]
+        proposal_hash: Option<String>,
+    },
+    /// A member's chain admission: its step and the governance proposal to sign.
+    Proposal { network: String, member: String },
     /// Reject a member that is invited or proposed.
     Reject { network: String, member: String },
 }
@@ -668,7 +683,89 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
                 .await?;
             Ok(output::object(format, &answer, MEMBER_COLUMNS))
         }
-        Consortium::Approve { network, member } => {
+        Consortium::Approve {
+            network,
+            member,
+            signature: Some(signature),
+            proposal_hash,
+        } => {
+            let id = network_id(console, &network).await?;
+            let answer = console
+                .call(
+                    Method::POST,
+                    &format!("/v1/networks/{id}/members/{member}/proposal/approvals"),
+                    Some(&json!({"approval": signature, "proposal_hash": proposal_hash})),
+                    None,
+                )
+                .await?;
+            Ok(match format {
+                Format::Json => output::pretty(&answer),
+                Format::Table => format!(
+                    "{} approved proposal {} (sequence {})",
+                    output::at(&answer, "organisation"),
+                    output::at(&answer, "proposal_hash"),
+                    output::at(&answer, "sequence"),
+                ),
+            })
+        }
+        Consortium::Proposal { network, member } => {
+            let id = network_id(console, &network).await?;
+            let answer = console
+                .call(
+                    Method::GET,
+                    &format!("/v1/networks/{id}/members/{member}/proposal"),
+                    None,
+                    None,
+                )
+                .await?;
+            Ok(match format {
+                Format::Json => output::pretty(&answer),
+                Format::Table => {
+                    let approved: Vec<String> = answer["approvers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| {
+                            format!(
+                                "{} ({}{})",
+                                output::at(a, "organisation"),
+                                output::at(a, "key_custody"),
+                                if a["approved"] == true {
+                                    ", approved"
+                                } else {
+                                    ""
+                                }
+                            )
+                        })
+                        .collect();
+                    let step = format!(
+                        "{}: {} ({})",
+                        output::at(&answer, "organisation"),
+                        output::at(&answer, "chain/reason"),
+                        output::at(&answer, "chain/message"),
+                    );
+                    if answer["chain"]["proposal"].is_object() {
+                        format!(
+                            "{step}\n{} {} at sequence {}, {} approvals needed\n\
+                             approvers: {}\nproposal hash: {}\nsign: trellis-node governance \
+                             sign --key-file KEYS --proposal {}",
+                            output::at(&answer, "chain/proposal/action"),
+                            output::at(&answer, "chain/proposal/node"),
+                            output::at(&answer, "chain/proposal/sequence"),
+                            output::at(&answer, "chain/proposal/threshold"),
+                            approved.join(", "),
+                            output::at(&answer, "chain/proposal/proposal_hash"),
+                            output::at(&answer, "chain/proposal/proposal"),
+                        )
+                    } else {
+                        format!("{step}\nno proposal is waiting for approvals")
+                    }
+                }
+            })
+        }
+        Consortium::Approve {
+            network, member, ..
+        } => {
             let id = network_id(console, &network).await?;
             let answer = console
                 .call(

@@ -12,6 +12,7 @@ mod m20261122_000003_audit;
 mod m20261122_000004_consortium;
 mod m20261122_000010_billing;
 mod m20261122_000011_monitoring;
+mod m20261122_000020_governance_approvals;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_consortium::Migration),
             Box::new(m20261122_000010_billing::Migration),
             Box::new(m20261122_000011_monitoring::Migration),
+            Box::new(m20261122_000020_governance_approvals::Migration),
         ]
     }
 }

@@ -18,7 +18,7 @@ use super::{NetworkPhase, phase_of, store};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency;
-use crate::provisioner::{DesiredNetwork, NetworkRef, ProvisionError};
+use crate::provisioner::{DesiredNetwork, NetworkRef, ProvisionError, TenantQuota};
 
 async fn tenant_slug(conn: &impl ConnectionTrait, tenant_id: Uuid) -> Result<String, DbErr> {
     tenant::Entity::find_by_id(tenant_id)
@@ -26,6 +26,23 @@ async fn tenant_slug(conn: &impl ConnectionTrait, tenant_id: Uuid) -> Result<Str
         .await?
         .map(|row| row.slug)
         .ok_or_else(|| DbErr::RecordNotFound(format!("tenant {tenant_id}")))
+}
+
+/// The tenant's plan limits, for the provisioner to enforce as well.
+async fn tenant_quota(
+    conn: &impl ConnectionTrait,
+    tenant_id: Uuid,
+) -> ApiResult<Option<TenantQuota>> {
+    let Some(tenant) = tenant::Entity::find_by_id(tenant_id).one(conn).await? else {
+        return Ok(None);
+    };
+    let limits = crate::plans::stored_limits(conn, &tenant.plan).await?;
+    Ok(Some(TenantQuota {
+        plan: tenant.plan,
+        networks: limits.networks,
+        nodes: limits.nodes,
+        storage_gib: limits.storage_gib,
+    }))
 }
 
 /// How the provisioner knows `row` (with its tenant's slug).
@@ -85,6 +102,7 @@ async fn apply_with_slug(
         network: network_ref(row, slug),
         generation: row.generation,
         spec: spec_of(row)?,
+        quota: tenant_quota(&state.db, row.tenant_id).await?,
     };
     let result =
         crate::telemetry::provisioner_call("apply", row.id, state.provisioner.apply(&desired))

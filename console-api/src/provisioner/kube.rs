@@ -16,7 +16,8 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, ResourceQuotaSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
 use trellis_crd::network::MAX_NETWORK_NAME_LEN;
@@ -26,10 +27,11 @@ use trellis_crd::{
 };
 
 use super::{
-    DesiredNetwork, NetworkRef, ObservedPhase, ObservedStatus, ProvisionError, Provisioner,
-    ShardStatus,
+    DesiredNetwork, GovernanceSigner, MemberChainState, NetworkRef, ObservedPhase, ObservedStatus,
+    ProvisionError, Provisioner, ShardStatus, TenantQuota, kube_governance,
 };
 use crate::networks::spec::{self, NetworkSpec};
+use std::sync::{Arc, OnceLock};
 
 /// Field manager of every server-side apply the console makes.
 pub const FIELD_MANAGER: &str = "trellis-console";
@@ -193,6 +195,54 @@ pub fn chain_network(
     Ok(cr)
 }
 
+/// Name of the ResourceQuota the console keeps in each tenant namespace.
+pub const QUOTA_NAME: &str = "trellis-plan";
+/// The plan a tenant namespace's quota was derived from.
+pub const PLAN_ANNOTATION: &str = "console.trellis.dev/plan";
+
+/// The ResourceQuota of a tenant's namespace, from its plan: the plan's networks
+/// (`ChainNetwork` objects), validator nodes (pods and their ledger claims — every node
+/// has one) and ledger storage. The console refuses desired state over the plan before
+/// it reaches the cluster; the quota makes the namespace hold to the same limits
+/// whatever writes to it. Pure.
+pub fn resource_quota(network: &NetworkRef, quota: &TenantQuota) -> ResourceQuota {
+    let hard = BTreeMap::from([
+        (
+            "count/chainnetworks.trellis.dev".to_owned(),
+            Quantity(quota.networks.to_string()),
+        ),
+        ("pods".to_owned(), Quantity(quota.nodes.to_string())),
+        (
+            "persistentvolumeclaims".to_owned(),
+            Quantity(quota.nodes.to_string()),
+        ),
+        (
+            "requests.storage".to_owned(),
+            Quantity(format!("{}Gi", quota.storage_gib)),
+        ),
+    ]);
+    ResourceQuota {
+        metadata: ObjectMeta {
+            name: Some(QUOTA_NAME.to_owned()),
+            namespace: Some(namespace_of(&network.tenant_slug)),
+            labels: Some(BTreeMap::from([
+                (TENANT_ID_LABEL.to_string(), network.tenant_id.to_string()),
+                (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                PLAN_ANNOTATION.to_owned(),
+                quota.plan.clone(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    }
+}
+
 fn labels(network: &NetworkRef) -> BTreeMap<String, String> {
     BTreeMap::from([
         (TENANT_ID_LABEL.to_string(), network.tenant_id.to_string()),
@@ -302,6 +352,12 @@ pub fn classify(what: &str, error: &kube::Error) -> ProvisionError {
                 "{what}: the cluster refused it: {}",
                 status.message
             )),
+            // The namespace's ResourceQuota (the tenant's plan) refuses it: retrying
+            // will not help until the plan or the other networks change.
+            403 if status.message.contains("exceeded quota") => rejected(format!(
+                "{what}: over the tenant's plan: {}",
+                status.message
+            )),
             404 => ProvisionError::Unavailable(format!(
                 "{what}: not found on the cluster (is the ChainNetwork CRD installed?): {}",
                 status.message
@@ -326,6 +382,7 @@ pub fn classify(what: &str, error: &kube::Error) -> ProvisionError {
 pub struct KubeProvisioner {
     client: Client,
     image_repository: String,
+    signer: Arc<OnceLock<Arc<dyn GovernanceSigner>>>,
 }
 
 impl KubeProvisioner {
@@ -333,7 +390,35 @@ impl KubeProvisioner {
         Self {
             client,
             image_repository: image_repository.into(),
+            signer: Arc::default(),
         }
+    }
+
+    /// Attaches the signer of consortium admissions (see [`super::kube_governance`]).
+    pub fn set_governance_signer(&self, signer: Arc<dyn GovernanceSigner>) {
+        let _ = self.signer.set(signer);
+    }
+
+    /// Runs the governance hand-over ([`kube_governance::hand_over_once`]) every few
+    /// seconds, as long as the process runs.
+    pub fn spawn_governance(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(kube_governance::HAND_OVER_EVERY).await;
+                let Some(signer) = this.signer.get() else {
+                    continue;
+                };
+                match kube_governance::hand_over_once(&this.client, signer).await {
+                    Ok(waiting) => {
+                        for note in waiting {
+                            tracing::debug!(%note, "consortium governance waiting");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "consortium governance hand-over"),
+                }
+            }
+        });
     }
 
     fn api(&self, network: &NetworkRef) -> Api<ChainNetwork> {
@@ -364,9 +449,31 @@ impl KubeProvisioner {
         Ok(())
     }
 
+    /// Server-side applies the tenant namespace's ResourceQuota from its plan.
+    async fn apply_quota(
+        &self,
+        network: &NetworkRef,
+        quota: &TenantQuota,
+    ) -> Result<(), ProvisionError> {
+        let object = resource_quota(network, quota);
+        let namespace = namespace_of(&network.tenant_slug);
+        Api::<ResourceQuota>::namespaced(self.client.clone(), &namespace)
+            .patch(
+                QUOTA_NAME,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .map_err(|e| classify(&format!("ResourceQuota {namespace}/{QUOTA_NAME}"), &e))?;
+        Ok(())
+    }
+
     async fn apply_network(&self, desired: &DesiredNetwork) -> Result<(), ProvisionError> {
         let mut cr = chain_network(desired, &self.image_repository)?;
         self.ensure_namespace(&desired.network).await?;
+        if let Some(quota) = &desired.quota {
+            self.apply_quota(&desired.network, quota).await?;
+        }
         let api = self.api(&desired.network);
         let what = format!("ChainNetwork {}", desired.network.name);
         let existing = api
@@ -394,6 +501,8 @@ impl KubeProvisioner {
                 .resource_version
                 .clone_from(&existing.metadata.resource_version);
         }
+        // Members admitted after genesis join through governance, as ChainMembers.
+        let later_members = kube_governance::split_members(&mut cr, existing.as_ref());
         api.patch(
             &desired.network.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -401,6 +510,7 @@ impl KubeProvisioner {
         )
         .await
         .map_err(|e| classify(&what, &e))?;
+        kube_governance::apply_members(&self.client, &later_members).await?;
         Ok(())
     }
 
@@ -414,7 +524,21 @@ impl KubeProvisioner {
             .get_opt(&network.name)
             .await
             .map_err(|e| classify(&what, &e))?;
-        Ok(cr.as_ref().map(observed_status))
+        let Some(cr) = cr else {
+            return Ok(None);
+        };
+        let mut observed = observed_status(&cr);
+        if cr.spec.mode == NetworkMode::Consortium {
+            // Later members' admissions on chain are part of what the network shows.
+            let members = kube_governance::network_members(&self.client, network).await?;
+            if let Some(notes) = kube_governance::admission_notes(&members) {
+                observed.message = Some(match observed.message.take() {
+                    Some(m) => format!("{m}; {notes}"),
+                    None => notes,
+                });
+            }
+        }
+        Ok(Some(observed))
     }
 
     async fn delete_network(
@@ -464,6 +588,18 @@ impl Provisioner for KubeProvisioner {
         desired: &'a DesiredNetwork,
     ) -> BoxFuture<'a, Result<(), ProvisionError>> {
         Box::pin(self.apply_network(desired))
+    }
+
+    fn member_governance<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+        organisation: &'a str,
+    ) -> BoxFuture<'a, Result<Option<MemberChainState>, ProvisionError>> {
+        Box::pin(kube_governance::member_state(
+            &self.client,
+            network,
+            organisation,
+        ))
     }
 
     fn observe<'a>(
@@ -540,7 +676,28 @@ mod tests {
                 stopped: false,
                 retain_ledger_on_delete: false,
             },
+            quota: None,
         }
+    }
+
+    #[test]
+    fn the_namespace_quota_follows_the_plan() {
+        let quota = TenantQuota {
+            plan: "team".into(),
+            networks: 25,
+            nodes: 400,
+            storage_gib: 4000,
+        };
+        let rq = resource_quota(&desired(spec::NetworkMode::Public).network, &quota);
+        assert_eq!(rq.metadata.name.as_deref(), Some(QUOTA_NAME));
+        assert_eq!(rq.metadata.namespace.as_deref(), Some("trellis-acme"));
+        assert_eq!(rq.metadata.annotations.unwrap()[PLAN_ANNOTATION], "team");
+        let hard = rq.spec.unwrap().hard.unwrap();
+        let get = |k: &str| hard[k].0.clone();
+        assert_eq!(get("count/chainnetworks.trellis.dev"), "25");
+        assert_eq!(get("pods"), "400");
+        assert_eq!(get("persistentvolumeclaims"), "400");
+        assert_eq!(get("requests.storage"), "4000Gi");
     }
 
     #[test]

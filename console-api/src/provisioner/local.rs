@@ -45,8 +45,8 @@ use self::plan::{LocalPlan, plan_local};
 use self::process::ProcessId;
 use self::record::{ChainRecord, Layout, NetworkRecord, NodeRecord, write_atomically};
 use super::{
-    DesiredNetwork, GovernanceSigner, NetworkRef, ObservedPhase, ObservedStatus, ProvisionError,
-    Provisioner, RpcEndpoint, ShardStatus,
+    DesiredNetwork, GovernanceSigner, MemberChainState, NetworkRef, ObservedPhase, ObservedStatus,
+    ProvisionError, Provisioner, RpcEndpoint, ShardStatus,
 };
 
 /// How often the supervisor looks at every node.
@@ -131,6 +131,9 @@ struct Inner {
     admission_notes: tokio::sync::Mutex<HashMap<(Uuid, String), String>>,
     /// When each admission was last submitted.
     admission_sent: tokio::sync::Mutex<HashMap<(Uuid, String), Instant>>,
+    /// Where each later member's admission stands on chain, by (network, member name),
+    /// with the proposal waiting for approvals (for the console's proposal endpoint).
+    admission_states: tokio::sync::Mutex<HashMap<(Uuid, String), MemberChainState>>,
     /// Last (time, committed transactions) per chain, for tx/s.
     tx_samples: tokio::sync::Mutex<HashMap<String, (Instant, f64)>>,
 }
@@ -188,6 +191,7 @@ impl LocalProvisioner {
             signer: OnceLock::new(),
             admission_notes: tokio::sync::Mutex::new(HashMap::new()),
             admission_sent: tokio::sync::Mutex::new(HashMap::new()),
+            admission_states: tokio::sync::Mutex::new(HashMap::new()),
             tx_samples: tokio::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(supervise_forever(Arc::downgrade(&inner)));
@@ -990,6 +994,17 @@ impl Provisioner for LocalProvisioner {
         retain_ledger: bool,
     ) -> BoxFuture<'a, Result<(), ProvisionError>> {
         Box::pin(self.delete_network(network.network_id, retain_ledger))
+    }
+
+    fn member_governance<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+        organisation: &'a str,
+    ) -> BoxFuture<'a, Result<Option<MemberChainState>, ProvisionError>> {
+        Box::pin(async move {
+            let key = (network.network_id, super::kube::member_name(organisation));
+            Ok(self.inner.admission_states.lock().await.get(&key).cloned())
+        })
     }
 
     fn rpc_endpoints<'a>(

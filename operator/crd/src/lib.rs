@@ -16,7 +16,10 @@ pub mod network;
 pub mod topology;
 pub mod validate;
 
-pub use member::{ChainMember, ChainMemberSpec, ChainMemberStatus, MemberPhase};
+pub use member::{
+    ChainMember, ChainMemberSpec, ChainMemberStatus, MemberGovernance, MemberNodeStatus,
+    MemberPhase,
+};
 pub use network::{
     AutoscalerStatus, AutoscalingSpec, BeaconSpec, ChainNetwork, ChainNetworkSpec,
     ChainNetworkStatus, CommitteeStatus, ConsortiumMember, GenesisAllocation, NetworkEndpoints,

@@ -39,6 +39,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".spec.nodes"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
+        name = "Step",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Admitted\")].reason"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -74,7 +79,18 @@ pub struct ChainMemberSpec {
     /// Ask for removal: the operator proposes the member's removal on the beacon.
     #[serde(default)]
     pub remove: bool,
+    /// A Secret in the member's namespace whose entry `tx` holds the hex governance
+    /// transaction approving `status.governance.proposal` (the proposal plus the
+    /// approvals of a threshold of current members' admin keys). Whoever holds those keys
+    /// (the console) assembles it; the operator checks it against its own proposal and
+    /// submits it. Never private keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub governance_tx_secret: Option<String>,
 }
+
+/// Entry of the governance transaction Secret that holds the hex transaction.
+pub const GOVERNANCE_TX_ENTRY: &str = "tx";
 
 fn default_nodes() -> i32 {
     1
@@ -138,6 +154,50 @@ pub struct ChainMemberStatus {
         "x-kubernetes-list-map-keys" = ["type"]
     ))]
     pub conditions: Vec<Condition>,
+    /// The governance proposal the member's admission (or removal) needs next, published
+    /// for the holders of the members' admin keys to approve. Absent when nothing is to
+    /// be approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<MemberGovernance>,
+    /// The member's validators and where each stands on chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<MemberNodeStatus>,
+}
+
+/// A governance proposal waiting for approvals.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberGovernance {
+    /// `Admit` or `Remove`.
+    pub action: String,
+    /// The on-chain member (validator) the proposal is about.
+    pub node: String,
+    pub chain_id: String,
+    /// The registry's governance sequence the proposal carries.
+    pub sequence: i64,
+    /// Hex encoding of the proposal: what `trellis-node governance sign --proposal` signs.
+    pub proposal: String,
+    /// Hex SHA-256 of the proposal (its identity).
+    pub proposal_hash: String,
+    /// Approvals the chain needs now (more than 2/3 of its members).
+    pub threshold: i32,
+    /// Hex admin keys of the current members: who may approve.
+    pub approvers: Vec<String>,
+    /// Hex hash of the governance transaction the operator submitted for this proposal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_tx: Option<String>,
+}
+
+/// One validator of a member.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberNodeStatus {
+    /// Pod name, which is also the validator's member name on chain.
+    pub name: String,
+    /// Hex node public key.
+    pub node_key: String,
+    /// `Absent`, `AdmissionPending`, `Member` or `RemovalPending`.
+    pub chain: String,
 }
 
 /// The `ChainMember` CRD.

@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use trellis_node_api::{MembersInfo, methods};
 use trellis_node_types::{
-    GovernanceAction, GovernanceTx, MemberSpec, Proposal, public_key_from_hex,
+    GovernanceAction, GovernanceTx, MemberSpec, Proposal, public_key_from_hex, to_hex,
 };
 use uuid::Uuid;
 
 use super::record::{ChainRecord, NodeRecord};
 use super::{Inner, p2p_address, rpc_address};
+use crate::provisioner::{GovernanceProposal, MemberChainState};
 
 /// How often the admission step runs.
 pub(super) const ADMIT_EVERY: Duration = Duration::from_secs(2);
@@ -183,6 +184,15 @@ async fn admit(inner: &Arc<Inner>, item: &Waiting) -> Result<Option<String>, Str
     .map_err(|e| format!("{name}: unexpected trellis_getMembers answer: {e}"))?;
     if standing(&item.node, &members) == Standing::Admitted {
         mark_admitted(inner, item.network, name).await?;
+        record(
+            inner,
+            item,
+            "Admitted",
+            "AdmittedOnChain",
+            format!("{name} admitted on chain; started"),
+            None,
+        )
+        .await;
         return Ok(None);
     }
     {
@@ -209,11 +219,35 @@ async fn admit(inner: &Arc<Inner>, item: &Waiting) -> Result<Option<String>, Str
         .map(|m| m.admin_key.clone())
         .collect();
     let approvals = signer.approve(item.network, &admin_keys, &proposal).await?;
+    let published = GovernanceProposal {
+        action: "Admit".to_owned(),
+        node: name.clone(),
+        chain_id: proposal.chain_id.clone(),
+        sequence: proposal.sequence,
+        proposal: proposal.to_hex(),
+        proposal_hash: to_hex(proposal.id().as_ref()),
+        threshold: u32::try_from(members.threshold).unwrap_or(u32::MAX),
+        approvers: admin_keys.clone(),
+        submitted_tx: None,
+    };
     if approvals.len() < members.threshold {
+        record(
+            inner,
+            item,
+            "Invited",
+            "AwaitingApprovals",
+            format!(
+                "{name}: {} of the {} approvals the chain needs are held",
+                approvals.len(),
+                members.threshold
+            ),
+            Some(published),
+        )
+        .await;
         return Err(format!(
             "{name}: the chain needs {} approvals of its {} members to admit it; the console \
-             holds custodied keys for {} of them (members with their own keys must sign the \
-             proposal themselves, which the console does not collect yet)",
+             holds {} of them (custodied keys, and approvals organisations with their own \
+             keys posted for this proposal)",
             members.threshold,
             members.members.len(),
             approvals.len()
@@ -234,10 +268,46 @@ async fn admit(inner: &Arc<Inner>, item: &Waiting) -> Result<Option<String>, Str
         .await
         .insert((item.network, name.clone()), Instant::now());
     tracing::info!(node = %name, hash = %result["hash"], "admission governance transaction sent");
+    let submitted = result["hash"].as_str().map(str::to_owned);
+    record(
+        inner,
+        item,
+        "Proposed",
+        "GovernanceSubmitted",
+        format!("{name}: admission submitted; waiting for it to be final"),
+        Some(GovernanceProposal {
+            submitted_tx: submitted,
+            ..published
+        }),
+    )
+    .await;
     Ok(Some(format!(
         "{name}: admission {} sent; waiting for it to be final",
         result["hash"].as_str().unwrap_or("?")
     )))
+}
+
+/// Records where a member's admission stands (for the console's proposal endpoint).
+async fn record(
+    inner: &Arc<Inner>,
+    item: &Waiting,
+    phase: &str,
+    reason: &str,
+    message: String,
+    proposal: Option<GovernanceProposal>,
+) {
+    let Some(member) = item.node.member.clone() else {
+        return;
+    };
+    inner.admission_states.lock().await.insert(
+        (item.network, member),
+        MemberChainState {
+            phase: Some(phase.to_owned()),
+            reason: Some(reason.to_owned()),
+            message: Some(message),
+            proposal,
+        },
+    );
 }
 
 async fn mark_admitted(inner: &Arc<Inner>, network: Uuid, name: &str) -> Result<(), String> {

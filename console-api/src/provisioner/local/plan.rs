@@ -194,6 +194,7 @@ mod tests {
             },
             generation: 1,
             spec: NetworkSpec::from_create(&request).unwrap(),
+            quota: None,
         }
     }
 
