@@ -295,6 +295,8 @@ pub mod error_codes {
     /// Governance transaction not acceptable (wrong kind, unknown member, threshold).
     pub const BAD_GOVERNANCE: i64 = -33008;
     pub const NOT_FOUND: i64 = -33009;
+    /// The sender's table belongs to another shard (and no route to it is known).
+    pub const WRONG_SHARD: i64 = -33010;
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

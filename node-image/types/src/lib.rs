@@ -16,9 +16,11 @@ use commonware_cryptography::{Hasher, Sha256, ed25519, sha256};
 use std::fmt;
 
 pub mod governance;
+pub mod receipt;
 pub use governance::{
     Approval, GovernanceAction, GovernanceError, GovernanceTx, MemberSpec, Proposal,
 };
+pub use receipt::{CROSS_RECEIPT_SIZE, CrossReceipt, ReceiptError};
 
 pub use commonware_codec::Encode;
 pub use commonware_cryptography::ed25519::{PrivateKey, PublicKey, Signature};
