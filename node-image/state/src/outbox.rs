@@ -289,6 +289,29 @@ impl OutboxPage {
 }
 
 impl<K: Kv> Ledger<K> {
+    /// The outbox counters of `source` after applying `height`: `(dest, next_seq)` for
+    /// every destination table it ever sent to, ascending. Advisory (unproven): it tells
+    /// a destination shard which pairs have receipts it has not credited yet.
+    pub fn outbox_heads(&self, source: u8, height: u64) -> Result<Vec<(u8, u64)>, StateError> {
+        let (version, _) = self.table_at(source, height)?.ok_or_else(|| {
+            StateError::Unavailable(format!("no state of table {source} at height {height}"))
+        })?;
+        let reader = TableReader {
+            kv: &self.kv,
+            table: source,
+        };
+        let mut heads = Vec::new();
+        for dest in (0..=255u8).filter(|d| *d != source) {
+            let value =
+                jmt::storage::TreeReader::get_value_option(&reader, version, outbox_next_key(dest))
+                    .map_err(tree_err)?;
+            if let Some(bytes) = value {
+                heads.push((dest, decode_u64(&bytes, "outbox counter")?));
+            }
+        }
+        Ok(heads)
+    }
+
     /// Up to `limit` (at most [`MAX_OUTBOX_PAGE`]) receipts of `source` → `dest` from
     /// `from_seq`, with proofs against `source`'s root after applying `height`. Served
     /// from whatever this ledger holds for `source` (also a table it handed off: the old

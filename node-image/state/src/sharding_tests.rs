@@ -177,6 +177,8 @@ fn cross_shard_transfer_debits_then_credits_exactly_once() {
         100 - 33 - 3
     );
     assert_eq!(a.outbox_next(src, dst).unwrap(), 3);
+    assert_eq!(a.outbox_heads(src, 1).unwrap(), vec![(dst, 3)]);
+    assert_eq!(a.outbox_heads(src, 0).unwrap(), vec![]);
     let stats = a.table_stats(src);
     assert_eq!((stats.sent, stats.fees, stats.txs), (33, 3, 3));
     // In flight: A's part is supply-ish plus what it sent, B still has nothing credited.
