@@ -36,7 +36,7 @@ pub const MAX_OUTBOX_PAGE_SIZE: usize =
     1 + 1 + 8 + 32 + 8 + 5 + MAX_OUTBOX_PAGE * (CROSS_RECEIPT_SIZE + 5 + MAX_PROOF_SIZE);
 
 /// Why a receipt or an outbox page is not proven.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProofError {
     #[error("proof is {0} bytes, more than the {MAX_PROOF_SIZE}-byte limit")]
     Oversized(usize),
