@@ -14,13 +14,16 @@
 
 use crate::relay::{OutboxRequest, Relay, RelayError};
 use std::collections::BTreeMap;
-use trellis_node_state::{MAX_OUTBOX_PAGE, OutboxPage, ProofError, TableSet};
+use std::collections::btree_map::Entry;
+use trellis_node_state::{MAX_OUTBOX_PAGE, OutboxPage, ProofError, TableSet, verify_receipt};
 use trellis_node_types::{CrossReceipt, Digest, to_hex};
 
 /// What credit verification needs from a certified block header.
 pub trait CertifiedHeader {
     /// What the finalization certificate signs (the block digest).
     fn digest(&self) -> Digest;
+    /// The block's height in its shard's chain.
+    fn height(&self) -> u64;
     /// Height of the finalized state whose table roots the header carries.
     fn state_height(&self) -> u64;
     /// The root of `table` at [`Self::state_height`], if the header carries it.
@@ -109,12 +112,79 @@ fn verify_page<H: CertifiedHeader>(
     Ok(page.verify(source_table, dest_table, from_seq, &root)?)
 }
 
+/// A receipt with what lets any validator re-check it: the source shard's certified
+/// block (by height) whose header root the proof is against. What a block carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvenCredit {
+    pub source_shard: u16,
+    /// Height of the source shard's block whose header carries the root.
+    pub source_height: u64,
+    pub receipt: CrossReceipt,
+    pub proof: Vec<u8>,
+}
+
 /// Credits gathered in one round, and what went wrong per source shard.
 #[derive(Debug, Default)]
 pub struct Collected {
-    /// Verified receipts, grouped by pair and in seq order within each pair.
-    pub credits: Vec<CrossReceipt>,
+    /// Verified credits, grouped by pair and in seq order within each pair.
+    pub credits: Vec<ProvenCredit>,
     pub errors: Vec<(u16, CreditError)>,
+}
+
+impl Collected {
+    /// The receipts, for `Ledger::apply_block_with_credits`.
+    pub fn receipts(&self) -> Vec<CrossReceipt> {
+        self.credits.iter().map(|c| c.receipt.clone()).collect()
+    }
+}
+
+/// Checks one credit against a header whose certificate the caller has checked.
+pub fn verify_credit<H: CertifiedHeader>(
+    header: &H,
+    receipt: &CrossReceipt,
+    proof: &[u8],
+) -> Result<(), CreditError> {
+    let root = header
+        .table_root(receipt.source_table)
+        .ok_or(CreditError::NoRoot(receipt.source_table))?;
+    Ok(verify_receipt(receipt, proof, &root)?)
+}
+
+/// Checks the credits of a proposed block before voting: for each source block they
+/// name, fetches it through the relay, checks its certificate, then every proof against
+/// its header's roots. Order and duplicates need no check here: the ledger credits each
+/// receipt once, in order, and makes the rest no-ops.
+pub async fn verify_credits<R: Relay, S: CreditSource>(
+    relay: &R,
+    source: &S,
+    credits: &[ProvenCredit],
+) -> Result<(), CreditError> {
+    let mut headers: BTreeMap<(u16, u64), S::Header> = BTreeMap::new();
+    for credit in credits {
+        let key = (credit.source_shard, credit.source_height);
+        let header = match headers.entry(key) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let block = relay.certified_block(key.0, Some(key.1)).await?;
+                let header = source
+                    .decode_header(&block.block)
+                    .map_err(CreditError::BadBlock)?;
+                if header.height() != key.1 {
+                    return Err(CreditError::BadBlock(format!(
+                        "asked for height {}, got {}",
+                        key.1,
+                        header.height()
+                    )));
+                }
+                if !source.certificate_ok(key.0, &header, &block.certificate) {
+                    return Err(CreditError::BadCertificate(to_hex(&header.digest().0)));
+                }
+                slot.insert(header)
+            }
+        };
+        verify_credit(header, &credit.receipt, &credit.proof)?;
+    }
+    Ok(())
 }
 
 /// Gathers up to `max` verified credits for the tables in `owned` from the other shards
@@ -167,7 +237,7 @@ async fn collect_from<R: Relay, S: CreditSource>(
     (shard, sources, dests): (u16, Vec<u8>, Vec<u8>),
     inbox: &(impl Fn(u8, u8) -> u64 + Sync),
     max: usize,
-    credits: &mut Vec<CrossReceipt>,
+    credits: &mut Vec<ProvenCredit>,
     errors: &mut Vec<CreditError>,
 ) -> Result<(), CreditError> {
     let block = relay.certified_block(shard, None).await?;
@@ -206,7 +276,12 @@ async fn collect_from<R: Relay, S: CreditSource>(
         };
         // The certificate was checked above for this very header.
         match verify_page(&header, &page, source_table, dest_table, from_seq) {
-            Ok(receipts) => credits.extend(receipts.into_iter().take(room)),
+            Ok(_) => credits.extend(page.entries.into_iter().take(room).map(|e| ProvenCredit {
+                source_shard: shard,
+                source_height: header.height(),
+                receipt: e.receipt,
+                proof: e.proof,
+            })),
             Err(e) => errors.push(e),
         }
     }
@@ -235,13 +310,15 @@ mod tests {
     /// commits to both.
     #[derive(Clone, Debug)]
     struct TestHeader {
+        height: u64,
         state_height: u64,
         roots: BTreeMap<u8, [u8; 32]>,
     }
 
     impl TestHeader {
         fn encode(&self) -> Vec<u8> {
-            let mut out = self.state_height.to_be_bytes().to_vec();
+            let mut out = self.height.to_be_bytes().to_vec();
+            out.extend_from_slice(&self.state_height.to_be_bytes());
             for (t, r) in &self.roots {
                 out.push(*t);
                 out.extend_from_slice(r);
@@ -250,6 +327,7 @@ mod tests {
         }
 
         fn decode(bytes: &[u8]) -> Result<Self, String> {
+            let (block_height, bytes) = bytes.split_at_checked(8).ok_or("short header")?;
             let (height, rest) = bytes.split_at_checked(8).ok_or("short header")?;
             if rest.len() % 33 != 0 {
                 return Err("bad header length".into());
@@ -259,6 +337,7 @@ mod tests {
                 roots.insert(entry[0], entry[1..].try_into().map_err(|_| "root")?);
             }
             Ok(Self {
+                height: u64::from_be_bytes(block_height.try_into().map_err(|_| "height")?),
                 state_height: u64::from_be_bytes(height.try_into().map_err(|_| "height")?),
                 roots,
             })
@@ -268,6 +347,9 @@ mod tests {
     impl CertifiedHeader for TestHeader {
         fn digest(&self) -> Digest {
             Sha256::hash(&[&self.encode()])
+        }
+        fn height(&self) -> u64 {
+            self.height
         }
         fn state_height(&self) -> u64 {
             self.state_height
@@ -438,6 +520,7 @@ mod tests {
         let a = w.a.lock().unwrap();
         let h = a.height().unwrap();
         TestHeader {
+            height: h + 1,
             state_height: h,
             roots: a
                 .owned_tables()
@@ -495,15 +578,47 @@ mod tests {
         let got = run_collect(&relay, &w, 100);
         assert!(got.errors.is_empty(), "{:?}", got.errors);
         assert_eq!(got.credits.len(), 3);
-        assert!(got.credits.iter().all(|r| r.dest_table == w.dst));
+        assert!(got.receipts().iter().all(|r| r.dest_table == w.dst));
+        assert!(
+            got.credits
+                .iter()
+                .all(|c| (c.source_shard, c.source_height) == (0, 2))
+        );
+        // What a validator does with a proposed block's credits.
+        let verified =
+            futures::executor::block_on(verify_credits(&relay, &source(&w), &got.credits));
+        assert_eq!(verified, Ok(()));
+        let mut forged = got.credits.clone();
+        forged[2].receipt.amount = 1;
+        assert!(matches!(
+            futures::executor::block_on(verify_credits(&relay, &source(&w), &forged)),
+            Err(CreditError::Proof(ProofError::Mismatch { seq: 2, .. }))
+        ));
         let outcome =
-            w.b.apply_block_with_credits(1, &[], &got.credits, WriteBatch::default())
+            w.b.apply_block_with_credits(1, &[], &got.receipts(), WriteBatch::default())
                 .unwrap();
         assert!(outcome.credits.iter().all(|c| c.is_credited()));
         assert_eq!(w.b.account(&w.bob).unwrap().balance, 130);
         // Nothing left to collect; a cap limits a round.
         assert!(run_collect(&relay, &w, 100).credits.is_empty());
         let _ = w.src;
+    }
+
+    #[test]
+    fn collection_and_verification_can_run_on_any_thread() {
+        fn send<T: Send>(_: T) {}
+        let w = world();
+        let relay = LocalRelay::new();
+        let src = source(&w);
+        send(verify_credits(&relay, &src, &[]));
+        send(collect(
+            &relay,
+            &src,
+            &shards(),
+            &TableSet::none(),
+            |_, _| 0,
+            1,
+        ));
     }
 
     #[test]
@@ -515,7 +630,7 @@ mod tests {
         relay.set_shard(0, vec![node(&w, &h, cert, false)]);
         let got = run_collect(&relay, &w, 2);
         assert_eq!(
-            got.credits.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            got.receipts().iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![0, 1]
         );
     }
