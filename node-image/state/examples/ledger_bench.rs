@@ -45,7 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .filter(|k| odd.contains(table_of(&k.public_key())))
             .collect();
-        (in_even.clone(), in_even, in_odd)
+        // Disjoint halves: a local credit is a leaf of its own, like a receipt.
+        let (a, b) = in_even.split_at(in_even.len() / 2);
+        (a.to_vec(), b.to_vec(), in_odd)
     };
     // The same senders in both runs; the destination alternates local / remote in the
     // sharded run and is always local in the unsharded one.
