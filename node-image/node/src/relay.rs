@@ -159,7 +159,7 @@ fn first_answer<N, T>(
     }
     let mut last = None;
     for i in 0..nodes.len() {
-        match ask(&nodes[(start + i) % nodes.len()]) {
+        match ask(&nodes[start.wrapping_add(i) % nodes.len()]) {
             Ok(answer) => return Ok(answer),
             Err(e) => last = Some(e),
         }
@@ -367,7 +367,7 @@ impl HttpRelay {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = RelayError::NoRoute(target.clone());
         for i in 0..addresses.len() {
-            let address = &addresses[(start + i) % addresses.len()];
+            let address = &addresses[start.wrapping_add(i) % addresses.len()];
             match self.call_one(&target, address, method, params).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => last = e,
