@@ -872,3 +872,71 @@ fn data_of_the_older_format_is_refused_with_a_clear_error() {
     assert!(matches!(err, StateError::OldFormat));
     assert!(err.to_string().contains("re-sync from genesis"));
 }
+
+/// Receipts in flight to a table follow it when it moves: the new owner credits the
+/// rest, from the inbox counter that moved with the table, exactly once.
+#[test]
+fn in_flight_receipts_follow_a_moving_table() {
+    let (a_tables, b_tables) = (slice(0, 2), slice(1, 2));
+    let alice = key_in(&a_tables, 0);
+    let bob = key_in(&b_tables, 0);
+    let k = vec![alice.clone(), bob.clone()];
+    let mut a = shard(&k, 100, a_tables);
+    let mut b = shard(&k, 100, b_tables);
+    let mut c = shard(&k, 100, TableSet::none());
+    let (src, dst) = (table_of(&alice.public_key()), table_of(&bob.public_key()));
+    let txs: Vec<Tx> = (0..3)
+        .map(|n| transfer(&alice, &bob.public_key(), n, 10, 0))
+        .collect();
+    let sent = a
+        .apply_block_with_credits(1, &txs, &[], WriteBatch::default())
+        .unwrap()
+        .sent;
+    // B credits only the first receipt, then the table moves to C.
+    let outcome = b
+        .apply_block_with_credits(1, &[], &sent[..1], WriteBatch::default())
+        .unwrap();
+    assert_eq!(outcome.credits, vec![CreditOutcome::Credited]);
+    c.apply_block(1, &[]).unwrap();
+    hand_off(&mut b, &mut c, dst, 3);
+    assert_eq!(c.inbox_next(dst, src).unwrap(), 1);
+    assert_eq!(conserved(&[&a, &b, &c]), 200);
+
+    // B no longer credits the table; C credits the rest and refuses the replay.
+    let outcome = b
+        .apply_block_with_credits(2, &[], &sent[1..], WriteBatch::default())
+        .unwrap();
+    assert!(
+        outcome
+            .credits
+            .iter()
+            .all(|o| *o == CreditOutcome::NotOwned { table: dst })
+    );
+    let pending = pending_credits(&a, &c);
+    assert_eq!(pending, sent[1..].to_vec());
+    let outcome = c
+        .apply_block_with_credits(2, &[], &sent, WriteBatch::default())
+        .unwrap();
+    assert_eq!(
+        outcome.credits,
+        vec![
+            CreditOutcome::Duplicate { expected: 1 },
+            CreditOutcome::Credited,
+            CreditOutcome::Credited
+        ]
+    );
+    assert_eq!(c.account(&bob.public_key()).unwrap().balance, 130);
+    assert!(pending_credits(&a, &c).is_empty());
+    assert_eq!(conserved(&[&a, &b, &c]), 200);
+    let sent_total: u64 = [&a, &b, &c]
+        .iter()
+        .flat_map(|l| l.supply_parts())
+        .map(|(_, s)| s.sent)
+        .sum();
+    let credited_total: u64 = [&a, &b, &c]
+        .iter()
+        .flat_map(|l| l.supply_parts())
+        .map(|(_, s)| s.credited)
+        .sum();
+    assert_eq!((sent_total, credited_total), (30, 30));
+}
