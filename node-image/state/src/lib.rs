@@ -34,7 +34,8 @@ pub use outbox::{
     verify_receipt,
 };
 pub use snapshot::{
-    MAX_LEAF_VALUE, MAX_SNAPSHOT_CHUNK_SIZE, MAX_SNAPSHOT_LEAVES, SnapshotError, TableSnapshot,
+    MAX_LEAF_VALUE, MAX_SNAPSHOT_CHUNK_SIZE, MAX_SNAPSHOT_LEAF_BYTES, MAX_SNAPSHOT_LEAVES,
+    SnapshotError, TableSnapshot,
 };
 pub use tables::{TableSet, TableStats};
 
@@ -43,8 +44,8 @@ use jmt::{KeyHash, OwnedValue, RootHash, Sha256Jmt, Version};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use tables::{
-    account_key, anchor_key, decode_u64, encode_u64, inbox_next_key, outbox_key, outbox_next_key,
-    stats_key,
+    Counters, account_key, anchor_key, decode_u64, encode_u64, inbox_counters_key,
+    outbox_counters_key, outbox_key, stats_key,
 };
 use trellis_node_types::{CrossReceipt, PublicKey, TABLES, Tx, TxKind, table_of};
 
@@ -367,6 +368,9 @@ struct Scratch {
     overlay: BTreeMap<(u8, KeyHash), Option<Vec<u8>>>,
     /// Table stats changed by the block (written into `overlay` before commit).
     stats: BTreeMap<u8, TableStats>,
+    /// Outbox and inbox counters changed by the block, by table (likewise).
+    outbox: BTreeMap<u8, Counters>,
+    inbox: BTreeMap<u8, Counters>,
 }
 
 /// The ledger of one shard (or of an unsharded chain, which owns every table).
@@ -654,21 +658,21 @@ impl<K: Kv> Ledger<K> {
         Ok(value)
     }
 
-    fn read_counter(&self, table: u8, key: KeyHash) -> Result<u64, StateError> {
+    fn read_counters(&self, table: u8, key: KeyHash) -> Result<Counters, StateError> {
         match self.read_value(table, key)? {
-            None => Ok(0),
-            Some(bytes) => decode_u64(&bytes, "counter"),
+            None => Ok(Counters::default()),
+            Some(bytes) => Counters::decode(&bytes),
         }
     }
 
     /// The seq the next receipt from `source` to `dest` will get (committed state).
     pub fn outbox_next(&self, source: u8, dest: u8) -> Result<u64, StateError> {
-        self.read_counter(source, outbox_next_key(dest))
+        Ok(self.read_counters(source, outbox_counters_key())?.get(dest))
     }
 
     /// The seq `dest` expects to credit next from `source` (committed state).
     pub fn inbox_next(&self, dest: u8, source: u8) -> Result<u64, StateError> {
-        self.read_counter(dest, inbox_next_key(source))
+        Ok(self.read_counters(dest, inbox_counters_key())?.get(source))
     }
 
     /// An account's committed state (as last held here if its table is not owned).
@@ -821,6 +825,16 @@ impl<K: Kv> Ledger<K> {
                 .overlay
                 .insert((*table, stats_key()), Some(stats.encode()));
         }
+        for (table, counters) in &scratch.outbox {
+            scratch
+                .overlay
+                .insert((*table, outbox_counters_key()), Some(counters.encode()));
+        }
+        for (table, counters) in &scratch.inbox {
+            scratch
+                .overlay
+                .insert((*table, inbox_counters_key()), Some(counters.encode()));
+        }
         let mut changes: BTreeMap<u8, BTreeMap<KeyHash, Option<Vec<u8>>>> = BTreeMap::new();
         for ((table, key), value) in &scratch.overlay {
             changes
@@ -867,15 +881,16 @@ impl<K: Kv> Ledger<K> {
         }
     }
 
-    fn scratch_counter(
+    /// A table's outbox (or inbox) counters as the block left them so far.
+    fn scratch_counters(
         &self,
-        scratch: &Scratch,
+        changed: &BTreeMap<u8, Counters>,
         table: u8,
         key: KeyHash,
-    ) -> Result<u64, StateError> {
-        match self.scratch_value(scratch, table, key)? {
-            None => Ok(0),
-            Some(b) => decode_u64(&b, "counter"),
+    ) -> Result<Counters, StateError> {
+        match changed.get(&table) {
+            Some(c) => Ok(c.clone()),
+            None => self.read_counters(table, key),
         }
     }
 
@@ -902,8 +917,8 @@ impl<K: Kv> Ledger<K> {
                 "receipt's tables are inconsistent".into(),
             ));
         }
-        let inbox = inbox_next_key(receipt.source_table);
-        let expected = self.scratch_counter(scratch, dest, inbox)?;
+        let mut inbox = self.scratch_counters(&scratch.inbox, dest, inbox_counters_key())?;
+        let expected = inbox.get(receipt.source_table);
         if receipt.seq < expected {
             return Ok(CreditOutcome::Duplicate { expected });
         }
@@ -927,9 +942,8 @@ impl<K: Kv> Ledger<K> {
         scratch
             .overlay
             .insert((dest, account_key(&receipt.to)), Some(account.encode()));
-        scratch
-            .overlay
-            .insert((dest, inbox), Some(encode_u64(next)));
+        inbox.set(receipt.source_table, next);
+        scratch.inbox.insert(dest, inbox);
         Ok(CreditOutcome::Credited)
     }
 
@@ -1025,8 +1039,9 @@ impl<K: Kv> Ledger<K> {
         match (&tx.unsigned.kind, cross) {
             (_, Some((to, amount))) => {
                 let dest = table_of(to);
-                let next_key = outbox_next_key(dest);
-                let seq = self.scratch_counter(scratch, from_table, next_key)?;
+                let mut outbox =
+                    self.scratch_counters(&scratch.outbox, from_table, outbox_counters_key())?;
+                let seq = outbox.get(dest);
                 let next = seq
                     .checked_add(1)
                     .ok_or_else(|| StateError::Corrupt("outbox seq overflows".into()))?;
@@ -1042,9 +1057,8 @@ impl<K: Kv> Ledger<K> {
                     (from_table, outbox_key(dest, seq)),
                     Some(receipt.to_bytes()),
                 );
-                scratch
-                    .overlay
-                    .insert((from_table, next_key), Some(encode_u64(next)));
+                outbox.set(dest, next);
+                scratch.outbox.insert(from_table, outbox);
                 return Ok(Ok(Some(receipt)));
             }
             (TxKind::Transfer { to, amount }, None) => self.deposit(scratch, to, *amount)?,

@@ -17,7 +17,7 @@
 //! The proven leaf is `key = SHA-256("outb" ‖ dest_table ‖ seq)`, `value = receipt`; a
 //! proof therefore binds every field of the receipt, its destination and its position.
 
-use crate::tables::{decode_u64, outbox_key, outbox_next_key};
+use crate::tables::{Counters, outbox_counters_key, outbox_key};
 use crate::{Kv, Ledger, StateError, TableReader, tree_err};
 use bytes::{Buf as _, BufMut};
 use commonware_codec::{
@@ -288,6 +288,16 @@ impl OutboxPage {
     }
 }
 
+/// A table's outbox counters at a version of its tree.
+fn counters_at(reader: &TableReader<'_>, version: u64) -> Result<Counters, StateError> {
+    match jmt::storage::TreeReader::get_value_option(reader, version, outbox_counters_key())
+        .map_err(tree_err)?
+    {
+        None => Ok(Counters::default()),
+        Some(bytes) => Counters::decode(&bytes),
+    }
+}
+
 impl<K: Kv> Ledger<K> {
     /// The outbox counters of `source` after applying `height`: `(dest, next_seq)` for
     /// every destination table it ever sent to, ascending. Advisory (unproven): it tells
@@ -300,16 +310,7 @@ impl<K: Kv> Ledger<K> {
             kv: &self.kv,
             table: source,
         };
-        let mut heads = Vec::new();
-        for dest in (0..=255u8).filter(|d| *d != source) {
-            let value =
-                jmt::storage::TreeReader::get_value_option(&reader, version, outbox_next_key(dest))
-                    .map_err(tree_err)?;
-            if let Some(bytes) = value {
-                heads.push((dest, decode_u64(&bytes, "outbox counter")?));
-            }
-        }
-        Ok(heads)
+        Ok(counters_at(&reader, version)?.iter().collect())
     }
 
     /// Up to `limit` (at most [`MAX_OUTBOX_PAGE`]) receipts of `source` → `dest` from
@@ -337,16 +338,7 @@ impl<K: Kv> Ledger<K> {
             kv: &self.kv,
             table: source,
         };
-        let next_seq = match jmt::storage::TreeReader::get_value_option(
-            &reader,
-            version,
-            outbox_next_key(dest),
-        )
-        .map_err(tree_err)?
-        {
-            None => 0,
-            Some(bytes) => decode_u64(&bytes, "outbox counter")?,
-        };
+        let next_seq = counters_at(&reader, version)?.get(dest);
         let end = next_seq.min(from_seq.saturating_add(limit.min(MAX_OUTBOX_PAGE) as u64));
         let tree = Sha256Jmt::new(&reader);
         let mut entries = Vec::new();

@@ -11,7 +11,7 @@
 //! Leaves come in strictly ascending key-hash order; `after` is the last key hash of the
 //! previous chunk (absent in the first), `more` says whether another chunk follows. A
 //! table's size is unbounded in principle, so it travels as any number of chunks of at
-//! most [`MAX_SNAPSHOT_LEAVES`] leaves (≈ 0.7 MB each). The importer holds the whole
+//! most [`MAX_SNAPSHOT_LEAVES`] leaves and about 1 MiB ([`MAX_SNAPSHOT_CHUNK_SIZE`]). The importer holds the whole
 //! table in memory while rebuilding it (a table is 1/256 of the state: about 100 bytes
 //! per account, so 4 MB for a 10-million-account network) and commits it in one batch.
 
@@ -35,11 +35,14 @@ pub type Leaf = ([u8; 32], Vec<u8>);
 
 /// Most leaves in one snapshot chunk.
 pub const MAX_SNAPSHOT_LEAVES: usize = 4096;
-/// Longest leaf value (the longest real one is an 82-byte receipt).
-pub const MAX_LEAF_VALUE: usize = 128;
-/// Largest encoded chunk.
+/// Longest leaf value (the longest real one is a full counters leaf, 2 295 bytes).
+pub const MAX_LEAF_VALUE: usize = 2_304;
+/// Most bytes of leaves (key hash, length, value) an exporter puts in one chunk.
+pub const MAX_SNAPSHOT_LEAF_BYTES: usize = 1 << 20;
+/// Largest encoded chunk: the header, the leaf budget, and one leaf of slack (a chunk
+/// always takes at least one leaf, however long).
 pub const MAX_SNAPSHOT_CHUNK_SIZE: usize =
-    1 + 8 + 32 + 33 + 5 + MAX_SNAPSHOT_LEAVES * (32 + 2 + MAX_LEAF_VALUE) + 1;
+    1 + 8 + 32 + 33 + 5 + MAX_SNAPSHOT_LEAF_BYTES + (32 + 3 + MAX_LEAF_VALUE) + 1;
 
 /// Why a table snapshot was refused. A refused import changes nothing.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +239,7 @@ impl<K: Kv> Ledger<K> {
             table,
         };
         let mut leaves = Vec::new();
+        let mut bytes = 0usize;
         let mut more = false;
         let mut cursor = after;
         while let Some(key) = self.next_key(table, cursor)? {
@@ -247,10 +251,14 @@ impl<K: Kv> Ledger<K> {
             else {
                 continue;
             };
-            if leaves.len() == limit {
+            let size = 32 + bytes_size(value.len());
+            if leaves.len() == limit
+                || (!leaves.is_empty() && bytes + size > MAX_SNAPSHOT_LEAF_BYTES)
+            {
                 more = true;
                 break;
             }
+            bytes += size;
             if value.len() > MAX_LEAF_VALUE {
                 return Err(StateError::Corrupt(format!(
                     "table {table} has a {}-byte leaf",

@@ -9,8 +9,8 @@
 //! | anchor | `"anch" ‖ owner (32) ‖ key` | hash (32) |
 //! | table stats | `"stats"` | [`TableStats`]: 5 × u64 |
 //! | outbox entry | `"outb" ‖ dest table (1) ‖ seq (u64)` | [`CrossReceipt`] (82 bytes) |
-//! | outbox counter | `"onxt" ‖ dest table (1)` | next seq to this table (u64) |
-//! | inbox counter | `"inxt" ‖ source table (1)` | next seq expected from that table (u64) |
+//! | outbox counters | `"onxt"` | [`Counters`]: next seq towards each destination table |
+//! | inbox counters | `"inxt"` | [`Counters`]: next seq expected from each source table |
 //!
 //! All integers are big-endian. The tags differ in their first four bytes, so no two
 //! kinds of leaf can share a key preimage.
@@ -45,14 +45,68 @@ pub(crate) fn outbox_key(dest: u8, seq: u64) -> KeyHash {
     key(&[b"outb", &[dest], &seq.to_be_bytes()])
 }
 
-/// The key of the next outbox seq towards `dest` (in the source table's tree).
-pub(crate) fn outbox_next_key(dest: u8) -> KeyHash {
-    key(&[b"onxt", &[dest]])
+/// The key of a table's outbox [`Counters`] (next seq per destination table).
+pub(crate) fn outbox_counters_key() -> KeyHash {
+    key(&[b"onxt"])
 }
 
-/// The key of the next seq the table expects from `source` (in the destination's tree).
-pub(crate) fn inbox_next_key(source: u8) -> KeyHash {
-    key(&[b"inxt", &[source]])
+/// The key of a table's inbox [`Counters`] (next expected seq per source table).
+pub(crate) fn inbox_counters_key() -> KeyHash {
+    key(&[b"inxt"])
+}
+
+/// One table's counters towards (or from) the other tables, in one leaf: a block that
+/// sends to many tables rewrites one small leaf instead of inserting one per pair.
+/// Encoded as `(table (1) ‖ next (u64))*`, strictly ascending by table, zeros omitted
+/// (at most 255 entries, 2 295 bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counters(std::collections::BTreeMap<u8, u64>);
+
+impl Counters {
+    pub(crate) const MAX_SIZE: usize = 255 * 9;
+
+    pub(crate) fn get(&self, table: u8) -> u64 {
+        self.0.get(&table).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn set(&mut self, table: u8, next: u64) {
+        if next == 0 {
+            self.0.remove(&table);
+        } else {
+            self.0.insert(table, next);
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
+        self.0.iter().map(|(t, n)| (*t, *n))
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() * 9);
+        for (table, next) in &self.0 {
+            out.push(*table);
+            out.extend_from_slice(&next.to_be_bytes());
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StateError> {
+        if !bytes.len().is_multiple_of(9) || bytes.len() > Self::MAX_SIZE {
+            return Err(StateError::Corrupt("counters".into()));
+        }
+        let mut map = std::collections::BTreeMap::new();
+        let mut last: Option<u8> = None;
+        for entry in bytes.chunks(9) {
+            let table = entry[0];
+            let next = decode_u64(&entry[1..], "counters")?;
+            if last.is_some_and(|l| table <= l) || next == 0 {
+                return Err(StateError::Corrupt("counters".into()));
+            }
+            last = Some(table);
+            map.insert(table, next);
+        }
+        Ok(Self(map))
+    }
 }
 
 pub(crate) fn encode_u64(value: u64) -> Vec<u8> {
@@ -198,6 +252,31 @@ mod tests {
         assert_eq!(TableSet::all().len(), 256);
         assert!(TableSet::none().is_empty());
         assert_eq!(TableSet::from_bytes(s.to_bytes()), s);
+    }
+
+    #[test]
+    fn counters_round_trip_and_refuse_non_canonical_encodings() {
+        let mut c = Counters::default();
+        c.set(9, 3);
+        c.set(2, u64::MAX);
+        c.set(5, 0);
+        assert_eq!(c.get(9), 3);
+        assert_eq!(c.get(5), 0);
+        assert_eq!(Counters::decode(&c.encode()).unwrap(), c);
+        assert_eq!(c.encode().len(), 18);
+        let mut unordered = c.encode()[9..].to_vec();
+        unordered.extend_from_slice(&c.encode()[..9]);
+        assert!(Counters::decode(&unordered).is_err());
+        assert!(Counters::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(Counters::decode(&[1, 0]).is_err());
+        let full: Counters = {
+            let mut f = Counters::default();
+            for t in 0..255u8 {
+                f.set(t, 1);
+            }
+            f
+        };
+        assert_eq!(full.encode().len(), Counters::MAX_SIZE);
     }
 
     #[test]
