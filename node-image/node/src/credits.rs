@@ -292,7 +292,9 @@ async fn collect_from<R: Relay, S: CreditSource>(
 mod tests {
     use super::*;
     use crate::chain::{Scheme, verify_finalization};
-    use crate::relay::{CertifiedBlock, HttpRelay, LocalRelay, RelayServer, SnapshotRequest};
+    use crate::relay::{
+        BeaconPage, CertifiedBlock, HttpRelay, LocalRelay, RelayServer, SnapshotRequest,
+    };
     use crate::rpc_shard;
     use commonware_consensus::simplex::types::{Finalization, Finalize, Proposal};
     use commonware_consensus::types::{Epoch, Round, View};
@@ -426,7 +428,7 @@ mod tests {
     }
 
     impl RelayServer for Node {
-        fn beacon_blocks(&self, _: u64, _: u32) -> Result<Vec<CertifiedBlock>, RelayError> {
+        fn beacon_blocks(&self, _: u64, _: u32) -> Result<BeaconPage, RelayError> {
             Err(down())
         }
         fn certified_block(&self, _: Option<u64>) -> Result<CertifiedBlock, RelayError> {
@@ -825,14 +827,21 @@ mod tests {
         );
         assert_eq!(bad_after.0, codes::INVALID_PARAMS);
         assert!(bad_after.1.contains("32 hex-encoded bytes"));
-        assert_eq!(
-            err(
-                rpc_shard::GET_BEACON_BLOCKS,
-                serde_json::json!({"from": 0, "limit": 1000})
-            )
-            .0,
-            codes::INVALID_PARAMS
-        );
+        // Beacon pages (served by the wiring's rpc_beacon) decode within their bounds.
+        let page = BeaconPage {
+            blocks: vec![vec![1, 2], vec![3]],
+            certificate: vec![9; 10],
+            finalized_height: 7,
+        };
+        let wire = rpc_shard::BeaconBlocksResult::from(&page);
+        assert_eq!(wire.decode(2), Ok(page));
+        assert!(wire.decode(1).unwrap_err().contains("2 blocks"));
+        let mut bad = wire.clone();
+        bad.certificate = "0".repeat(2 * rpc_shard::MAX_RELAYED_CERTIFICATE + 2);
+        assert!(bad.decode(2).is_err());
+        let mut bad = wire;
+        bad.blocks[0] = "xyz".into();
+        assert!(bad.decode(2).is_err());
         assert!(
             rpc_shard::dispatch(server.as_ref(), "trellis_status", serde_json::json!({})).is_none()
         );

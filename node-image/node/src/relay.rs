@@ -39,6 +39,19 @@ pub struct CertifiedBlock {
     pub certificate: Vec<u8>,
 }
 
+/// Consecutive beacon blocks ending at a block that has its own finalization
+/// certificate (earlier ones were finalized through it): the caller checks the parent
+/// links and that one certificate. Served by the node wiring's `trellis_getBeaconBlocks`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BeaconPage {
+    /// Block encodings, ascending heights.
+    pub blocks: Vec<Vec<u8>>,
+    /// Finalization certificate of the last block.
+    pub certificate: Vec<u8>,
+    /// The answering node's finalized beacon height.
+    pub finalized_height: u64,
+}
+
 /// Why a relayed read failed. Callers retry later (or ask another committee member):
 /// a relay failure delays, it never changes what is accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -78,12 +91,12 @@ pub struct SnapshotRequest {
 
 /// What a node asks other committees (client side).
 pub trait Relay: Send + Sync + 'static {
-    /// Beacon blocks from height `from`, at most `limit`, each with its certificate.
+    /// Beacon blocks from height `from`, at most `limit` (see [`BeaconPage`]).
     fn beacon_blocks(
         &self,
         from: u64,
         limit: u32,
-    ) -> impl Future<Output = Result<Vec<CertifiedBlock>, RelayError>> + Send;
+    ) -> impl Future<Output = Result<BeaconPage, RelayError>> + Send;
 
     /// A shard's finalized block at `height` (`None`: its latest) with its certificate.
     fn certified_block(
@@ -126,7 +139,7 @@ pub trait Relay: Send + Sync + 'static {
 /// What a node answers to other committees (server side). The node wiring implements it
 /// over its state; the ledger-backed answers are in [`crate::rpc_shard`].
 pub trait RelayServer: Send + Sync {
-    fn beacon_blocks(&self, from: u64, limit: u32) -> Result<Vec<CertifiedBlock>, RelayError>;
+    fn beacon_blocks(&self, from: u64, limit: u32) -> Result<BeaconPage, RelayError>;
     fn certified_block(&self, height: Option<u64>) -> Result<CertifiedBlock, RelayError>;
     fn outbox_heads(
         &self,
@@ -224,11 +237,7 @@ impl LocalRelay {
 }
 
 impl Relay for LocalRelay {
-    async fn beacon_blocks(
-        &self,
-        from: u64,
-        limit: u32,
-    ) -> Result<Vec<CertifiedBlock>, RelayError> {
+    async fn beacon_blocks(&self, from: u64, limit: u32) -> Result<BeaconPage, RelayError> {
         let nodes = self
             .beacon
             .read()
@@ -442,11 +451,7 @@ fn malformed_from(shard: Option<u16>) -> impl Fn(String) -> RelayError {
 }
 
 impl Relay for HttpRelay {
-    async fn beacon_blocks(
-        &self,
-        from: u64,
-        limit: u32,
-    ) -> Result<Vec<CertifiedBlock>, RelayError> {
+    async fn beacon_blocks(&self, from: u64, limit: u32) -> Result<BeaconPage, RelayError> {
         let result: BeaconBlocksResult = self
             .call(
                 None,
@@ -454,17 +459,7 @@ impl Relay for HttpRelay {
                 &BeaconBlocksParams { from, limit },
             )
             .await?;
-        if result.blocks.len() > limit as usize {
-            return Err(malformed_from(None)(format!(
-                "{} blocks, {limit} asked",
-                result.blocks.len()
-            )));
-        }
-        result
-            .blocks
-            .iter()
-            .map(|b| b.decode().map_err(malformed_from(None)))
-            .collect()
+        result.decode(limit).map_err(malformed_from(None))
     }
 
     async fn certified_block(

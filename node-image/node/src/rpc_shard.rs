@@ -3,7 +3,7 @@
 //!
 //! | Method | Params | Result |
 //! |---|---|---|
-//! | `trellis_getBeaconBlocks` | `{from, limit}` (limit ≤ 64) | `{blocks: [{block: hex, certificate: hex}]}` |
+//! | `trellis_getBeaconBlocks` (served by `rpc_beacon`; parsed here) | `{from, limit}` (limit ≤ 64) | `{blocks: [hex block], certificate: hex (of the last block), finalized_height}` |
 //! | `trellis_getCertifiedBlock` | `{height?}` (absent: latest finalized) | `{block: hex, certificate: hex}` |
 //! | `trellis_getOutboxHeads` | `{source_tables, dest_tables, height}` (≤ 256 each) | `{heads: [[source_table, dest_table, next_seq]]}` (pairs with receipts) |
 //! | `trellis_getOutbox` | `{source_table, dest_table, from_seq, limit?, height}` | `{page: hex(outbox_page)}` |
@@ -14,7 +14,9 @@
 //! another node. Every answer is verified by the caller, so a node may serve whatever it
 //! holds, including tables it handed off.
 
-use crate::relay::{CertifiedBlock, OutboxRequest, RelayError, RelayServer, SnapshotRequest};
+use crate::relay::{
+    BeaconPage, CertifiedBlock, OutboxRequest, RelayError, RelayServer, SnapshotRequest,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use trellis_node_api::error_codes as codes;
@@ -86,7 +88,54 @@ impl CertifiedBlockJson {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BeaconBlocksResult {
-    pub blocks: Vec<CertifiedBlockJson>,
+    pub blocks: Vec<String>,
+    pub certificate: String,
+    pub finalized_height: u64,
+}
+
+impl From<&BeaconPage> for BeaconBlocksResult {
+    fn from(page: &BeaconPage) -> Self {
+        Self {
+            blocks: page.blocks.iter().map(|b| to_hex(b)).collect(),
+            certificate: to_hex(&page.certificate),
+            finalized_height: page.finalized_height,
+        }
+    }
+}
+
+impl BeaconBlocksResult {
+    /// The bytes, within the count, block and certificate bounds (`limit` asked).
+    pub fn decode(&self, limit: u32) -> Result<BeaconPage, String> {
+        if self.blocks.len() > limit.min(MAX_BEACON_BLOCKS) as usize {
+            return Err(format!(
+                "{} blocks, at most {limit} asked",
+                self.blocks.len()
+            ));
+        }
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                CertifiedBlockJson {
+                    block: b.clone(),
+                    certificate: String::new(),
+                }
+                .decode()
+                .map(|c| c.block)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let certificate = CertifiedBlockJson {
+            block: String::new(),
+            certificate: self.certificate.clone(),
+        }
+        .decode()?
+        .certificate;
+        Ok(BeaconPage {
+            blocks,
+            certificate,
+            finalized_height: self.finalized_height,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,23 +337,6 @@ pub fn dispatch(
     params: Value,
 ) -> Option<Result<Value, Failure>> {
     let answer = match method {
-        GET_BEACON_BLOCKS => (|| {
-            let p: BeaconBlocksParams = parse(params)?;
-            if p.limit == 0 || p.limit > MAX_BEACON_BLOCKS {
-                return Err((
-                    codes::INVALID_PARAMS,
-                    format!("limit must be 1 to {MAX_BEACON_BLOCKS}"),
-                ));
-            }
-            let blocks = server.beacon_blocks(p.from, p.limit).map_err(failure)?;
-            json(BeaconBlocksResult {
-                blocks: blocks
-                    .iter()
-                    .take(p.limit as usize)
-                    .map(CertifiedBlockJson::from)
-                    .collect(),
-            })
-        })(),
         GET_CERTIFIED_BLOCK => (|| {
             let p: CertifiedBlockParams = parse(params)?;
             let block = server.certified_block(p.height).map_err(failure)?;
