@@ -291,7 +291,7 @@ async fn collect_from<R: Relay, S: CreditSource>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{Scheme, verify_finalization};
+    use crate::chain::Scheme;
     use crate::relay::{
         BeaconPage, CertifiedBlock, HttpRelay, LocalRelay, RelayServer, SnapshotRequest,
     };
@@ -307,6 +307,31 @@ mod tests {
     };
 
     const CHAIN: &str = "credits-test";
+    /// The source shard's consensus namespace (as the node derives it for `shard-0`).
+    const NAMESPACE: &[u8] = b"_TRELLIS_CONSENSUS_credits-test/shard-0";
+
+    /// Verifies a finalization certificate the way the node does: decode for the
+    /// committee's size, the proposal's payload is the digest, a quorum of valid
+    /// signatures of `validators` under the namespace.
+    fn finalizes(validators: &[PublicKey], certificate: &[u8], digest: &Digest) -> bool {
+        use commonware_codec::Decode;
+        let Ok(participants) = Set::try_from(validators.to_vec()) else {
+            return false;
+        };
+        let scheme = Scheme::verifier(NAMESPACE, participants);
+        let Ok(finalization) = Finalization::<Scheme, Digest>::decode_cfg(
+            commonware_codec::Copying(certificate),
+            &validators.len(),
+        ) else {
+            return false;
+        };
+        finalization.proposal.payload == *digest
+            && finalization.verify(
+                &mut commonware_utils::sys_rng(),
+                &scheme,
+                &commonware_parallel::Sequential,
+            )
+    }
 
     /// A header for tests: the roots of the owned tables at a state height; its digest
     /// commits to both.
@@ -370,7 +395,7 @@ mod tests {
                 .collect::<Vec<_>>(),
         )
         .unwrap();
-        let namespace = crate::engine::consensus_namespace(CHAIN);
+        let namespace = NAMESPACE;
         let proposal = Proposal::new(
             Round::new(Epoch::new(0), View::new(7)),
             View::new(6),
@@ -380,13 +405,12 @@ mod tests {
             .iter()
             .map(|&i| {
                 let scheme =
-                    Scheme::signer(&namespace, participants.clone(), validators[i].clone())
-                        .unwrap();
+                    Scheme::signer(namespace, participants.clone(), validators[i].clone()).unwrap();
                 Finalize::sign(&scheme, proposal.clone()).unwrap()
             })
             .collect();
         let scheme =
-            Scheme::signer(&namespace, participants.clone(), validators[0].clone()).unwrap();
+            Scheme::signer(namespace, participants.clone(), validators[0].clone()).unwrap();
         let finalization = Finalization::from_finalizes(
             &scheme,
             commonware_utils::iter::NonEmpty::try_new(votes.iter()).unwrap(),
@@ -407,7 +431,7 @@ mod tests {
             TestHeader::decode(block)
         }
         fn certificate_ok(&self, _shard: u16, header: &TestHeader, certificate: &[u8]) -> bool {
-            verify_finalization(CHAIN, &self.validators, certificate, &header.digest()).is_some()
+            finalizes(&self.validators, certificate, &header.digest())
         }
     }
 
