@@ -308,6 +308,8 @@ pub mod error_codes {
     /// Governance transaction not acceptable (wrong kind, unknown member, threshold).
     pub const BAD_GOVERNANCE: i64 = -33008;
     pub const NOT_FOUND: i64 = -33009;
+    /// The sender's table belongs to another shard (and no route to it is known).
+    pub const WRONG_SHARD: i64 = -33010;
     /// System transaction not acceptable (signer, sequence, shard count, validators).
     pub const SYSTEM_REFUSED: i64 = -33011;
     /// A shard count change is pending or its table handoff unfinished: retry later.

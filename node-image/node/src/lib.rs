@@ -4,11 +4,14 @@
 pub mod chain;
 pub mod cli_governance;
 pub mod cli_system;
+pub mod credits;
 pub mod engine;
 pub mod governance;
 pub mod mempool;
 pub mod metrics;
+pub mod relay;
 pub mod rpc;
 pub mod rpc_governance;
+pub mod rpc_shard;
 pub mod run;
 pub mod telemetry;

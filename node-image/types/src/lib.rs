@@ -16,10 +16,12 @@ use commonware_cryptography::{Hasher, Sha256, ed25519, sha256};
 use std::fmt;
 
 pub mod governance;
+pub mod receipt;
 pub use governance::{
     Approval, GovernanceAction, GovernanceError, GovernanceTx, MemberSpec, Proposal,
 };
 pub mod system;
+pub use receipt::{CROSS_RECEIPT_SIZE, CrossReceipt, ReceiptError};
 pub use system::{SystemAction, SystemError, SystemPayload, SystemTx};
 
 pub use commonware_codec::Encode;
