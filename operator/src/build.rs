@@ -358,6 +358,7 @@ pub fn committee_genesis(
         epoch_length: topology.genesis.epoch_length,
         members,
         balances: Vec::new(),
+        sharding: None,
     };
     genesis
         .check()

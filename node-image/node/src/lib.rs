@@ -4,9 +4,12 @@
 pub mod chain;
 pub mod cli_governance;
 pub mod engine;
+pub mod follower;
 pub mod governance;
 pub mod mempool;
 pub mod metrics;
+pub mod relay_http;
 pub mod rpc;
+pub mod rpc_beacon;
 pub mod rpc_governance;
 pub mod run;
