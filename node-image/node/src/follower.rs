@@ -339,11 +339,15 @@ mod tests {
         );
         // Linked, but the certificate is garbage (or missing).
         assert_eq!(
-            apply(&state, CHAIN, &answer(&[good.clone()], Some(&[1, 2, 3]))),
+            apply(
+                &state,
+                CHAIN,
+                &answer(std::slice::from_ref(&good), Some(&[1, 2, 3]))
+            ),
             Err(FollowError::Certificate(1))
         );
         assert_eq!(
-            apply(&state, CHAIN, &answer(&[good.clone()], None)),
+            apply(&state, CHAIN, &answer(std::slice::from_ref(&good), None)),
             Err(FollowError::Certificate(1))
         );
         // A shard block in the beacon's place.
