@@ -200,7 +200,19 @@ impl<K: Kv> NodeState<K> {
         place: Option<ShardPlace>,
     ) -> Result<Self, StateError> {
         let mut ledger = Ledger::open(kv)?;
-        ledger.init_genesis(balances)?;
+        match &place {
+            None => ledger.init_genesis(balances)?,
+            // A shard writes only the tables it owns (the beacon none); the supply stays
+            // the network's total.
+            Some(place) => ledger.init_genesis_owned(
+                balances,
+                &place
+                    .tables
+                    .iter()
+                    .copied()
+                    .collect::<trellis_node_state::TableSet>(),
+            )?,
+        }
         let genesis = match &place {
             None => Block::genesis(chain_id),
             Some(place) => Block::genesis_sharded(chain_id, place.committee),

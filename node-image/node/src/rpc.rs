@@ -326,6 +326,7 @@ pub fn admit_error_code(e: &AdmitError) -> i64 {
         AdmitError::State(ExecError::InsufficientFunds { .. } | ExecError::Overflow) => {
             codes::INSUFFICIENT_FUNDS
         }
+        AdmitError::State(ExecError::WrongShard { .. }) => codes::WRONG_SHARD,
         AdmitError::Full(_) => codes::MEMPOOL_FULL,
         AdmitError::Known => codes::ALREADY_KNOWN,
         AdmitError::WrongShard(_) => codes::WRONG_SHARD,

@@ -53,6 +53,8 @@ pub trait Kv: Send + Sync + 'static {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     /// The entry with the greatest key in `from..=to`.
     fn last_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError>;
+    /// The entry with the smallest key in `from..=to`.
+    fn first_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError>;
     /// Applies every write of `batch` atomically and durably.
     fn commit(&self, batch: WriteBatch) -> Result<(), KvError>;
 }
@@ -100,10 +102,29 @@ impl Kv for RedbKv {
     }
 
     fn last_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError> {
+        if from > to {
+            return Ok(None);
+        }
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(definition(space)).map_err(err)?;
         let mut range = table.range(from..=to).map_err(err)?;
         match range.next_back() {
+            Some(entry) => {
+                let (k, v) = entry.map_err(err)?;
+                Ok(Some((k.value().to_vec(), v.value().to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn first_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError> {
+        if from > to {
+            return Ok(None);
+        }
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(definition(space)).map_err(err)?;
+        let mut range = table.range(from..=to).map_err(err)?;
+        match range.next() {
             Some(entry) => {
                 let (k, v) = entry.map_err(err)?;
                 Ok(Some((k.value().to_vec(), v.value().to_vec())))
@@ -161,10 +182,25 @@ impl Kv for MemKv {
     }
 
     fn last_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError> {
+        // BTreeMap::range panics on an inverted range; an inverted range is simply empty.
+        if from > to {
+            return Ok(None);
+        }
         Ok(self
             .lock()?
             .range((space, from.to_vec())..=(space, to.to_vec()))
             .next_back()
+            .map(|((_, k), v)| (k.clone(), v.clone())))
+    }
+
+    fn first_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError> {
+        if from > to {
+            return Ok(None);
+        }
+        Ok(self
+            .lock()?
+            .range((space, from.to_vec())..=(space, to.to_vec()))
+            .next()
             .map(|((_, k), v)| (k.clone(), v.clone())))
     }
 
@@ -205,6 +241,17 @@ mod tests {
             Some((vec![1, 5], b"b".to_vec()))
         );
         assert_eq!(kv.last_in(Space::Values, &[3], &[4]).unwrap(), None);
+        assert_eq!(
+            kv.first_in(Space::Values, &[1, 1], &[2, 0]).unwrap(),
+            Some((vec![1, 5], b"b".to_vec()))
+        );
+        assert_eq!(
+            kv.first_in(Space::Values, &[1], &[1, 255]).unwrap(),
+            Some((vec![1, 0], b"a".to_vec()))
+        );
+        assert_eq!(kv.first_in(Space::Values, &[2, 1], &[9]).unwrap(), None);
+        // An empty (inverted) range is empty, not an error.
+        assert_eq!(kv.first_in(Space::Values, &[9], &[1]).unwrap(), None);
     }
 
     #[test]

@@ -4,21 +4,49 @@
 //!   finalized block.
 //! - State is split into 256 tables (`table(account) = H(account) mod 256`); each table is
 //!   its own Jellyfish Merkle tree with its own dense version counter, so any table can be
-//!   proven (and, later, moved to another shard) on its own.
-//! - [`Ledger::apply_block`] is deterministic: the same finalized sequence gives the same
-//!   table roots on every node. Applying a height that is already applied is a no-op, so a
-//!   block redelivered after a crash is harmless.
-//! - Total supply (sum of balances plus the fee pool) never changes after genesis.
+//!   proven and moved to another shard on its own. Everything that must move with a table
+//!   (accounts, anchors, its fee pool and supply counters, its outbox of cross-shard
+//!   receipts and its inbox counters) is a leaf of that table's tree; see [`tables`].
+//! - A ledger **owns** a set of tables ([`TableSet`]; all 256 for an unsharded chain). It
+//!   executes only transactions whose sender lives in an owned table. A transfer to a
+//!   table it does not own debits the sender and appends a [`CrossReceipt`] to the source
+//!   table's outbox; the ledger owning the destination credits it (exactly once, in `seq`
+//!   order per table pair) once the caller has verified its proof ([`verify_receipt`]).
+//! - [`Ledger::apply_block`] is deterministic: the same finalized sequence (and owned
+//!   set) gives the same table roots on every node. Applying a height that is already
+//!   applied is a no-op, so a block redelivered after a crash is harmless.
+//! - **Conservation**: over all 256 tables (whichever ledgers own them),
+//!   `Σ balances + Σ fees + Σ sent − Σ credited` equals the genesis supply at every
+//!   height; `Σ sent − Σ credited` is the value in flight between shards. Each ledger
+//!   reports its owned tables' terms with [`Ledger::supply_parts`].
+//! - A table's state at any applied height can be exported in chunks
+//!   ([`Ledger::export_table`]) and imported by another ledger, which checks the rebuilt
+//!   root against a certified one before committing ([`Ledger::import_table`]).
 
 mod kv;
+mod outbox;
+mod snapshot;
+pub mod tables;
 
 pub use kv::{Entry, Kv, KvError, MemKv, RedbKv, Space, WriteBatch};
+pub use outbox::{
+    MAX_OUTBOX_PAGE, MAX_OUTBOX_PAGE_SIZE, MAX_PROOF_SIZE, OutboxPage, ProofError, ProvenReceipt,
+    verify_receipt,
+};
+pub use snapshot::{
+    MAX_LEAF_VALUE, MAX_SNAPSHOT_CHUNK_SIZE, MAX_SNAPSHOT_LEAVES, SnapshotError, TableSnapshot,
+};
+pub use tables::{TableSet, TableStats};
 
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader};
 use jmt::{KeyHash, OwnedValue, RootHash, Sha256Jmt, Version};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use trellis_node_types::{PublicKey, TABLES, Tx, TxKind, table_of};
+use tables::{
+    account_key, anchor_key, decode_u64, encode_u64, inbox_next_key, outbox_key, outbox_next_key,
+    stats_key,
+};
+use trellis_node_types::{CrossReceipt, PublicKey, TABLES, Tx, TxKind, table_of};
 
 /// A failure of the ledger itself (storage or a corrupt tree), never of a transaction.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +63,13 @@ pub enum StateError {
     OutOfOrder { have: u64, got: u64 },
     #[error("ledger has no genesis yet")]
     NoGenesis,
+    #[error(
+        "this data directory was written by an older ledger format (fee pool outside the \
+         table trees); remove it and let the node re-sync from genesis"
+    )]
+    OldFormat,
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 fn tree_err(e: anyhow::Error) -> StateError {
@@ -111,21 +146,18 @@ pub enum ExecError {
     InsufficientFunds { balance: u64, needed: u64 },
     #[error("amount plus fee overflows")]
     Overflow,
-}
-
-/// The key under which the tree stores an account.
-fn account_key(account: &PublicKey) -> KeyHash {
-    KeyHash::with::<sha2::Sha256>([b"acct".as_slice(), account.as_ref()].concat())
-}
-
-/// The key under which the tree stores `owner`'s anchor `key` (in `owner`'s table).
-fn anchor_key(owner: &PublicKey, key: &[u8]) -> KeyHash {
-    KeyHash::with::<sha2::Sha256>([b"anch".as_slice(), owner.as_ref(), key].concat())
+    /// The sender's table belongs to another shard: the transaction must go there.
+    #[error("sender's table {table} is not owned by this shard")]
+    WrongShard { table: u8 },
 }
 
 const META_HEIGHT: &[u8] = b"height";
-const META_FEES: &[u8] = b"fees";
 const META_SUPPLY: &[u8] = b"supply";
+/// Ledger format; absent in data directories of the unsharded format 1.
+const META_FORMAT: &[u8] = b"format";
+const FORMAT: u64 = 2;
+/// The owned [`TableSet`] bitmap.
+const META_OWNED: &[u8] = b"owned";
 
 fn meta_version(table: u8) -> Vec<u8> {
     [b"tv".as_slice(), &[table]].concat()
@@ -138,6 +170,10 @@ fn meta_receipt(hash: &[u8]) -> Vec<u8> {
 }
 fn meta_state_root(height: u64) -> Vec<u8> {
     [b"sr".as_slice(), &height.to_be_bytes()].concat()
+}
+/// A table's version and root from `height` on (written only at heights where it changed).
+fn meta_table_at(table: u8, height: u64) -> Vec<u8> {
+    [b"th".as_slice(), &[table], &height.to_be_bytes()].concat()
 }
 
 fn read_u64(kv: &dyn Kv, key: &[u8]) -> Result<Option<u64>, StateError> {
@@ -206,6 +242,37 @@ impl TreeReader for TableReader<'_> {
     }
 }
 
+/// Reads a table's tree like [`TableReader`], except that the tree before `version` is
+/// empty: an imported table is built from scratch at a version after everything the
+/// store already holds for that table.
+struct FreshReader<'a> {
+    inner: TableReader<'a>,
+    version: Version,
+}
+
+impl TreeReader for FreshReader<'_> {
+    fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        if node_key.version().checked_add(1) == Some(self.version)
+            && node_key.nibble_path().is_empty()
+        {
+            return Ok(Some(Node::Null));
+        }
+        self.inner.get_node_option(node_key)
+    }
+
+    fn get_value_option(
+        &self,
+        max_version: Version,
+        key_hash: KeyHash,
+    ) -> anyhow::Result<Option<OwnedValue>> {
+        self.inner.get_value_option(max_version, key_hash)
+    }
+
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
+        anyhow::bail!("tree restore is not supported")
+    }
+}
+
 /// An account with a proof against its table root.
 #[derive(Clone, Debug)]
 pub struct ProvenAccount {
@@ -237,13 +304,72 @@ pub fn verify_account_proof(account: &PublicKey, proven: &ProvenAccount) -> bool
     }
 }
 
+/// What crediting one cross-shard receipt did. Anything but `Credited` changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreditOutcome {
+    Credited,
+    /// Already credited: the table expects `expected` from that source next.
+    Duplicate {
+        expected: u64,
+    },
+    /// A receipt before this one is missing: the table expects `expected` first.
+    Gap {
+        expected: u64,
+    },
+    /// The destination table is not owned by this ledger.
+    NotOwned {
+        table: u8,
+    },
+    /// The receipt cannot be credited (inconsistent tables, amount overflow).
+    Refused(String),
+}
+
+impl CreditOutcome {
+    pub fn is_credited(&self) -> bool {
+        *self == Self::Credited
+    }
+}
+
+impl std::fmt::Display for CreditOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Credited => write!(f, "credited"),
+            Self::Duplicate { expected } => {
+                write!(f, "already credited (next expected seq is {expected})")
+            }
+            Self::Gap { expected } => write!(f, "out of order (next expected seq is {expected})"),
+            Self::NotOwned { table } => write!(f, "destination table {table} is not owned here"),
+            Self::Refused(why) => write!(f, "refused: {why}"),
+        }
+    }
+}
+
+/// What applying one block did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockOutcome {
+    /// One per transaction, in block order.
+    pub receipts: Vec<Receipt>,
+    /// Cross-shard receipts appended to outboxes by this block, in order.
+    pub sent: Vec<CrossReceipt>,
+    /// One per credit, in block order.
+    pub credits: Vec<CreditOutcome>,
+}
+
 /// Most leaf values [`Ledger`] keeps in memory.
 const VALUE_CACHE: usize = 262_144;
 
 /// Committed leaf values by (table, key hash), `None` for absent ones.
 type ValueCache = HashMap<(u8, [u8; 32]), Option<Vec<u8>>>;
 
-/// The ledger of one chain.
+/// Changes of the block being executed, not yet committed.
+#[derive(Default)]
+struct Scratch {
+    overlay: BTreeMap<(u8, KeyHash), Option<Vec<u8>>>,
+    /// Table stats changed by the block (written into `overlay` before commit).
+    stats: BTreeMap<u8, TableStats>,
+}
+
+/// The ledger of one shard (or of an unsharded chain, which owns every table).
 pub struct Ledger<K: Kv> {
     kv: K,
     /// Leaf values as committed at the current table versions, so that admission and
@@ -254,7 +380,9 @@ pub struct Ledger<K: Kv> {
     height: Option<u64>,
     versions: Vec<u64>,
     roots: Vec<[u8; 32]>,
-    fee_pool: u64,
+    /// Committed stats leaf of every table (as last held here for tables not owned).
+    stats: Vec<TableStats>,
+    owned: TableSet,
     supply: u64,
 }
 
@@ -264,7 +392,27 @@ impl<K: Kv> Ledger<K> {
         let height = read_u64(&kv, META_HEIGHT)?;
         let mut versions = vec![0; TABLES];
         let mut roots = vec![[0u8; 32]; TABLES];
+        let mut stats = vec![TableStats::default(); TABLES];
+        let mut owned = TableSet::all();
         if height.is_some() {
+            match read_u64(&kv, META_FORMAT)? {
+                Some(FORMAT) => {}
+                None => return Err(StateError::OldFormat),
+                Some(other) => {
+                    return Err(StateError::Corrupt(format!(
+                        "ledger format {other} is newer than this node's {FORMAT}"
+                    )));
+                }
+            }
+            let bitmap = kv
+                .get(Space::Meta, META_OWNED)?
+                .ok_or_else(|| StateError::Corrupt("owned tables".into()))?;
+            owned = TableSet::from_bytes(
+                bitmap
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StateError::Corrupt("owned tables".into()))?,
+            );
             for t in 0..TABLES {
                 let table = t as u8;
                 versions[t] = read_u64(&kv, &meta_version(table))?
@@ -276,22 +424,43 @@ impl<K: Kv> Ledger<K> {
                     .as_slice()
                     .try_into()
                     .map_err(|_| StateError::Corrupt(format!("root of table {t}")))?;
+                let reader = TableReader { kv: &kv, table };
+                if let Some(bytes) = reader
+                    .get_value_option(versions[t], stats_key())
+                    .map_err(tree_err)?
+                {
+                    stats[t] = TableStats::decode(&bytes)?;
+                }
             }
         }
         Ok(Self {
-            fee_pool: read_u64(&kv, META_FEES)?.unwrap_or(0),
             supply: read_u64(&kv, META_SUPPLY)?.unwrap_or(0),
             kv,
             values: Mutex::new(HashMap::new()),
             height,
             versions,
             roots,
+            stats,
+            owned,
         })
     }
 
-    /// Writes the genesis state (height 0). Does nothing if the ledger already has one
-    /// with the same supply; refuses a different one.
+    /// Writes the genesis state (height 0) of a ledger that owns every table. Does nothing
+    /// if the ledger already has one with the same supply; refuses a different one.
     pub fn init_genesis(&mut self, balances: &[(PublicKey, u64)]) -> Result<(), StateError> {
+        self.init_genesis_owned(balances, &TableSet::all())
+    }
+
+    /// Writes the genesis state of a shard owning `owned`. `balances` is the whole
+    /// network's genesis (its sum is [`Self::supply`]); only the owned tables' accounts
+    /// are written. A table's genesis root does not depend on who owns it. Once a genesis
+    /// exists this only checks the supply: the owned set may have changed since, through
+    /// [`Self::set_owned_tables`] and [`Self::import_table`].
+    pub fn init_genesis_owned(
+        &mut self,
+        balances: &[(PublicKey, u64)],
+        owned: &TableSet,
+    ) -> Result<(), StateError> {
         let mut supply: u64 = 0;
         let mut per_account: BTreeMap<PublicKey, u64> = BTreeMap::new();
         for (account, amount) in balances {
@@ -312,12 +481,24 @@ impl<K: Kv> Ledger<K> {
         for t in 0..TABLES {
             changes.insert(t as u8, BTreeMap::new());
         }
+        let mut stats = vec![TableStats::default(); TABLES];
         for (account, balance) in per_account {
-            let entry = changes.entry(table_of(&account)).or_default();
-            entry.insert(
+            let table = table_of(&account);
+            if !owned.contains(table) {
+                continue;
+            }
+            // Bounded by the supply, which did not overflow.
+            stats[table as usize].balances += balance;
+            changes.entry(table).or_default().insert(
                 account_key(&account),
                 Some(Account { balance, nonce: 0 }.encode()),
             );
+        }
+        for table in owned.iter() {
+            changes
+                .entry(table)
+                .or_default()
+                .insert(stats_key(), Some(stats[table as usize].encode()));
         }
         let mut batch = WriteBatch::default();
         batch.put(
@@ -325,12 +506,14 @@ impl<K: Kv> Ledger<K> {
             META_SUPPLY.to_vec(),
             supply.to_be_bytes().to_vec(),
         );
-        batch.put(Space::Meta, META_FEES.to_vec(), 0u64.to_be_bytes().to_vec());
+        batch.put(Space::Meta, META_FORMAT.to_vec(), encode_u64(FORMAT));
+        batch.put(Space::Meta, META_OWNED.to_vec(), owned.to_bytes().to_vec());
         // Every table starts at version 0 so that later versions are dense.
         self.cached_values().clear();
-        self.write_tables(changes, &mut batch, true)?;
+        self.write_tables(changes, &mut batch, 0)?;
         self.supply = supply;
-        self.fee_pool = 0;
+        self.stats = stats;
+        self.owned = *owned;
         self.finish(batch, 0)
     }
 
@@ -345,17 +528,85 @@ impl<K: Kv> Ledger<K> {
         &self.kv
     }
 
-    pub fn fee_pool(&self) -> u64 {
-        self.fee_pool
+    /// The tables this ledger executes transactions and credits for.
+    pub fn owned_tables(&self) -> TableSet {
+        self.owned
     }
 
-    /// Sum of genesis balances; equals the sum of all balances plus the fee pool.
+    /// Replaces the owned set (at an epoch switch, from the beacon's table map), durably.
+    /// Idempotent. A table gained this way keeps whatever state this ledger last held
+    /// for it: a table that moves here must come through [`Self::import_table`].
+    pub fn set_owned_tables(&mut self, owned: &TableSet) -> Result<(), StateError> {
+        if self.height.is_none() {
+            return Err(StateError::NoGenesis);
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(Space::Meta, META_OWNED.to_vec(), owned.to_bytes().to_vec());
+        self.kv.commit(batch)?;
+        self.owned = *owned;
+        Ok(())
+    }
+
+    /// Sum of the owned tables' fee pools (the whole fee pool when unsharded).
+    pub fn fee_pool(&self) -> u64 {
+        self.owned
+            .iter()
+            .map(|t| self.stats[t as usize].fees)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Sum of the network's genesis balances. Conserved: see [`Self::supply_parts`].
     pub fn supply(&self) -> u64 {
         self.supply
     }
 
+    /// A table's committed stats: its supply terms and load (as last held here when the
+    /// table is not owned).
+    pub fn table_stats(&self, table: u8) -> TableStats {
+        self.stats[table as usize]
+    }
+
+    /// The conservation terms of every owned table, in table order. Summed over the
+    /// ledgers of all shards (whose owned sets partition the 256 tables),
+    /// `Σ TableStats::net` equals [`Self::supply`] at every height.
+    pub fn supply_parts(&self) -> Vec<(u8, TableStats)> {
+        self.owned
+            .iter()
+            .map(|t| (t, self.stats[t as usize]))
+            .collect()
+    }
+
     pub fn table_root(&self, table: u8) -> [u8; 32] {
         self.roots[table as usize]
+    }
+
+    /// A table's tree version and root as they were after applying `height` (`None` for
+    /// heights not applied yet).
+    pub fn table_at(&self, table: u8, height: u64) -> Result<Option<(u64, [u8; 32])>, StateError> {
+        if self.height.is_none_or(|h| height > h) {
+            return Ok(None);
+        }
+        let found = self.kv.last_in(
+            Space::Meta,
+            &meta_table_at(table, 0),
+            &meta_table_at(table, height),
+        )?;
+        let Some((_, value)) = found else {
+            return Ok(None);
+        };
+        let (version, root) = value
+            .split_at_checked(8)
+            .filter(|(_, r)| r.len() == 32)
+            .ok_or_else(|| StateError::Corrupt("table root history".into()))?;
+        let root: [u8; 32] = root
+            .try_into()
+            .map_err(|_| StateError::Corrupt("table root history".into()))?;
+        Ok(Some((decode_u64(version, "table root history")?, root)))
+    }
+
+    /// A table's root after applying `height`: what a header at that height carries.
+    pub fn table_root_at(&self, table: u8, height: u64) -> Result<Option<[u8; 32]>, StateError> {
+        Ok(self.table_at(table, height)?.map(|(_, root)| root))
     }
 
     /// Commitment to the whole state: SHA-256 over the 256 table roots in order.
@@ -403,7 +654,24 @@ impl<K: Kv> Ledger<K> {
         Ok(value)
     }
 
-    /// An account's committed state.
+    fn read_counter(&self, table: u8, key: KeyHash) -> Result<u64, StateError> {
+        match self.read_value(table, key)? {
+            None => Ok(0),
+            Some(bytes) => decode_u64(&bytes, "counter"),
+        }
+    }
+
+    /// The seq the next receipt from `source` to `dest` will get (committed state).
+    pub fn outbox_next(&self, source: u8, dest: u8) -> Result<u64, StateError> {
+        self.read_counter(source, outbox_next_key(dest))
+    }
+
+    /// The seq `dest` expects to credit next from `source` (committed state).
+    pub fn inbox_next(&self, dest: u8, source: u8) -> Result<u64, StateError> {
+        self.read_counter(dest, inbox_next_key(source))
+    }
+
+    /// An account's committed state (as last held here if its table is not owned).
     pub fn account(&self, account: &PublicKey) -> Result<Account, StateError> {
         match self.read_value(table_of(account), account_key(account))? {
             None => Ok(Account::default()),
@@ -455,9 +723,14 @@ impl<K: Kv> Ledger<K> {
     }
 
     /// Checks a transaction against committed state (mempool admission). `pending` is the
-    /// number of the sender's transactions already queued ahead of this one.
+    /// number of the sender's transactions already queued ahead of this one. A sender in
+    /// a table this ledger does not own is [`ExecError::WrongShard`].
     pub fn check_admission(&self, tx: &Tx, pending: u64) -> Result<(), ExecError> {
         let from = &tx.unsigned.from;
+        let table = table_of(from);
+        if !self.owned.contains(table) {
+            return Err(ExecError::WrongShard { table });
+        }
         let state = self.account(from).map_err(|_| ExecError::Overflow)?;
         let expected = state.nonce.saturating_add(pending);
         if tx.unsigned.nonce != expected {
@@ -491,74 +764,215 @@ impl<K: Kv> Ledger<K> {
         txs: &[Tx],
         extra: WriteBatch,
     ) -> Result<Vec<Receipt>, StateError> {
+        Ok(self
+            .apply_block_with_credits(height, txs, &[], extra)?
+            .receipts)
+    }
+
+    /// Applies a block of a shard: first `credits` (cross-shard receipts owed to owned
+    /// tables, whose proofs the caller has verified against certified source roots), then
+    /// `txs`, committed atomically with `extra`. A credit is applied only when its `seq`
+    /// is the destination table's next expected one from its source table, so each
+    /// receipt is credited exactly once and in order. Re-applying an already applied
+    /// height returns an empty outcome and changes nothing.
+    pub fn apply_block_with_credits(
+        &mut self,
+        height: u64,
+        txs: &[Tx],
+        credits: &[CrossReceipt],
+        extra: WriteBatch,
+    ) -> Result<BlockOutcome, StateError> {
         let have = self.height.ok_or(StateError::NoGenesis)?;
         if height <= have {
-            return Ok(Vec::new());
+            return Ok(BlockOutcome::default());
         }
         if height != have + 1 {
             return Err(StateError::OutOfOrder { have, got: height });
         }
-        let mut overlay: BTreeMap<(u8, KeyHash), Option<Vec<u8>>> = BTreeMap::new();
-        let mut receipts = Vec::with_capacity(txs.len());
-        let mut fees = self.fee_pool;
+        let mut scratch = Scratch::default();
+        let mut outcome = BlockOutcome {
+            receipts: Vec::with_capacity(txs.len()),
+            sent: Vec::new(),
+            credits: Vec::with_capacity(credits.len()),
+        };
         let mut batch = extra;
+        for credit in credits {
+            outcome.credits.push(self.credit(credit, &mut scratch)?);
+        }
         for tx in txs {
-            let outcome = self.execute(tx, &mut overlay, &mut fees)?;
+            let result = self.execute(tx, &mut scratch)?;
             let receipt = Receipt {
                 height,
-                success: outcome.is_ok(),
-                error: outcome.err().map(|e| e.to_string()).unwrap_or_default(),
+                success: result.is_ok(),
+                error: result
+                    .as_ref()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
             };
+            if let Ok(Some(sent)) = result {
+                outcome.sent.push(sent);
+            }
             batch.put(Space::Meta, meta_receipt(&tx.hash().0), receipt.encode());
-            receipts.push(receipt);
+            outcome.receipts.push(receipt);
+        }
+        for (table, stats) in &scratch.stats {
+            scratch
+                .overlay
+                .insert((*table, stats_key()), Some(stats.encode()));
         }
         let mut changes: BTreeMap<u8, BTreeMap<KeyHash, Option<Vec<u8>>>> = BTreeMap::new();
-        for ((table, key), value) in &overlay {
+        for ((table, key), value) in &scratch.overlay {
             changes
                 .entry(*table)
                 .or_default()
                 .insert(*key, value.clone());
         }
-        self.write_tables(changes, &mut batch, false)?;
-        batch.put(Space::Meta, META_FEES.to_vec(), fees.to_be_bytes().to_vec());
-        self.fee_pool = fees;
+        self.write_tables(changes, &mut batch, height)?;
         self.finish(batch, height)?;
         // The block is durable: its values are now the committed ones.
+        for (table, stats) in scratch.stats {
+            self.stats[table as usize] = stats;
+        }
         let mut cache = self.cached_values();
-        if cache.len() + overlay.len() > VALUE_CACHE {
+        if cache.len() + scratch.overlay.len() > VALUE_CACHE {
             cache.clear();
         }
-        for ((table, key), value) in overlay {
+        for ((table, key), value) in scratch.overlay {
             cache.insert((table, key.0), value);
         }
-        Ok(receipts)
+        Ok(outcome)
     }
 
-    fn overlay_account(
+    fn scratch_value(
         &self,
-        overlay: &BTreeMap<(u8, KeyHash), Option<Vec<u8>>>,
+        scratch: &Scratch,
+        table: u8,
+        key: KeyHash,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        match scratch.overlay.get(&(table, key)) {
+            Some(v) => Ok(v.clone()),
+            None => self.read_value(table, key),
+        }
+    }
+
+    fn scratch_account(
+        &self,
+        scratch: &Scratch,
         account: &PublicKey,
     ) -> Result<Account, StateError> {
-        let table = table_of(account);
-        let key = account_key(account);
-        let bytes = match overlay.get(&(table, key)) {
-            Some(v) => v.clone(),
-            None => self.read_value(table, key)?,
-        };
-        match bytes {
+        match self.scratch_value(scratch, table_of(account), account_key(account))? {
             None => Ok(Account::default()),
             Some(b) => Account::decode(&b),
         }
     }
 
+    fn scratch_counter(
+        &self,
+        scratch: &Scratch,
+        table: u8,
+        key: KeyHash,
+    ) -> Result<u64, StateError> {
+        match self.scratch_value(scratch, table, key)? {
+            None => Ok(0),
+            Some(b) => decode_u64(&b, "counter"),
+        }
+    }
+
+    fn scratch_stats(&self, scratch: &Scratch, table: u8) -> TableStats {
+        scratch
+            .stats
+            .get(&table)
+            .copied()
+            .unwrap_or(self.stats[table as usize])
+    }
+
+    /// Credits one receipt (see [`Self::apply_block_with_credits`]).
+    fn credit(
+        &self,
+        receipt: &CrossReceipt,
+        scratch: &mut Scratch,
+    ) -> Result<CreditOutcome, StateError> {
+        let dest = receipt.dest_table;
+        if !self.owned.contains(dest) {
+            return Ok(CreditOutcome::NotOwned { table: dest });
+        }
+        if receipt.source_table == dest || table_of(&receipt.to) != dest {
+            return Ok(CreditOutcome::Refused(
+                "receipt's tables are inconsistent".into(),
+            ));
+        }
+        let inbox = inbox_next_key(receipt.source_table);
+        let expected = self.scratch_counter(scratch, dest, inbox)?;
+        if receipt.seq < expected {
+            return Ok(CreditOutcome::Duplicate { expected });
+        }
+        if receipt.seq > expected {
+            return Ok(CreditOutcome::Gap { expected });
+        }
+        let mut account = self.scratch_account(scratch, &receipt.to)?;
+        let mut stats = self.scratch_stats(scratch, dest);
+        let (Some(balance), Some(balances), Some(credited), Some(next)) = (
+            account.balance.checked_add(receipt.amount),
+            stats.balances.checked_add(receipt.amount),
+            stats.credited.checked_add(receipt.amount),
+            expected.checked_add(1),
+        ) else {
+            return Ok(CreditOutcome::Refused("amount overflows".into()));
+        };
+        account.balance = balance;
+        stats.balances = balances;
+        stats.credited = credited;
+        scratch.stats.insert(dest, stats);
+        scratch
+            .overlay
+            .insert((dest, account_key(&receipt.to)), Some(account.encode()));
+        scratch
+            .overlay
+            .insert((dest, inbox), Some(encode_u64(next)));
+        Ok(CreditOutcome::Credited)
+    }
+
+    /// Adds `amount` to an account of an owned table (a direct transfer).
+    fn deposit(
+        &self,
+        scratch: &mut Scratch,
+        to: &PublicKey,
+        amount: u64,
+    ) -> Result<(), StateError> {
+        let table = table_of(to);
+        let mut receiver = self.scratch_account(scratch, to)?;
+        let mut stats = self.scratch_stats(scratch, table);
+        // Supply bounds every balance and every table's total, so these cannot overflow
+        // in a consistent state.
+        receiver.balance = receiver
+            .balance
+            .checked_add(amount)
+            .ok_or_else(|| StateError::Corrupt("balance above supply".into()))?;
+        stats.balances = stats
+            .balances
+            .checked_add(amount)
+            .ok_or_else(|| StateError::Corrupt("table balances above supply".into()))?;
+        scratch.stats.insert(table, stats);
+        scratch
+            .overlay
+            .insert((table, account_key(to)), Some(receiver.encode()));
+        Ok(())
+    }
+
+    /// Executes one transaction into `scratch`. `Ok(Err(_))`: it failed and changed
+    /// nothing; `Ok(Ok(Some(receipt)))`: a cross-shard transfer left a receipt.
     fn execute(
         &self,
         tx: &Tx,
-        overlay: &mut BTreeMap<(u8, KeyHash), Option<Vec<u8>>>,
-        fees: &mut u64,
-    ) -> Result<Result<(), ExecError>, StateError> {
+        scratch: &mut Scratch,
+    ) -> Result<Result<Option<CrossReceipt>, ExecError>, StateError> {
         let from = &tx.unsigned.from;
-        let mut sender = self.overlay_account(overlay, from)?;
+        let from_table = table_of(from);
+        if !self.owned.contains(from_table) {
+            return Ok(Err(ExecError::WrongShard { table: from_table }));
+        }
+        let mut sender = self.scratch_account(scratch, from)?;
         if tx.unsigned.nonce != sender.nonce {
             return Ok(Err(ExecError::BadNonce {
                 expected: sender.nonce,
@@ -575,40 +989,84 @@ impl<K: Kv> Ledger<K> {
                 needed,
             }));
         }
-        let Some(new_fees) = fees.checked_add(tx.unsigned.fee) else {
+        let mut source = self.scratch_stats(scratch, from_table);
+        // A transfer to a table this ledger does not own leaves a receipt instead.
+        let cross = match &tx.unsigned.kind {
+            TxKind::Transfer { to, amount } if !self.owned.contains(table_of(to)) => {
+                Some((to, *amount))
+            }
+            _ => None,
+        };
+        let sent = match cross {
+            Some((_, amount)) => source.sent.checked_add(amount),
+            None => Some(source.sent),
+        };
+        let (Some(fees), Some(sent), Some(nonce)) = (
+            source.fees.checked_add(tx.unsigned.fee),
+            sent,
+            sender.nonce.checked_add(1),
+        ) else {
             return Ok(Err(ExecError::Overflow));
         };
-        // Every check passed: apply. Supply bounds every balance, so credits cannot
-        // overflow; the checked additions below are belts and braces.
+        // Every check passed: apply.
+        source.balances = source
+            .balances
+            .checked_sub(needed)
+            .ok_or_else(|| StateError::Corrupt("table balances below an account's".into()))?;
+        source.fees = fees;
+        source.sent = sent;
+        source.txs = source.txs.saturating_add(1);
+        scratch.stats.insert(from_table, source);
         sender.balance -= needed;
-        sender.nonce += 1;
-        overlay.insert((table_of(from), account_key(from)), Some(sender.encode()));
-        match &tx.unsigned.kind {
-            TxKind::Transfer { to, amount } => {
-                let mut receiver = self.overlay_account(overlay, to)?;
-                receiver.balance = receiver
-                    .balance
-                    .checked_add(*amount)
-                    .ok_or_else(|| StateError::Corrupt("balance above supply".into()))?;
-                overlay.insert((table_of(to), account_key(to)), Some(receiver.encode()));
+        sender.nonce = nonce;
+        scratch
+            .overlay
+            .insert((from_table, account_key(from)), Some(sender.encode()));
+        match (&tx.unsigned.kind, cross) {
+            (_, Some((to, amount))) => {
+                let dest = table_of(to);
+                let next_key = outbox_next_key(dest);
+                let seq = self.scratch_counter(scratch, from_table, next_key)?;
+                let next = seq
+                    .checked_add(1)
+                    .ok_or_else(|| StateError::Corrupt("outbox seq overflows".into()))?;
+                let receipt = CrossReceipt {
+                    source_table: from_table,
+                    dest_table: dest,
+                    seq,
+                    to: to.clone(),
+                    amount,
+                    tx: tx.hash(),
+                };
+                scratch.overlay.insert(
+                    (from_table, outbox_key(dest, seq)),
+                    Some(receipt.to_bytes()),
+                );
+                scratch
+                    .overlay
+                    .insert((from_table, next_key), Some(encode_u64(next)));
+                return Ok(Ok(Some(receipt)));
             }
-            TxKind::Anchor { key, hash } => {
-                overlay.insert((table_of(from), anchor_key(from, key)), Some(hash.to_vec()));
+            (TxKind::Transfer { to, amount }, None) => self.deposit(scratch, to, *amount)?,
+            (TxKind::Anchor { key, hash }, None) => {
+                scratch
+                    .overlay
+                    .insert((from_table, anchor_key(from, key)), Some(hash.to_vec()));
             }
         }
-        *fees = new_fees;
-        Ok(Ok(()))
+        Ok(Ok(None))
     }
 
-    /// Computes new roots for the changed tables and adds their nodes to `batch`.
+    /// Computes new roots for the changed tables at the next version of each (version 0
+    /// at genesis), adds their nodes to `batch` and records the roots at `height`.
     fn write_tables(
         &mut self,
         changes: BTreeMap<u8, BTreeMap<KeyHash, Option<Vec<u8>>>>,
         batch: &mut WriteBatch,
-        genesis: bool,
+        height: u64,
     ) -> Result<(), StateError> {
         for (table, values) in changes {
-            let version = if genesis {
+            let version = if self.height.is_none() {
                 0
             } else {
                 self.versions[table as usize] + 1
@@ -619,28 +1077,30 @@ impl<K: Kv> Ledger<K> {
             };
             let tree = Sha256Jmt::new(&reader);
             let (root, update) = tree.put_value_set(values, version).map_err(tree_err)?;
-            for (key, node) in update.node_batch.nodes() {
-                let k = reader.node_key(key).map_err(tree_err)?;
-                let v = borsh::to_vec(node).map_err(|e| StateError::Tree(e.to_string()))?;
-                batch.put(Space::Nodes, k, v);
-            }
-            for ((v, key), value) in update.node_batch.values() {
-                let stored = match value {
-                    Some(bytes) => [&[1u8][..], bytes].concat(),
-                    None => vec![0u8],
-                };
-                batch.put(Space::Values, reader.value_key(*key, *v), stored);
-            }
-            self.versions[table as usize] = version;
-            self.roots[table as usize] = root.0;
-            batch.put(
-                Space::Meta,
-                meta_version(table),
-                version.to_be_bytes().to_vec(),
-            );
-            batch.put(Space::Meta, meta_root(table), root.0.to_vec());
+            write_update(&reader, &update, batch)?;
+            self.set_table(table, version, root.0, height, batch);
         }
         Ok(())
+    }
+
+    /// Records a table's new version and root, in memory and in `batch`.
+    fn set_table(
+        &mut self,
+        table: u8,
+        version: u64,
+        root: [u8; 32],
+        height: u64,
+        batch: &mut WriteBatch,
+    ) {
+        self.versions[table as usize] = version;
+        self.roots[table as usize] = root;
+        batch.put(Space::Meta, meta_version(table), encode_u64(version));
+        batch.put(Space::Meta, meta_root(table), root.to_vec());
+        batch.put(
+            Space::Meta,
+            meta_table_at(table, height),
+            [version.to_be_bytes().as_slice(), &root].concat(),
+        );
     }
 
     fn finish(&mut self, mut batch: WriteBatch, height: u64) -> Result<(), StateError> {
@@ -660,6 +1120,27 @@ impl<K: Kv> Ledger<K> {
     }
 }
 
+/// Adds a tree update's nodes and values to `batch`.
+fn write_update(
+    reader: &TableReader<'_>,
+    update: &jmt::storage::TreeUpdateBatch,
+    batch: &mut WriteBatch,
+) -> Result<(), StateError> {
+    for (key, node) in update.node_batch.nodes() {
+        let k = reader.node_key(key).map_err(tree_err)?;
+        let v = borsh::to_vec(node).map_err(|e| StateError::Tree(e.to_string()))?;
+        batch.put(Space::Nodes, k, v);
+    }
+    for ((v, key), value) in update.node_batch.values() {
+        let stored = match value {
+            Some(bytes) => [&[1u8][..], bytes].concat(),
+            None => vec![0u8],
+        };
+        batch.put(Space::Values, reader.value_key(*key, *v), stored);
+    }
+    Ok(())
+}
+
 /// What a transaction takes from its sender: amount (for transfers) plus fee.
 fn cost(tx: &Tx) -> Result<u64, ExecError> {
     let amount = match &tx.unsigned.kind {
@@ -673,3 +1154,6 @@ fn cost(tx: &Tx) -> Result<u64, ExecError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sharding_tests;

@@ -16,11 +16,13 @@ use commonware_cryptography::{Hasher, Sha256, ed25519, sha256};
 use std::fmt;
 
 pub mod governance;
+pub mod receipt;
 pub mod shard;
 pub use governance::{
     Approval, GovernanceAction, GovernanceError, GovernanceTx, MemberSpec, Proposal,
 };
 pub mod system;
+pub use receipt::{CROSS_RECEIPT_SIZE, CrossReceipt, ReceiptError};
 pub use shard::{BlockHeader, Committee, Credit, ShardHeader, Sharding, TableRoot};
 pub use system::{SystemAction, SystemError, SystemPayload, SystemTx};
 

@@ -16,15 +16,14 @@
 //! body       = count ‖ tx* ‖ count ‖ governance* ‖ count ‖ credit* ‖ count ‖ system*
 //! credit     = source_shard (u16 BE) ‖ source_height (varint u64) ‖ receipt
 //!              ‖ len ‖ proof (≤ MAX_PROOF_SIZE)
-//! receipt    = source_table (1) ‖ dest_table (1) ‖ seq (varint u64) ‖ to (32)
-//!              ‖ amount (varint u64) ‖ tx (32)
+//! receipt    = `crate::receipt::CrossReceipt` (82 bytes, the ledger's outbox entry)
 //! system     = one system transaction (`crate::system`)
 //! ```
 //!
 //! Unsharded networks keep their block encoding and digest rule unchanged (see
 //! [`crate::Block`]), so a rolling upgrade of an existing network never splits it.
 
-use crate::{Digest, PublicKey, SystemTx, bytes_size, read_bytes, read_public_key, write_bytes};
+use crate::{CrossReceipt, Digest, SystemTx, bytes_size, read_bytes, write_bytes};
 use bytes::BufMut;
 use commonware_codec::{
     Buf, EncodeSize, Error as CodecError, FixedSize, Read, ReadExt, Write, varint::UInt,
@@ -32,12 +31,12 @@ use commonware_codec::{
 use commonware_cryptography::{Hasher, Sha256};
 
 /// Most credits in one block.
-pub const MAX_BLOCK_CREDITS: usize = 1_024;
+pub const MAX_BLOCK_CREDITS: usize = 512;
 /// Most system transactions in one (beacon) block.
 pub const MAX_BLOCK_SYSTEM: usize = 16;
-/// Largest encoded Merkle proof carried by a credit (a JMT proof has at most 256
-/// siblings of 32 bytes plus a leaf).
-pub const MAX_PROOF_SIZE: usize = 9 * 1024;
+/// Largest encoded Merkle proof carried by a credit (the ledger's outbox proofs are at
+/// most 16 709 bytes: 256 siblings of 32 bytes plus a leaf and lengths).
+pub const MAX_PROOF_SIZE: usize = 17 * 1024;
 /// Largest encoding of one system transaction.
 use crate::system::MAX_SYSTEM_TX_SIZE;
 
@@ -254,54 +253,6 @@ impl Read for BlockHeader {
     }
 }
 
-/// A cross-shard transfer in flight: appended to the source table's outbox when the
-/// sending shard executes the debit, credited once by the destination table's owner.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CrossReceipt {
-    pub source_table: u8,
-    pub dest_table: u8,
-    /// Position in the (source table, destination table) sequence, from 0.
-    pub seq: u64,
-    pub to: PublicKey,
-    pub amount: u64,
-    /// Hash of the transaction that debited the sender.
-    pub tx: Digest,
-}
-
-impl Write for CrossReceipt {
-    fn write(&self, buf: &mut impl BufMut) {
-        self.source_table.write(buf);
-        self.dest_table.write(buf);
-        UInt(self.seq).write(buf);
-        self.to.write(buf);
-        UInt(self.amount).write(buf);
-        self.tx.write(buf);
-    }
-}
-
-impl EncodeSize for CrossReceipt {
-    fn encode_size(&self) -> usize {
-        2 + UInt(self.seq).encode_size()
-            + PublicKey::SIZE
-            + UInt(self.amount).encode_size()
-            + Digest::SIZE
-    }
-}
-
-impl Read for CrossReceipt {
-    type Cfg = ();
-    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
-        Ok(Self {
-            source_table: u8::read(buf)?,
-            dest_table: u8::read(buf)?,
-            seq: UInt::<u64>::read(buf)?.into(),
-            to: read_public_key(buf)?,
-            amount: UInt::<u64>::read(buf)?.into(),
-            tx: Digest::read(buf)?,
-        })
-    }
-}
-
 /// A receipt to credit, with its Merkle proof against the source table's root in the
 /// certified header of `source_shard` at `source_height`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -385,8 +336,8 @@ impl Sharding {
         if count > MAX_BLOCK_CREDITS {
             return Err(CodecError::InvalidLength(count));
         }
-        // A credit is at least 2 + 1 + (2 + 1 + 32 + 1 + 32) + 1 bytes.
-        if buf.remaining() < count.saturating_mul(72) {
+        // A credit is at least 2 + 1 + receipt + 1 bytes.
+        if buf.remaining() < count.saturating_mul(4 + crate::CROSS_RECEIPT_SIZE) {
             return Err(CodecError::EndOfBuffer);
         }
         let mut credits = Vec::with_capacity(count);
@@ -415,7 +366,7 @@ impl Sharding {
         + crate::TABLES * 33
         + 32
         + 5
-        + MAX_BLOCK_CREDITS * (2 + 10 + (2 + 10 + 32 + 10 + 32) + 5 + MAX_PROOF_SIZE)
+        + MAX_BLOCK_CREDITS * (2 + 10 + crate::CROSS_RECEIPT_SIZE + 5 + MAX_PROOF_SIZE)
         + 5
         + MAX_BLOCK_SYSTEM * MAX_SYSTEM_TX_SIZE;
 }
@@ -462,8 +413,8 @@ mod tests {
                 source_shard: 0,
                 source_height: 4,
                 receipt: CrossReceipt {
-                    source_table: 9,
-                    dest_table: 3,
+                    source_table: crate::table_of(&b.public_key()).wrapping_add(1),
+                    dest_table: crate::table_of(&b.public_key()),
                     seq: 0,
                     to: b.public_key(),
                     amount: 10,

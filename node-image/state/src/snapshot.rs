@@ -1,0 +1,405 @@
+//! Table handoff: a table's live leaves at a height, exported in bounded chunks and
+//! imported by the table's new owner, who rebuilds the tree and commits it only if its
+//! root equals the certified one.
+//!
+//! ```text
+//! chunk = table (1) ‖ height (u64) ‖ root (32) ‖ after (0x00 | 0x01 ‖ key_hash (32))
+//!       ‖ count (varint u32, ≤ MAX_SNAPSHOT_LEAVES) ‖ leaf* ‖ more (0x00 | 0x01)
+//! leaf  = key_hash (32) ‖ len (varint u32, ≤ MAX_LEAF_VALUE) ‖ value
+//! ```
+//!
+//! Leaves come in strictly ascending key-hash order; `after` is the last key hash of the
+//! previous chunk (absent in the first), `more` says whether another chunk follows. A
+//! table's size is unbounded in principle, so it travels as any number of chunks of at
+//! most [`MAX_SNAPSHOT_LEAVES`] leaves (≈ 0.7 MB each). The importer holds the whole
+//! table in memory while rebuilding it (a table is 1/256 of the state: about 100 bytes
+//! per account, so 4 MB for a 10-million-account network) and commits it in one batch.
+
+use crate::outbox::{bytes_size, read_bytes, write_bytes};
+use crate::tables::{TableStats, stats_key};
+use crate::{
+    FreshReader, Kv, Ledger, META_OWNED, Space, StateError, TableReader, WriteBatch, tree_err,
+    write_update,
+};
+use bytes::BufMut;
+use commonware_codec::{
+    Buf, DecodeExt, EncodeSize, Error as CodecError, Read, ReadExt, Write, varint::UInt,
+};
+use jmt::storage::TreeReader as _;
+use jmt::{KeyHash, Sha256Jmt};
+use std::collections::{BTreeMap, BTreeSet};
+use trellis_node_types::to_hex;
+
+/// A leaf of a table's tree: (key hash, value).
+pub type Leaf = ([u8; 32], Vec<u8>);
+
+/// Most leaves in one snapshot chunk.
+pub const MAX_SNAPSHOT_LEAVES: usize = 4096;
+/// Longest leaf value (the longest real one is an 82-byte receipt).
+pub const MAX_LEAF_VALUE: usize = 128;
+/// Largest encoded chunk.
+pub const MAX_SNAPSHOT_CHUNK_SIZE: usize =
+    1 + 8 + 32 + 33 + 5 + MAX_SNAPSHOT_LEAVES * (32 + 2 + MAX_LEAF_VALUE) + 1;
+
+/// Why a table snapshot was refused. A refused import changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("malformed snapshot chunk: {0}")]
+    Malformed(String),
+    #[error("snapshot has no chunks")]
+    NoChunks,
+    #[error("snapshot chunk {chunk} is of table {got}, table {expected} was asked")]
+    WrongTable { chunk: usize, expected: u8, got: u8 },
+    #[error("snapshot chunk {chunk} claims root {claimed}, the certified root is {certified}")]
+    WrongRoot {
+        chunk: usize,
+        certified: String,
+        claimed: String,
+    },
+    #[error("snapshot chunk {chunk} does not continue where the previous one ended")]
+    Discontinuous { chunk: usize },
+    #[error("snapshot chunk {chunk} has leaves out of order or repeated")]
+    Unordered { chunk: usize },
+    #[error("snapshot chunk {chunk} has a {len}-byte value, more than {MAX_LEAF_VALUE}")]
+    ValueTooLong { chunk: usize, len: usize },
+    #[error("snapshot is truncated: its last chunk says more follow")]
+    Truncated,
+    #[error("snapshot has chunks after the one marked last")]
+    TrailingChunks,
+    #[error("snapshot leaves hash to {computed}, not to the certified root {certified}")]
+    RootMismatch { certified: String, computed: String },
+    #[error("table {0} is owned here already; importing would overwrite live state")]
+    AlreadyOwned(u8),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// One chunk of a table's state at a height (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableSnapshot {
+    pub table: u8,
+    pub height: u64,
+    /// The exporter's claim; the importer compares it with the certified root first.
+    pub root: [u8; 32],
+    /// Last key hash of the previous chunk (`None` for the first).
+    pub after: Option<[u8; 32]>,
+    /// (key hash, value), strictly ascending by key hash.
+    pub leaves: Vec<Leaf>,
+    /// Whether another chunk follows.
+    pub more: bool,
+}
+
+impl Write for TableSnapshot {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.table.write(buf);
+        self.height.write(buf);
+        self.root.write(buf);
+        match &self.after {
+            None => 0u8.write(buf),
+            Some(key) => {
+                1u8.write(buf);
+                key.write(buf);
+            }
+        }
+        UInt(self.leaves.len() as u32).write(buf);
+        for (key, value) in &self.leaves {
+            key.write(buf);
+            write_bytes(value, buf);
+        }
+        u8::from(self.more).write(buf);
+    }
+}
+
+impl EncodeSize for TableSnapshot {
+    fn encode_size(&self) -> usize {
+        1 + 8
+            + 32
+            + if self.after.is_some() { 33 } else { 1 }
+            + UInt(self.leaves.len() as u32).encode_size()
+            + self
+                .leaves
+                .iter()
+                .map(|(_, v)| 32 + bytes_size(v.len()))
+                .sum::<usize>()
+            + 1
+    }
+}
+
+impl Read for TableSnapshot {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        let table = u8::read(buf)?;
+        let height = u64::read(buf)?;
+        let root = <[u8; 32]>::read(buf)?;
+        let after = match u8::read(buf)? {
+            0 => None,
+            1 => Some(<[u8; 32]>::read(buf)?),
+            other => return Err(CodecError::InvalidEnum(other)),
+        };
+        let count = u32::from(UInt::<u32>::read(buf)?) as usize;
+        if count > MAX_SNAPSHOT_LEAVES {
+            return Err(CodecError::InvalidLength(count));
+        }
+        if buf.remaining() < count.saturating_mul(33) {
+            return Err(CodecError::EndOfBuffer);
+        }
+        let mut leaves = Vec::with_capacity(count);
+        for _ in 0..count {
+            let key = <[u8; 32]>::read(buf)?;
+            let value = read_bytes(buf, MAX_LEAF_VALUE)?;
+            leaves.push((key, value));
+        }
+        let more = match u8::read(buf)? {
+            0 => false,
+            1 => true,
+            _ => return Err(CodecError::Invalid("TableSnapshot", "more is not 0 or 1")),
+        };
+        Ok(Self {
+            table,
+            height,
+            root,
+            after,
+            leaves,
+            more,
+        })
+    }
+}
+
+impl TableSnapshot {
+    /// Decodes untrusted bytes (another node's answer): size first, then structure.
+    pub fn decode_untrusted(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        if bytes.len() > MAX_SNAPSHOT_CHUNK_SIZE {
+            return Err(SnapshotError::Malformed(format!(
+                "chunk is {} bytes, more than the {MAX_SNAPSHOT_CHUNK_SIZE}-byte limit",
+                bytes.len()
+            )));
+        }
+        Self::decode(commonware_codec::Copying(bytes))
+            .map_err(|e| SnapshotError::Malformed(e.to_string()))
+    }
+
+    /// The encoding (see the module docs).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encode_size());
+        self.write(&mut out);
+        out
+    }
+}
+
+/// The store key range of a table's leaf values: `table ‖ key_hash ‖ version`.
+fn values_from(table: u8, after: Option<[u8; 32]>) -> Vec<u8> {
+    match after {
+        None => vec![table],
+        // Past every version of `after`: the same 41-byte prefix with a longer tail.
+        Some(key) => [&[table][..], &key, &[0xff; 8], &[0]].concat(),
+    }
+}
+
+fn values_to(table: u8) -> Vec<u8> {
+    [&[table][..], &[0xff; 40]].concat()
+}
+
+impl<K: Kv> Ledger<K> {
+    /// The first key hash after `after` that the store has any value for in `table`.
+    fn next_key(&self, table: u8, after: Option<[u8; 32]>) -> Result<Option<[u8; 32]>, StateError> {
+        let found =
+            self.kv
+                .first_in(Space::Values, &values_from(table, after), &values_to(table))?;
+        match found {
+            None => Ok(None),
+            Some((key, _)) => {
+                let hash: [u8; 32] = key
+                    .get(1..33)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| StateError::Corrupt("leaf value key".into()))?;
+                Ok(Some(hash))
+            }
+        }
+    }
+
+    /// Up to `limit` (1..=[`MAX_SNAPSHOT_LEAVES`]) live leaves of `table` as of `height`,
+    /// after key hash `after`. Start with `after = None` and continue from the last key
+    /// hash of each chunk while `more` is set.
+    pub fn export_table(
+        &self,
+        table: u8,
+        height: u64,
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<TableSnapshot, StateError> {
+        let (version, root) = self.table_at(table, height)?.ok_or_else(|| {
+            StateError::Unavailable(format!("no state of table {table} at height {height}"))
+        })?;
+        let limit = limit.clamp(1, MAX_SNAPSHOT_LEAVES);
+        let reader = TableReader {
+            kv: &self.kv,
+            table,
+        };
+        let mut leaves = Vec::new();
+        let mut more = false;
+        let mut cursor = after;
+        while let Some(key) = self.next_key(table, cursor)? {
+            cursor = Some(key);
+            // Keys written after `height`, or deleted by then, are not part of it.
+            let Some(value) = reader
+                .get_value_option(version, KeyHash(key))
+                .map_err(tree_err)?
+            else {
+                continue;
+            };
+            if leaves.len() == limit {
+                more = true;
+                break;
+            }
+            if value.len() > MAX_LEAF_VALUE {
+                return Err(StateError::Corrupt(format!(
+                    "table {table} has a {}-byte leaf",
+                    value.len()
+                )));
+            }
+            leaves.push((key, value));
+        }
+        Ok(TableSnapshot {
+            table,
+            height,
+            root,
+            after,
+            leaves,
+            more,
+        })
+    }
+
+    /// Takes over `table` from its previous owner: checks `chunks` (the whole snapshot,
+    /// in order), rebuilds the tree, and commits it, marking the table owned, only if the
+    /// rebuilt root equals `certified_root` (the table's root in the previous owner's
+    /// certified epoch-end header). Anything wrong is refused with a clear error and
+    /// changes nothing.
+    pub fn import_table(
+        &mut self,
+        table: u8,
+        certified_root: [u8; 32],
+        chunks: &[TableSnapshot],
+    ) -> Result<(), SnapshotError> {
+        let height = self.height.ok_or(StateError::NoGenesis)?;
+        if self.owned.contains(table) {
+            return Err(SnapshotError::AlreadyOwned(table));
+        }
+        let leaves = check_chunks(table, &certified_root, chunks)?;
+        let version = self.versions[table as usize] + 1;
+        let reader = FreshReader {
+            inner: TableReader {
+                kv: &self.kv,
+                table,
+            },
+            version,
+        };
+        let mut stats = TableStats::default();
+        let mut values: BTreeMap<KeyHash, Option<Vec<u8>>> = BTreeMap::new();
+        let stats_key = stats_key();
+        for (key, value) in leaves {
+            if KeyHash(key) == stats_key {
+                stats = TableStats::decode(&value)?;
+            }
+            values.insert(KeyHash(key), Some(value));
+        }
+        let tree = Sha256Jmt::new(&reader);
+        let (root, update) = tree
+            .put_value_set(values.clone(), version)
+            .map_err(tree_err)?;
+        if root.0 != certified_root {
+            return Err(SnapshotError::RootMismatch {
+                certified: to_hex(&certified_root),
+                computed: to_hex(&root.0),
+            });
+        }
+        let mut batch = WriteBatch::default();
+        write_update(&reader.inner, &update, &mut batch)?;
+        // Values this store still holds for the table from an earlier ownership must not
+        // show through the fresh tree: mark every such key absent at the new version.
+        let fresh: BTreeSet<[u8; 32]> = values.keys().map(|k| k.0).collect();
+        let mut cursor = None;
+        while let Some(key) = self.next_key(table, cursor)? {
+            cursor = Some(key);
+            if !fresh.contains(&key) {
+                batch.put(
+                    Space::Values,
+                    reader.inner.value_key(KeyHash(key), version),
+                    vec![0u8],
+                );
+            }
+        }
+        let mut owned = self.owned;
+        owned.insert(table);
+        batch.put(Space::Meta, META_OWNED.to_vec(), owned.to_bytes().to_vec());
+        // The table is this ledger's from the next block on.
+        let mut versions = self.versions.clone();
+        let mut roots = self.roots.clone();
+        self.set_table(table, version, root.0, height + 1, &mut batch);
+        if let Err(e) = self.kv.commit(batch) {
+            // Nothing was written: keep the previous view too.
+            std::mem::swap(&mut self.versions, &mut versions);
+            std::mem::swap(&mut self.roots, &mut roots);
+            return Err(StateError::from(e).into());
+        }
+        self.owned = owned;
+        self.stats[table as usize] = stats;
+        self.cached_values().clear();
+        Ok(())
+    }
+}
+
+/// Checks the chunks' order and claims; returns all leaves, ascending.
+fn check_chunks(
+    table: u8,
+    certified_root: &[u8; 32],
+    chunks: &[TableSnapshot],
+) -> Result<Vec<Leaf>, SnapshotError> {
+    if chunks.is_empty() {
+        return Err(SnapshotError::NoChunks);
+    }
+    let mut leaves = Vec::new();
+    let mut last: Option<[u8; 32]> = None;
+    let mut finished = false;
+    for (i, chunk) in chunks.iter().enumerate() {
+        if finished {
+            return Err(SnapshotError::TrailingChunks);
+        }
+        if chunk.table != table {
+            return Err(SnapshotError::WrongTable {
+                chunk: i,
+                expected: table,
+                got: chunk.table,
+            });
+        }
+        if &chunk.root != certified_root {
+            return Err(SnapshotError::WrongRoot {
+                chunk: i,
+                certified: to_hex(certified_root),
+                claimed: to_hex(&chunk.root),
+            });
+        }
+        // A chunk continues exactly where the previous one ended, and makes progress
+        // unless it is the last.
+        if chunk.after != last || (chunk.more && chunk.leaves.is_empty()) {
+            return Err(SnapshotError::Discontinuous { chunk: i });
+        }
+        for (key, value) in &chunk.leaves {
+            if last.is_some_and(|l| *key <= l) {
+                return Err(SnapshotError::Unordered { chunk: i });
+            }
+            if value.len() > MAX_LEAF_VALUE {
+                return Err(SnapshotError::ValueTooLong {
+                    chunk: i,
+                    len: value.len(),
+                });
+            }
+            last = Some(*key);
+            leaves.push((*key, value.clone()));
+        }
+        finished = !chunk.more;
+    }
+    if !finished {
+        return Err(SnapshotError::Truncated);
+    }
+    Ok(leaves)
+}
