@@ -207,6 +207,11 @@ async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json
             if let Some(owner) = foreign_shard(&rpc, &request) {
                 return Json(forward(&rpc, owner, request).await);
             }
+            if request.method == methods::SUBMIT_SYSTEM
+                && let Some(beacon) = beacon_rpc_of_shard_node(&rpc)
+            {
+                return Json(forward_to(&beacon, "the beacon", request).await);
+            }
             let mut response = serde_json::to_value(answer(&rpc, request)).unwrap_or(Value::Null);
             // Sharded networks: say which shard admitted it.
             if let (Some(shard), Some(result)) = (own_shard(&rpc), response.get_mut("result"))
@@ -246,6 +251,43 @@ fn foreign_shard<K: Kv>(rpc: &Rpc<K>, request: &JsonRpcRequest) -> Option<u16> {
         trellis_node_types::Committee::Beacon => None,
     };
     (own != Some(owner)).then_some(owner)
+}
+
+/// On a shard node: the beacon validators' RPC addresses (system transactions go there).
+fn beacon_rpc_of_shard_node<K: Kv>(rpc: &Rpc<K>) -> Option<Vec<String>> {
+    let state = lock(&rpc.state);
+    if state.shard.as_ref()?.committee == trellis_node_types::Committee::Beacon {
+        return None;
+    }
+    Some(
+        state
+            .beacon
+            .as_ref()?
+            .beacon_validators()
+            .iter()
+            .map(|s| s.rpc_address.clone())
+            .collect(),
+    )
+}
+
+/// Forwards a request as the client sent it to the first of `addresses` that answers;
+/// that answer is the client's answer.
+async fn forward_to(addresses: &[String], whom: &str, request: JsonRpcRequest) -> Value {
+    let id = request.id.clone();
+    let body = serde_json::to_value(&request).unwrap_or(Value::Null);
+    let mut last = format!("{whom} has no RPC addresses");
+    for address in addresses {
+        match crate::relay_http::request(address, &body).await {
+            Ok(response) => return response,
+            Err(e) => last = e,
+        }
+    }
+    serde_json::to_value(JsonRpcResponse::err(
+        id,
+        codes::INTERNAL,
+        format!("{whom} could not be reached: {last}"),
+    ))
+    .unwrap_or(Value::Null)
 }
 
 /// Forwards a transaction to the RPC of a validator of the shard that owns it (the

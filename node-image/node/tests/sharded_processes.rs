@@ -349,6 +349,25 @@ fn beacon_and_two_shards_route_follow_and_refuse() {
     )
     .unwrap_err();
     assert_eq!(code, error_codes::SYSTEM_REFUSED, "{message}");
+    // A shard node forwards system transactions to the beacon: same refusal, from there.
+    let (code, message) = call(
+        s1,
+        methods::SUBMIT_SYSTEM,
+        json!({"tx": reshard(&test_key(1), 3)}),
+    )
+    .unwrap_err();
+    assert_eq!(code, error_codes::SYSTEM_REFUSED, "{message}");
+    assert!(message.contains("admin key"), "{message}");
+    // (A shard node itself would answer "this node is not a beacon node": the message
+    // above comes from the beacon's state check.)
+    let (code, message) = call(
+        s0,
+        methods::SUBMIT_SYSTEM,
+        json!({"tx": reshard(&admin, 2)}),
+    )
+    .unwrap_err();
+    assert_eq!(code, error_codes::SYSTEM_REFUSED, "{message}");
+    assert!(message.contains("already has 2 shards"), "{message}");
     let (code, _) = call(s1, methods::GET_BEACON_BLOCKS, json!({"from": 1})).unwrap_err();
     assert_eq!(code, error_codes::METHOD_NOT_FOUND);
 
