@@ -629,8 +629,15 @@ pub mod metrics {
     pub const PEERS: &str = "trellis_peers";
     /// Histogram (seconds) from a transaction's admission to its finalization.
     pub const FINALITY_LATENCY_SECONDS: &str = "trellis_finality_latency_seconds";
+    /// Sharded networks: the shard count of the beacon state the node holds.
+    pub const SHARD_COUNT: &str = "trellis_shard_count";
+    /// Sharded networks, per owned table (label `table`): its successfully executed
+    /// transactions (the autoscaler's load input).
+    pub const TABLE_TXS_TOTAL: &str = "trellis_table_txs_total";
     pub const LABEL_NETWORK: &str = "network";
+    /// The shard number, or `beacon` on beacon nodes.
     pub const LABEL_SHARD: &str = "shard";
+    pub const LABEL_TABLE: &str = "table";
 }
 
 #[cfg(test)]

@@ -1583,6 +1583,26 @@ where
         self.stalled_at = Some(height);
     }
 
+    /// Sharded networks: the shard count and each owned table's executed transactions.
+    fn sharded_metrics(&self) {
+        let state = lock(&self.state);
+        let (Some(place), Some(beacon)) = (&state.shard, &state.beacon) else {
+            return;
+        };
+        self.metrics
+            .shard_count
+            .set(i64::from(beacon.shard_count()));
+        for table in &place.tables {
+            let counter = self.metrics.table_txs.get_or_create(&vec![(
+                trellis_node_api::metrics::LABEL_TABLE.to_string(),
+                table.to_string(),
+            )]);
+            let txs = state.ledger.table_stats(*table).txs;
+            // Counters only go up: add what executed since the last look.
+            counter.inc_by(txs.saturating_sub(counter.get()));
+        }
+    }
+
     fn flush_gossip(&mut self) {
         let system = std::mem::take(&mut lock(&self.state).system_gossip);
         if !system.is_empty() {
@@ -1966,6 +1986,7 @@ where
             }
         }
         self.metrics.finalized_height.set(block.height as i64);
+        self.sharded_metrics();
         self.metrics.txs_committed.inc_by(block.txs.len() as u64);
         self.metrics.mempool_depth.set(depth as i64);
         info!(height = block.height, txs = block.txs.len(), "finalized");

@@ -347,11 +347,11 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
         .as_ref()
         .is_some_and(|p| p.committee != Committee::Beacon);
     let state = Arc::new(Mutex::new(state));
-    let shard = match config.role {
-        Role::Shard { shard } => shard,
-        Role::Beacon => 0,
+    let committee = match config.role {
+        Role::Shard { shard } => shard.to_string(),
+        Role::Beacon => "beacon".to_string(),
     };
-    let metrics = ChainMetrics::new(&config.chain_id, shard);
+    let metrics = ChainMetrics::for_committee(&config.chain_id, &committee);
     let peers = PeerTracker::default();
     let rpc = Arc::new(Rpc {
         chain_id: config.chain_id.clone(),

@@ -95,6 +95,21 @@ fn call(addr: SocketAddr, method: &str, params: Value) -> Result<Value, (i64, St
     Ok(response["result"].clone())
 }
 
+fn metrics(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 fn status(addr: SocketAddr) -> Option<NodeStatus> {
     serde_json::from_value(call(addr, methods::STATUS, Value::Null).ok()?).ok()
 }
@@ -299,6 +314,17 @@ fn beacon_and_two_shards_route_follow_and_refuse() {
                 .is_some_and(|t| t.state == TxState::Committed && t.success == Some(true))
         },
     );
+    // Per-shard and per-table metrics (the autoscaler's inputs).
+    let table = table_of(&shard1[0].public_key());
+    let line =
+        format!("trellis_table_txs_total{{network=\"{CHAIN}\",shard=\"1\",table=\"{table}\"}} 1");
+    wait_for("the table's transaction counter", limit, || {
+        metrics(s1).contains(&line)
+    });
+    assert!(metrics(s1).contains(&format!(
+        "trellis_shard_count{{network=\"{CHAIN}\",shard=\"1\"}} 2"
+    )));
+    assert!(metrics(b).contains("shard=\"beacon\""));
     // Sent to its own shard, it stays there.
     let own = call(
         s0,
