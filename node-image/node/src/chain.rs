@@ -35,8 +35,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
+use trellis_node_beacon::BeaconState;
 use trellis_node_state::{Kv, Ledger, Space, StateError, WriteBatch};
-use trellis_node_types::{Block, Digest, GovernanceTx, MAX_BLOCK_GOVERNANCE, PublicKey, Tx};
+use trellis_node_types::shard::MAX_BLOCK_SYSTEM;
+use trellis_node_types::{
+    Block, Committee, Digest, GovernanceTx, MAX_BLOCK_GOVERNANCE, PublicKey, ShardHeader, Sharding,
+    SystemTx, TableRoot, Tx,
+};
 
 /// The consensus signing scheme: ed25519, one signature per validator in a certificate.
 pub type Scheme = ed25519::Scheme;
@@ -84,6 +89,42 @@ fn validators_bytes(registry: &Registry) -> Result<Vec<u8>, StateError> {
 fn key_finalization(height: u64) -> Vec<u8> {
     [b"chain/f/".as_slice(), &height.to_be_bytes()].concat()
 }
+/// Sharded chains: SHA-256 of the owned tables' roots left by a finalized height,
+/// recorded when the next height executes (the ledger still holds that state then, so
+/// the record is committed atomically with a block). The newest height's roots are read
+/// from the ledger itself.
+fn key_roots(height: u64) -> Vec<u8> {
+    [b"chain/r/".as_slice(), &height.to_be_bytes()].concat()
+}
+/// Sharded chains: the beacon state (executed by beacon nodes), committed with each block.
+pub const KEY_BEACON: &[u8] = b"chain/beacon";
+/// Beacon chains: the receipt of an executed system transaction.
+fn key_system(hash: &Digest) -> Vec<u8> {
+    [b"chain/sys/".as_slice(), &hash.0].concat()
+}
+
+/// The digest validators compare a header's roots with.
+pub fn roots_digest(roots: &[TableRoot]) -> Digest {
+    use commonware_cryptography::{Hasher as _, Sha256};
+    let mut bytes = Vec::with_capacity(roots.len() * 33);
+    for r in roots {
+        bytes.push(r.table);
+        bytes.extend_from_slice(&r.root);
+    }
+    Sha256::hash(&[&bytes])
+}
+
+/// Where this node sits in a sharded network (absent in unsharded networks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardPlace {
+    pub committee: Committee,
+    /// Tables the committee owns at the finalized height, sorted (empty for the beacon).
+    /// Changes only when a block executes, so "the roots a height left" is well defined.
+    pub tables: Vec<u8>,
+    /// Highest beacon height this node has verified and replayed (0 until it follows
+    /// the beacon; the beacon itself keeps 0).
+    pub beacon_height: u64,
+}
 
 /// State shared between the chain actor and the RPC server.
 pub struct NodeState<K: Kv> {
@@ -105,6 +146,23 @@ pub struct NodeState<K: Kv> {
     pub governance_pool: Vec<GovernanceTx>,
     /// Governance transactions admitted here, to be gossiped to the committee.
     pub governance_gossip: Vec<GovernanceTx>,
+    /// Sharded networks only: this node's committee, owned tables and beacon progress.
+    pub shard: Option<ShardPlace>,
+    /// Sharded networks only: the beacon state at the finalized height (beacon nodes
+    /// execute it; shard nodes start from the genesis one).
+    pub beacon: Option<BeaconState>,
+    /// Beacon nodes: system transactions waiting for a block (checked against `beacon`).
+    pub system_pool: Vec<SystemTx>,
+    /// System transactions admitted here, to be gossiped to the committee.
+    pub system_gossip: Vec<SystemTx>,
+}
+
+/// Why a system transaction was not admitted to the pool: the JSON-RPC code and message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct SystemRefusal {
+    pub code: i64,
+    pub message: String,
 }
 
 /// Most governance transactions waiting in the pool.
@@ -129,9 +187,36 @@ impl<K: Kv> NodeState<K> {
         balances: &[(PublicKey, u64)],
         mempool_bound: usize,
     ) -> Result<Self, StateError> {
+        Self::open_in(kv, chain_id, balances, mempool_bound, None)
+    }
+
+    /// [`Self::open`] for a node of a sharded network's committee (`place`), or of an
+    /// unsharded network (`None`). The format of the genesis block depends on it.
+    pub fn open_in(
+        kv: K,
+        chain_id: &str,
+        balances: &[(PublicKey, u64)],
+        mempool_bound: usize,
+        place: Option<ShardPlace>,
+    ) -> Result<Self, StateError> {
         let mut ledger = Ledger::open(kv)?;
-        ledger.init_genesis(balances)?;
-        let genesis = Block::genesis(chain_id);
+        match &place {
+            None => ledger.init_genesis(balances)?,
+            // A shard writes only the tables it owns (the beacon none); the supply stays
+            // the network's total.
+            Some(place) => ledger.init_genesis_owned(
+                balances,
+                &place
+                    .tables
+                    .iter()
+                    .copied()
+                    .collect::<trellis_node_state::TableSet>(),
+            )?,
+        }
+        let genesis = match &place {
+            None => Block::genesis(chain_id),
+            Some(place) => Block::genesis_sharded(chain_id, place.committee),
+        };
         if ledger.kv().get(Space::Meta, &key_block(0))?.is_none() {
             let mut batch = WriteBatch::default();
             batch.put(Space::Meta, key_block(0), genesis.encode().to_vec());
@@ -144,6 +229,21 @@ impl<K: Kv> NodeState<K> {
         }
         let height = ledger.height().unwrap_or(0);
         let finalized_digest = match read_block(ledger.kv(), height)? {
+            Some(block) if block.sharding.is_some() != place.is_some() => {
+                return Err(StateError::Corrupt(format!(
+                    "the stored chain is {}, the genesis file {}",
+                    if place.is_some() {
+                        "unsharded"
+                    } else {
+                        "sharded"
+                    },
+                    if place.is_some() {
+                        "shards it"
+                    } else {
+                        "does not"
+                    },
+                )));
+            }
             Some(block) => block.digest(),
             None => return Err(StateError::Corrupt(format!("block {height} missing"))),
         };
@@ -158,6 +258,10 @@ impl<K: Kv> NodeState<K> {
             registry: Registry::fixed(&[]),
             governance_pool: Vec::new(),
             governance_gossip: Vec::new(),
+            shard: place,
+            beacon: None,
+            system_pool: Vec::new(),
+            system_gossip: Vec::new(),
         }
         .with_stored_registry()
     }
@@ -180,7 +284,20 @@ impl<K: Kv> NodeState<K> {
         mempool_bound: usize,
         genesis: Registry,
     ) -> Result<Self, StateError> {
-        let mut state = Self::open(kv, chain_id, balances, mempool_bound)?;
+        Self::open_consortium_in(kv, chain_id, balances, mempool_bound, genesis, None)
+    }
+
+    /// [`Self::open_consortium`] in a sharded network's committee (`place`) or an
+    /// unsharded network (`None`).
+    pub fn open_consortium_in(
+        kv: K,
+        chain_id: &str,
+        balances: &[(PublicKey, u64)],
+        mempool_bound: usize,
+        genesis: Registry,
+        place: Option<ShardPlace>,
+    ) -> Result<Self, StateError> {
+        let mut state = Self::open_in(kv, chain_id, balances, mempool_bound, place)?;
         if state.ledger.kv().get(Space::Meta, REGISTRY_KEY)?.is_none() {
             let mut batch = WriteBatch::default();
             batch.put(
@@ -198,6 +315,73 @@ impl<K: Kv> NodeState<K> {
             state.registry = genesis;
         }
         Ok(state)
+    }
+
+    /// Sharded networks: the beacon state stored with the last finalized block, or
+    /// `genesis` (stored now) on a fresh store.
+    pub fn with_beacon(mut self, genesis: BeaconState) -> Result<Self, StateError> {
+        match self.ledger.kv().get(Space::Meta, KEY_BEACON)? {
+            Some(bytes) => {
+                self.beacon = Some(
+                    BeaconState::from_bytes(&bytes)
+                        .map_err(|e| StateError::Corrupt(format!("beacon state: {e}")))?,
+                );
+            }
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put(Space::Meta, KEY_BEACON.to_vec(), genesis.to_bytes());
+                self.ledger.kv().commit(batch)?;
+                self.beacon = Some(genesis);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Admits a system transaction submitted to a beacon node and queues it for gossip.
+    pub fn submit_system(&mut self, tx: SystemTx, chain_id: &str) -> Result<Digest, SystemRefusal> {
+        use trellis_node_api::error_codes as codes;
+        let refused = |code, message: String| SystemRefusal { code, message };
+        let Some(beacon) = self.beacon.as_ref().filter(|_| {
+            self.shard
+                .as_ref()
+                .is_some_and(|p| p.committee == Committee::Beacon)
+        }) else {
+            return Err(refused(
+                codes::SYSTEM_REFUSED,
+                "this node is not a beacon node; submit system transactions to the beacon".into(),
+            ));
+        };
+        tx.check_stateless(chain_id)
+            .map_err(|e| refused(codes::SYSTEM_REFUSED, e.to_string()))?;
+        let hash = tx.hash();
+        if self.system_pool.iter().any(|t| t.hash() == hash) {
+            return Err(refused(
+                codes::ALREADY_KNOWN,
+                "this system transaction is already pending".into(),
+            ));
+        }
+        beacon
+            .check(&tx)
+            .map_err(|e| refused(e.code(), e.to_string()))?;
+        if self.system_pool.len() >= GOVERNANCE_POOL {
+            return Err(refused(
+                codes::MEMPOOL_FULL,
+                format!("the system pool is full ({GOVERNANCE_POOL} transactions); retry later"),
+            ));
+        }
+        self.system_pool.push(tx.clone());
+        self.system_gossip.push(tx);
+        Ok(hash)
+    }
+
+    /// The receipt of an executed system transaction (beacon nodes).
+    pub fn system_receipt(&self, hash: &Digest) -> Result<Option<GovernanceReceipt>, StateError> {
+        match self.ledger.kv().get(Space::Meta, &key_system(hash))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt(format!("system receipt: {e}"))),
+        }
     }
 
     /// Uses a fixed committee when the store holds no registry (a node started without
@@ -260,6 +444,7 @@ impl<K: Kv> NodeState<K> {
 
     /// Admits a transaction submitted by a client and queues it for gossip.
     pub fn submit(&mut self, tx: Tx) -> Result<Digest, crate::mempool::AdmitError> {
+        self.check_tables(&tx)?;
         let hash = self.mempool.admit(tx.clone(), &self.ledger)?;
         self.gossip.push(tx);
         Ok(hash)
@@ -267,6 +452,51 @@ impl<K: Kv> NodeState<K> {
 
     pub fn finalized_height(&self) -> u64 {
         self.ledger.height().unwrap_or(0)
+    }
+
+    /// Sharded networks: a shard takes only transactions whose sender's table it owns,
+    /// and (until cross-shard transfers land) whose receiver's table it owns too; the
+    /// beacon takes none. Unsharded networks take every table.
+    pub fn check_tables(&self, tx: &Tx) -> Result<(), crate::mempool::AdmitError> {
+        table_refusal(self.shard.as_ref(), tx).map_or(Ok(()), |reason| {
+            Err(crate::mempool::AdmitError::WrongShard(reason))
+        })
+    }
+
+    /// The roots of the owned tables at the finalized height (sharded chains).
+    pub fn owned_roots(&self) -> Vec<TableRoot> {
+        self.shard.as_ref().map_or_else(Vec::new, |place| {
+            place
+                .tables
+                .iter()
+                .map(|t| TableRoot {
+                    table: *t,
+                    root: self.ledger.table_root(*t),
+                })
+                .collect()
+        })
+    }
+
+    /// Digest of the owned tables' roots that finalized `height` left, when this node
+    /// has finalized it (sharded chains).
+    pub fn roots_digest_at(&self, height: u64) -> Result<Option<Digest>, StateError> {
+        let finalized = self.finalized_height();
+        if height > finalized {
+            return Ok(None);
+        }
+        if height == finalized {
+            return Ok(Some(roots_digest(&self.owned_roots())));
+        }
+        match self.ledger.kv().get(Space::Meta, &key_roots(height))? {
+            None => Err(StateError::Corrupt(format!(
+                "roots of finalized height {height} were not recorded"
+            ))),
+            Some(bytes) => <Digest as commonware_codec::DecodeExt<()>>::decode(
+                commonware_codec::Copying(bytes.as_slice()),
+            )
+            .map(Some)
+            .map_err(|e| StateError::Corrupt(format!("roots of height {height}: {e}"))),
+        }
     }
 
     /// A finalized block by height.
@@ -309,9 +539,10 @@ fn read_block<K: Kv>(kv: &K, height: u64) -> Result<Option<Block>, StateError> {
 }
 
 /// Checks an encoded finalization certificate: it must finalize `digest` and carry a
-/// quorum of valid signatures of `validators`. Returns its (epoch, view).
+/// quorum of valid signatures of `validators`, made in the consensus `namespace` (see
+/// [`crate::engine::consensus_namespace`]). Returns its (epoch, view).
 pub fn verify_finalization(
-    chain_id: &str,
+    namespace: &[u8],
     validators: &[PublicKey],
     certificate: &[u8],
     digest: &Digest,
@@ -319,7 +550,7 @@ pub fn verify_finalization(
     use commonware_codec::Decode;
     use commonware_consensus::simplex::types::Finalization;
     let participants = commonware_utils::ordered::Set::try_from(validators.to_vec()).ok()?;
-    let scheme = Scheme::verifier(&crate::engine::consensus_namespace(chain_id), participants);
+    let scheme = Scheme::verifier(namespace, participants);
     let finalization = Finalization::<Scheme, Digest>::decode_cfg(
         commonware_codec::Copying(certificate),
         &validators.len(),
@@ -381,9 +612,14 @@ enum Backfill {
     EpochEndRequest { epoch: u64 },
     /// The last block of an epoch with the certificate that finalized it (verified by the
     /// receiver against that epoch's validators).
-    EpochEnd { block: Block, certificate: Vec<u8> },
+    EpochEnd {
+        block: Box<Block>,
+        certificate: Vec<u8>,
+    },
     /// Governance transactions admitted by the sender, for the receivers' pools.
     Governance { txs: Vec<GovernanceTx> },
+    /// System transactions admitted by the sender (beacon committees).
+    System { txs: Vec<SystemTx> },
 }
 
 /// Largest encoded finalization certificate accepted (a proposal and one ed25519
@@ -429,6 +665,13 @@ impl Write for Backfill {
                     tx.write(buf);
                 }
             }
+            Backfill::System { txs } => {
+                6u8.write(buf);
+                UInt(txs.len() as u32).write(buf);
+                for tx in txs {
+                    tx.write(buf);
+                }
+            }
         }
     }
 }
@@ -452,6 +695,10 @@ impl EncodeSize for Backfill {
                     + certificate.len()
             }
             Backfill::Governance { txs } => {
+                UInt(txs.len() as u32).encode_size()
+                    + txs.iter().map(EncodeSize::encode_size).sum::<usize>()
+            }
+            Backfill::System { txs } => {
                 UInt(txs.len() as u32).encode_size()
                     + txs.iter().map(EncodeSize::encode_size).sum::<usize>()
             }
@@ -503,7 +750,10 @@ impl Read for Backfill {
                 }
                 let mut certificate = vec![0u8; len];
                 buf.copy_to_slice(&mut certificate);
-                Ok(Backfill::EpochEnd { block, certificate })
+                Ok(Backfill::EpochEnd {
+                    block: Box::new(block),
+                    certificate,
+                })
             }
             5 => {
                 let count = u32::from(UInt::<u32>::read(buf)?) as usize;
@@ -515,6 +765,17 @@ impl Read for Backfill {
                     txs.push(GovernanceTx::read(buf)?);
                 }
                 Ok(Backfill::Governance { txs })
+            }
+            6 => {
+                let count = u32::from(UInt::<u32>::read(buf)?) as usize;
+                if count > GOVERNANCE_POOL {
+                    return Err(CodecError::InvalidLength(count));
+                }
+                let mut txs = Vec::with_capacity(count.min(MAX_BLOCK_SYSTEM));
+                for _ in 0..count {
+                    txs.push(SystemTx::read(buf)?);
+                }
+                Ok(Backfill::System { txs })
             }
             t => Err(CodecError::InvalidEnum(t)),
         }
@@ -638,6 +899,9 @@ impl Reporter for Mailbox {
 #[derive(Clone, Debug)]
 pub struct ChainConfig {
     pub chain_id: String,
+    /// The consensus namespace certificates are verified in (see
+    /// [`crate::engine::consensus_namespace`]).
+    pub namespace: Vec<u8>,
     /// Epoch at start-up (informational: proposals and votes use the epoch consensus
     /// gives them, checked against the member registry).
     pub epoch: u64,
@@ -1021,7 +1285,12 @@ where
                         self.proposals.push(p);
                         continue;
                     }
-                    let block = self.build(&p.context, &parent);
+                    let Some(block) = self.build(&p.context, &parent) else {
+                        // Not ready to commit to a shard header on this parent yet: it
+                        // names state or a beacon height this node has not reached.
+                        self.proposals.push(p);
+                        continue;
+                    };
                     let digest = block.digest();
                     if let Err(e) = self.persist(&block) {
                         error!(error = %e, "persisting a proposal; not proposing");
@@ -1039,7 +1308,17 @@ where
         }
     }
 
-    fn build(&self, context: &ConsensusContext, parent: &Block) -> Block {
+    /// Builds a proposal on `parent`; `None` while a sharded node cannot commit to a
+    /// header on it yet.
+    fn build(&self, context: &ConsensusContext, parent: &Block) -> Option<Block> {
+        let next = next_shard_header(&lock(&self.state), parent);
+        let sharding = match next {
+            Ok(header) => header,
+            Err(wait) => {
+                debug!(reason = %wait, "proposal waits");
+                return None;
+            }
+        };
         // Transactions already in unfinalized ancestors are not included again.
         let mut exclude = HashSet::new();
         let mut cursor = parent.clone();
@@ -1081,7 +1360,7 @@ where
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Block::with_governance(
+        let block = Block::with_governance(
             parent.digest(),
             parent.height + 1,
             context.round.epoch().get(),
@@ -1089,7 +1368,56 @@ where
             now_ms,
             txs,
             governance,
-        )
+        );
+        let system = match &sharding {
+            Some(h) if h.committee == Committee::Beacon && !self.system_above(parent) => {
+                // Sequences are per signer and follow execution order: include only what
+                // executes on top of the finalized beacon state in this order.
+                let state = lock(&self.state);
+                let mut included = Vec::new();
+                if let Some(mut beacon) = state.beacon.clone() {
+                    for tx in &state.system_pool {
+                        if included.len() >= MAX_BLOCK_SYSTEM {
+                            break;
+                        }
+                        if beacon.execute(tx, parent.height + 1).is_ok() {
+                            included.push(tx.clone());
+                        }
+                    }
+                }
+                included
+            }
+            _ => Vec::new(),
+        };
+        Some(match sharding {
+            None => block,
+            Some(header) => block.with_sharding(Sharding {
+                header,
+                credits: Vec::new(),
+                system,
+            }),
+        })
+    }
+
+    /// True when a block between the finalized one and `parent` (inclusive) carries
+    /// system transactions: their outcome (and so the next sequences) is not known yet.
+    fn system_above(&self, parent: &Block) -> bool {
+        let finalized = lock(&self.state).finalized_height();
+        let mut cursor = parent.clone();
+        while cursor.height > finalized {
+            if cursor
+                .sharding
+                .as_ref()
+                .is_some_and(|s| !s.system.is_empty())
+            {
+                return true;
+            }
+            match self.unfinalized(&cursor.parent) {
+                Ok(Some(b)) => cursor = b,
+                _ => break,
+            }
+        }
+        false
     }
 
     /// True when a block between the finalized one and `parent` (inclusive) carries
@@ -1150,7 +1478,22 @@ where
                 state.registry.epoch == epoch
                     && state.registry.epoch_end(epoch) == Some(block.height)
             } else {
-                self.valid(&v.context, &block, &parent)
+                let sharding =
+                    check_sharding(&lock(&self.state), &self.config.chain_id, &block, &parent);
+                match sharding {
+                    Ok(true) => self.valid(&v.context, &block, &parent),
+                    Ok(false) => {
+                        // It names state or a beacon height this node has not reached
+                        // yet: vote once it has (consensus times the view out otherwise).
+                        v.ticks += 1;
+                        self.verifies.push(v);
+                        continue;
+                    }
+                    Err(reason) => {
+                        warn!(digest = ?v.digest, %reason, "refusing a block");
+                        false
+                    }
+                }
             };
             if !valid {
                 warn!(digest = ?v.digest, "refusing invalid block");
@@ -1240,7 +1583,33 @@ where
         self.stalled_at = Some(height);
     }
 
+    /// Sharded networks: the shard count and each owned table's executed transactions.
+    fn sharded_metrics(&self) {
+        let state = lock(&self.state);
+        let (Some(place), Some(beacon)) = (&state.shard, &state.beacon) else {
+            return;
+        };
+        self.metrics
+            .shard_count
+            .set(i64::from(beacon.shard_count()));
+        for table in &place.tables {
+            let counter = self.metrics.table_txs.get_or_create(&vec![(
+                trellis_node_api::metrics::LABEL_TABLE.to_string(),
+                table.to_string(),
+            )]);
+            let txs = state.ledger.table_stats(*table).txs;
+            // Counters only go up: add what executed since the last look.
+            counter.inc_by(txs.saturating_sub(counter.get()));
+        }
+    }
+
     fn flush_gossip(&mut self) {
+        let system = std::mem::take(&mut lock(&self.state).system_gossip);
+        if !system.is_empty() {
+            let message = Backfill::System { txs: system };
+            self.backfill_sender
+                .send(Recipients::All, IoBuf::from(message.encode()), false);
+        }
         let governance = std::mem::take(&mut lock(&self.state).governance_gossip);
         if !governance.is_empty() {
             let message = Backfill::Governance { txs: governance };
@@ -1305,6 +1674,9 @@ where
                 let mut guard = lock(&self.state);
                 let state = &mut *guard;
                 for tx in fresh {
+                    if state.check_tables(&tx).is_err() {
+                        continue;
+                    }
                     // Already known, already committed or invalid: nothing to do. A peer
                     // cannot get anything into the pool that admission would refuse; a
                     // batch with a bad signature is checked one by one.
@@ -1330,7 +1702,10 @@ where
                     }
                 };
                 if let Some((block, certificate)) = proof {
-                    let response = Backfill::EpochEnd { block, certificate };
+                    let response = Backfill::EpochEnd {
+                        block: Box::new(block),
+                        certificate,
+                    };
                     self.backfill_sender.send(
                         Recipients::One(from),
                         IoBuf::from(response.encode()),
@@ -1339,7 +1714,7 @@ where
                 }
                 Ok(())
             }
-            Backfill::EpochEnd { block, certificate } => self.epoch_end(block, certificate),
+            Backfill::EpochEnd { block, certificate } => self.epoch_end(*block, certificate),
             Backfill::Governance { txs } => {
                 let mut state = lock(&self.state);
                 // Only what this node's own clients submitted is gossiped by it.
@@ -1349,6 +1724,15 @@ where
                     let _ = state.submit_governance(tx, &self.config.chain_id);
                 }
                 state.governance_gossip.truncate(own);
+                Ok(())
+            }
+            Backfill::System { txs } => {
+                let mut state = lock(&self.state);
+                let own = state.system_gossip.len();
+                for tx in txs {
+                    let _ = state.submit_system(tx, &self.config.chain_id);
+                }
+                state.system_gossip.truncate(own);
                 Ok(())
             }
             Backfill::Response { blocks } => {
@@ -1389,7 +1773,7 @@ where
             return Ok(());
         }
         let Some(round) = verify_finalization(
-            &self.config.chain_id,
+            &self.config.namespace,
             &validators,
             &certificate,
             &block.digest(),
@@ -1474,6 +1858,55 @@ where
         if let Some(certificate) = self.certificates.remove(&digest) {
             extra.put(Space::Meta, key_finalization(block.height), certificate);
         }
+        // Sharded chains record the roots the previous height left while the ledger still
+        // holds them (see `key_roots`).
+        let mut beacon = {
+            let state = lock(&self.state);
+            if state.shard.is_some() {
+                extra.put(
+                    Space::Meta,
+                    key_roots(block.height - 1),
+                    roots_digest(&state.owned_roots()).encode().to_vec(),
+                );
+            }
+            let executes = state
+                .shard
+                .as_ref()
+                .is_some_and(|p| p.committee == Committee::Beacon);
+            state.beacon.clone().filter(|_| executes)
+        };
+        // Beacon chains: system transactions execute in order, then the block ends (an
+        // epoch boundary fixes the next epoch's map and committees); the beacon state is
+        // committed with the block.
+        if let Some(beacon) = beacon.as_mut() {
+            let system = block.sharding.as_ref().map_or(&[][..], |s| &s.system[..]);
+            for tx in system {
+                let outcome = beacon.execute(tx, block.height);
+                if let Err(e) = &outcome {
+                    info!(height = block.height, error = %e, "system transaction failed");
+                }
+                let receipt = GovernanceReceipt {
+                    height: block.height,
+                    success: outcome.is_ok(),
+                    error: outcome.err().map(|e| e.to_string()),
+                };
+                extra.put(
+                    Space::Meta,
+                    key_system(&tx.hash()),
+                    serde_json::to_vec(&receipt)
+                        .map_err(|e| StateError::Corrupt(format!("system receipt: {e}")))?,
+                );
+            }
+            if let Some(change) = beacon.end_of_block(block.height, &digest.0) {
+                info!(
+                    epoch = change.epoch,
+                    shards = change.shard_count,
+                    moves = change.moves.len(),
+                    "beacon epoch change"
+                );
+            }
+            extra.put(Space::Meta, KEY_BEACON.to_vec(), beacon.to_bytes());
+        }
         // Governance executes after the block's transactions; the registry it leaves is
         // committed with the block.
         let mut registry = lock(&self.state).registry.clone();
@@ -1521,6 +1954,16 @@ where
                 .governance_pool
                 .retain(|g| !block.governance.contains(g) && registry.check(g, chain_id).is_ok());
             state.registry = registry;
+            if let Some(beacon) = beacon {
+                let included: Vec<Digest> = block
+                    .sharding
+                    .as_ref()
+                    .map_or_else(Vec::new, |s| s.system.iter().map(SystemTx::hash).collect());
+                state
+                    .system_pool
+                    .retain(|t| !included.contains(&t.hash()) && beacon.check(t).is_ok());
+                state.beacon = Some(beacon);
+            }
             let admitted = state.mempool.on_finalized(&block.txs, &state.ledger);
             (admitted, state.mempool.len())
         };
@@ -1543,6 +1986,7 @@ where
             }
         }
         self.metrics.finalized_height.set(block.height as i64);
+        self.sharded_metrics();
         self.metrics.txs_committed.inc_by(block.txs.len() as u64);
         self.metrics.mempool_depth.set(depth as i64);
         info!(height = block.height, txs = block.txs.len(), "finalized");
@@ -1551,6 +1995,141 @@ where
         self.blocks.retain(|_, b| b.height > height);
         self.certificates.retain(|d, _| *d != digest);
         Ok(())
+    }
+}
+
+/// Why `place` must not execute `tx` (see [`NodeState::check_tables`]).
+fn table_refusal(place: Option<&ShardPlace>, tx: &Tx) -> Option<String> {
+    let place = place?;
+    let Committee::Shard(shard) = place.committee else {
+        return Some("the beacon takes no transactions; send them to a shard".into());
+    };
+    let from = trellis_node_types::table_of(&tx.unsigned.from);
+    if place.tables.binary_search(&from).is_err() {
+        return Some(format!(
+            "the sender's table {from} is not owned by shard {shard}"
+        ));
+    }
+    if let trellis_node_types::TxKind::Transfer { to, .. } = &tx.unsigned.kind {
+        let to = trellis_node_types::table_of(to);
+        if place.tables.binary_search(&to).is_err() {
+            return Some(format!(
+                "cross-shard transfers are not supported yet (the receiver's table {to} is not owned by shard {shard})"
+            ));
+        }
+    }
+    None
+}
+
+/// The shard header of a block on `parent` (`Ok(None)` in unsharded networks), or why
+/// this node cannot commit to one yet: it names its own finalized height and the roots
+/// that height left, which must not be below the parent's, and the beacon height it has
+/// followed, which must not be below the parent's either.
+fn next_shard_header<K: Kv>(
+    state: &NodeState<K>,
+    parent: &Block,
+) -> Result<Option<ShardHeader>, String> {
+    let (Some(place), Some(above)) = (&state.shard, &parent.sharding) else {
+        return Ok(None);
+    };
+    let above = &above.header;
+    let state_height = state.finalized_height();
+    if state_height < above.state_height {
+        return Err(format!(
+            "finalized height {state_height} is below the parent's state height {}",
+            above.state_height
+        ));
+    }
+    let beacon_height = match place.committee {
+        Committee::Beacon => 0,
+        Committee::Shard(_) => place.beacon_height,
+    };
+    if beacon_height < above.beacon_height {
+        return Err(format!(
+            "followed beacon height {beacon_height} is below the parent's {}",
+            above.beacon_height
+        ));
+    }
+    Ok(Some(ShardHeader {
+        committee: place.committee,
+        beacon_height,
+        state_height,
+        roots: state.owned_roots(),
+    }))
+}
+
+/// Checks a proposed block's shard header against its parent and this node's own
+/// finalized state: `Ok(true)` when it holds, `Ok(false)` while the block names state or
+/// a beacon height this node has not reached yet, `Err` with the reason otherwise.
+fn check_sharding<K: Kv>(
+    state: &NodeState<K>,
+    chain_id: &str,
+    block: &Block,
+    parent: &Block,
+) -> Result<bool, String> {
+    let (place, sharding, above) = match (&state.shard, &block.sharding, &parent.sharding) {
+        (None, None, None) => return Ok(true),
+        (Some(place), Some(sharding), Some(above)) => (place, sharding, &above.header),
+        _ => return Err("block format does not match this network (sharded or not)".into()),
+    };
+    let header = &sharding.header;
+    if header.committee != place.committee {
+        return Err(format!(
+            "block of committee {} proposed to {}",
+            header.committee.name(),
+            place.committee.name()
+        ));
+    }
+    if header.state_height < above.state_height || header.state_height >= block.height {
+        return Err(format!(
+            "state height {} is not in {}..{}",
+            header.state_height, above.state_height, block.height
+        ));
+    }
+    match place.committee {
+        Committee::Beacon if header.beacon_height != 0 => {
+            return Err("a beacon block names a beacon height".into());
+        }
+        Committee::Shard(_) if header.beacon_height < above.beacon_height => {
+            return Err(format!(
+                "beacon height {} is below the parent's {}",
+                header.beacon_height, above.beacon_height
+            ));
+        }
+        _ => {}
+    }
+    if !sharding.credits.is_empty() {
+        return Err("cross-shard credits are not supported yet".into());
+    }
+    if let Some(reason) = block
+        .txs
+        .iter()
+        .find_map(|tx| table_refusal(Some(place), tx))
+    {
+        return Err(reason);
+    }
+    if !sharding.system.is_empty() {
+        if let Committee::Shard(_) = place.committee {
+            return Err("system transactions belong in beacon blocks".into());
+        }
+        // What needs state (signer, sequence, limits) decides the receipt at execution.
+        for tx in &sharding.system {
+            if let Err(e) = tx.check_stateless(chain_id) {
+                return Err(format!("system transaction {}: {e}", tx.hash()));
+            }
+        }
+    }
+    if header.beacon_height > place.beacon_height {
+        return Ok(false);
+    }
+    match state.roots_digest_at(header.state_height) {
+        Ok(None) => Ok(false),
+        Ok(Some(digest)) if digest == roots_digest(&header.roots) => Ok(true),
+        Ok(Some(_)) => Err(format!(
+            "table roots differ from this node's at height {}",
+            header.state_height
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 

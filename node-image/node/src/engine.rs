@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 use trellis_node_state::Kv;
-use trellis_node_types::{PrivateKey, PublicKey, Signer};
+use trellis_node_types::{Committee, PrivateKey, PublicKey, Signer};
 
 /// p2p channel numbers (identical on every node).
 pub const CHANNEL_VOTES: u64 = 0;
@@ -106,9 +106,16 @@ pub enum StartError {
 }
 
 /// The namespace every consensus signature is made in: bound to the chain id so that votes
-/// of one network are worthless on another.
-pub fn consensus_namespace(chain_id: &str) -> Vec<u8> {
-    [b"_TRELLIS_CONSENSUS_".as_slice(), chain_id.as_bytes()].concat()
+/// of one network are worthless on another, and in a sharded network to the committee
+/// (`…/beacon`, `…/shard-N`) so that a vote of one committee is worthless in another.
+/// Unsharded networks (`None`) keep the namespace they always had.
+pub fn consensus_namespace(chain_id: &str, committee: Option<Committee>) -> Vec<u8> {
+    let mut namespace = [b"_TRELLIS_CONSENSUS_".as_slice(), chain_id.as_bytes()].concat();
+    if let Some(committee) = committee {
+        namespace.push(b'/');
+        namespace.extend_from_slice(committee.name().as_bytes());
+    }
+    namespace
 }
 
 /// Registers a peer set with the p2p layer: `(id, [(node key, governance address)])`.
@@ -170,9 +177,14 @@ where
     S: Sender<PublicKey = PublicKey>,
     R: Receiver<PublicKey = PublicKey>,
 {
-    let first = chain::lock(&state)
-        .membership()
-        .map_err(|e| StartError::Storage(e.to_string()))?;
+    let (first, committee) = {
+        let state = chain::lock(&state);
+        let membership = state
+            .membership()
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        (membership, state.shard.as_ref().map(|p| p.committee))
+    };
+    let namespace = consensus_namespace(&config.chain_id, committee);
     if first.validators.is_empty() {
         return Err(StartError::BadValidatorSet);
     }
@@ -182,6 +194,7 @@ where
         context.child("application"),
         ChainConfig {
             chain_id: config.chain_id.clone(),
+            namespace: namespace.clone(),
             epoch: first.epoch,
             block_txs: config.block_txs,
             tick: timing.tick,
@@ -244,6 +257,7 @@ where
                             context.child("consensus").with_attribute("epoch", epoch),
                             &key,
                             &membership,
+                            &namespace,
                             &config,
                             mailbox.clone(),
                             blocker.clone(),
@@ -281,10 +295,12 @@ where
 
 type Pair<S, R> = (S, R);
 
+#[allow(clippy::too_many_arguments)]
 fn start_engine<E, B, S, R>(
     context: E,
     key: &PrivateKey,
     membership: &Membership,
+    namespace: &[u8],
     config: &ValidatorConfig,
     mailbox: chain::Mailbox,
     blocker: B,
@@ -297,8 +313,7 @@ where
     R: Receiver<PublicKey = PublicKey>,
 {
     let participants = Set::try_from(membership.validators.clone()).ok()?;
-    let namespace = consensus_namespace(&config.chain_id);
-    let scheme = Scheme::signer(&namespace, participants, key.clone())?;
+    let scheme = Scheme::signer(namespace, participants, key.clone())?;
     let timing = &config.timing;
     let engine_config = Config {
         scheme,

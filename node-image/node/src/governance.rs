@@ -339,6 +339,7 @@ mod tests {
                 })
                 .collect(),
             balances: vec![],
+            sharding: None,
         };
         (Registry::from_genesis(&genesis), admins)
     }

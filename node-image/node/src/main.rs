@@ -39,6 +39,11 @@ enum Command {
         /// An initial balance: ACCOUNT_PUBLIC_KEY=AMOUNT (repeatable).
         #[arg(long = "balance")]
         balances: Vec<String>,
+        /// Makes the network sharded: a JSON file with the genesis `sharding` section
+        /// (admin key, shard count, max shards, beacon and slot validators; see
+        /// docs/node-contract.md).
+        #[arg(long)]
+        sharding: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -111,8 +116,20 @@ fn execute(command: Command) -> anyhow::Result<()> {
             epoch_length,
             members,
             balances,
+            sharding,
             out,
         } => {
+            let sharding = match sharding {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("sharding section {}", path.display()))?,
+                    )
+                }
+            };
             let genesis = Genesis {
                 contract_version: CONTRACT_VERSION,
                 chain_id,
@@ -125,6 +142,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     .iter()
                     .map(|b| parse_balance(b))
                     .collect::<anyhow::Result<_>>()?,
+                sharding,
             };
             genesis.check()?;
             std::fs::write(&out, genesis.to_json()?)

@@ -21,6 +21,10 @@ pub enum AdmitError {
     Full(usize),
     #[error("transaction already known")]
     Known,
+    /// Sharded networks: the transaction belongs to another shard, or needs what this
+    /// node does not do yet (the message says which).
+    #[error("{0}")]
+    WrongShard(String),
 }
 
 struct Entry {

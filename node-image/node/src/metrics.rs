@@ -3,6 +3,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -26,10 +27,19 @@ pub struct ChainMetrics {
     pub epoch: Gauge,
     pub peers: Gauge,
     pub finality_latency: Histogram,
+    /// Sharded networks: the shard count this node knows.
+    pub shard_count: Gauge,
+    /// Sharded networks: executed transactions per owned table (label `table`).
+    pub table_txs: Family<Vec<(String, String)>, Counter>,
 }
 
 impl ChainMetrics {
     pub fn new(network: &str, shard: u16) -> Self {
+        Self::for_committee(network, &shard.to_string())
+    }
+
+    /// Metrics labelled with a committee name: a shard number, or `beacon`.
+    pub fn for_committee(network: &str, shard: &str) -> Self {
         let labels = [
             (
                 Cow::Borrowed(names::LABEL_NETWORK),
@@ -76,7 +86,21 @@ impl ChainMetrics {
             "Seconds from mempool admission to finalization",
             finality_latency.clone(),
         );
+        let shard_count = Gauge::default();
+        registry.register(
+            names::SHARD_COUNT,
+            "Shard count of the beacon state this node holds (sharded networks)",
+            shard_count.clone(),
+        );
+        let table_txs = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            names::TABLE_TXS_TOTAL.trim_end_matches("_total"),
+            "Successfully executed transactions per owned table (sharded networks)",
+            table_txs.clone(),
+        );
         Self {
+            shard_count,
+            table_txs,
             registry: Arc::new(registry),
             finalized_height,
             txs_committed,
@@ -121,5 +145,19 @@ mod tests {
         }
         assert!(text.contains("trellis_finalized_height{network=\"dev\",shard=\"0\"} 7"));
         assert!(text.contains("trellis_txs_committed_total{network=\"dev\",shard=\"0\"} 3"));
+        let beacon = ChainMetrics::for_committee("dev", "beacon");
+        beacon.shard_count.set(2);
+        beacon
+            .table_txs
+            .get_or_create(&vec![("table".to_string(), "7".to_string())])
+            .inc_by(4);
+        let text = beacon.encode();
+        assert!(text.contains("trellis_shard_count{network=\"dev\",shard=\"beacon\"} 2"));
+        assert!(
+            text.contains(
+                "trellis_table_txs_total{network=\"dev\",shard=\"beacon\",table=\"7\"} 4"
+            ),
+            "{text}"
+        );
     }
 }

@@ -204,9 +204,121 @@ async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json
         return Json(serde_json::to_value(responses).unwrap_or(Value::Null));
     }
     match serde_json::from_str::<JsonRpcRequest>(&body) {
-        Ok(request) => Json(serde_json::to_value(answer(&rpc, request)).unwrap_or(Value::Null)),
+        Ok(request) => {
+            if let Some(owner) = foreign_shard(&rpc, &request) {
+                return Json(forward(&rpc, owner, request).await);
+            }
+            if request.method == methods::SUBMIT_SYSTEM
+                && let Some(beacon) = beacon_rpc_of_shard_node(&rpc)
+            {
+                return Json(forward_to(&beacon, "the beacon", request).await);
+            }
+            let mut response = serde_json::to_value(answer(&rpc, request)).unwrap_or(Value::Null);
+            // Sharded networks: say which shard admitted it.
+            if let (Some(shard), Some(result)) = (own_shard(&rpc), response.get_mut("result"))
+                && result.get("hash").is_some()
+                && result.get("proposal").is_none()
+                && result.get("signer").is_none()
+            {
+                result["shard"] = shard.into();
+            }
+            Json(response)
+        }
         Err(e) => Json(parse_error(e)),
     }
+}
+
+/// This node's shard in a sharded network.
+fn own_shard<K: Kv>(rpc: &Rpc<K>) -> Option<u16> {
+    match lock(&rpc.state).shard.as_ref()?.committee {
+        trellis_node_types::Committee::Shard(s) => Some(s),
+        trellis_node_types::Committee::Beacon => None,
+    }
+}
+
+/// Sharded networks: the shard owning the sender's table of a `trellis_sendTransaction`
+/// this node does not own (per the beacon map it follows).
+fn foreign_shard<K: Kv>(rpc: &Rpc<K>, request: &JsonRpcRequest) -> Option<u16> {
+    if request.method != methods::SEND_TRANSACTION {
+        return None;
+    }
+    let p: SendTransactionParams = serde_json::from_value(request.params.clone()).ok()?;
+    let tx = Tx::decode_untrusted(&from_hex(&p.tx)?).ok()?;
+    let state = lock(&rpc.state);
+    let beacon = state.beacon.as_ref()?;
+    let owner = beacon.owner(trellis_node_types::table_of(&tx.unsigned.from));
+    let own = match state.shard.as_ref()?.committee {
+        trellis_node_types::Committee::Shard(s) => Some(s),
+        trellis_node_types::Committee::Beacon => None,
+    };
+    (own != Some(owner)).then_some(owner)
+}
+
+/// On a shard node: the beacon validators' RPC addresses (system transactions go there).
+fn beacon_rpc_of_shard_node<K: Kv>(rpc: &Rpc<K>) -> Option<Vec<String>> {
+    let state = lock(&rpc.state);
+    if state.shard.as_ref()?.committee == trellis_node_types::Committee::Beacon {
+        return None;
+    }
+    Some(
+        state
+            .beacon
+            .as_ref()?
+            .beacon_validators()
+            .iter()
+            .map(|s| s.rpc_address.clone())
+            .collect(),
+    )
+}
+
+/// Forwards a request as the client sent it to the first of `addresses` that answers;
+/// that answer is the client's answer.
+async fn forward_to(addresses: &[String], whom: &str, request: JsonRpcRequest) -> Value {
+    let id = request.id.clone();
+    let body = serde_json::to_value(&request).unwrap_or(Value::Null);
+    let mut last = format!("{whom} has no RPC addresses");
+    for address in addresses {
+        match crate::relay_http::request(address, &body).await {
+            Ok(response) => return response,
+            Err(e) => last = e,
+        }
+    }
+    serde_json::to_value(JsonRpcResponse::err(
+        id,
+        codes::INTERNAL,
+        format!("{whom} could not be reached: {last}"),
+    ))
+    .unwrap_or(Value::Null)
+}
+
+/// Forwards a transaction to the RPC of a validator of the shard that owns it (the
+/// request as the client sent it); its answer is the client's answer.
+async fn forward<K: Kv>(rpc: &Rpc<K>, shard: u16, request: JsonRpcRequest) -> Value {
+    let addresses = lock(&rpc.state)
+        .beacon
+        .as_ref()
+        .map(|b| b.rpc_addresses(shard))
+        .unwrap_or_default();
+    let id = request.id.clone();
+    let body = serde_json::to_value(&request).unwrap_or(Value::Null);
+    let mut last = format!("shard {shard} has no RPC addresses in the shard map");
+    for address in &addresses {
+        match crate::relay_http::request(address, &body).await {
+            Ok(mut response) => {
+                if let Some(result) = response.get_mut("result") {
+                    result["shard"] = shard.into();
+                }
+                return response;
+            }
+            Err(e) => last = e,
+        }
+    }
+    serde_json::to_value(JsonRpcResponse::err(
+        id,
+        codes::WRONG_SHARD,
+        format!("the transaction belongs to shard {shard}, which could not be reached: {last}"),
+    ))
+    .unwrap_or(Value::Null)
 }
 
 fn dispatch<K: Kv>(rpc: &Rpc<K>, method: &str, p: Value) -> Result<Value, RpcFailure> {
@@ -224,6 +336,21 @@ fn dispatch<K: Kv>(rpc: &Rpc<K>, method: &str, p: Value) -> Result<Value, RpcFai
         }
         methods::GET_GOVERNANCE => {
             result(crate::rpc_governance::status(rpc, params(p)?).map_err(RpcFailure::from)?)
+        }
+        methods::SUBMIT_SYSTEM => {
+            result(crate::rpc_beacon::submit(rpc, params(p)?).map_err(RpcFailure::from)?)
+        }
+        methods::GET_SYSTEM => {
+            result(crate::rpc_beacon::status(rpc, params(p)?).map_err(RpcFailure::from)?)
+        }
+        methods::GET_SYSTEM_SEQUENCE => {
+            result(crate::rpc_beacon::sequence(rpc, params(p)?).map_err(RpcFailure::from)?)
+        }
+        methods::GET_SHARD_MAP => {
+            result(crate::rpc_beacon::shard_map(rpc).map_err(RpcFailure::from)?)
+        }
+        methods::GET_BEACON_BLOCKS => {
+            result(crate::rpc_beacon::blocks(rpc, params(p)?).map_err(RpcFailure::from)?)
         }
         other => Err(RpcFailure::new(
             codes::METHOD_NOT_FOUND,
@@ -245,6 +372,7 @@ pub fn admit_error_code(e: &AdmitError) -> i64 {
         AdmitError::State(ExecError::WrongShard { .. }) => codes::WRONG_SHARD,
         AdmitError::Full(_) => codes::MEMPOOL_FULL,
         AdmitError::Known => codes::ALREADY_KNOWN,
+        AdmitError::WrongShard(_) => codes::WRONG_SHARD,
     }
 }
 
@@ -261,6 +389,7 @@ fn admitted(result: Result<Digest, AdmitError>) -> Result<SendTransactionResult,
     match result {
         Ok(hash) => Ok(SendTransactionResult {
             hash: to_hex(&hash.0),
+            shard: None,
         }),
         Err(e) => Err(RpcFailure::new(admit_error_code(&e), e.to_string())),
     }
@@ -279,6 +408,7 @@ fn send_transaction<K: Kv>(
 
 /// [`NodeState::submit`] for a transaction whose signature was checked by the caller.
 fn submit_verified<K: Kv>(state: &mut NodeState<K>, tx: Tx) -> Result<Digest, AdmitError> {
+    state.check_tables(&tx)?;
     let hash = state.mempool.admit_verified(tx.clone(), &state.ledger)?;
     state.gossip.push(tx);
     Ok(hash)

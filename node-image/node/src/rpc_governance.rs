@@ -142,6 +142,7 @@ mod tests {
                 })
                 .collect(),
             balances: vec![],
+            sharding: None,
         };
         let state = NodeState::open_consortium(
             MemKv::default(),

@@ -1,6 +1,6 @@
 //! `trellis-node run`: a validator on tokio with authenticated p2p, plus the HTTP API.
 
-use crate::chain::{MAX_MESSAGE_SIZE, NodeState};
+use crate::chain::{MAX_MESSAGE_SIZE, NodeState, ShardPlace};
 use crate::engine::{
     CHANNELS, Channels, PeerSets, Timing, ValidatorConfig, channel_quota, start_node,
 };
@@ -23,10 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 use trellis_node_api::{Genesis, NodeConfig, Role};
+use trellis_node_beacon::{BeaconGenesis, BeaconState};
 use trellis_node_state::RedbKv;
 use trellis_node_types::{
-    Encode, PrivateKey, PublicKey, Signer, private_key_from_hex, private_key_from_seed_bytes,
-    public_key_from_hex, to_hex,
+    Committee, Encode, PrivateKey, PublicKey, Signer, private_key_from_hex,
+    private_key_from_seed_bytes, public_key_from_hex, to_hex,
 };
 
 /// The key file written by `trellis-node keygen` (JSON, mode 0600).
@@ -118,6 +119,84 @@ pub struct Plan {
     pub validators: Vec<PublicKey>,
     pub peers: Vec<(PublicKey, SocketAddr)>,
     pub balances: Vec<(PublicKey, u64)>,
+    /// Sharded networks: the committee this node validates in and what it owns.
+    pub place: Option<ShardPlace>,
+}
+
+/// A committee's validators as the genesis names them: (hex node key, p2p address).
+type CommitteeSpec = Vec<(String, String)>;
+
+/// The genesis beacon state of a sharded network (its committees and table map).
+pub fn genesis_beacon(genesis: &Genesis) -> anyhow::Result<Option<BeaconState>> {
+    let Some(sharding) = &genesis.sharding else {
+        return Ok(None);
+    };
+    let beacon = BeaconGenesis::from_contract(
+        &genesis.chain_id,
+        genesis.epoch_length,
+        &genesis.members,
+        sharding,
+    )
+    .and_then(BeaconState::genesis)
+    .map_err(|e| anyhow!("sharding section of the genesis: {e}"))?;
+    Ok(Some(beacon))
+}
+
+/// The committee `role` names in `genesis`, with its validators.
+fn committee_of(
+    genesis: &Genesis,
+    role: Role,
+) -> anyhow::Result<(CommitteeSpec, Option<ShardPlace>)> {
+    let seats = |seats: &[trellis_node_beacon::Seat]| -> CommitteeSpec {
+        seats
+            .iter()
+            .map(|s| (to_hex(s.node_key.as_ref()), s.p2p_address.clone()))
+            .collect()
+    };
+    match (genesis_beacon(genesis)?, role) {
+        (None, Role::Shard { shard: 0 }) => Ok((
+            genesis
+                .members
+                .iter()
+                .map(|m| (m.node_key.to_ascii_lowercase(), m.p2p_address.clone()))
+                .collect(),
+            None,
+        )),
+        (None, Role::Shard { shard }) => bail!(
+            "role shard {shard}: this genesis has no sharding section, so its only committee is shard 0"
+        ),
+        (None, Role::Beacon) => {
+            bail!("role beacon needs a sharded network (a genesis with a sharding section)")
+        }
+        (Some(beacon), Role::Beacon) => Ok((
+            seats(beacon.beacon_validators()),
+            Some(ShardPlace {
+                committee: Committee::Beacon,
+                tables: Vec::new(),
+                beacon_height: 0,
+            }),
+        )),
+        (Some(beacon), Role::Shard { shard }) => {
+            if shard >= beacon.shard_count() {
+                bail!(
+                    "shard {shard} does not run at genesis (shard_count {}); starting it needs resharding, which is not supported yet",
+                    beacon.shard_count()
+                );
+            }
+            let Some(committee) = beacon.committee(shard).filter(|c| !c.is_empty()) else {
+                bail!("shard {shard} has no validators in the genesis beacon state");
+            };
+            let tables = (0..=255u8).filter(|t| beacon.owner(*t) == shard).collect();
+            Ok((
+                seats(committee),
+                Some(ShardPlace {
+                    committee: Committee::Shard(shard),
+                    tables,
+                    beacon_height: 0,
+                }),
+            ))
+        }
+    }
 }
 
 fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
@@ -140,22 +219,31 @@ impl Plan {
                 genesis.chain_id
             );
         }
-        if config.role != (Role::Shard { shard: 0 }) {
-            bail!("only role shard 0 is implemented");
-        }
+        let (committee, place) = committee_of(&genesis, config.role)?;
         let key = KeyFile::load(&config.key_file)?.node_key()?;
+        if let Some(place) = &place
+            && !committee
+                .iter()
+                .any(|(k, _)| *k == to_hex(key.public_key().as_ref()))
+        {
+            bail!(
+                "this node's key {} is not a validator of the {} committee in the genesis",
+                to_hex(key.public_key().as_ref()),
+                place.committee.name()
+            );
+        }
         let mut validators = Vec::new();
         let mut peers = Vec::new();
-        for member in &genesis.members {
-            let pk = public_key_from_hex(&member.node_key)
-                .ok_or_else(|| anyhow!("member {} has an invalid node key", member.name))?;
+        for (node_key, p2p_address) in &committee {
+            let pk = public_key_from_hex(node_key)
+                .ok_or_else(|| anyhow!("validator {node_key} has an invalid node key"))?;
             // A bootstrap entry for the same key overrides the genesis address (e.g. a
             // Kubernetes Service name instead of the address used at genesis time).
             let address = config
                 .bootstrap_peers
                 .iter()
-                .find(|p| p.public_key.eq_ignore_ascii_case(&member.node_key))
-                .map_or(member.p2p_address.as_str(), |p| p.address.as_str());
+                .find(|p| p.public_key.eq_ignore_ascii_case(node_key))
+                .map_or(p2p_address.as_str(), |p| p.address.as_str());
             let address = if pk == key.public_key() {
                 config.p2p_external.unwrap_or(config.p2p_listen)
             } else {
@@ -186,6 +274,7 @@ impl Plan {
             validators,
             peers,
             balances,
+            place,
         })
     }
 }
@@ -229,18 +318,40 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let kv = RedbKv::open(&config.data_dir.join("state.redb"))?;
-    let state = Arc::new(Mutex::new(NodeState::open_consortium(
+    // A sharded network's committee is fixed by its genesis (and later by the beacon);
+    // consortium governance runs in unsharded networks.
+    let registry = match &plan.place {
+        None => Registry::from_genesis(&plan.genesis),
+        Some(_) => Registry::fixed(&plan.validators),
+    };
+    let mut state = NodeState::open_consortium_in(
         kv,
         &config.chain_id,
         &plan.balances,
         config.mempool.max_txs,
-        Registry::from_genesis(&plan.genesis),
-    )?));
-    let shard = match config.role {
-        Role::Shard { shard } => shard,
-        Role::Beacon => 0,
+        registry,
+        plan.place.clone(),
+    )?;
+    let mut beacon_rpc = Vec::new();
+    if let Some(beacon) = genesis_beacon(&plan.genesis)? {
+        beacon_rpc = beacon
+            .beacon_validators()
+            .iter()
+            .map(|s| s.rpc_address.clone())
+            .collect();
+        state = state.with_beacon(beacon)?;
+        crate::follower::restore(&mut state, &config.chain_id)?;
+    }
+    let follows = plan
+        .place
+        .as_ref()
+        .is_some_and(|p| p.committee != Committee::Beacon);
+    let state = Arc::new(Mutex::new(state));
+    let committee = match config.role {
+        Role::Shard { shard } => shard.to_string(),
+        Role::Beacon => "beacon".to_string(),
     };
-    let metrics = ChainMetrics::new(&config.chain_id, shard);
+    let metrics = ChainMetrics::for_committee(&config.chain_id, &committee);
     let peers = PeerTracker::default();
     let rpc = Arc::new(Rpc {
         chain_id: config.chain_id.clone(),
@@ -265,7 +376,12 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             },
             cups::Version::V1,
         );
-        let namespace = [b"_TRELLIS_P2P_".as_slice(), config.chain_id.as_bytes()].concat();
+        // Committees of a sharded network are separate p2p networks.
+        let mut namespace = [b"_TRELLIS_P2P_".as_slice(), config.chain_id.as_bytes()].concat();
+        if let Some(place) = &plan.place {
+            namespace.push(b'/');
+            namespace.extend_from_slice(place.committee.name().as_bytes());
+        }
         let mut p2p = lookup::Config::local(
             handshake,
             &namespace,
@@ -341,6 +457,18 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             },
             Some(peer_sets),
         )?;
+        if follows {
+            let (state, chain_id) = (rpc.state.clone(), config.chain_id.clone());
+            context.child("follower").spawn(move |context| {
+                crate::follower::follow(
+                    context,
+                    state,
+                    chain_id,
+                    crate::follower::HttpBeacon::new(beacon_rpc),
+                    Duration::from_millis(500),
+                )
+            });
+        }
         let listener = tokio::net::TcpListener::bind(config.rpc_listen)
             .await
             .with_context(|| format!("binding RPC on {}", config.rpc_listen))?;

@@ -85,6 +85,7 @@ impl Sim {
                 })
                 .collect(),
             balances: vec![],
+            sharding: None,
         };
         let (network, oracle) = Network::new(
             context.child("network"),

@@ -14,7 +14,7 @@ use commonware_runtime::{Clock, Handle, Runner, Supervisor};
 use commonware_utils::{NZUsize, probability};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use trellis_node::chain::{MAX_MESSAGE_SIZE, NodeState, lock};
+use trellis_node::chain::{MAX_MESSAGE_SIZE, NodeState, ShardPlace, lock};
 use trellis_node::engine::{
     CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_validator,
 };
@@ -40,6 +40,10 @@ struct Sim {
     validators: Vec<PublicKey>,
     nodes: Vec<Node>,
     accounts: Vec<PrivateKey>,
+    /// A sharded network's committee (shard blocks with headers), or unsharded.
+    place: Option<ShardPlace>,
+    /// A sharded network's genesis beacon state.
+    beacon: Option<trellis_node_beacon::BeaconState>,
 }
 
 fn balances(accounts: &[PrivateKey]) -> Vec<(PublicKey, u64)> {
@@ -87,6 +91,8 @@ impl Sim {
             validators,
             nodes,
             accounts,
+            place: None,
+            beacon: None,
         };
         sim.link_all(&[]).await;
         sim
@@ -118,7 +124,18 @@ impl Sim {
     async fn start(&mut self, i: usize) {
         let node = &self.nodes[i];
         let state = Arc::new(Mutex::new(
-            NodeState::open(node.kv.clone(), CHAIN, &balances(&self.accounts), 10_000).unwrap(),
+            NodeState::open_in(
+                node.kv.clone(),
+                CHAIN,
+                &balances(&self.accounts),
+                10_000,
+                self.place.clone(),
+            )
+            .and_then(|s| match self.beacon.clone() {
+                Some(beacon) => s.with_beacon(beacon),
+                None => Ok(s),
+            })
+            .unwrap(),
         ));
         let control = self.oracle.control(node.key.public_key());
         let mut pairs = Vec::new();
@@ -290,7 +307,9 @@ impl Sim {
             }
         }
         let mut committed = 0;
-        for s in &states {
+        // A beacon committee owns no tables: nothing to sum.
+        let owns_tables = self.place.as_ref().is_none_or(|p| !p.tables.is_empty());
+        for s in states.iter().filter(|_| owns_tables) {
             let s = lock(s);
             let mut total = s.ledger.fee_pool();
             for key in &self.accounts {
@@ -431,4 +450,215 @@ fn runs_are_deterministic() {
         })
     }
     assert_eq!(trace(5), trace(5));
+}
+
+/// A shard committee of a sharded network: blocks carry shard headers whose table roots
+/// every validator checked against its own finalized state before voting, and each
+/// stored certificate proves its header alone (no transactions), in the shard's own
+/// consensus namespace only.
+#[test]
+fn shard_blocks_carry_headers_proven_by_certificates() {
+    use trellis_node::chain::{roots_digest, verify_finalization};
+    use trellis_node::engine::consensus_namespace;
+    use trellis_node_types::Committee;
+    executor(21).start(|context| async move {
+        let mut sim = Sim::new(context, 4).await;
+        sim.place = Some(ShardPlace {
+            committee: Committee::Shard(0),
+            tables: (0..=255).collect(),
+            beacon_height: 0,
+        });
+        for i in 0..4 {
+            sim.start(i).await;
+        }
+        sim.run_until(&[0, 1, 2, 3], 6, Duration::from_secs(120))
+            .await;
+        // A crash and restart in the middle: the recorded roots survive it.
+        sim.crash(2);
+        let before = sim.height(0);
+        sim.run_until(&[0, 1, 3], before + 3, Duration::from_secs(120))
+            .await;
+        sim.start(2).await;
+        let target = sim.height(0) + 3;
+        sim.run_until(&[0, 1, 2, 3], target, Duration::from_secs(180))
+            .await;
+        let committed = sim.check_invariants();
+        assert!(committed > 0);
+
+        let namespace = consensus_namespace(CHAIN, Some(Committee::Shard(0)));
+        let s = lock(sim.nodes[0].state.as_ref().unwrap());
+        let mut state_height = 0;
+        let mut certified = 0;
+        for h in 1..=s.finalized_height() {
+            let block = s.block(h).unwrap().unwrap();
+            let header = block.header().expect("sharded block without a header");
+            assert_eq!(header.digest(), block.digest());
+            assert_eq!(header.shard.committee, Committee::Shard(0));
+            assert!(header.shard.state_height < h);
+            assert!(
+                header.shard.state_height >= state_height,
+                "state height went back"
+            );
+            state_height = header.shard.state_height;
+            assert_eq!(header.shard.roots.len(), 256);
+            assert_eq!(
+                s.roots_digest_at(state_height).unwrap(),
+                Some(roots_digest(&header.shard.roots)),
+                "roots of height {state_height} in block {h}"
+            );
+            if let Some(certificate) = s.finalization(h).unwrap() {
+                certified += 1;
+                assert!(
+                    verify_finalization(
+                        &namespace,
+                        &sim.validators,
+                        &certificate,
+                        &header.digest()
+                    )
+                    .is_some()
+                );
+                for other in [
+                    consensus_namespace(CHAIN, None),
+                    consensus_namespace(CHAIN, Some(Committee::Beacon)),
+                    consensus_namespace(CHAIN, Some(Committee::Shard(1))),
+                ] {
+                    assert!(
+                        verify_finalization(
+                            &other,
+                            &sim.validators,
+                            &certificate,
+                            &header.digest()
+                        )
+                        .is_none(),
+                        "a certificate verified in another committee's namespace"
+                    );
+                }
+            }
+        }
+        assert!(state_height > 0, "headers never moved past genesis state");
+        assert!(certified > 0, "no block was certified directly");
+    });
+}
+
+/// A beacon committee orders system transactions: the admin's `SetShardCount` is
+/// gossiped, included, executed by every beacon validator (same beacon state everywhere,
+/// also after a crash and restart), and applies at the next beacon epoch boundary; a
+/// forged one is refused at submission with a clear reason.
+#[test]
+fn beacon_orders_system_transactions() {
+    use trellis_node_api::shard::{GenesisValidator, ShardingGenesis, ShardingMode};
+    use trellis_node_beacon::{BeaconGenesis, BeaconState};
+    use trellis_node_types::{Committee, SystemAction, SystemPayload, to_hex};
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,trellis_node=info")
+        .with_test_writer()
+        .try_init();
+    executor(31).start(|context| async move {
+        let mut sim = Sim::new(context, 4).await;
+        let admin = test_key(900);
+        let seat = |key: &PublicKey, shard| GenesisValidator {
+            node_key: to_hex(key.as_ref()),
+            shard,
+            p2p_address: "127.0.50.1:9000".into(),
+            rpc_address: "127.0.50.1:8545".into(),
+            member: None,
+        };
+        let sharding = ShardingGenesis {
+            mode: ShardingMode::Public,
+            admin_key: to_hex(admin.public_key().as_ref()),
+            max_shards: 4,
+            shard_count: 1,
+            beacon: sim.validators.iter().map(|k| seat(k, 0)).collect(),
+            validators: (0..4u16)
+                .map(|i| seat(&test_key(800 + u64::from(i)).public_key(), i % 2))
+                .collect(),
+        };
+        let genesis = BeaconGenesis::from_contract(CHAIN, 5, &[], &sharding).unwrap();
+        sim.beacon = Some(BeaconState::genesis(genesis).unwrap());
+        sim.place = Some(ShardPlace {
+            committee: Committee::Beacon,
+            tables: Vec::new(),
+            beacon_height: 0,
+        });
+        for i in 0..4 {
+            sim.start(i).await;
+        }
+        let all = [0, 1, 2, 3];
+        sim.run_for(Duration::from_secs(3)).await;
+
+        let reshard = |signer: &PrivateKey, count| {
+            SystemPayload {
+                chain_id: CHAIN.into(),
+                sequence: 0,
+                action: SystemAction::SetShardCount {
+                    count,
+                    load: vec![],
+                },
+            }
+            .sign(signer)
+        };
+        {
+            let mut s = lock(sim.nodes[1].state.as_ref().unwrap());
+            let codes = [
+                trellis_node_api::error_codes::SYSTEM_REFUSED,
+                trellis_node_api::error_codes::RESHARDING,
+            ];
+            let forged = s
+                .submit_system(reshard(&test_key(901), 2), CHAIN)
+                .unwrap_err();
+            assert_eq!(forged.code, codes[0], "{forged}");
+            eprintln!("forged SetShardCount refused: {forged}");
+            let out_of_range = s.submit_system(reshard(&admin, 9), CHAIN).unwrap_err();
+            assert_eq!(out_of_range.code, codes[0], "{out_of_range}");
+            eprintln!("out-of-range SetShardCount refused: {out_of_range}");
+            s.submit_system(reshard(&admin, 2), CHAIN).unwrap();
+        }
+        let hash = reshard(&admin, 2).hash();
+        // A crash of another validator meanwhile: it replays the beacon from its store.
+        // Included within a few blocks, applied at the next boundary (epochs of 5).
+        let submitted = sim.height(1);
+        sim.crash(3);
+        sim.run_until(&[0, 1, 2], submitted + 4, Duration::from_secs(120))
+            .await;
+        sim.start(3).await;
+        sim.run_until(&all, submitted + 14, Duration::from_secs(180))
+            .await;
+        sim.check_invariants();
+        let states: Vec<_> = all
+            .iter()
+            .map(|i| {
+                lock(sim.nodes[*i].state.as_ref().unwrap())
+                    .beacon
+                    .clone()
+                    .unwrap()
+            })
+            .collect();
+        for (i, b) in states.iter().enumerate() {
+            let s = lock(sim.nodes[i].state.as_ref().unwrap());
+            assert_eq!(
+                b.shard_count(),
+                2,
+                "SetShardCount did not apply on {i}: receipt {:?}, pending {:?}, epoch {}, pool {}",
+                s.system_receipt(&hash).unwrap(),
+                b.pending_shard_count(),
+                b.epoch(),
+                s.system_pool.len()
+            );
+        }
+        // Validators at the same finalized height hold the same beacon state.
+        for i in all {
+            for j in (i + 1)..4 {
+                let (a, b) = (
+                    lock(sim.nodes[i].state.as_ref().unwrap()),
+                    lock(sim.nodes[j].state.as_ref().unwrap()),
+                );
+                if a.finalized_height() == b.finalized_height() {
+                    assert_eq!(
+                        a.beacon.as_ref().unwrap().to_bytes(),
+                        b.beacon.as_ref().unwrap().to_bytes()
+                    );
+                }
+            }
+        }
+    });
 }

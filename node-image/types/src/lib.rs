@@ -17,11 +17,13 @@ use std::fmt;
 
 pub mod governance;
 pub mod receipt;
+pub mod shard;
 pub use governance::{
     Approval, GovernanceAction, GovernanceError, GovernanceTx, MemberSpec, Proposal,
 };
 pub mod system;
 pub use receipt::{CROSS_RECEIPT_SIZE, CrossReceipt, ReceiptError};
+pub use shard::{BlockHeader, Committee, Credit, ShardHeader, Sharding, TableRoot};
 pub use system::{SystemAction, SystemError, SystemPayload, SystemTx};
 
 pub use commonware_codec::Encode;
@@ -336,11 +338,22 @@ pub fn verify_signatures(txs: &[&Tx]) -> bool {
     )
 }
 
-/// A block of one shard's chain.
+/// A block of one committee's chain.
 ///
-/// Blocks carry no state root: execution happens when a block is finalized, and every
-/// honest node computes the same roots from the same finalized sequence (the simulation
-/// tests compare them). The block's identity is the SHA-256 of its encoding.
+/// Blocks carry no root of the state they leave: execution happens when a block is
+/// finalized, and every honest node computes the same roots from the same finalized
+/// sequence (the simulation tests compare them).
+///
+/// Two formats, fixed per network:
+/// - **unsharded** (`sharding` is `None`): today's encoding, and the digest is the
+///   SHA-256 of the whole encoding — unchanged, so existing networks and rolling
+///   upgrades keep working;
+/// - **sharded**: the header adds [`ShardHeader`] and commits to the body by its hash;
+///   the digest is the SHA-256 of the [`BlockHeader`] alone, so another committee can
+///   check a header against a finalization certificate without the transactions. On
+///   the wire the block is the unsharded layout with the governance count raised by
+///   [`SHARDED_MARK`] (which an unsharded decoder refuses), followed by the shard
+///   header, credits and system transactions.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Block {
     pub parent: Digest,
@@ -353,8 +366,13 @@ pub struct Block {
     pub txs: Vec<Tx>,
     /// Governance transactions, executed after `txs` (see [`governance`]).
     pub governance: Vec<GovernanceTx>,
+    /// Sharded networks only: the shard header and the cross-committee body parts.
+    pub sharding: Option<Sharding>,
     digest: Digest,
 }
+
+/// Added to a sharded block's governance count on the wire (see [`Block`]).
+pub const SHARDED_MARK: u32 = 64;
 
 impl fmt::Debug for Block {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -364,6 +382,7 @@ impl fmt::Debug for Block {
             .field("digest", &self.digest)
             .field("txs", &self.txs.len())
             .field("governance", &self.governance.len())
+            .field("sharded", &self.sharding.is_some())
             .finish()
     }
 }
@@ -398,10 +417,25 @@ impl Block {
             timestamp_ms,
             txs,
             governance,
+            sharding: None,
             digest: sha256::Digest([0; 32]),
         };
-        block.digest = Sha256::hash(&[&block.encode()]);
+        block.digest = block.compute_digest();
         block
+    }
+
+    /// This block in a sharded network's format, with `sharding`'s header and body parts.
+    pub fn with_sharding(mut self, sharding: Sharding) -> Self {
+        self.sharding = Some(sharding);
+        self.digest = self.compute_digest();
+        self
+    }
+
+    fn compute_digest(&self) -> Digest {
+        match self.header() {
+            Some(header) => header.digest(),
+            None => Sha256::hash(&[&self.encode()]),
+        }
     }
 
     /// The block every chain starts from (height 0, no transactions). Its digest depends
@@ -411,8 +445,82 @@ impl Block {
         Self::new(parent, 0, 0, 0, 0, Vec::new())
     }
 
+    /// The first block of one committee of a sharded network: its digest depends on the
+    /// chain id and the committee, so committees never share blocks.
+    pub fn genesis_sharded(chain_id: &str, committee: Committee) -> Self {
+        let parent = Sha256::hash(&[
+            b"_TRELLIS_GENESIS",
+            chain_id.as_bytes(),
+            b"/",
+            committee.name().as_bytes(),
+        ]);
+        Self::new(parent, 0, 0, 0, 0, Vec::new()).with_sharding(Sharding {
+            header: ShardHeader {
+                committee,
+                beacon_height: 0,
+                state_height: 0,
+                roots: Vec::new(),
+            },
+            credits: Vec::new(),
+            system: Vec::new(),
+        })
+    }
+
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+
+    /// The header of a sharded block (`None` in unsharded networks).
+    pub fn header(&self) -> Option<BlockHeader> {
+        let sharding = self.sharding.as_ref()?;
+        Some(BlockHeader {
+            parent: self.parent,
+            height: self.height,
+            epoch: self.epoch,
+            view: self.view,
+            timestamp_ms: self.timestamp_ms,
+            shard: sharding.header.clone(),
+            body: self.body_digest(),
+        })
+    }
+
+    /// SHA-256 of the body: `count ‖ txs ‖ count ‖ governance`, and for sharded blocks
+    /// `‖ count ‖ credits ‖ count ‖ system`.
+    pub fn body_digest(&self) -> Digest {
+        let mut body = Vec::with_capacity(self.body_size());
+        self.write_body(&mut body);
+        if let Some(sharding) = &self.sharding {
+            sharding.write_body(&mut body);
+        }
+        Sha256::hash(&[&body])
+    }
+
+    fn body_size(&self) -> usize {
+        UInt(self.txs.len() as u32).encode_size()
+            + self.txs.iter().map(EncodeSize::encode_size).sum::<usize>()
+            + UInt(self.governance.len() as u32).encode_size()
+            + self
+                .governance
+                .iter()
+                .map(EncodeSize::encode_size)
+                .sum::<usize>()
+            + self.sharding.as_ref().map_or(0, Sharding::body_size)
+    }
+
+    /// Transactions and governance, with the governance count as given.
+    fn write_txs(&self, governance_count: u32, buf: &mut impl BufMut) {
+        UInt(self.txs.len() as u32).write(buf);
+        for tx in &self.txs {
+            tx.write(buf);
+        }
+        UInt(governance_count).write(buf);
+        for g in &self.governance {
+            g.write(buf);
+        }
+    }
+
+    fn write_body(&self, buf: &mut impl BufMut) {
+        self.write_txs(self.governance.len() as u32, buf);
     }
 
     /// Checks what needs no state: size bounds, every transaction's chain id and
@@ -455,13 +563,13 @@ impl Write for Block {
         UInt(self.epoch).write(buf);
         UInt(self.view).write(buf);
         UInt(self.timestamp_ms).write(buf);
-        UInt(self.txs.len() as u32).write(buf);
-        for tx in &self.txs {
-            tx.write(buf);
-        }
-        UInt(self.governance.len() as u32).write(buf);
-        for g in &self.governance {
-            g.write(buf);
+        match &self.sharding {
+            None => self.write_body(buf),
+            Some(sharding) => {
+                self.write_txs(self.governance.len() as u32 + SHARDED_MARK, buf);
+                sharding.header.write(buf);
+                sharding.write_body(buf);
+            }
         }
     }
 }
@@ -473,14 +581,8 @@ impl EncodeSize for Block {
             + UInt(self.epoch).encode_size()
             + UInt(self.view).encode_size()
             + UInt(self.timestamp_ms).encode_size()
-            + UInt(self.txs.len() as u32).encode_size()
-            + self.txs.iter().map(EncodeSize::encode_size).sum::<usize>()
-            + UInt(self.governance.len() as u32).encode_size()
-            + self
-                .governance
-                .iter()
-                .map(EncodeSize::encode_size)
-                .sum::<usize>()
+            + self.body_size()
+            + self.sharding.as_ref().map_or(0, |s| s.header.encode_size())
     }
 }
 
@@ -506,7 +608,12 @@ impl Read for Block {
         for _ in 0..count {
             txs.push(Tx::read(buf)?);
         }
-        let count = u32::from(UInt::<u32>::read(buf)?) as usize;
+        let mut count = u32::from(UInt::<u32>::read(buf)?);
+        let sharded = count >= SHARDED_MARK;
+        if sharded {
+            count -= SHARDED_MARK;
+        }
+        let count = count as usize;
         if count > MAX_BLOCK_GOVERNANCE {
             return Err(CodecError::InvalidLength(count));
         }
@@ -514,7 +621,13 @@ impl Read for Block {
         for _ in 0..count {
             governance.push(GovernanceTx::read(buf)?);
         }
-        Ok(Self::with_governance(
+        let sharding = if sharded {
+            let header = ShardHeader::read(buf)?;
+            Some(Sharding::read_body(buf, header)?)
+        } else {
+            None
+        };
+        let mut block = Self {
             parent,
             height,
             epoch,
@@ -522,7 +635,11 @@ impl Read for Block {
             timestamp_ms,
             txs,
             governance,
-        ))
+            sharding,
+            digest: sha256::Digest([0; 32]),
+        };
+        block.digest = block.compute_digest();
+        Ok(block)
     }
 }
 
@@ -532,7 +649,8 @@ pub const MAX_BLOCK_SIZE: usize = 32
     + 5
     + MAX_BLOCK_TXS * MAX_TX_SIZE
     + 1
-    + MAX_BLOCK_GOVERNANCE * governance::MAX_GOVERNANCE_TX_SIZE;
+    + MAX_BLOCK_GOVERNANCE * governance::MAX_GOVERNANCE_TX_SIZE
+    + Sharding::MAX_SIZE;
 
 impl Block {
     /// Decodes untrusted bytes (a peer's block).
