@@ -141,30 +141,37 @@ async fn kube_provisioner_writes_observes_and_deletes_chain_networks() {
     let quota = quotas.get("trellis-plan").await.unwrap();
     assert_eq!(quota.annotations()["console.trellis.dev/plan"], "team");
     let hard = quota.spec.clone().unwrap().hard.unwrap();
-    assert_eq!(hard["count/chainnetworks.trellis.dev"].0, "25");
+    assert!(!hard.contains_key("count/chainnetworks.trellis.dev"));
     assert_eq!(hard["pods"].0, "64");
     assert_eq!(hard["requests.storage"].0, "640Gi");
-    let third = NetworkRef {
-        name: "third".into(),
-        network_id: Uuid::now_v7(),
-        ..public.clone()
-    };
-    let mut over = desired(&third, 2, NetworkMode::Public, 1);
-    if let Some(q) = over.quota.as_mut() {
-        q.networks = 2;
-    }
-    let refusal = eventually("the quota refuses a third network", WAIT, || {
-        let (provisioner, over) = (provisioner.clone(), over.clone());
+    // The apiserver holds the namespace to it: a ledger claim beyond the plan's storage
+    // is refused (once the quota controller has computed the namespace's usage).
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(ns.client.clone(), &namespace);
+    let claim: k8s_openapi::api::core::v1::PersistentVolumeClaim =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "too-big"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "641Gi"}}
+            }
+        }))
+        .unwrap();
+    let refusal = eventually("the quota refuses a claim over the plan", WAIT, || {
+        let (claims, claim) = (claims.clone(), claim.clone());
         async move {
-            match provisioner.apply(&over).await {
-                Err(ProvisionError::Rejected(message)) => Some(message),
+            match claims
+                .create(&kube::api::PostParams::default(), &claim)
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.message.contains("exceeded quota") => Some(e.message),
                 _ => None,
             }
         }
     })
     .await;
-    assert!(refusal.contains("exceeded quota"), "{refusal}");
-    assert!(api.get_opt("third").await.unwrap().is_none());
+    assert!(refusal.contains("requests.storage"), "{refusal}");
+    assert!(claims.get_opt("too-big").await.unwrap().is_none());
 
     // The same generation again changes nothing.
     let version = open.resource_version();

@@ -200,17 +200,18 @@ pub const QUOTA_NAME: &str = "trellis-plan";
 /// The plan a tenant namespace's quota was derived from.
 pub const PLAN_ANNOTATION: &str = "console.trellis.dev/plan";
 
-/// The ResourceQuota of a tenant's namespace, from its plan: the plan's networks
-/// (`ChainNetwork` objects), validator nodes (pods and their ledger claims — every node
-/// has one) and ledger storage. The console refuses desired state over the plan before
-/// it reaches the cluster; the quota makes the namespace hold to the same limits
-/// whatever writes to it. Pure.
+/// The ResourceQuota of a tenant's namespace, from its plan: validator nodes (pods and
+/// their ledger claims — every node has one) and ledger storage. The console refuses
+/// desired state over the plan before it reaches the cluster; the quota makes the
+/// namespace hold to the same limits whatever writes to it. Pure.
+///
+/// The plan's network count is not in the quota: an object-count quota on a custom
+/// resource (`count/chainnetworks.trellis.dev`) makes the apiserver refuse every
+/// `ChainNetwork` ("status unknown for quota") until the quota controller has discovered
+/// the CRD, which on a cluster where the CRD was just installed takes minutes. The
+/// console enforces the network count itself (plan quotas, `trellis-billing`).
 pub fn resource_quota(network: &NetworkRef, quota: &TenantQuota) -> ResourceQuota {
     let hard = BTreeMap::from([
-        (
-            "count/chainnetworks.trellis.dev".to_owned(),
-            Quantity(quota.networks.to_string()),
-        ),
         ("pods".to_owned(), Quantity(quota.nodes.to_string())),
         (
             "persistentvolumeclaims".to_owned(),
@@ -354,6 +355,14 @@ pub fn classify(what: &str, error: &kube::Error) -> ProvisionError {
             )),
             // The namespace's ResourceQuota (the tenant's plan) refuses it: retrying
             // will not help until the plan or the other networks change.
+            // The quota controller has not computed the namespace's usage yet (a new
+            // quota or resource): the apiserver refuses until it has; retry.
+            403 if status.message.contains("status unknown for quota") => {
+                ProvisionError::Unavailable(format!(
+                    "{what}: the namespace's quota usage is not computed yet, will retry: {}",
+                    status.message
+                ))
+            }
             403 if status.message.contains("exceeded quota") => rejected(format!(
                 "{what}: over the tenant's plan: {}",
                 status.message
@@ -694,7 +703,7 @@ mod tests {
         assert_eq!(rq.metadata.annotations.unwrap()[PLAN_ANNOTATION], "team");
         let hard = rq.spec.unwrap().hard.unwrap();
         let get = |k: &str| hard[k].0.clone();
-        assert_eq!(get("count/chainnetworks.trellis.dev"), "25");
+        assert!(!hard.contains_key("count/chainnetworks.trellis.dev"));
         assert_eq!(get("pods"), "400");
         assert_eq!(get("persistentvolumeclaims"), "400");
         assert_eq!(get("requests.storage"), "4000Gi");
