@@ -104,6 +104,28 @@ pub struct CommitteeNodes {
     pub nodes: Vec<NodeRef>,
 }
 
+impl CommitteeNodes {
+    /// The validators of `committee` in `namespace`, by the names the build step gives them.
+    pub fn of(
+        chain_id: &str,
+        namespace: &str,
+        committee: &trellis_crd::topology::Committee,
+    ) -> Self {
+        Self {
+            chain_id: chain_id.to_owned(),
+            nodes: committee
+                .nodes
+                .iter()
+                .map(|n| NodeRef {
+                    namespace: namespace.to_owned(),
+                    committee: committee.name.clone(),
+                    node: n.name.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What each validator of a committee answered, by pod name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitteeChain {

@@ -29,7 +29,6 @@ use crate::build::{self, BuildError, BuildInput, BuildOptions, Children};
 use crate::chain::{
     BeaconEndpoint, ChainClient, ChainError, CommitteeNodes, NewValidator, ScaleRequest, Seed,
 };
-use crate::endpoints::NodeRef;
 use crate::keys::{self, KeyError};
 use crate::labels;
 use crate::metrics::Metrics;
@@ -555,25 +554,17 @@ fn beacon_endpoint(
 ) -> BeaconEndpoint {
     // The beacon and the chain id do not depend on the shard count.
     let topology = trellis_crd::topology::plan(id, spec).ok();
+    let beacon = topology.as_ref().and_then(|t| {
+        t.beacon()
+            .map(|b| CommitteeNodes::of(&t.genesis.chain_id, namespace, b))
+    });
+    let CommitteeNodes { chain_id, nodes } = beacon.unwrap_or(CommitteeNodes {
+        chain_id: String::new(),
+        nodes: Vec::new(),
+    });
     BeaconEndpoint {
-        chain_id: topology
-            .as_ref()
-            .map(|t| t.genesis.chain_id.clone())
-            .unwrap_or_default(),
-        nodes: topology
-            .as_ref()
-            .and_then(|t| t.beacon())
-            .map(|b| {
-                b.nodes
-                    .iter()
-                    .map(|n| NodeRef {
-                        namespace: namespace.to_owned(),
-                        committee: b.name.clone(),
-                        node: n.name.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        chain_id,
+        nodes,
         admin: None,
     }
 }
@@ -604,18 +595,7 @@ async fn read_shards(
         let trellis_crd::topology::CommitteeRole::Shard(id) = committee.role else {
             return None;
         };
-        let nodes = CommitteeNodes {
-            chain_id: topology.genesis.chain_id.clone(),
-            nodes: committee
-                .nodes
-                .iter()
-                .map(|n| NodeRef {
-                    namespace: namespace.to_owned(),
-                    committee: committee.name.clone(),
-                    node: n.name.clone(),
-                })
-                .collect(),
-        };
+        let nodes = CommitteeNodes::of(&topology.genesis.chain_id, namespace, committee);
         let key = format!("{namespace}/{}", committee.name);
         Some(async move { (id, key, ctx.chain.committee_status(&nodes).await) })
     });

@@ -17,7 +17,6 @@ use trellis_crd::{AutoscalerStatus, ChainNetwork, ChainNetworkStatus};
 use crate::autoscaler::{Decision, ShardLoad, decide};
 use crate::chain::{ChainError, CommitteeLoad, CommitteeNodes};
 use crate::controller::{Context, Error};
-use crate::endpoints::NodeRef;
 use crate::status::ShardPlan;
 
 /// Field manager of the autoscaler's writes to `spec.shards.count`.
@@ -50,18 +49,7 @@ pub(crate) async fn autoscale(
         if id >= shards.in_service {
             return None;
         }
-        let nodes = CommitteeNodes {
-            chain_id: topology.genesis.chain_id.clone(),
-            nodes: committee
-                .nodes
-                .iter()
-                .map(|n| NodeRef {
-                    namespace: namespace.clone(),
-                    committee: committee.name.clone(),
-                    node: n.name.clone(),
-                })
-                .collect(),
-        };
+        let nodes = CommitteeNodes::of(&topology.genesis.chain_id, &namespace, committee);
         Some(async move { (id, ctx.chain.committee_load(&nodes).await) })
     });
     let answers = futures::future::join_all(asks).await;
