@@ -481,7 +481,21 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             r = chain => Err(anyhow!("chain actor stopped: {r:?}")),
             r = engine => Err(anyhow!("consensus engine stopped: {r:?}")),
             r = server => Err(anyhow!("RPC server stopped: {r:?}")),
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            r = stop_requested() => r,
         }
     })
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes and the local provisioner send) ends `run`
+/// cleanly, so `main` flushes the OTLP exporters before the process exits.
+async fn stop_requested() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
+        _ = terminate.recv() => {
+            info!("SIGTERM received; stopping");
+            Ok(())
+        }
+    }
 }

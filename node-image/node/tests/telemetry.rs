@@ -257,6 +257,59 @@ async fn rpc_requests_and_finalized_blocks_are_exported_over_otlp() {
     );
 }
 
+/// Kubernetes stops a pod with SIGTERM: the node exits cleanly and flushes what its
+/// exporters still hold. The export intervals here are far longer than the test, so the
+/// spans and metric points can only arrive through the flush at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_the_exporters_before_exit() {
+    let collector = Collector::start("127.0.60.11").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = collector.endpoint();
+    let mut node = start(
+        dir.path(),
+        "127.0.60.12",
+        &["--otlp-endpoint", &endpoint],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
+        ],
+    );
+    wait_for_height(&node, 3).await;
+    assert!(
+        collector.spans().is_empty(),
+        "spans arrived before the flush; the test would prove nothing"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not exit within {WAIT:?} of SIGTERM:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "exit after SIGTERM: {exit}\n{}", node.log());
+    assert!(node.log().contains("SIGTERM received; stopping"));
+    collector
+        .span(WAIT, |s| s.name == "block.finalized")
+        .await
+        .expect("no block.finalized span flushed at SIGTERM");
+    collector
+        .point(WAIT, |p| {
+            p.metric == "trellis.node.finalized.height" && p.value >= 3.0
+        })
+        .await
+        .expect("no finalized height point flushed at SIGTERM");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_exported_or_logged_without_an_endpoint() {
     let collector = Collector::start("127.0.60.11").await.unwrap();
