@@ -27,9 +27,17 @@ struct Outcome {
     errors: u64,
     latencies_us: Vec<u32>,
     seconds: f64,
+    /// CPU time of this whole process (load generator, server, database threads) over
+    /// the row: the fair comparison between builds on a shared machine, where req/s
+    /// mostly measures how much CPU other work left over.
+    cpu_seconds: f64,
 }
 
 impl Outcome {
+    fn cpu_us_per_request(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.requests.max(1) as f64
+    }
+
     fn rate(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
@@ -41,6 +49,23 @@ impl Outcome {
         let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
         f64::from(self.latencies_us[index]) / 1000.0
     }
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat`, in clock ticks
+/// of 1/100 s, the Linux value on every architecture this runs on).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the command name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// Reads one HTTP/1.1 response (headers + Content-Length body); returns the status.
@@ -91,6 +116,7 @@ async fn drive(
     }
     request.push_str("\r\n");
     let request = Arc::new(request.into_bytes());
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -130,12 +156,14 @@ async fn drive(
         errors += task_errors;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu_seconds() - cpu_before;
     latencies_us.sort_unstable();
     Outcome {
         requests: latencies_us.len() as u64,
         errors,
         latencies_us,
         seconds,
+        cpu_seconds,
     }
 }
 
@@ -228,11 +256,12 @@ async fn console(url: &str) -> (u16, String, String) {
 
 fn row(name: &str, outcome: &Outcome, baseline: f64) {
     println!(
-        "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+        "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
         outcome.rate(),
         outcome.percentile_ms(0.5),
         outcome.percentile_ms(0.99),
         outcome.rate() / baseline,
+        outcome.cpu_us_per_request(),
         outcome.errors
     );
 }
@@ -250,8 +279,8 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
-    println!("| target | req/s | p50 ms | p99 ms | ratio to hello | errors |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| target | req/s | p50 ms | p99 ms | ratio to hello | CPU µs/req | errors |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     row("axum hello-world (baseline)", &baseline, baseline.rate());
 
     let dir = tempfile::tempdir().unwrap();

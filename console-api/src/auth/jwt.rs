@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,6 +18,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use uuid::Uuid;
 
 use crate::auth::Role;
@@ -26,6 +28,10 @@ pub const ISSUER: &str = "trellis-console";
 pub const AUDIENCE: &str = "trellis-console-api";
 /// Clock skew tolerated on `exp`/`nbf`.
 const LEEWAY_SECONDS: u64 = 30;
+/// Tokens whose signature was checked, remembered until they expire. Every request of a
+/// client carries the same token, and the Ed25519 check was the largest single cost of an
+/// authenticated read (docs/benchmarks.md). Bounded: a full cache is emptied, not grown.
+const VERIFIED_CACHE_ENTRIES: usize = 8192;
 
 /// The claims of an access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +77,10 @@ pub struct TokenKeys {
     public_keys: Vec<(String, [u8; 32])>,
     validation: Validation,
     pub access_ttl_seconds: u64,
+    /// SHA-256 of a token already verified → its claims. The keys never change while the
+    /// process runs (rotation restarts the console), so a verified token stays valid
+    /// until its `exp`, which is checked again on every use.
+    verified: Mutex<HashMap<[u8; 32], AccessClaims>>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -126,6 +136,7 @@ impl TokenKeys {
             public_keys,
             validation,
             access_ttl_seconds,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -204,6 +215,32 @@ impl TokenKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.remembered(&digest) {
+            return if claims.exp.saturating_add(LEEWAY_SECONDS)
+                < jsonwebtoken::get_current_timestamp()
+            {
+                Err(TokenError::Expired)
+            } else {
+                Ok(claims)
+            };
+        }
+        let claims = self.verify_signature(token)?;
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= VERIFIED_CACHE_ENTRIES {
+                verified.clear();
+            }
+            verified.insert(digest, claims.clone());
+        }
+        Ok(claims)
+    }
+
+    fn remembered(&self, digest: &[u8; 32]) -> Option<AccessClaims> {
+        self.verified.lock().ok()?.get(digest).cloned()
+    }
+
+    /// The full check: header, key id, signature and claims.
+    fn verify_signature(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|err| TokenError::Invalid(err.to_string()))?;
         if header.alg != Algorithm::EdDSA {
@@ -325,6 +362,34 @@ mod tests {
         claims.exp = claims.iat + 60;
         let token = keys.sign(&claims).unwrap();
         assert_eq!(keys.verify(&token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let keys = keys();
+        let mut claims = claims(&keys);
+        // Valid now (within the leeway), so the first check verifies and remembers it.
+        let now = jsonwebtoken::get_current_timestamp();
+        claims.exp = now;
+        let token = keys.sign(&claims).unwrap();
+        assert_eq!(keys.verify(&token).unwrap(), claims);
+        assert_eq!(
+            keys.remembered(&sha2::Sha256::digest(token.as_bytes()).into()),
+            Some(claims.clone())
+        );
+        // The remembered claims are checked against the clock on every use: the same
+        // token with an `exp` in the past must fail even from the cache.
+        let mut verified = keys.verified.lock().unwrap();
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        verified.get_mut(&digest).unwrap().exp = now - LEEWAY_SECONDS - 1;
+        drop(verified);
+        assert_eq!(keys.verify(&token), Err(TokenError::Expired));
+        // A tampered token is not in the cache and fails the full check.
+        let tampered = format!("{token}x");
+        assert!(matches!(
+            keys.verify(&tampered),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]
