@@ -29,10 +29,7 @@ use kube::Resource;
 use serde::Serialize;
 use trellis_crd::topology::{Committee, CommitteeRole, Topology};
 use trellis_crd::{ChainNetwork, NetworkMode};
-use trellis_node_api::{
-    BootstrapPeer, CONTRACT_VERSION, Genesis, GenesisBalance, GenesisMember, HEALTHZ_PATH,
-    MempoolConfig, NodeConfig, READYZ_PATH, Role,
-};
+use trellis_node_api::{BootstrapPeer, HEALTHZ_PATH, MempoolConfig, NodeConfig, READYZ_PATH, Role};
 
 use crate::keys;
 use crate::labels;
@@ -143,7 +140,7 @@ pub struct ChildNames {
 }
 
 /// Metadata every child gets: name, namespace, labels and the controller owner reference.
-fn child_meta(
+pub(crate) fn child_meta(
     network: &ChainNetwork,
     name: String,
     labels: BTreeMap<String, String>,
@@ -227,9 +224,10 @@ pub fn build(input: &BuildInput<'_>) -> Result<Children, BuildError> {
 }
 
 /// Renders `node.toml` of `committee` with the contract's [`NodeConfig`]: the committee's
-/// role, the genesis entry of this committee, and as bootstrap peers the committee's
-/// validators by public key and stable DNS name (they override the genesis addresses,
-/// which is what lets a test resolver point them at loopback instead).
+/// role (`beacon`, or `shard N` — also for shards added after genesis, which wait for the
+/// beacon to create them), the network's genesis file, and as bootstrap peers the
+/// committee's validators by public key and stable DNS name (they override the genesis
+/// addresses, which is what lets a test resolver point them at loopback instead).
 pub fn node_config(input: &BuildInput<'_>, committee: &Committee) -> Result<String, BuildError> {
     let ns = namespace(input.network)?;
     let bootstrap_peers = committee
@@ -250,7 +248,7 @@ pub fn node_config(input: &BuildInput<'_>, committee: &Committee) -> Result<Stri
         },
         key_file: KEY_FILE.into(),
         data_dir: DATA_DIR.into(),
-        genesis_file: format!("{GENESIS_DIR}/{}", genesis_entry(committee)).into(),
+        genesis_file: format!("{GENESIS_DIR}/{}", crate::genesis::ENTRY).into(),
         p2p_listen: SocketAddr::from(([0, 0, 0, 0], port(P2P_PORT))),
         p2p_external: None,
         rpc_listen: SocketAddr::from(([0, 0, 0, 0], port(RPC_PORT))),
@@ -297,185 +295,9 @@ fn config_map(
     })
 }
 
-/// Entry of the genesis ConfigMap with the operator's network plan (shard count, table
-/// map, committees, members). The nodes read their committee's entry instead.
-pub const NETWORK_ENTRY: &str = "network.json";
-
-/// Entry of the genesis ConfigMap holding `committee`'s contract genesis file.
-pub fn genesis_entry(committee: &Committee) -> String {
-    format!("{}.json", committee.name)
-}
-
 /// Name of the network's genesis ConfigMap.
 pub fn genesis_name(network: &str) -> String {
     format!("{network}-genesis")
-}
-
-#[derive(Debug, Serialize)]
-struct NetworkPlanFile<'a> {
-    contract_version: u32,
-    chain_id: &'a str,
-    mode: &'a str,
-    epoch_length: u64,
-    admin_key: &'a str,
-    shard_count: u16,
-    table_map: &'a [u16],
-    beacon: Vec<PlanValidator>,
-    shards: Vec<Vec<PlanValidator>>,
-    members: Vec<PlanMember<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct PlanValidator {
-    node_key: String,
-    p2p_address: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    member: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct PlanMember<'a> {
-    name: &'a str,
-    admin_key: &'a str,
-}
-
-/// The contract genesis of one committee, as `trellis-node` (contract v1) reads it.
-///
-/// Contract v1 knows one consensus group per genesis: its members are exactly the
-/// validators. So each committee gets a genesis whose members are its validators, named
-/// by pod, at their stable DNS p2p addresses. A member's `admin_key` is the governance
-/// key that speaks for that validator: in a consortium its organisation's admin key, in
-/// a public network the network admin key the operator holds.
-pub fn committee_genesis(
-    input: &BuildInput<'_>,
-    committee: &Committee,
-) -> Result<Genesis, BuildError> {
-    let ns = namespace(input.network)?;
-    let topology = input.topology;
-    let members = committee
-        .nodes
-        .iter()
-        .map(|node| {
-            let admin_key = match (&topology.genesis.mode, &node.member) {
-                (NetworkMode::Consortium, Some(org)) => topology
-                    .members
-                    .iter()
-                    .find(|m| &m.name == org)
-                    .map(|m| m.admin_public_key.to_ascii_lowercase())
-                    .ok_or_else(|| BuildError::Render("genesis", format!("no member {org}")))?,
-                _ => input.admin_public_key.to_owned(),
-            };
-            Ok(GenesisMember {
-                name: node.name.clone(),
-                admin_key,
-                node_key: node_key(input, &node.name)?.clone(),
-                p2p_address: node_p2p_address(&node.name, &committee.name, &ns, input.options),
-            })
-        })
-        .collect::<Result<Vec<_>, BuildError>>()?;
-    let genesis = Genesis {
-        contract_version: CONTRACT_VERSION,
-        chain_id: topology.genesis.chain_id.clone(),
-        epoch_length: topology.genesis.epoch_length,
-        members,
-        balances: input
-            .network
-            .spec
-            .genesis_balances
-            .iter()
-            .map(|a| GenesisBalance {
-                account: a.account.to_ascii_lowercase(),
-                // validate() refuses amounts below 1.
-                amount: u64::try_from(a.amount).unwrap_or(0),
-            })
-            .collect(),
-        sharding: None,
-    };
-    genesis
-        .check()
-        .map_err(|e| BuildError::Render("genesis", e.to_string()))?;
-    Ok(genesis)
-}
-
-/// The entries of the genesis ConfigMap: [`NETWORK_ENTRY`] and one contract genesis per
-/// committee ([`genesis_entry`]). Entries are written only when missing (see
-/// [`genesis_config_map`]).
-pub fn genesis_entries(input: &BuildInput<'_>) -> Result<BTreeMap<String, String>, BuildError> {
-    let ns = namespace(input.network)?;
-    let validators = |committee: &Committee| -> Result<Vec<PlanValidator>, BuildError> {
-        committee
-            .nodes
-            .iter()
-            .map(|node| {
-                Ok(PlanValidator {
-                    node_key: node_key(input, &node.name)?.clone(),
-                    p2p_address: node_p2p_address(&node.name, &committee.name, &ns, input.options),
-                    member: node.member.clone(),
-                })
-            })
-            .collect()
-    };
-    let topology = input.topology;
-    let plan = NetworkPlanFile {
-        contract_version: CONTRACT_VERSION,
-        chain_id: &topology.genesis.chain_id,
-        mode: match topology.genesis.mode {
-            NetworkMode::Public => "public",
-            NetworkMode::Consortium => "consortium",
-        },
-        epoch_length: topology.genesis.epoch_length,
-        admin_key: input.admin_public_key,
-        shard_count: topology.genesis.shard_count,
-        table_map: &topology.genesis.table_map,
-        beacon: match topology.beacon() {
-            Some(beacon) => validators(beacon)?,
-            None => Vec::new(),
-        },
-        shards: topology
-            .shards()
-            .map(validators)
-            .collect::<Result<_, _>>()?,
-        members: topology
-            .members
-            .iter()
-            .map(|m| PlanMember {
-                name: &m.name,
-                admin_key: &m.admin_public_key,
-            })
-            .collect(),
-    };
-    let mut entries = BTreeMap::new();
-    entries.insert(
-        NETWORK_ENTRY.to_owned(),
-        serde_json::to_string_pretty(&plan)
-            .map_err(|e| BuildError::Render("network.json", e.to_string()))?,
-    );
-    for committee in &topology.committees {
-        let genesis = committee_genesis(input, committee)?;
-        entries.insert(
-            genesis_entry(committee),
-            genesis
-                .to_json()
-                .map_err(|e| BuildError::Render("genesis", e.to_string()))?,
-        );
-    }
-    Ok(entries)
-}
-
-/// The genesis ConfigMap. Created when missing; later, only entries for committees that
-/// have none yet are added (a new shard's genesis). An existing entry is never changed:
-/// a committee's genesis is fixed when it starts, and every later change (shard count,
-/// members) happens through the chain's governance.
-pub fn genesis_config_map(input: &BuildInput<'_>) -> Result<ConfigMap, BuildError> {
-    Ok(ConfigMap {
-        metadata: child_meta(
-            input.network,
-            genesis_name(&input.topology.id.name),
-            labels::network_labels(&input.topology.id.name),
-        )?,
-        data: Some(genesis_entries(input)?),
-        ..ConfigMap::default()
-    })
 }
 
 fn ports() -> Vec<ServicePort> {

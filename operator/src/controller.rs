@@ -29,6 +29,8 @@ use crate::build::{self, BuildError, BuildInput, BuildOptions, Children};
 use crate::chain::{
     BeaconEndpoint, ChainClient, ChainError, CommitteeNodes, NewValidator, ScaleRequest, Seed,
 };
+use crate::endpoints::NodeRef;
+use crate::genesis;
 use crate::keys::{self, KeyError};
 use crate::labels;
 use crate::metrics::Metrics;
@@ -239,8 +241,12 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let selector = labels::selector_string(&labels::component_selector(&name, "shard"));
 
-    // Validate. An invalid spec gets a condition and an Event and waits for a change.
-    if let Err(invalid) = validate(&name, &network.spec) {
+    // Validate. An invalid spec gets a condition and an Event and waits for a change;
+    // so does a valid one the node cannot run (see crate::genesis::unsupported).
+    if let Some(invalid) = validate(&name, &network.spec)
+        .err()
+        .or_else(|| genesis::unsupported(&network.spec))
+    {
         let chain = Err(ChainError::NotImplemented("trellis_status"));
         let no_readings = BTreeMap::new();
         let no_rollouts = BTreeMap::new();
@@ -266,11 +272,21 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     // Dereference: the shard count the chain runs, the StatefulSets that exist.
     let genesis_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let genesis = genesis_api.get_opt(&build::genesis_name(&name)).await?;
+    // A stored genesis must be one this operator can continue (see genesis::stored).
+    let genesis_shards = genesis
+        .as_ref()
+        .map(genesis::stored)
+        .transpose()?
+        .map(|g| genesis::shard_count(&g));
     let desired = u16::try_from(network.spec.shards.count).unwrap_or(1);
     // The beacon says which shards run; without it, the last recorded count.
     let mut beacon = beacon_endpoint(&id, &network.spec, &namespace);
     let chain = ctx.chain.beacon_view(&beacon).await;
-    let recorded = in_service_shards(previous, genesis.as_ref());
+    let recorded = previous
+        .and_then(|s| s.shard_count)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| *c > 0)
+        .or(genesis_shards);
     let in_service = match &chain {
         // Drained shards stay until their tables are handed off.
         Ok(view) if view.resharding => view.shard_count.max(recorded.unwrap_or(0)),
@@ -279,7 +295,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     };
     let shard_plan = plan_shards(desired, in_service);
     let topology = match plan_with_shards(&id, &network.spec, shard_plan.provisioned) {
-        Ok(t) => t,
+        Ok(t) => genesis::provisioned(t),
         // validate() passed, so planning cannot fail; treat it as a build error if it does.
         Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
     };
@@ -290,6 +306,19 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         .await?;
     let observed = observe(&observed_sets.items);
     let shard_chain = read_shards(ctx, &namespace, &topology).await;
+    // The beacon's nodes, for its roll's finality gate.
+    let beacon_chain = match topology.beacon() {
+        Some(b) => Some(
+            ctx.chain
+                .committee_status(&CommitteeNodes::of(
+                    &topology.genesis.chain_id,
+                    &namespace,
+                    b,
+                ))
+                .await,
+        ),
+        None => None,
+    };
     let mut rollouts = BTreeMap::new();
 
     let mut new_validators = Vec::new();
@@ -378,21 +407,32 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             let secret = build::key_secret_name(committee);
             for node in &committee.nodes {
                 if let Some(file) = key_file(&secret, &keys::node_entry(&node.name)) {
+                    // Where the beacon tells peers to reach it: the stable DNS names, or
+                    // what the chain client's resolver says (loopback in tests).
+                    let node_ref = NodeRef {
+                        namespace: namespace.clone(),
+                        committee: committee.name.clone(),
+                        node: node.name.clone(),
+                    };
                     new_validators.push(NewValidator {
                         shard,
                         node_key: Seed(file.node_key),
-                        p2p_address: build::node_p2p_address(
-                            &node.name,
-                            &committee.name,
-                            &namespace,
-                            &ctx.options,
-                        ),
-                        rpc_address: build::node_rpc_address(
-                            &node.name,
-                            &committee.name,
-                            &namespace,
-                            &ctx.options,
-                        ),
+                        p2p_address: ctx.chain.p2p_address(&node_ref).unwrap_or_else(|| {
+                            build::node_p2p_address(
+                                &node.name,
+                                &committee.name,
+                                &namespace,
+                                &ctx.options,
+                            )
+                        }),
+                        rpc_address: ctx.chain.rpc_address(&node_ref).unwrap_or_else(|| {
+                            build::node_rpc_address(
+                                &node.name,
+                                &committee.name,
+                                &namespace,
+                                &ctx.options,
+                            )
+                        }),
                     });
                 }
             }
@@ -407,7 +447,23 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             options: &ctx.options,
         };
         let mut children = build::build(&input)?;
-        ensure_genesis(&genesis_api, genesis.as_ref(), &input).await?;
+        if genesis.is_none() {
+            // Genesis is written once, before any pod can read it. A network that ran
+            // (its status records shards in service) never gets a new one: its chain
+            // started from the lost file, and a rebuilt file would not match it.
+            if previous.and_then(|s| s.shard_count).is_some() {
+                return Err(BuildError::Render(
+                    "genesis",
+                    format!(
+                        "ConfigMap {} is missing, and the network already ran: restore it \
+                         from a backup (rebuilding it would start another chain)",
+                        build::genesis_name(&name)
+                    ),
+                )
+                .into());
+            }
+            create_if_missing(&genesis_api, &genesis::config_map(&input)?).await?;
+        }
         // Rolling upgrades: each committee's partition, from its live StatefulSet and
         // the chain (see crate::rollout).
         for set in &mut children.stateful_sets {
@@ -425,9 +481,10 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                     Some(reading) => Gate::Finality(&reading.chain),
                     None => Gate::ReadinessOnly("the shard's nodes were not asked"),
                 },
-                trellis_crd::topology::CommitteeRole::Beacon => {
-                    Gate::ReadinessOnly("trellis-node does not run the beacon role yet")
-                }
+                trellis_crd::topology::CommitteeRole::Beacon => match &beacon_chain {
+                    Some(chain) => Gate::Finality(chain),
+                    None => Gate::ReadinessOnly("the beacon's nodes were not asked"),
+                },
             };
             let step = rollout::next_step(
                 &build::template_hash(set),
@@ -485,6 +542,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         let request = ScaleRequest {
             count: shard_plan.desired,
             new_validators,
+            load: crate::scaling::load_hint(ctx, network),
         };
         Some(ctx.chain.scale(&beacon, &request).await)
     } else {
@@ -553,7 +611,9 @@ fn beacon_endpoint(
     namespace: &str,
 ) -> BeaconEndpoint {
     // The beacon and the chain id do not depend on the shard count.
-    let topology = trellis_crd::topology::plan(id, spec).ok();
+    let topology = trellis_crd::topology::plan(id, spec)
+        .ok()
+        .map(genesis::provisioned);
     let beacon = topology.as_ref().and_then(|t| {
         t.beacon()
             .map(|b| CommitteeNodes::of(&t.genesis.chain_id, namespace, b))
@@ -567,21 +627,6 @@ fn beacon_endpoint(
         nodes,
         admin: None,
     }
-}
-
-/// Shards the chain runs: the last recorded count, else the genesis file's.
-fn in_service_shards(
-    previous: Option<&ChainNetworkStatus>,
-    genesis: Option<&ConfigMap>,
-) -> Option<u16> {
-    if let Some(count) = previous.and_then(|s| s.shard_count) {
-        return u16::try_from(count).ok().filter(|c| *c > 0);
-    }
-    let text = genesis?.data.as_ref()?.get(build::NETWORK_ENTRY)?;
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    u16::try_from(value.get("shard_count")?.as_u64()?)
-        .ok()
-        .filter(|c| *c > 0)
 }
 
 /// Asks every shard committee's validators for their status, and records how long each
@@ -622,37 +667,6 @@ async fn read_shards(
         );
     }
     readings
-}
-
-/// Creates the genesis ConfigMap when missing; adds the entries of committees that have
-/// none yet (a new shard), guarded by `resourceVersion`. Never changes an entry.
-async fn ensure_genesis(
-    api: &Api<ConfigMap>,
-    existing: Option<&ConfigMap>,
-    input: &BuildInput<'_>,
-) -> Result<(), Error> {
-    let Some(existing) = existing else {
-        return create_if_missing(api, &build::genesis_config_map(input)?).await;
-    };
-    let have = existing.data.clone().unwrap_or_default();
-    let missing: BTreeMap<String, String> = build::genesis_entries(input)?
-        .into_iter()
-        .filter(|(entry, _)| !have.contains_key(entry))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": existing.metadata.resource_version},
-        "data": missing,
-    });
-    api.patch(
-        &existing.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// A StatefulSet's roll position (see [`crate::rollout`]).

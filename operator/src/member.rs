@@ -441,7 +441,6 @@ async fn govern(
                 network,
                 &committee,
                 own_ns,
-                shard,
                 &key_secret,
                 &node_keys,
             )
@@ -711,17 +710,16 @@ async fn provision(
     network: &ChainNetwork,
     committee: &Committee,
     namespace: &str,
-    shard: &Committee,
     key_secret: &str,
     node_keys: &BTreeMap<String, String>,
 ) -> Result<Result<String, String>, Error> {
     let network_ns = network.namespace().unwrap_or_default();
     let genesis_name = build::genesis_name(&network.name_any());
-    let entry = build::genesis_entry(shard);
+    let entry = crate::genesis::ENTRY;
     let genesis = Api::<ConfigMap>::namespaced(ctx.client.clone(), &network_ns)
         .get_opt(&genesis_name)
         .await?
-        .and_then(|g| g.data.and_then(|mut d| d.remove(&entry)));
+        .and_then(|g| g.data.and_then(|mut d| d.remove(entry)));
     let Some(genesis) = genesis else {
         return Ok(Err(format!(
             "admitted on chain, but ConfigMap {genesis_name} in namespace {network_ns} has no \
@@ -736,7 +734,7 @@ async fn provision(
         committee,
         namespace,
         owner,
-        genesis_entry: &entry,
+        genesis_entry: entry,
         genesis: &genesis,
         node_keys,
         key_secret,
