@@ -83,10 +83,25 @@ impl Default for BuildOptions {
     }
 }
 
+/// Validators of an admitted consortium member (its `ChainMember`'s StatefulSet, in the
+/// member's namespace): they vote in shard 0's committee, so shard 0's quorum, its
+/// PodDisruptionBudget and the network's status count them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberValidators {
+    pub namespace: String,
+    /// Their committee (StatefulSet) name.
+    pub committee: String,
+    pub validators: u32,
+    /// Ready pods of their StatefulSet.
+    pub ready: i32,
+}
+
 /// What the build step reads: the resource, its plan and the nodes' public keys.
 pub struct BuildInput<'a> {
     pub network: &'a ChainNetwork,
     pub topology: &'a Topology,
+    /// Admitted members' validators (consortium networks; empty otherwise).
+    pub members: &'a [MemberValidators],
     /// Public key (hex) per node name.
     pub public_keys: &'a BTreeMap<String, String>,
     /// Public key (hex) of the network admin key.
@@ -206,9 +221,16 @@ pub fn build(input: &BuildInput<'_>) -> Result<Children, BuildError> {
         children
             .services
             .push(headless_service(input.network, committee)?);
-        children
-            .pod_disruption_budgets
-            .push(pod_disruption_budget(input.network, committee)?);
+        let members: &[MemberValidators] = if committee.role == CommitteeRole::Shard(0) {
+            input.members
+        } else {
+            &[]
+        };
+        children.pod_disruption_budgets.push(pod_disruption_budget(
+            input.network,
+            committee,
+            members,
+        )?);
         children.stateful_sets.push(stateful_set(
             input.network,
             committee,
@@ -384,11 +406,55 @@ fn rpc_service(network: &ChainNetwork) -> Result<Service, BuildError> {
 
 /// PDB of a committee: at most `f` validators voluntarily disrupted, so a drain can never
 /// take the committee below its `2f+1` quorum.
+///
+/// Admitted members' validators vote in shard 0's committee: `f` is then that of the
+/// whole committee, and the PDB also selects the members' pods in this namespace. A PDB
+/// cannot select pods of another namespace, so members elsewhere get a PDB of their own
+/// that allows no voluntary disruption ([`member_pod_disruption_budget`]); the sum of
+/// the budgets never exceeds `f`.
 fn pod_disruption_budget(
     network: &ChainNetwork,
     committee: &Committee,
+    members: &[MemberValidators],
 ) -> Result<PodDisruptionBudget, BuildError> {
     let name = network_name(network)?;
+    let ns = namespace(network)?;
+    if !members.is_empty() {
+        let validators = committee.validators + members.iter().map(|m| m.validators).sum::<u32>();
+        let f = trellis_crd::validate::fault_tolerance(i32::try_from(validators).unwrap_or(0));
+        let mut committees = vec![committee.name.clone()];
+        committees.extend(
+            members
+                .iter()
+                .filter(|m| m.namespace == ns)
+                .map(|m| m.committee.clone()),
+        );
+        return Ok(PodDisruptionBudget {
+            metadata: child_meta(
+                network,
+                committee.name.clone(),
+                labels::committee_labels(&name, committee),
+            )?,
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(f)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([
+                        (labels::NAME.to_owned(), labels::NODE_APP.to_owned()),
+                        (labels::INSTANCE.to_owned(), name.clone()),
+                    ])),
+                    match_expressions: Some(vec![
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                            key: labels::COMMITTEE.to_owned(),
+                            operator: "In".to_owned(),
+                            values: Some(committees),
+                        },
+                    ]),
+                }),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        });
+    }
     Ok(PodDisruptionBudget {
         metadata: child_meta(
             network,
@@ -824,3 +890,30 @@ pub fn node_public_keys(
 
 #[cfg(test)]
 mod tests;
+
+/// PDB of a member's validators that run in another namespace than the network's: the
+/// network's PDB cannot select them, and it already spends shard 0's whole budget `f`,
+/// so these allow no voluntary disruption (drain such a node after moving the pod by
+/// hand, or run the member in the network's namespace).
+pub fn member_pod_disruption_budget(
+    network: &ChainNetwork,
+    committee: &Committee,
+) -> Result<PodDisruptionBudget, BuildError> {
+    let name = network_name(network)?;
+    Ok(PodDisruptionBudget {
+        metadata: ObjectMeta {
+            name: Some(committee.name.clone()),
+            labels: Some(labels::committee_labels(&name, committee)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(0)),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels::committee_selector(&name, committee)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}

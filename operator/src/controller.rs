@@ -263,6 +263,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             previous,
             selector,
             endpoints: None,
+            members: &[],
             now,
         });
         write_status(ctx, network, next).await?;
@@ -306,6 +307,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         .await?;
     let observed = observe(&observed_sets.items);
     let shard_chain = read_shards(ctx, &namespace, &topology).await;
+    let members = member_validators(client, network).await?;
     // The beacon's nodes, for its roll's finality gate.
     let beacon_chain = match topology.beacon() {
         Some(b) => Some(
@@ -442,6 +444,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         let input = BuildInput {
             network,
             topology: &topology,
+            members: &members,
             public_keys: &public_keys,
             admin_public_key: &admin_public,
             options: &ctx.options,
@@ -562,6 +565,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         previous,
         selector,
         endpoints: Some(endpoints),
+        members: &members,
         now,
     });
     next.autoscaler = previous.and_then(|p| p.autoscaler.clone());
@@ -627,6 +631,51 @@ fn beacon_endpoint(
         nodes,
         admin: None,
     }
+}
+
+/// Admitted members' validators of a consortium network: the StatefulSets their
+/// `ChainMember`s provisioned (in any namespace), for shard 0's quorum, PDB and status.
+/// Genesis members have none (their validators are the network's own).
+async fn member_validators(
+    client: &Client,
+    network: &ChainNetwork,
+) -> Result<Vec<build::MemberValidators>, Error> {
+    if network.spec.mode != trellis_crd::NetworkMode::Consortium {
+        return Ok(Vec::new());
+    }
+    let namespace = network.namespace().unwrap_or_default();
+    let name = network.name_any();
+    let members: Api<trellis_crd::ChainMember> = Api::all(client.clone());
+    let mut found = Vec::new();
+    for member in members.list(&ListParams::default()).await? {
+        let member_ns = member.namespace().unwrap_or_default();
+        let network_ns = member
+            .spec
+            .network
+            .namespace
+            .clone()
+            .unwrap_or_else(|| member_ns.clone());
+        let admitted = member.status.as_ref().and_then(|s| s.phase)
+            == Some(trellis_crd::MemberPhase::Admitted);
+        if member.spec.network.name != name || network_ns != namespace || !admitted {
+            continue;
+        }
+        let committee =
+            crate::member::nodes::member_committee_name(&name, &member.spec.organization);
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &member_ns);
+        let Some(set) = sets.get_opt(&committee).await? else {
+            continue;
+        };
+        let figures = observe(std::slice::from_ref(&set));
+        let observed = figures.get(&committee).copied().unwrap_or_default();
+        found.push(build::MemberValidators {
+            namespace: member_ns,
+            committee,
+            validators: u32::try_from(observed.replicas).unwrap_or(0),
+            ready: observed.ready_replicas,
+        });
+    }
+    Ok(found)
 }
 
 /// Asks every shard committee's validators for their status, and records how long each

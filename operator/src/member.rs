@@ -742,6 +742,9 @@ async fn provision(
     })?;
     crate::controller::apply(&ctx.client, namespace, &[children.service]).await?;
     crate::controller::apply(&ctx.client, namespace, &[children.config_map]).await?;
+    if let Some(pdb) = children.pod_disruption_budget {
+        crate::controller::apply(&ctx.client, namespace, &[pdb]).await?;
+    }
     crate::controller::apply(&ctx.client, namespace, &[children.stateful_set]).await?;
     Ok(Ok(format!(
         "admitted on chain; validators {} provisioned (StatefulSet {} in namespace {namespace})",
@@ -750,7 +753,7 @@ async fn provision(
     )))
 }
 
-/// Deletes a removed member's validators (StatefulSet, Service, ConfigMap). Keys and
+/// Deletes a removed member's validators (StatefulSet, Service, ConfigMap, PDB). Keys and
 /// ledger claims stay, as for every validator.
 async fn remove_validators(
     ctx: &Context,
@@ -774,6 +777,8 @@ async fn remove_validators(
     delete::<StatefulSet>(ctx, namespace, &committee.name).await?;
     delete::<Service>(ctx, namespace, &committee.name).await?;
     delete::<ConfigMap>(ctx, namespace, &build::config_map_name(committee)).await?;
+    delete::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(ctx, namespace, &committee.name)
+        .await?;
     Ok(())
 }
 

@@ -84,13 +84,14 @@ async fn the_operators_objects_run_real_nodes_that_finalize() {
     let input = BuildInput {
         network: &network,
         topology: &topology,
+        members: &[],
         public_keys: &public_keys,
         admin_public_key: &admin.admin_public_key,
         options: &options,
     };
     // The pure build step: every child, and the genesis ConfigMap.
     let children = build::build(&input).unwrap();
-    let genesis = build::genesis_config_map(&input).unwrap();
+    let genesis = trellis_operator::genesis::config_map(&input).unwrap();
 
     // trellis-node runs shard committees (the beacon role comes with issue 4): shard 0.
     let shard = topology.shards().next().unwrap();

@@ -63,6 +63,7 @@ impl Fixture {
         BuildInput {
             network: &self.network,
             topology: &self.topology,
+            members: &[],
             public_keys: &self.public_keys,
             admin_public_key: &self.admin,
             options: &self.options,

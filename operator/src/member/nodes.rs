@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use trellis_crd::ChainNetwork;
 use trellis_crd::topology::{Committee, CommitteeRole, PlannedNode};
@@ -87,6 +88,10 @@ pub struct MemberBuild<'a> {
 pub struct MemberChildren {
     pub service: Service,
     pub config_map: ConfigMap,
+    /// Only in another namespace than the network's (see
+    /// [`build::member_pod_disruption_budget`]); the network's own PDB of shard 0
+    /// counts the member's validators in its namespace.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
     pub stateful_set: StatefulSet,
 }
 
@@ -231,9 +236,18 @@ pub fn member_children(input: &MemberBuild<'_>) -> Result<MemberChildren, BuildE
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(crate::rollout::TEMPLATE_HASH_ANNOTATION.to_owned(), hash);
+    let pod_disruption_budget =
+        if input.network.metadata.namespace.as_deref() == Some(input.namespace) {
+            None
+        } else {
+            let mut pdb = build::member_pod_disruption_budget(input.network, input.committee)?;
+            pdb.metadata = meta(input, input.committee.name.clone(), &network);
+            Some(pdb)
+        };
     Ok(MemberChildren {
         service,
         config_map,
+        pod_disruption_budget,
         stateful_set: set,
     })
 }

@@ -85,6 +85,7 @@ impl Case {
             previous,
             selector: "sel".to_owned(),
             endpoints: None,
+            members: &[],
             now: time(now),
         })
     }
@@ -259,6 +260,7 @@ fn scaling_waits_for_the_beacon() {
         previous: None,
         selector: "sel".to_owned(),
         endpoints: None,
+        members: &[],
         now: time(1),
     });
     let scaling = condition(&s, SCALING);
@@ -446,6 +448,7 @@ fn invalid_spec_gets_conditions_not_a_crash() {
         previous: None,
         selector: "sel".to_owned(),
         endpoints: None,
+        members: &[],
         now: time(1),
     });
     assert_eq!(s.phase, Some(NetworkPhase::Invalid));
