@@ -257,6 +257,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_load_hint_is_each_tables_growth_over_the_last_window() {
+        let mut history = LoadHistory::default();
+        assert!(history.load_hint().is_empty(), "no reading: no hint");
+        history.record_tables([(3, 100), (7, 10)].into_iter().collect(), 0.0);
+        assert!(history.load_hint().is_empty(), "one reading: no hint");
+        // Too soon after the previous reading: nothing changes.
+        history.record_tables([(3, 150), (7, 10)].into_iter().collect(), 1.0);
+        assert!(history.load_hint().is_empty());
+        history.record_tables(
+            [(3, 400), (7, 15), (9, 4)].into_iter().collect(),
+            MIN_RATE_INTERVAL_SECONDS,
+        );
+        let hint = history.load_hint();
+        assert_eq!(hint.len(), 256);
+        assert_eq!((hint[3], hint[7], hint[9], hint[0]), (300, 5, 4, 0));
+        // A counter that went back (restart, a table that moved in) counts from zero.
+        history.record_tables(
+            [(3, 20), (7, 15)].into_iter().collect(),
+            2.0 * MIN_RATE_INTERVAL_SECONDS,
+        );
+        let hint = history.load_hint();
+        assert_eq!((hint[3], hint[7], hint[9]), (20, 0, 0));
+        // A quiet window gives no hint: the beacon balances table counts.
+        history.record_tables(
+            [(3, 20), (7, 15)].into_iter().collect(),
+            3.0 * MIN_RATE_INTERVAL_SECONDS,
+        );
+        assert!(history.load_hint().is_empty());
+    }
+
+    #[test]
     fn a_counter_becomes_a_rate_between_readings() {
         let mut history = LoadHistory::default();
         assert_eq!(history.rate(0, 1_000, 100.0), None);

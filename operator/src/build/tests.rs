@@ -316,6 +316,75 @@ fn pdb_allows_at_most_f_unavailable() {
 }
 
 #[test]
+fn admitted_members_count_in_shard_zeros_pdb() {
+    let mut spec = public(1);
+    spec.mode = NetworkMode::Consortium;
+    spec.members = vec![ConsortiumMember {
+        name: "org-a".to_owned(),
+        admin_public_key: "aa".repeat(32),
+        nodes: 4,
+    }];
+    let f = Fixture::new(spec);
+    let members = [
+        MemberValidators {
+            namespace: "tenant-a".to_owned(),
+            committee: "alpha-m-org-b".to_owned(),
+            validators: 2,
+            ready: 2,
+        },
+        MemberValidators {
+            namespace: "tenant-c".to_owned(),
+            committee: "alpha-m-org-c".to_owned(),
+            validators: 1,
+            ready: 0,
+        },
+    ];
+    let mut input = f.input();
+    input.members = &members;
+    let children = build(&input).unwrap();
+    let pdb = children
+        .pod_disruption_budgets
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("alpha-shard-0"))
+        .unwrap();
+    let pspec = pdb.spec.as_ref().unwrap();
+    // 4 + 2 + 1 = 7 validators vote: f = 2.
+    assert_eq!(pspec.max_unavailable, Some(IntOrString::Int(2)));
+    let selector = pspec.selector.as_ref().unwrap();
+    assert_eq!(
+        selector.match_labels.as_ref().unwrap()[labels::INSTANCE],
+        "alpha"
+    );
+    let expression = &selector.match_expressions.as_ref().unwrap()[0];
+    assert_eq!(expression.key, labels::COMMITTEE);
+    assert_eq!(expression.operator, "In");
+    // The member in this namespace is selected; the one elsewhere has its own PDB.
+    assert_eq!(
+        expression.values.as_deref().unwrap(),
+        ["alpha-shard-0", "alpha-m-org-b"]
+    );
+    let member = crate::member::nodes::member_committee("alpha", "org-c", 1);
+    let other = member_pod_disruption_budget(&f.network, &member).unwrap();
+    assert_eq!(
+        other.spec.unwrap().max_unavailable,
+        Some(IntOrString::Int(0))
+    );
+    // Without members nothing changes.
+    let plain = Fixture::new(public(1)).build();
+    let pdb = &plain.pod_disruption_budgets[1];
+    assert!(
+        pdb.spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .as_ref()
+            .unwrap()
+            .match_expressions
+            .is_none()
+    );
+}
+
+#[test]
 fn headless_services_publish_unready_peers() {
     let children = Fixture::new(public(1)).build();
     let svc = &children.services[0];

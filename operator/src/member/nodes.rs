@@ -306,13 +306,27 @@ mod tests {
             committee: &committee,
             namespace: "member-ns",
             owner,
-            genesis_entry: "alpha-shard-0.json",
+            genesis_entry: "genesis.json",
             genesis: &genesis,
             node_keys: &keys,
             key_secret: "alpha-m-org-d-keys",
             options: &BuildOptions::default(),
         };
         let children = member_children(&input).unwrap();
+        // Another namespace than the network's: a PDB of its own, no voluntary disruption
+        // (the network's PDB spends shard 0's budget and cannot select these pods).
+        let pdb = children.pod_disruption_budget.as_ref().unwrap();
+        assert_eq!(pdb.metadata.namespace.as_deref(), Some("member-ns"));
+        assert_eq!(
+            pdb.spec.as_ref().unwrap().max_unavailable,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+        );
+        let same = member_children(&MemberBuild {
+            namespace: "net-ns",
+            ..input
+        })
+        .unwrap();
+        assert!(same.pod_disruption_budget.is_none());
         let set = &children.stateful_set;
         assert_eq!(set.metadata.namespace.as_deref(), Some("member-ns"));
         assert_eq!(
@@ -348,12 +362,12 @@ mod tests {
             assert_eq!(labels.get(k), Some(v), "{k}");
         }
         let data = children.config_map.data.as_ref().unwrap();
-        assert_eq!(data["alpha-shard-0.json"], genesis);
+        assert_eq!(data["genesis.json"], genesis);
         let config = NodeConfig::from_toml(&data["node.toml"]).unwrap();
         assert_eq!(config.chain_id, "alpha.net-ns");
         assert_eq!(
             config.genesis_file.to_str(),
-            Some("/etc/trellis/genesis/alpha-shard-0.json")
+            Some("/etc/trellis/genesis/genesis.json")
         );
         let peers: Vec<&str> = config
             .bootstrap_peers
