@@ -308,19 +308,6 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     let observed = observe(&observed_sets.items);
     let shard_chain = read_shards(ctx, &namespace, &topology).await;
     let members = member_validators(client, network).await?;
-    // The beacon's nodes, for its roll's finality gate.
-    let beacon_chain = match topology.beacon() {
-        Some(b) => Some(
-            ctx.chain
-                .committee_status(&CommitteeNodes::of(
-                    &topology.genesis.chain_id,
-                    &namespace,
-                    b,
-                ))
-                .await,
-        ),
-        None => None,
-    };
     let mut rollouts = BTreeMap::new();
 
     let mut new_validators = Vec::new();
@@ -484,10 +471,9 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                     Some(reading) => Gate::Finality(&reading.chain),
                     None => Gate::ReadinessOnly("the shard's nodes were not asked"),
                 },
-                trellis_crd::topology::CommitteeRole::Beacon => match &beacon_chain {
-                    Some(chain) => Gate::Finality(chain),
-                    None => Gate::ReadinessOnly("the beacon's nodes were not asked"),
-                },
+                trellis_crd::topology::CommitteeRole::Beacon => {
+                    Gate::ReadinessOnly("the beacon's finality gate is not wired into rolls yet")
+                }
             };
             let step = rollout::next_step(
                 &build::template_hash(set),
