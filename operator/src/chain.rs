@@ -903,4 +903,101 @@ mod tests {
             Err(ChainError::Unreachable(_))
         ));
     }
+
+    /// A beacon node on `ip`:8545 answering the beacon step's three methods, recording
+    /// every system transaction submitted to it.
+    async fn beacon(ip: [u8; 4], submitted: Arc<std::sync::Mutex<Vec<String>>>) {
+        let addr = SocketAddr::new(IpAddr::from(ip), 8545);
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let submitted = submitted.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = vec![0u8; 8192];
+                    // Read until the JSON body is complete (it ends the request).
+                    loop {
+                        let n = stream.read(&mut buf).await.unwrap_or(0);
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request);
+                        if n == 0
+                            || text.split_once("\r\n\r\n").is_some_and(|(_, body)| {
+                                serde_json::from_str::<serde_json::Value>(body).is_ok()
+                            })
+                        {
+                            break;
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    let body: serde_json::Value =
+                        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+                    let result = match body["method"].as_str().unwrap() {
+                        methods::GET_SHARD_MAP => serde_json::json!({
+                            "epoch": 1, "epoch_length": 10, "next_epoch_height": 20,
+                            "beacon_height": 12, "shard_count": 2, "tables": vec![0; 256],
+                            "shards": [], "max_shards": 4, "resharding": false, "beacon": []
+                        }),
+                        methods::GET_SYSTEM_SEQUENCE => {
+                            serde_json::json!({"key": body["params"]["key"], "sequence": 0})
+                        }
+                        methods::SUBMIT_SYSTEM => {
+                            let tx = body["params"]["tx"].as_str().unwrap().to_owned();
+                            submitted.lock().unwrap().push(tx);
+                            serde_json::json!({"hash": "00", "signer": "00", "sequence": 0})
+                        }
+                        other => panic!("unexpected {other}"),
+                    };
+                    let answer = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": result});
+                    let _ = stream
+                        .write_all(http_ok(&answer.to_string()).as_bytes())
+                        .await;
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn set_shard_count_is_signed_by_the_admin_key_and_carries_the_load_hint() {
+        let submitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        beacon([127, 0, 81, 200], submitted.clone()).await;
+        let (rpc, node) = client([127, 0, 81, 200]);
+        let admin = trellis_node_types::test_key(7);
+        let endpoint = BeaconEndpoint {
+            chain_id: "alpha.ns".into(),
+            nodes: vec![node],
+            admin: Some(Seed(to_hex(&trellis_node_types::Encode::encode(&admin)))),
+        };
+        let mut load = vec![0u64; 256];
+        load[9] = 500;
+        load[200] = 40;
+        let request = ScaleRequest {
+            count: 3,
+            new_validators: Vec::new(),
+            load: load.clone(),
+        };
+        rpc.scale(&endpoint, &request).await.unwrap();
+        let sent = submitted.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        let tx = SystemTx::from_hex(&sent[0]).unwrap();
+        assert_eq!(tx.signer, admin.public_key());
+        assert_eq!(tx.payload.chain_id, "alpha.ns");
+        assert_eq!(
+            tx.payload.action,
+            SystemAction::SetShardCount { count: 3, load }
+        );
+        // Without an admin key nothing is signed, and the reason says so.
+        let keyless = BeaconEndpoint {
+            admin: None,
+            ..endpoint
+        };
+        let err = rpc.scale(&keyless, &request).await.unwrap_err();
+        assert!(
+            matches!(&err, ChainError::Pending(m) if m.contains("admin key")),
+            "{err}"
+        );
+        assert_eq!(submitted.lock().unwrap().len(), 1);
+    }
 }
