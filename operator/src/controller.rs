@@ -501,7 +501,8 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                 .get(&key)
                 .is_some_and(|r| r.fingerprint == fingerprint && r.at.elapsed() < DRIFT_REPAIR)
         });
-        if !(recently_applied && all_sets_exist) {
+        let apply_now = !(recently_applied && all_sets_exist);
+        if apply_now {
             apply_all(client, &namespace, &children).await?;
             if let Ok(mut applied) = ctx.applied.lock() {
                 applied.insert(
@@ -523,6 +524,10 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         let extra_sets = observed.keys().any(|n| !desired_sets.contains(n));
         if spec_changed || extra_sets {
             delete_orphans(client, network, &namespace, &owned_selector, &children).await?;
+        }
+        // The optional ServiceMonitor follows the same rhythm as the other children.
+        if apply_now || spec_changed {
+            crate::monitoring::reconcile(client, network).await?;
         }
     }
 

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod local;
 pub mod member;
 pub mod metrics;
+pub mod monitoring;
 pub mod rollout;
 pub mod scaling;
 pub mod scrape;
