@@ -153,6 +153,11 @@ fn operator_grants() -> BTreeSet<String> {
         ("", &["services", "configmaps", "secrets"], CHILD_VERBS),
         ("policy", &["poddisruptionbudgets"], CHILD_VERBS),
         ("networking.k8s.io", &["networkpolicies"], CHILD_VERBS),
+        (
+            "monitoring.coreos.com",
+            &["servicemonitors"],
+            &["get", "create", "patch", "delete"],
+        ),
         ("events.k8s.io", &["events"], &["create", "patch"]),
     ])
 }

@@ -32,6 +32,11 @@ struct Reading {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadHistory {
     readings: BTreeMap<u16, Reading>,
+    /// Per-table transaction counters at the last table reading, and when.
+    tables: Option<(f64, BTreeMap<u8, u64>)>,
+    /// Transactions per table between the last two table readings (256 entries, or
+    /// empty before two readings): the load hint of `SetShardCount`.
+    table_window: Vec<u64>,
     pub state: AutoscalerState,
 }
 
@@ -66,6 +71,38 @@ impl LoadHistory {
             },
         );
         Some(rate)
+    }
+
+    /// Records the per-table counters (`trellis_table_txs_total`, every in-service shard's
+    /// tables together). At least [`MIN_RATE_INTERVAL_SECONDS`] after the previous
+    /// reading, each table's growth since then becomes the load hint; a counter that went
+    /// back (a node restarted, or the table just moved in) counts from zero.
+    pub fn record_tables(&mut self, totals: BTreeMap<u8, u64>, now_seconds: f64) {
+        let Some((at, previous)) = &self.tables else {
+            self.tables = Some((now_seconds, totals));
+            return;
+        };
+        if now_seconds - at < MIN_RATE_INTERVAL_SECONDS {
+            return;
+        }
+        let mut window = vec![0u64; 256];
+        for (table, now) in &totals {
+            let before = previous.get(table).copied().unwrap_or(0);
+            window[usize::from(*table)] = if *now >= before { now - before } else { *now };
+        }
+        self.table_window = window;
+        self.tables = Some((now_seconds, totals));
+    }
+
+    /// The per-table load hint for `SetShardCount`: transactions per table over the last
+    /// measuring window, or empty (no hint: the beacon balances table counts) before two
+    /// readings or when no table took a transaction.
+    pub fn load_hint(&self) -> Vec<u64> {
+        if self.table_window.iter().all(|t| *t == 0) {
+            Vec::new()
+        } else {
+            self.table_window.clone()
+        }
     }
 
     /// Forgets shards that are no longer in service.
@@ -218,6 +255,37 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_load_hint_is_each_tables_growth_over_the_last_window() {
+        let mut history = LoadHistory::default();
+        assert!(history.load_hint().is_empty(), "no reading: no hint");
+        history.record_tables([(3, 100), (7, 10)].into_iter().collect(), 0.0);
+        assert!(history.load_hint().is_empty(), "one reading: no hint");
+        // Too soon after the previous reading: nothing changes.
+        history.record_tables([(3, 150), (7, 10)].into_iter().collect(), 1.0);
+        assert!(history.load_hint().is_empty());
+        history.record_tables(
+            [(3, 400), (7, 15), (9, 4)].into_iter().collect(),
+            MIN_RATE_INTERVAL_SECONDS,
+        );
+        let hint = history.load_hint();
+        assert_eq!(hint.len(), 256);
+        assert_eq!((hint[3], hint[7], hint[9], hint[0]), (300, 5, 4, 0));
+        // A counter that went back (restart, a table that moved in) counts from zero.
+        history.record_tables(
+            [(3, 20), (7, 15)].into_iter().collect(),
+            2.0 * MIN_RATE_INTERVAL_SECONDS,
+        );
+        let hint = history.load_hint();
+        assert_eq!((hint[3], hint[7], hint[9]), (20, 0, 0));
+        // A quiet window gives no hint: the beacon balances table counts.
+        history.record_tables(
+            [(3, 20), (7, 15)].into_iter().collect(),
+            3.0 * MIN_RATE_INTERVAL_SECONDS,
+        );
+        assert!(history.load_hint().is_empty());
+    }
 
     #[test]
     fn a_counter_becomes_a_rate_between_readings() {

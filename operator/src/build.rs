@@ -29,10 +29,7 @@ use kube::Resource;
 use serde::Serialize;
 use trellis_crd::topology::{Committee, CommitteeRole, Topology};
 use trellis_crd::{ChainNetwork, NetworkMode};
-use trellis_node_api::{
-    BootstrapPeer, CONTRACT_VERSION, Genesis, GenesisBalance, GenesisMember, HEALTHZ_PATH,
-    MempoolConfig, NodeConfig, READYZ_PATH, Role,
-};
+use trellis_node_api::{BootstrapPeer, HEALTHZ_PATH, MempoolConfig, NodeConfig, READYZ_PATH, Role};
 
 use crate::keys;
 use crate::labels;
@@ -86,10 +83,25 @@ impl Default for BuildOptions {
     }
 }
 
+/// Validators of an admitted consortium member (its `ChainMember`'s StatefulSet, in the
+/// member's namespace): they vote in shard 0's committee, so shard 0's quorum, its
+/// PodDisruptionBudget and the network's status count them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberValidators {
+    pub namespace: String,
+    /// Their committee (StatefulSet) name.
+    pub committee: String,
+    pub validators: u32,
+    /// Ready pods of their StatefulSet.
+    pub ready: i32,
+}
+
 /// What the build step reads: the resource, its plan and the nodes' public keys.
 pub struct BuildInput<'a> {
     pub network: &'a ChainNetwork,
     pub topology: &'a Topology,
+    /// Admitted members' validators (consortium networks; empty otherwise).
+    pub members: &'a [MemberValidators],
     /// Public key (hex) per node name.
     pub public_keys: &'a BTreeMap<String, String>,
     /// Public key (hex) of the network admin key.
@@ -143,7 +155,7 @@ pub struct ChildNames {
 }
 
 /// Metadata every child gets: name, namespace, labels and the controller owner reference.
-fn child_meta(
+pub(crate) fn child_meta(
     network: &ChainNetwork,
     name: String,
     labels: BTreeMap<String, String>,
@@ -209,9 +221,16 @@ pub fn build(input: &BuildInput<'_>) -> Result<Children, BuildError> {
         children
             .services
             .push(headless_service(input.network, committee)?);
-        children
-            .pod_disruption_budgets
-            .push(pod_disruption_budget(input.network, committee)?);
+        let members: &[MemberValidators] = if committee.role == CommitteeRole::Shard(0) {
+            input.members
+        } else {
+            &[]
+        };
+        children.pod_disruption_budgets.push(pod_disruption_budget(
+            input.network,
+            committee,
+            members,
+        )?);
         children.stateful_sets.push(stateful_set(
             input.network,
             committee,
@@ -227,9 +246,10 @@ pub fn build(input: &BuildInput<'_>) -> Result<Children, BuildError> {
 }
 
 /// Renders `node.toml` of `committee` with the contract's [`NodeConfig`]: the committee's
-/// role, the genesis entry of this committee, and as bootstrap peers the committee's
-/// validators by public key and stable DNS name (they override the genesis addresses,
-/// which is what lets a test resolver point them at loopback instead).
+/// role (`beacon`, or `shard N` — also for shards added after genesis, which wait for the
+/// beacon to create them), the network's genesis file, and as bootstrap peers the
+/// committee's validators by public key and stable DNS name (they override the genesis
+/// addresses, which is what lets a test resolver point them at loopback instead).
 pub fn node_config(input: &BuildInput<'_>, committee: &Committee) -> Result<String, BuildError> {
     let ns = namespace(input.network)?;
     let bootstrap_peers = committee
@@ -250,7 +270,7 @@ pub fn node_config(input: &BuildInput<'_>, committee: &Committee) -> Result<Stri
         },
         key_file: KEY_FILE.into(),
         data_dir: DATA_DIR.into(),
-        genesis_file: format!("{GENESIS_DIR}/{}", genesis_entry(committee)).into(),
+        genesis_file: format!("{GENESIS_DIR}/{}", crate::genesis::ENTRY).into(),
         p2p_listen: SocketAddr::from(([0, 0, 0, 0], port(P2P_PORT))),
         p2p_external: None,
         rpc_listen: SocketAddr::from(([0, 0, 0, 0], port(RPC_PORT))),
@@ -297,185 +317,9 @@ fn config_map(
     })
 }
 
-/// Entry of the genesis ConfigMap with the operator's network plan (shard count, table
-/// map, committees, members). The nodes read their committee's entry instead.
-pub const NETWORK_ENTRY: &str = "network.json";
-
-/// Entry of the genesis ConfigMap holding `committee`'s contract genesis file.
-pub fn genesis_entry(committee: &Committee) -> String {
-    format!("{}.json", committee.name)
-}
-
 /// Name of the network's genesis ConfigMap.
 pub fn genesis_name(network: &str) -> String {
     format!("{network}-genesis")
-}
-
-#[derive(Debug, Serialize)]
-struct NetworkPlanFile<'a> {
-    contract_version: u32,
-    chain_id: &'a str,
-    mode: &'a str,
-    epoch_length: u64,
-    admin_key: &'a str,
-    shard_count: u16,
-    table_map: &'a [u16],
-    beacon: Vec<PlanValidator>,
-    shards: Vec<Vec<PlanValidator>>,
-    members: Vec<PlanMember<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct PlanValidator {
-    node_key: String,
-    p2p_address: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    member: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct PlanMember<'a> {
-    name: &'a str,
-    admin_key: &'a str,
-}
-
-/// The contract genesis of one committee, as `trellis-node` (contract v1) reads it.
-///
-/// Contract v1 knows one consensus group per genesis: its members are exactly the
-/// validators. So each committee gets a genesis whose members are its validators, named
-/// by pod, at their stable DNS p2p addresses. A member's `admin_key` is the governance
-/// key that speaks for that validator: in a consortium its organisation's admin key, in
-/// a public network the network admin key the operator holds.
-pub fn committee_genesis(
-    input: &BuildInput<'_>,
-    committee: &Committee,
-) -> Result<Genesis, BuildError> {
-    let ns = namespace(input.network)?;
-    let topology = input.topology;
-    let members = committee
-        .nodes
-        .iter()
-        .map(|node| {
-            let admin_key = match (&topology.genesis.mode, &node.member) {
-                (NetworkMode::Consortium, Some(org)) => topology
-                    .members
-                    .iter()
-                    .find(|m| &m.name == org)
-                    .map(|m| m.admin_public_key.to_ascii_lowercase())
-                    .ok_or_else(|| BuildError::Render("genesis", format!("no member {org}")))?,
-                _ => input.admin_public_key.to_owned(),
-            };
-            Ok(GenesisMember {
-                name: node.name.clone(),
-                admin_key,
-                node_key: node_key(input, &node.name)?.clone(),
-                p2p_address: node_p2p_address(&node.name, &committee.name, &ns, input.options),
-            })
-        })
-        .collect::<Result<Vec<_>, BuildError>>()?;
-    let genesis = Genesis {
-        contract_version: CONTRACT_VERSION,
-        chain_id: topology.genesis.chain_id.clone(),
-        epoch_length: topology.genesis.epoch_length,
-        members,
-        balances: input
-            .network
-            .spec
-            .genesis_balances
-            .iter()
-            .map(|a| GenesisBalance {
-                account: a.account.to_ascii_lowercase(),
-                // validate() refuses amounts below 1.
-                amount: u64::try_from(a.amount).unwrap_or(0),
-            })
-            .collect(),
-        sharding: None,
-    };
-    genesis
-        .check()
-        .map_err(|e| BuildError::Render("genesis", e.to_string()))?;
-    Ok(genesis)
-}
-
-/// The entries of the genesis ConfigMap: [`NETWORK_ENTRY`] and one contract genesis per
-/// committee ([`genesis_entry`]). Entries are written only when missing (see
-/// [`genesis_config_map`]).
-pub fn genesis_entries(input: &BuildInput<'_>) -> Result<BTreeMap<String, String>, BuildError> {
-    let ns = namespace(input.network)?;
-    let validators = |committee: &Committee| -> Result<Vec<PlanValidator>, BuildError> {
-        committee
-            .nodes
-            .iter()
-            .map(|node| {
-                Ok(PlanValidator {
-                    node_key: node_key(input, &node.name)?.clone(),
-                    p2p_address: node_p2p_address(&node.name, &committee.name, &ns, input.options),
-                    member: node.member.clone(),
-                })
-            })
-            .collect()
-    };
-    let topology = input.topology;
-    let plan = NetworkPlanFile {
-        contract_version: CONTRACT_VERSION,
-        chain_id: &topology.genesis.chain_id,
-        mode: match topology.genesis.mode {
-            NetworkMode::Public => "public",
-            NetworkMode::Consortium => "consortium",
-        },
-        epoch_length: topology.genesis.epoch_length,
-        admin_key: input.admin_public_key,
-        shard_count: topology.genesis.shard_count,
-        table_map: &topology.genesis.table_map,
-        beacon: match topology.beacon() {
-            Some(beacon) => validators(beacon)?,
-            None => Vec::new(),
-        },
-        shards: topology
-            .shards()
-            .map(validators)
-            .collect::<Result<_, _>>()?,
-        members: topology
-            .members
-            .iter()
-            .map(|m| PlanMember {
-                name: &m.name,
-                admin_key: &m.admin_public_key,
-            })
-            .collect(),
-    };
-    let mut entries = BTreeMap::new();
-    entries.insert(
-        NETWORK_ENTRY.to_owned(),
-        serde_json::to_string_pretty(&plan)
-            .map_err(|e| BuildError::Render("network.json", e.to_string()))?,
-    );
-    for committee in &topology.committees {
-        let genesis = committee_genesis(input, committee)?;
-        entries.insert(
-            genesis_entry(committee),
-            genesis
-                .to_json()
-                .map_err(|e| BuildError::Render("genesis", e.to_string()))?,
-        );
-    }
-    Ok(entries)
-}
-
-/// The genesis ConfigMap. Created when missing; later, only entries for committees that
-/// have none yet are added (a new shard's genesis). An existing entry is never changed:
-/// a committee's genesis is fixed when it starts, and every later change (shard count,
-/// members) happens through the chain's governance.
-pub fn genesis_config_map(input: &BuildInput<'_>) -> Result<ConfigMap, BuildError> {
-    Ok(ConfigMap {
-        metadata: child_meta(
-            input.network,
-            genesis_name(&input.topology.id.name),
-            labels::network_labels(&input.topology.id.name),
-        )?,
-        data: Some(genesis_entries(input)?),
-        ..ConfigMap::default()
-    })
 }
 
 fn ports() -> Vec<ServicePort> {
@@ -562,11 +406,55 @@ fn rpc_service(network: &ChainNetwork) -> Result<Service, BuildError> {
 
 /// PDB of a committee: at most `f` validators voluntarily disrupted, so a drain can never
 /// take the committee below its `2f+1` quorum.
+///
+/// Admitted members' validators vote in shard 0's committee: `f` is then that of the
+/// whole committee, and the PDB also selects the members' pods in this namespace. A PDB
+/// cannot select pods of another namespace, so members elsewhere get a PDB of their own
+/// that allows no voluntary disruption ([`member_pod_disruption_budget`]); the sum of
+/// the budgets never exceeds `f`.
 fn pod_disruption_budget(
     network: &ChainNetwork,
     committee: &Committee,
+    members: &[MemberValidators],
 ) -> Result<PodDisruptionBudget, BuildError> {
     let name = network_name(network)?;
+    let ns = namespace(network)?;
+    if !members.is_empty() {
+        let validators = committee.validators + members.iter().map(|m| m.validators).sum::<u32>();
+        let f = trellis_crd::validate::fault_tolerance(i32::try_from(validators).unwrap_or(0));
+        let mut committees = vec![committee.name.clone()];
+        committees.extend(
+            members
+                .iter()
+                .filter(|m| m.namespace == ns)
+                .map(|m| m.committee.clone()),
+        );
+        return Ok(PodDisruptionBudget {
+            metadata: child_meta(
+                network,
+                committee.name.clone(),
+                labels::committee_labels(&name, committee),
+            )?,
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(f)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([
+                        (labels::NAME.to_owned(), labels::NODE_APP.to_owned()),
+                        (labels::INSTANCE.to_owned(), name.clone()),
+                    ])),
+                    match_expressions: Some(vec![
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                            key: labels::COMMITTEE.to_owned(),
+                            operator: "In".to_owned(),
+                            values: Some(committees),
+                        },
+                    ]),
+                }),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        });
+    }
     Ok(PodDisruptionBudget {
         metadata: child_meta(
             network,
@@ -1002,3 +890,30 @@ pub fn node_public_keys(
 
 #[cfg(test)]
 mod tests;
+
+/// PDB of a member's validators that run in another namespace than the network's: the
+/// network's PDB cannot select them, and it already spends shard 0's whole budget `f`,
+/// so these allow no voluntary disruption (drain such a node after moving the pod by
+/// hand, or run the member in the network's namespace).
+pub fn member_pod_disruption_budget(
+    network: &ChainNetwork,
+    committee: &Committee,
+) -> Result<PodDisruptionBudget, BuildError> {
+    let name = network_name(network)?;
+    Ok(PodDisruptionBudget {
+        metadata: ObjectMeta {
+            name: Some(committee.name.clone()),
+            labels: Some(labels::committee_labels(&name, committee)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(0)),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels::committee_selector(&name, committee)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}

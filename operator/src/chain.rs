@@ -9,10 +9,11 @@
 //! never derived from pod state.
 //!
 //! [`NodeRpc`] is the real client: JSON-RPC over HTTP with timeouts, nodes located by a
-//! [`NodeResolver`] (in-cluster DNS, or loopback in tests). What `trellis-node` does not
-//! serve yet answers [`ChainError::NotImplemented`]: the beacon role (issue 4), so the
-//! shard-count change stops at the beacon step. Consortium governance (the member
-//! registry, submitting a governance transaction, its receipt) runs against the registry
+//! [`NodeResolver`] (in-cluster DNS, or loopback in tests). The beacon step (shard map,
+//! validator registration, `SetShardCount` with the per-table load hint) talks to the
+//! beacon committee's nodes; a node without a method answers
+//! [`ChainError::NotImplemented`]. Consortium governance (the member registry,
+//! submitting a governance transaction, its receipt) runs against the registry
 //! committee's nodes.
 //! [`NodeRpcPending`] answers `NotImplemented` for everything (benchmarks and tests that
 //! run no node).
@@ -79,6 +80,9 @@ pub struct ScaleRequest {
     pub count: u16,
     /// Validators of shards the new count adds.
     pub new_validators: Vec<NewValidator>,
+    /// Per-table load hint (one entry per table, 256, or empty for none): the beacon
+    /// moves the busiest tables to new shards and balances by it.
+    pub load: Vec<u64>,
 }
 
 /// The beacon's view of the network.
@@ -148,13 +152,29 @@ impl CommitteeChain {
 
 /// A committee's load, read from its nodes' Prometheus metrics (`GET /metrics`): the
 /// built-in autoscaler's input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitteeLoad {
     /// `trellis_txs_committed_total`: transactions in finalized blocks (a counter; the
     /// autoscaler turns two readings into a rate). The highest any node reports.
     pub txs_committed: u64,
     /// `trellis_mempool_depth`: the deepest mempool of the committee's nodes.
     pub mempool_depth: u64,
+    /// `trellis_table_txs_total{table}`: transactions per owned table (counters), the
+    /// highest any node reports per table. The load hint of `SetShardCount`.
+    pub table_txs: BTreeMap<u8, u64>,
+}
+
+impl CommitteeLoad {
+    /// Folds another node's reading in: the highest figures win (a node that lags
+    /// behind reports less of the same chain).
+    fn merge(&mut self, other: CommitteeLoad) {
+        self.txs_committed = self.txs_committed.max(other.txs_committed);
+        self.mempool_depth = self.mempool_depth.max(other.mempool_depth);
+        for (table, txs) in other.table_txs {
+            let seen = self.table_txs.entry(table).or_default();
+            *seen = (*seen).max(txs);
+        }
+    }
 }
 
 /// Why the chain could not be asked.
@@ -235,10 +255,16 @@ pub trait ChainClient: Send + Sync + 'static {
     fn p2p_address(&self, _node: &NodeRef) -> Option<String> {
         None
     }
+
+    /// The `host:port` of `node`'s JSON-RPC listener, as this client's resolver knows it
+    /// (what a validator registration records on the beacon). `None`: the stable DNS name.
+    fn rpc_address(&self, _node: &NodeRef) -> Option<String> {
+        None
+    }
 }
 
-/// What the beacon step needs and `trellis-node` does not run yet (issue 4).
-const BEACON_ROLE: &str = "the beacon role (trellis_status of a beacon node)";
+/// What the beacon step needs from the beacon's nodes.
+const BEACON_ROLE: &str = "the beacon role (trellis_getShardMap of a beacon node)";
 /// What a client without nodes cannot do.
 const GOVERNANCE: &str = "governance (trellis_getMembers, trellis_submitGovernance)";
 
@@ -436,6 +462,8 @@ impl NodeRpc {
         Ok(CommitteeLoad {
             txs_committed: read("trellis_txs_committed_total")?,
             mempool_depth: read("trellis_mempool_depth")?,
+            // Absent on nodes that own no table (or predate the metric): no hint.
+            table_txs: crate::scrape::per_table(&text, "trellis_table_txs_total"),
         })
     }
 
@@ -567,7 +595,7 @@ impl ChainClient for NodeRpc {
                 sequence,
                 action: SystemAction::SetShardCount {
                     count: request.count,
-                    load: Vec::new(),
+                    load: request.load.clone(),
                 },
             }
             .sign(&key);
@@ -587,11 +615,7 @@ impl ChainClient for NodeRpc {
             let mut last = ChainError::Unreachable("the committee has no nodes".into());
             for answer in answers {
                 match answer {
-                    Ok(l) => {
-                        let seen = load.get_or_insert(l);
-                        seen.txs_committed = seen.txs_committed.max(l.txs_committed);
-                        seen.mempool_depth = seen.mempool_depth.max(l.mempool_depth);
-                    }
+                    Ok(l) => load.get_or_insert_with(CommitteeLoad::default).merge(l),
                     Err(e) => last = e,
                 }
             }
@@ -660,6 +684,16 @@ impl ChainClient for NodeRpc {
 
     fn p2p_address(&self, node: &NodeRef) -> Option<String> {
         self.resolver.p2p_address(node)
+    }
+
+    fn rpc_address(&self, node: &NodeRef) -> Option<String> {
+        let url = self.resolver.rpc_url(node)?;
+        Some(
+            url.strip_prefix("http://")
+                .unwrap_or(&url)
+                .trim_end_matches('/')
+                .to_owned(),
+        )
     }
 }
 
@@ -868,5 +902,102 @@ mod tests {
             ask(&rpc, &nowhere).await,
             Err(ChainError::Unreachable(_))
         ));
+    }
+
+    /// A beacon node on `ip`:8545 answering the beacon step's three methods, recording
+    /// every system transaction submitted to it.
+    async fn beacon(ip: [u8; 4], submitted: Arc<std::sync::Mutex<Vec<String>>>) {
+        let addr = SocketAddr::new(IpAddr::from(ip), 8545);
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let submitted = submitted.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = vec![0u8; 8192];
+                    // Read until the JSON body is complete (it ends the request).
+                    loop {
+                        let n = stream.read(&mut buf).await.unwrap_or(0);
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request);
+                        if n == 0
+                            || text.split_once("\r\n\r\n").is_some_and(|(_, body)| {
+                                serde_json::from_str::<serde_json::Value>(body).is_ok()
+                            })
+                        {
+                            break;
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    let body: serde_json::Value =
+                        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+                    let result = match body["method"].as_str().unwrap() {
+                        methods::GET_SHARD_MAP => serde_json::json!({
+                            "epoch": 1, "epoch_length": 10, "next_epoch_height": 20,
+                            "beacon_height": 12, "shard_count": 2, "tables": vec![0; 256],
+                            "shards": [], "max_shards": 4, "resharding": false, "beacon": []
+                        }),
+                        methods::GET_SYSTEM_SEQUENCE => {
+                            serde_json::json!({"key": body["params"]["key"], "sequence": 0})
+                        }
+                        methods::SUBMIT_SYSTEM => {
+                            let tx = body["params"]["tx"].as_str().unwrap().to_owned();
+                            submitted.lock().unwrap().push(tx);
+                            serde_json::json!({"hash": "00", "signer": "00", "sequence": 0})
+                        }
+                        other => panic!("unexpected {other}"),
+                    };
+                    let answer = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": result});
+                    let _ = stream
+                        .write_all(http_ok(&answer.to_string()).as_bytes())
+                        .await;
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn set_shard_count_is_signed_by_the_admin_key_and_carries_the_load_hint() {
+        let submitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        beacon([127, 0, 81, 200], submitted.clone()).await;
+        let (rpc, node) = client([127, 0, 81, 200]);
+        let admin = trellis_node_types::test_key(7);
+        let endpoint = BeaconEndpoint {
+            chain_id: "alpha.ns".into(),
+            nodes: vec![node],
+            admin: Some(Seed(to_hex(&trellis_node_types::Encode::encode(&admin)))),
+        };
+        let mut load = vec![0u64; 256];
+        load[9] = 500;
+        load[200] = 40;
+        let request = ScaleRequest {
+            count: 3,
+            new_validators: Vec::new(),
+            load: load.clone(),
+        };
+        rpc.scale(&endpoint, &request).await.unwrap();
+        let sent = submitted.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        let tx = SystemTx::from_hex(&sent[0]).unwrap();
+        assert_eq!(tx.signer, admin.public_key());
+        assert_eq!(tx.payload.chain_id, "alpha.ns");
+        assert_eq!(
+            tx.payload.action,
+            SystemAction::SetShardCount { count: 3, load }
+        );
+        // Without an admin key nothing is signed, and the reason says so.
+        let keyless = BeaconEndpoint {
+            admin: None,
+            ..endpoint
+        };
+        let err = rpc.scale(&keyless, &request).await.unwrap_err();
+        assert!(
+            matches!(&err, ChainError::Pending(m) if m.contains("admin key")),
+            "{err}"
+        );
+        assert_eq!(submitted.lock().unwrap().len(), 1);
     }
 }

@@ -29,6 +29,8 @@ use crate::build::{self, BuildError, BuildInput, BuildOptions, Children};
 use crate::chain::{
     BeaconEndpoint, ChainClient, ChainError, CommitteeNodes, NewValidator, ScaleRequest, Seed,
 };
+use crate::endpoints::NodeRef;
+use crate::genesis;
 use crate::keys::{self, KeyError};
 use crate::labels;
 use crate::metrics::Metrics;
@@ -239,8 +241,12 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let selector = labels::selector_string(&labels::component_selector(&name, "shard"));
 
-    // Validate. An invalid spec gets a condition and an Event and waits for a change.
-    if let Err(invalid) = validate(&name, &network.spec) {
+    // Validate. An invalid spec gets a condition and an Event and waits for a change;
+    // so does a valid one the node cannot run (see crate::genesis::unsupported).
+    if let Some(invalid) = validate(&name, &network.spec)
+        .err()
+        .or_else(|| genesis::unsupported(&network.spec))
+    {
         let chain = Err(ChainError::NotImplemented("trellis_status"));
         let no_readings = BTreeMap::new();
         let no_rollouts = BTreeMap::new();
@@ -257,6 +263,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             previous,
             selector,
             endpoints: None,
+            members: &[],
             now,
         });
         write_status(ctx, network, next).await?;
@@ -266,11 +273,21 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     // Dereference: the shard count the chain runs, the StatefulSets that exist.
     let genesis_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let genesis = genesis_api.get_opt(&build::genesis_name(&name)).await?;
+    // A stored genesis must be one this operator can continue (see genesis::stored).
+    let genesis_shards = genesis
+        .as_ref()
+        .map(genesis::stored)
+        .transpose()?
+        .map(|g| genesis::shard_count(&g));
     let desired = u16::try_from(network.spec.shards.count).unwrap_or(1);
     // The beacon says which shards run; without it, the last recorded count.
     let mut beacon = beacon_endpoint(&id, &network.spec, &namespace);
     let chain = ctx.chain.beacon_view(&beacon).await;
-    let recorded = in_service_shards(previous, genesis.as_ref());
+    let recorded = previous
+        .and_then(|s| s.shard_count)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| *c > 0)
+        .or(genesis_shards);
     let in_service = match &chain {
         // Drained shards stay until their tables are handed off.
         Ok(view) if view.resharding => view.shard_count.max(recorded.unwrap_or(0)),
@@ -279,7 +296,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     };
     let shard_plan = plan_shards(desired, in_service);
     let topology = match plan_with_shards(&id, &network.spec, shard_plan.provisioned) {
-        Ok(t) => t,
+        Ok(t) => genesis::provisioned(t),
         // validate() passed, so planning cannot fail; treat it as a build error if it does.
         Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
     };
@@ -290,6 +307,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         .await?;
     let observed = observe(&observed_sets.items);
     let shard_chain = read_shards(ctx, &namespace, &topology).await;
+    let members = member_validators(client, network).await?;
     let mut rollouts = BTreeMap::new();
 
     let mut new_validators = Vec::new();
@@ -378,21 +396,32 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             let secret = build::key_secret_name(committee);
             for node in &committee.nodes {
                 if let Some(file) = key_file(&secret, &keys::node_entry(&node.name)) {
+                    // Where the beacon tells peers to reach it: the stable DNS names, or
+                    // what the chain client's resolver says (loopback in tests).
+                    let node_ref = NodeRef {
+                        namespace: namespace.clone(),
+                        committee: committee.name.clone(),
+                        node: node.name.clone(),
+                    };
                     new_validators.push(NewValidator {
                         shard,
                         node_key: Seed(file.node_key),
-                        p2p_address: build::node_p2p_address(
-                            &node.name,
-                            &committee.name,
-                            &namespace,
-                            &ctx.options,
-                        ),
-                        rpc_address: build::node_rpc_address(
-                            &node.name,
-                            &committee.name,
-                            &namespace,
-                            &ctx.options,
-                        ),
+                        p2p_address: ctx.chain.p2p_address(&node_ref).unwrap_or_else(|| {
+                            build::node_p2p_address(
+                                &node.name,
+                                &committee.name,
+                                &namespace,
+                                &ctx.options,
+                            )
+                        }),
+                        rpc_address: ctx.chain.rpc_address(&node_ref).unwrap_or_else(|| {
+                            build::node_rpc_address(
+                                &node.name,
+                                &committee.name,
+                                &namespace,
+                                &ctx.options,
+                            )
+                        }),
                     });
                 }
             }
@@ -402,12 +431,29 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         let input = BuildInput {
             network,
             topology: &topology,
+            members: &members,
             public_keys: &public_keys,
             admin_public_key: &admin_public,
             options: &ctx.options,
         };
         let mut children = build::build(&input)?;
-        ensure_genesis(&genesis_api, genesis.as_ref(), &input).await?;
+        if genesis.is_none() {
+            // Genesis is written once, before any pod can read it. A network that ran
+            // (its status records shards in service) never gets a new one: its chain
+            // started from the lost file, and a rebuilt file would not match it.
+            if previous.and_then(|s| s.shard_count).is_some() {
+                return Err(BuildError::Render(
+                    "genesis",
+                    format!(
+                        "ConfigMap {} is missing, and the network already ran: restore it \
+                         from a backup (rebuilding it would start another chain)",
+                        build::genesis_name(&name)
+                    ),
+                )
+                .into());
+            }
+            create_if_missing(&genesis_api, &genesis::config_map(&input)?).await?;
+        }
         // Rolling upgrades: each committee's partition, from its live StatefulSet and
         // the chain (see crate::rollout).
         for set in &mut children.stateful_sets {
@@ -426,7 +472,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                     None => Gate::ReadinessOnly("the shard's nodes were not asked"),
                 },
                 trellis_crd::topology::CommitteeRole::Beacon => {
-                    Gate::ReadinessOnly("trellis-node does not run the beacon role yet")
+                    Gate::ReadinessOnly("the beacon's finality gate is not wired into rolls yet")
                 }
             };
             let step = rollout::next_step(
@@ -455,7 +501,8 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                 .get(&key)
                 .is_some_and(|r| r.fingerprint == fingerprint && r.at.elapsed() < DRIFT_REPAIR)
         });
-        if !(recently_applied && all_sets_exist) {
+        let apply_now = !(recently_applied && all_sets_exist);
+        if apply_now {
             apply_all(client, &namespace, &children).await?;
             if let Ok(mut applied) = ctx.applied.lock() {
                 applied.insert(
@@ -478,6 +525,10 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         if spec_changed || extra_sets {
             delete_orphans(client, network, &namespace, &owned_selector, &children).await?;
         }
+        // The optional ServiceMonitor follows the same rhythm as the other children.
+        if apply_now || spec_changed {
+            crate::monitoring::reconcile(client, network).await?;
+        }
     }
 
     // The beacon step: ask for the new shard count while it differs.
@@ -485,6 +536,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         let request = ScaleRequest {
             count: shard_plan.desired,
             new_validators,
+            load: crate::scaling::load_hint(ctx, network),
         };
         Some(ctx.chain.scale(&beacon, &request).await)
     } else {
@@ -504,6 +556,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         previous,
         selector,
         endpoints: Some(endpoints),
+        members: &members,
         now,
     });
     next.autoscaler = previous.and_then(|p| p.autoscaler.clone());
@@ -553,7 +606,9 @@ fn beacon_endpoint(
     namespace: &str,
 ) -> BeaconEndpoint {
     // The beacon and the chain id do not depend on the shard count.
-    let topology = trellis_crd::topology::plan(id, spec).ok();
+    let topology = trellis_crd::topology::plan(id, spec)
+        .ok()
+        .map(genesis::provisioned);
     let beacon = topology.as_ref().and_then(|t| {
         t.beacon()
             .map(|b| CommitteeNodes::of(&t.genesis.chain_id, namespace, b))
@@ -569,19 +624,49 @@ fn beacon_endpoint(
     }
 }
 
-/// Shards the chain runs: the last recorded count, else the genesis file's.
-fn in_service_shards(
-    previous: Option<&ChainNetworkStatus>,
-    genesis: Option<&ConfigMap>,
-) -> Option<u16> {
-    if let Some(count) = previous.and_then(|s| s.shard_count) {
-        return u16::try_from(count).ok().filter(|c| *c > 0);
+/// Admitted members' validators of a consortium network: the StatefulSets their
+/// `ChainMember`s provisioned (in any namespace), for shard 0's quorum, PDB and status.
+/// Genesis members have none (their validators are the network's own).
+async fn member_validators(
+    client: &Client,
+    network: &ChainNetwork,
+) -> Result<Vec<build::MemberValidators>, Error> {
+    if network.spec.mode != trellis_crd::NetworkMode::Consortium {
+        return Ok(Vec::new());
     }
-    let text = genesis?.data.as_ref()?.get(build::NETWORK_ENTRY)?;
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    u16::try_from(value.get("shard_count")?.as_u64()?)
-        .ok()
-        .filter(|c| *c > 0)
+    let namespace = network.namespace().unwrap_or_default();
+    let name = network.name_any();
+    let members: Api<trellis_crd::ChainMember> = Api::all(client.clone());
+    let mut found = Vec::new();
+    for member in members.list(&ListParams::default()).await? {
+        let member_ns = member.namespace().unwrap_or_default();
+        let network_ns = member
+            .spec
+            .network
+            .namespace
+            .clone()
+            .unwrap_or_else(|| member_ns.clone());
+        let admitted = member.status.as_ref().and_then(|s| s.phase)
+            == Some(trellis_crd::MemberPhase::Admitted);
+        if member.spec.network.name != name || network_ns != namespace || !admitted {
+            continue;
+        }
+        let committee =
+            crate::member::nodes::member_committee_name(&name, &member.spec.organization);
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &member_ns);
+        let Some(set) = sets.get_opt(&committee).await? else {
+            continue;
+        };
+        let figures = observe(std::slice::from_ref(&set));
+        let observed = figures.get(&committee).copied().unwrap_or_default();
+        found.push(build::MemberValidators {
+            namespace: member_ns,
+            committee,
+            validators: u32::try_from(observed.replicas).unwrap_or(0),
+            ready: observed.ready_replicas,
+        });
+    }
+    Ok(found)
 }
 
 /// Asks every shard committee's validators for their status, and records how long each
@@ -622,37 +707,6 @@ async fn read_shards(
         );
     }
     readings
-}
-
-/// Creates the genesis ConfigMap when missing; adds the entries of committees that have
-/// none yet (a new shard), guarded by `resourceVersion`. Never changes an entry.
-async fn ensure_genesis(
-    api: &Api<ConfigMap>,
-    existing: Option<&ConfigMap>,
-    input: &BuildInput<'_>,
-) -> Result<(), Error> {
-    let Some(existing) = existing else {
-        return create_if_missing(api, &build::genesis_config_map(input)?).await;
-    };
-    let have = existing.data.clone().unwrap_or_default();
-    let missing: BTreeMap<String, String> = build::genesis_entries(input)?
-        .into_iter()
-        .filter(|(entry, _)| !have.contains_key(entry))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": existing.metadata.resource_version},
-        "data": missing,
-    });
-    api.patch(
-        &existing.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// A StatefulSet's roll position (see [`crate::rollout`]).

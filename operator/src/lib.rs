@@ -2,7 +2,7 @@
 //! networks (see `docs/operator.md`).
 //!
 //! Pipeline: validate ([`trellis_crd::validate`]) → plan ([`trellis_crd::topology`]) →
-//! keys ([`keys`]) → build ([`build`], pure) → apply and clean up ([`controller`]) →
+//! keys ([`keys`]) → genesis ([`genesis`], once) → build ([`build`], pure) → apply and clean up ([`controller`]) →
 //! status ([`status`], pure). The chain itself is reached only through [`chain`].
 
 pub mod autoscaler;
@@ -10,12 +10,14 @@ pub mod build;
 pub mod chain;
 pub mod controller;
 pub mod endpoints;
+pub mod genesis;
 pub mod keys;
 pub mod labels;
 pub mod lease;
 pub mod local;
 pub mod member;
 pub mod metrics;
+pub mod monitoring;
 pub mod rollout;
 pub mod scaling;
 pub mod scrape;

@@ -4,8 +4,8 @@
 //! ConfigMap), its committee's genesis entry (genesis ConfigMap) and its own key entry
 //! (key Secret, `subPathExpr: $(POD_NAME).key`). [`write_node`] writes exactly those to a
 //! directory, changing only what a pod's network gives it for free: the listen addresses
-//! and the peers' addresses, which a [`NodeResolver`] supplies (loopback in tests), and
-//! the paths. Everything else — chain id, role, genesis members, keys — is the bytes the
+//! and the peers' addresses (in the config, and in a sharded genesis), which a
+//! [`NodeResolver`] supplies (loopback in tests), and the paths. Everything else — chain id, role, genesis members, keys — is the bytes the
 //! operator built, so a node that runs from these files proves the objects are right.
 
 use std::io::Write;
@@ -79,6 +79,40 @@ fn socket(address: &str, node: &str) -> Result<SocketAddr, LocalError> {
         .map_err(|_| LocalError::NoAddress(format!("{node} ({address} is not ip:port)")))
 }
 
+/// A sharded genesis names every validator's p2p and RPC address (shard nodes follow the
+/// beacon at its validators' RPC addresses); they are rewritten through `resolver`, like
+/// the config's peers. Everything else stays as built. An unsharded genesis is kept
+/// byte for byte (its peers' addresses come from the config's bootstrap peers).
+fn localize_genesis(text: &str, resolver: &dyn NodeResolver) -> Result<String, LocalError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| LocalError::Config("genesis".into(), e.to_string()))?;
+    if value.get("sharding").is_none() {
+        return Ok(text.to_owned());
+    }
+    let mut genesis = trellis_node_api::Genesis::from_json(text)
+        .map_err(|e| LocalError::Config("genesis".into(), e.to_string()))?;
+    let Some(sharding) = genesis.sharding.as_mut() else {
+        return Ok(text.to_owned());
+    };
+    for seat in sharding
+        .beacon
+        .iter_mut()
+        .chain(sharding.validators.iter_mut())
+    {
+        let node = NodeRef::from_p2p_address(&seat.p2p_address)
+            .ok_or_else(|| LocalError::UnknownPeer(seat.p2p_address.clone()))?;
+        // A node the resolver does not know keeps its DNS name: unreachable, as a pod
+        // without a process is (a test may run one committee alone).
+        if let (Some(p2p), Some(rpc)) = (resolver.p2p_address(&node), resolver.rpc_url(&node)) {
+            seat.p2p_address = p2p;
+            seat.rpc_address = rpc.trim_start_matches("http://").to_owned();
+        }
+    }
+    genesis
+        .to_json()
+        .map_err(|e| LocalError::Config("genesis".into(), e.to_string()))
+}
+
 /// Writes `node`'s config, genesis and key file under `dir` (created if needed) from
 /// its committee's config ConfigMap, the network's genesis ConfigMap and the
 /// committee's key Secret. Addresses come from `resolver`, which must give socket
@@ -104,11 +138,8 @@ pub fn write_node(
         .map(str::to_owned)
         .ok_or_else(|| LocalError::Config(node.committee.clone(), "no genesis file".into()))?;
     let genesis_path = dir.join("genesis.json");
-    write(
-        &genesis_path,
-        config_map_entry(genesis, &entry)?.as_bytes(),
-        false,
-    )?;
+    let genesis_text = localize_genesis(&config_map_entry(genesis, &entry)?, resolver)?;
+    write(&genesis_path, genesis_text.as_bytes(), false)?;
 
     // The pod's own key entry, as `subPathExpr: $(POD_NAME).key` mounts it.
     let key_entry = keys::node_entry(&node.node);

@@ -441,7 +441,6 @@ async fn govern(
                 network,
                 &committee,
                 own_ns,
-                shard,
                 &key_secret,
                 &node_keys,
             )
@@ -711,17 +710,16 @@ async fn provision(
     network: &ChainNetwork,
     committee: &Committee,
     namespace: &str,
-    shard: &Committee,
     key_secret: &str,
     node_keys: &BTreeMap<String, String>,
 ) -> Result<Result<String, String>, Error> {
     let network_ns = network.namespace().unwrap_or_default();
     let genesis_name = build::genesis_name(&network.name_any());
-    let entry = build::genesis_entry(shard);
+    let entry = crate::genesis::ENTRY;
     let genesis = Api::<ConfigMap>::namespaced(ctx.client.clone(), &network_ns)
         .get_opt(&genesis_name)
         .await?
-        .and_then(|g| g.data.and_then(|mut d| d.remove(&entry)));
+        .and_then(|g| g.data.and_then(|mut d| d.remove(entry)));
     let Some(genesis) = genesis else {
         return Ok(Err(format!(
             "admitted on chain, but ConfigMap {genesis_name} in namespace {network_ns} has no \
@@ -736,7 +734,7 @@ async fn provision(
         committee,
         namespace,
         owner,
-        genesis_entry: &entry,
+        genesis_entry: entry,
         genesis: &genesis,
         node_keys,
         key_secret,
@@ -744,6 +742,9 @@ async fn provision(
     })?;
     crate::controller::apply(&ctx.client, namespace, &[children.service]).await?;
     crate::controller::apply(&ctx.client, namespace, &[children.config_map]).await?;
+    if let Some(pdb) = children.pod_disruption_budget {
+        crate::controller::apply(&ctx.client, namespace, &[pdb]).await?;
+    }
     crate::controller::apply(&ctx.client, namespace, &[children.stateful_set]).await?;
     Ok(Ok(format!(
         "admitted on chain; validators {} provisioned (StatefulSet {} in namespace {namespace})",
@@ -752,7 +753,7 @@ async fn provision(
     )))
 }
 
-/// Deletes a removed member's validators (StatefulSet, Service, ConfigMap). Keys and
+/// Deletes a removed member's validators (StatefulSet, Service, ConfigMap, PDB). Keys and
 /// ledger claims stay, as for every validator.
 async fn remove_validators(
     ctx: &Context,
@@ -776,6 +777,8 @@ async fn remove_validators(
     delete::<StatefulSet>(ctx, namespace, &committee.name).await?;
     delete::<Service>(ctx, namespace, &committee.name).await?;
     delete::<ConfigMap>(ctx, namespace, &build::config_map_name(committee)).await?;
+    delete::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(ctx, namespace, &committee.name)
+        .await?;
     Ok(())
 }
 

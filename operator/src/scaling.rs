@@ -1,6 +1,8 @@
 //! The built-in autoscaler's reconcile step: read each in-service shard's load from its
 //! nodes' metrics, keep the rates in the status, and set `spec.shards.count` when the
-//! policy ([`crate::autoscaler::decide`]) says so. The change then takes the same path as
+//! policy ([`crate::autoscaler::decide`]) says so. The per-table load it measured is the
+//! hint the next `SetShardCount` carries ([`load_hint`]), so the beacon moves the busiest
+//! tables. The change then takes the same path as
 //! `kubectl scale` or an HPA: new shards are provisioned, the beacon is asked, drained
 //! shards are removed.
 
@@ -124,6 +126,7 @@ fn record(
     history.retain_shards(shards.in_service);
     let mut loads = Vec::new();
     let mut missing = Vec::new();
+    let mut table_txs = std::collections::BTreeMap::<u8, u64>::new();
     for (id, answer) in answers {
         let load = match answer {
             Ok(load) => load,
@@ -133,6 +136,11 @@ fn record(
                 continue;
             }
         };
+        // A table is owned by one shard; right after a move both may report it.
+        for (table, txs) in &load.table_txs {
+            let seen = table_txs.entry(*table).or_default();
+            *seen = (*seen).max(*txs);
+        }
         let rate = history.rate(id, load.txs_committed, now);
         if let Some(shard) = next.shards.iter_mut().find(|s| s.id == i32::from(id)) {
             // Two decimals: the status is for people and dashboards.
@@ -146,6 +154,9 @@ fn record(
             }),
             None => missing.push(id),
         }
+    }
+    if missing.is_empty() {
+        history.record_tables(table_txs, now);
     }
     if history.state.last_change_seconds.is_none() {
         // The cooldown survives an operator restart or a new leader: the status keeps
@@ -176,4 +187,24 @@ fn record(
             now as i64,
         )
     }
+}
+
+/// The per-table load hint for `network`'s next `SetShardCount` (see
+/// [`crate::autoscaler::LoadHistory::load_hint`]); empty when the autoscaler measured
+/// none (it is off, or has not read two windows yet).
+pub(crate) fn load_hint(ctx: &Context, network: &ChainNetwork) -> Vec<u64> {
+    let key = format!(
+        "{}/{}",
+        network.namespace().unwrap_or_default(),
+        network.name_any()
+    );
+    ctx.autoscalers
+        .lock()
+        .ok()
+        .and_then(|memory| {
+            memory
+                .get(&key)
+                .map(crate::autoscaler::LoadHistory::load_hint)
+        })
+        .unwrap_or_default()
 }

@@ -1,8 +1,9 @@
 //! Reads figures out of a node's Prometheus text exposition (`GET /metrics`).
 //!
-//! The autoscaler needs two numbers per shard, so this reads exactly what it needs — the
-//! sum of one metric's samples over all its label sets — and ignores everything else
-//! (comments, other metrics, malformed lines) instead of pulling in a full parser.
+//! The autoscaler needs two numbers per shard and the per-table load, so this reads
+//! exactly what it needs — the sum of one metric's samples over all its label sets, or
+//! per `table` label — and ignores everything else (comments, other metrics, malformed
+//! lines) instead of pulling in a full parser.
 
 /// Sum of every sample of the metric `name` (any labels), `None` when the text has none.
 /// Samples that are not finite numbers are skipped: a node's `NaN` must not poison a sum.
@@ -35,6 +36,40 @@ pub fn metric_total(text: &str, name: &str) -> Option<f64> {
     total
 }
 
+/// Samples of the metric `name` per table (its `table="<0..=255>"` label), summed over
+/// the other labels. Samples without a valid table label, or not finite and
+/// non-negative, are skipped.
+pub fn per_table(text: &str, name: &str) -> std::collections::BTreeMap<u8, u64> {
+    let mut tables = std::collections::BTreeMap::<u8, u64>::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix(name) else {
+            continue;
+        };
+        let Some(labels) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let Some((labels, value)) = labels.rsplit_once('}') else {
+            continue;
+        };
+        let table = labels.split(',').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            (key.trim() == "table")
+                .then(|| value.trim().trim_matches('"').parse::<u8>().ok())
+                .flatten()
+        });
+        let value = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0);
+        if let (Some(table), Some(value)) = (table, value) {
+            let entry = tables.entry(table).or_default();
+            *entry = entry.saturating_add(value as u64);
+        }
+    }
+    tables
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +95,22 @@ trellis_peers NaN
         );
         assert_eq!(metric_total(TEXT, "trellis_table_txs_total"), Some(12.0));
         assert_eq!(metric_total(TEXT, "trellis_finalized_height"), Some(99.0));
+    }
+
+    #[test]
+    fn per_table_reads_the_table_label() {
+        let text = "\
+trellis_table_txs_total{network=\"a\",shard=\"0\",table=\"1\"} 7
+trellis_table_txs_total{table=\"2\",shard=\"0\"} 5 1700000000000
+trellis_table_txs_total{table=\"2\",shard=\"1\"} 1
+trellis_table_txs_total{table=\"256\"} 9
+trellis_table_txs_total{table=\"3\"} -1
+trellis_table_txs_total{shard=\"0\"} 4
+trellis_table_txs_total_created{table=\"4\"} 17
+";
+        let tables = per_table(text, "trellis_table_txs_total");
+        assert_eq!(tables, [(1, 7), (2, 6)].into_iter().collect());
+        assert!(per_table(TEXT, "trellis_epoch").is_empty());
     }
 
     #[test]

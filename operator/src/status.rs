@@ -294,6 +294,9 @@ pub struct StatusInput<'a> {
     pub previous: Option<&'a ChainNetworkStatus>,
     pub selector: String,
     pub endpoints: Option<NetworkEndpoints>,
+    /// Admitted members' validators: they vote in shard 0's committee, so its figures
+    /// and readiness count them.
+    pub members: &'a [crate::build::MemberValidators],
     pub now: Time,
 }
 
@@ -343,9 +346,16 @@ pub fn compute(input: &StatusInput<'_>) -> ChainNetworkStatus {
     let mut rolling = input.rollouts.values().any(|r| r.rolling);
     let mut shard_statuses = Vec::new();
     for committee in &topology.committees {
-        let observed = figures(&committee.name);
-        let validators = i32::try_from(committee.validators).unwrap_or(0);
-        let quorum = i32::try_from(committee.quorum).unwrap_or(0);
+        let mut observed = figures(&committee.name);
+        let mut validators = i32::try_from(committee.validators).unwrap_or(0);
+        let mut quorum = i32::try_from(committee.quorum).unwrap_or(0);
+        if committee.role == CommitteeRole::Shard(0) && !input.members.is_empty() {
+            for member in input.members {
+                validators += i32::try_from(member.validators).unwrap_or(0);
+                observed.ready_replicas += member.ready;
+            }
+            quorum = validators - trellis_crd::validate::fault_tolerance(validators);
+        }
         if observed.ready_replicas < validators {
             all_ready = false;
             missing.push(format!(

@@ -870,3 +870,142 @@ async fn operator_killed_mid_reconcile_converges_on_restart() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consortium_networks_run_one_shard_without_a_beacon() {
+    let Some(ns) = test_namespace("op-consort").await else {
+        return;
+    };
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
+    let (_ctx, stop) = start_operator(&ns);
+    let networks: Api<ChainNetwork> = ns.api();
+    let consortium = |name: &str, shards: i32| {
+        let mut n = network(name, shards);
+        n.spec.mode = NetworkMode::Consortium;
+        n.spec.members = vec![trellis_crd::ConsortiumMember {
+            name: "org-a".to_owned(),
+            admin_public_key: "aa".repeat(32),
+            nodes: 4,
+        }];
+        n
+    };
+    networks
+        .create(&PostParams::default(), &consortium("alpha", 1))
+        .await
+        .unwrap();
+    // Shard 0 only: the node runs consortium governance in unsharded networks, and a
+    // beacon pod would have nothing to run.
+    let sets = eventually("shard 0's StatefulSet", WAIT, || {
+        let api = ns.api::<StatefulSet>();
+        async move {
+            let names = names(&api).await;
+            (!names.is_empty()).then_some(names)
+        }
+    })
+    .await;
+    assert_eq!(sets, ["alpha-shard-0"]);
+    let genesis = ns.api::<ConfigMap>().get("alpha-genesis").await.unwrap();
+    let text = &genesis.data.unwrap()["genesis.json"];
+    let parsed = trellis_node_api::Genesis::from_json(text).unwrap();
+    assert_eq!(parsed.sharding, None);
+    assert_eq!(parsed.members.len(), 4);
+
+    // More than one shard is a spec the node cannot run: a condition says why.
+    networks
+        .create(&PostParams::default(), &consortium("wide", 2))
+        .await
+        .unwrap();
+    let message = eventually("InvalidSpec for a sharded consortium", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("wide").await.ok()?;
+            let ready = n
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.reason == "InvalidSpec").then_some(ready.message)
+        }
+    })
+    .await;
+    assert!(message.contains("runs one shard"), "{message}");
+    drop(stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_monitor_follows_its_toggle_when_the_crd_exists() {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let Some(ns) = test_namespace("op-monitor").await else {
+        return;
+    };
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
+    // The Prometheus Operator's CRD, reduced to what the apiserver needs to store one.
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "names": {"kind": "ServiceMonitor", "plural": "servicemonitors",
+                          "singular": "servicemonitor", "listKind": "ServiceMonitorList"},
+                "scope": "Namespaced",
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                              "schema": {"openAPIV3Schema": {"type": "object",
+                                  "x-kubernetes-preserve-unknown-fields": true}}}]
+            }
+        }))
+        .unwrap();
+    apply_crds(&ns.client, vec![crd]).await.unwrap();
+    let monitors: Api<DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+            "servicemonitors",
+        ),
+    );
+
+    let (_ctx, stop) = start_operator(&ns);
+    let networks: Api<ChainNetwork> = ns.api();
+    let mut alpha = network("alpha", 1);
+    alpha.spec.service_monitor = true;
+    networks
+        .create(&PostParams::default(), &alpha)
+        .await
+        .unwrap();
+    let monitor = eventually("the ServiceMonitor", WAIT, || {
+        let monitors = monitors.clone();
+        async move { monitors.get_opt("alpha-nodes").await.ok()? }
+    })
+    .await;
+    let owner = &monitor.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "ChainNetwork");
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(monitor.data["spec"]["endpoints"][0]["port"], "rpc");
+    assert_eq!(
+        monitor.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "alpha"
+    );
+
+    // Toggled off: the operator deletes it.
+    networks
+        .patch(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"serviceMonitor": false}})),
+        )
+        .await
+        .unwrap();
+    eventually("the ServiceMonitor deleted", WAIT, || {
+        let monitors = monitors.clone();
+        async move {
+            match monitors.get_opt("alpha-nodes").await {
+                Ok(None) => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    drop(stop);
+}

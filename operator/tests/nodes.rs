@@ -84,15 +84,16 @@ async fn the_operators_objects_run_real_nodes_that_finalize() {
     let input = BuildInput {
         network: &network,
         topology: &topology,
+        members: &[],
         public_keys: &public_keys,
         admin_public_key: &admin.admin_public_key,
         options: &options,
     };
     // The pure build step: every child, and the genesis ConfigMap.
     let children = build::build(&input).unwrap();
-    let genesis = build::genesis_config_map(&input).unwrap();
+    let genesis = trellis_operator::genesis::config_map(&input).unwrap();
 
-    // trellis-node runs shard committees (the beacon role comes with issue 4): shard 0.
+    // Shard 0 alone (it finalizes without the beacon; tests/sharded.rs runs all of them).
     let shard = topology.shards().next().unwrap();
     let config_map = children
         .config_maps
@@ -230,7 +231,8 @@ mod rolling {
     //! and config ConfigMaps the operator wrote into the cluster. What is not: kwok pods
     //! run no process, so the test plays the kubelet for shard 0 — when a pod is
     //! replaced, it restarts that validator's process (SIGKILL, same data dir). The
-    //! beacon's pods have no process (trellis-node does not run that role yet) and roll
+    //! beacon's pods have no process here (the operator does not gate its roll on the
+    //! beacon's finality yet; tests/sharded.rs runs a beacon) and roll
     //! on readiness alone.
 
     use super::*;

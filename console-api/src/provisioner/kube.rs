@@ -180,6 +180,7 @@ pub fn chain_network(
         paused: s.paused,
         stopped: s.stopped,
         retain_ledger_on_delete: s.retain_ledger_on_delete,
+        service_monitor: false,
     };
     let mut cr = ChainNetwork::new(&network.name, spec);
     cr.metadata = ObjectMeta {

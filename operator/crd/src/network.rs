@@ -164,6 +164,12 @@ pub struct ChainNetworkSpec {
     /// data is never deleted unless this says so.
     #[serde(default = "default_true")]
     pub retain_ledger_on_delete: bool,
+
+    /// Have the Prometheus Operator scrape every validator's `/metrics`: a
+    /// `ServiceMonitor` child, applied only when its CRD (`monitoring.coreos.com/v1`)
+    /// exists on the cluster.
+    #[serde(default)]
+    pub service_monitor: bool,
 }
 
 fn default_validators() -> i32 {
@@ -505,6 +511,7 @@ impl ChainNetworkSpec {
             paused: false,
             stopped: false,
             retain_ledger_on_delete: true,
+            service_monitor: false,
         }
     }
 }

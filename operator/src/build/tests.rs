@@ -41,6 +41,7 @@ impl Fixture {
         BuildInput {
             network: &self.network,
             topology: &self.topology,
+            members: &[],
             public_keys: &self.public_keys,
             admin_public_key: ADMIN,
             options: &self.options,
@@ -315,6 +316,75 @@ fn pdb_allows_at_most_f_unavailable() {
 }
 
 #[test]
+fn admitted_members_count_in_shard_zeros_pdb() {
+    let mut spec = public(1);
+    spec.mode = NetworkMode::Consortium;
+    spec.members = vec![ConsortiumMember {
+        name: "org-a".to_owned(),
+        admin_public_key: "aa".repeat(32),
+        nodes: 4,
+    }];
+    let f = Fixture::new(spec);
+    let members = [
+        MemberValidators {
+            namespace: "tenant-a".to_owned(),
+            committee: "alpha-m-org-b".to_owned(),
+            validators: 2,
+            ready: 2,
+        },
+        MemberValidators {
+            namespace: "tenant-c".to_owned(),
+            committee: "alpha-m-org-c".to_owned(),
+            validators: 1,
+            ready: 0,
+        },
+    ];
+    let mut input = f.input();
+    input.members = &members;
+    let children = build(&input).unwrap();
+    let pdb = children
+        .pod_disruption_budgets
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("alpha-shard-0"))
+        .unwrap();
+    let pspec = pdb.spec.as_ref().unwrap();
+    // 4 + 2 + 1 = 7 validators vote: f = 2.
+    assert_eq!(pspec.max_unavailable, Some(IntOrString::Int(2)));
+    let selector = pspec.selector.as_ref().unwrap();
+    assert_eq!(
+        selector.match_labels.as_ref().unwrap()[labels::INSTANCE],
+        "alpha"
+    );
+    let expression = &selector.match_expressions.as_ref().unwrap()[0];
+    assert_eq!(expression.key, labels::COMMITTEE);
+    assert_eq!(expression.operator, "In");
+    // The member in this namespace is selected; the one elsewhere has its own PDB.
+    assert_eq!(
+        expression.values.as_deref().unwrap(),
+        ["alpha-shard-0", "alpha-m-org-b"]
+    );
+    let member = crate::member::nodes::member_committee("alpha", "org-c", 1);
+    let other = member_pod_disruption_budget(&f.network, &member).unwrap();
+    assert_eq!(
+        other.spec.unwrap().max_unavailable,
+        Some(IntOrString::Int(0))
+    );
+    // Without members nothing changes.
+    let plain = Fixture::new(public(1)).build();
+    let pdb = &plain.pod_disruption_budgets[1];
+    assert!(
+        pdb.spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .as_ref()
+            .unwrap()
+            .match_expressions
+            .is_none()
+    );
+}
+
+#[test]
 fn headless_services_publish_unready_peers() {
     let children = Fixture::new(public(1)).build();
     let svc = &children.services[0];
@@ -359,7 +429,7 @@ fn node_config_lists_only_its_committee_as_bootstrap_peers() {
     assert_eq!(config["key_file"].as_str(), Some(KEY_FILE));
     assert_eq!(
         config["genesis_file"].as_str(),
-        Some("/etc/trellis/genesis/alpha-shard-0.json")
+        Some("/etc/trellis/genesis/genesis.json")
     );
     let peers = config["bootstrap_peers"].as_array().unwrap();
     assert_eq!(peers.len(), 4, "the committee's own validators");
@@ -422,125 +492,6 @@ fn missing_public_key_is_an_error() {
 }
 
 const ADMIN: &str = "adadadadadadadadadadadadadadadadadadadadadadadadadadadadadadadad";
-
-#[test]
-fn network_plan_holds_every_validator_and_the_table_map() {
-    let f = Fixture::new(public(2));
-    let cm = genesis_config_map(&f.input()).unwrap();
-    assert_eq!(cm.metadata.name.as_deref(), Some("alpha-genesis"));
-    let plan: serde_json::Value =
-        serde_json::from_str(&cm.data.as_ref().unwrap()[NETWORK_ENTRY]).unwrap();
-    assert_eq!(plan["chain_id"], "alpha.tenant-a");
-    assert_eq!(plan["shard_count"], 2);
-    assert_eq!(plan["epoch_length"], 100);
-    assert_eq!(plan["mode"], "public");
-    assert_eq!(plan["admin_key"], ADMIN);
-    assert_eq!(plan["table_map"].as_array().unwrap().len(), 256);
-    assert_eq!(plan["beacon"].as_array().unwrap().len(), 4);
-    assert_eq!(plan["shards"].as_array().unwrap().len(), 2);
-    assert_eq!(
-        plan["shards"][1][3]["node_key"],
-        f.public_keys["alpha-shard-1-3"].as_str()
-    );
-    // One contract genesis per committee next to the plan.
-    let entries: Vec<&String> = cm.data.as_ref().unwrap().keys().collect();
-    assert_eq!(
-        entries,
-        [
-            "alpha-beacon.json",
-            "alpha-shard-0.json",
-            "alpha-shard-1.json",
-            "network.json"
-        ]
-    );
-}
-
-#[test]
-fn committee_genesis_is_the_node_contract_genesis_of_its_validators() {
-    let f = Fixture::new(public(2));
-    let cm = genesis_config_map(&f.input()).unwrap();
-    let text = &cm.data.as_ref().unwrap()["alpha-shard-1.json"];
-    // Parsed exactly as trellis-node parses it (unknown fields refused, checks run).
-    let genesis = trellis_node_api::Genesis::from_json(text).unwrap();
-    assert_eq!(genesis.contract_version, trellis_node_api::CONTRACT_VERSION);
-    assert_eq!(genesis.chain_id, "alpha.tenant-a");
-    assert_eq!(genesis.epoch_length, 100);
-    assert!(genesis.balances.is_empty());
-    let names: Vec<&str> = genesis.members.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "alpha-shard-1-0",
-            "alpha-shard-1-1",
-            "alpha-shard-1-2",
-            "alpha-shard-1-3"
-        ]
-    );
-    let third = &genesis.members[3];
-    assert_eq!(third.node_key, f.public_keys["alpha-shard-1-3"]);
-    assert_eq!(
-        third.p2p_address,
-        "alpha-shard-1-3.alpha-shard-1.tenant-a.svc.cluster.local:7000"
-    );
-    // Public networks: the network admin key speaks for every validator.
-    assert!(genesis.members.iter().all(|m| m.admin_key == ADMIN));
-    // The same genesis through the single-committee builder.
-    let committee = &f.topology.committees[2];
-    assert_eq!(committee_genesis(&f.input(), committee).unwrap(), genesis);
-}
-
-#[test]
-fn a_genesis_the_node_would_refuse_is_a_build_error() {
-    let f = Fixture::new(public(1));
-    let mut input = f.input();
-    input.admin_public_key = "not-hex";
-    assert!(matches!(
-        genesis_config_map(&input),
-        Err(BuildError::Render("genesis", _))
-    ));
-}
-
-#[test]
-fn consortium_genesis_names_members_and_their_validators() {
-    let mut spec = public(1);
-    spec.mode = NetworkMode::Consortium;
-    spec.members = vec![
-        ConsortiumMember {
-            name: "org-a".to_owned(),
-            admin_public_key: "aa".repeat(32),
-            nodes: 2,
-        },
-        ConsortiumMember {
-            name: "org-b".to_owned(),
-            admin_public_key: "bb".repeat(32),
-            nodes: 2,
-        },
-    ];
-    let f = Fixture::new(spec);
-    let cm = genesis_config_map(&f.input()).unwrap();
-    let plan: serde_json::Value =
-        serde_json::from_str(&cm.data.as_ref().unwrap()[NETWORK_ENTRY]).unwrap();
-    assert_eq!(plan["mode"], "consortium");
-    assert_eq!(plan["members"][1]["admin_key"], "bb".repeat(32));
-    assert_eq!(plan["beacon"][0]["member"], "org-a");
-    assert_eq!(plan["beacon"][1]["member"], "org-b");
-    // Each validator's governance key is its organisation's admin key.
-    let shard =
-        trellis_node_api::Genesis::from_json(&cm.data.as_ref().unwrap()["alpha-shard-0.json"])
-            .unwrap();
-    let committee = &f.topology.committees[1];
-    for (member, node) in shard.members.iter().zip(&committee.nodes) {
-        let org = node.member.as_deref().unwrap();
-        let key = if org == "org-a" { "aa" } else { "bb" };
-        assert_eq!(member.admin_key, key.repeat(32), "{}", member.name);
-    }
-    assert!(
-        shard
-            .members
-            .iter()
-            .any(|m| m.admin_key != shard.members[0].admin_key)
-    );
-}
 
 #[test]
 fn network_policy_by_mode() {
@@ -660,8 +611,7 @@ fn node_config_parses_with_the_node_contract() {
     )
     .unwrap();
     assert_eq!(shard.role, trellis_node_api::Role::Shard { shard: 1 });
-    // The committee's own validators (contract v1: the peer set is the genesis members),
-    // by stable DNS name; the genesis file is this committee's entry.
+    // The committee's own validators, by stable DNS name.
     let peers: Vec<&str> = shard
         .bootstrap_peers
         .iter()
@@ -677,9 +627,10 @@ fn node_config_parses_with_the_node_contract() {
         shard.bootstrap_peers[2].public_key,
         Fixture::new(public(2)).public_keys["alpha-shard-1-2"]
     );
+    // Every committee reads the network's one genesis file.
     assert_eq!(
         shard.genesis_file.to_str(),
-        Some("/etc/trellis/genesis/alpha-shard-1.json")
+        Some("/etc/trellis/genesis/genesis.json")
     );
     assert_eq!(shard.p2p_listen.to_string(), "0.0.0.0:7000");
     assert_eq!(shard.data_dir.to_str(), Some(DATA_DIR));

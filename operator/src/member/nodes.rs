@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use trellis_crd::ChainNetwork;
 use trellis_crd::topology::{Committee, CommitteeRole, PlannedNode};
@@ -87,6 +88,10 @@ pub struct MemberBuild<'a> {
 pub struct MemberChildren {
     pub service: Service,
     pub config_map: ConfigMap,
+    /// Only in another namespace than the network's (see
+    /// [`build::member_pod_disruption_budget`]); the network's own PDB of shard 0
+    /// counts the member's validators in its namespace.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
     pub stateful_set: StatefulSet,
 }
 
@@ -231,9 +236,18 @@ pub fn member_children(input: &MemberBuild<'_>) -> Result<MemberChildren, BuildE
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(crate::rollout::TEMPLATE_HASH_ANNOTATION.to_owned(), hash);
+    let pod_disruption_budget =
+        if input.network.metadata.namespace.as_deref() == Some(input.namespace) {
+            None
+        } else {
+            let mut pdb = build::member_pod_disruption_budget(input.network, input.committee)?;
+            pdb.metadata = meta(input, input.committee.name.clone(), &network);
+            Some(pdb)
+        };
     Ok(MemberChildren {
         service,
         config_map,
+        pod_disruption_budget,
         stateful_set: set,
     })
 }
@@ -292,13 +306,27 @@ mod tests {
             committee: &committee,
             namespace: "member-ns",
             owner,
-            genesis_entry: "alpha-shard-0.json",
+            genesis_entry: "genesis.json",
             genesis: &genesis,
             node_keys: &keys,
             key_secret: "alpha-m-org-d-keys",
             options: &BuildOptions::default(),
         };
         let children = member_children(&input).unwrap();
+        // Another namespace than the network's: a PDB of its own, no voluntary disruption
+        // (the network's PDB spends shard 0's budget and cannot select these pods).
+        let pdb = children.pod_disruption_budget.as_ref().unwrap();
+        assert_eq!(pdb.metadata.namespace.as_deref(), Some("member-ns"));
+        assert_eq!(
+            pdb.spec.as_ref().unwrap().max_unavailable,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+        );
+        let same = member_children(&MemberBuild {
+            namespace: "net-ns",
+            ..input
+        })
+        .unwrap();
+        assert!(same.pod_disruption_budget.is_none());
         let set = &children.stateful_set;
         assert_eq!(set.metadata.namespace.as_deref(), Some("member-ns"));
         assert_eq!(
@@ -334,12 +362,12 @@ mod tests {
             assert_eq!(labels.get(k), Some(v), "{k}");
         }
         let data = children.config_map.data.as_ref().unwrap();
-        assert_eq!(data["alpha-shard-0.json"], genesis);
+        assert_eq!(data["genesis.json"], genesis);
         let config = NodeConfig::from_toml(&data["node.toml"]).unwrap();
         assert_eq!(config.chain_id, "alpha.net-ns");
         assert_eq!(
             config.genesis_file.to_str(),
-            Some("/etc/trellis/genesis/alpha-shard-0.json")
+            Some("/etc/trellis/genesis/genesis.json")
         );
         let peers: Vec<&str> = config
             .bootstrap_peers

@@ -31,6 +31,7 @@ struct Case {
     shard_chain: BTreeMap<u16, ShardChain>,
     rollouts: BTreeMap<String, RolloutStep>,
     shards: ShardPlan,
+    members: Vec<crate::build::MemberValidators>,
 }
 
 impl Case {
@@ -47,6 +48,7 @@ impl Case {
             shard_chain: BTreeMap::new(),
             rollouts: BTreeMap::new(),
             shards,
+            members: Vec::new(),
         }
     }
 
@@ -85,6 +87,7 @@ impl Case {
             previous,
             selector: "sel".to_owned(),
             endpoints: None,
+            members: &self.members,
             now: time(now),
         })
     }
@@ -206,6 +209,30 @@ fn all_ready_is_ready_and_settled() {
 }
 
 #[test]
+fn admitted_members_count_in_shard_zero() {
+    let mut case = Case::new(spec(1), 1).ready(4);
+    case.members = vec![crate::build::MemberValidators {
+        namespace: "other".to_owned(),
+        committee: "alpha-m-org-d".to_owned(),
+        validators: 3,
+        ready: 2,
+    }];
+    let s = case.compute(None, 100);
+    assert_eq!(s.shards[0].validators, 7);
+    assert_eq!(s.shards[0].ready_validators, 6);
+    // One member validator is not Ready: the network is not Ready either.
+    assert_eq!(condition(&s, READY).status, "False");
+    assert!(
+        condition(&s, READY).message.contains("alpha-shard-0 6/7"),
+        "{}",
+        condition(&s, READY).message
+    );
+    case.members[0].ready = 3;
+    let s = case.compute(None, 100);
+    assert_eq!(condition(&s, READY).status, "True");
+}
+
+#[test]
 fn losing_validators_after_ready_is_degraded_with_quorum_arithmetic() {
     let ready = Case::new(spec(1), 1).ready(4).compute(None, 100);
     // One of four down: within f = 1.
@@ -259,6 +286,7 @@ fn scaling_waits_for_the_beacon() {
         previous: None,
         selector: "sel".to_owned(),
         endpoints: None,
+        members: &[],
         now: time(1),
     });
     let scaling = condition(&s, SCALING);
@@ -446,6 +474,7 @@ fn invalid_spec_gets_conditions_not_a_crash() {
         previous: None,
         selector: "sel".to_owned(),
         endpoints: None,
+        members: &[],
         now: time(1),
     });
     assert_eq!(s.phase, Some(NetworkPhase::Invalid));
