@@ -342,16 +342,27 @@ async fn a_sharded_consortium_is_refused_with_a_clear_error() {
                    "members": [{"organisation": "A", "nodes": 1}]}),
         )
         .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    assert_eq!(created.body["phase"], "Failed", "{}", created.text);
-    assert!(
-        created.body["provision_error"]
-            .as_str()
-            .unwrap()
-            .contains("shards.count is 2"),
+    assert_problem(
+        &created,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert_eq!(
+        created.body["errors"][0]["field"], "shards",
         "{}",
         created.text
     );
+    assert!(
+        created.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a consortium network runs one shard"),
+        "{}",
+        created.text
+    );
+    // Refused before anything was recorded or provisioned.
+    let listed = app.get("/v1/networks", &org.token).await;
+    assert_eq!(listed.body["items"], json!([]), "{}", listed.text);
 }
 
 /// With `retain_ledger_on_delete` (the default), delete stops the nodes and moves the

@@ -156,8 +156,17 @@ async fn validation_errors_are_actionable(app: TestApp) {
         .iter()
         .map(|e| e["field"].as_str().unwrap())
         .collect();
-    assert_eq!(fields, ["name", "shards.count", "node_version", "members"]);
+    assert_eq!(
+        fields,
+        ["name", "shards.count", "node_version", "shards", "members"]
+    );
     assert!(errors[1]["message"].as_str().unwrap().contains("1..=4"));
+    assert!(
+        errors[3]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a consortium network runs one shard")
+    );
     assert!(app.provisioner.calls().is_empty());
 
     let partner_key = trellis_console::custody::encode_hex(

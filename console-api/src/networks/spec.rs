@@ -475,6 +475,22 @@ impl NetworkSpec {
         match self.mode {
             NetworkMode::Public => {}
             NetworkMode::Consortium => {
+                // The node runs consortium governance (admitting and removing members)
+                // only in unsharded networks, and the operator builds a consortium as
+                // one shard without a beacon (docs/operator.md), so more is refused here
+                // rather than failing after creation. (Autoscaling is then refused by the
+                // rule above: a range of 1..=1 leaves no room.)
+                if self.shards.count != 1 || self.shards.min != 1 || self.shards.max != 1 {
+                    errors.push(FieldError::new(
+                        "shards",
+                        format!(
+                            "a consortium network runs one shard (member governance needs an \
+                             unsharded chain); got count {}, min {}, max {}: leave shards out \
+                             or set them all to 1, or use mode \"public\" for a sharded network",
+                            self.shards.count, self.shards.min, self.shards.max
+                        ),
+                    ));
+                }
                 if self.members.is_empty() || self.members.len() > MAX_MEMBERS {
                     errors.push(FieldError::new(
                         "members",
