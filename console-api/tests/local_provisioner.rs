@@ -580,6 +580,28 @@ async fn a_public_network_is_one_sharded_network_scaled_through_its_beacon() {
             )
             .await;
         assert_eq!(r.body["result"]["balance"], 40, "{}", r.text);
+        // The any-shard route sends reads to the shard that holds the answer (a node of
+        // another shard would answer from a ledger without the account).
+        for _ in 0..4 {
+            let (_, body) = rpc(
+                &app,
+                &org.token,
+                &id,
+                "trellis_getAccount",
+                json!({"account": recipient}),
+            )
+            .await;
+            assert_eq!(body["result"]["balance"], 40, "{body}");
+            let (_, body) = rpc(
+                &app,
+                &org.token,
+                &id,
+                "trellis_getTransaction",
+                json!({"hash": hash}),
+            )
+            .await;
+            assert_eq!(body["result"]["state"], "committed", "{body}");
+        }
     }
     let map = shard_map(&app, &org.token, &id, 0).await.unwrap();
     assert_eq!(map["shard_count"], 2, "{map}");
