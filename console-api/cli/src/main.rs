@@ -649,7 +649,11 @@ async fn transactions(console: &mut Console, format: Format, command: Tx) -> Res
             amount,
             fee,
         } => {
+            // Everything that can be checked here is, before the console is asked.
             let from = account_of(&key_file)?;
+            if trellis_node_types::public_key_from_hex(&to).is_none() {
+                bail!("--to must be a hex Ed25519 public key (64 hex digits)");
+            }
             let id = network_id(console, &network).await?;
             let status = node_call(console, &id, "trellis_status", Value::Null).await?;
             let chain_id = status["chain_id"]
