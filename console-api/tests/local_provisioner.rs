@@ -424,15 +424,14 @@ async fn shard_map(app: &TestApp, token: &str, id: &str, via: u32) -> Option<Val
     (r.status == StatusCode::OK).then(|| r.body["result"].clone())
 }
 
-/// The beacon's own shard map, from a beacon node (`host:port` from the genesis): a
-/// shard's follower stops before a shard-count change until live resharding lands.
-async fn beacon_map(beacon: &str) -> Option<Value> {
+/// `method`'s result from the node at `host:port`, directly.
+async fn node_call(node: &str, method: &str) -> Option<Value> {
     let body: Value = reqwest::Client::builder()
         .no_proxy()
         .build()
         .ok()?
-        .post(format!("http://{beacon}/rpc"))
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "trellis_getShardMap"}))
+        .post(format!("http://{node}/rpc"))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method}))
         .send()
         .await
         .ok()?
@@ -440,6 +439,12 @@ async fn beacon_map(beacon: &str) -> Option<Value> {
         .await
         .ok()?;
     body.get("result").cloned()
+}
+
+/// The beacon's own shard map, from a beacon node (`host:port` from the genesis): a
+/// shard's follower stops before a shard-count change until live resharding lands.
+async fn beacon_map(beacon: &str) -> Option<Value> {
+    node_call(beacon, "trellis_getShardMap").await
 }
 
 /// A public network in local mode is one sharded network: a beacon committee and one
@@ -554,7 +559,7 @@ async fn a_public_network_is_one_sharded_network_scaled_through_its_beacon() {
         assert_eq!(sent["shard"], shard, "{sent}");
         let hash = sent["hash"].as_str().unwrap().to_string();
         let route = format!("/v1/networks/{id}/shards/{shard}/rpc");
-        eventually(
+        let height = eventually(
             "the transfer to finalize on its shard",
             Duration::from_secs(120),
             async || {
@@ -567,10 +572,32 @@ async fn a_public_network_is_one_sharded_network_scaled_through_its_beacon() {
                     )
                     .await;
                 (r.body["result"]["state"] == "committed" && r.body["result"]["success"] == true)
-                    .then_some(())
+                    .then(|| r.body["result"]["height"].as_u64())
+                    .flatten()
             },
         )
         .await;
+        // Every validator of the shard has executed it (reads rotate over them).
+        let nodes: Vec<String> = sharding["validators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["shard"] == shard)
+            .map(|v| v["rpc_address"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(nodes.len(), 4);
+        for node in &nodes {
+            eventually(
+                "every validator to execute it",
+                Duration::from_secs(120),
+                async || {
+                    (node_call(node, "trellis_status").await?["finalized_height"].as_u64()?
+                        >= height)
+                        .then_some(())
+                },
+            )
+            .await;
+        }
         let r = app
             .post(
                 &route,
