@@ -209,20 +209,32 @@ async fn step(inner: &Inner, record: &NetworkRecord, mut state: ScalingState) ->
 
     // 3. Retire drained shards: the beacon's map gives them no table any more.
     for chain in record.chains.iter().filter(|c| c.draining && !c.retired) {
-        let tables = map.tables.iter().filter(|s| **s == chain.shard).count();
-        if tables == 0 && chain.shard >= map.shard_count {
+        if drained(&map, chain.shard) {
             for node in &chain.nodes {
                 mark(inner, record.network_id, &node.name, Mark::Retired).await;
             }
         } else {
+            let tables = map.tables.iter().filter(|s| **s == chain.shard).count();
             notes.push(format!(
-                "shard {} drains: the beacon still assigns it {tables} tables",
+                "shard {} drains: the beacon still assigns it {tables} tables or a \
+                 pending change still counts it",
                 chain.shard
             ));
         }
     }
     state.note = (!notes.is_empty()).then(|| notes.join("; "));
     state
+}
+
+/// Whether the beacon's map is done with `shard`: it owns no table, lies beyond the
+/// count in force and beyond a pending count (a change that still names it would give it
+/// tables again at the next epoch).
+fn drained(map: &ShardMapInfo, shard: u16) -> bool {
+    !map.tables.contains(&shard)
+        && shard >= map.shard_count
+        && map
+            .pending_shard_count
+            .is_none_or(|pending| shard >= pending)
 }
 
 enum Mark {
@@ -326,3 +338,37 @@ async fn set_shard_count(
 
 /// What the status says about scaling, by network.
 pub(super) type ScalingStates = HashMap<Uuid, ScalingState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(shard_count: u16, pending: Option<u16>) -> ShardMapInfo {
+        ShardMapInfo {
+            epoch: 3,
+            epoch_length: 10,
+            next_epoch_height: 40,
+            beacon_height: 35,
+            shard_count,
+            pending_shard_count: pending,
+            tables: (0..256u16).map(|t| t * shard_count / 256).collect(),
+            shards: Vec::new(),
+            max_shards: 4,
+            resharding: false,
+            beacon: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_shard_is_drained_only_when_the_beacon_is_done_with_it() {
+        // Still assigned tables (the change to 1 shard has not applied yet).
+        assert!(!drained(&map(2, Some(1)), 1));
+        // Applied: no table, beyond the count.
+        assert!(drained(&map(1, None), 1));
+        // A pending change that names it again.
+        assert!(!drained(&map(1, Some(2)), 1));
+        assert!(drained(&map(1, Some(2)), 2));
+        // A shard in force is never drained.
+        assert!(!drained(&map(3, None), 2));
+    }
+}
