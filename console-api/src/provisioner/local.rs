@@ -486,17 +486,18 @@ impl LocalProvisioner {
         let layout = &self.inner.layout;
         let binary = &self.inner.settings.node_binary;
         let balance = self.inner.settings.treasury_balance;
-        let mut balances = Vec::new();
-        for shard in 0..sharding.shard_count {
-            let account = treasury_in_shard(
-                binary,
-                &layout.shard_treasury(id, shard),
-                shard,
-                sharding.shard_count,
-            )
-            .await?;
-            balances.push((account, balance));
-        }
+        let paths: Vec<PathBuf> = (0..sharding.shard_count)
+            .map(|shard| layout.shard_treasury(id, shard))
+            .collect();
+        let balances: Vec<(String, u64)> = shard_treasuries(
+            binary,
+            &paths,
+            &layout.network(id).join("treasury-new.json"),
+        )
+        .await?
+        .into_iter()
+        .map(|account| (account, balance))
+        .collect();
         let seat = |node: &NodeRecord, shard: u16| GenesisValidator {
             node_key: node.node_public_key.clone(),
             shard,
@@ -766,34 +767,52 @@ fn genesis_owner(table: u8, shard_count: u16) -> u16 {
     u16::try_from(u32::from(table) * u32::from(shard_count.max(1)) / 256).unwrap_or(0)
 }
 
-/// A key file (at `out`) whose account lies in `shard`'s genesis tables: `trellis-node
-/// keygen` until one does (each try lands there with probability 1/S). Reuses a file
-/// that already qualifies.
-async fn treasury_in_shard(
+/// One key file per genesis shard (`paths[s]` for shard `s`) whose account lies in that
+/// shard's genesis tables; returns the accounts in shard order. `trellis-node keygen`
+/// writes to `scratch` until every shard has one: each key lands in a random shard and
+/// is kept if that shard still lacks one (about `S · ln S` keys in all). Files that
+/// already qualify are reused.
+async fn shard_treasuries(
     binary: &Path,
-    out: &Path,
-    shard: u16,
-    shard_count: u16,
-) -> Result<String, ProvisionError> {
-    let owned = |account: &str| {
-        public_key_from_hex(account)
-            .is_some_and(|key| genesis_owner(table_of(&key), shard_count) == shard)
+    paths: &[PathBuf],
+    scratch: &Path,
+) -> Result<Vec<String>, ProvisionError> {
+    let count = u16::try_from(paths.len()).unwrap_or(u16::MAX);
+    let owner = |account: &str| {
+        public_key_from_hex(account).map(|key| genesis_owner(table_of(&key), count))
     };
-    if let Some((_, account)) = read_public_keys(out)
-        && owned(&account)
-    {
-        return Ok(account);
-    }
-    // Expected S tries; the bound only stops a broken keygen from looping forever.
-    for _ in 0..64 * u32::from(shard_count.max(1)) {
-        let (_, account) = keygen(binary, out).await?;
-        if owned(&account) {
-            return Ok(account);
+    let mut accounts: Vec<Option<String>> = paths
+        .iter()
+        .enumerate()
+        .map(|(shard, path)| {
+            read_public_keys(path)
+                .map(|keys| keys.1)
+                .filter(|account| owner(account).map(usize::from) == Some(shard))
+        })
+        .collect();
+    // The bound only stops a broken keygen from looping forever.
+    let mut tries = 0usize;
+    while let Some(missing) = accounts.iter().position(Option::is_none) {
+        tries += 1;
+        if tries > 64 + 16 * paths.len() * paths.len().max(2).ilog2() as usize {
+            return Err(ProvisionError::Unavailable(format!(
+                "trellis-node keygen found no account in shard {missing}'s tables"
+            )));
+        }
+        let (_, account) = keygen(binary, scratch).await?;
+        let Some(shard) = owner(&account).map(usize::from) else {
+            continue;
+        };
+        if let (Some(slot @ None), Some(path)) = (accounts.get_mut(shard), paths.get(shard)) {
+            std::fs::rename(scratch, path)
+                .map_err(|e| unavailable("keeping a treasury key file", e))?;
+            *slot = Some(account);
         }
     }
-    Err(ProvisionError::Unavailable(format!(
-        "trellis-node keygen found no account in shard {shard}'s tables"
-    )))
+    if scratch.exists() {
+        std::fs::remove_file(scratch).map_err(|e| unavailable("removing a scratch key file", e))?;
+    }
+    Ok(accounts.into_iter().flatten().collect())
 }
 
 fn write_config(
@@ -1288,6 +1307,20 @@ mod tests {
             Some(42.0)
         );
         assert_eq!(metric_value(text, "trellis_peers"), None);
+    }
+
+    #[test]
+    fn the_genesis_map_gives_shards_contiguous_table_ranges() {
+        // docs/sharding.md: table t belongs to shard t·S/256 at genesis.
+        assert_eq!(genesis_owner(0, 2), 0);
+        assert_eq!(genesis_owner(127, 2), 0);
+        assert_eq!(genesis_owner(128, 2), 1);
+        assert_eq!(genesis_owner(255, 3), 2);
+        assert_eq!(genesis_owner(200, 1), 0);
+        for shards in [1u16, 2, 3, 7, 256] {
+            let owners: BTreeSet<u16> = (0..=255u8).map(|t| genesis_owner(t, shards)).collect();
+            assert_eq!(owners, (0..shards).collect::<BTreeSet<_>>());
+        }
     }
 
     #[test]
