@@ -2,11 +2,17 @@
 //! addresses, with their data under the console's data dir. It is what `trellis-console
 //! up` runs, so a new user sees the whole product work without a cluster.
 //!
-//! - **apply** plans the processes ([`plan::plan_local`]), allocates one loopback
-//!   address per new node ([`addresses`]), creates keys with `trellis-node keygen`,
-//!   genesis files with `trellis-node genesis` (the network's treasury account funded on
-//!   every chain) and one config per node, writes the network's record atomically
-//!   ([`record`]) and only then lets the supervisor start processes.
+//! - **apply** plans the processes ([`plan::plan_local`]: a public network is one
+//!   sharded network, a beacon committee and one committee per shard; a consortium one
+//!   unsharded chain), allocates one loopback address per new node ([`addresses`]),
+//!   creates keys with `trellis-node keygen`, the genesis with `trellis-node genesis`
+//!   (`--sharding` for a public network, whose admin key file is kept with its data;
+//!   treasury accounts funded: one per genesis shard, in its tables) and one config per
+//!   node, writes the network's record atomically ([`record`]) and only then lets the
+//!   supervisor start processes.
+//! - **Scaling a sharded network** goes through its beacon (`local/scaling.rs`): new shards'
+//!   validators are registered and `SetShardCount` signed with the admin key; a shard
+//!   scaled away runs until the beacon's map no longer assigns it tables.
 //! - **The supervisor** (a task, every half second) keeps every node the records want
 //!   running: a node that exits or is killed is restarted after a backoff (0.5 s
 //!   doubling to 30 s, reset once it has run for a minute); nodes of stopped networks
@@ -18,7 +24,8 @@
 //! - **delete** marks the record `deleting` durably, stops the nodes (SIGTERM, then
 //!   SIGKILL), and removes the network's directory, or moves it to `retained/` when the
 //!   network's retain policy keeps the ledger.
-//! - **observe** asks every node for `trellis_status` and `/readyz`.
+//! - **observe** asks every node for `trellis_status` and `/readyz`; a sharded
+//!   network's shard count and epoch are the beacon's map's.
 //! - **Consortium admissions** ([`admission`]): a member admitted after genesis gets its
 //!   node prepared but started only once the chain's governance has admitted it; the
 //!   console's custodied keys approve the governance transaction.
