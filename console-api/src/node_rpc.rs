@@ -10,6 +10,13 @@
 //! `trellis_submitGovernance`) the `member` role. Each tenant has its own budget of RPC
 //! requests per minute, on top of the budget every authenticated request counts
 //! against, and bodies are capped like every request body (64 KiB, `413 body_too_large`).
+//!
+//! In a sharded network any shard node takes a transaction and forwards it to the shard
+//! that owns its sender, but a node answers reads from its own shard's ledger only. So
+//! on the any-shard route a `trellis_getAccount` goes to the shard that owns the
+//! account's table (per the shard map a node follows) and a `trellis_getTransaction`
+//! to the shard that knows the hash (each shard is asked in turn); everything else goes
+//! to any node.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -151,6 +158,12 @@ async fn forward(
         .into_iter()
         .filter(|e| shard.is_none() || e.shard.is_none() || e.shard == shard)
         .collect();
+    let client = client()?;
+    let endpoints = if shard.is_none() {
+        route_read(client, &body, endpoints).await
+    } else {
+        endpoints
+    };
     if endpoints.is_empty() {
         return Err(match shard {
             Some(shard) => ApiError::new(
@@ -172,7 +185,6 @@ async fn forward(
     // node when one cannot be reached.
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let start = NEXT.fetch_add(1, Ordering::Relaxed);
-    let client = client()?;
     let mut last_error = String::new();
     for i in 0..endpoints.len() {
         let endpoint = &endpoints[(start + i) % endpoints.len()];
@@ -212,6 +224,91 @@ async fn forward(
         "no node of the network answered; retry shortly",
     )
     .with_internal(last_error))
+}
+
+/// One JSON-RPC call to one node: its `result`, if it answered one.
+async fn ask(client: &reqwest::Client, url: &str, request: &Value) -> Option<Value> {
+    let answer: Value = client
+        .post(url)
+        .json(request)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    answer.get("result").cloned()
+}
+
+/// The endpoints that can answer a single read about one account or transaction of a
+/// sharded network (see the module documentation); all of them for anything else, or
+/// when the shard cannot be found out.
+async fn route_read(
+    client: &reqwest::Client,
+    body: &Value,
+    endpoints: Vec<RpcEndpoint>,
+) -> Vec<RpcEndpoint> {
+    let mut shards: Vec<u32> = endpoints.iter().filter_map(|e| e.shard).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    if shards.len() < 2 {
+        return endpoints;
+    }
+    let method = body.get("method").and_then(Value::as_str).unwrap_or("");
+    let params = body.get("params").cloned().unwrap_or(Value::Null);
+    let first_of = |shard: u32| endpoints.iter().find(|e| e.shard == Some(shard));
+    let owner = match method {
+        trellis_node_api::methods::GET_ACCOUNT => {
+            let Some(table) = params
+                .get("account")
+                .and_then(Value::as_str)
+                .and_then(trellis_node_types::public_key_from_hex)
+                .map(|key| trellis_node_types::table_of(&key))
+            else {
+                return endpoints;
+            };
+            let request = serde_json::json!({"jsonrpc": "2.0", "id": 1,
+                "method": trellis_node_api::methods::GET_SHARD_MAP});
+            let mut owner = None;
+            for endpoint in shards.iter().filter_map(|s| first_of(*s)) {
+                if let Some(map) = ask(client, &endpoint.url, &request).await {
+                    owner = map
+                        .get("tables")
+                        .and_then(|t| t.get(usize::from(table)))
+                        .and_then(Value::as_u64)
+                        .and_then(|s| u32::try_from(s).ok());
+                    break;
+                }
+            }
+            owner
+        }
+        trellis_node_api::methods::GET_TRANSACTION => {
+            let mut owner = None;
+            for shard in &shards {
+                let Some(endpoint) = first_of(*shard) else {
+                    continue;
+                };
+                let known = ask(client, &endpoint.url, body).await.is_some_and(|r| {
+                    r.get("state")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| s != "unknown")
+                });
+                if known {
+                    owner = Some(*shard);
+                    break;
+                }
+            }
+            owner
+        }
+        _ => None,
+    };
+    match owner {
+        Some(owner) if endpoints.iter().any(|e| e.shard == Some(owner)) => endpoints
+            .into_iter()
+            .filter(|e| e.shard == Some(owner))
+            .collect(),
+        _ => endpoints,
+    }
 }
 
 #[cfg(test)]

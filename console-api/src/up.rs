@@ -3,9 +3,10 @@
 //! `main.rs` starts the console (SQLite in the data dir, the local provisioner) and then
 //! hands its own URL to [`bootstrap`], which talks to it like any client would: it
 //! signs up the first admin (once per data dir), creates an API key, and with `--demo`
-//! creates a 3-organisation consortium and a 2-shard public network, sends a first
-//! transfer through the node RPC proxy and waits until it is final. Credentials are
-//! printed to stdout once and never logged.
+//! creates a 3-organisation consortium, sends a first transfer through the node RPC proxy
+//! and waits until it is final, then creates a 2-shard public network (one sharded
+//! network: a beacon committee and two shard committees) and waits for a transfer on
+//! it too. Credentials are printed to stdout once and never logged.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -121,10 +122,27 @@ impl ConsoleClient {
 
     /// One JSON-RPC call through the proxy: the result, or the error as text.
     pub async fn rpc(&self, network: Uuid, method: &str, params: Value) -> Result<Value, String> {
+        self.rpc_via(network, None, method, params).await
+    }
+
+    /// One JSON-RPC call through the proxy to any node of the network, or to a node of
+    /// `shard` (reads about a sharded network's accounts and transactions must go to
+    /// the shard that holds them; a transaction may be sent to any node).
+    pub async fn rpc_via(
+        &self,
+        network: Uuid,
+        shard: Option<u16>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, String> {
+        let path = match shard {
+            Some(shard) => format!("/v1/networks/{network}/shards/{shard}/rpc"),
+            None => format!("/v1/networks/{network}/rpc"),
+        };
         let (status, body) = self
             .call(
                 reqwest::Method::POST,
-                &format!("/v1/networks/{network}/rpc"),
+                &path,
                 Some(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})),
             )
             .await?;
@@ -178,13 +196,23 @@ fn account_of(key_file: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("{} holds no admin public key", key_file.display()))
 }
 
-/// A fresh account to send to (nobody needs its private key for the demo).
-fn fresh_account() -> String {
-    let mut seed = [0u8; 32];
-    rand::fill(&mut seed);
-    trellis_node_types::private_key_from_seed_bytes(seed)
-        .map(|k| to_hex(k.public_key().as_ref()))
-        .unwrap_or_else(|| "01".repeat(32))
+/// A fresh account to send to (nobody needs its private key for the demo). With a
+/// table, one in that table: a transfer within a shard (cross-shard transfers wait for
+/// the node's receipts, docs/sharding.md).
+fn fresh_account(table: Option<u8>) -> Result<String, String> {
+    // One key in 256 lands in a given table; the bound only guards a broken RNG.
+    for _ in 0..100_000 {
+        let mut seed = [0u8; 32];
+        rand::fill(&mut seed);
+        let Some(key) = trellis_node_types::private_key_from_seed_bytes(seed) else {
+            continue;
+        };
+        let public = key.public_key();
+        if table.is_none_or(|t| trellis_node_types::table_of(&public) == t) {
+            return Ok(to_hex(public.as_ref()));
+        }
+    }
+    Err("no fresh account could be made".into())
 }
 
 /// The outcome of the demo's first transfer.
@@ -197,15 +225,26 @@ pub struct FirstTransfer {
 }
 
 /// Sends a transfer from `network`'s treasury through the proxy and waits until it is
-/// final. Retries while the network is still starting.
+/// final. Retries while the network is still starting. `shard`: a sharded network's
+/// shard whose tables hold the treasury (reads go there; the transfer is sent to any
+/// node and reaches it by forwarding).
 pub async fn first_transfer(
     client: &ConsoleClient,
     network: Uuid,
     treasury: &Path,
+    shard: Option<u16>,
     deadline: Instant,
 ) -> Result<FirstTransfer, String> {
     let account = account_of(treasury)?;
-    let recipient = fresh_account();
+    let table = match shard {
+        Some(_) => Some(
+            trellis_node_types::public_key_from_hex(&account)
+                .map(|k| trellis_node_types::table_of(&k))
+                .ok_or_else(|| format!("{account} is not a public key"))?,
+        ),
+        None => None,
+    };
+    let recipient = fresh_account(table)?;
     let mut last = String::new();
     // 1. Until a node answers and the chain has finalized a block.
     let (chain_id, nonce) = loop {
@@ -213,10 +252,17 @@ pub async fn first_transfer(
             return Err(format!("the network did not start in time: {last}"));
         }
         let attempt = async {
-            let status = client.rpc(network, methods::STATUS, Value::Null).await?;
+            let status = client
+                .rpc_via(network, shard, methods::STATUS, Value::Null)
+                .await?;
             let chain_id = status["chain_id"].as_str().unwrap_or_default().to_string();
             let info = client
-                .rpc(network, methods::GET_ACCOUNT, json!({"account": account}))
+                .rpc_via(
+                    network,
+                    shard,
+                    methods::GET_ACCOUNT,
+                    json!({"account": account}),
+                )
                 .await?;
             let nonce = info["nonce"].as_u64().ok_or("account without nonce")?;
             Ok::<_, String>((chain_id, nonce))
@@ -248,7 +294,12 @@ pub async fn first_transfer(
             return Err(format!("the transfer {hash} was not final in time: {last}"));
         }
         match client
-            .rpc(network, methods::GET_TRANSACTION, json!({"hash": hash}))
+            .rpc_via(
+                network,
+                shard,
+                methods::GET_TRANSACTION,
+                json!({"hash": hash}),
+            )
             .await
         {
             Ok(status) if status["state"] == "committed" => {
@@ -445,6 +496,7 @@ pub async fn bootstrap(
         &client,
         consortium_id,
         &treasury,
+        None,
         Instant::now() + DEMO_DEADLINE,
     )
     .await?;
@@ -455,7 +507,7 @@ pub async fn bootstrap(
         started.elapsed().as_secs_f64(),
         first.hash
     );
-    // The public network's 8 nodes start after the first transfer: on a small machine
+    // The public network's 12 nodes start after the first transfer: on a small machine
     // they would otherwise slow the consortium's first blocks.
     let public = client
         .expect(
@@ -481,7 +533,23 @@ pub async fn bootstrap(
     save_record(data_dir, &record)?;
     let _ = writeln!(
         out,
-        "  {DEMO_PUBLIC:<16} {public_id}  public, 2 shards × 4 validators (in local mode: 2 independent chains, no beacon)"
+        "  {DEMO_PUBLIC:<16} {public_id}  public, one sharded network: a beacon committee of 4 and 2 shards × 4 validators"
+    );
+    let public_treasury = local.shard_treasury_key_file(public_id, 0);
+    let on_shard = first_transfer(
+        &client,
+        public_id,
+        &public_treasury,
+        Some(0),
+        Instant::now() + DEMO_DEADLINE,
+    )
+    .await?;
+    let _ = writeln!(
+        out,
+        "Transfer final on {DEMO_PUBLIC} shard 0 at height {} in {:.3} s after start (tx {})",
+        on_shard.height,
+        started.elapsed().as_secs_f64(),
+        on_shard.hash
     );
     let next = signed_transfer(
         &treasury,
@@ -509,8 +577,10 @@ pub async fn bootstrap(
     );
     let _ = writeln!(
         out,
-        "The treasury (funded at genesis on every local chain) signs with {}",
-        treasury.display()
+        "The treasury (funded at genesis) signs with {}; {DEMO_PUBLIC}'s shard 0 account \
+         with {} (shard 1's: treasury-shard-1.json beside it)",
+        treasury.display(),
+        public_treasury.display()
     );
     let _ = writeln!(
         out,

@@ -403,3 +403,352 @@ async fn delete_keeps_the_ledger_when_the_network_retains_it() {
     assert!(retained.join("nodes/kept-solo-0/keys.json").is_file());
     assert!(!local.settings().root.join("networks").join(&id).exists());
 }
+
+/// An account (hex) in `table` that nobody funds: a transfer's recipient.
+fn account_in_table(table: u8, seed: u64) -> String {
+    use trellis_node_types::{Signer as _, table_of, test_key, to_hex};
+    (seed..)
+        .map(test_key)
+        .find(|k| table_of(&k.public_key()) == table)
+        .map(|k| to_hex(k.public_key().as_ref()))
+        .unwrap()
+}
+
+/// The table of a key file's account (its admin key).
+fn table_of_key_file(path: &Path) -> u8 {
+    let keys: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let key = trellis_node_types::public_key_from_hex(keys["admin_public_key"].as_str().unwrap())
+        .unwrap();
+    trellis_node_types::table_of(&key)
+}
+
+/// The shard map, read through the proxy from a node of shard `via` (the map as far as
+/// that shard followed the beacon).
+async fn shard_map(app: &TestApp, token: &str, id: &str, via: u32) -> Option<Value> {
+    let r = app
+        .post(
+            &format!("/v1/networks/{id}/shards/{via}/rpc"),
+            token,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "trellis_getShardMap"}),
+        )
+        .await;
+    (r.status == StatusCode::OK).then(|| r.body["result"].clone())
+}
+
+/// `method`'s result from the node at `host:port`, directly.
+async fn node_call(node: &str, method: &str) -> Option<Value> {
+    let body: Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .ok()?
+        .post(format!("http://{node}/rpc"))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body.get("result").cloned()
+}
+
+/// The beacon's own shard map, from a beacon node (`host:port` from the genesis): a
+/// shard's follower stops before a shard-count change until live resharding lands.
+async fn beacon_map(beacon: &str) -> Option<Value> {
+    node_call(beacon, "trellis_getShardMap").await
+}
+
+/// A public network in local mode is one sharded network: a beacon committee and one
+/// committee per shard on one chain id and one genesis; a transfer sent to the network
+/// reaches the shard that owns its sender; the status reads the beacon's map; scaling
+/// goes through the beacon (SetShardCount signed with the network admin key), a
+/// scale-in stops a shard's processes only once the beacon has taken its tables, and a
+/// scale-out registers the new shard's validators with the beacon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_network_is_one_sharded_network_scaled_through_its_beacon() {
+    let (app, local, _guard) = local_app(None, "127.0.90.0/24", 0).await;
+    let org = app.signup("Shard Ltd", "ops@shard.example").await;
+    let created = app
+        .post(
+            "/v1/networks",
+            &org.token,
+            json!({"name": "pay", "mode": "public", "retain_ledger_on_delete": false,
+                   "shards": {"count": 2, "min": 1, "max": 3},
+                   "validators_per_shard": 4, "beacon_validators": 4, "epoch_length": 10}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let network = local.settings().root.join("networks").join(&id);
+    let reference = network_ref(&org.tenant_id, &id);
+
+    // One genesis with a sharding section; node configs name their committee.
+    let genesis: Vec<PathBuf> = std::fs::read_dir(&network)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".genesis.json"))
+        .collect();
+    assert_eq!(genesis.len(), 1, "{genesis:?}");
+    let genesis: Value =
+        serde_json::from_str(&std::fs::read_to_string(&genesis[0]).unwrap()).unwrap();
+    let sharding = &genesis["sharding"];
+    assert_eq!(sharding["mode"], "public");
+    assert_eq!(sharding["shard_count"], 2);
+    assert_eq!(sharding["max_shards"], 3);
+    assert_eq!(sharding["beacon"].as_array().unwrap().len(), 4);
+    assert_eq!(sharding["validators"].as_array().unwrap().len(), 8);
+    let beacon = sharding["beacon"][0]["rpc_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admin: Value =
+        serde_json::from_str(&std::fs::read_to_string(network.join("admin.json")).unwrap())
+            .unwrap();
+    assert_eq!(sharding["admin_key"], admin["admin_public_key"]);
+    let config = std::fs::read_to_string(network.join("nodes/pay-beacon-0/node.toml")).unwrap();
+    assert!(config.contains("kind = \"beacon\""), "{config}");
+    let config = std::fs::read_to_string(network.join("nodes/pay-shard-1-2/node.toml")).unwrap();
+    assert!(
+        config.contains("kind = \"shard\"") && config.contains("shard = 1"),
+        "{config}"
+    );
+
+    let observed = eventually(
+        "the sharded network to be Running",
+        Duration::from_secs(240),
+        async || {
+            let status = local.observe(&reference).await.unwrap()?;
+            (status.phase == ObservedPhase::Running
+                && status.shards.iter().all(|s| s.finalized_height > 0))
+            .then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(observed.shard_count, 2, "{observed:?}");
+    assert_eq!(
+        observed.shards.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert!(observed.shards.iter().all(|s| s.ready_validators == 4));
+    // Clients reach shard nodes only (8), never the beacon's.
+    assert_eq!(observed.rpc_endpoints.len(), 8);
+
+    // A transfer on each shard, sent to the network (any shard node), finalizes on the
+    // shard that owns its sender.
+    for shard in 0..2u16 {
+        let treasury = local.shard_treasury_key_file(id.parse().unwrap(), shard);
+        let table = table_of_key_file(&treasury);
+        let recipient = account_in_table(table, 1_000 * u64::from(shard));
+        let status = eventually(
+            "the shard to answer through the proxy",
+            Duration::from_secs(60),
+            async || {
+                let (code, body) = rpc(&app, &org.token, &id, "trellis_status", Value::Null).await;
+                (code == StatusCode::OK).then_some(body)
+            },
+        )
+        .await;
+        let chain_id = status["result"]["chain_id"].as_str().unwrap().to_string();
+        let tx =
+            trellis_console::up::signed_transfer(&treasury, &chain_id, 0, &recipient, 40).unwrap();
+        let sent = eventually(
+            "the transfer to be accepted",
+            Duration::from_secs(60),
+            async || {
+                let (_, body) = rpc(
+                    &app,
+                    &org.token,
+                    &id,
+                    "trellis_sendTransaction",
+                    json!({"tx": tx}),
+                )
+                .await;
+                body.get("result").cloned()
+            },
+        )
+        .await;
+        assert_eq!(sent["shard"], shard, "{sent}");
+        let hash = sent["hash"].as_str().unwrap().to_string();
+        let route = format!("/v1/networks/{id}/shards/{shard}/rpc");
+        let height = eventually(
+            "the transfer to finalize on its shard",
+            Duration::from_secs(120),
+            async || {
+                let r = app
+                    .post(
+                        &route,
+                        &org.token,
+                        json!({"jsonrpc": "2.0", "id": 1, "method": "trellis_getTransaction",
+                               "params": {"hash": hash}}),
+                    )
+                    .await;
+                (r.body["result"]["state"] == "committed" && r.body["result"]["success"] == true)
+                    .then(|| r.body["result"]["height"].as_u64())
+                    .flatten()
+            },
+        )
+        .await;
+        // Every validator of the shard has executed it (reads rotate over them).
+        let nodes: Vec<String> = sharding["validators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["shard"] == shard)
+            .map(|v| v["rpc_address"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(nodes.len(), 4);
+        for node in &nodes {
+            eventually(
+                "every validator to execute it",
+                Duration::from_secs(120),
+                async || {
+                    (node_call(node, "trellis_status").await?["finalized_height"].as_u64()?
+                        >= height)
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+        let r = app
+            .post(
+                &route,
+                &org.token,
+                json!({"jsonrpc": "2.0", "id": 1, "method": "trellis_getAccount",
+                       "params": {"account": recipient}}),
+            )
+            .await;
+        assert_eq!(r.body["result"]["balance"], 40, "{}", r.text);
+        // The any-shard route sends reads to the shard that holds the answer (a node of
+        // another shard would answer from a ledger without the account).
+        for _ in 0..4 {
+            let (_, body) = rpc(
+                &app,
+                &org.token,
+                &id,
+                "trellis_getAccount",
+                json!({"account": recipient}),
+            )
+            .await;
+            assert_eq!(body["result"]["balance"], 40, "{body}");
+            let (_, body) = rpc(
+                &app,
+                &org.token,
+                &id,
+                "trellis_getTransaction",
+                json!({"hash": hash}),
+            )
+            .await;
+            assert_eq!(body["result"]["state"], "committed", "{body}");
+        }
+    }
+    let map = shard_map(&app, &org.token, &id, 0).await.unwrap();
+    assert_eq!(map["shard_count"], 2, "{map}");
+
+    // Scale-in to 1 shard: through the beacon; shard 1's processes stop only once the
+    // beacon's map gives it no table.
+    let shard1: Vec<PathBuf> = (0..4)
+        .map(|i| network.join(format!("nodes/pay-shard-1-{i}")))
+        .collect();
+    let scaled = app
+        .patch(
+            &format!("/v1/networks/{id}"),
+            &org.token,
+            json!({"shards": {"count": 1}}),
+        )
+        .await;
+    assert_eq!(scaled.status, StatusCode::OK, "{}", scaled.text);
+    eventually(
+        "the beacon to run 1 shard and shard 1 to stop",
+        Duration::from_secs(240),
+        async || {
+            let map = beacon_map(&beacon).await?;
+            let tables = map["tables"].as_array()?;
+            let stopped = shard1.iter().all(|d| processes_for(d).is_empty());
+            if stopped {
+                // Never before the beacon took the shard's tables.
+                assert_eq!(map["shard_count"], 1, "{map}");
+                assert!(tables.iter().all(|t| t == 0), "{map}");
+            }
+            (stopped && map["shard_count"] == 1).then_some(())
+        },
+    )
+    .await;
+    let observed = eventually(
+        "the status to show 1 shard",
+        Duration::from_secs(60),
+        async || {
+            let status = local.observe(&reference).await.unwrap()?;
+            (status.shard_count == 1 && status.phase != ObservedPhase::Scaling).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(observed.shards.len(), 1, "{observed:?}");
+    assert_eq!(observed.rpc_endpoints.len(), 4);
+
+    // Scale-out to 3: shard 1 comes back with its keys, shard 2's new validators are
+    // registered with the beacon (signed with their own node keys) and SetShardCount(3)
+    // is signed with the admin key; the beacon's map shows them.
+    let scaled = app
+        .patch(
+            &format!("/v1/networks/{id}"),
+            &org.token,
+            json!({"shards": {"count": 3}}),
+        )
+        .await;
+    assert_eq!(scaled.status, StatusCode::OK, "{}", scaled.text);
+    let new_keys: Vec<String> = (0..4)
+        .map(|i| {
+            let keys: Value = serde_json::from_str(
+                &std::fs::read_to_string(network.join(format!("nodes/pay-shard-2-{i}/keys.json")))
+                    .unwrap(),
+            )
+            .unwrap();
+            keys["node_public_key"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let map = eventually(
+        "the beacon to run 3 shards with shard 2's registered validators",
+        Duration::from_secs(300),
+        async || {
+            let map = beacon_map(&beacon).await?;
+            (map["shard_count"] == 3).then_some(map)
+        },
+    )
+    .await;
+    let shard2 = map["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["shard"] == 2)
+        .unwrap_or_else(|| panic!("no shard 2 in {map}"));
+    let mut listed: Vec<String> = shard2["validators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let mut expected = new_keys.clone();
+    expected.sort();
+    assert_eq!(listed, expected, "{map}");
+    // Shard 1 runs again, from the keys and ledger it kept.
+    eventually(
+        "shard 1's processes to run again",
+        Duration::from_secs(60),
+        async || {
+            shard1
+                .iter()
+                .all(|d| processes_for(d).len() == 1)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Delete stops all 16 processes and removes the data.
+    let deleted = app.delete(&format!("/v1/networks/{id}"), &org.token).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    for entry in ["beacon-0", "shard-0-0", "shard-1-3", "shard-2-1"] {
+        assert!(processes_for(&network.join(format!("nodes/pay-{entry}"))).is_empty());
+    }
+    assert!(!network.exists());
+}

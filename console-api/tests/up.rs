@@ -157,6 +157,9 @@ fn up_demo_runs_end_to_end_and_resumes_after_a_crash() {
     let mut first = Up::start(data);
     let line = first.wait_for("First transfer final", Duration::from_secs(240));
     assert!(line.contains("at height"), "{line}");
+    // The public network is one sharded network: a transfer finalizes on its shard 0.
+    let line = first.wait_for("Transfer final on demo-public", Duration::from_secs(240));
+    assert!(line.contains("shard 0 at height"), "{line}");
     first.wait_for("Ready.", Duration::from_secs(30));
     let api = first.value_after("API ");
     let key = first.value_after("API key");
@@ -172,7 +175,11 @@ fn up_demo_runs_end_to_end_and_resumes_after_a_crash() {
     assert_eq!(status, 200, "{networks}");
     assert_eq!(networks["items"].as_array().unwrap().len(), 2);
     let before = node_processes(data);
-    assert_eq!(before.len(), 3 + 8, "3 consortium nodes, 2 shards × 4");
+    assert_eq!(
+        before.len(),
+        3 + 4 + 8,
+        "3 consortium nodes, a beacon of 4, 2 shards × 4"
+    );
     for (dir, pids) in &before {
         assert_eq!(pids.len(), 1, "{}: {pids:?}", dir.display());
     }

@@ -11,7 +11,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
@@ -188,8 +188,26 @@ enum Tx {
         #[arg(long)]
         shard: Option<u32>,
     },
+    /// Sign a transfer with a key file and send it; prints its hash and shard. The key
+    /// file is a `trellis-node keygen` file whose admin key is the sending account (the
+    /// local provisioner's treasury files are such). The nonce is the account's next.
+    Transfer {
+        network: String,
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+        /// The receiving account (hex Ed25519 public key).
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long, default_value_t = 1)]
+        fee: u64,
+    },
     /// A transaction's state and receipt.
     Get { network: String, hash: String },
+    /// An account's balance, nonce and table (in a sharded network, read from the shard
+    /// that owns the table).
+    Account { network: String, account: String },
 }
 
 #[derive(Subcommand)]
@@ -552,8 +570,121 @@ fn encode(value: &str) -> String {
         .collect()
 }
 
+/// A signed transfer from `key_file`'s admin key (hex, as the node decodes it).
+fn signed_transfer(
+    key_file: &std::path::Path,
+    chain_id: &str,
+    nonce: u64,
+    to: &str,
+    amount: u64,
+    fee: u64,
+) -> Result<String> {
+    use trellis_node_types::{Encode as _, Signer as _};
+    let text = std::fs::read_to_string(key_file)
+        .with_context(|| format!("reading {}", key_file.display()))?;
+    let keys: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a key file (JSON)", key_file.display()))?;
+    let key = keys["admin_key"]
+        .as_str()
+        .and_then(trellis_node_types::private_key_from_hex)
+        .ok_or_else(|| {
+            anyhow!(
+                "{} holds no admin_key (a `trellis-node keygen` file)",
+                key_file.display()
+            )
+        })?;
+    let to = trellis_node_types::public_key_from_hex(to)
+        .ok_or_else(|| anyhow!("--to must be a hex Ed25519 public key (64 hex digits)"))?;
+    let tx = trellis_node_types::UnsignedTx {
+        chain_id: chain_id.to_string(),
+        from: key.public_key(),
+        nonce,
+        fee,
+        kind: trellis_node_types::TxKind::Transfer { to, amount },
+    }
+    .sign(&key);
+    Ok(trellis_node_types::to_hex(&tx.encode()))
+}
+
+/// The account of a key file's admin key (hex).
+fn account_of(key_file: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(key_file)
+        .with_context(|| format!("reading {}", key_file.display()))?;
+    let keys: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a key file (JSON)", key_file.display()))?;
+    keys["admin_public_key"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{} holds no admin_public_key", key_file.display()))
+}
+
+/// One JSON-RPC call through the console's proxy (any node of the network); the node's
+/// refusal is an error with its code and message.
+async fn node_call(console: &mut Console, id: &str, method: &str, params: Value) -> Result<Value> {
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let answer = console
+        .call(
+            Method::POST,
+            &format!("/v1/networks/{id}/rpc"),
+            Some(&request),
+            None,
+        )
+        .await?;
+    if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
+        bail!(
+            "the node refused ({}): {}",
+            output::at(error, "code"),
+            output::at(error, "message")
+        );
+    }
+    Ok(answer["result"].clone())
+}
+
 async fn transactions(console: &mut Console, format: Format, command: Tx) -> Result<String> {
     let (network, shard, method, params) = match command {
+        Tx::Transfer {
+            network,
+            key_file,
+            to,
+            amount,
+            fee,
+        } => {
+            // Everything that can be checked here is, before the console is asked.
+            let from = account_of(&key_file)?;
+            if trellis_node_types::public_key_from_hex(&to).is_none() {
+                bail!("--to must be a hex Ed25519 public key (64 hex digits)");
+            }
+            let id = network_id(console, &network).await?;
+            let status = node_call(console, &id, "trellis_status", Value::Null).await?;
+            let chain_id = status["chain_id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the node's status carries no chain_id"))?
+                .to_string();
+            let account =
+                node_call(console, &id, "trellis_getAccount", json!({"account": from})).await?;
+            let nonce = account["nonce"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("the node's account answer carries no nonce"))?;
+            let tx = signed_transfer(&key_file, &chain_id, nonce, &to, amount, fee)?;
+            let sent =
+                node_call(console, &id, "trellis_sendTransaction", json!({"tx": tx})).await?;
+            return Ok(match format {
+                Format::Json => output::pretty(&sent),
+                Format::Table => format!(
+                    "sent; transaction hash {}{} (`trellis tx get {network} <hash>` follows it)",
+                    output::at(&sent, "hash"),
+                    sent.get("shard")
+                        .map(|s| format!(" on shard {s}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        Tx::Account { network, account } => (
+            network,
+            None,
+            "trellis_getAccount",
+            json!({"account": account}),
+        ),
         Tx::Send { network, tx, shard } => {
             let tx = tx.trim().trim_start_matches("0x").to_string();
             if tx.is_empty() || tx.len() % 2 != 0 || !tx.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -592,6 +723,17 @@ async fn transactions(console: &mut Console, format: Format, command: Tx) -> Res
         (Format::Table, "trellis_sendTransaction") => format!(
             "sent; transaction hash {} (`trellis tx get {network} <hash>` follows it)",
             output::at(result, "hash")
+        ),
+        (Format::Table, "trellis_getAccount") => output::object(
+            format,
+            result,
+            &[
+                ("ACCOUNT", "account"),
+                ("BALANCE", "balance"),
+                ("NONCE", "nonce"),
+                ("TABLE", "table"),
+                ("HEIGHT", "height"),
+            ],
         ),
         (Format::Table, _) => output::object(
             format,

@@ -57,6 +57,39 @@ fn help_completions_and_first_run_errors() {
     assert!(!ok);
     assert!(err.contains("password is empty"), "{err}");
 
+    // `tx transfer` checks its key file and recipient before asking the console.
+    let transfer = |key_file: &std::path::Path, to: &str| {
+        run(trellis(&config).args([
+            "--console",
+            "http://127.0.0.1:9",
+            "tx",
+            "transfer",
+            "net",
+            "--key-file",
+            &key_file.to_string_lossy(),
+            "--to",
+            to,
+            "--amount",
+            "1",
+        ]))
+    };
+    let (ok, _, err) = transfer(&dir.path().join("missing.json"), &"ab".repeat(32));
+    assert!(!ok);
+    assert!(err.contains("missing.json"), "{err}");
+    let keys = dir.path().join("keys.json");
+    std::fs::write(&keys, r#"{"node_key": "00"}"#).unwrap();
+    let (ok, _, err) = transfer(&keys, &"ab".repeat(32));
+    assert!(!ok);
+    assert!(err.contains("admin_public_key"), "{err}");
+    std::fs::write(
+        &keys,
+        format!(r#"{{"admin_public_key": "{}"}}"#, "cd".repeat(32)),
+    )
+    .unwrap();
+    let (ok, _, err) = transfer(&keys, "not-a-key");
+    assert!(!ok);
+    assert!(err.contains("--to must be a hex"), "{err}");
+
     let (ok, _, err) = run(trellis(&config).args(["--console", "ftp://x", "whoami"]));
     assert!(!ok);
     assert!(err.contains("http://"), "{err}");

@@ -2,11 +2,17 @@
 //! addresses, with their data under the console's data dir. It is what `trellis-console
 //! up` runs, so a new user sees the whole product work without a cluster.
 //!
-//! - **apply** plans the processes ([`plan::plan_local`]), allocates one loopback
-//!   address per new node ([`addresses`]), creates keys with `trellis-node keygen`,
-//!   genesis files with `trellis-node genesis` (the network's treasury account funded on
-//!   every chain) and one config per node, writes the network's record atomically
-//!   ([`record`]) and only then lets the supervisor start processes.
+//! - **apply** plans the processes ([`plan::plan_local`]: a public network is one
+//!   sharded network, a beacon committee and one committee per shard; a consortium one
+//!   unsharded chain), allocates one loopback address per new node ([`addresses`]),
+//!   creates keys with `trellis-node keygen`, the genesis with `trellis-node genesis`
+//!   (`--sharding` for a public network, whose admin key file is kept with its data;
+//!   treasury accounts funded: one per genesis shard, in its tables) and one config per
+//!   node, writes the network's record atomically ([`record`]) and only then lets the
+//!   supervisor start processes.
+//! - **Scaling a sharded network** goes through its beacon (`local/scaling.rs`): new shards'
+//!   validators are registered and `SetShardCount` signed with the admin key; a shard
+//!   scaled away runs until the beacon's map no longer assigns it tables.
 //! - **The supervisor** (a task, every half second) keeps every node the records want
 //!   running: a node that exits or is killed is restarted after a backoff (0.5 s
 //!   doubling to 30 s, reset once it has run for a minute); nodes of stopped networks
@@ -18,7 +24,8 @@
 //! - **delete** marks the record `deleting` durably, stops the nodes (SIGTERM, then
 //!   SIGKILL), and removes the network's directory, or moves it to `retained/` when the
 //!   network's retain policy keeps the ledger.
-//! - **observe** asks every node for `trellis_status` and `/readyz`.
+//! - **observe** asks every node for `trellis_status` and `/readyz`; a sharded
+//!   network's shard count and epoch are the beacon's map's.
 //! - **Consortium admissions** ([`admission`]): a member admitted after genesis gets its
 //!   node prepared but started only once the chain's governance has admitted it; the
 //!   console's custodied keys approve the governance transaction.
@@ -28,6 +35,7 @@ mod admission;
 pub mod plan;
 pub mod process;
 pub mod record;
+mod scaling;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -37,13 +45,17 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use trellis_node_api::{BootstrapPeer, MempoolConfig, NodeConfig, NodeStatus, Role};
+use trellis_node_api::shard::{ANY_SHARD, GenesisValidator, ShardingGenesis, ShardingMode};
+use trellis_node_api::{BootstrapPeer, MempoolConfig, NodeConfig, NodeStatus};
+use trellis_node_types::{public_key_from_hex, table_of};
 use uuid::Uuid;
 
 use self::addresses::{AddressRange, P2P_PORT, RPC_PORT};
 use self::plan::{LocalPlan, plan_local};
 use self::process::ProcessId;
-use self::record::{ChainRecord, Layout, NetworkRecord, NodeRecord, write_atomically};
+use self::record::{
+    ChainRecord, Layout, NetworkRecord, NodeRecord, ShardingRecord, committee_key, write_atomically,
+};
 use super::{
     DesiredNetwork, GovernanceSigner, MemberChainState, NetworkRef, ObservedPhase, ObservedStatus,
     ProvisionError, Provisioner, RpcEndpoint, ShardStatus,
@@ -134,8 +146,10 @@ struct Inner {
     /// Where each later member's admission stands on chain, by (network, member name),
     /// with the proposal waiting for approvals (for the console's proposal endpoint).
     admission_states: tokio::sync::Mutex<HashMap<(Uuid, String), MemberChainState>>,
-    /// Last (time, committed transactions) per chain, for tx/s.
+    /// Last (time, committed transactions) per committee, for tx/s.
     tx_samples: tokio::sync::Mutex<HashMap<String, (Instant, f64)>>,
+    /// Where each sharded network's scaling stands (the beacon's map, the step due).
+    scaling: tokio::sync::Mutex<scaling::ScalingStates>,
 }
 
 /// See the module documentation.
@@ -193,9 +207,11 @@ impl LocalProvisioner {
             admission_sent: tokio::sync::Mutex::new(HashMap::new()),
             admission_states: tokio::sync::Mutex::new(HashMap::new()),
             tx_samples: tokio::sync::Mutex::new(HashMap::new()),
+            scaling: tokio::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(supervise_forever(Arc::downgrade(&inner)));
         tokio::spawn(admission::admit_forever(Arc::downgrade(&inner)));
+        tokio::spawn(scaling::scale_forever(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -209,24 +225,16 @@ impl LocalProvisioner {
         &self.inner.settings
     }
 
-    /// The key file of the account funded at genesis on every chain of `network`.
+    /// The key file of the account funded at genesis: on a consortium's chain, or in
+    /// shard 0's tables of a sharded network.
     pub fn treasury_key_file(&self, network: Uuid) -> PathBuf {
         self.inner.layout.treasury(network)
     }
 
-    /// The chain ids of `network`'s chains, by shard.
-    pub async fn chain_ids(&self, network: Uuid) -> Vec<(u16, String)> {
-        let fleet = self.inner.fleet.lock().await;
-        fleet
-            .networks
-            .get(&network)
-            .map(|r| {
-                r.chains
-                    .iter()
-                    .map(|c| (c.shard, c.chain_id.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// The key file of the account funded in shard `shard`'s genesis tables of a sharded
+    /// network (shards `0..` the genesis shard count have one).
+    pub fn shard_treasury_key_file(&self, network: Uuid, shard: u16) -> PathBuf {
+        self.inner.layout.shard_treasury(network, shard)
     }
 
     /// Stops every node (SIGTERM, then SIGKILL) and starts none any more; the records
@@ -305,18 +313,24 @@ impl LocalProvisioner {
         let layout = &self.inner.layout;
         let binary = &self.inner.settings.node_binary;
         let id = desired.network.network_id;
-        let treasury = match read_public_keys(&layout.treasury(id)) {
-            Some(keys) => keys.1,
-            None => keygen(binary, &layout.treasury(id)).await?.1,
-        };
-        let old_chains: BTreeMap<u16, &ChainRecord> = existing
-            .map(|r| r.chains.iter().map(|c| (c.shard, c)).collect())
+        if let (Some(existing), Some(_)) = (existing, &plan.sharding)
+            && existing.sharding.is_none()
+        {
+            return Err(ProvisionError::Rejected(
+                "this public network was provisioned by an older console as independent \
+                 single-committee chains; it cannot become a sharded network in place — \
+                 delete it and create it again"
+                    .into(),
+            ));
+        }
+        let old_chains: BTreeMap<(u8, u16), &ChainRecord> = existing
+            .map(|r| r.chains.iter().map(|c| (c.key(), c)).collect())
             .unwrap_or_default();
         let new_nodes =
             plan.chains
                 .iter()
                 .flat_map(|chain| {
-                    let old = old_chains.get(&chain.shard);
+                    let old = old_chains.get(&committee_key(chain.role, chain.shard));
                     chain.nodes.iter().filter(move |n| {
                         !old.is_some_and(|c| c.nodes.iter().any(|o| o.name == n.name))
                     })
@@ -332,7 +346,7 @@ impl LocalProvisioner {
 
         let mut chains = Vec::new();
         for planned in &plan.chains {
-            let old = old_chains.get(&planned.shard);
+            let old = old_chains.get(&committee_key(planned.role, planned.shard));
             let mut nodes = Vec::new();
             for node in &planned.nodes {
                 if let Some(kept) = old.and_then(|c| c.nodes.iter().find(|o| o.name == node.name)) {
@@ -358,40 +372,91 @@ impl LocalProvisioner {
                     address,
                     node_public_key: node_key,
                     admin_public_key: node.admin_public_key.clone().unwrap_or(own_admin_key),
-                    // A node joins the genesis only when its chain is new.
-                    in_genesis: old.is_none(),
+                    // A node joins the genesis only when its chain is new (in a sharded
+                    // network: when the network is); a shard added later registers
+                    // its validators with the beacon.
+                    in_genesis: match plan.sharding {
+                        Some(_) => existing.is_none(),
+                        None => old.is_none(),
+                    },
                     admitted: false,
+                    registered: false,
                 });
             }
-            let chain = ChainRecord {
+            chains.push(ChainRecord {
                 shard: planned.shard,
                 chain_id: old.map_or_else(|| planned.chain_id.clone(), |c| c.chain_id.clone()),
+                role: planned.role,
                 nodes,
+                draining: false,
                 retired: false,
-            };
-            if old.is_none() {
-                genesis(
-                    binary,
-                    &chain,
-                    desired.spec.epoch_length.max(1),
-                    &treasury,
-                    self.inner.settings.treasury_balance,
-                    &layout.genesis(id, &chain.chain_id),
-                )
-                .await?;
-            }
-            chains.push(chain);
+            });
         }
-        // Shards planned away are kept (keys and ledger) but stopped: a later scale-out
-        // brings the same chain back.
-        for (shard, old) in &old_chains {
-            if !plan.chains.iter().any(|c| c.shard == *shard) {
-                let mut retired = (*old).clone();
-                retired.retired = true;
-                chains.push(retired);
+        // Shards planned away keep their keys and ledger; a later scale-out brings the
+        // same committee back. An unsharded chain's are stopped at once; a sharded
+        // network's drain first: they run until the beacon's map no longer gives them
+        // tables (the scaling loop retires them then).
+        for (key, old) in &old_chains {
+            if !plan
+                .chains
+                .iter()
+                .any(|c| committee_key(c.role, c.shard) == *key)
+            {
+                let mut away = (*old).clone();
+                if plan.sharding.is_some() && !away.retired {
+                    away.draining = true;
+                } else {
+                    away.retired = true;
+                }
+                chains.push(away);
             }
         }
-        chains.sort_by_key(|c| c.shard);
+        chains.sort_by_key(ChainRecord::key);
+
+        let epoch_length = desired.spec.epoch_length.max(1);
+        let balance = self.inner.settings.treasury_balance;
+        let (treasury, sharding) = match plan.sharding {
+            None => {
+                let treasury = match read_public_keys(&layout.treasury(id)) {
+                    Some(keys) => keys.1,
+                    None => keygen(binary, &layout.treasury(id)).await?.1,
+                };
+                if let Some(chain) = chains.iter().find(|c| !old_chains.contains_key(&c.key())) {
+                    let members = genesis_members(&chain.nodes);
+                    let balances = [(treasury.clone(), balance)];
+                    genesis(
+                        binary,
+                        &chain.chain_id,
+                        epoch_length,
+                        &members,
+                        &balances,
+                        None,
+                        &layout.genesis(id, &chain.chain_id),
+                    )
+                    .await?;
+                }
+                (treasury, None)
+            }
+            Some(planned) => {
+                let admin = match read_public_keys(&layout.admin(id)) {
+                    Some(keys) => keys.1,
+                    None => keygen(binary, &layout.admin(id)).await?.1,
+                };
+                let sharding = ShardingRecord {
+                    shard_count: planned.shard_count,
+                    max_shards: planned.max_shards,
+                    admin_public_key: admin,
+                };
+                let treasury = match existing {
+                    Some(existing) => existing.treasury_account.clone(),
+                    None => {
+                        self.sharded_genesis(id, &chains, &sharding, epoch_length)
+                            .await?
+                    }
+                };
+                (treasury, Some(sharding))
+            }
+        };
         for chain in &chains {
             for node in &chain.nodes {
                 write_config(layout, id, chain, node)?;
@@ -407,11 +472,96 @@ impl LocalProvisioner {
             paused: desired.spec.paused,
             stopped: desired.spec.stopped,
             deleting: false,
-            epoch_length: desired.spec.epoch_length.max(1),
+            epoch_length,
             treasury_account: treasury,
             note: plan.note.clone(),
             chains,
+            sharding,
         })
+    }
+
+    /// A new sharded network's funded accounts (one per genesis shard, in that shard's
+    /// tables, so every shard has a sender without cross-shard transfers) and its one
+    /// genesis with the `sharding` section. Returns shard 0's treasury account.
+    async fn sharded_genesis(
+        &self,
+        id: Uuid,
+        chains: &[ChainRecord],
+        sharding: &ShardingRecord,
+        epoch_length: u64,
+    ) -> Result<String, ProvisionError> {
+        let layout = &self.inner.layout;
+        let binary = &self.inner.settings.node_binary;
+        let balance = self.inner.settings.treasury_balance;
+        let paths: Vec<PathBuf> = (0..sharding.shard_count)
+            .map(|shard| layout.shard_treasury(id, shard))
+            .collect();
+        let balances: Vec<(String, u64)> = shard_treasuries(
+            binary,
+            &paths,
+            &layout.network(id).join("treasury-new.json"),
+        )
+        .await?
+        .into_iter()
+        .map(|account| (account, balance))
+        .collect();
+        let seat = |node: &NodeRecord, shard: u16| GenesisValidator {
+            node_key: node.node_public_key.clone(),
+            shard,
+            p2p_address: p2p_address(node).to_string(),
+            rpc_address: rpc_address(node).to_string(),
+            member: None,
+        };
+        let section = ShardingGenesis {
+            mode: ShardingMode::Public,
+            admin_key: sharding.admin_public_key.clone(),
+            max_shards: sharding.max_shards,
+            shard_count: sharding.shard_count,
+            beacon: chains
+                .iter()
+                .filter(|c| c.is_beacon())
+                .flat_map(|c| c.nodes.iter().map(|n| seat(n, ANY_SHARD)))
+                .collect(),
+            validators: chains
+                .iter()
+                .filter(|c| !c.is_beacon())
+                .flat_map(|c| c.nodes.iter().map(|n| seat(n, c.shard)))
+                .collect(),
+        };
+        let text = serde_json::to_vec_pretty(&section)
+            .map_err(|e| unavailable("rendering the sharding section", e))?;
+        write_atomically(&layout.sharding(id), &text)
+            .map_err(|e| unavailable("writing the sharding section", e))?;
+        let chain = chains
+            .first()
+            .ok_or_else(|| ProvisionError::Unavailable("a network without committees".into()))?;
+        // The genesis needs a member (consortium governance's registry, unused in a
+        // public network): the network admin, named after its key file.
+        let admin_node = read_public_keys(&layout.admin(id))
+            .ok_or_else(|| ProvisionError::Unavailable("the admin key file is unreadable".into()))?
+            .0;
+        let beacon = chain.nodes.first().map(p2p_address).ok_or_else(|| {
+            ProvisionError::Unavailable("the beacon committee has no validator".into())
+        })?;
+        let members = vec![format!(
+            "network-admin,{},{admin_node},{beacon}",
+            sharding.admin_public_key
+        )];
+        genesis(
+            binary,
+            &chain.chain_id,
+            epoch_length,
+            &members,
+            &balances,
+            Some(&layout.sharding(id)),
+            &layout.genesis(id, &chain.chain_id),
+        )
+        .await?;
+        balances
+            .into_iter()
+            .next()
+            .map(|(account, _)| account)
+            .ok_or_else(|| ProvisionError::Unavailable("no treasury was funded".into()))
     }
 
     async fn delete_network(&self, id: Uuid, retain: bool) -> Result<(), ProvisionError> {
@@ -565,26 +715,12 @@ async fn keygen(binary: &Path, out: &Path) -> Result<(String, String), Provision
         .ok_or_else(|| ProvisionError::Unavailable("keygen wrote no public keys".into()))
 }
 
-/// `trellis-node genesis`: every node of the chain is a member (named after the node,
-/// signing governance with its organisation's key) and the treasury is funded.
-async fn genesis(
-    binary: &Path,
-    chain: &ChainRecord,
-    epoch_length: u64,
-    treasury: &str,
-    balance: u64,
-    out: &Path,
-) -> Result<(), ProvisionError> {
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "genesis".into(),
-        "--chain-id".into(),
-        chain.chain_id.clone().into(),
-        "--epoch-length".into(),
-        epoch_length.to_string().into(),
-    ];
-    for node in &chain.nodes {
-        args.push("--member".into());
-        args.push(
+/// `NAME,ADMIN_KEY,NODE_KEY,P2P` of every node of an unsharded chain: each is a member
+/// (named after the node, signing governance with its organisation's key).
+fn genesis_members(nodes: &[NodeRecord]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|node| {
             format!(
                 "{},{},{},{}",
                 node.name,
@@ -592,15 +728,98 @@ async fn genesis(
                 node.node_public_key,
                 p2p_address(node)
             )
-            .into(),
-        );
+        })
+        .collect()
+}
+
+/// `trellis-node genesis`: the members, the funded accounts and, for a sharded network,
+/// the `sharding` section file.
+async fn genesis(
+    binary: &Path,
+    chain_id: &str,
+    epoch_length: u64,
+    members: &[String],
+    balances: &[(String, u64)],
+    sharding: Option<&Path>,
+    out: &Path,
+) -> Result<(), ProvisionError> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "genesis".into(),
+        "--chain-id".into(),
+        chain_id.into(),
+        "--epoch-length".into(),
+        epoch_length.to_string().into(),
+    ];
+    for member in members {
+        args.push("--member".into());
+        args.push(member.into());
     }
-    args.push("--balance".into());
-    args.push(format!("{treasury}={balance}").into());
+    for (account, amount) in balances {
+        args.push("--balance".into());
+        args.push(format!("{account}={amount}").into());
+    }
+    if let Some(sharding) = sharding {
+        args.push("--sharding".into());
+        args.push(sharding.into());
+    }
     args.push("--out".into());
     args.push(out.into());
     run_node_tool(binary, &args).await?;
     Ok(())
+}
+
+/// The shard owning `table` in the genesis map of `shard_count` shards
+/// (docs/sharding.md: table `t` goes to `t · S / 256`).
+fn genesis_owner(table: u8, shard_count: u16) -> u16 {
+    u16::try_from(u32::from(table) * u32::from(shard_count.max(1)) / 256).unwrap_or(0)
+}
+
+/// One key file per genesis shard (`paths[s]` for shard `s`) whose account lies in that
+/// shard's genesis tables; returns the accounts in shard order. `trellis-node keygen`
+/// writes to `scratch` until every shard has one: each key lands in a random shard and
+/// is kept if that shard still lacks one (about `S · ln S` keys in all). Files that
+/// already qualify are reused.
+async fn shard_treasuries(
+    binary: &Path,
+    paths: &[PathBuf],
+    scratch: &Path,
+) -> Result<Vec<String>, ProvisionError> {
+    let count = u16::try_from(paths.len()).unwrap_or(u16::MAX);
+    let owner = |account: &str| {
+        public_key_from_hex(account).map(|key| genesis_owner(table_of(&key), count))
+    };
+    let mut accounts: Vec<Option<String>> = paths
+        .iter()
+        .enumerate()
+        .map(|(shard, path)| {
+            read_public_keys(path)
+                .map(|keys| keys.1)
+                .filter(|account| owner(account).map(usize::from) == Some(shard))
+        })
+        .collect();
+    // The bound only stops a broken keygen from looping forever.
+    let mut tries = 0usize;
+    while let Some(missing) = accounts.iter().position(Option::is_none) {
+        tries += 1;
+        if tries > 64 + 16 * paths.len() * paths.len().max(2).ilog2() as usize {
+            return Err(ProvisionError::Unavailable(format!(
+                "trellis-node keygen found no account in shard {missing}'s tables"
+            )));
+        }
+        let (_, account) = keygen(binary, scratch).await?;
+        let Some(shard) = owner(&account).map(usize::from) else {
+            continue;
+        };
+        if let (Some(slot @ None), Some(path)) = (accounts.get_mut(shard), paths.get(shard)) {
+            std::fs::rename(scratch, path)
+                .map_err(|e| unavailable("keeping a treasury key file", e))?;
+            *slot = Some(account);
+        }
+    }
+    if scratch.exists() {
+        std::fs::remove_file(scratch).map_err(|e| unavailable("removing a scratch key file", e))?;
+    }
+    Ok(accounts.into_iter().flatten().collect())
 }
 
 fn write_config(
@@ -612,8 +831,7 @@ fn write_config(
     let dir = layout.node(network, &node.name);
     let config = NodeConfig {
         chain_id: chain.chain_id.clone(),
-        // Every local chain is a single-committee chain: the node's shard 0.
-        role: Role::Shard { shard: 0 },
+        role: chain.node_role(),
         key_file: dir.join("keys.json"),
         data_dir: dir.join("data"),
         genesis_file: layout.genesis(network, &chain.chain_id),
@@ -729,8 +947,7 @@ fn supervise(inner: &Inner, fleet: &mut Fleet) {
                 .entry((record.network_id, node.name.clone()))
                 .or_insert_with(NodeRuntime::new);
             let alive = runtime.is_alive();
-            let wanted =
-                !record.deleting && !record.stopped && !chain.retired && node.is_validator();
+            let wanted = !record.deleting && !record.stopped && !chain.retired && chain.runs(node);
             if !wanted {
                 if alive {
                     match runtime.terminating_since {
@@ -890,6 +1107,16 @@ impl Provisioner for LocalProvisioner {
             let Some((record, restarts)) = self.observe_network(network.network_id).await else {
                 return Ok(None);
             };
+            let scaling = match record.sharding {
+                Some(_) => self
+                    .inner
+                    .scaling
+                    .lock()
+                    .await
+                    .get(&record.network_id)
+                    .cloned(),
+                None => None,
+            };
             let active: Vec<&ChainRecord> = record.chains.iter().filter(|c| !c.retired).collect();
             let mut shards = Vec::new();
             let mut endpoints = Vec::new();
@@ -900,12 +1127,12 @@ impl Provisioner for LocalProvisioner {
             let mut waiting = Vec::new();
             for chain in &active {
                 let validators: Vec<&NodeRecord> =
-                    chain.nodes.iter().filter(|n| n.is_validator()).collect();
+                    chain.nodes.iter().filter(|n| chain.runs(n)).collect();
                 waiting.extend(
                     chain
                         .nodes
                         .iter()
-                        .filter(|n| !n.is_validator() && n.member.is_some())
+                        .filter(|n| !chain.runs(n) && n.member.is_some())
                         .map(|n| n.name.clone()),
                 );
                 let reports = futures::future::join_all(
@@ -924,13 +1151,17 @@ impl Provisioner for LocalProvisioner {
                 quorate &= ready >= quorum(validators.len());
                 all_ready &= ready == validators.len();
                 ever_final |= height > 0;
+                if chain.is_beacon() {
+                    // Not a shard: its epoch and map speak through the beacon's map.
+                    continue;
+                }
                 shards.push(ShardStatus {
                     id: u32::from(chain.shard),
                     ready_validators: u32::try_from(ready).unwrap_or(u32::MAX),
                     finalized_height: height,
                     tx_per_second: self
                         .tx_rate(
-                            &chain.chain_id,
+                            &format!("{}/{:?}", chain.chain_id, chain.key()),
                             reports
                                 .iter()
                                 .filter_map(|r| r.committed)
@@ -945,10 +1176,31 @@ impl Provisioner for LocalProvisioner {
                 });
                 endpoints.extend(validators.iter().map(|n| node_url(n)));
             }
+            let map = scaling.as_ref().and_then(|s| s.map.as_ref());
+            // The beacon's word on the shard count and epoch, once it answered.
+            let shard_count = match map {
+                Some(map) => u32::from(map.shard_count),
+                None => u32::try_from(
+                    active
+                        .iter()
+                        .filter(|c| !c.is_beacon() && !c.draining)
+                        .count(),
+                )
+                .unwrap_or(u32::MAX),
+            };
+            if let Some(map) = map {
+                epoch = map.epoch;
+            }
+            let scaling_now = record.sharding.as_ref().is_some_and(|sharding| {
+                active.iter().any(|c| c.draining)
+                    || map.is_some_and(|m| m.shard_count != sharding.shard_count)
+            });
             let phase = if record.stopped {
                 ObservedPhase::Stopped
             } else if record.paused {
                 ObservedPhase::Paused
+            } else if scaling_now && (quorate || ever_final) {
+                ObservedPhase::Scaling
             } else if quorate && all_ready {
                 ObservedPhase::Running
             } else if quorate || ever_final {
@@ -957,6 +1209,7 @@ impl Provisioner for LocalProvisioner {
                 ObservedPhase::Provisioning
             };
             let mut message: Vec<String> = record.note.iter().cloned().collect();
+            message.extend(scaling.and_then(|s| s.note));
             if !waiting.is_empty() {
                 let notes = self.inner.admission_notes.lock().await;
                 for name in &waiting {
@@ -979,7 +1232,7 @@ impl Provisioner for LocalProvisioner {
             Ok(Some(ObservedStatus {
                 observed_generation: record.generation,
                 phase,
-                shard_count: u32::try_from(active.len()).unwrap_or(u32::MAX),
+                shard_count,
                 epoch,
                 shards,
                 rpc_endpoints: endpoints,
@@ -1019,9 +1272,12 @@ impl Provisioner for LocalProvisioner {
             if record.stopped || record.deleting {
                 return Ok(Vec::new());
             }
+            // Shard nodes only: any of them forwards a transaction to the shard that owns
+            // its sender (and a system transaction to the beacon); the beacon's nodes
+            // would answer queries about accounts and transactions from no ledger.
             Ok(record
                 .nodes()
-                .filter(|(c, n)| !c.retired && n.is_validator())
+                .filter(|(c, n)| !c.retired && !c.is_beacon() && c.runs(n))
                 .map(|(chain, node)| RpcEndpoint {
                     shard: Some(u32::from(chain.shard)),
                     url: node_url(node),
@@ -1058,6 +1314,20 @@ mod tests {
             Some(42.0)
         );
         assert_eq!(metric_value(text, "trellis_peers"), None);
+    }
+
+    #[test]
+    fn the_genesis_map_gives_shards_contiguous_table_ranges() {
+        // docs/sharding.md: table t belongs to shard t·S/256 at genesis.
+        assert_eq!(genesis_owner(0, 2), 0);
+        assert_eq!(genesis_owner(127, 2), 0);
+        assert_eq!(genesis_owner(128, 2), 1);
+        assert_eq!(genesis_owner(255, 3), 2);
+        assert_eq!(genesis_owner(200, 1), 0);
+        for shards in [1u16, 2, 3, 7, 256] {
+            let owners: BTreeSet<u16> = (0..=255u8).map(|t| genesis_owner(t, shards)).collect();
+            assert_eq!(owners, (0..shards).collect::<BTreeSet<_>>());
+        }
     }
 
     #[test]

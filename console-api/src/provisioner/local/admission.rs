@@ -353,6 +353,7 @@ mod tests {
             admin_public_key: key(seed + 100),
             in_genesis: false,
             admitted: false,
+            registered: false,
         }
     }
 
@@ -377,7 +378,9 @@ mod tests {
         let chain = ChainRecord {
             shard: 0,
             chain_id: "c-s0".into(),
+            role: None,
             nodes: Vec::new(),
+            draining: false,
             retired: false,
         };
         let n = node("net-d-0", 4);

@@ -1,19 +1,17 @@
 //! What a network looks like as local processes: pure, so every rule is unit-tested.
 //!
-//! `trellis-node` runs one committee per chain today (no beacon, no cross-shard
-//! receipts: issue 4). The local provisioner therefore runs:
-//!
-//! - **public** networks as the shared planner's shard committees
-//!   ([`trellis_crd::topology::plan`], the same names and sizes the operator uses), each
-//!   shard its **own chain** with its own chain id and genesis. The beacon committee is
-//!   planned but not run (the node has no beacon role yet); the status says so.
-//! - **consortium** networks as one chain whose validators are the members' nodes (the
-//!   console's rule: `members[].nodes`), each node signing governance with its
+//! - **public** networks are one sharded network (docs/sharding.md): the shared planner's
+//!   committees ([`trellis_crd::topology::plan`], the same names and sizes the operator
+//!   uses), a beacon committee and one committee per shard, all on one chain id with one
+//!   genesis whose `sharding` section names every committee.
+//! - **consortium** networks as one unsharded chain whose validators are the members'
+//!   nodes (the console's rule: `members[].nodes`), each node signing governance with its
 //!   organisation's admin key. A member admitted later adds its nodes to that chain.
-//!   Consortia with more than one shard are refused: without a beacon there is nothing
-//!   to keep the shards' memberships in step.
+//!   Sharded consortia are refused: the node runs consortium governance only in
+//!   unsharded networks so far.
 
-use trellis_crd::topology::{NetworkId, plan};
+use trellis_crd::topology::{CommitteeRole, NetworkId, plan};
+use trellis_node_api::Role;
 
 use super::super::kube::{chain_network, member_name, namespace_of};
 use super::super::{DesiredNetwork, ProvisionError};
@@ -34,19 +32,33 @@ pub struct PlannedNode {
     pub admin_public_key: Option<String>,
 }
 
-/// One chain: a shard of a public network, or a consortium's single chain.
+/// One committee: the beacon or a shard of a public network, or a consortium's single
+/// chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedChain {
+    /// The shard slot (0 for a consortium's chain and for the beacon).
     pub shard: u16,
     pub chain_id: String,
+    /// The committee in a sharded network; `None` for an unsharded chain.
+    pub role: Option<Role>,
     pub nodes: Vec<PlannedNode>,
+}
+
+/// The genesis `sharding` section's sizes (keys and addresses come with the nodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannedSharding {
+    pub shard_count: u16,
+    pub max_shards: u16,
 }
 
 /// The processes a network needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalPlan {
+    /// The beacon first (sharded networks), then shards in slot order.
     pub chains: Vec<PlannedChain>,
-    /// Said in the network's status so nobody mistakes local mode for the full topology.
+    /// `Some` for a sharded network.
+    pub sharding: Option<PlannedSharding>,
+    /// Said in the network's status.
     pub note: Option<String>,
 }
 
@@ -56,12 +68,12 @@ impl LocalPlan {
     }
 }
 
-/// The chain id of shard `shard`: short (a transaction carries at most 32 bytes of it)
-/// and unique per network, because it includes 48 random bits of the network's UUIDv7.
-pub fn chain_id(desired: &DesiredNetwork, shard: u16) -> String {
+/// The network's chain id: short (a transaction carries at most 32 bytes of it) and
+/// unique per network, because it includes 48 random bits of the network's UUIDv7.
+pub fn chain_id(desired: &DesiredNetwork) -> String {
     let id = desired.network.network_id.simple().to_string();
     let random = &id[id.len() - 12..];
-    let suffix = format!("-{random}-s{shard}");
+    let suffix = format!("-{random}");
     let room = MAX_CHAIN_ID_LEN.saturating_sub(suffix.len());
     let name: String = desired.network.name.chars().take(room).collect();
     format!("{name}{suffix}")
@@ -80,16 +92,19 @@ pub fn plan_local(desired: &DesiredNetwork) -> Result<LocalPlan, ProvisionError>
             );
             let topology = plan(&id, &resource.spec)
                 .map_err(|e| ProvisionError::Rejected(format!("invalid network: {e}")))?;
+            let chain_id = chain_id(desired);
             let chains = topology
-                .shards()
+                .committees
+                .iter()
                 .map(|committee| {
-                    let shard = match committee.role {
-                        trellis_crd::topology::CommitteeRole::Shard(s) => s,
-                        trellis_crd::topology::CommitteeRole::Beacon => 0,
+                    let (shard, role) = match committee.role {
+                        CommitteeRole::Shard(s) => (s, Role::Shard { shard: s }),
+                        CommitteeRole::Beacon => (0, Role::Beacon),
                     };
                     PlannedChain {
                         shard,
-                        chain_id: chain_id(desired, shard),
+                        chain_id: chain_id.clone(),
+                        role: Some(role),
                         nodes: committee
                             .nodes
                             .iter()
@@ -102,33 +117,22 @@ pub fn plan_local(desired: &DesiredNetwork) -> Result<LocalPlan, ProvisionError>
                     }
                 })
                 .collect::<Vec<_>>();
-            let note = if chains.len() > 1 {
-                Some(format!(
-                    "local mode: {} shards run as {} independent chains (one committee each, \
-                     chain ids {}); the beacon committee and cross-shard transfers need the \
-                     sharded node (issue 4)",
-                    chains.len(),
-                    chains.len(),
-                    chains
-                        .iter()
-                        .map(|c| c.chain_id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            } else {
-                Some(
-                    "local mode: the shard's committee runs as one chain; the beacon \
-                     committee is not run (the node has no beacon yet, issue 4)"
-                        .to_string(),
-                )
+            // Validated by the spec: 1 ≤ count ≤ max ≤ 256.
+            let sharding = PlannedSharding {
+                shard_count: u16::try_from(spec.shards.count).unwrap_or(1),
+                max_shards: u16::try_from(spec.shards.max).unwrap_or(1),
             };
-            Ok(LocalPlan { chains, note })
+            Ok(LocalPlan {
+                chains,
+                sharding: Some(sharding),
+                note: None,
+            })
         }
         NetworkMode::Consortium => {
             if spec.shards.count != 1 {
                 return Err(ProvisionError::Rejected(format!(
                     "local mode runs a consortium as one chain; shards.count is {} — set it \
-                     to 1 (sharded consortia need the beacon committee, issue 4)",
+                     to 1 (the node runs consortium governance only in unsharded networks)",
                     spec.shards.count
                 )));
             }
@@ -169,9 +173,11 @@ pub fn plan_local(desired: &DesiredNetwork) -> Result<LocalPlan, ProvisionError>
             Ok(LocalPlan {
                 chains: vec![PlannedChain {
                     shard: 0,
-                    chain_id: chain_id(desired, 0),
+                    chain_id: chain_id(desired),
+                    role: None,
                     nodes,
                 }],
+                sharding: None,
                 note: None,
             })
         }
@@ -207,25 +213,34 @@ mod tests {
     }
 
     #[test]
-    fn public_shards_are_the_planners_committees_each_its_own_chain() {
+    fn a_public_network_is_a_beacon_and_its_shards_on_one_chain() {
         let mut r = request(NetworkMode::Public);
         r.shards = Some(ShardRange {
             count: 2,
             min: 1,
             max: 4,
         });
+        r.beacon_validators = Some(7);
         let d = desired(r);
         let p = plan_local(&d).unwrap();
-        assert_eq!(p.chains.len(), 2);
-        assert_eq!(p.node_count(), 8);
+        assert_eq!(p.chains.len(), 3);
+        assert_eq!(p.node_count(), 7 + 2 * 4);
         let name = &d.network.name;
-        assert_eq!(p.chains[1].nodes[3].name, format!("{name}-shard-1-3"));
-        assert_ne!(p.chains[0].chain_id, p.chains[1].chain_id);
-        for c in &p.chains {
-            assert!(c.chain_id.len() <= MAX_CHAIN_ID_LEN, "{}", c.chain_id);
-            assert!(c.chain_id.ends_with(&format!("-s{}", c.shard)));
-        }
-        assert!(p.note.unwrap().contains("independent chains"));
+        assert_eq!(p.chains[0].role, Some(Role::Beacon));
+        assert_eq!(p.chains[0].nodes[6].name, format!("{name}-beacon-6"));
+        assert_eq!(p.chains[2].role, Some(Role::Shard { shard: 1 }));
+        assert_eq!(p.chains[2].shard, 1);
+        assert_eq!(p.chains[2].nodes[3].name, format!("{name}-shard-1-3"));
+        assert_eq!(
+            p.sharding,
+            Some(PlannedSharding {
+                shard_count: 2,
+                max_shards: 4
+            })
+        );
+        let id = &p.chains[0].chain_id;
+        assert!(id.len() <= MAX_CHAIN_ID_LEN, "{id}");
+        assert!(p.chains.iter().all(|c| &c.chain_id == id));
     }
 
     #[test]

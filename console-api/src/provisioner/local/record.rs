@@ -8,6 +8,10 @@
 //! ```text
 //! networks/<network-id>/network.json          the record below
 //! networks/<network-id>/treasury.json         key file of the funded genesis account
+//!                                             (sharded: the one in shard 0's tables)
+//! networks/<network-id>/treasury-shard-<n>.json  sharded: shard n's funded account
+//! networks/<network-id>/admin.json            sharded: the network admin key file
+//!                                             (its admin key signs SetShardCount)
 //! networks/<network-id>/<chain-id>.genesis.json
 //! networks/<network-id>/nodes/<node>/keys.json, node.toml, data/, node.log, process.json
 //! retained/<network-id>/                      a deleted network's ledger, when retained
@@ -18,6 +22,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use trellis_node_api::Role;
 use uuid::Uuid;
 
 use super::process::ProcessId;
@@ -38,6 +43,10 @@ pub struct NodeRecord {
     pub in_genesis: bool,
     #[serde(default)]
     pub admitted: bool,
+    /// Sharded networks: a validator of a shard added after genesis whose
+    /// `RegisterValidator` the beacon has accepted.
+    #[serde(default)]
+    pub registered: bool,
 }
 
 impl NodeRecord {
@@ -47,15 +56,65 @@ impl NodeRecord {
     }
 }
 
+/// One committee: a whole unsharded chain, or the beacon or a shard of a sharded network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainRecord {
+    /// The shard slot (0 for an unsharded chain and for the beacon).
     pub shard: u16,
     pub chain_id: String,
+    /// The committee in a sharded network; `None`: an unsharded chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     pub nodes: Vec<NodeRecord>,
+    /// A shard planned away (scale-in) whose tables the beacon still assigns to it: its
+    /// nodes keep running until the beacon's map no longer does, then it is retired.
+    #[serde(default)]
+    pub draining: bool,
     /// A shard planned away (scale-in): its nodes are stopped, keys and ledger kept, and
-    /// a later scale-out brings the same chain back.
+    /// a later scale-out brings the same committee back.
     #[serde(default)]
     pub retired: bool,
+}
+
+impl ChainRecord {
+    pub fn is_beacon(&self) -> bool {
+        self.role == Some(Role::Beacon)
+    }
+
+    /// The role its nodes' configs carry (an unsharded chain: shard 0).
+    pub fn node_role(&self) -> Role {
+        self.role.unwrap_or(Role::Shard { shard: 0 })
+    }
+
+    /// Orders committees: the beacon first, then shards by slot.
+    pub fn key(&self) -> (u8, u16) {
+        committee_key(self.role, self.shard)
+    }
+
+    /// Whether `node` should run. Every node of a sharded network's committee runs (a
+    /// validator of a shard added later waits for the beacon to name its shard); a node
+    /// of an unsharded chain runs once it is a validator.
+    pub fn runs(&self, node: &NodeRecord) -> bool {
+        self.role.is_some() || node.is_validator()
+    }
+}
+
+/// See [`ChainRecord::key`].
+pub fn committee_key(role: Option<Role>, shard: u16) -> (u8, u16) {
+    match role {
+        Some(Role::Beacon) => (0, 0),
+        _ => (1, shard),
+    }
+}
+
+/// A sharded network's beacon-side desired state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardingRecord {
+    /// The shard count the console asks the beacon for.
+    pub shard_count: u16,
+    pub max_shards: u16,
+    /// The network admin key (`admin.json`'s admin key) that signs `SetShardCount`.
+    pub admin_public_key: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +136,10 @@ pub struct NetworkRecord {
     pub treasury_account: String,
     pub note: Option<String>,
     pub chains: Vec<ChainRecord>,
+    /// `Some` for a sharded network (a public network): its chains are the beacon
+    /// committee and the shards' committees on one chain id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<ShardingRecord>,
 }
 
 impl NetworkRecord {
@@ -116,6 +179,27 @@ impl Layout {
 
     pub fn treasury(&self, id: Uuid) -> PathBuf {
         self.network(id).join("treasury.json")
+    }
+
+    /// The key file of the account funded in shard `shard`'s genesis tables (sharded
+    /// networks; shard 0's is [`Layout::treasury`]).
+    pub fn shard_treasury(&self, id: Uuid, shard: u16) -> PathBuf {
+        if shard == 0 {
+            self.treasury(id)
+        } else {
+            self.network(id)
+                .join(format!("treasury-shard-{shard}.json"))
+        }
+    }
+
+    /// The network admin key file of a sharded network.
+    pub fn admin(&self, id: Uuid) -> PathBuf {
+        self.network(id).join("admin.json")
+    }
+
+    /// The genesis `sharding` section as given to `trellis-node genesis --sharding`.
+    pub fn sharding(&self, id: Uuid) -> PathBuf {
+        self.network(id).join("sharding.json")
     }
 
     pub fn genesis(&self, id: Uuid, chain_id: &str) -> PathBuf {
@@ -224,9 +308,13 @@ mod tests {
                     admin_public_key: "ef".repeat(32),
                     in_genesis: true,
                     admitted: false,
+                    registered: false,
                 }],
+                role: None,
+                draining: false,
                 retired: false,
             }],
+            sharding: None,
         };
         layout.save(&record).unwrap();
         layout.save(&record).unwrap(); // replacing works and leaves no temporary file
