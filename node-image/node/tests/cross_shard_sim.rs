@@ -614,13 +614,13 @@ fn cross_shard_transfers(shards: u16, seed: u64) {
     executor(seed).start(|context| async move {
         let mut sim = Sim::new(context, shards, seed).await;
         let mut round = 0;
-        sim.run_for(Duration::from_secs(6), true, &mut round).await;
+        sim.run_for(Duration::from_secs(4), true, &mut round).await;
         // Shard 1 receives from every other shard: crash one of its validators under load.
         let (g, victim) = (2, VALIDATORS - 1);
         sim.crash(g, victim);
-        sim.run_for(Duration::from_secs(6), true, &mut round).await;
+        sim.run_for(Duration::from_secs(4), true, &mut round).await;
         sim.start(g, victim).await;
-        sim.run_for(Duration::from_secs(6), true, &mut round).await;
+        sim.run_for(Duration::from_secs(4), true, &mut round).await;
         // Drain: no new load; everything accepted finalizes and every receipt is credited.
         let start = sim.context.current();
         while !sim.settled() {
