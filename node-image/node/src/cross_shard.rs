@@ -33,6 +33,8 @@ use trellis_node_types::{Block, Committee, Credit, CrossReceipt, Digest};
 
 /// Source headers a node remembers having checked (a few per source shard and second).
 const KNOWN_HEADERS: usize = 1024;
+/// Source blocks asked for at once at most (a block names at most one per credit).
+const MAX_WANTED: usize = 1024;
 
 /// A source shard's block header, as credit verification needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,7 +237,12 @@ pub fn check_credits<K: Kv>(
     if missing.is_empty() {
         CreditCheck::Valid
     } else {
-        state.credits.wanted.extend(missing);
+        let wanted = &mut state.credits.wanted;
+        wanted.extend(
+            missing
+                .into_iter()
+                .take(MAX_WANTED.saturating_sub(wanted.len())),
+        );
         CreditCheck::Wait
     }
 }
@@ -379,13 +386,17 @@ async fn gather<K: Kv, R: Relay>(
         .collect()
 }
 
-/// Fetches and checks the source blocks proposed blocks named.
+/// Fetches and checks the source blocks proposed blocks named. Each request is tried
+/// once: a verification still waiting for it asks again on its next try, so a block
+/// naming a source block nobody has costs nothing once its view is over.
 async fn fetch_wanted<K: Kv, R: Relay>(
     state: &Arc<Mutex<NodeState<K>>>,
     relay: &R,
     source: &BeaconCredits,
 ) -> Vec<String> {
-    let wanted: Vec<(u16, u64)> = lock(state).credits.wanted.iter().copied().collect();
+    let wanted: Vec<(u16, u64)> = std::mem::take(&mut lock(state).credits.wanted)
+        .into_iter()
+        .collect();
     let mut errors = Vec::new();
     for (shard, height) in wanted {
         match fetch_header(relay, source, shard, height).await {
