@@ -213,6 +213,7 @@ mod tests {
             syncing: false,
             mempool_depth: 0,
             validators: Vec::new(),
+            tables: None,
         }
     }
 

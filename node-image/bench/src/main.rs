@@ -55,6 +55,13 @@ struct Args {
     /// Most transactions the load generator keeps waiting in each validator's mempool.
     #[arg(long, default_value_t = 60_000)]
     max_pending: u64,
+    /// Shards of a sharded network (0: an unsharded network, as before). A sharded
+    /// network adds a beacon committee; every committee has `--validators` validators.
+    #[arg(long, default_value_t = 0)]
+    shards: u16,
+    /// Percent of transfers whose receiver is in another shard (sharded networks).
+    #[arg(long, default_value_t = 0)]
+    cross: u8,
 }
 
 struct Proc(Option<Child>);
@@ -155,7 +162,18 @@ fn ed25519_rates() -> (f64, f64) {
 struct Network {
     _root: tempfile::TempDir,
     procs: Vec<Proc>,
-    rpcs: Vec<SocketAddr>,
+    /// RPC addresses by committee: the unsharded committee, or the shards in slot order
+    /// (a sharded network's beacon nodes are in `beacon`).
+    rpcs: Vec<Vec<SocketAddr>>,
+    beacon: Vec<SocketAddr>,
+}
+
+/// The shard owning `account` in the genesis map of `shards` shards (0 when unsharded).
+fn shard_of(account: &PublicKey, shards: u16) -> usize {
+    if shards == 0 {
+        return 0;
+    }
+    usize::from(trellis_node_types::table_of(account)) * usize::from(shards) / 256
 }
 
 /// CPU seconds (user + system) a process has used so far, from /proc (Linux); 0 elsewhere.
@@ -202,53 +220,103 @@ fn validator_ip(first: std::net::Ipv4Addr, i: usize) -> anyhow::Result<std::net:
 fn start_network(
     bin: &Path,
     n: usize,
+    shards: u16,
     first_ip: std::net::Ipv4Addr,
     accounts: &[PrivateKey],
 ) -> anyhow::Result<Network> {
     let root = tempfile::tempdir()?;
     let base = 40_000 + (std::process::id() % 1_000) as u16 * 20;
+    // Committees: one unsharded, or the beacon (index 0) and the shards.
+    let committees = if shards == 0 {
+        1
+    } else {
+        1 + usize::from(shards)
+    };
     let mut members = Vec::new();
-    let mut rpcs = Vec::new();
+    let mut seats: Vec<(Option<u16>, Value)> = Vec::new();
+    let mut rpcs = vec![Vec::new(); committees];
     let mut configs = Vec::new();
-    for i in 0..n {
-        let dir = root.path().join(format!("v{i}"));
-        std::fs::create_dir_all(&dir)?;
-        let out = Command::new(bin)
-            .args(["keygen", "--out"])
-            .arg(dir.join("keys.json"))
-            .output()
-            .context("running trellis-node keygen")?;
-        if !out.status.success() {
-            bail!("keygen: {}", String::from_utf8_lossy(&out.stderr));
+    for (c, committee) in rpcs.iter_mut().enumerate() {
+        for v in 0..n {
+            let i = c * n + v;
+            let dir = root.path().join(format!("c{c}v{v}"));
+            std::fs::create_dir_all(&dir)?;
+            let out = Command::new(bin)
+                .args(["keygen", "--out"])
+                .arg(dir.join("keys.json"))
+                .output()
+                .context("running trellis-node keygen")?;
+            if !out.status.success() {
+                bail!("keygen: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let keys: Value = serde_json::from_slice(&out.stdout)?;
+            let ip = validator_ip(first_ip, i)?;
+            // Every node on its own address: the same two ports everywhere.
+            let p2p: SocketAddr = format!("{ip}:{base}").parse()?;
+            let rpc: SocketAddr = format!("{ip}:{}", base + 10).parse()?;
+            let node_key = keys["node_public_key"].as_str().unwrap_or_default();
+            if shards == 0 {
+                members.push(format!(
+                    "v{i},{},{node_key},{p2p}",
+                    keys["admin_public_key"].as_str().unwrap_or_default(),
+                ));
+            } else {
+                let slot = (c > 0).then(|| (c - 1) as u16);
+                seats.push((
+                    slot,
+                    json!({"node_key": node_key, "shard": slot.unwrap_or(0),
+                           "p2p_address": p2p.to_string(), "rpc_address": rpc.to_string()}),
+                ));
+            }
+            let role = match c {
+                _ if shards == 0 => "kind = \"shard\"\nshard = 0".to_string(),
+                0 => "kind = \"beacon\"".to_string(),
+                _ => format!("kind = \"shard\"\nshard = {}", c - 1),
+            };
+            let config = dir.join("node.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "chain_id = \"bench\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\ngenesis_file = \"{}\"\np2p_listen = \"{p2p}\"\nrpc_listen = \"{rpc}\"\n\n[role]\n{role}\n\n[mempool]\nmax_txs = 100000\n",
+                    dir.join("keys.json").display(),
+                    dir.join("data").display(),
+                    root.path().join("genesis.json").display(),
+                ),
+            )?;
+            committee.push(rpc);
+            configs.push((dir, config));
         }
-        let keys: Value = serde_json::from_slice(&out.stdout)?;
-        let ip = validator_ip(first_ip, i)?;
-        let p2p: SocketAddr = format!("{ip}:{}", base + i as u16).parse()?;
-        let rpc: SocketAddr = format!("{ip}:{}", base + 10 + i as u16).parse()?;
-        members.push(format!(
-            "v{i},{},{},{p2p}",
-            keys["admin_public_key"].as_str().unwrap_or_default(),
-            keys["node_public_key"].as_str().unwrap_or_default()
-        ));
-        let config = dir.join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "chain_id = \"bench\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\ngenesis_file = \"{}\"\np2p_listen = \"{p2p}\"\nrpc_listen = \"{rpc}\"\n\n[role]\nkind = \"shard\"\nshard = 0\n\n[mempool]\nmax_txs = 100000\n",
-                dir.join("keys.json").display(),
-                dir.join("data").display(),
-                root.path().join("genesis.json").display(),
-            ),
-        )?;
-        rpcs.push(rpc);
-        configs.push((dir, config));
     }
     let mut genesis = Command::new(bin);
     genesis
         .args(["genesis", "--chain-id", "bench", "--out"])
         .arg(root.path().join("genesis.json"));
-    for m in &members {
-        genesis.arg("--member").arg(m);
+    if shards == 0 {
+        for m in &members {
+            genesis.arg("--member").arg(m);
+        }
+    } else {
+        let admin = test_key(1);
+        let sharding = json!({
+            "mode": "public",
+            "admin_key": to_hex(admin.public_key().as_ref()),
+            "max_shards": shards.max(2),
+            "shard_count": shards,
+            "beacon": seats.iter().filter(|(s, _)| s.is_none()).map(|(_, v)| v).collect::<Vec<_>>(),
+            "validators": seats.iter().filter(|(s, _)| s.is_some()).map(|(_, v)| v).collect::<Vec<_>>(),
+        });
+        let file = root.path().join("sharding.json");
+        std::fs::write(&file, sharding.to_string())?;
+        genesis
+            .arg("--sharding")
+            .arg(file)
+            .arg("--member")
+            .arg(format!(
+                "org0,{},{},{}:{base}",
+                to_hex(admin.public_key().as_ref()),
+                to_hex(admin.public_key().as_ref()),
+                validator_ip(first_ip, 0)?
+            ));
     }
     for a in accounts {
         genesis
@@ -272,10 +340,16 @@ fn start_network(
             .spawn()?;
         procs.push(Proc(Some(child)));
     }
+    let beacon = if shards == 0 {
+        Vec::new()
+    } else {
+        rpcs.remove(0)
+    };
     Ok(Network {
         _root: root,
         procs,
         rpcs,
+        beacon,
     })
 }
 
@@ -307,23 +381,55 @@ fn main() -> anyhow::Result<()> {
     println!("ed25519 verify (1 core): single {single:.0}/s, batch {batch:.0}/s");
 
     let accounts: Vec<PrivateKey> = (0..args.accounts).map(|i| test_key(10_000 + i)).collect();
-    println!("signing {} transfers ...", args.accounts * args.per_account);
+    let committees = usize::from(args.shards.max(1));
+    let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); committees];
+    for (i, key) in accounts.iter().enumerate() {
+        by_shard[shard_of(&key.public_key(), args.shards)].push(i);
+    }
+    if by_shard.iter().any(Vec::is_empty) {
+        bail!(
+            "some shard owns none of the {} accounts; use more",
+            args.accounts
+        );
+    }
+    println!(
+        "signing {} transfers ({}% to another shard) ...",
+        args.accounts * args.per_account,
+        if args.shards > 1 { args.cross } else { 0 }
+    );
     // Nonce-major order, so each node's mempool sees every sender's nonces in sequence.
-    let mut per_node: Vec<Vec<Tx>> = vec![Vec::new(); args.validators];
+    // Validator v of shard s gets the transfers of shard s's senders with index ≡ v.
+    let mut per_node: Vec<Vec<Tx>> = vec![Vec::new(); committees * args.validators];
+    let mut cross_txs = 0u64;
     for nonce in 0..args.per_account {
-        for (i, key) in accounts.iter().enumerate() {
-            let to = accounts[(i + 1) % accounts.len()].public_key();
-            let tx = UnsignedTx {
-                chain_id: "bench".into(),
-                from: key.public_key(),
-                nonce,
-                fee: 0,
-                kind: TxKind::Transfer { to, amount: 1 },
+        for (s, members) in by_shard.iter().enumerate() {
+            for (j, &i) in members.iter().enumerate() {
+                let key = &accounts[i];
+                // Deterministic spread: every 100 consecutive transfers hold `cross` to
+                // another shard.
+                let crosses = args.shards > 1
+                    && ((i as u64 + nonce * 37) % 100) < u64::from(args.cross.min(100));
+                let to = if crosses {
+                    let other =
+                        &by_shard[(s + 1 + (i + nonce as usize) % (committees - 1)) % committees];
+                    cross_txs += 1;
+                    accounts[other[(j + nonce as usize) % other.len()]].public_key()
+                } else {
+                    accounts[members[(j + 1) % members.len()]].public_key()
+                };
+                let tx = UnsignedTx {
+                    chain_id: "bench".into(),
+                    from: key.public_key(),
+                    nonce,
+                    fee: 0,
+                    kind: TxKind::Transfer { to, amount: 1 },
+                }
+                .sign(key);
+                per_node[s * args.validators + j % args.validators].push(tx);
             }
-            .sign(key);
-            per_node[i % args.validators].push(tx);
         }
     }
+    println!("{cross_txs} of them cross-shard");
 
     // The JSON-RPC request bodies are built before the measured window too, so the load
     // generator's cost inside the window is sending bytes and reading answers.
@@ -348,18 +454,23 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
 
-    let network = start_network(&bin, args.validators, args.first_ip, &accounts)?;
-    let rpcs = network.rpcs.clone();
+    let network = start_network(&bin, args.validators, args.shards, args.first_ip, &accounts)?;
+    let rpcs: Vec<SocketAddr> = network.rpcs.iter().flatten().copied().collect();
     let ready = Instant::now();
-    while rpcs.iter().any(|r| finalized_height(*r) < 2) {
+    while rpcs
+        .iter()
+        .chain(&network.beacon)
+        .any(|r| finalized_height(*r) < 2)
+    {
         if ready.elapsed() > Duration::from_secs(60) {
             bail!("validators did not start finalizing within 60 s");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     println!(
-        "{} validators finalizing; load for {} s, offered {}",
+        "{} validators in each of {} committee(s) finalizing; load for {} s, offered {}",
         args.validators,
+        network.rpcs.len() + usize::from(!network.beacon.is_empty()),
         args.seconds,
         if args.rate == 0 {
             "as fast as admission allows".to_string()
@@ -375,6 +486,7 @@ fn main() -> anyhow::Result<()> {
     let deadline = start + Duration::from_secs(args.seconds);
     let (nodes_cpu_start, bench_cpu_start) = (network.cpu_seconds(), cpu_seconds("self"));
     let mut loaders = Vec::new();
+    let per_node_count = per_node.len();
     for (node, batches) in per_node.into_iter().enumerate() {
         let addr = rpcs[node];
         let submitted = submitted.clone();
@@ -383,7 +495,7 @@ fn main() -> anyhow::Result<()> {
         let max_pending = args.max_pending;
         // Each loader offers its share of the rate: one batch per `pace`.
         let pace = (args.rate > 0).then(|| {
-            Duration::from_secs_f64(args.batch as f64 * args.validators as f64 / args.rate as f64)
+            Duration::from_secs_f64(args.batch as f64 * per_node_count as f64 / args.rate as f64)
         });
         loaders.push(std::thread::spawn(move || {
             let mut next_send = Instant::now();
@@ -432,32 +544,36 @@ fn main() -> anyhow::Result<()> {
         }));
     }
 
-    // Watch node 0's finalized blocks; latency = first sight in a finalized block minus
-    // submission (includes up to one 50 ms poll).
+    // Watch node 0 of every shard: latency = first sight in a finalized block minus
+    // submission (includes up to one 50 ms poll). A cross-shard transfer counts when its
+    // sender's shard finalizes it (its debit); crediting follows within a few blocks.
     let mut latencies = Vec::new();
     let mut committed_in_window = 0u64;
-    let mut next = finalized_height(rpcs[0]) + 1;
+    let watched: Vec<SocketAddr> = network.rpcs.iter().map(|c| c[0]).collect();
+    let mut next: Vec<u64> = watched.iter().map(|r| finalized_height(*r) + 1).collect();
     let watch_until = deadline + Duration::from_secs(10);
     while Instant::now() < watch_until {
-        let tip = finalized_height(rpcs[0]);
-        while next <= tip {
-            let block = call(rpcs[0], methods::GET_BLOCK, json!({"height": next}))?;
-            let seen = Instant::now();
-            let map = submitted.lock().unwrap_or_else(|p| p.into_inner());
-            for hash in block["transactions"].as_array().into_iter().flatten() {
-                let bytes = trellis_node_types::from_hex(hash.as_str().unwrap_or_default())
-                    .unwrap_or_default();
-                let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) else {
-                    continue;
-                };
-                if let Some(at) = map.get(&key) {
-                    latencies.push(seen.duration_since(*at).as_secs_f64());
-                    if seen <= deadline {
-                        committed_in_window += 1;
+        for (w, addr) in watched.iter().enumerate() {
+            let tip = finalized_height(*addr);
+            while next[w] <= tip {
+                let block = call(*addr, methods::GET_BLOCK, json!({"height": next[w]}))?;
+                let seen = Instant::now();
+                let map = submitted.lock().unwrap_or_else(|p| p.into_inner());
+                for hash in block["transactions"].as_array().into_iter().flatten() {
+                    let bytes = trellis_node_types::from_hex(hash.as_str().unwrap_or_default())
+                        .unwrap_or_default();
+                    let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+                        continue;
+                    };
+                    if let Some(at) = map.get(&key) {
+                        latencies.push(seen.duration_since(*at).as_secs_f64());
+                        if seen <= deadline {
+                            committed_in_window += 1;
+                        }
                     }
                 }
+                next[w] += 1;
             }
-            next += 1;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -494,7 +610,7 @@ fn main() -> anyhow::Result<()> {
          load generator {bench_cpu:.1} s",
         watch_until.duration_since(start).as_secs_f64(),
         per_tx * 1e6,
-        args.validators,
+        network.procs.len(),
         cores as f64 / per_tx
     );
     // Every validator checks every signature once (at admission or in a proposed block),

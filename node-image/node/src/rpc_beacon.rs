@@ -3,7 +3,7 @@
 //! map (`trellis_getShardMap`) and finalized beacon blocks for followers
 //! (`trellis_getBeaconBlocks`).
 
-use crate::chain::lock;
+use crate::chain::{NodeState, lock};
 use crate::rpc::Rpc;
 use crate::rpc_governance::Failure;
 use trellis_node_api::shard::{
@@ -112,7 +112,14 @@ pub fn shard_map<K: Kv>(rpc: &Rpc<K>) -> Result<ShardMapInfo, Failure> {
 
 /// `trellis_getBeaconBlocks` (beacon nodes): blocks `from..` up to a certified one.
 pub fn blocks<K: Kv>(rpc: &Rpc<K>, q: BeaconBlocksQuery) -> Result<BeaconBlocks, Failure> {
-    let state = lock(&rpc.state);
+    blocks_of(&lock(&rpc.state), q)
+}
+
+/// `trellis_getBeaconBlocks` over a node's state (also the in-process relay's answer).
+pub fn blocks_of<K: Kv>(
+    state: &NodeState<K>,
+    q: BeaconBlocksQuery,
+) -> Result<BeaconBlocks, Failure> {
     let beacon = trellis_node_types::Committee::Beacon;
     if state.shard.as_ref().map(|p| p.committee) != Some(beacon) {
         return Err((
