@@ -2,6 +2,7 @@
 //! written through the [`Provisioner`](crate::provisioner::Provisioner); the provisioner's
 //! observations are stored back as status.
 
+pub mod autoscale;
 pub mod reconcile;
 pub mod spec;
 pub mod store;
