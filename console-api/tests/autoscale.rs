@@ -1,0 +1,192 @@
+//! The console's built-in autoscaler wired end to end over a real database: a fake
+//! metrics source (the recording provisioner's `network_load`) → the shared policy's
+//! decision → the network's spec, generation, audit log and the provisioner's `apply`,
+//! exactly as a user's scale request changes them. Real: the router, SQLite, the store,
+//! the audit log and the policy; fake: the load figures and the clock (passes are run
+//! with explicit times, so the stabilization window and cooldown are deterministic).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test scenarios
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{Call, TestApp};
+use serde_json::{Value, json};
+use trellis_autoscale::Decision;
+use trellis_console::networks::autoscale::{ACTION, ACTOR, Autoscaler};
+use trellis_console::provisioner::{NetworkLoad, ShardReading};
+use uuid::Uuid;
+
+/// `in_service` shards whose committed-transactions counters all read `txs`.
+fn load(in_service: u16, txs: u64) -> NetworkLoad {
+    NetworkLoad {
+        in_service,
+        scaling: false,
+        shards: (0..in_service)
+            .map(|s| {
+                (
+                    s,
+                    Ok(ShardReading {
+                        txs_committed: txs,
+                        mempool_depth: 0,
+                    }),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// One pass at `now` with the fake source reporting `reading`; the decision for `id`.
+async fn pass(
+    app: &TestApp,
+    autoscaler: &mut Autoscaler,
+    id: Uuid,
+    reading: NetworkLoad,
+    now: f64,
+) -> Decision {
+    *app.provisioner.load.lock().unwrap() = Some(reading);
+    let outcomes = autoscaler.pass(&app.state, now).await.unwrap();
+    outcomes
+        .into_iter()
+        .find(|o| o.network == id)
+        .map(|o| o.decision)
+        .unwrap_or_else(|| panic!("no decision for {id}"))
+}
+
+async fn create(app: &TestApp, token: &str, body: Value) -> Uuid {
+    let created = app.post("/v1/networks", token, body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    created.body["id"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn sustained_load_scales_out_then_idle_scales_in_after_the_cooldown() {
+    let app = TestApp::sqlite().await;
+    let org = app.signup("Loaded", "o@load.example").await;
+    let busy = create(
+        &app,
+        &org.token,
+        json!({
+            "name": "busy", "mode": "public",
+            "shards": {"count": 1, "min": 1, "max": 3},
+            "autoscaling": {"enabled": true, "target_tx_per_second_per_shard": 100,
+                "target_mempool_depth": 1000, "cooldown_seconds": 60,
+                "stabilization_window_seconds": 20},
+        }),
+    )
+    .await;
+    // Same load, autoscaling off: never touched.
+    let manual = create(
+        &app,
+        &org.token,
+        json!({"name": "manual", "mode": "public", "shards": {"count": 1, "min": 1, "max": 3}}),
+    )
+    .await;
+    let mut autoscaler = Autoscaler::default();
+
+    // 300 tx/s on one shard against a target of 100: three shards once it held 20 s.
+    let first = pass(&app, &mut autoscaler, busy, load(1, 0), 0.0).await;
+    assert!(matches!(first, Decision::Hold { .. }), "{first:?}");
+    for t in [10u32, 20] {
+        let held = pass(
+            &app,
+            &mut autoscaler,
+            busy,
+            load(1, u64::from(t) * 300),
+            t.into(),
+        )
+        .await;
+        assert!(matches!(held, Decision::Hold { .. }), "at {t}: {held:?}");
+    }
+    let scaled = pass(&app, &mut autoscaler, busy, load(1, 9_000), 30.0).await;
+    let Decision::Scale { to: 3, reason } = scaled else {
+        panic!("{scaled:?}")
+    };
+
+    // The change went the way of a user's scale request: a new generation with the new
+    // count, handed to the provisioner, and an audit entry saying why.
+    let got = app.get(&format!("/v1/networks/{busy}"), &org.token).await;
+    assert_eq!(got.body["spec"]["shards"]["count"], 3, "{}", got.text);
+    assert_eq!(got.body["generation"], 2);
+    assert_eq!(got.body["provisioned_generation"], 2);
+    let applied: Vec<_> = app
+        .provisioner
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Apply(d) if d.network.network_id == busy => Some(d),
+            _ => None,
+        })
+        .collect();
+    let last = applied.last().unwrap();
+    assert_eq!((last.generation, last.spec.shards.count), (2, 3));
+    let audit = app.get("/v1/audit-events", &org.token).await;
+    let entries: Vec<&Value> = audit.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == ACTION)
+        .collect();
+    assert_eq!(entries.len(), 1, "{}", audit.text);
+    assert_eq!(entries[0]["actor"], ACTOR);
+    assert_eq!(entries[0]["target"], format!("network:{busy}"));
+    assert_eq!(entries[0]["details"]["from"], 1);
+    assert_eq!(entries[0]["details"]["to"], 3);
+    assert_eq!(entries[0]["details"]["reason"], reason.as_str());
+    let untouched = app.get(&format!("/v1/networks/{manual}"), &org.token).await;
+    assert_eq!(untouched.body["generation"], 1);
+    assert_eq!(untouched.body["spec"]["shards"]["count"], 1);
+
+    // The load ends: the new shards need a first reading, the window must see only
+    // low recommendations, and the 60 s cooldown after the change at 30 s holds.
+    let idle = |t: u32| (load(3, 9_000), f64::from(t));
+    let (l, t) = idle(40);
+    let new_shards = pass(&app, &mut autoscaler, busy, l, t).await;
+    let Decision::Hold { reason } = new_shards else {
+        panic!("{new_shards:?}")
+    };
+    assert!(reason.contains("[1, 2]"), "{reason}");
+    let mut cooled = false;
+    for t in [50u32, 60, 70, 80] {
+        let (l, t) = idle(t);
+        let decision = pass(&app, &mut autoscaler, busy, l, t).await;
+        let Decision::Hold { reason } = decision else {
+            panic!("scaled inside the cooldown at {t}: {decision:?}")
+        };
+        cooled |= reason.starts_with("cooldown");
+    }
+    assert!(cooled, "the cooldown was the reason to hold at least once");
+    let (l, t) = idle(100);
+    let back = pass(&app, &mut autoscaler, busy, l, t).await;
+    assert!(matches!(back, Decision::Scale { to: 1, .. }), "{back:?}");
+    let got = app.get(&format!("/v1/networks/{busy}"), &org.token).await;
+    assert_eq!(got.body["spec"]["shards"]["count"], 1);
+    assert_eq!(got.body["generation"], 3);
+}
+
+#[tokio::test]
+async fn a_provisioner_that_does_not_measure_leaves_networks_alone() {
+    let app = TestApp::sqlite().await;
+    let org = app.signup("Quiet", "o@quiet.example").await;
+    let id = create(
+        &app,
+        &org.token,
+        json!({
+            "name": "elsewhere", "mode": "public",
+            "shards": {"count": 1, "min": 1, "max": 3},
+            "autoscaling": {"enabled": true, "target_tx_per_second_per_shard": 1,
+                "cooldown_seconds": 30, "stabilization_window_seconds": 0},
+        }),
+    )
+    .await;
+    let mut autoscaler = Autoscaler::default();
+    // `kube` mode: the operator autoscales; the console's loop finds nothing to do.
+    for t in 0..5u32 {
+        let outcomes = autoscaler
+            .pass(&app.state, f64::from(t) * 10.0)
+            .await
+            .unwrap();
+        assert!(outcomes.is_empty(), "{outcomes:?}");
+    }
+    let got = app.get(&format!("/v1/networks/{id}"), &org.token).await;
+    assert_eq!(got.body["generation"], 1);
+}
