@@ -190,3 +190,51 @@ async fn a_provisioner_that_does_not_measure_leaves_networks_alone() {
     let got = app.get(&format!("/v1/networks/{id}"), &org.token).await;
     assert_eq!(got.body["generation"], 1);
 }
+
+#[tokio::test]
+async fn a_refused_change_holds_with_the_reason_and_starts_no_cooldown() {
+    let app = TestApp::sqlite().await;
+    let org = app.signup("Downgraded", "o@down.example").await;
+    let id = create(
+        &app,
+        &org.token,
+        json!({
+            "name": "wide", "mode": "public",
+            "shards": {"count": 1, "min": 1, "max": 9},
+            "autoscaling": {"enabled": true, "target_tx_per_second_per_shard": 100,
+                "cooldown_seconds": 600, "stabilization_window_seconds": 0},
+        }),
+    )
+    .await;
+    // The tenant's plan no longer allows 9 shards: the change the policy wants is refused.
+    app.set_plan(&org, "free").await;
+    let mut autoscaler = Autoscaler::default();
+    pass(&app, &mut autoscaler, id, load(1, 0), 0.0).await;
+    let refused = pass(&app, &mut autoscaler, id, load(1, 2_000), 10.0).await;
+    let Decision::Hold { reason } = refused else {
+        panic!("{refused:?}")
+    };
+    assert!(reason.contains("at most 8 shards"), "{reason}");
+    let got = app.get(&format!("/v1/networks/{id}"), &org.token).await;
+    assert_eq!(got.body["generation"], 1);
+    assert!(autoscale_audit(&app, &org.token).await.is_empty());
+    // Nothing changed, so no cooldown: once the plan allows it, the next pass scales.
+    app.set_plan(&org, "team").await;
+    let scaled = pass(&app, &mut autoscaler, id, load(1, 4_000), 20.0).await;
+    assert!(
+        matches!(scaled, Decision::Scale { to: 2, .. }),
+        "{scaled:?}"
+    );
+    assert_eq!(autoscale_audit(&app, &org.token).await.len(), 1);
+}
+
+async fn autoscale_audit(app: &TestApp, token: &str) -> Vec<Value> {
+    let audit = app.get("/v1/audit-events", token).await;
+    audit.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == ACTION)
+        .cloned()
+        .collect()
+}

@@ -117,9 +117,18 @@ impl Autoscaler {
                 if history.state.last_change_seconds.is_none() {
                     history.state.last_change_seconds = last_change(state, &row).await?;
                 }
-                let decision = assess(history, &spec.autoscaling, spec.shards, &load, now);
-                if let Decision::Scale { to, reason } = &decision {
-                    scale(state, &row, &spec, *to, reason).await?;
+                let changed_before = history.state.last_change_seconds;
+                let mut decision = assess(history, &spec.autoscaling, spec.shards, &load, now);
+                if let Decision::Scale { to, reason } = &decision
+                    && let Err(err) = scale(state, &row, &spec, *to, reason).await
+                {
+                    // Not changed, so no cooldown; one network's refusal (its plan, a
+                    // database hiccup) does not stop the pass for the others.
+                    tracing::warn!(network = %row.id, to, error = %err, "autoscaler could not scale");
+                    history.state.last_change_seconds = changed_before;
+                    decision = Decision::Hold {
+                        reason: format!("scaling to {to} shards failed: {err}"),
+                    };
                 }
                 outcomes.push(Outcome {
                     network: row.id,
