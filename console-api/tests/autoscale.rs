@@ -132,7 +132,27 @@ async fn sustained_load_scales_out_then_idle_scales_in_after_the_cooldown() {
     assert_eq!(entries[0]["details"]["from"], 1);
     assert_eq!(entries[0]["details"]["to"], 3);
     assert_eq!(entries[0]["details"]["reason"], reason.as_str());
+    // The network says so too (the operator's `status.autoscaler`), alone and listed.
+    assert_eq!(got.body["autoscaler"]["from"], 1, "{}", got.text);
+    assert_eq!(got.body["autoscaler"]["to"], 3);
+    assert_eq!(got.body["autoscaler"]["reason"], reason.as_str());
+    assert_eq!(
+        got.body["autoscaler"]["last_scale_time"],
+        entries[0]["created_at"]
+    );
+    let listed = app.get("/v1/networks", &org.token).await;
+    let items = listed.body["items"].as_array().unwrap();
+    let of = |id: Uuid| {
+        items
+            .iter()
+            .find(|n| n["id"] == id.to_string())
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of(busy)["autoscaler"]["to"], 3, "{}", listed.text);
+    assert!(of(manual).get("autoscaler").is_none(), "{}", listed.text);
     let untouched = app.get(&format!("/v1/networks/{manual}"), &org.token).await;
+    assert!(untouched.body.get("autoscaler").is_none());
     assert_eq!(untouched.body["generation"], 1);
     assert_eq!(untouched.body["spec"]["shards"]["count"], 1);
 
@@ -161,6 +181,16 @@ async fn sustained_load_scales_out_then_idle_scales_in_after_the_cooldown() {
     let got = app.get(&format!("/v1/networks/{busy}"), &org.token).await;
     assert_eq!(got.body["spec"]["shards"]["count"], 1);
     assert_eq!(got.body["generation"], 3);
+    // The newest change is the one shown.
+    assert_eq!(
+        (
+            &got.body["autoscaler"]["from"],
+            &got.body["autoscaler"]["to"]
+        ),
+        (&json!(3), &json!(1)),
+        "{}",
+        got.text
+    );
 }
 
 #[tokio::test]

@@ -198,6 +198,8 @@ async fn sustained_load_raises_the_shard_count_through_the_beacon() {
     );
     let got = app.get(&format!("/v1/networks/{id}"), &org.token).await;
     assert_eq!(got.body["spec"]["shards"]["count"], 2, "{}", got.text);
+    assert_eq!(got.body["autoscaler"]["to"], 2, "{}", got.text);
+    assert_eq!(got.body["autoscaler"]["reason"], entry["details"]["reason"]);
     eventually(
         "the beacon's map to show 2 shards (pending or in force)",
         Duration::from_secs(300),

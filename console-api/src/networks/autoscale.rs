@@ -15,15 +15,20 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
 use trellis_autoscale::{Decision, LoadHistory, Policy, ShardLoad, decide};
 use trellis_console_entity::{audit_event, network};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::spec::{
     AutoscalingPolicy, NetworkMode, NetworkSpec, ShardRange, ShardRangePatch, UpdateNetworkRequest,
 };
-use super::{NetworkPhase, reconcile, store};
+use super::{Network, NetworkPhase, reconcile, store};
 use crate::app::AppState;
 use crate::audit;
 use crate::error::{ApiError, ApiResult};
@@ -49,6 +54,65 @@ const BATCH: u64 = 100;
 #[derive(Debug, Default)]
 pub struct Autoscaler {
     histories: HashMap<Uuid, LoadHistory>,
+}
+
+/// The autoscaler's last change of a network's shard count and why (read back from the
+/// audit log; the operator's `status.autoscaler` in local mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AutoscalerStatus {
+    pub last_scale_time: DateTime<Utc>,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+}
+
+/// Fills in `autoscaler` of `networks` (all of `tenant`) from their newest
+/// `network.autoscale` audit entries: one query for the lot.
+pub async fn attach_status(
+    conn: &impl ConnectionTrait,
+    tenant: Uuid,
+    networks: &mut [Network],
+) -> Result<(), DbErr> {
+    if networks.is_empty() {
+        return Ok(());
+    }
+    let targets: Vec<String> = networks
+        .iter()
+        .map(|n| format!("network:{}", n.id))
+        .collect();
+    let entries = audit_event::Entity::find()
+        .filter(audit_event::Column::TenantId.eq(tenant))
+        .filter(audit_event::Column::Action.eq(ACTION))
+        .filter(audit_event::Column::Target.is_in(targets))
+        .order_by_asc(audit_event::Column::CreatedAt)
+        .all(conn)
+        .await?;
+    // Oldest first: the newest entry per network is the one left.
+    let mut newest = HashMap::new();
+    for entry in entries {
+        let number = |key: &str| {
+            entry.details[key]
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or_default()
+        };
+        let status = AutoscalerStatus {
+            last_scale_time: entry.created_at,
+            from: number("from"),
+            to: number("to"),
+            reason: entry.details["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        if let Some(target) = entry.target {
+            newest.insert(target, status);
+        }
+    }
+    for network in networks {
+        network.autoscaler = newest.remove(&format!("network:{}", network.id));
+    }
+    Ok(())
 }
 
 /// What one pass did to one network.
