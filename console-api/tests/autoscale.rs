@@ -268,3 +268,37 @@ async fn autoscale_audit(app: &TestApp, token: &str) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+#[tokio::test]
+async fn the_cooldown_survives_a_console_restart() {
+    let app = TestApp::sqlite().await;
+    let org = app.signup("Restarted", "o@restart.example").await;
+    let id = create(
+        &app,
+        &org.token,
+        json!({
+            "name": "steady", "mode": "public",
+            "shards": {"count": 1, "min": 1, "max": 4},
+            "autoscaling": {"enabled": true, "target_tx_per_second_per_shard": 100,
+                "cooldown_seconds": 600, "stabilization_window_seconds": 0},
+        }),
+    )
+    .await;
+    // The audit log's clock is the real one: so is this test's.
+    let t0 = chrono::Utc::now().timestamp() as f64;
+    let mut before = Autoscaler::default();
+    pass(&app, &mut before, id, load(1, 0), t0).await;
+    let scaled = pass(&app, &mut before, id, load(1, 2_000), t0 + 10.0).await;
+    assert!(
+        matches!(scaled, Decision::Scale { to: 2, .. }),
+        "{scaled:?}"
+    );
+    // A new console process: its memory is empty, the audit log is not.
+    let mut after = Autoscaler::default();
+    pass(&app, &mut after, id, load(2, 2_000), t0 + 20.0).await;
+    let held = pass(&app, &mut after, id, load(2, 20_000), t0 + 30.0).await;
+    let Decision::Hold { reason } = held else {
+        panic!("scaled inside the cooldown after a restart: {held:?}")
+    };
+    assert!(reason.starts_with("cooldown"), "{reason}");
+}

@@ -12,7 +12,7 @@
 //! (`network.autoscale` by `system:autoscaler`, with the reason), then handed to the
 //! provisioner, which takes it through the beacon.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
@@ -54,6 +54,8 @@ const BATCH: u64 = 100;
 #[derive(Debug, Default)]
 pub struct Autoscaler {
     histories: HashMap<Uuid, LoadHistory>,
+    /// Networks whose last change was looked up in the audit log (once per history).
+    recalled: HashSet<Uuid>,
 }
 
 /// The autoscaler's last change of a network's shard count and why (read back from the
@@ -151,7 +153,7 @@ impl Autoscaler {
     /// does not measure are skipped (and forgotten).
     pub async fn pass(&mut self, state: &AppState, now: f64) -> ApiResult<Vec<Outcome>> {
         let mut outcomes = Vec::new();
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         let mut after = None;
         loop {
             let rows = store::all_after(&state.db, after, BATCH).await?;
@@ -166,7 +168,7 @@ impl Autoscaler {
                     Ok(Some(load)) => load,
                     Ok(None) => continue,
                     Err(err) => {
-                        seen.push(row.id);
+                        seen.insert(row.id);
                         outcomes.push(Outcome {
                             network: row.id,
                             decision: Decision::Hold {
@@ -176,10 +178,24 @@ impl Autoscaler {
                         continue;
                     }
                 };
-                seen.push(row.id);
+                seen.insert(row.id);
                 let history = self.histories.entry(row.id).or_default();
-                if history.state.last_change_seconds.is_none() {
-                    history.state.last_change_seconds = last_change(state, &row).await?;
+                if !self.recalled.contains(&row.id) {
+                    match last_change(state, &row).await {
+                        Ok(at) => {
+                            history.state.last_change_seconds = at;
+                            self.recalled.insert(row.id);
+                        }
+                        Err(err) => {
+                            outcomes.push(Outcome {
+                                network: row.id,
+                                decision: Decision::Hold {
+                                    reason: format!("reading the last change: {err}"),
+                                },
+                            });
+                            continue;
+                        }
+                    }
                 }
                 let changed_before = history.state.last_change_seconds;
                 let mut decision = assess(history, &spec.autoscaling, spec.shards, &load, now);
@@ -201,6 +217,7 @@ impl Autoscaler {
             }
         }
         self.histories.retain(|id, _| seen.contains(id));
+        self.recalled.retain(|id| seen.contains(id));
         Ok(outcomes)
     }
 }
