@@ -10,7 +10,7 @@ use trellis_console::app::{self, AppState, Settings};
 use trellis_console::auth::jwt::TokenKeys;
 use trellis_console::custody::MasterKey;
 use trellis_console::governance::CustodySigner;
-use trellis_console::networks::reconcile;
+use trellis_console::networks::{autoscale, reconcile};
 use trellis_console::provisioner::kube::{DEFAULT_NODE_IMAGE_REPOSITORY, KubeProvisioner};
 use trellis_console::provisioner::local::addresses::AddressRange;
 use trellis_console::provisioner::local::{
@@ -363,6 +363,10 @@ async fn run(config: ServerConfig, up: Option<UpMode>) -> Result<(), Box<dyn std
             state.db.clone(),
             state.master_key.clone(),
         )));
+    }
+    if local.is_some() {
+        // Local mode has no operator: the console autoscales public networks itself.
+        tokio::spawn(autoscale::run(state.clone(), autoscale::INTERVAL));
     }
     if let Some(kube) = &kube_provisioner {
         // Admissions into consortia on Kubernetes: the approvals go to the operator.

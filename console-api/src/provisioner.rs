@@ -166,6 +166,28 @@ pub struct RpcEndpoint {
     pub url: String,
 }
 
+/// One shard's load as its validators' metrics report it (the highest figure any of
+/// them reports): the built-in autoscaler's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardReading {
+    /// `trellis_txs_committed_total`: transactions in finalized blocks (a counter).
+    pub txs_committed: u64,
+    /// `trellis_mempool_depth`: the deepest mempool of the shard's validators.
+    pub mempool_depth: u64,
+}
+
+/// What the built-in autoscaler reads of a network ([`Provisioner::network_load`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkLoad {
+    /// Shards in service: the count the beacon's map has in force.
+    pub in_service: u16,
+    /// A shard-count change is under way (pending at the beacon, resharding, or shards
+    /// still draining): the autoscaler holds until it is done.
+    pub scaling: bool,
+    /// Each in-service shard's reading, or why there is none (no validator answered).
+    pub shards: Vec<(u16, Result<ShardReading, String>)>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProvisionError {
     /// Transient; the console retries.
@@ -216,6 +238,16 @@ pub trait Provisioner: Send + Sync + 'static {
                 })
                 .unwrap_or_default())
         })
+    }
+
+    /// The per-shard load of `network` for the console's built-in autoscaler. `None`
+    /// (the default): this provisioner leaves autoscaling to its platform (`kube`: the
+    /// operator autoscales the `ChainNetwork` itself) or the network is not sharded.
+    fn network_load<'a>(
+        &'a self,
+        _network: &'a NetworkRef,
+    ) -> BoxFuture<'a, Result<Option<NetworkLoad>, ProvisionError>> {
+        Box::pin(async { Ok(None) })
     }
 
     /// Where the consortium member `organisation` of `network` stands on chain, with the

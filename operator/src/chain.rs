@@ -455,7 +455,7 @@ impl NodeRpc {
         }
         let text = String::from_utf8_lossy(&body);
         let read = |name: &str| {
-            crate::scrape::metric_total(&text, name)
+            trellis_autoscale::scrape::metric_total(&text, name)
                 .map(|v| v.max(0.0) as u64)
                 .ok_or_else(|| ChainError::Protocol(format!("{}: no {name} metric", node.node)))
         };
@@ -463,7 +463,7 @@ impl NodeRpc {
             txs_committed: read("trellis_txs_committed_total")?,
             mempool_depth: read("trellis_mempool_depth")?,
             // Absent on nodes that own no table (or predate the metric): no hint.
-            table_txs: crate::scrape::per_table(&text, "trellis_table_txs_total"),
+            table_txs: trellis_autoscale::scrape::per_table(&text, "trellis_table_txs_total"),
         })
     }
 

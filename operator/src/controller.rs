@@ -90,7 +90,7 @@ pub struct Context {
     chain_written: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     /// The built-in autoscaler's memory per network (namespace/name).
     pub(crate) autoscalers:
-        std::sync::Mutex<std::collections::HashMap<String, crate::autoscaler::LoadHistory>>,
+        std::sync::Mutex<std::collections::HashMap<String, trellis_autoscale::LoadHistory>>,
 }
 
 /// The last full apply of one network's children.

@@ -5,7 +5,6 @@
 //! keys ([`keys`]) → genesis ([`genesis`], once) → build ([`build`], pure) → apply and clean up ([`controller`]) →
 //! status ([`status`], pure). The chain itself is reached only through [`chain`].
 
-pub mod autoscaler;
 pub mod build;
 pub mod chain;
 pub mod controller;
@@ -20,7 +19,6 @@ pub mod metrics;
 pub mod monitoring;
 pub mod rollout;
 pub mod scaling;
-pub mod scrape;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! The built-in autoscaler's reconcile step: read each in-service shard's load from its
 //! nodes' metrics, keep the rates in the status, and set `spec.shards.count` when the
-//! policy ([`crate::autoscaler::decide`]) says so. The per-table load it measured is the
+//! policy ([`trellis_autoscale::decide`], shared with the console's local mode) says so. The per-table load it measured is the
 //! hint the next `SetShardCount` carries ([`load_hint`]), so the beacon moves the busiest
 //! tables. The change then takes the same path as
 //! `kubectl scale` or an HPA: new shards are provisioned, the beacon is asked, drained
@@ -14,12 +14,12 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 use trellis_crd::topology::{CommitteeRole, Topology};
-use trellis_crd::{AutoscalerStatus, ChainNetwork, ChainNetworkStatus};
+use trellis_crd::{AutoscalerStatus, AutoscalingSpec, ChainNetwork, ChainNetworkStatus};
 
-use crate::autoscaler::{Decision, ShardLoad, decide};
 use crate::chain::{ChainError, CommitteeLoad, CommitteeNodes};
 use crate::controller::{Context, Error};
 use crate::status::ShardPlan;
+use trellis_autoscale::{Decision, Policy, ShardLoad, decide};
 
 /// Field manager of the autoscaler's writes to `spec.shards.count`.
 pub const FIELD_MANAGER: &str = "trellis-autoscaler";
@@ -178,7 +178,7 @@ fn record(
     } else {
         let bound = |v: i32| u16::try_from(v).unwrap_or(1);
         decide(
-            policy,
+            &policy_of(policy),
             bound(network.spec.shards.min),
             bound(network.spec.shards.max),
             shards.in_service,
@@ -189,8 +189,19 @@ fn record(
     }
 }
 
+/// The shared policy's view of the resource's `spec.autoscaling`.
+fn policy_of(spec: &AutoscalingSpec) -> Policy {
+    Policy {
+        enabled: spec.enabled,
+        target_tx_per_second_per_shard: spec.target_tx_per_second_per_shard,
+        target_mempool_depth: spec.target_mempool_depth,
+        cooldown_seconds: spec.cooldown_seconds,
+        stabilization_window_seconds: spec.stabilization_window_seconds,
+    }
+}
+
 /// The per-table load hint for `network`'s next `SetShardCount` (see
-/// [`crate::autoscaler::LoadHistory::load_hint`]); empty when the autoscaler measured
+/// [`trellis_autoscale::LoadHistory::load_hint`]); empty when the autoscaler measured
 /// none (it is off, or has not read two windows yet).
 pub(crate) fn load_hint(ctx: &Context, network: &ChainNetwork) -> Vec<u64> {
     let key = format!(
@@ -204,7 +215,7 @@ pub(crate) fn load_hint(ctx: &Context, network: &ChainNetwork) -> Vec<u64> {
         .and_then(|memory| {
             memory
                 .get(&key)
-                .map(crate::autoscaler::LoadHistory::load_hint)
+                .map(trellis_autoscale::LoadHistory::load_hint)
         })
         .unwrap_or_default()
 }

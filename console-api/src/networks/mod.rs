@@ -2,6 +2,7 @@
 //! written through the [`Provisioner`](crate::provisioner::Provisioner); the provisioner's
 //! observations are stored back as status.
 
+pub mod autoscale;
 pub mod reconcile;
 pub mod spec;
 pub mod store;
@@ -25,7 +26,7 @@ use crate::error::{ApiError, ApiResult, Json, Path, Query};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::pagination::{self, PageQuery};
 use crate::provisioner::{ObservedPhase, ObservedStatus};
-use crate::tenancy::Scope;
+use crate::tenancy::{Scope, TenantId};
 use spec::{CreateNetworkRequest, NetworkMode, NetworkSpec, UpdateNetworkRequest};
 
 /// The lifecycle of a network as the tenant sees it.
@@ -125,6 +126,11 @@ pub struct Network {
     pub status: Option<ObservedStatus>,
     /// Why the last provisioning attempt failed, if it did.
     pub provision_error: Option<String>,
+    /// The built-in autoscaler's last change of the shard count and why (local mode;
+    /// on Kubernetes the `ChainNetwork`'s `status.autoscaler`). Absent when it never
+    /// changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<autoscale::AutoscalerStatus>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -146,6 +152,7 @@ impl Network {
             phase: NetworkPhase::parse(&row.phase),
             status,
             provision_error: row.provision_error,
+            autoscaler: None,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -288,13 +295,12 @@ pub async fn list(
     let page = query.parse()?;
     let rows = store::list(&state.db, scope.tenant(), page.after, page.limit + 1).await?;
     let (rows, next_cursor) = pagination::finish(rows, page.limit, |row| row.id);
-    Ok(Json(NetworkPage {
-        items: rows
-            .into_iter()
-            .map(Network::from_row)
-            .collect::<ApiResult<_>>()?,
-        next_cursor,
-    }))
+    let mut items = rows
+        .into_iter()
+        .map(Network::from_row)
+        .collect::<ApiResult<Vec<_>>>()?;
+    autoscale::attach_status(&state.db, scope.tenant().get(), &mut items).await?;
+    Ok(Json(NetworkPage { items, next_cursor }))
 }
 
 #[utoipa::path(get, path = "/v1/networks/{id}", tag = "networks", params(("id" = Uuid, Path)),
@@ -306,7 +312,22 @@ pub async fn get_one(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Network>> {
     let row = store::find(&state.db, scope.tenant(), id).await?;
-    Ok(Json(Network::from_row(row)?))
+    let network = Network::from_row(row)?;
+    Ok(Json(
+        with_autoscaler(&state, scope.tenant(), network).await?,
+    ))
+}
+
+/// `network` (of `tenant`) with the autoscaler's last change filled in.
+async fn with_autoscaler(
+    state: &AppState,
+    tenant: TenantId,
+    network: Network,
+) -> ApiResult<Network> {
+    let mut one = [network];
+    autoscale::attach_status(&state.db, tenant.get(), &mut one).await?;
+    let [network] = one;
+    Ok(network)
 }
 
 /// Changes the desired state: scale, autoscaling policy, node version, pause/stop.
@@ -357,7 +378,8 @@ pub async fn update(
     .await?;
     txn.commit().await?;
     let updated = reconcile::apply(&state, updated).await?;
-    Ok(Json(Network::from_row(updated)?))
+    let network = Network::from_row(updated)?;
+    Ok(Json(with_autoscaler(&state, tenant, network).await?))
 }
 
 /// Deletes a network: its nodes are removed by the provisioner (ledger data kept when

@@ -26,12 +26,16 @@
 //!   network's retain policy keeps the ledger.
 //! - **observe** asks every node for `trellis_status` and `/readyz`; a sharded
 //!   network's shard count and epoch are the beacon's map's.
+//! - **Load** (`local/load.rs`): each in-service shard's validators' metrics, for the
+//!   console's built-in autoscaler ([`crate::networks::autoscale`]), which changes the
+//!   network's shard count like a user's scale request does.
 //! - **Consortium admissions** ([`admission`]): a member admitted after genesis gets its
 //!   node prepared but started only once the chain's governance has admitted it; the
 //!   console's custodied keys approve the governance transaction.
 
 pub mod addresses;
 mod admission;
+mod load;
 pub mod plan;
 pub mod process;
 pub mod record;
@@ -57,8 +61,8 @@ use self::record::{
     ChainRecord, Layout, NetworkRecord, NodeRecord, ShardingRecord, committee_key, write_atomically,
 };
 use super::{
-    DesiredNetwork, GovernanceSigner, MemberChainState, NetworkRef, ObservedPhase, ObservedStatus,
-    ProvisionError, Provisioner, RpcEndpoint, ShardStatus,
+    DesiredNetwork, GovernanceSigner, MemberChainState, NetworkLoad, NetworkRef, ObservedPhase,
+    ObservedStatus, ProvisionError, Provisioner, RpcEndpoint, ShardStatus,
 };
 
 /// How often the supervisor looks at every node.
@@ -1247,6 +1251,24 @@ impl Provisioner for LocalProvisioner {
         retain_ledger: bool,
     ) -> BoxFuture<'a, Result<(), ProvisionError>> {
         Box::pin(self.delete_network(network.network_id, retain_ledger))
+    }
+
+    fn network_load<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+    ) -> BoxFuture<'a, Result<Option<NetworkLoad>, ProvisionError>> {
+        Box::pin(async move {
+            let record = {
+                let fleet = self.inner.fleet.lock().await;
+                fleet.networks.get(&network.network_id).cloned()
+            };
+            match record {
+                Some(record) if !record.paused && !record.stopped && !record.deleting => {
+                    load::network_load(&self.inner, &record).await
+                }
+                _ => Ok(None),
+            }
+        })
     }
 
     fn member_governance<'a>(

@@ -16,7 +16,7 @@ use trellis_console::auth::jwt::{TokenKeys, generate_signing_key};
 use trellis_console::auth::password::PasswordPolicy;
 use trellis_console::db;
 use trellis_console::provisioner::{
-    DesiredNetwork, NetworkRef, ObservedStatus, ProvisionError, Provisioner,
+    DesiredNetwork, NetworkLoad, NetworkRef, ObservedStatus, ProvisionError, Provisioner,
 };
 
 /// Cheap Argon2 parameters: a stored hash records its own parameters, so this changes
@@ -51,6 +51,9 @@ pub struct RecordingProvisioner {
     pub calls: Mutex<Vec<Call>>,
     pub fail_with: Mutex<Option<ProvisionError>>,
     pub observed: Mutex<Option<ObservedStatus>>,
+    /// What `network_load` reports (a fake metrics source for the autoscaler); `None`:
+    /// the provisioner does not measure load.
+    pub load: Mutex<Option<NetworkLoad>>,
 }
 
 impl RecordingProvisioner {
@@ -94,6 +97,13 @@ impl Provisioner for RecordingProvisioner {
         _network: &'a NetworkRef,
     ) -> BoxFuture<'a, Result<Option<ObservedStatus>, ProvisionError>> {
         Box::pin(async move { Ok(self.observed.lock().unwrap().clone()) })
+    }
+
+    fn network_load<'a>(
+        &'a self,
+        _network: &'a NetworkRef,
+    ) -> BoxFuture<'a, Result<Option<NetworkLoad>, ProvisionError>> {
+        Box::pin(async move { Ok(self.load.lock().unwrap().clone()) })
     }
 
     fn delete<'a>(

@@ -7,12 +7,29 @@
 //! recommendation, scale-in its largest, so a spike or a dip does not flap the shard
 //! count), and never within the cooldown after the previous change.
 //!
-//! The per-shard loads come from the nodes' Prometheus metrics through the chain seam
-//! ([`crate::chain::ChainClient::committee_load`]); [`LoadHistory`] turns the committed-
-//! transactions counter into a rate between reconciles.
+//! The per-shard loads come from the nodes' Prometheus metrics (read with
+//! [`crate::scrape`]); [`LoadHistory`] turns the committed-transactions counter into a
+//! rate between readings.
 
 use std::collections::BTreeMap;
-use trellis_crd::AutoscalingSpec;
+
+/// A network's autoscaling policy, as its owner wrote it (the operator's
+/// `spec.autoscaling`, the console's `autoscaling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Whether the shard count follows load at all.
+    pub enabled: bool,
+    /// Scale out when the average committed tx/s per shard exceeds this (`None` or not
+    /// positive: not a target).
+    pub target_tx_per_second_per_shard: Option<i64>,
+    /// Scale out when the average mempool depth per shard exceeds this (`None` or not
+    /// positive: not a target).
+    pub target_mempool_depth: Option<i64>,
+    /// Seconds to wait after a shard-count change before the next one.
+    pub cooldown_seconds: i64,
+    /// Seconds a recommendation must hold before it is acted on.
+    pub stabilization_window_seconds: i64,
+}
 
 /// Two counter readings closer than this give no new rate (the previous one stands): a
 /// burst of reconciles must not turn a single block into a huge or zero rate.
@@ -26,9 +43,9 @@ struct Reading {
     rate: Option<f64>,
 }
 
-/// The autoscaler's memory of one network between reconciles: counter readings per shard
-/// and the policy's recommendations. Lost on an operator restart, which only restarts the
-/// stabilization window (as the Horizontal Pod Autoscaler's is).
+/// The autoscaler's memory of one network between readings: counter readings per shard
+/// and the policy's recommendations. Lost on a restart (of the operator or the console),
+/// which only restarts the stabilization window (as the Horizontal Pod Autoscaler's is).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadHistory {
     readings: BTreeMap<u16, Reading>,
@@ -144,7 +161,7 @@ pub enum Decision {
 const TOLERANCE: f64 = 0.1;
 
 /// The raw recommendation for `loads` (one entry per shard in service).
-pub fn recommend(policy: &AutoscalingSpec, min: u16, max: u16, loads: &[ShardLoad]) -> u16 {
+pub fn recommend(policy: &Policy, min: u16, max: u16, loads: &[ShardLoad]) -> u16 {
     let current = u16::try_from(loads.len()).unwrap_or(u16::MAX).max(1);
     let count = f64::from(current);
     let mut wanted = None::<u16>;
@@ -177,7 +194,7 @@ pub fn recommend(policy: &AutoscalingSpec, min: u16, max: u16, loads: &[ShardLoa
 /// Records this round's recommendation and decides. `current` is the shard count in
 /// service.
 pub fn decide(
-    policy: &AutoscalingSpec,
+    policy: &Policy,
     min: u16,
     max: u16,
     current: u16,
@@ -304,8 +321,8 @@ mod tests {
         assert_eq!(history.rate(1, 50, 140.0), None);
     }
 
-    fn policy(tps: Option<i64>, mempool: Option<i64>) -> AutoscalingSpec {
-        AutoscalingSpec {
+    fn policy(tps: Option<i64>, mempool: Option<i64>) -> Policy {
+        Policy {
             enabled: true,
             target_tx_per_second_per_shard: tps,
             target_mempool_depth: mempool,
