@@ -161,6 +161,21 @@ impl CreditDesk {
         }
     }
 
+    /// The first seq from `from` of the pair that the desk does not hold yet: where a
+    /// gathering round continues, so verified receipts are not fetched again.
+    fn next_missing(&self, source: u8, dest: u8, from: u64) -> u64 {
+        let mut next = from;
+        if let Some(credits) = self.pool.get(&(source, dest)) {
+            for seq in credits.range(from..).map(|(seq, _)| *seq) {
+                if seq != next {
+                    break;
+                }
+                next += 1;
+            }
+        }
+        next
+    }
+
     /// Forgets credits below the inbox counters (`inbox(dest, source)`).
     fn prune(&mut self, inbox: impl Fn(u8, u8) -> u64) {
         self.pool.retain(|(source, dest), credits| {
@@ -369,7 +384,14 @@ async fn gather<K: Kv, R: Relay>(
                 .insert(table);
         }
     }
-    let inbox = |dest, src| lock(state).ledger.inbox_next(dest, src).unwrap_or(u64::MAX);
+    // Each pair continues after what is credited or already waiting in the desk.
+    let inbox = |dest, src| {
+        let s = lock(state);
+        match s.ledger.inbox_next(dest, src) {
+            Ok(credited) => s.credits.next_missing(src, dest, credited),
+            Err(_) => u64::MAX,
+        }
+    };
     let got = credits::collect(relay, source, &shards, &owned, inbox, MAX_BLOCK_CREDITS).await;
     if !got.credits.is_empty() {
         debug!(credits = got.credits.len(), "gathered cross-shard credits");
@@ -653,8 +675,15 @@ mod tests {
         // The proposer's side: gather verified credits from shard 0.
         let errors = futures::executor::block_on(gather(&state, &relay, &source, 1, &place.tables));
         assert!(errors.is_empty(), "{errors:?}");
+        // A second round continues after what the desk holds and changes nothing.
+        let errors = futures::executor::block_on(gather(&state, &relay, &source, 1, &place.tables));
+        assert!(errors.is_empty(), "{errors:?}");
         node = Arc::try_unwrap(state).ok().unwrap().into_inner().unwrap();
         assert_eq!(node.credits.pending(), 3);
+        let (src, dst) = *node.credits.pool.keys().next().unwrap();
+        assert_eq!(node.credits.next_missing(src, dst, 0), 3);
+        assert_eq!(node.credits.next_missing(src, dst, 1), 3);
+        assert_eq!(node.credits.next_missing(src, dst, 5), 5);
         let credits = credits_for_block(&node, &[]);
         assert_eq!(credits.len(), 3);
         // Two of them already in an unfinalized ancestor: only the third follows.
