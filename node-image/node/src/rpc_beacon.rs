@@ -112,7 +112,14 @@ pub fn shard_map<K: Kv>(rpc: &Rpc<K>) -> Result<ShardMapInfo, Failure> {
 
 /// `trellis_getBeaconBlocks` (beacon nodes): blocks `from..` up to a certified one.
 pub fn blocks<K: Kv>(rpc: &Rpc<K>, q: BeaconBlocksQuery) -> Result<BeaconBlocks, Failure> {
-    let state = lock(&rpc.state);
+    blocks_of(&lock(&rpc.state), q)
+}
+
+/// [`blocks`] over a node's state (the simulation's in-process beacon source uses it).
+pub fn blocks_of<K: Kv>(
+    state: &crate::chain::NodeState<K>,
+    q: BeaconBlocksQuery,
+) -> Result<BeaconBlocks, Failure> {
     let beacon = trellis_node_types::Committee::Beacon;
     if state.shard.as_ref().map(|p| p.committee) != Some(beacon) {
         return Err((
