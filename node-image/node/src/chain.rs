@@ -1638,7 +1638,9 @@ where
             (
                 state.finalized_height(),
                 state.consensus_epoch(),
-                state.shard_epoch.is_some() || r.epoch_end(r.epoch).is_some(),
+                // A shard's epochs end when the beacon's do; an idle slot has none.
+                state.shard_epoch.as_ref().is_some_and(|e| !e.idle())
+                    || (state.shard_epoch.is_none() && r.epoch_end(r.epoch).is_some()),
             )
         };
         if ends && self.stalled_at == Some(height) {
@@ -1765,6 +1767,7 @@ where
                         _ => None,
                     }
                 };
+                debug!(target: "trellis_node::epoch_switch", epoch, answered = proof.is_some(), "epoch-end request");
                 if let Some((block, certificate)) = proof {
                     let response = Backfill::EpochEnd {
                         block: Box::new(block),
@@ -1834,6 +1837,7 @@ where
             )
         };
         if !last || block.height <= finalized {
+            debug!(target: "trellis_node::epoch_switch", epoch, height = block.height, last, "epoch-end proof not for this node's epoch");
             return Ok(());
         }
         let Some(round) = verify_finalization(
@@ -1849,6 +1853,7 @@ where
             return Ok(());
         }
         let digest = block.digest();
+        debug!(target: "trellis_node::epoch_switch", epoch, height = block.height, "accepted an epoch-end proof");
         self.certificates.insert(digest, certificate);
         self.wanted.insert(digest, self.ticks);
         self.keep(block);

@@ -287,6 +287,14 @@ pub fn enter<K: Kv>(
     kept: &TableSet,
 ) -> Result<(), StateError> {
     state.ledger.set_owned_tables(kept)?;
+    tracing::info!(
+        epoch = next.epoch,
+        floor = next.floor,
+        tables = next.tables.len(),
+        incoming = next.incoming.len(),
+        validators = next.validators.len(),
+        "shard epoch switch"
+    );
     state.epoch = next.epoch;
     state.shard_epoch = Some(next);
     sync_place(state);

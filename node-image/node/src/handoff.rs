@@ -252,32 +252,54 @@ pub async fn take_over<K: Kv, S: HandoffSource>(
     Err(last)
 }
 
-/// Forwards the transactions an epoch switch took out of the pool to their new shard.
+/// Attempts at forwarding a handed-over transaction before giving up (the new shard
+/// refuses it until its own handoff of the table is complete).
+const FORWARD_ATTEMPTS: u32 = 150;
+
+/// Forwards the transactions an epoch switch took out of the pool to their new shard;
+/// what no node of it takes yet stays in `retry`.
 async fn forward_handed_over<K: Kv, S: HandoffSource>(
     state: &Arc<Mutex<NodeState<K>>>,
     source: &S,
+    retry: &mut Vec<(Tx, u32)>,
 ) {
-    let (txs, beacon) = {
+    let beacon = {
         let mut s = lock(state);
-        (std::mem::take(&mut s.handed_over), s.beacon.clone())
+        retry.extend(
+            std::mem::take(&mut s.handed_over)
+                .into_iter()
+                .map(|t| (t, 0)),
+        );
+        s.beacon.clone()
     };
     let Some(beacon) = beacon else {
         return;
     };
-    for tx in txs {
+    let mut left = Vec::new();
+    for (tx, attempts) in std::mem::take(retry) {
         let shard = beacon.owner(table_of(&tx.unsigned.from));
         let nodes = nodes_of(&beacon, shard, beacon.epoch());
+        let mut last = String::new();
         let mut done = false;
         for node in &nodes {
-            if source.forward(node, &tx).await.is_ok() {
-                done = true;
-                break;
+            match source.forward(node, &tx).await {
+                Ok(()) => {
+                    done = true;
+                    break;
+                }
+                Err(e) => last = e,
             }
         }
-        if !done {
-            warn!(tx = ?tx.hash(), shard, "could not forward a handed-over transaction; its sender must resubmit it");
+        if done {
+            continue;
+        }
+        if attempts + 1 >= FORWARD_ATTEMPTS {
+            warn!(tx = ?tx.hash(), shard, error = %last, "could not forward a handed-over transaction; its sender must resubmit it");
+        } else {
+            left.push((tx, attempts + 1));
         }
     }
+    *retry = left;
 }
 
 /// Runs the handoff until the task is stopped: every `period`, forwards handed-over
@@ -291,18 +313,29 @@ pub async fn run<K: Kv, S: HandoffSource, C: commonware_runtime::Clock>(
 ) {
     let mut start = 0usize;
     let mut last_error = String::new();
+    let mut retry = Vec::new();
     loop {
         clock.sleep(period).await;
-        forward_handed_over(&state, &source).await;
+        forward_handed_over(&state, &source, &mut retry).await;
         let pending = crate::epoch_switch::pending_imports(&lock(&state));
-        for incoming in pending {
-            if let Err(e) = take_over(&state, &chain_id, &source, &incoming, start).await
-                && e != last_error
-            {
-                warn!(error = %e, "table handoff; retrying");
-                last_error = e;
+        let mut failed = 0;
+        let mut first = None;
+        for incoming in &pending {
+            if let Err(e) = take_over(&state, &chain_id, &source, incoming, start).await {
+                failed += 1;
+                first.get_or_insert(e);
             }
             start = start.wrapping_add(1);
+        }
+        // One line per change of outcome, not one per table and try.
+        if let Some(e) = first {
+            let kind = e.rsplit(": ").next().unwrap_or_default().to_string();
+            if kind != last_error {
+                warn!(failed, of = pending.len(), first = %e, "table handoff; retrying");
+                last_error = kind;
+            }
+        } else {
+            last_error.clear();
         }
     }
 }
@@ -397,12 +430,17 @@ impl HandoffSource for HttpHandoff {
         let params = trellis_node_api::SendTransactionParams {
             tx: to_hex(&trellis_node_types::Encode::encode(tx)),
         };
-        crate::relay_http::call(
+        match crate::relay_http::call(
             &node.rpc_address,
             trellis_node_api::methods::SEND_TRANSACTION,
             serde_json::to_value(params).map_err(|e| e.to_string())?,
         )
         .await
-        .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            // Already there (another node of the old shard forwarded it first).
+            Err(e) if e.contains(&format!("({})", codes::ALREADY_KNOWN)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
