@@ -215,6 +215,7 @@ mod tests {
             validators: Vec::new(),
             waiting: None,
             drained: false,
+            tables: None,
         }
     }
 

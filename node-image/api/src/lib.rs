@@ -548,6 +548,10 @@ pub struct NodeStatus {
     /// gives it no committee; the operator may delete the slot's nodes.
     #[serde(default)]
     pub drained: bool,
+    /// Sharded networks: the tables the node's shard owns at its finalized height
+    /// (absent on beacon and unsharded nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<u8>>,
 }
 
 /// `trellis_submitGovernance` params: the hex binary encoding of a governance
@@ -643,6 +647,9 @@ pub mod metrics {
     /// Sharded networks, per owned table (label `table`): its successfully executed
     /// transactions (the autoscaler's load input).
     pub const TABLE_TXS_TOTAL: &str = "trellis_table_txs_total";
+    /// Gauge, labels network, shard, table: transactions waiting in the mempool per
+    /// table of their sender (sharded networks, owned tables).
+    pub const TABLE_MEMPOOL_DEPTH: &str = "trellis_table_mempool_depth";
     pub const LABEL_NETWORK: &str = "network";
     /// The shard number, or `beacon` on beacon nodes.
     pub const LABEL_SHARD: &str = "shard";

@@ -161,6 +161,8 @@ pub struct NodeState<K: Kv> {
     /// Shard nodes: admitted transactions whose table moved to another shard at an epoch
     /// switch, waiting to be forwarded there (by [`crate::handoff`]).
     pub handed_over: Vec<Tx>,
+    /// Shard nodes: credits owed by other shards and the source blocks checked.
+    pub credits: crate::cross_shard::CreditDesk,
 }
 
 /// Why a system transaction was not admitted to the pool: the JSON-RPC code and message.
@@ -270,6 +272,7 @@ impl<K: Kv> NodeState<K> {
             system_gossip: Vec::new(),
             shard_epoch: None,
             handed_over: Vec::new(),
+            credits: Default::default(),
         }
         .with_stored_registry()
     }
@@ -496,9 +499,9 @@ impl<K: Kv> NodeState<K> {
         self.ledger.height().unwrap_or(0)
     }
 
-    /// Sharded networks: a shard takes only transactions whose sender's table it owns,
-    /// and (until cross-shard transfers land) whose receiver's table it owns too; the
-    /// beacon takes none. Unsharded networks take every table.
+    /// Sharded networks: a shard takes only transactions whose sender's table it owns
+    /// (a receiver in another shard's table gets a cross-shard receipt); the beacon takes
+    /// none. Unsharded networks take every table.
     pub fn check_tables(&self, tx: &Tx) -> Result<(), crate::mempool::AdmitError> {
         table_refusal(self.shard.as_ref(), tx).map_or(Ok(()), |reason| {
             Err(crate::mempool::AdmitError::WrongShard(reason))
@@ -1368,18 +1371,22 @@ where
                 return None;
             }
         };
-        // Transactions already in unfinalized ancestors are not included again.
+        // Transactions (and credits) already in unfinalized ancestors are not included
+        // again.
         let mut exclude = HashSet::new();
+        let mut in_flight = Vec::new();
         let mut cursor = parent.clone();
         while let Ok(Some(ancestor)) = self.unfinalized(&cursor.parent) {
             for tx in &cursor.txs {
                 exclude.insert(tx.hash());
             }
+            in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
             cursor = ancestor;
         }
         for tx in &cursor.txs {
             exclude.insert(tx.hash());
         }
+        in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
         let governance_above = self.governance_above(parent);
         let (txs, governance) = {
             let state = lock(&self.state);
@@ -1447,11 +1454,18 @@ where
             }
             _ => Vec::new(),
         };
+        let credits = match &sharding {
+            Some(h) if h.committee != Committee::Beacon => {
+                let in_flight: Vec<&trellis_node_types::Credit> = in_flight.iter().collect();
+                crate::cross_shard::credits_for_block(&lock(&self.state), &in_flight)
+            }
+            _ => Vec::new(),
+        };
         Some(match sharding {
             None => block,
             Some(header) => block.with_sharding(Sharding {
                 header,
-                credits: Vec::new(),
+                credits,
                 system,
             }),
         })
@@ -1535,8 +1549,12 @@ where
                 let epoch = v.context.round.epoch().get();
                 state.consensus_epoch() == epoch && state.ends(epoch, &block)
             } else {
-                let sharding =
-                    check_sharding(&lock(&self.state), &self.config.chain_id, &block, &parent);
+                let sharding = check_sharding(
+                    &mut lock(&self.state),
+                    &self.config.chain_id,
+                    &block,
+                    &parent,
+                );
                 match sharding {
                     Ok(true) => self.valid(&v.context, &block, &parent),
                     Ok(false) => {
@@ -1644,6 +1662,7 @@ where
             )
         };
         if ends && self.stalled_at == Some(height) {
+            debug!(target: "trellis_node::epoch_switch", epoch, height, "asking peers for the epoch's end");
             let request = Backfill::EpochEndRequest { epoch };
             self.backfill_sender
                 .send(Recipients::All, IoBuf::from(request.encode()), false);
@@ -1668,6 +1687,21 @@ where
             let txs = state.ledger.table_stats(*table).txs;
             // Counters only go up: add what executed since the last look.
             counter.inc_by(txs.saturating_sub(counter.get()));
+        }
+        if place.committee != Committee::Beacon {
+            let depth = state.mempool.depth_by_table();
+            for table in &place.tables {
+                self.metrics
+                    .table_mempool_depth
+                    .get_or_create(&vec![(
+                        trellis_node_api::metrics::LABEL_TABLE.to_string(),
+                        table.to_string(),
+                    )])
+                    .set(depth[usize::from(*table)] as i64);
+            }
+            self.metrics
+                .receipts_pending
+                .set(state.credits.pending() as i64);
         }
     }
 
@@ -2037,9 +2071,24 @@ where
         let (admitted, depth) = {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
-            state
-                .ledger
-                .apply_block_with(block.height, &block.txs, extra)?;
+            let credits = crate::cross_shard::receipts(&block);
+            let outcome =
+                state
+                    .ledger
+                    .apply_block_with_credits(block.height, &block.txs, &credits, extra)?;
+            for (credit, result) in credits.iter().zip(&outcome.credits) {
+                if !result.is_credited() {
+                    debug!(
+                        height = block.height,
+                        source = credit.source_table,
+                        dest = credit.dest_table,
+                        seq = credit.seq,
+                        %result,
+                        "credit not applied"
+                    );
+                }
+            }
+            crate::cross_shard::executed(state);
             state.finalized_digest = digest;
             if state.shard_epoch.is_none() {
                 state.epoch = registry.epoch;
@@ -2099,14 +2148,6 @@ fn table_refusal(place: Option<&ShardPlace>, tx: &Tx) -> Option<String> {
             "the sender's table {from} is not owned by shard {shard}"
         ));
     }
-    if let trellis_node_types::TxKind::Transfer { to, .. } = &tx.unsigned.kind {
-        let to = trellis_node_types::table_of(to);
-        if place.tables.binary_search(&to).is_err() {
-            return Some(format!(
-                "cross-shard transfers are not supported yet (the receiver's table {to} is not owned by shard {shard})"
-            ));
-        }
-    }
     None
 }
 
@@ -2160,14 +2201,14 @@ fn next_shard_header<K: Kv>(
 /// finalized state: `Ok(true)` when it holds, `Ok(false)` while the block names state or
 /// a beacon height this node has not reached yet, `Err` with the reason otherwise.
 fn check_sharding<K: Kv>(
-    state: &NodeState<K>,
+    state: &mut NodeState<K>,
     chain_id: &str,
     block: &Block,
     parent: &Block,
 ) -> Result<bool, String> {
     let (place, sharding, above) = match (&state.shard, &block.sharding, &parent.sharding) {
         (None, None, None) => return Ok(true),
-        (Some(place), Some(sharding), Some(above)) => (place, sharding, &above.header),
+        (Some(place), Some(sharding), Some(above)) => (place.clone(), sharding, &above.header),
         _ => return Err("block format does not match this network (sharded or not)".into()),
     };
     let header = &sharding.header;
@@ -2196,16 +2237,13 @@ fn check_sharding<K: Kv>(
         }
         _ => {}
     }
-    if !crate::epoch_switch::check_end(state, block)? {
+    if !crate::epoch_switch::check_end(&*state, block)? {
         return Ok(false);
-    }
-    if !sharding.credits.is_empty() {
-        return Err("cross-shard credits are not supported yet".into());
     }
     if let Some(reason) = block
         .txs
         .iter()
-        .find_map(|tx| table_refusal(Some(place), tx))
+        .find_map(|tx| table_refusal(Some(&place), tx))
     {
         return Err(reason);
     }
@@ -2220,7 +2258,13 @@ fn check_sharding<K: Kv>(
             }
         }
     }
-    if header.beacon_height > place.beacon_height {
+    // Credits: every proof against a source block this node checked itself.
+    let credits_ready = match crate::cross_shard::check_credits(state, &place, &sharding.credits) {
+        crate::cross_shard::CreditCheck::Valid => true,
+        crate::cross_shard::CreditCheck::Wait => false,
+        crate::cross_shard::CreditCheck::Refused(reason) => return Err(reason),
+    };
+    if header.beacon_height > place.beacon_height || !credits_ready {
         return Ok(false);
     }
     match state.roots_digest_at(header.state_height) {

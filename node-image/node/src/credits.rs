@@ -861,7 +861,7 @@ mod tests {
         assert_eq!(wire.decode(2), Ok(page));
         assert!(wire.decode(1).unwrap_err().contains("2 blocks"));
         let mut bad = wire.clone();
-        bad.certificate = "0".repeat(2 * rpc_shard::MAX_RELAYED_CERTIFICATE + 2);
+        bad.certificate = Some("0".repeat(2 * rpc_shard::MAX_RELAYED_CERTIFICATE + 2));
         assert!(bad.decode(2).is_err());
         let mut bad = wire;
         bad.blocks[0] = "xyz".into();

@@ -16,8 +16,8 @@ use trellis_node_types::{Block, Committee, Digest, from_hex};
 /// Where the followed beacon height and its block digest are stored (with the state).
 pub const KEY_FOLLOWED: &[u8] = b"chain/beacon-followed";
 
-/// Fetches finalized beacon blocks (`trellis_getBeaconBlocks` over HTTP in production,
-/// in-process in simulations).
+/// Fetches finalized beacon blocks (`trellis_getBeaconBlocks` through the node's relay:
+/// over HTTP in production, in-process in simulations; see `crate::relay::RelayBeacon`).
 pub trait BeaconSource: Send + Sync {
     fn blocks(
         &self,
@@ -210,40 +210,6 @@ pub fn restore<K: Kv>(state: &mut NodeState<K>, chain_id: &str) -> Result<(), St
         place.beacon_height = height;
     }
     Ok(())
-}
-
-/// [`BeaconSource`] over JSON-RPC: asks the beacon nodes' RPC listeners in turn.
-pub struct HttpBeacon {
-    addresses: Vec<String>,
-    next: std::sync::atomic::AtomicUsize,
-}
-
-impl HttpBeacon {
-    pub fn new(addresses: Vec<String>) -> Self {
-        Self {
-            addresses,
-            next: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-}
-
-impl BeaconSource for HttpBeacon {
-    async fn blocks(&self, from: u64) -> Result<BeaconBlocks, String> {
-        use std::sync::atomic::Ordering;
-        if self.addresses.is_empty() {
-            return Err("no beacon RPC addresses".into());
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.addresses.len();
-        let address = &self.addresses[i];
-        let query = trellis_node_api::BeaconBlocksQuery { from, limit: 64 };
-        let value = crate::relay_http::call(
-            address,
-            trellis_node_api::methods::GET_BEACON_BLOCKS,
-            serde_json::to_value(query).map_err(|e| e.to_string())?,
-        )
-        .await?;
-        serde_json::from_value(value).map_err(|e| format!("answer of {address}: {e}"))
-    }
 }
 
 #[cfg(test)]

@@ -340,13 +340,14 @@ pub async fn run<K: Kv, S: HandoffSource, C: commonware_runtime::Clock>(
     }
 }
 
-/// Answers the handoff methods over a node's state (`None`: not one of them).
+/// Answers `trellis_getEpochEnd` over a node's state (`None` for other methods; table
+/// snapshots are the relay's `trellis_getTableSnapshot`).
 pub fn dispatch<K: Kv>(
     state: &Mutex<NodeState<K>>,
     method: &str,
     params: &Value,
 ) -> Option<Result<Value, Failure>> {
-    if method != GET_EPOCH_END && method != GET_TABLE_SNAPSHOT {
+    if method != GET_EPOCH_END {
         return None;
     }
     let params = params.clone();
@@ -379,48 +380,46 @@ pub fn dispatch<K: Kv>(
             serde_json::to_value(CertifiedBlockJson::from(&answer))
                 .map_err(|e| internal(e.to_string()))
         })(),
-        GET_TABLE_SNAPSHOT => (|| {
-            let p: SnapshotParams = serde_json::from_value(params).map_err(parse)?;
-            let request = SnapshotRequest::try_from(p).map_err(|e| (codes::INVALID_PARAMS, e))?;
-            let s = lock(state);
-            let chunk =
-                crate::rpc_shard::table_snapshot(&s.ledger, &request).map_err(|e| match e {
-                    crate::relay::RelayError::Refused { code, message, .. } => (code, message),
-                    other => (codes::INTERNAL, other.to_string()),
-                })?;
-            serde_json::to_value(SnapshotResult {
-                chunk: to_hex(&chunk.to_bytes()),
-            })
-            .map_err(|e| internal(e.to_string()))
-        })(),
         _ => return None,
     };
     Some(answer)
 }
 
-/// [`HandoffSource`] over JSON-RPC (`rpc_address`es from the beacon registry).
-pub struct HttpHandoff;
+/// [`HandoffSource`] over JSON-RPC (`rpc_address`es from the beacon registry), through
+/// the node's HTTP relay client.
+pub struct HttpHandoff(pub Arc<crate::relay::HttpRelay>);
+
+impl HttpHandoff {
+    async fn call(&self, address: &str, method: &str, params: Value) -> Result<Value, String> {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let answer = self.0.post(address, &body).await?;
+        if let Some(error) = answer.get("error") {
+            return Err(format!(
+                "{method} at {address} refused ({}): {}",
+                error["code"].as_i64().unwrap_or(0),
+                error["message"].as_str().unwrap_or("")
+            ));
+        }
+        Ok(answer["result"].clone())
+    }
+}
 
 impl HandoffSource for HttpHandoff {
     async fn epoch_end(&self, node: &Peer, epoch: u64) -> Result<CertifiedBlock, String> {
-        let value = crate::relay_http::call(
-            &node.rpc_address,
-            GET_EPOCH_END,
-            serde_json::to_value(EpochEndParams { epoch }).map_err(|e| e.to_string())?,
-        )
-        .await?;
+        let params = serde_json::to_value(EpochEndParams { epoch }).map_err(|e| e.to_string())?;
+        let value = self.call(&node.rpc_address, GET_EPOCH_END, params).await?;
         let json: CertifiedBlockJson =
             serde_json::from_value(value).map_err(|e| format!("{}: {e}", node.rpc_address))?;
         json.decode()
     }
 
     async fn chunk(&self, node: &Peer, request: SnapshotRequest) -> Result<TableSnapshot, String> {
-        let value = crate::relay_http::call(
-            &node.rpc_address,
-            GET_TABLE_SNAPSHOT,
-            serde_json::to_value(SnapshotParams::from(&request)).map_err(|e| e.to_string())?,
-        )
-        .await?;
+        let params =
+            serde_json::to_value(SnapshotParams::from(&request)).map_err(|e| e.to_string())?;
+        let value = self
+            .call(&node.rpc_address, GET_TABLE_SNAPSHOT, params)
+            .await?;
         let json: SnapshotResult =
             serde_json::from_value(value).map_err(|e| format!("{}: {e}", node.rpc_address))?;
         json.decode()
@@ -430,12 +429,14 @@ impl HandoffSource for HttpHandoff {
         let params = trellis_node_api::SendTransactionParams {
             tx: to_hex(&trellis_node_types::Encode::encode(tx)),
         };
-        match crate::relay_http::call(
-            &node.rpc_address,
-            trellis_node_api::methods::SEND_TRANSACTION,
-            serde_json::to_value(params).map_err(|e| e.to_string())?,
-        )
-        .await
+        let params = serde_json::to_value(params).map_err(|e| e.to_string())?;
+        match self
+            .call(
+                &node.rpc_address,
+                trellis_node_api::methods::SEND_TRANSACTION,
+                params,
+            )
+            .await
         {
             Ok(_) => Ok(()),
             // Already there (another node of the old shard forwarded it first).

@@ -61,6 +61,15 @@ impl Mempool {
     }
 
     /// Transactions queued for `sender`.
+    /// Waiting transactions per table of their sender (the per-table load metric).
+    pub fn depth_by_table(&self) -> [usize; 256] {
+        let mut depth = [0; 256];
+        for (sender, queue) in &self.by_sender {
+            depth[usize::from(trellis_node_types::table_of(sender))] += queue.len();
+        }
+        depth
+    }
+
     pub fn pending_for(&self, sender: &PublicKey) -> usize {
         self.by_sender.get(sender).map_or(0, BTreeMap::len)
     }

@@ -31,6 +31,8 @@ pub struct ChainMetrics {
     pub shard_count: Gauge,
     /// Sharded networks: executed transactions per owned table (label `table`).
     pub table_txs: Family<Vec<(String, String)>, Counter>,
+    /// Sharded networks: mempool depth per owned table (label `table`).
+    pub table_mempool_depth: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl ChainMetrics {
@@ -76,7 +78,7 @@ impl ChainMetrics {
         );
         registry.register(
             names::RECEIPTS_PENDING,
-            "Cross-shard receipts not yet credited (always 0 with one shard)",
+            "Cross-shard receipts owed to this shard's tables, verified and not yet credited, as far as this node knows",
             receipts_pending.clone(),
         );
         registry.register(names::EPOCH, "Current epoch", epoch.clone());
@@ -98,9 +100,16 @@ impl ChainMetrics {
             "Successfully executed transactions per owned table (sharded networks)",
             table_txs.clone(),
         );
+        let table_mempool_depth = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            names::TABLE_MEMPOOL_DEPTH,
+            "Transactions waiting in the mempool per owned table of their sender (sharded networks)",
+            table_mempool_depth.clone(),
+        );
         Self {
             shard_count,
             table_txs,
+            table_mempool_depth,
             registry: Arc::new(registry),
             finalized_height,
             txs_committed,

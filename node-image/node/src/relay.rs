@@ -13,6 +13,7 @@
 //! nodes' `rpc_address`es, and [`LocalRelay`], in-process, for the deterministic
 //! simulation. The server side of both is [`RelayServer`].
 
+use crate::follower::BeaconSource;
 use crate::rpc_shard::{
     self, BeaconBlocksParams, BeaconBlocksResult, CertifiedBlockJson, CertifiedBlockParams,
     OutboxHeadsParams, OutboxHeadsResult, OutboxParams, OutboxResult, SnapshotParams,
@@ -25,7 +26,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use trellis_node_api::{JsonRpcRequest, JsonRpcResponse, SendTransactionParams, methods};
+use trellis_node_api::{
+    BeaconBlocks, JsonRpcRequest, JsonRpcResponse, SendTransactionParams, methods,
+};
+use trellis_node_beacon::BeaconState;
 use trellis_node_state::{
     MAX_OUTBOX_PAGE_SIZE, MAX_SNAPSHOT_CHUNK_SIZE, OutboxPage, TableSnapshot,
 };
@@ -134,6 +138,29 @@ pub trait Relay: Send + Sync + 'static {
         shard: u16,
         tx: &Tx,
     ) -> impl Future<Output = Result<Digest, RelayError>> + Send;
+
+    /// Learns the committees' nodes from the beacon state this node follows (called
+    /// before each round of requests; relays that are told their nodes ignore it).
+    fn learn(&self, _beacon: &BeaconState) {}
+}
+
+/// The follower's [`BeaconSource`] over any relay: `trellis_getBeaconBlocks` pages.
+pub struct RelayBeacon<R>(pub Arc<R>);
+
+impl<R: Relay> BeaconSource for RelayBeacon<R> {
+    async fn blocks(&self, from: u64) -> Result<BeaconBlocks, String> {
+        let page = self
+            .0
+            .beacon_blocks(from, rpc_shard::MAX_BEACON_BLOCKS)
+            .await
+            .map_err(|e| e.to_string())?;
+        let wire = BeaconBlocksResult::from(&page);
+        Ok(BeaconBlocks {
+            blocks: wire.blocks,
+            certificate: wire.certificate,
+            finalized_height: wire.finalized_height,
+        })
+    }
 }
 
 /// What a node answers to other committees (server side). The node wiring implements it
@@ -450,7 +477,54 @@ fn malformed_from(shard: Option<u16>) -> impl Fn(String) -> RelayError {
     }
 }
 
+impl HttpRelay {
+    /// Posts one JSON-RPC body (a request or a batch, as a client sent it) to the node at
+    /// `address` and returns its answer, whatever it holds: how a node forwards a
+    /// client's request to another committee.
+    pub async fn post(
+        &self,
+        address: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let url = format!("http://{address}{}", trellis_node_api::RPC_PATH);
+        let mut response = self
+            .client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| format!("{address}: {e}"))?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("{address}: {e}"))?
+        {
+            if bytes.len() + chunk.len() > MAX_RELAY_RESPONSE {
+                return Err(format!(
+                    "{address}: answer longer than {MAX_RELAY_RESPONSE} bytes"
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("answer of {address} is not JSON: {e}"))
+    }
+}
+
 impl Relay for HttpRelay {
+    fn learn(&self, beacon: &BeaconState) {
+        self.set_beacon(
+            beacon
+                .beacon_validators()
+                .iter()
+                .map(|s| s.rpc_address.clone())
+                .collect(),
+        );
+        for shard in 0..beacon.shard_count() {
+            self.set_shard(shard, beacon.rpc_addresses(shard));
+        }
+    }
+
     async fn beacon_blocks(&self, from: u64, limit: u32) -> Result<BeaconPage, RelayError> {
         let result: BeaconBlocksResult = self
             .call(

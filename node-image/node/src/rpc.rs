@@ -58,6 +58,8 @@ pub struct Rpc<K: Kv> {
     pub state: Arc<Mutex<NodeState<K>>>,
     pub metrics: ChainMetrics,
     pub peers: PeerTracker,
+    /// The HTTP client to other committees' nodes (forwarded requests).
+    pub relay: Arc<crate::relay::HttpRelay>,
 }
 
 impl<K: Kv> Rpc<K> {
@@ -225,7 +227,7 @@ async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json
             if request.method == methods::SUBMIT_SYSTEM
                 && let Some(beacon) = beacon_rpc_of_shard_node(&rpc)
             {
-                return Json(forward_to(&beacon, "the beacon", request).await);
+                return Json(forward_to(&rpc.relay, &beacon, "the beacon", request).await);
             }
             let mut response = serde_json::to_value(answer(&rpc, request)).unwrap_or(Value::Null);
             // Sharded networks: say which shard admitted it.
@@ -287,12 +289,17 @@ fn beacon_rpc_of_shard_node<K: Kv>(rpc: &Rpc<K>) -> Option<Vec<String>> {
 
 /// Forwards a request as the client sent it to the first of `addresses` that answers;
 /// that answer is the client's answer.
-async fn forward_to(addresses: &[String], whom: &str, request: JsonRpcRequest) -> Value {
+async fn forward_to(
+    relay: &crate::relay::HttpRelay,
+    addresses: &[String],
+    whom: &str,
+    request: JsonRpcRequest,
+) -> Value {
     let id = request.id.clone();
     let body = serde_json::to_value(&request).unwrap_or(Value::Null);
     let mut last = format!("{whom} has no RPC addresses");
     for address in addresses {
-        match crate::relay_http::request(address, &body).await {
+        match relay.post(address, &body).await {
             Ok(response) => return response,
             Err(e) => last = e,
         }
@@ -317,7 +324,7 @@ async fn forward<K: Kv>(rpc: &Rpc<K>, shard: u16, request: JsonRpcRequest) -> Va
     let body = serde_json::to_value(&request).unwrap_or(Value::Null);
     let mut last = format!("shard {shard} has no RPC addresses in the shard map");
     for address in &addresses {
-        match crate::relay_http::request(address, &body).await {
+        match rpc.relay.post(address, &body).await {
             Ok(mut response) => {
                 if let Some(result) = response.get_mut("result") {
                     result["shard"] = shard.into();
@@ -369,10 +376,17 @@ fn dispatch<K: Kv>(rpc: &Rpc<K>, method: &str, p: Value) -> Result<Value, RpcFai
         methods::GET_BEACON_BLOCKS => {
             result(crate::rpc_beacon::blocks(rpc, params(p)?).map_err(RpcFailure::from)?)
         }
-        other => Err(RpcFailure::new(
-            codes::METHOD_NOT_FOUND,
-            format!("unknown method {other}"),
-        )),
+        other => {
+            // The relay's node-to-node methods (certified blocks, outboxes, snapshots).
+            let server = crate::rpc_shard::NodeRelay(rpc.state.clone());
+            match crate::rpc_shard::dispatch(&server, other, p) {
+                Some(answer) => answer.map_err(RpcFailure::from),
+                None => Err(RpcFailure::new(
+                    codes::METHOD_NOT_FOUND,
+                    format!("unknown method {other}"),
+                )),
+            }
+        }
     }
 }
 
@@ -589,6 +603,11 @@ fn status<K: Kv>(rpc: &Rpc<K>) -> NodeStatus {
         validators: validators.iter().map(|v| to_hex(v.as_ref())).collect(),
         waiting: crate::epoch_switch::blocked(&state),
         drained: state.shard_epoch.as_ref().is_some_and(|r| r.drained),
+        tables: state
+            .shard
+            .as_ref()
+            .filter(|p| p.committee != trellis_node_types::Committee::Beacon)
+            .map(|p| p.tables.clone()),
     }
 }
 
@@ -611,6 +630,10 @@ mod tests {
                 state: Arc::new(Mutex::new(state)),
                 metrics: ChainMetrics::new("c", 0),
                 peers: PeerTracker::default(),
+                relay: Arc::new(
+                    crate::relay::HttpRelay::new(Vec::new(), std::time::Duration::from_secs(5))
+                        .unwrap(),
+                ),
             },
             key,
         )

@@ -3,7 +3,7 @@
 //! map (`trellis_getShardMap`) and finalized beacon blocks for followers
 //! (`trellis_getBeaconBlocks`).
 
-use crate::chain::lock;
+use crate::chain::{NodeState, lock};
 use crate::rpc::Rpc;
 use crate::rpc_governance::Failure;
 use trellis_node_api::shard::{
@@ -115,9 +115,9 @@ pub fn blocks<K: Kv>(rpc: &Rpc<K>, q: BeaconBlocksQuery) -> Result<BeaconBlocks,
     blocks_of(&lock(&rpc.state), q)
 }
 
-/// [`blocks`] over a node's state (the simulation's in-process beacon source uses it).
+/// `trellis_getBeaconBlocks` over a node's state (also the in-process relay's answer).
 pub fn blocks_of<K: Kv>(
-    state: &crate::chain::NodeState<K>,
+    state: &NodeState<K>,
     q: BeaconBlocksQuery,
 ) -> Result<BeaconBlocks, Failure> {
     let beacon = trellis_node_types::Committee::Beacon;

@@ -160,6 +160,10 @@ mod tests {
             state: Arc::new(Mutex::new(state)),
             metrics: ChainMetrics::new(CHAIN, 0),
             peers: PeerTracker::default(),
+            relay: Arc::new(
+                crate::relay::HttpRelay::new(Vec::new(), std::time::Duration::from_secs(5))
+                    .unwrap(),
+            ),
         };
         (rpc, admins)
     }

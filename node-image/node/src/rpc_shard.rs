@@ -14,16 +14,18 @@
 //! another node. Every answer is verified by the caller, so a node may serve whatever it
 //! holds, including tables it handed off.
 
+use crate::chain::{NodeState, lock};
 use crate::relay::{
     BeaconPage, CertifiedBlock, OutboxRequest, RelayError, RelayServer, SnapshotRequest,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::{Arc, Mutex};
 use trellis_node_api::error_codes as codes;
 use trellis_node_state::{
     Kv, Ledger, MAX_OUTBOX_PAGE, MAX_SNAPSHOT_LEAVES, OutboxPage, StateError, TableSnapshot,
 };
-use trellis_node_types::{MAX_BLOCK_SIZE, from_hex, to_hex};
+use trellis_node_types::{Digest, Encode, MAX_BLOCK_SIZE, Tx, from_hex, to_hex};
 
 pub const GET_BEACON_BLOCKS: &str = "trellis_getBeaconBlocks";
 pub const GET_CERTIFIED_BLOCK: &str = "trellis_getCertifiedBlock";
@@ -86,10 +88,13 @@ impl CertifiedBlockJson {
     }
 }
 
+/// The wire shape of `trellis_getBeaconBlocks` (`trellis_node_api::BeaconBlocks`, which
+/// the beacon serves): the certificate is absent when no block is served.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BeaconBlocksResult {
     pub blocks: Vec<String>,
-    pub certificate: String,
+    #[serde(default)]
+    pub certificate: Option<String>,
     pub finalized_height: u64,
 }
 
@@ -97,7 +102,7 @@ impl From<&BeaconPage> for BeaconBlocksResult {
     fn from(page: &BeaconPage) -> Self {
         Self {
             blocks: page.blocks.iter().map(|b| to_hex(b)).collect(),
-            certificate: to_hex(&page.certificate),
+            certificate: (!page.certificate.is_empty()).then(|| to_hex(&page.certificate)),
             finalized_height: page.finalized_height,
         }
     }
@@ -126,7 +131,7 @@ impl BeaconBlocksResult {
             .collect::<Result<Vec<_>, _>>()?;
         let certificate = CertifiedBlockJson {
             block: String::new(),
-            certificate: self.certificate.clone(),
+            certificate: self.certificate.clone().unwrap_or_default(),
         }
         .decode()?
         .certificate;
@@ -291,13 +296,13 @@ pub fn outbox_heads<K: Kv>(
     dests: &[u8],
     height: u64,
 ) -> Result<Vec<(u8, u8, u64)>, RelayError> {
+    let wanted: std::collections::BTreeSet<u8> = dests.iter().copied().collect();
     let mut heads = Vec::new();
     for &source in sources {
-        for &dest in dests.iter().filter(|d| **d != source) {
-            // A page of no entries carries the pair's counter at `height`.
-            let page = ledger.outbox(source, dest, 0, 0, height).map_err(refused)?;
-            if page.next_seq > 0 {
-                heads.push((source, dest, page.next_seq));
+        // One counters leaf per source table: the pairs that ever had a receipt.
+        for (dest, next) in ledger.outbox_heads(source, height).map_err(refused)? {
+            if dest != source && next > 0 && wanted.contains(&dest) {
+                heads.push((source, dest, next));
             }
         }
     }
@@ -379,4 +384,107 @@ pub fn dispatch(
         _ => return None,
     };
     Some(answer)
+}
+
+/// Most finalized blocks looked back through for the latest directly certified one.
+const CERTIFIED_LOOKBACK: u64 = 256;
+
+fn not_found(message: String) -> RelayError {
+    RelayError::Refused {
+        target: "this node".into(),
+        code: codes::NOT_FOUND,
+        message,
+    }
+}
+
+fn storage(e: StateError) -> RelayError {
+    RelayError::Refused {
+        target: "this node".into(),
+        code: codes::INTERNAL,
+        message: e.to_string(),
+    }
+}
+
+/// What a node serves other committees, over its own state: the RPC methods above and
+/// the in-process relay of the simulations both answer from it.
+pub struct NodeRelay<K: Kv>(pub Arc<Mutex<NodeState<K>>>);
+
+impl<K: Kv> RelayServer for NodeRelay<K> {
+    fn beacon_blocks(&self, from: u64, limit: u32) -> Result<BeaconPage, RelayError> {
+        let query = trellis_node_api::BeaconBlocksQuery { from, limit };
+        let answer =
+            crate::rpc_beacon::blocks_of(&lock(&self.0), query).map_err(|(code, message)| {
+                RelayError::Refused {
+                    target: "this node".into(),
+                    code,
+                    message,
+                }
+            })?;
+        BeaconBlocksResult {
+            blocks: answer.blocks,
+            certificate: answer.certificate,
+            finalized_height: answer.finalized_height,
+        }
+        .decode(limit.min(MAX_BEACON_BLOCKS))
+        .map_err(|why| RelayError::Malformed {
+            target: "this node".into(),
+            why,
+        })
+    }
+
+    /// A block that was finalized directly (its own certificate is stored): the one at
+    /// `height`, or the latest one.
+    fn certified_block(&self, height: Option<u64>) -> Result<CertifiedBlock, RelayError> {
+        let state = lock(&self.0);
+        let finalized = state.finalized_height();
+        let heights: Vec<u64> = match height {
+            Some(h) => vec![h],
+            None => (finalized.saturating_sub(CERTIFIED_LOOKBACK)..=finalized)
+                .rev()
+                .filter(|h| *h > 0)
+                .collect(),
+        };
+        for h in heights {
+            if h > finalized {
+                break;
+            }
+            if let Some(certificate) = state.finalization(h).map_err(storage)?
+                && let Some(block) = state.block(h).map_err(storage)?
+            {
+                return Ok(CertifiedBlock {
+                    block: block.encode().to_vec(),
+                    certificate,
+                });
+            }
+        }
+        Err(not_found(match height {
+            Some(h) => format!("no directly certified block at height {h} here"),
+            None => "no directly certified block here yet".into(),
+        }))
+    }
+
+    fn outbox_heads(
+        &self,
+        sources: &[u8],
+        dests: &[u8],
+        height: u64,
+    ) -> Result<Vec<(u8, u8, u64)>, RelayError> {
+        outbox_heads(&lock(&self.0).ledger, sources, dests, height)
+    }
+
+    fn outbox(&self, request: &OutboxRequest) -> Result<OutboxPage, RelayError> {
+        outbox(&lock(&self.0).ledger, request)
+    }
+
+    fn table_snapshot(&self, request: &SnapshotRequest) -> Result<TableSnapshot, RelayError> {
+        table_snapshot(&lock(&self.0).ledger, request)
+    }
+
+    fn submit_tx(&self, tx: Tx) -> Result<Digest, RelayError> {
+        lock(&self.0).submit(tx).map_err(|e| RelayError::Refused {
+            target: "this node".into(),
+            code: crate::rpc::admit_error_code(&e),
+            message: e.to_string(),
+        })
+    }
 }

@@ -325,6 +325,9 @@ impl PeerAddresses {
     }
 }
 
+/// Time allowed for one request to another committee's node.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs the node until the process is stopped.
 pub fn run(plan: Plan) -> anyhow::Result<()> {
     let config = plan.config.clone();
@@ -366,6 +369,9 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
     };
     let metrics = ChainMetrics::for_committee(&config.chain_id, &committee);
     let peers = PeerTracker::default();
+    // One HTTP client to the other committees: the beacon follower, credit gathering and
+    // forwarded requests all go through it.
+    let relay = Arc::new(crate::relay::HttpRelay::new(beacon_rpc, RELAY_TIMEOUT)?);
     let rpc = Arc::new(Rpc {
         chain_id: config.chain_id.clone(),
         role: config.role,
@@ -374,6 +380,7 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
         state: state.clone(),
         metrics: metrics.clone(),
         peers: peers.clone(),
+        relay: relay.clone(),
     });
     let runtime = commonware_runtime::tokio::Config::new()
         .with_storage_directory(config.data_dir.join("consensus"))
@@ -472,24 +479,30 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
         )?;
         if follows {
             let (state, chain_id) = (rpc.state.clone(), config.chain_id.clone());
+            let source = crate::relay::RelayBeacon(relay.clone());
             context.child("follower").spawn(move |context| {
                 crate::follower::follow(
                     context,
                     state,
                     chain_id,
-                    crate::follower::HttpBeacon::new(beacon_rpc),
+                    source,
                     Duration::from_millis(500),
                 )
             });
             let (state, chain_id) = (rpc.state.clone(), config.chain_id.clone());
+            let handoff = crate::handoff::HttpHandoff(relay.clone());
             context.child("handoff").spawn(move |context| {
                 crate::handoff::run(
                     context,
                     state,
                     chain_id,
-                    crate::handoff::HttpHandoff,
+                    handoff,
                     Duration::from_millis(200),
                 )
+            });
+            let (state, chain_id) = (rpc.state.clone(), config.chain_id.clone());
+            context.child("credits").spawn(move |context| {
+                crate::cross_shard::run(context, state, chain_id, relay, Default::default())
             });
         }
         let listener = tokio::net::TcpListener::bind(config.rpc_listen)

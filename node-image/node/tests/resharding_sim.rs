@@ -28,9 +28,7 @@ use trellis_node::engine::{
 use trellis_node::handoff::{GET_EPOCH_END, HandoffSource, Peer};
 use trellis_node::metrics::ChainMetrics;
 use trellis_node::relay::{CertifiedBlock, SnapshotRequest};
-use trellis_node::rpc_shard::{
-    CertifiedBlockJson, GET_TABLE_SNAPSHOT, SnapshotParams, SnapshotResult,
-};
+use trellis_node::rpc_shard::{CertifiedBlockJson, SnapshotResult};
 use trellis_node_api::shard::{GenesisValidator, ShardingGenesis, ShardingMode};
 use trellis_node_api::{BeaconBlocks, BeaconBlocksQuery};
 use trellis_node_beacon::{BeaconGenesis, BeaconState};
@@ -103,16 +101,13 @@ impl HandoffSource for Directory {
 
     async fn chunk(&self, node: &Peer, request: SnapshotRequest) -> Result<TableSnapshot, String> {
         let state = self.get(&node.key)?;
-        let answer = trellis_node::handoff::dispatch(
-            &state,
-            GET_TABLE_SNAPSHOT,
-            &serde_json::to_value(SnapshotParams::from(&request)).unwrap(),
-        )
-        .unwrap()
-        .map_err(|(c, m)| format!("{c}: {m}"))?;
-        let mut chunk = serde_json::from_value::<SnapshotResult>(answer)
-            .map_err(|e| e.to_string())?
-            .decode()?;
+        let served = trellis_node::rpc_shard::table_snapshot(&lock(&state).ledger, &request)
+            .map_err(|e| e.to_string())?;
+        // Through the wire encoding and its bounded decoder, as over HTTP.
+        let mut chunk = SnapshotResult {
+            chunk: to_hex(&served.to_bytes()),
+        }
+        .decode()?;
         if self.forger.lock().unwrap().as_ref() == Some(&node.key)
             && let Some((_, value)) = chunk.leaves.first_mut()
         {

@@ -17,7 +17,7 @@
 //! The proven leaf is `key = SHA-256("outb" ‖ dest_table ‖ seq)`, `value = receipt`; a
 //! proof therefore binds every field of the receipt, its destination and its position.
 
-use crate::tables::{Counters, outbox_counters_key, outbox_key};
+use crate::tables::{Counters, TableStats, outbox_counters_key, outbox_key};
 use crate::{Kv, Ledger, StateError, TableReader, tree_err};
 use bytes::{Buf as _, BufMut};
 use commonware_codec::{
@@ -285,6 +285,36 @@ impl OutboxPage {
             expected = expected.saturating_add(1);
         }
         Ok(out)
+    }
+}
+
+impl<K: Kv> Ledger<K> {
+    /// [`Ledger::supply_parts`] as they were after applying `height`: the conservation
+    /// terms of every owned table at that height (tables without state then are left
+    /// out). Lets a test or an auditor check conservation at every past height.
+    pub fn supply_parts_at(&self, height: u64) -> Result<Vec<(u8, TableStats)>, StateError> {
+        let mut parts = Vec::new();
+        for table in self.owned_tables().iter() {
+            let Some((version, _)) = self.table_at(table, height)? else {
+                continue;
+            };
+            let reader = TableReader {
+                kv: &self.kv,
+                table,
+            };
+            let stats = match jmt::storage::TreeReader::get_value_option(
+                &reader,
+                version,
+                crate::tables::stats_key(),
+            )
+            .map_err(tree_err)?
+            {
+                None => TableStats::default(),
+                Some(bytes) => TableStats::decode(&bytes)?,
+            };
+            parts.push((table, stats));
+        }
+        Ok(parts)
     }
 }
 

@@ -297,6 +297,7 @@ fn node(height: u64, peers: usize) -> Result<trellis_node_api::NodeStatus, Chain
         validators: Vec::new(),
         waiting: None,
         drained: false,
+        tables: None,
     })
 }
 
