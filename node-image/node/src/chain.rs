@@ -1629,8 +1629,11 @@ where
             self.announce_membership()?;
         }
         self.flush_gossip();
-        if self.ticks.is_multiple_of(EPOCH_END_EVERY) {
-            self.ask_epoch_end();
+        // A shard node more than an epoch behind its shard asks on every tick: its peers
+        // move on meanwhile, so waiting to notice a stall would never catch up.
+        let behind = crate::epoch_switch::behind(&lock(&self.state));
+        if behind || self.ticks.is_multiple_of(EPOCH_END_EVERY) {
+            self.ask_epoch_end(behind);
         }
         for v in &mut self.verifies {
             v.ticks += 1;
@@ -1649,7 +1652,7 @@ where
     /// When finalization has not moved since the last look, asks peers for the current
     /// epoch's last block: a node that missed an epoch change (or a new member's node
     /// replaying the chain) learns it this way, since the engines of past epochs are gone.
-    fn ask_epoch_end(&mut self) {
+    fn ask_epoch_end(&mut self, now: bool) {
         let (height, epoch, ends) = {
             let state = lock(&self.state);
             let r = &state.registry;
@@ -1661,7 +1664,7 @@ where
                     || (state.shard_epoch.is_none() && r.epoch_end(r.epoch).is_some()),
             )
         };
-        if ends && self.stalled_at == Some(height) {
+        if ends && (now || self.stalled_at == Some(height)) {
             debug!(target: "trellis_node::epoch_switch", epoch, height, "asking peers for the epoch's end");
             let request = Backfill::EpochEndRequest { epoch };
             self.backfill_sender

@@ -439,3 +439,15 @@ pub fn check_end<K: Kv>(state: &NodeState<K>, block: &Block) -> Result<bool, Str
     }
     Ok(true)
 }
+
+/// True when a running shard node has followed the beacon more than one epoch past its
+/// own consensus epoch: its shard has moved on without it (it was down), and it catches
+/// up epoch by epoch from its peers' epoch-end proofs.
+pub fn behind<K: Kv>(state: &NodeState<K>) -> bool {
+    match (&state.shard_epoch, &state.beacon, &state.shard) {
+        (Some(record), Some(beacon), Some(place)) if !record.idle() => {
+            beacon_epoch(beacon, place.beacon_height) > record.epoch + 1
+        }
+        _ => false,
+    }
+}

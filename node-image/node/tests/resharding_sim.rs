@@ -616,6 +616,7 @@ fn reshards_1_2_4_3_1_under_load_with_a_crash_during_handoff() {
         *sim.directory.forger.lock().unwrap() =
             Some(sim.nodes[sim.slot_nodes(0)[1]].key.public_key());
         let mut crashed = false;
+        let mut refused_during_handoff = 0;
         for count in [2u16, 4, 3, 1] {
             sim.reshard(count);
             let start = sim.context.current();
@@ -647,6 +648,36 @@ fn reshards_1_2_4_3_1_under_load_with_a_crash_during_handoff() {
                         }
                     }
                 }
+                // Another change during the handoff epoch is refused, "retry later".
+                if sim.beacon().shard_count() == count && sim.beacon().resharding() {
+                    let s = sim.nodes[0].state.as_ref().unwrap();
+                    let mut s = lock(s);
+                    let sequence = s
+                        .beacon
+                        .as_ref()
+                        .unwrap()
+                        .next_sequence(&sim.admin.public_key());
+                    let tx = SystemPayload {
+                        chain_id: CHAIN.into(),
+                        sequence,
+                        action: SystemAction::SetShardCount {
+                            count: 2,
+                            load: vec![],
+                        },
+                    }
+                    .sign(&sim.admin);
+                    let refusal = s.submit_system(tx, CHAIN).unwrap_err();
+                    assert_eq!(
+                        refusal.code,
+                        trellis_node_api::error_codes::RESHARDING,
+                        "{refusal}"
+                    );
+                    assert!(
+                        refusal.message.contains("resharding in progress"),
+                        "{refusal}"
+                    );
+                    refused_during_handoff += 1;
+                }
                 if let Some((i, at)) = restart_at
                     && sim.context.current() >= at
                 {
@@ -675,6 +706,44 @@ fn reshards_1_2_4_3_1_under_load_with_a_crash_during_handoff() {
             }
         }
         assert!(crashed, "no validator was caught mid-handoff");
+        assert!(
+            refused_during_handoff > 0,
+            "no SetShardCount was tried during a handoff"
+        );
+        // A forged epoch-end answer is refused: a changed certificate, or a changed header
+        // (its digest no longer matches the certificate).
+        {
+            let beacon = sim.beacon();
+            let node = sim.nodes[sim.slot_nodes(0)[0]].key.public_key();
+            let peer = Peer {
+                key: node,
+                rpc_address: String::new(),
+            };
+            let answer = HandoffSource::epoch_end(&sim.directory, &peer, 1)
+                .await
+                .unwrap();
+            let table = trellis_node::epoch_switch::tables_of(&beacon, 0, 1)[0];
+            trellis_node::handoff::certified_root(&beacon, CHAIN, 0, 1, table, &answer).unwrap();
+            let mut forged = answer.clone();
+            let last = forged.certificate.len() - 1;
+            forged.certificate[last] ^= 1;
+            let e = trellis_node::handoff::certified_root(&beacon, CHAIN, 0, 1, table, &forged)
+                .unwrap_err();
+            assert!(e.contains("does not verify"), "{e}");
+            let mut block = trellis_node_types::Block::decode_untrusted(&answer.block).unwrap();
+            block.sharding.as_mut().unwrap().header.roots[0].root[0] ^= 1;
+            let forged = CertifiedBlock {
+                block: trellis_node_types::Encode::encode(&block).to_vec(),
+                certificate: answer.certificate.clone(),
+            };
+            let e = trellis_node::handoff::certified_root(&beacon, CHAIN, 0, 1, table, &forged)
+                .unwrap_err();
+            assert!(e.contains("does not verify"), "{e}");
+            // Asked of another shard, or for the wrong epoch: refused with the reason.
+            let e = trellis_node::handoff::certified_root(&beacon, CHAIN, 1, 1, table, &answer)
+                .unwrap_err();
+            assert!(e.contains("shard 1"), "{e}");
+        }
         assert!(
             sim.directory.forged.load(Ordering::Relaxed) > 0,
             "the forger was never asked"
