@@ -491,7 +491,7 @@ impl Sim {
                         && (slot >= beacon.shard_count()
                             || trellis_node::epoch_switch::blocked(&s).is_none())
                         && (slot < beacon.shard_count() || record.idle())
-                        && record.epoch + 1 >= beacon.epoch()
+                        && (record.idle() || record.epoch + 1 >= beacon.epoch())
                 })
         })
     }
