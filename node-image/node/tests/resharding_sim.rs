@@ -147,6 +147,8 @@ struct Sim {
     pairs: Vec<(PrivateKey, PrivateKey)>,
     /// Hashes of transactions a shard accepted.
     accepted: BTreeSet<Digest>,
+    /// Per sender: its transaction in flight and when it was last sent.
+    in_flight: BTreeMap<usize, (Tx, std::time::SystemTime)>,
     round: u64,
 }
 
@@ -281,6 +283,7 @@ impl Sim {
             admin,
             pairs: account_pairs(24),
             accepted: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
             round: 0,
         }
     }
@@ -406,9 +409,23 @@ impl Sim {
     }
 
     /// One transfer per idle account pair side, sent to a node of the shard owning it.
+    /// True when some shard slot's ledger holds a receipt for `hash`.
+    fn finalized(&self, hash: &Digest) -> bool {
+        (0..SLOTS).any(|slot| {
+            self.slot_nodes(slot).first().is_some_and(|i| {
+                let s = lock(self.nodes[*i].state.as_ref().unwrap());
+                s.ledger.receipt(&hash.0).unwrap().is_some()
+            })
+        })
+    }
+
+    /// Transfers like a wallet: one transaction in flight per sender, sent to a node of
+    /// the shard owning the sender's table; a transaction not finalized after 20 s (its
+    /// node crashed, say) is sent again, the same bytes, to another node.
     fn load(&mut self) {
         self.round += 1;
         let round = self.round;
+        let now = self.context.current();
         let shard_nodes: Vec<State> = self
             .nodes
             .iter()
@@ -418,12 +435,23 @@ impl Sim {
         if shard_nodes.is_empty() {
             return;
         }
-        for (p, (a, b)) in self.pairs.iter().enumerate() {
-            let (from, to) = if round.is_multiple_of(2) {
-                (a, b)
-            } else {
-                (b, a)
-            };
+        let senders: Vec<(usize, PrivateKey, PublicKey)> = self
+            .pairs
+            .iter()
+            .enumerate()
+            .flat_map(|(p, (a, b))| {
+                [
+                    (2 * p, a.clone(), b.public_key()),
+                    (2 * p + 1, b.clone(), a.public_key()),
+                ]
+            })
+            .collect();
+        for (id, from, to) in senders {
+            if let Some((tx, _)) = self.in_flight.get(&id)
+                && self.finalized(&tx.hash())
+            {
+                self.in_flight.remove(&id);
+            }
             let table = table_of(&from.public_key());
             let owners: Vec<&State> = shard_nodes
                 .iter()
@@ -436,27 +464,41 @@ impl Sim {
             if owners.is_empty() {
                 continue;
             }
-            let state = owners[(p + round as usize) % owners.len()];
+            let state = owners[(id + round as usize) % owners.len()];
             let mut s = lock(state);
-            if s.mempool.pending_for(&from.public_key()) > 0 {
-                continue;
-            }
-            let Ok(account) = s.ledger.account(&from.public_key()) else {
-                continue;
+            let tx = match self.in_flight.get(&id) {
+                Some((tx, sent))
+                    if now.duration_since(*sent).unwrap_or_default() > Duration::from_secs(20) =>
+                {
+                    tx.clone()
+                }
+                Some(_) => continue,
+                None => {
+                    let Ok(account) = s.ledger.account(&from.public_key()) else {
+                        continue;
+                    };
+                    UnsignedTx {
+                        chain_id: CHAIN.into(),
+                        from: from.public_key(),
+                        nonce: account.nonce,
+                        fee: 1,
+                        kind: TxKind::Transfer {
+                            to,
+                            amount: 1 + (round * 13 + id as u64) % 700,
+                        },
+                    }
+                    .sign(&from)
+                }
             };
-            let tx = UnsignedTx {
-                chain_id: CHAIN.into(),
-                from: from.public_key(),
-                nonce: account.nonce,
-                fee: 1,
-                kind: TxKind::Transfer {
-                    to: to.public_key(),
-                    amount: 1 + (round * 13 + p as u64) % 700,
-                },
-            }
-            .sign(from);
-            if let Ok(hash) = s.submit(tx) {
-                self.accepted.insert(hash);
+            match s.submit(tx.clone()) {
+                Ok(hash) => {
+                    self.accepted.insert(hash);
+                    self.in_flight.insert(id, (tx, now));
+                }
+                Err(trellis_node::mempool::AdmitError::Known) => {
+                    self.in_flight.insert(id, (tx, now));
+                }
+                Err(_) => {}
             }
         }
     }
