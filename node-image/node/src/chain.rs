@@ -1388,13 +1388,14 @@ where
         }
         in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
         let governance_above = self.governance_above(parent);
+        // An epoch-end block carries nothing (no transactions, credits or governance): its
+        // header's roots are the epoch's final ones.
+        let ending = sharding.as_ref().is_some_and(|h| {
+            h.committee != Committee::Beacon
+                && crate::epoch_switch::would_end(&lock(&self.state), h.beacon_height)
+        });
         let (txs, governance) = {
             let state = lock(&self.state);
-            // An epoch-end block carries nothing: its header's roots are the epoch's final.
-            let ending = sharding.as_ref().is_some_and(|h| {
-                crate::epoch_switch::would_end(&state, h.beacon_height)
-                    && h.committee != Committee::Beacon
-            });
             let txs = if ending {
                 Vec::new()
             } else {
@@ -1455,7 +1456,7 @@ where
             _ => Vec::new(),
         };
         let credits = match &sharding {
-            Some(h) if h.committee != Committee::Beacon => {
+            Some(h) if h.committee != Committee::Beacon && !ending => {
                 let in_flight: Vec<&trellis_node_types::Credit> = in_flight.iter().collect();
                 crate::cross_shard::credits_for_block(&lock(&self.state), &in_flight)
             }
