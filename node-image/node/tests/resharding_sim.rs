@@ -634,7 +634,7 @@ fn executor(seed: u64) -> deterministic::Runner {
 #[test]
 fn reshards_1_2_4_3_1_under_load_with_a_crash_during_handoff() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("warn,trellis_node::handoff=info,trellis_node::epoch_switch=debug")
+        .with_env_filter("warn,trellis_node::handoff=info,trellis_node::epoch_switch=info")
         .with_test_writer()
         .try_init();
     executor(7).start(|context| async move {
