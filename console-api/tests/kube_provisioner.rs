@@ -441,7 +441,7 @@ async fn console_api_with_the_kube_provisioner() {
     assert_eq!(shown["status"]["phase"], "Running", "{shown}");
     assert_eq!(shown["phase"], "Running", "{shown}");
 
-    // A PATCH is a new generation, applied over the old one.
+    // A consortium runs one shard: scaling it is refused before anything is applied.
     let (status, body) = call(
         &router,
         "PATCH",
@@ -450,11 +450,30 @@ async fn console_api_with_the_kube_provisioner() {
         json!({"shards": {"count": 2, "max": 4}}),
     )
     .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "shards", "{body}");
+    assert_eq!(
+        api.get("alliance").await.unwrap().annotations()[GENERATION_ANNOTATION],
+        "1"
+    );
+
+    // A PATCH is a new generation, applied over the old one.
+    let (status, body) = call(
+        &router,
+        "PATCH",
+        &format!("/v1/networks/{network_id}"),
+        Some(&token),
+        json!({"node_version": "0.2.0"}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    let scaled = api.get("alliance").await.unwrap();
-    assert_eq!(scaled.spec.shards.count, 2);
-    assert_eq!(scaled.spec.shards.max, 4);
-    assert_eq!(scaled.annotations()[GENERATION_ANNOTATION], "2");
+    let upgraded = api.get("alliance").await.unwrap();
+    assert!(
+        upgraded.spec.node.image.ends_with(":0.2.0"),
+        "{:?}",
+        upgraded.spec.node.image
+    );
+    assert_eq!(upgraded.annotations()[GENERATION_ANNOTATION], "2");
 
     // DELETE removes the resource.
     let (status, body) = call(

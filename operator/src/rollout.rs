@@ -213,6 +213,8 @@ mod tests {
             syncing: false,
             mempool_depth: 0,
             validators: Vec::new(),
+            waiting: None,
+            drained: false,
             tables: None,
         }
     }

@@ -539,6 +539,15 @@ pub struct NodeStatus {
     pub mempool_depth: usize,
     /// Hex node keys of the current validator set.
     pub validators: Vec<String>,
+    /// Shard nodes: why this node's consensus waits, when it does — `"waiting for shard
+    /// N to be created by the beacon"` (a slot above the shard count), a table handoff in
+    /// progress, or `"drained: ..."`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Shard nodes: true once a scale-in moved this slot's tables away and the beacon
+    /// gives it no committee; the operator may delete the slot's nodes.
+    #[serde(default)]
+    pub drained: bool,
     /// Sharded networks: the tables the node's shard owns at its finalized height
     /// (absent on beacon and unsharded nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -155,6 +155,12 @@ pub struct NodeState<K: Kv> {
     pub system_pool: Vec<SystemTx>,
     /// System transactions admitted here, to be gossiped to the committee.
     pub system_gossip: Vec<SystemTx>,
+    /// Shard nodes: the current consensus epoch, its committee and table handoff (see
+    /// [`crate::epoch_switch`]).
+    pub shard_epoch: Option<crate::epoch_switch::ShardEpoch>,
+    /// Shard nodes: admitted transactions whose table moved to another shard at an epoch
+    /// switch, waiting to be forwarded there (by [`crate::handoff`]).
+    pub handed_over: Vec<Tx>,
     /// Shard nodes: credits owed by other shards and the source blocks checked.
     pub credits: crate::cross_shard::CreditDesk,
 }
@@ -264,6 +270,8 @@ impl<K: Kv> NodeState<K> {
             beacon: None,
             system_pool: Vec::new(),
             system_gossip: Vec::new(),
+            shard_epoch: None,
+            handed_over: Vec::new(),
             credits: Default::default(),
         }
         .with_stored_registry()
@@ -337,7 +345,41 @@ impl<K: Kv> NodeState<K> {
                 self.beacon = Some(genesis);
             }
         }
+        crate::epoch_switch::restore(&mut self)?;
         Ok(self)
+    }
+
+    /// The consensus epoch this node is in (a shard's follows the beacon's).
+    pub fn consensus_epoch(&self) -> u64 {
+        self.shard_epoch
+            .as_ref()
+            .map_or(self.registry.epoch, |r| r.epoch)
+    }
+
+    /// True when `block` is the last block of consensus epoch `epoch`.
+    pub fn ends(&self, epoch: u64, block: &Block) -> bool {
+        match (&self.shard_epoch, &self.beacon) {
+            (Some(_), Some(beacon)) => {
+                block.epoch == epoch && crate::epoch_switch::ends_epoch(beacon, block)
+            }
+            _ => self.registry.epoch_end(epoch) == Some(block.height),
+        }
+    }
+
+    /// True when `height` lies beyond the known last height of `epoch`.
+    fn beyond(&self, epoch: u64, height: u64) -> bool {
+        self.shard_epoch.is_none() && self.registry.epoch_end(epoch).is_some_and(|e| height > e)
+    }
+
+    /// The height of the block that ended `epoch`, once finalized here.
+    fn epoch_end_height(&self, epoch: u64) -> Result<Option<u64>, StateError> {
+        if self.shard_epoch.is_some() {
+            return crate::epoch_switch::epoch_end_height(self, epoch);
+        }
+        Ok(self
+            .registry
+            .epoch_end(epoch)
+            .filter(|end| *end <= self.finalized_height()))
     }
 
     /// Admits a system transaction submitted to a beacon node and queues it for gossip.
@@ -935,6 +977,9 @@ pub struct Membership {
 impl<K: Kv> NodeState<K> {
     /// The membership at the finalized height.
     pub fn membership(&self) -> Result<Membership, StateError> {
+        if let Some(membership) = crate::epoch_switch::membership(self)? {
+            return Ok(membership);
+        }
         let registry = &self.registry;
         let floor_height = registry.epoch_floor(registry.epoch).unwrap_or(0);
         let floor = self
@@ -1255,15 +1300,19 @@ where
             match self.lookup(&parent_digest) {
                 Ok(Some(parent)) => {
                     let epoch = p.context.round.epoch().get();
-                    let (current, end) = {
+                    let (current, beyond, last) = {
                         let state = lock(&self.state);
-                        (state.registry.epoch, state.registry.epoch_end(epoch))
+                        (
+                            state.consensus_epoch(),
+                            state.beyond(epoch, parent.height),
+                            state.ends(epoch, &parent),
+                        )
                     };
-                    if current != epoch || end.is_some_and(|end| parent.height > end) {
+                    if current != epoch || beyond {
                         // An engine of an epoch this node has left: it is being stopped.
                         continue;
                     }
-                    if end == Some(parent.height) {
+                    if last {
                         // The epoch is complete: re-propose its last block until it is
                         // finalized directly, so its certificate exists for every node
                         // that changes epoch.
@@ -1339,9 +1388,19 @@ where
         }
         in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
         let governance_above = self.governance_above(parent);
+        // An epoch-end block carries nothing (no transactions, credits or governance): its
+        // header's roots are the epoch's final ones.
+        let ending = sharding.as_ref().is_some_and(|h| {
+            h.committee != Committee::Beacon
+                && crate::epoch_switch::would_end(&lock(&self.state), h.beacon_height)
+        });
         let (txs, governance) = {
             let state = lock(&self.state);
-            let txs = state.mempool.select(self.config.block_txs, &exclude);
+            let txs = if ending {
+                Vec::new()
+            } else {
+                state.mempool.select(self.config.block_txs, &exclude)
+            };
             // Governance waits while an unfinalized ancestor carries some: its outcome
             // (and so the next sequence) is not known yet.
             let mut governance = Vec::new();
@@ -1397,7 +1456,7 @@ where
             _ => Vec::new(),
         };
         let credits = match &sharding {
-            Some(h) if h.committee != Committee::Beacon => {
+            Some(h) if h.committee != Committee::Beacon && !ending => {
                 let in_flight: Vec<&trellis_node_types::Credit> = in_flight.iter().collect();
                 crate::cross_shard::credits_for_block(&lock(&self.state), &in_flight)
             }
@@ -1489,8 +1548,7 @@ where
                 // A re-proposal: valid only for the last block of the current epoch.
                 let state = lock(&self.state);
                 let epoch = v.context.round.epoch().get();
-                state.registry.epoch == epoch
-                    && state.registry.epoch_end(epoch) == Some(block.height)
+                state.consensus_epoch() == epoch && state.ends(epoch, &block)
             } else {
                 let sharding = check_sharding(
                     &mut lock(&self.state),
@@ -1526,16 +1584,22 @@ where
 
     fn valid(&self, context: &ConsensusContext, block: &Block, parent: &Block) -> bool {
         let epoch = context.round.epoch().get();
-        let (current, end) = {
+        let (current, beyond, parent_ends) = {
             let state = lock(&self.state);
-            (state.registry.epoch, state.registry.epoch_end(epoch))
+            (
+                state.consensus_epoch(),
+                state.beyond(epoch, block.height),
+                state.ends(epoch, parent),
+            )
         };
         block.parent == parent.digest()
             && block.height == parent.height + 1
             && block.view == context.view().get()
             && block.epoch == epoch
             && current == epoch
-            && end.is_none_or(|end| block.height <= end)
+            && !beyond
+            // Only a re-proposal may follow the last block of an epoch.
+            && !parent_ends
             && block.txs.len() <= self.config.block_txs
             && block.governance.len() <= MAX_BLOCK_GOVERNANCE
             && block
@@ -1562,9 +1626,15 @@ where
 
     fn tick(&mut self) -> Result<(), StateError> {
         self.ticks += 1;
+        if crate::epoch_switch::activate_if_created(&mut lock(&self.state))? {
+            self.announce_membership()?;
+        }
         self.flush_gossip();
-        if self.ticks.is_multiple_of(EPOCH_END_EVERY) {
-            self.ask_epoch_end();
+        // A shard node more than an epoch behind its shard asks on every tick: its peers
+        // move on meanwhile, so waiting to notice a stall would never catch up.
+        let behind = crate::epoch_switch::behind(&lock(&self.state));
+        if behind || self.ticks.is_multiple_of(EPOCH_END_EVERY) {
+            self.ask_epoch_end(behind);
         }
         for v in &mut self.verifies {
             v.ticks += 1;
@@ -1583,17 +1653,20 @@ where
     /// When finalization has not moved since the last look, asks peers for the current
     /// epoch's last block: a node that missed an epoch change (or a new member's node
     /// replaying the chain) learns it this way, since the engines of past epochs are gone.
-    fn ask_epoch_end(&mut self) {
+    fn ask_epoch_end(&mut self, now: bool) {
         let (height, epoch, ends) = {
             let state = lock(&self.state);
             let r = &state.registry;
             (
                 state.finalized_height(),
-                r.epoch,
-                r.epoch_end(r.epoch).is_some(),
+                state.consensus_epoch(),
+                // A shard's epochs end when the beacon's do; an idle slot has none.
+                state.shard_epoch.as_ref().is_some_and(|e| !e.idle())
+                    || (state.shard_epoch.is_none() && r.epoch_end(r.epoch).is_some()),
             )
         };
-        if ends && self.stalled_at == Some(height) {
+        if ends && (now || self.stalled_at == Some(height)) {
+            debug!(target: "trellis_node::epoch_switch", epoch, height, "asking peers for the epoch's end");
             let request = Backfill::EpochEndRequest { epoch };
             self.backfill_sender
                 .send(Recipients::All, IoBuf::from(request.encode()), false);
@@ -1724,16 +1797,15 @@ where
             Backfill::EpochEndRequest { epoch } => {
                 let proof = {
                     let state = lock(&self.state);
-                    match state.registry.epoch_end(epoch) {
-                        Some(end) if end <= state.finalized_height() => {
-                            match (state.block(end)?, state.finalization(end)?) {
-                                (Some(block), Some(certificate)) => Some((block, certificate)),
-                                _ => None,
-                            }
-                        }
+                    match state.epoch_end_height(epoch)? {
+                        Some(end) => match (state.block(end)?, state.finalization(end)?) {
+                            (Some(block), Some(certificate)) => Some((block, certificate)),
+                            _ => None,
+                        },
                         _ => None,
                     }
                 };
+                debug!(target: "trellis_node::epoch_switch", epoch, answered = proof.is_some(), "epoch-end request");
                 if let Some((block, certificate)) = proof {
                     let response = Backfill::EpochEnd {
                         block: Box::new(block),
@@ -1792,17 +1864,18 @@ where
     /// certificate finalizes exactly that block in that epoch with a quorum of the epoch's
     /// validators (as this node's registry knows them).
     fn epoch_end(&mut self, block: Block, certificate: Vec<u8>) -> Result<(), StateError> {
-        let (epoch, end, validators, finalized) = {
+        let (epoch, last, validators, finalized) = {
             let state = lock(&self.state);
-            let r = &state.registry;
+            let epoch = state.consensus_epoch();
             (
-                r.epoch,
-                r.epoch_end(r.epoch),
-                r.validators(),
+                epoch,
+                state.ends(epoch, &block),
+                state.membership()?.validators,
                 state.finalized_height(),
             )
         };
-        if end != Some(block.height) || block.height <= finalized {
+        if !last || block.height <= finalized {
+            debug!(target: "trellis_node::epoch_switch", epoch, height = block.height, last, "epoch-end proof not for this node's epoch");
             return Ok(());
         }
         let Some(round) = verify_finalization(
@@ -1818,6 +1891,7 @@ where
             return Ok(());
         }
         let digest = block.digest();
+        debug!(target: "trellis_node::epoch_switch", epoch, height = block.height, "accepted an epoch-end proof");
         self.certificates.insert(digest, certificate);
         self.wanted.insert(digest, self.ticks);
         self.keep(block);
@@ -1867,10 +1941,32 @@ where
             chain.push(block);
         }
         for block in chain.into_iter().rev() {
+            if !crate::epoch_switch::executable(&lock(&self.state), &block) {
+                // A shard waits for the beacon height the block names, or for its table
+                // handoff; the target stays and is retried on the next tick.
+                lock(&self.state).syncing = true;
+                return Ok(());
+            }
             self.execute(block)?;
         }
         lock(&self.state).syncing = false;
         self.target = None;
+        Ok(())
+    }
+
+    /// Tells the orchestrator (consensus engines, p2p peer sets) the membership changed.
+    fn announce_membership(&self) -> Result<(), StateError> {
+        let membership = lock(&self.state).membership()?;
+        info!(
+            epoch = membership.epoch,
+            validators = membership.validators.len(),
+            peers = membership.peers.len(),
+            "membership changed"
+        );
+        self.metrics.epoch.set(membership.epoch as i64);
+        if let Some(updates) = &self.config.memberships {
+            let _ = updates.send(membership);
+        }
         Ok(())
     }
 
@@ -1893,8 +1989,10 @@ where
         }
         // Sharded chains record the roots the previous height left while the ledger still
         // holds them (see `key_roots`).
+        let switch;
         let mut beacon = {
             let state = lock(&self.state);
+            switch = crate::epoch_switch::on_execute(&state, &block, &mut extra)?;
             if state.shard.is_some() {
                 extra.put(
                     Space::Meta,
@@ -1996,7 +2094,9 @@ where
             }
             crate::cross_shard::executed(state);
             state.finalized_digest = digest;
-            state.epoch = registry.epoch;
+            if state.shard_epoch.is_none() {
+                state.epoch = registry.epoch;
+            }
             let chain_id = &self.config.chain_id;
             state
                 .governance_pool
@@ -2012,26 +2112,20 @@ where
                     .retain(|t| !included.contains(&t.hash()) && beacon.check(t).is_ok());
                 state.beacon = Some(beacon);
             }
+            if let Some((next, kept)) = &switch {
+                crate::epoch_switch::enter(state, next.clone(), kept)?;
+            }
             let admitted = state.mempool.on_finalized(&block.txs, &state.ledger);
             (admitted, state.mempool.len())
         };
+        let changed = changed || switch.is_some();
         for at in admitted {
             self.metrics
                 .finality_latency
                 .observe(at.elapsed().as_secs_f64());
         }
         if changed {
-            let membership = lock(&self.state).membership()?;
-            info!(
-                epoch = membership.epoch,
-                validators = membership.validators.len(),
-                peers = membership.peers.len(),
-                "membership changed"
-            );
-            self.metrics.epoch.set(membership.epoch as i64);
-            if let Some(updates) = &self.config.memberships {
-                let _ = updates.send(membership);
-            }
+            self.announce_membership()?;
         }
         self.metrics.finalized_height.set(block.height as i64);
         self.sharded_metrics();
@@ -2073,7 +2167,16 @@ fn next_shard_header<K: Kv>(
         return Ok(None);
     };
     let above = &above.header;
+    if let Some(reason) = crate::epoch_switch::blocked(state) {
+        return Err(reason);
+    }
     let state_height = state.finalized_height();
+    if crate::epoch_switch::would_end(state, place.beacon_height) && state_height != parent.height {
+        return Err(format!(
+            "the epoch-end block waits until its parent {} is finalized",
+            parent.height
+        ));
+    }
     if state_height < above.state_height {
         return Err(format!(
             "finalized height {state_height} is below the parent's state height {}",
@@ -2137,6 +2240,9 @@ fn check_sharding<K: Kv>(
             ));
         }
         _ => {}
+    }
+    if !crate::epoch_switch::check_end(&*state, block)? {
+        return Ok(false);
     }
     if let Some(reason) = block
         .txs

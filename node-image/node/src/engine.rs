@@ -177,15 +177,21 @@ where
     S: Sender<PublicKey = PublicKey>,
     R: Receiver<PublicKey = PublicKey>,
 {
-    let (first, committee) = {
+    let (first, committee, idle_shard) = {
         let state = chain::lock(&state);
         let membership = state
             .membership()
             .map_err(|e| StartError::Storage(e.to_string()))?;
-        (membership, state.shard.as_ref().map(|p| p.committee))
+        (
+            membership,
+            state.shard.as_ref().map(|p| p.committee),
+            state.shard_epoch.is_some(),
+        )
     };
     let namespace = consensus_namespace(&config.chain_id, committee);
-    if first.validators.is_empty() {
+    // A shard slot waiting for the beacon to create it (or drained) has no committee yet:
+    // it runs the chain actor and starts consensus when its epoch comes.
+    if first.validators.is_empty() && !idle_shard {
         return Err(StartError::BadValidatorSet);
     }
     let timing = config.timing.clone();

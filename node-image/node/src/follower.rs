@@ -38,8 +38,6 @@ pub enum FollowError {
     NotBeacon(u64),
     #[error("the certificate of beacon block {0} does not verify against the beacon validators")]
     Certificate(u64),
-    #[error("the beacon changes the shard map at height {0}; resharding is not supported yet")]
-    Resharding(u64),
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -70,9 +68,9 @@ pub fn followed<K: Kv>(state: &NodeState<K>, chain_id: &str) -> Result<(u64, Dig
 }
 
 /// Checks `answer` against the followed beacon chain and replays it into the node's beacon
-/// state; returns the new followed height. Stops (with [`FollowError::Resharding`]) before
-/// a block whose epoch change moves tables: handing tables off is not supported yet, so
-/// the shard keeps its tables and follows no further.
+/// state; returns the new followed height. Epoch changes (new table maps and committees)
+/// are replayed like any block: the shard switches epoch when one of its own blocks names
+/// a followed height past the boundary (see [`crate::epoch_switch`]).
 pub fn apply<K: Kv>(
     state: &Arc<Mutex<NodeState<K>>>,
     chain_id: &str,
@@ -140,21 +138,13 @@ pub fn apply<K: Kv>(
     let mut replayed = beacon;
     let mut height = from - 1;
     let mut digest = Digest([0; 32]);
-    let mut stop = None;
     for block in &blocks {
-        let mut next = replayed.clone();
         if let Some(sharding) = &block.sharding {
             for tx in &sharding.system {
-                let _ = next.execute(tx, block.height);
+                let _ = replayed.execute(tx, block.height);
             }
         }
-        if let Some(change) = next.end_of_block(block.height, &block.digest().0)
-            && change.shard_count != change.previous_shard_count
-        {
-            stop = Some(block.height);
-            break;
-        }
-        replayed = next;
+        let _ = replayed.end_of_block(block.height, &block.digest().0);
         height = block.height;
         digest = block.digest();
     }
@@ -177,10 +167,7 @@ pub fn apply<K: Kv>(
             place.beacon_height = height;
         }
     }
-    match stop {
-        Some(at) => Err(FollowError::Resharding(at)),
-        None => Ok(height),
-    }
+    Ok(height)
 }
 
 /// Follows the beacon until the task is stopped: asks `source` for blocks after the
@@ -209,9 +196,6 @@ pub async fn follow<K: Kv, S: BeaconSource, C: commonware_runtime::Clock>(
             }
             Ok(_) => last_error.clear(),
             Err(_) => {}
-        }
-        if last_error.contains("resharding is not supported yet") {
-            return;
         }
         clock.sleep(period).await;
     }

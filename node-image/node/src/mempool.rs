@@ -151,6 +151,28 @@ impl Mempool {
         out
     }
 
+    /// Removes and returns the transactions `moved` selects, each sender's in nonce order:
+    /// at an epoch switch, those this shard no longer executes (their table moved away),
+    /// to be forwarded to their new shard.
+    pub fn take_where(&mut self, mut moved: impl FnMut(&Tx) -> bool) -> Vec<Tx> {
+        let mut out = Vec::new();
+        for queue in self.by_sender.values_mut() {
+            let gone: Vec<u64> = queue
+                .iter()
+                .filter(|(_, e)| moved(&e.tx))
+                .map(|(n, _)| *n)
+                .collect();
+            for nonce in gone {
+                if let Some(entry) = queue.remove(&nonce) {
+                    self.hashes.remove(&entry.hash);
+                    out.push(entry.tx);
+                }
+            }
+        }
+        self.by_sender.retain(|_, q| !q.is_empty());
+        out
+    }
+
     /// Removes what a finalized block made obsolete: its own transactions and every
     /// queued transaction whose nonce is now below its sender's account nonce. Returns the
     /// admission times of the committed transactions that were in the pool.

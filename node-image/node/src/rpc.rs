@@ -65,7 +65,12 @@ pub struct Rpc<K: Kv> {
 impl<K: Kv> Rpc<K> {
     /// This epoch's validators: the registry's, or the fixed set this node started with.
     pub fn current_validators(&self) -> Vec<PublicKey> {
-        let registry = lock(&self.state).registry.validators();
+        let state = lock(&self.state);
+        if let Some(record) = &state.shard_epoch {
+            // A shard's committee follows the beacon (empty while the slot is idle).
+            return record.validator_keys();
+        }
+        let registry = state.registry.validators();
         if registry.is_empty() {
             self.validators.clone()
         } else {
@@ -118,7 +123,16 @@ async fn handle_healthz<K: Kv>(State(rpc): State<Arc<Rpc<K>>>) -> impl IntoRespo
 /// Connected to a quorum of the committee and not behind it.
 async fn handle_readyz<K: Kv>(State(rpc): State<Arc<Rpc<K>>>) -> impl IntoResponse {
     let peers = rpc.peers.connected();
-    let syncing = lock(&rpc.state).syncing;
+    let (syncing, waiting) = {
+        let state = lock(&rpc.state);
+        (state.syncing, crate::epoch_switch::blocked(&state))
+    };
+    if let Some(waiting) = waiting {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {waiting}"),
+        );
+    }
     // This node counts towards the quorum itself.
     if peers + 1 >= rpc.quorum() && !syncing {
         (StatusCode::OK, "ready".to_string())
@@ -329,6 +343,9 @@ async fn forward<K: Kv>(rpc: &Rpc<K>, shard: u16, request: JsonRpcRequest) -> Va
 }
 
 fn dispatch<K: Kv>(rpc: &Rpc<K>, method: &str, p: Value) -> Result<Value, RpcFailure> {
+    if let Some(answer) = crate::handoff::dispatch(&rpc.state, method, &p) {
+        return answer.map_err(RpcFailure::from);
+    }
     match method {
         methods::SEND_TRANSACTION => result(send_transaction(rpc, params(p)?)?),
         methods::GET_TRANSACTION => result(get_transaction(rpc, params(p)?)?),
@@ -584,6 +601,8 @@ fn status<K: Kv>(rpc: &Rpc<K>) -> NodeStatus {
         syncing: state.syncing,
         mempool_depth: state.mempool.len(),
         validators: validators.iter().map(|v| to_hex(v.as_ref())).collect(),
+        waiting: crate::epoch_switch::blocked(&state),
+        drained: state.shard_epoch.as_ref().is_some_and(|r| r.drained),
         tables: state
             .shard
             .as_ref()

@@ -177,11 +177,23 @@ fn committee_of(
             }),
         )),
         (Some(beacon), Role::Shard { shard }) => {
-            if shard >= beacon.shard_count() {
+            if shard >= beacon.max_shards() {
                 bail!(
-                    "shard {shard} does not run at genesis (shard_count {}); starting it needs resharding, which is not supported yet",
-                    beacon.shard_count()
+                    "shard {shard} is outside 0..{} (the genesis max_shards)",
+                    beacon.max_shards()
                 );
+            }
+            if shard >= beacon.shard_count() {
+                // A slot the beacon creates later (live resharding): the node follows the
+                // beacon and waits until the beacon's committee of the slot includes it.
+                return Ok((
+                    Vec::new(),
+                    Some(ShardPlace {
+                        committee: Committee::Shard(shard),
+                        tables: Vec::new(),
+                        beacon_height: 0,
+                    }),
+                ));
             }
             let Some(committee) = beacon.committee(shard).filter(|c| !c.is_empty()) else {
                 bail!("shard {shard} has no validators in the genesis beacon state");
@@ -222,6 +234,7 @@ impl Plan {
         let (committee, place) = committee_of(&genesis, config.role)?;
         let key = KeyFile::load(&config.key_file)?.node_key()?;
         if let Some(place) = &place
+            && !committee.is_empty()
             && !committee
                 .iter()
                 .any(|(k, _)| *k == to_hex(key.public_key().as_ref()))
@@ -474,6 +487,17 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
                     chain_id,
                     source,
                     Duration::from_millis(500),
+                )
+            });
+            let (state, chain_id) = (rpc.state.clone(), config.chain_id.clone());
+            let handoff = crate::handoff::HttpHandoff(relay.clone());
+            context.child("handoff").spawn(move |context| {
+                crate::handoff::run(
+                    context,
+                    state,
+                    chain_id,
+                    handoff,
+                    Duration::from_millis(200),
                 )
             });
             let (state, chain_id) = (rpc.state.clone(), config.chain_id.clone());

@@ -323,6 +323,8 @@ fn node(height: u64, peers: usize) -> Result<trellis_node_api::NodeStatus, Chain
         syncing: false,
         mempool_depth: 5,
         validators: Vec::new(),
+        waiting: None,
+        drained: false,
         tables: None,
     })
 }
