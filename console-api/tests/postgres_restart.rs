@@ -144,16 +144,25 @@ async fn writes_survive_a_postgres_restart_and_retries_do_not_duplicate() {
     let org = app.signup("Durable", "o@durable.example").await;
     app.set_plan(&org, "enterprise").await;
 
-    const NETWORKS: usize = 20;
+    // The writer creates networks until told to stop, which happens only after the
+    // restart and a few acknowledged writes past it, so the restart always falls inside
+    // the writes however fast the console is (a fixed count was all written before the
+    // restart once reads and writes got cheaper). At most MAX_NETWORKS (one list page).
+    const MAX_NETWORKS: usize = 150;
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let app = app.clone();
         let token = org.token.clone();
         let progress = progress.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             let mut failures = 0;
-            for index in 0..NETWORKS {
+            for index in 0..MAX_NETWORKS {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
                 let key = format!("create-{index}");
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
@@ -195,14 +204,33 @@ async fn writes_survive_a_postgres_restart_and_retries_do_not_duplicate() {
     .unwrap();
     let done_at_restart = progress.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
-        done_at_restart < NETWORKS,
+        done_at_restart < MAX_NETWORKS,
         "the writer finished before the restart; the test proved nothing"
     );
+    // Let a few writes be acknowledged by the restarted server, then stop the writer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.load(std::sync::atomic::Ordering::SeqCst) < done_at_restart + 3
+        && !writer.is_finished()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no write acknowledged after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (acknowledged, failures) = writer.await.unwrap();
     eprintln!(
         "restart after {done_at_restart} creates; {failures} requests failed and were retried"
     );
-    assert_eq!(acknowledged.len(), NETWORKS);
+    assert_eq!(
+        acknowledged.len(),
+        progress.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(
+        acknowledged.len() > done_at_restart,
+        "nothing written after the restart"
+    );
     let list = app.get("/v1/networks?limit=200", &org.token).await;
     let stored: Vec<String> = list.body["items"]
         .as_array()
