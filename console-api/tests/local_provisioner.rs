@@ -180,15 +180,29 @@ async fn network_lifecycle(url: Option<String>, range: &str) {
         },
     )
     .await;
-    let (_, balance) = rpc(
-        &app,
-        &org.token,
-        &id,
-        "trellis_getAccount",
-        json!({"account": recipient}),
+    // Reads rotate over the validators, and "committed" on one of them says nothing of
+    // whether the one answering next has executed that block yet.
+    eventually(
+        "every validator to show the credited balance",
+        Duration::from_secs(60),
+        async || {
+            for _ in 0..4 {
+                let (_, balance) = rpc(
+                    &app,
+                    &org.token,
+                    &id,
+                    "trellis_getAccount",
+                    json!({"account": recipient}),
+                )
+                .await;
+                if balance["result"]["balance"] != 250 {
+                    return None;
+                }
+            }
+            Some(())
+        },
     )
     .await;
-    assert_eq!(balance["result"]["balance"], 250, "{balance}");
     let (_, treasury_after) = rpc(
         &app,
         &org.token,
