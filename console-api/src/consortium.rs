@@ -39,6 +39,7 @@ use crate::networks::{NetworkPhase, reconcile, store};
 use crate::tenancy::{Scope, TenantId};
 
 pub mod proposal;
+pub mod removal;
 
 pub const INVITATION_PREFIX: &str = "tri_";
 pub const DEFAULT_INVITATION_HOURS: u32 = 72;
@@ -96,6 +97,8 @@ pub struct Member {
     pub controlled_by_caller: bool,
     /// Approvals of this member's admission so far.
     pub approvals: u64,
+    /// Approvals of this member's removal so far (0: none proposed).
+    pub removal_approvals: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -174,6 +177,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/v1/networks/{id}/members/{member_id}/proposal/approvals",
             post(proposal::post_approval),
+        )
+        .route(
+            "/v1/networks/{id}/members/{member_id}/removal",
+            post(removal::approve_removal),
         )
 }
 
@@ -358,6 +365,7 @@ async fn to_member(
     row: consortium_member::Model,
 ) -> ApiResult<Member> {
     let approvals = approvals_of(conn, row.id).await?;
+    let removal_approvals = removal::removal_approvals_of(conn, row.id).await?;
     Ok(Member {
         id: row.id,
         organisation: row.organisation,
@@ -367,6 +375,7 @@ async fn to_member(
         admin_public_key: row.admin_public_key,
         controlled_by_caller: row.member_tenant_id == Some(scope.tenant().get()),
         approvals,
+        removal_approvals,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })

@@ -432,7 +432,189 @@ async fn invitations_expire_and_keys_are_checked(app: TestApp) {
     );
 }
 
+/// Removal: the other admitted members approve up to the threshold, then the member is
+/// `Removed` and the provisioner is handed the spec without it; every refusal is clear.
+async fn an_admitted_member_is_removed_by_the_threshold_of_the_others(app: TestApp) {
+    let founder = app.signup("Acme", "owner@acme.example").await;
+    let created = app
+        .post(
+            "/v1/networks",
+            &founder.token,
+            json!({
+                "name": "alliance",
+                "mode": "consortium",
+                "members": [
+                    {"organisation": "Acme", "nodes": 1},
+                    {"organisation": "Globex", "nodes": 1},
+                    {"organisation": "Initech", "nodes": 1},
+                    {"organisation": "Hooli", "nodes": 2},
+                ],
+            }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let network = created.body["id"].as_str().unwrap().to_string();
+    let members = app
+        .get(&format!("/v1/networks/{network}/members"), &founder.token)
+        .await;
+    let id_of = |organisation: &str| -> String {
+        members.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["organisation"] == organisation)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (acme, globex, hooli) = (id_of("Acme"), id_of("Globex"), id_of("Hooli"));
+    let removal = |member: &str| format!("/v1/networks/{network}/members/{member}/removal");
+
+    // Strangers see nothing; a viewer may not; an unknown member is not found.
+    let stranger = app.signup("Stranger", "owner@stranger.example").await;
+    assert_problem(
+        &app.post(&removal(&hooli), &stranger.token, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let viewer = app
+        .user_with_role(&founder, "viewer@acme.example", "viewer")
+        .await;
+    assert_problem(
+        &app.post(&removal(&hooli), &viewer, json!({})).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_problem(
+        &app.post(
+            &removal(&uuid::Uuid::now_v7().to_string()),
+            &founder.token,
+            json!({}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    // A member does not approve its own removal.
+    assert_problem(
+        &app.post(
+            &removal(&hooli),
+            &founder.token,
+            json!({"as_members": [hooli]}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+
+    // One approval of the three needed: still admitted, nothing applied.
+    let calls_before = app.provisioner.calls().len();
+    let first = app
+        .post(
+            &removal(&hooli),
+            &founder.token,
+            json!({"as_members": [acme]}),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.body["approvals"], 1);
+    assert_eq!(first.body["threshold"], 3);
+    assert_eq!(first.body["member"]["state"], "Admitted");
+    assert_eq!(first.body["member"]["removal_approvals"], 1);
+    assert!(first.body["network_generation"].is_null());
+    assert_eq!(app.provisioner.calls().len(), calls_before);
+    assert_problem(
+        &app.post(
+            &removal(&hooli),
+            &founder.token,
+            json!({"as_members": [acme]}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "already_approved",
+    );
+
+    // The others' approvals reach the threshold: removed, the spec loses its nodes.
+    let rest = app.post(&removal(&hooli), &founder.token, json!({})).await;
+    assert_eq!(rest.status, StatusCode::OK, "{}", rest.text);
+    assert_eq!(rest.body["approvals"], 3);
+    assert_eq!(rest.body["member"]["state"], "Removed");
+    assert_eq!(rest.body["network_generation"], 2);
+    let calls = app.provisioner.calls();
+    let Call::Apply(desired) = calls.last().unwrap() else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(desired.generation, 2);
+    let organisations: Vec<&str> = desired
+        .spec
+        .members
+        .iter()
+        .map(|m| m.organisation.as_str())
+        .collect();
+    assert_eq!(organisations, ["Acme", "Globex", "Initech"]);
+    assert_eq!(desired.spec.validators_per_shard, 3);
+    let got = app
+        .get(&format!("/v1/networks/{network}"), &founder.token)
+        .await;
+    assert_eq!(got.body["spec"]["members"].as_array().unwrap().len(), 3);
+
+    // Removed is final; three members cannot remove one (two others < threshold 3).
+    assert_problem(
+        &app.post(&removal(&hooli), &founder.token, json!({})).await,
+        StatusCode::CONFLICT,
+        "member_not_admitted",
+    );
+    let below = app.post(&removal(&globex), &founder.token, json!({})).await;
+    assert_problem(&below, StatusCode::CONFLICT, "below_quorum");
+    assert!(
+        below.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("needs 3 approvals"),
+        "{}",
+        below.text
+    );
+    let log = app.get("/v1/audit-events", &founder.token).await;
+    let actions: Vec<&str> = log.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in ["consortium.removal_approve", "consortium.remove"] {
+        assert!(actions.contains(&action), "{action}: {actions:?}");
+    }
+
+    // A one-member consortium's last member stays.
+    let solo = app
+        .post(
+            "/v1/networks",
+            &founder.token,
+            json!({"name": "solo", "mode": "consortium",
+                   "members": [{"organisation": "Acme", "nodes": 1}]}),
+        )
+        .await;
+    assert_eq!(solo.status, StatusCode::CREATED, "{}", solo.text);
+    let solo_id = solo.body["id"].as_str().unwrap();
+    let solo_members = app
+        .get(&format!("/v1/networks/{solo_id}/members"), &founder.token)
+        .await;
+    let only = solo_members.body["items"][0]["id"].as_str().unwrap();
+    assert_problem(
+        &app.post(
+            &format!("/v1/networks/{solo_id}/members/{only}/removal"),
+            &founder.token,
+            json!({}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "last_member",
+    );
+}
+
 on_both_databases!(
     consortium_invite_accept_approve_admit,
     invitations_expire_and_keys_are_checked,
+    an_admitted_member_is_removed_by_the_threshold_of_the_others,
 );
