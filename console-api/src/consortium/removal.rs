@@ -3,7 +3,9 @@
 //! two thirds of the admitted members); at the threshold the member is `Removed`, the
 //! network's desired state loses its nodes, and the provisioner removes them from the
 //! chain through governance before stopping them (`local`) or marks its `ChainMember`
-//! for removal (`kube`).
+//! for removal (`kube`; there only members admitted after the network was created: a
+//! founding member's validators are the network's own committee, refused with
+//! `founding_member`).
 //!
 //! A member does not approve its own removal, so the others alone must reach the
 //! threshold: a consortium where they cannot (three members, or two) is refused with
@@ -19,7 +21,9 @@ use sea_orm::{
     QueryFilter, Set, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
-use trellis_console_entity::{consortium_member, consortium_removal_approval, network};
+use trellis_console_entity::{
+    consortium_invitation, consortium_member, consortium_removal_approval, network,
+};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -53,6 +57,15 @@ pub(super) async fn removal_approvals_of(
         .filter(consortium_removal_approval::Column::MemberId.eq(member_id))
         .count(conn)
         .await
+}
+
+/// A founding member was created with its network; every later one by an invitation.
+async fn is_founder(conn: &impl ConnectionTrait, member_id: Uuid) -> Result<bool, DbErr> {
+    Ok(consortium_invitation::Entity::find()
+        .filter(consortium_invitation::Column::MemberId.eq(member_id))
+        .count(conn)
+        .await?
+        == 0)
 }
 
 /// Why a removal of one of `admitted` members cannot be approved at all, if it cannot.
@@ -121,6 +134,17 @@ pub async fn approve_removal(
     let admitted = admitted_count(&state.db, id).await?;
     if let Some((code, message)) = removal_refusal(admitted) {
         return Err(ApiError::conflict(code, message));
+    }
+    if state.provisioner.kind() == "kube" && is_founder(&state.db, member_id).await? {
+        return Err(ApiError::conflict(
+            "founding_member",
+            format!(
+                "{} is a founding member: on Kubernetes its validators are the network's own \
+                 committee, which the operator does not shrink by governance yet; only members \
+                 admitted after the network was created can be removed",
+                leaving.organisation
+            ),
+        ));
     }
     let tenant = scope.tenant().get();
     let mine: Vec<consortium_member::Model> = consortium_member::Entity::find()

@@ -511,7 +511,19 @@ impl KubeProvisioner {
                 .resource_version
                 .clone_from(&existing.metadata.resource_version);
         }
-        // Members admitted after genesis join through governance, as ChainMembers.
+        if let Some(existing) = &existing {
+            let departed = kube_governance::departed_genesis_members(&cr, existing);
+            if !departed.is_empty() {
+                return Err(ProvisionError::Rejected(format!(
+                    "member(s) {} are in the network's genesis membership, whose validators \
+                     are the network's own committee; the operator removes only members \
+                     admitted after genesis so far",
+                    departed.join(", ")
+                )));
+            }
+        }
+        // Members admitted after genesis join through governance, as ChainMembers; those
+        // the console removed leave the same way.
         let later_members = kube_governance::split_members(&mut cr, existing.as_ref());
         api.patch(
             &desired.network.name,
@@ -521,6 +533,9 @@ impl KubeProvisioner {
         .await
         .map_err(|e| classify(&what, &e))?;
         kube_governance::apply_members(&self.client, &later_members).await?;
+        if existing.is_some() {
+            kube_governance::mark_departed(&self.client, &desired.network, &later_members).await?;
+        }
         Ok(())
     }
 
