@@ -70,6 +70,11 @@ fn id_matrix(victim: &Victim) -> Vec<(Method, String, Option<Value>)> {
             format!("{network}/members/{}/proposal/approvals", victim.user_id),
             Some(json!({"approval": "ab".repeat(96)})),
         ),
+        (
+            Method::POST,
+            format!("{network}/members/{}/removal", victim.user_id),
+            Some(json!({})),
+        ),
         (Method::DELETE, network, None),
         (Method::GET, user.clone(), None),
         (Method::PATCH, user.clone(), Some(json!({"role": "viewer"}))),
