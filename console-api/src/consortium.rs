@@ -23,7 +23,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 use trellis_console_entity::{
-    consortium_approval, consortium_invitation, consortium_member, network,
+    consortium_approval, consortium_invitation, consortium_member, network, tenant,
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -38,6 +38,7 @@ use crate::networks::spec::{MAX_NODES_PER_MEMBER, MemberSpec, NetworkMode, Netwo
 use crate::networks::{NetworkPhase, reconcile, store};
 use crate::tenancy::{Scope, TenantId};
 
+pub mod invitations;
 pub mod proposal;
 pub mod removal;
 
@@ -121,6 +122,10 @@ pub struct CreateInvitationRequest {
     pub nodes: Option<u32>,
     /// Hours until the invitation expires: 1..=168, default 72.
     pub expires_in_hours: Option<u32>,
+    /// The only tenant that may accept it (its `tenant_id`, as `GET /v1/me` shows it);
+    /// that tenant then sees it among the invitations it received. Without it, any
+    /// tenant holding the token may accept.
+    pub tenant_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -160,7 +165,18 @@ pub struct ApprovalOutcome {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/networks/{id}/members", get(list_members))
-        .route("/v1/networks/{id}/invitations", post(invite))
+        .route(
+            "/v1/networks/{id}/invitations",
+            post(invite).get(invitations::list_sent),
+        )
+        .route(
+            "/v1/networks/{id}/invitations/{invitation_id}",
+            axum::routing::delete(invitations::revoke),
+        )
+        .route(
+            "/v1/consortium/invitations/received",
+            get(invitations::list_received),
+        )
         .route(
             "/v1/networks/{id}/members/{member_id}/approvals",
             post(approve),
@@ -455,6 +471,20 @@ pub async fn invite(
             format!("must be within 1..={MAX_INVITATION_HOURS}"),
         ));
     }
+    if let Some(invited) = request.tenant_id {
+        if invited == access.network.tenant_id {
+            errors.push(FieldError::new(
+                "tenant_id",
+                "is the consortium's own tenant, which cannot accept its invitations",
+            ));
+        } else if tenant::Entity::find_by_id(invited)
+            .one(&state.db)
+            .await?
+            .is_none()
+        {
+            errors.push(FieldError::new("tenant_id", "no tenant has this id"));
+        }
+    }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
@@ -501,6 +531,8 @@ pub async fn invite(
         accepted_by_tenant_id: Set(None),
         created_by: Set(scope.actor()),
         created_at: Set(now),
+        revoked_at: Set(None),
+        invited_tenant_id: Set(request.tenant_id),
     }
     .insert(&txn)
     .await?;
@@ -553,10 +585,27 @@ pub async fn accept(
                 "no invitation has this token",
             )
         })?;
+    let tenant = scope.tenant().get();
+    if invitation
+        .invited_tenant_id
+        .is_some_and(|invited| invited != tenant)
+    {
+        return Err(ApiError::forbidden(
+            "this invitation names another tenant as the only one that may accept it",
+        ));
+    }
     if invitation.accepted_at.is_some() {
         return Err(ApiError::conflict(
             "invitation_used",
             "this invitation was already accepted",
+        ));
+    }
+    if invitation.revoked_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "invitation_revoked",
+            "the consortium revoked this invitation (or rejected its organisation); ask it \
+             for a new one",
         ));
     }
     if invitation.expires_at <= Utc::now() {
@@ -566,7 +615,6 @@ pub async fn accept(
             "this invitation has expired; ask the consortium for a new one",
         ));
     }
-    let tenant = scope.tenant().get();
     if invitation.network_tenant_id == tenant {
         return Err(ApiError::conflict(
             "own_consortium",
@@ -902,9 +950,10 @@ pub async fn reject(
     }
     // An invitation not yet accepted can no longer be.
     consortium_invitation::Entity::update_many()
-        .col_expr(consortium_invitation::Column::ExpiresAt, Expr::value(now))
+        .col_expr(consortium_invitation::Column::RevokedAt, Expr::value(now))
         .filter(consortium_invitation::Column::MemberId.eq(member_id))
         .filter(consortium_invitation::Column::AcceptedAt.is_null())
+        .filter(consortium_invitation::Column::RevokedAt.is_null())
         .exec(&txn)
         .await?;
     let details = serde_json::json!({

@@ -412,7 +412,7 @@ async fn invitations_expire_and_keys_are_checked(app: TestApp) {
             json!({"token": withdrawn}),
         )
         .await;
-    assert_problem(&late, StatusCode::GONE, "invitation_expired");
+    assert_problem(&late, StatusCode::GONE, "invitation_revoked");
     // An admitted member cannot be "rejected".
     let admitted_reject = format!("/v1/networks/{network_id}/members/{member_id}/rejection");
     assert_problem(
@@ -613,8 +613,210 @@ async fn an_admitted_member_is_removed_by_the_threshold_of_the_others(app: TestA
     );
 }
 
+/// Invitations sent (per network, by its owner) and received (by the tenant they are
+/// bound to), with their status and keyset pages; a pending one can be revoked.
+async fn invitations_are_listed_with_their_status_and_revoked(app: TestApp) {
+    let founder = app.signup("Acme", "owner@acme.example").await;
+    let created = app
+        .post(
+            "/v1/networks",
+            &founder.token,
+            json!({"name": "alliance", "mode": "consortium",
+                   "members": [{"organisation": "Acme", "nodes": 1}]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let network = created.body["id"].as_str().unwrap().to_string();
+    let invitations = format!("/v1/networks/{network}/invitations");
+    let delta = app.signup("Delta Org", "owner@delta.example").await;
+    let stranger = app.signup("Stranger", "owner@stranger.example").await;
+
+    let unknown_tenant = app
+        .post(
+            &invitations,
+            &founder.token,
+            json!({"organisation": "Nobody", "tenant_id": uuid::Uuid::now_v7()}),
+        )
+        .await;
+    assert_problem(
+        &unknown_tenant,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let mut tokens = Vec::new();
+    let mut ids = Vec::new();
+    for (organisation, named) in [
+        ("Delta", Some(&delta.tenant_id)),
+        ("Echo", None),
+        ("Foxtrot", None),
+        ("Hotel", None),
+    ] {
+        let mut body = json!({"organisation": organisation});
+        if let Some(tenant) = named {
+            body["tenant_id"] = json!(tenant);
+        }
+        let sent = app.post(&invitations, &founder.token, body).await;
+        assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+        tokens.push(sent.body["token"].as_str().unwrap().to_string());
+        ids.push(sent.body["invitation_id"].as_str().unwrap().to_string());
+    }
+
+    // Delta sees the invitation naming it; a stranger cannot accept it.
+    let received = app
+        .get("/v1/consortium/invitations/received", &delta.token)
+        .await;
+    assert_eq!(received.status, StatusCode::OK, "{}", received.text);
+    assert_eq!(received.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(received.body["items"][0]["organisation"], "Delta");
+    assert_eq!(received.body["items"][0]["status"], "pending");
+    assert_problem(
+        &app.post(
+            "/v1/consortium/invitations/accept",
+            &stranger.token,
+            json!({"token": tokens[0]}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let accepted = app
+        .post(
+            "/v1/consortium/invitations/accept",
+            &delta.token,
+            json!({"token": tokens[0]}),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+
+    // Echo's is revoked (its token stops working, its member is rejected); Foxtrot's
+    // expires; Hotel's stays pending.
+    let revoke = |id: &str| format!("{invitations}/{id}");
+    assert_problem(
+        &app.delete(&revoke(&ids[1]), &delta.token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let viewer = app
+        .user_with_role(&founder, "viewer@acme.example", "viewer")
+        .await;
+    assert_problem(
+        &app.delete(&revoke(&ids[1]), &viewer).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let revoked = app.delete(&revoke(&ids[1]), &founder.token).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text);
+    assert_eq!(revoked.body["status"], "revoked");
+    assert!(revoked.body["revoked_at"].is_string());
+    assert_problem(
+        &app.delete(&revoke(&ids[1]), &founder.token).await,
+        StatusCode::CONFLICT,
+        "invitation_not_pending",
+    );
+    assert_problem(
+        &app.delete(&revoke(&ids[0]), &founder.token).await,
+        StatusCode::CONFLICT,
+        "invitation_not_pending",
+    );
+    assert_problem(
+        &app.post(
+            "/v1/consortium/invitations/accept",
+            &stranger.token,
+            json!({"token": tokens[1]}),
+        )
+        .await,
+        StatusCode::GONE,
+        "invitation_revoked",
+    );
+    consortium_invitation::Entity::update_many()
+        .col_expr(
+            consortium_invitation::Column::ExpiresAt,
+            sea_orm::sea_query::Expr::value(chrono::Utc::now() - chrono::Duration::hours(1)),
+        )
+        .filter(consortium_invitation::Column::Id.eq(ids[2].parse::<uuid::Uuid>().unwrap()))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+
+    // The owner's list, two per page, oldest first.
+    let first = app
+        .get(&format!("{invitations}?limit=2"), &founder.token)
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let second = app
+        .get(
+            &format!("{invitations}?limit=2&cursor={cursor}"),
+            &founder.token,
+        )
+        .await;
+    assert!(second.body["next_cursor"].is_null(), "{}", second.text);
+    let listed: Vec<(String, String)> = first.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second.body["items"].as_array().unwrap())
+        .map(|i| {
+            (
+                i["organisation"].as_str().unwrap().to_string(),
+                i["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("Delta", "accepted"),
+        ("Echo", "revoked"),
+        ("Foxtrot", "expired"),
+        ("Hotel", "pending"),
+    ];
+    assert_eq!(
+        listed,
+        expected.map(|(o, s)| (o.to_string(), s.to_string())),
+        "{}",
+        first.text
+    );
+    assert!(!first.text.contains("token"), "{}", first.text);
+    let echo = consortium_member::Entity::find()
+        .filter(consortium_member::Column::Organisation.eq("Echo"))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.state, "Rejected");
+
+    // Isolation: a member tenant may not list the owner's invitations; a stranger
+    // sees nothing at all; received lists are each tenant's own.
+    assert_problem(
+        &app.get(&invitations, &delta.token).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    for (method_get, path) in [(true, invitations.clone()), (false, revoke(&ids[3]))] {
+        let response = if method_get {
+            app.get(&path, &stranger.token).await
+        } else {
+            app.delete(&path, &stranger.token).await
+        };
+        assert_problem(&response, StatusCode::NOT_FOUND, "not_found");
+    }
+    let theirs = app
+        .get("/v1/consortium/invitations/received", &stranger.token)
+        .await;
+    assert_eq!(theirs.body["items"], json!([]), "{}", theirs.text);
+    let delta_received = app
+        .get("/v1/consortium/invitations/received", &delta.token)
+        .await;
+    assert_eq!(delta_received.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(delta_received.body["items"][0]["status"], "accepted");
+    let founder_received = app
+        .get("/v1/consortium/invitations/received", &founder.token)
+        .await;
+    assert_eq!(founder_received.body["items"], json!([]));
+}
+
 on_both_databases!(
     consortium_invite_accept_approve_admit,
     invitations_expire_and_keys_are_checked,
     an_admitted_member_is_removed_by_the_threshold_of_the_others,
+    invitations_are_listed_with_their_status_and_revoked,
 );
