@@ -122,7 +122,7 @@ pub struct CreateInvitationRequest {
     pub nodes: Option<u32>,
     /// Hours until the invitation expires: 1..=168, default 72.
     pub expires_in_hours: Option<u32>,
-    /// The only tenant that may accept it (its `tenant_id`, as `GET /v1/me` shows it);
+    /// The only tenant that may accept it (its id: `tenant.id` of its `GET /v1/me`);
     /// that tenant then sees it among the invitations it received. Without it, any
     /// tenant holding the token may accept.
     pub tenant_id: Option<Uuid>,
