@@ -14,7 +14,8 @@
 //! the transaction to the operator, and the operator admits the member on chain and
 //! provisions its validator. Then the three remove Delta again: a `Remove` proposal,
 //! approved the same way; the operator deletes its validators, the console its
-//! `ChainMember`, and the three keep finalizing.
+//! `ChainMember`, and the three keep finalizing — a transfer from the treasury funded at
+//! genesis (`spec.genesisBalances`, its key in the `alliance-treasury` Secret) finalizes.
 //!
 //! Without a cluster the test prints `SKIPPED` and returns.
 
@@ -545,6 +546,34 @@ async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_ke
             let status: trellis_node_api::NodeStatus =
                 rpc.call(&node, "trellis_status", ()).await.ok()?;
             (status.finalized_height > before + 3).then_some(())
+        }
+    })
+    .await;
+
+    // The treasury was funded at genesis (`spec.genesisBalances`, key in the
+    // `alliance-treasury` Secret): a transfer signed with that key finalizes.
+    let treasury = Api::<Secret>::namespaced(ns.client.clone(), &namespace)
+        .get("alliance-treasury")
+        .await
+        .unwrap();
+    let key_file = nodes_dir.path().join("treasury.json");
+    std::fs::write(&key_file, &treasury.data.unwrap()["keys.json"].0).unwrap();
+    let tx =
+        trellis_console::up::signed_transfer(&key_file, &three.chain_id, 0, &"33".repeat(32), 9)
+            .unwrap();
+    let sent: serde_json::Value = rpc
+        .call(&founder_node, "trellis_sendTransaction", json!({"tx": tx}))
+        .await
+        .unwrap();
+    let hash = sent["hash"].as_str().unwrap().to_owned();
+    eventually("the treasury's transfer to finalize", WAIT, || {
+        let (rpc, node, hash) = (rpc.clone(), founder_node.clone(), hash.clone());
+        async move {
+            let t: serde_json::Value = rpc
+                .call(&node, "trellis_getTransaction", json!({"hash": hash}))
+                .await
+                .ok()?;
+            (t["state"] == "committed" && t["success"] == true).then_some(())
         }
     })
     .await;

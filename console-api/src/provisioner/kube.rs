@@ -11,6 +11,8 @@
 //!   apply the existing resource is read; [`decide`] skips a generation lower than the
 //!   recorded one, and the apply carries the read `resourceVersion`, so a concurrent
 //!   writer makes it fail with a conflict (`Unavailable`, retried) instead of racing.
+//! - A new network's treasury account is funded through `spec.genesisBalances`, its key
+//!   kept in a Secret next to it ([`super::kube_treasury`]).
 //! - `observe` maps the resource's status onto [`ObservedStatus`]; `delete` sets
 //!   `spec.retainLedgerOnDelete` as asked and deletes the resource.
 
@@ -29,7 +31,7 @@ use trellis_crd::{
 
 use super::{
     DesiredNetwork, GovernanceSigner, MemberChainState, NetworkRef, ObservedPhase, ObservedStatus,
-    ProvisionError, Provisioner, ShardStatus, TenantQuota, kube_governance,
+    ProvisionError, Provisioner, ShardStatus, TenantQuota, kube_governance, kube_treasury,
 };
 use crate::networks::spec::{self, NetworkSpec};
 use std::sync::{Arc, OnceLock};
@@ -174,8 +176,8 @@ pub fn chain_network(
             cooldown_seconds: i64::from(a.cooldown_seconds),
             stabilization_window_seconds: i64::from(a.stabilization_window_seconds),
         }),
-        // The console funds no account on Kubernetes networks yet (local mode funds its
-        // treasury); tenants fund accounts through `spec.genesisBalances` directly.
+        // The treasury's allocation is added by `apply` (a new network) or repeated
+        // from the existing resource (the field is immutable): see `kube_treasury`.
         genesis_balances: Vec::new(),
         epoch_length: int(s.epoch_length, "epoch_length")?,
         paused: s.paused,
@@ -290,7 +292,7 @@ pub fn resource_quota(network: &NetworkRef, quota: &TenantQuota) -> ResourceQuot
     }
 }
 
-fn labels(network: &NetworkRef) -> BTreeMap<String, String> {
+pub(super) fn labels(network: &NetworkRef) -> BTreeMap<String, String> {
     BTreeMap::from([
         (TENANT_ID_LABEL.to_string(), network.tenant_id.to_string()),
         (NETWORK_ID_LABEL.to_string(), network.network_id.to_string()),
@@ -438,6 +440,8 @@ pub struct KubeProvisioner {
     client: Client,
     image_repository: String,
     signer: Arc<OnceLock<Arc<dyn GovernanceSigner>>>,
+    /// Genesis balance of each new network's treasury account.
+    treasury_balance: u64,
 }
 
 impl KubeProvisioner {
@@ -446,7 +450,15 @@ impl KubeProvisioner {
             client,
             image_repository: image_repository.into(),
             signer: Arc::default(),
+            treasury_balance: super::local::DEFAULT_TREASURY_BALANCE,
         }
+    }
+
+    /// The genesis balance of new networks' treasuries (default
+    /// [`super::local::DEFAULT_TREASURY_BALANCE`], as in local mode).
+    pub fn with_treasury_balance(mut self, balance: u64) -> Self {
+        self.treasury_balance = balance;
+        self
     }
 
     /// Attaches the signer of consortium admissions (see [`super::kube_governance`]).
@@ -570,6 +582,14 @@ impl KubeProvisioner {
         // Members admitted after genesis join through governance, as ChainMembers; those
         // the console removed leave the same way.
         let later_members = kube_governance::split_members(&mut cr, existing.as_ref());
+        cr.spec.genesis_balances = match &existing {
+            Some(existing) => existing.spec.genesis_balances.clone(),
+            None => {
+                let account =
+                    kube_treasury::ensure_treasury(&self.client, &desired.network).await?;
+                vec![kube_treasury::allocation(account, self.treasury_balance)]
+            }
+        };
         let applied = applied_object(cr, existing.as_ref(), desired.spec.autoscaling.enabled)?;
         api.patch(
             &desired.network.name,
@@ -619,6 +639,10 @@ impl KubeProvisioner {
     ) -> Result<(), ProvisionError> {
         let api = self.api(network);
         let what = format!("ChainNetwork {}", network.name);
+        if !retain_ledger {
+            // The ledger goes, and the treasury's key with it.
+            kube_treasury::delete_treasury(&self.client, network).await?;
+        }
         let Some(cr) = api
             .get_opt(&network.name)
             .await
