@@ -731,23 +731,19 @@ async fn keygen(binary: &Path, out: &Path) -> Result<(String, String), Provision
 }
 
 /// The nodes of an unsharded chain's `old` record that the plan (`planned`) no longer
-/// has — their consortium member was removed. A validator is `leaving`: it runs until
-/// the chain's governance removed it ([`removal`]); a node the chain never admitted is
-/// `removed` at once. Both stay in the record, so no process is ever orphaned.
+/// has — their consortium member was removed. Each is `leaving` until the chain no
+/// longer has it ([`removal`]): a validator runs until the chain's governance removed
+/// it; a node still waiting for its admission does not start, and is `removed` as soon
+/// as the registry shows it absent — or, if its admission was already sent and
+/// executes, once its removal does. They stay in the record, so no process is ever
+/// orphaned.
 fn departing(old: &ChainRecord, planned: &[NodeRecord]) -> Vec<NodeRecord> {
     old.nodes
         .iter()
         .filter(|o| !planned.iter().any(|n| n.name == o.name))
-        .map(|o| {
-            let mut node = o.clone();
-            if !node.removed {
-                if node.is_validator() {
-                    node.leaving = true;
-                } else {
-                    node.removed = true;
-                }
-            }
-            node
+        .map(|o| NodeRecord {
+            leaving: !o.removed,
+            ..o.clone()
         })
         .collect()
 }
@@ -1356,6 +1352,48 @@ fn node_url(node: &NodeRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_members_nodes_leave_and_never_run_unless_the_chain_counts_them() {
+        let node = |name: &str, in_genesis: bool, removed: bool| NodeRecord {
+            name: name.into(),
+            member: Some("m".into()),
+            address: Ipv4Addr::new(127, 0, 2, 1),
+            node_public_key: "cd".repeat(32),
+            admin_public_key: "ef".repeat(32),
+            in_genesis,
+            admitted: false,
+            registered: false,
+            leaving: false,
+            removed,
+        };
+        let old = ChainRecord {
+            shard: 0,
+            chain_id: "c".into(),
+            role: None,
+            nodes: vec![
+                node("stays", true, false),
+                node("validator", true, false),
+                node("waiting", false, false),
+                node("gone", true, true),
+            ],
+            draining: false,
+            retired: false,
+        };
+        let planned = vec![node("stays", true, false)];
+        let away = departing(&old, &planned);
+        let names: Vec<&str> = away.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["validator", "waiting", "gone"]);
+        let chain = ChainRecord {
+            nodes: away.clone(),
+            ..old.clone()
+        };
+        // A validator keeps running until the chain removed it; a node never admitted
+        // does not start; a removed one never runs again.
+        assert!(away[0].leaving && chain.runs(&away[0]));
+        assert!(away[1].leaving && !chain.runs(&away[1]) && !away[1].awaits_admission());
+        assert!(!away[2].leaving && away[2].removed && !chain.runs(&away[2]));
+    }
 
     #[test]
     fn backoff_doubles_up_to_thirty_seconds() {
