@@ -23,7 +23,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 use trellis_console_entity::{
-    consortium_approval, consortium_invitation, consortium_member, network,
+    consortium_approval, consortium_invitation, consortium_member, network, tenant,
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -38,7 +38,9 @@ use crate::networks::spec::{MAX_NODES_PER_MEMBER, MemberSpec, NetworkMode, Netwo
 use crate::networks::{NetworkPhase, reconcile, store};
 use crate::tenancy::{Scope, TenantId};
 
+pub mod invitations;
 pub mod proposal;
+pub mod removal;
 
 pub const INVITATION_PREFIX: &str = "tri_";
 pub const DEFAULT_INVITATION_HOURS: u32 = 72;
@@ -96,6 +98,8 @@ pub struct Member {
     pub controlled_by_caller: bool,
     /// Approvals of this member's admission so far.
     pub approvals: u64,
+    /// Approvals of this member's removal so far (0: none proposed).
+    pub removal_approvals: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -118,6 +122,10 @@ pub struct CreateInvitationRequest {
     pub nodes: Option<u32>,
     /// Hours until the invitation expires: 1..=168, default 72.
     pub expires_in_hours: Option<u32>,
+    /// The only tenant that may accept it (its id: `tenant.id` of its `GET /v1/me`);
+    /// that tenant then sees it among the invitations it received. Without it, any
+    /// tenant holding the token may accept.
+    pub tenant_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -157,7 +165,18 @@ pub struct ApprovalOutcome {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/networks/{id}/members", get(list_members))
-        .route("/v1/networks/{id}/invitations", post(invite))
+        .route(
+            "/v1/networks/{id}/invitations",
+            post(invite).get(invitations::list_sent),
+        )
+        .route(
+            "/v1/networks/{id}/invitations/{invitation_id}",
+            axum::routing::delete(invitations::revoke),
+        )
+        .route(
+            "/v1/consortium/invitations/received",
+            get(invitations::list_received),
+        )
         .route(
             "/v1/networks/{id}/members/{member_id}/approvals",
             post(approve),
@@ -174,6 +193,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/v1/networks/{id}/members/{member_id}/proposal/approvals",
             post(proposal::post_approval),
+        )
+        .route(
+            "/v1/networks/{id}/members/{member_id}/removal",
+            post(removal::approve_removal),
         )
 }
 
@@ -358,6 +381,7 @@ async fn to_member(
     row: consortium_member::Model,
 ) -> ApiResult<Member> {
     let approvals = approvals_of(conn, row.id).await?;
+    let removal_approvals = removal::removal_approvals_of(conn, row.id).await?;
     Ok(Member {
         id: row.id,
         organisation: row.organisation,
@@ -367,6 +391,7 @@ async fn to_member(
         admin_public_key: row.admin_public_key,
         controlled_by_caller: row.member_tenant_id == Some(scope.tenant().get()),
         approvals,
+        removal_approvals,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
@@ -446,6 +471,20 @@ pub async fn invite(
             format!("must be within 1..={MAX_INVITATION_HOURS}"),
         ));
     }
+    if let Some(invited) = request.tenant_id {
+        if invited == access.network.tenant_id {
+            errors.push(FieldError::new(
+                "tenant_id",
+                "is the consortium's own tenant, which cannot accept its invitations",
+            ));
+        } else if tenant::Entity::find_by_id(invited)
+            .one(&state.db)
+            .await?
+            .is_none()
+        {
+            errors.push(FieldError::new("tenant_id", "no tenant has this id"));
+        }
+    }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
@@ -492,6 +531,8 @@ pub async fn invite(
         accepted_by_tenant_id: Set(None),
         created_by: Set(scope.actor()),
         created_at: Set(now),
+        revoked_at: Set(None),
+        invited_tenant_id: Set(request.tenant_id),
     }
     .insert(&txn)
     .await?;
@@ -544,10 +585,27 @@ pub async fn accept(
                 "no invitation has this token",
             )
         })?;
+    let tenant = scope.tenant().get();
+    if invitation
+        .invited_tenant_id
+        .is_some_and(|invited| invited != tenant)
+    {
+        return Err(ApiError::forbidden(
+            "this invitation names another tenant as the only one that may accept it",
+        ));
+    }
     if invitation.accepted_at.is_some() {
         return Err(ApiError::conflict(
             "invitation_used",
             "this invitation was already accepted",
+        ));
+    }
+    if invitation.revoked_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "invitation_revoked",
+            "the consortium revoked this invitation (or rejected its organisation); ask it \
+             for a new one",
         ));
     }
     if invitation.expires_at <= Utc::now() {
@@ -557,7 +615,6 @@ pub async fn accept(
             "this invitation has expired; ask the consortium for a new one",
         ));
     }
-    let tenant = scope.tenant().get();
     if invitation.network_tenant_id == tenant {
         return Err(ApiError::conflict(
             "own_consortium",
@@ -893,9 +950,10 @@ pub async fn reject(
     }
     // An invitation not yet accepted can no longer be.
     consortium_invitation::Entity::update_many()
-        .col_expr(consortium_invitation::Column::ExpiresAt, Expr::value(now))
+        .col_expr(consortium_invitation::Column::RevokedAt, Expr::value(now))
         .filter(consortium_invitation::Column::MemberId.eq(member_id))
         .filter(consortium_invitation::Column::AcceptedAt.is_null())
+        .filter(consortium_invitation::Column::RevokedAt.is_null())
         .exec(&txn)
         .await?;
     let details = serde_json::json!({

@@ -44,6 +44,7 @@ use crate::networks::spec::NetworkSpec;
 
 pub mod kube;
 pub mod kube_governance;
+pub mod kube_treasury;
 pub mod local;
 
 /// Identifies one network for a provisioner.

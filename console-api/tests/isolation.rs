@@ -70,6 +70,17 @@ fn id_matrix(victim: &Victim) -> Vec<(Method, String, Option<Value>)> {
             format!("{network}/members/{}/proposal/approvals", victim.user_id),
             Some(json!({"approval": "ab".repeat(96)})),
         ),
+        (
+            Method::POST,
+            format!("{network}/members/{}/removal", victim.user_id),
+            Some(json!({})),
+        ),
+        (Method::GET, format!("{network}/invitations"), None),
+        (
+            Method::DELETE,
+            format!("{network}/invitations/{}", victim.user_id),
+            None,
+        ),
         (Method::DELETE, network, None),
         (Method::GET, user.clone(), None),
         (Method::PATCH, user.clone(), Some(json!({"role": "viewer"}))),

@@ -12,7 +12,10 @@
 //! by the console and the organisation with its own key posts its signature (refused
 //! when from a wrong key, stale, or not a signature of the proposal), the console hands
 //! the transaction to the operator, and the operator admits the member on chain and
-//! provisions its validator.
+//! provisions its validator. Then the three remove Delta again: a `Remove` proposal,
+//! approved the same way; the operator deletes its validators, the console its
+//! `ChainMember`, and the three keep finalizing — a transfer from the treasury funded at
+//! genesis (`spec.genesisBalances`, its key in the `alliance-treasury` Secret) finalizes.
 //!
 //! Without a cluster the test prints `SKIPPED` and returns.
 
@@ -444,6 +447,137 @@ async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_ke
     )
     .await;
 
+    // A founding member cannot be removed here (its validators are the network's own
+    // committee); Delta can: the three others approve, the console marks its
+    // ChainMember for removal, the operator publishes the `Remove` proposal, Initech
+    // signs it with its own key, and once the chain removed Delta the operator deletes
+    // its validators and the console deletes the ChainMember.
+    let listed = app
+        .get(
+            &format!("/v1/networks/{network_id}/members"),
+            &founder.token,
+        )
+        .await;
+    let acme = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["organisation"] == "Acme")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_problem(
+        &app.post(
+            &format!("/v1/networks/{network_id}/members/{acme}/removal"),
+            &founder.token,
+            json!({}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "founding_member",
+    );
+    let removed = app
+        .post(
+            &format!("/v1/networks/{network_id}/members/{delta_id}/removal"),
+            &founder.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
+    assert_eq!(
+        removed.body["member"]["state"], "Removed",
+        "{}",
+        removed.text
+    );
+    assert!(members.get("alliance-delta").await.unwrap().spec.remove);
+    let removal = eventually("the removal proposal through the console", WAIT, || {
+        let app = &app;
+        let (path, token) = (proposal_path.clone(), founder.token.clone());
+        async move {
+            let view = app.get(&path, &token).await;
+            (view.body["chain"]["proposal"]["action"] == "Remove").then_some(view.body)
+        }
+    })
+    .await;
+    let removal_proposal =
+        Proposal::from_hex(removal["chain"]["proposal"]["proposal"].as_str().unwrap()).unwrap();
+    let posted = app
+        .post(
+            &approvals_path,
+            &founder.token,
+            json!({"approval": removal_proposal.approve(&own_key).to_hex()}),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.text);
+    eventually("Delta's ChainMember deleted", WAIT, || {
+        let members = members.clone();
+        async move {
+            members
+                .get_opt("alliance-delta")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(sets.get_opt("alliance-m-delta").await.unwrap().is_none());
+    drop(_delta_process);
+    let founder_node = NodeRef {
+        namespace: namespace.clone(),
+        committee: shard.to_owned(),
+        node: format!("{shard}-0"),
+    };
+    let three: trellis_node_api::NodeStatus =
+        eventually("the chain's validators without Delta", WAIT, || {
+            let (rpc, node) = (rpc.clone(), founder_node.clone());
+            async move {
+                let status: trellis_node_api::NodeStatus =
+                    rpc.call(&node, "trellis_status", ()).await.ok()?;
+                (status.validators.len() == 3).then_some(status)
+            }
+        })
+        .await;
+    eventually("three validators keep finalizing", WAIT, || {
+        let (rpc, node) = (rpc.clone(), founder_node.clone());
+        let before = three.finalized_height;
+        async move {
+            let status: trellis_node_api::NodeStatus =
+                rpc.call(&node, "trellis_status", ()).await.ok()?;
+            (status.finalized_height > before + 3).then_some(())
+        }
+    })
+    .await;
+
+    // The treasury was funded at genesis (`spec.genesisBalances`, key in the
+    // `alliance-treasury` Secret): a transfer signed with that key finalizes.
+    let treasury = Api::<Secret>::namespaced(ns.client.clone(), &namespace)
+        .get("alliance-treasury")
+        .await
+        .unwrap();
+    let key_file = nodes_dir.path().join("treasury.json");
+    std::fs::write(&key_file, &treasury.data.unwrap()["keys.json"].0).unwrap();
+    let tx =
+        trellis_console::up::signed_transfer(&key_file, &three.chain_id, 0, &"33".repeat(32), 9)
+            .unwrap();
+    let sent: serde_json::Value = rpc
+        .call(&founder_node, "trellis_sendTransaction", json!({"tx": tx}))
+        .await
+        .unwrap();
+    let hash = sent["hash"].as_str().unwrap().to_owned();
+    eventually("the treasury's transfer to finalize", WAIT, || {
+        let (rpc, node, hash) = (rpc.clone(), founder_node.clone(), hash.clone());
+        async move {
+            let t: serde_json::Value = rpc
+                .call(&node, "trellis_getTransaction", json!({"hash": hash}))
+                .await
+                .ok()?;
+            (t["state"] == "committed" && t["success"] == true).then_some(())
+        }
+    })
+    .await;
+
     // Every step is in the founder's audit log.
     let audit = app.get("/v1/audit-events?limit=200", &founder.token).await;
     let actions: Vec<&str> = audit.body["items"]
@@ -457,6 +591,8 @@ async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_ke
         "consortium.admit",
         "consortium.governance_approve",
         "consortium.governance_handed_over",
+        "consortium.removal_approve",
+        "consortium.remove",
     ] {
         assert!(
             actions.contains(&action),

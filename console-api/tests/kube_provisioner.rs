@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
@@ -315,6 +315,152 @@ async fn call(
 /// network (custodied and brought-your-own keys) and a ChainNetwork appears in the
 /// tenant's namespace with the keys the console recorded; a PATCH scales it; a DELETE
 /// removes it.
+/// As in local mode, a new network's treasury is funded at genesis: its account in
+/// `spec.genesisBalances` (immutable: repeated by later applies), its key in a Secret
+/// next to the network (deleted with the network unless the ledger is kept).
+#[tokio::test]
+async fn a_new_network_funds_its_treasury_through_genesis_balances() {
+    let Some(ns) = test_namespace("kubefund").await else {
+        return;
+    };
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
+    let namespace = format!("trellis-{}", ns.name);
+    let provisioner = KubeProvisioner::new(ns.client.clone(), "registry.test/trellis-node")
+        .with_treasury_balance(5_000);
+    let reference = |name: &str| NetworkRef {
+        tenant_id: Uuid::now_v7(),
+        tenant_slug: ns.name.clone(),
+        network_id: Uuid::now_v7(),
+        name: name.into(),
+    };
+    let (gone, kept) = (reference("gone"), reference("kept"));
+    let desired = |network: &NetworkRef, generation: i64| DesiredNetwork {
+        network: network.clone(),
+        generation,
+        spec: spec(NetworkMode::Public, 1 + u32::try_from(generation).unwrap()),
+        quota: None,
+    };
+    let api: Api<ChainNetwork> = Api::namespaced(ns.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &namespace);
+    for network in [&gone, &kept] {
+        provisioner.apply(&desired(network, 1)).await.unwrap();
+        let cr = api.get(&network.name).await.unwrap();
+        assert_eq!(cr.spec.genesis_balances.len(), 1);
+        let funded = &cr.spec.genesis_balances[0];
+        assert_eq!(funded.amount, 5_000);
+        let secret = secrets
+            .get(&format!("{}-treasury", network.name))
+            .await
+            .unwrap();
+        let keys: serde_json::Value =
+            serde_json::from_slice(&secret.data.unwrap()["keys.json"].0).unwrap();
+        assert_eq!(keys["admin_public_key"], funded.account.as_str());
+        let private =
+            trellis_node_types::private_key_from_hex(keys["admin_key"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            trellis_node_types::to_hex(trellis_node_types::Signer::public_key(&private).as_ref()),
+            funded.account
+        );
+        // A later generation keeps the genesis allocation (the field is immutable).
+        provisioner.apply(&desired(network, 2)).await.unwrap();
+        let scaled = api.get(&network.name).await.unwrap();
+        assert_eq!(scaled.spec.shards.count, 3);
+        assert_eq!(&scaled.spec.genesis_balances[0], funded);
+    }
+    provisioner.delete(&gone, false).await.unwrap();
+    provisioner.delete(&kept, true).await.unwrap();
+    assert!(secrets.get_opt("gone-treasury").await.unwrap().is_none());
+    assert!(secrets.get_opt("kept-treasury").await.unwrap().is_some());
+    let _ = Api::<Namespace>::all(ns.client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await;
+}
+
+/// With autoscaling on, the operator's autoscaler owns the shard count: a count it set
+/// (a merge patch under its own field manager, as `operator/src/scaling.rs` does)
+/// survives the console's next apply, and the console stops owning the field. With
+/// autoscaling off, the console's count is applied again.
+#[tokio::test]
+async fn an_autoscaled_shard_count_survives_the_consoles_next_apply() {
+    let Some(ns) = test_namespace("kubecount").await else {
+        return;
+    };
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
+    let namespace = format!("trellis-{}", ns.name);
+    let provisioner = KubeProvisioner::new(ns.client.clone(), "registry.test/trellis-node");
+    let network = NetworkRef {
+        tenant_id: Uuid::now_v7(),
+        tenant_slug: ns.name.clone(),
+        network_id: Uuid::now_v7(),
+        name: "open".into(),
+    };
+    let desired = |generation: i64, autoscaling: bool| {
+        let mut spec = spec(NetworkMode::Public, 2);
+        spec.autoscaling.enabled = autoscaling;
+        spec.epoch_length = 100 + u64::try_from(generation).unwrap();
+        DesiredNetwork {
+            network: network.clone(),
+            generation,
+            spec,
+            quota: None,
+        }
+    };
+    let api: Api<ChainNetwork> = Api::namespaced(ns.client.clone(), &namespace);
+    let console_owns_count = |cr: &ChainNetwork| {
+        cr.metadata.managed_fields.iter().flatten().any(|entry| {
+            entry.manager.as_deref() == Some("trellis-console")
+                && entry
+                    .fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.pointer("/f:spec/f:shards/f:count").is_some())
+        })
+    };
+    provisioner.apply(&desired(1, true)).await.unwrap();
+    // Nobody else owns the count yet: the console's next apply keeps it (dropping it
+    // would delete the field).
+    provisioner.apply(&desired(2, true)).await.unwrap();
+    let kept = api.get("open").await.unwrap();
+    assert_eq!(kept.spec.shards.count, 2);
+    assert!(console_owns_count(&kept));
+
+    // The operator's autoscaler scales to 3.
+    api.patch(
+        "open",
+        &PatchParams {
+            field_manager: Some("trellis-operator".into()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(json!({"spec": {"shards": {"count": 3}}})),
+    )
+    .await
+    .unwrap();
+    provisioner.apply(&desired(3, true)).await.unwrap();
+    let scaled = api.get("open").await.unwrap();
+    assert_eq!(
+        scaled.spec.shards.count, 3,
+        "the autoscaler's count survives"
+    );
+    assert_eq!(
+        scaled.spec.epoch_length, 103,
+        "the rest of the apply landed"
+    );
+    assert!(
+        !console_owns_count(&scaled),
+        "the console let go of the count"
+    );
+    provisioner.apply(&desired(4, true)).await.unwrap();
+    assert_eq!(api.get("open").await.unwrap().spec.shards.count, 3);
+
+    // Autoscaling off: the console's count is the count again.
+    provisioner.apply(&desired(5, false)).await.unwrap();
+    let manual = api.get("open").await.unwrap();
+    assert_eq!(manual.spec.shards.count, 2);
+    assert!(console_owns_count(&manual));
+    let _ = Api::<Namespace>::all(ns.client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await;
+}
+
 #[tokio::test]
 async fn console_api_with_the_kube_provisioner() {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};

@@ -99,6 +99,30 @@ async fn rpc(
     (r.status, r.body)
 }
 
+/// Reads `method` through the console's RPC proxy until its `result` satisfies
+/// `accept`, and returns that result. Reads rotate over the validators, and a node that
+/// answered before executing the latest block answers with an older value: the loop
+/// reads again rather than asserting on one answer.
+async fn read_until(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    method: &str,
+    params: Value,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(
+        &format!("{method} {params} to show the expected value"),
+        Duration::from_secs(120),
+        async || {
+            let (code, body) = rpc(app, token, id, method, params.clone()).await;
+            let result = body.get("result").filter(|_| code == StatusCode::OK)?;
+            accept(result).then(|| result.clone())
+        },
+    )
+    .await
+}
+
 /// The local provisioner knows a network by its id.
 fn network_ref(tenant: &str, network: &str) -> NetworkRef {
     NetworkRef {
@@ -134,18 +158,11 @@ async fn network_lifecycle(url: Option<String>, range: &str) {
 
     // A transfer sent through the proxy finalizes.
     let treasury = local.treasury_key_file(id.parse().unwrap());
-    let client_token = org.token.clone();
-    let status = eventually(
-        "the chain to finalize a block",
-        Duration::from_secs(120),
-        async || {
-            let (code, body) = rpc(&app, &client_token, &id, "trellis_status", Value::Null).await;
-            (code == StatusCode::OK && body["result"]["finalized_height"].as_u64()? > 0)
-                .then_some(body)
-        },
-    )
+    let status = read_until(&app, &org.token, &id, "trellis_status", Value::Null, |r| {
+        r["finalized_height"].as_u64().is_some_and(|h| h > 0)
+    })
     .await;
-    let chain_id = status["result"]["chain_id"].as_str().unwrap().to_string();
+    let chain_id = status["chain_id"].as_str().unwrap().to_string();
     let account = {
         let keys: Value =
             serde_json::from_str(&std::fs::read_to_string(&treasury).unwrap()).unwrap();
@@ -164,20 +181,13 @@ async fn network_lifecycle(url: Option<String>, range: &str) {
     .await;
     assert_eq!(code, StatusCode::OK, "{sent}");
     let hash = sent["result"]["hash"].as_str().unwrap().to_string();
-    eventually(
-        "the transfer to finalize",
-        Duration::from_secs(60),
-        async || {
-            let (_, body) = rpc(
-                &app,
-                &org.token,
-                &id,
-                "trellis_getTransaction",
-                json!({"hash": hash}),
-            )
-            .await;
-            (body["result"]["state"] == "committed").then_some(())
-        },
+    read_until(
+        &app,
+        &org.token,
+        &id,
+        "trellis_getTransaction",
+        json!({"hash": hash}),
+        |r| r["state"] == "committed",
     )
     .await;
     // Reads rotate over the validators, and "committed" on one of them says nothing of
@@ -553,32 +563,21 @@ async fn a_public_network_is_one_sharded_network_scaled_through_its_beacon() {
         let treasury = local.shard_treasury_key_file(id.parse().unwrap(), shard);
         let table = table_of_key_file(&treasury);
         let recipient = account_in_table(table, 1_000 * u64::from(shard));
-        let status = eventually(
-            "the shard to answer through the proxy",
-            Duration::from_secs(60),
-            async || {
-                let (code, body) = rpc(&app, &org.token, &id, "trellis_status", Value::Null).await;
-                (code == StatusCode::OK).then_some(body)
-            },
-        )
+        let status = read_until(&app, &org.token, &id, "trellis_status", Value::Null, |_| {
+            true
+        })
         .await;
-        let chain_id = status["result"]["chain_id"].as_str().unwrap().to_string();
+        let chain_id = status["chain_id"].as_str().unwrap().to_string();
         let tx =
             trellis_console::up::signed_transfer(&treasury, &chain_id, 0, &recipient, 40).unwrap();
-        let sent = eventually(
-            "the transfer to be accepted",
-            Duration::from_secs(60),
-            async || {
-                let (_, body) = rpc(
-                    &app,
-                    &org.token,
-                    &id,
-                    "trellis_sendTransaction",
-                    json!({"tx": tx}),
-                )
-                .await;
-                body.get("result").cloned()
-            },
+        // Sent until a node takes it (one may not have the shard's map yet).
+        let sent = read_until(
+            &app,
+            &org.token,
+            &id,
+            "trellis_sendTransaction",
+            json!({"tx": tx}),
+            |_| true,
         )
         .await;
         assert_eq!(sent["shard"], shard, "{sent}");

@@ -16,6 +16,10 @@ pub struct Model {
     pub accepted_by_tenant_id: Option<Uuid>,
     pub created_by: String,
     pub created_at: DateTimeUtc,
+    /// Set when the invitation was revoked (or its member rejected) before acceptance.
+    pub revoked_at: Option<DateTimeUtc>,
+    /// The only tenant that may accept it, when the inviter named one.
+    pub invited_tenant_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,7 @@ pub mod billing_price;
 pub mod consortium_approval;
 pub mod consortium_invitation;
 pub mod consortium_member;
+pub mod consortium_removal_approval;
 pub mod governance_approval;
 pub mod idempotency_key;
 pub mod monitor_node;

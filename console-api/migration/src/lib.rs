@@ -13,6 +13,8 @@ mod m20261122_000004_consortium;
 mod m20261122_000010_billing;
 mod m20261122_000011_monitoring;
 mod m20261122_000020_governance_approvals;
+mod m20261122_000030_member_removals;
+mod m20261122_000031_invitation_listing;
 
 pub struct Migrator;
 
@@ -27,6 +29,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000010_billing::Migration),
             Box::new(m20261122_000011_monitoring::Migration),
             Box::new(m20261122_000020_governance_approvals::Migration),
+            Box::new(m20261122_000030_member_removals::Migration),
+            Box::new(m20261122_000031_invitation_listing::Migration),
         ]
     }
 }

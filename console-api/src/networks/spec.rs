@@ -339,6 +339,22 @@ impl NetworkSpec {
     /// The spec with one more consortium member; validator counts follow the members'
     /// nodes (the beacon committee too, unless it was set apart from them).
     pub fn with_member(&self, member: MemberSpec) -> Result<NetworkSpec, Vec<FieldError>> {
+        self.with_members(|members| members.push(member))
+    }
+
+    /// The spec without the member `organisation` (removed from the consortium), the
+    /// validator counts following as in [`Self::with_member`].
+    pub fn without_member(&self, organisation: &str) -> Result<NetworkSpec, Vec<FieldError>> {
+        let organisation = organisation.trim();
+        self.with_members(|members| members.retain(|m| m.organisation.trim() != organisation))
+    }
+
+    /// Changes the members; every consortium validator is a member's node, so the
+    /// committee sizes follow the total (the beacon's only where it followed before).
+    fn with_members(
+        &self,
+        change: impl FnOnce(&mut Vec<MemberSpec>),
+    ) -> Result<NetworkSpec, Vec<FieldError>> {
         let total = |members: &[MemberSpec]| {
             members
                 .iter()
@@ -347,7 +363,7 @@ impl NetworkSpec {
         };
         let mut next = self.clone();
         let old_total = total(&next.members);
-        next.members.push(member);
+        change(&mut next.members);
         let new_total = total(&next.members);
         next.validators_per_shard = new_total;
         if next.beacon_validators == old_total {

@@ -5,11 +5,14 @@
 //!   every apply, labelled with the tenant id.
 //! - One `ChainNetwork` named after the network, built by the pure [`chain_network`],
 //!   written with server-side apply under the field manager [`FIELD_MANAGER`] (forced:
-//!   the console owns the fields it sets).
+//!   the console owns the fields it sets — except `spec.shards.count` while the
+//!   network autoscales, which is the operator's autoscaler's: [`applied_object`]).
 //! - The console generation is in the annotation [`GENERATION_ANNOTATION`]. Before each
 //!   apply the existing resource is read; [`decide`] skips a generation lower than the
 //!   recorded one, and the apply carries the read `resourceVersion`, so a concurrent
 //!   writer makes it fail with a conflict (`Unavailable`, retried) instead of racing.
+//! - A new network's treasury account is funded through `spec.genesisBalances`, its key
+//!   kept in a Secret next to it ([`super::kube_treasury`]).
 //! - `observe` maps the resource's status onto [`ObservedStatus`]; `delete` sets
 //!   `spec.retainLedgerOnDelete` as asked and deletes the resource.
 
@@ -28,7 +31,7 @@ use trellis_crd::{
 
 use super::{
     DesiredNetwork, GovernanceSigner, MemberChainState, NetworkRef, ObservedPhase, ObservedStatus,
-    ProvisionError, Provisioner, ShardStatus, TenantQuota, kube_governance,
+    ProvisionError, Provisioner, ShardStatus, TenantQuota, kube_governance, kube_treasury,
 };
 use crate::networks::spec::{self, NetworkSpec};
 use std::sync::{Arc, OnceLock};
@@ -173,8 +176,8 @@ pub fn chain_network(
             cooldown_seconds: i64::from(a.cooldown_seconds),
             stabilization_window_seconds: i64::from(a.stabilization_window_seconds),
         }),
-        // The console funds no account on Kubernetes networks yet (local mode funds its
-        // treasury); tenants fund accounts through `spec.genesisBalances` directly.
+        // The treasury's allocation is added by `apply` (a new network) or repeated
+        // from the existing resource (the field is immutable): see `kube_treasury`.
         genesis_balances: Vec::new(),
         epoch_length: int(s.epoch_length, "epoch_length")?,
         paused: s.paused,
@@ -194,6 +197,50 @@ pub fn chain_network(
         ..ObjectMeta::default()
     };
     Ok(cr)
+}
+
+/// What the console server-side applies for `cr`. With autoscaling on, the shard count
+/// of a network that exists is the operator's autoscaler's to choose (it writes
+/// `spec.shards.count` under its own field manager), so the console's forced apply must
+/// not overwrite it:
+///
+/// - once another manager owns the count, the console applies without it and so no
+///   longer owns it;
+/// - until then it applies the live count (dropping a field only the console owns would
+///   delete it from the resource).
+///
+/// With autoscaling off (or a new network) the console's count is applied. Pure.
+pub fn applied_object(
+    mut cr: ChainNetwork,
+    existing: Option<&ChainNetwork>,
+    autoscaling: bool,
+) -> Result<serde_json::Value, ProvisionError> {
+    let existing = existing.filter(|_| autoscaling);
+    if let Some(existing) = existing {
+        cr.spec.shards.count = existing.spec.shards.count;
+    }
+    let mut value = serde_json::to_value(&cr)
+        .map_err(|e| rejected(format!("the ChainNetwork does not serialize: {e}")))?;
+    if existing.is_some_and(shard_count_owned_elsewhere)
+        && let Some(shards) = value
+            .pointer_mut("/spec/shards")
+            .and_then(serde_json::Value::as_object_mut)
+    {
+        shards.remove("count");
+    }
+    Ok(value)
+}
+
+/// Whether a field manager other than the console's owns `spec.shards.count` (the
+/// operator's autoscaler, `kubectl scale`, ...).
+pub fn shard_count_owned_elsewhere(cr: &ChainNetwork) -> bool {
+    cr.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.manager.as_deref() != Some(FIELD_MANAGER))
+        .filter_map(|entry| entry.fields_v1.as_ref())
+        .any(|fields| fields.0.pointer("/f:spec/f:shards/f:count").is_some())
 }
 
 /// Name of the ResourceQuota the console keeps in each tenant namespace.
@@ -245,7 +292,7 @@ pub fn resource_quota(network: &NetworkRef, quota: &TenantQuota) -> ResourceQuot
     }
 }
 
-fn labels(network: &NetworkRef) -> BTreeMap<String, String> {
+pub(super) fn labels(network: &NetworkRef) -> BTreeMap<String, String> {
     BTreeMap::from([
         (TENANT_ID_LABEL.to_string(), network.tenant_id.to_string()),
         (NETWORK_ID_LABEL.to_string(), network.network_id.to_string()),
@@ -393,6 +440,8 @@ pub struct KubeProvisioner {
     client: Client,
     image_repository: String,
     signer: Arc<OnceLock<Arc<dyn GovernanceSigner>>>,
+    /// Genesis balance of each new network's treasury account.
+    treasury_balance: u64,
 }
 
 impl KubeProvisioner {
@@ -401,7 +450,15 @@ impl KubeProvisioner {
             client,
             image_repository: image_repository.into(),
             signer: Arc::default(),
+            treasury_balance: super::local::DEFAULT_TREASURY_BALANCE,
         }
+    }
+
+    /// The genesis balance of new networks' treasuries (default
+    /// [`super::local::DEFAULT_TREASURY_BALANCE`], as in local mode).
+    pub fn with_treasury_balance(mut self, balance: u64) -> Self {
+        self.treasury_balance = balance;
+        self
     }
 
     /// Attaches the signer of consortium admissions (see [`super::kube_governance`]).
@@ -511,16 +568,40 @@ impl KubeProvisioner {
                 .resource_version
                 .clone_from(&existing.metadata.resource_version);
         }
-        // Members admitted after genesis join through governance, as ChainMembers.
+        if let Some(existing) = &existing {
+            let departed = kube_governance::departed_genesis_members(&cr, existing);
+            if !departed.is_empty() {
+                return Err(ProvisionError::Rejected(format!(
+                    "member(s) {} are in the network's genesis membership, whose validators \
+                     are the network's own committee; the operator removes only members \
+                     admitted after genesis so far",
+                    departed.join(", ")
+                )));
+            }
+        }
+        // Members admitted after genesis join through governance, as ChainMembers; those
+        // the console removed leave the same way.
         let later_members = kube_governance::split_members(&mut cr, existing.as_ref());
+        cr.spec.genesis_balances = match &existing {
+            Some(existing) => existing.spec.genesis_balances.clone(),
+            None => {
+                let account =
+                    kube_treasury::ensure_treasury(&self.client, &desired.network).await?;
+                vec![kube_treasury::allocation(account, self.treasury_balance)]
+            }
+        };
+        let applied = applied_object(cr, existing.as_ref(), desired.spec.autoscaling.enabled)?;
         api.patch(
             &desired.network.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&cr),
+            &Patch::Apply(&applied),
         )
         .await
         .map_err(|e| classify(&what, &e))?;
         kube_governance::apply_members(&self.client, &later_members).await?;
+        if existing.is_some() {
+            kube_governance::mark_departed(&self.client, &desired.network, &later_members).await?;
+        }
         Ok(())
     }
 
@@ -558,6 +639,10 @@ impl KubeProvisioner {
     ) -> Result<(), ProvisionError> {
         let api = self.api(network);
         let what = format!("ChainNetwork {}", network.name);
+        if !retain_ledger {
+            // The ledger goes, and the treasury's key with it.
+            kube_treasury::delete_treasury(&self.client, network).await?;
+        }
         let Some(cr) = api
             .get_opt(&network.name)
             .await
@@ -829,6 +914,37 @@ mod tests {
         let mut d = desired(spec::NetworkMode::Public);
         d.spec.epoch_length = u64::MAX;
         assert!(rejection(&d).contains("epoch_length"));
+    }
+
+    #[test]
+    fn an_autoscaled_count_is_left_to_its_owner() {
+        let desired = desired(spec::NetworkMode::Public);
+        let cr = chain_network(&desired, "r").unwrap();
+        let mut live = cr.clone();
+        live.spec.shards.count = cr.spec.shards.count + 1;
+        let count = |v: &serde_json::Value| v.pointer("/spec/shards/count").cloned();
+        // New, or autoscaling off: the console's count.
+        let fresh = applied_object(cr.clone(), None, true).unwrap();
+        assert_eq!(count(&fresh), Some(cr.spec.shards.count.into()));
+        let manual = applied_object(cr.clone(), Some(&live), false).unwrap();
+        assert_eq!(count(&manual), Some(cr.spec.shards.count.into()));
+        // Autoscaling on, only the console owns the count: the live count.
+        let kept = applied_object(cr.clone(), Some(&live), true).unwrap();
+        assert_eq!(count(&kept), Some(live.spec.shards.count.into()));
+        // Another manager owns it: no count at all.
+        live.metadata.managed_fields = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: Some("trellis-operator".into()),
+                fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                    serde_json::json!({"f:spec": {"f:shards": {"f:count": {}}}}),
+                )),
+                ..Default::default()
+            },
+        ]);
+        assert!(shard_count_owned_elsewhere(&live));
+        let released = applied_object(cr.clone(), Some(&live), true).unwrap();
+        assert_eq!(count(&released), None);
+        assert!(released.pointer("/spec/shards/max").is_some());
     }
 
     #[test]

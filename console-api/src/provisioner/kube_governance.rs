@@ -26,9 +26,11 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use trellis_crd::member::{ChainMemberSpec, GOVERNANCE_TX_ENTRY, NetworkRef as MemberNetworkRef};
+use trellis_crd::member::{
+    ChainMemberSpec, GOVERNANCE_TX_ENTRY, MemberPhase, NetworkRef as MemberNetworkRef,
+};
 use trellis_crd::{ChainMember, ChainNetwork, MemberGovernance, NetworkMode};
 use trellis_node_types::{GovernanceTx, Proposal, to_hex};
 use uuid::Uuid;
@@ -93,6 +95,86 @@ pub fn split_members(cr: &mut ChainNetwork, existing: Option<&ChainNetwork>) -> 
             member
         })
         .collect()
+}
+
+/// The genesis members (in the `existing` resource's `spec.members`) that the desired
+/// resource `cr` no longer has: their validators are the network's own committee, which
+/// the operator cannot shrink by governance yet, so such a removal is refused. Pure.
+pub fn departed_genesis_members(cr: &ChainNetwork, existing: &ChainNetwork) -> Vec<String> {
+    existing
+        .spec
+        .members
+        .iter()
+        .filter(|m| !cr.spec.members.iter().any(|d| d.name == m.name))
+        .map(|m| m.name.clone())
+        .collect()
+}
+
+/// The `ChainMember`s the console wrote that the desired state no longer has (`kept`
+/// are those it still has): members the console removed. Pure.
+pub fn departed_members<'a>(
+    written: &'a [ChainMember],
+    kept: &[ChainMember],
+) -> Vec<&'a ChainMember> {
+    written
+        .iter()
+        .filter(|w| !kept.iter().any(|k| k.name_any() == w.name_any()))
+        .collect()
+}
+
+/// Asks the operator to remove each departed member from the chain (`spec.remove`): it
+/// publishes the `Remove` proposal, which the hand-over approves like an admission, and
+/// deletes the member's validators once the chain removed it. A merge patch: the rest of
+/// the spec keeps its owner.
+pub async fn mark_departed(
+    client: &Client,
+    network: &NetworkRef,
+    kept: &[ChainMember],
+) -> Result<(), ProvisionError> {
+    let written = network_members(client, network).await?;
+    for member in departed_members(&written, kept) {
+        if member.spec.remove {
+            delete_if_removed(client, member).await?;
+            continue;
+        }
+        let name = member.name_any();
+        Api::<ChainMember>::namespaced(client.clone(), &member.namespace().unwrap_or_default())
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({"spec": {"remove": true}})),
+            )
+            .await
+            .map_err(|e| classify(&format!("ChainMember {name}"), &e))?;
+        tracing::info!(member = %name, "member removed by the console; removal asked of the operator");
+    }
+    Ok(())
+}
+
+/// Deletes a `ChainMember` marked for removal once the operator reports it `Removed`
+/// (off the chain, validators deleted): what it still owns goes with it.
+async fn delete_if_removed(client: &Client, member: &ChainMember) -> Result<(), ProvisionError> {
+    let removed = member.spec.remove
+        && member
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p == MemberPhase::Removed);
+    if !removed {
+        return Ok(());
+    }
+    let name = member.name_any();
+    match Api::<ChainMember>::namespaced(client.clone(), &member.namespace().unwrap_or_default())
+        .delete(&name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(member = %name, "removed from the chain; ChainMember deleted");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(classify(&format!("ChainMember {name}"), &e)),
+    }
 }
 
 /// Server-side applies the later members (the console owns their spec but not
@@ -219,6 +301,9 @@ pub async fn hand_over_once(
         .map_err(|e| classify("ChainMembers", &e))?;
     let mut waiting = Vec::new();
     for member in members {
+        if let Err(e) = delete_if_removed(client, &member).await {
+            waiting.push(format!("{}: {e}", member.name_any()));
+        }
         match hand_over(client, signer, &member).await {
             Ok(None) => {}
             Ok(Some(note)) => waiting.push(note),
@@ -379,6 +464,24 @@ mod tests {
         assert_eq!(d.spec.organization, "d");
         assert_eq!(d.labels()[NETWORK_ID_LABEL], "n-1");
         assert_eq!(d.spec.governance_tx_secret, None);
+    }
+
+    #[test]
+    fn departed_members_are_found_and_genesis_ones_named() {
+        let existing = network(&["a", "b", "c"]);
+        let mut desired = network(&["a", "b", "c", "d", "e"]);
+        let written = split_members(&mut desired, Some(&existing));
+        assert_eq!(written.len(), 2);
+        // The console removed "d": its ChainMember departs, "e" stays.
+        let mut without_d = network(&["a", "b", "c", "e"]);
+        let kept = split_members(&mut without_d, Some(&existing));
+        let departed = departed_members(&written, &kept);
+        assert_eq!(departed.len(), 1);
+        assert_eq!(departed[0].name_any(), "alliance-d");
+        assert!(departed_genesis_members(&without_d, &existing).is_empty());
+        // Removing a genesis member is named, to be refused.
+        let without_b = network(&["a", "c"]);
+        assert_eq!(departed_genesis_members(&without_b, &existing), ["b"]);
     }
 
     #[test]

@@ -32,6 +32,9 @@
 //! - **Consortium admissions** ([`admission`]): a member admitted after genesis gets its
 //!   node prepared but started only once the chain's governance has admitted it; the
 //!   console's custodied keys approve the governance transaction.
+//! - **Consortium removals** (`local/removal.rs`): a removed member's validators keep
+//!   running until the chain's governance has removed them (the same approvals), then
+//!   they are stopped and never started again; their data stays with the network's.
 
 pub mod addresses;
 mod admission;
@@ -39,6 +42,7 @@ mod load;
 pub mod plan;
 pub mod process;
 pub mod record;
+mod removal;
 mod scaling;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -385,7 +389,14 @@ impl LocalProvisioner {
                     },
                     admitted: false,
                     registered: false,
+                    leaving: false,
+                    removed: false,
                 });
+            }
+            if planned.role.is_none()
+                && let Some(old) = old
+            {
+                nodes.extend(departing(old, &nodes));
             }
             chains.push(ChainRecord {
                 shard: planned.shard,
@@ -717,6 +728,24 @@ async fn keygen(binary: &Path, out: &Path) -> Result<(String, String), Provision
     run_node_tool(binary, &["keygen".into(), "--out".into(), out.into()]).await?;
     read_public_keys(out)
         .ok_or_else(|| ProvisionError::Unavailable("keygen wrote no public keys".into()))
+}
+
+/// The nodes of an unsharded chain's `old` record that the plan (`planned`) no longer
+/// has — their consortium member was removed. Each is `leaving` until the chain no
+/// longer has it ([`removal`]): a validator runs until the chain's governance removed
+/// it; a node still waiting for its admission does not start, and is `removed` as soon
+/// as the registry shows it absent — or, if its admission was already sent and
+/// executes, once its removal does. They stay in the record, so no process is ever
+/// orphaned.
+fn departing(old: &ChainRecord, planned: &[NodeRecord]) -> Vec<NodeRecord> {
+    old.nodes
+        .iter()
+        .filter(|o| !planned.iter().any(|n| n.name == o.name))
+        .map(|o| NodeRecord {
+            leaving: !o.removed,
+            ..o.clone()
+        })
+        .collect()
 }
 
 /// `NAME,ADMIN_KEY,NODE_KEY,P2P` of every node of an unsharded chain: each is a member
@@ -1136,8 +1165,15 @@ impl Provisioner for LocalProvisioner {
                     chain
                         .nodes
                         .iter()
-                        .filter(|n| !chain.runs(n) && n.member.is_some())
-                        .map(|n| n.name.clone()),
+                        .filter(|n| n.awaits_admission() && n.member.is_some())
+                        .map(|n| (n.name.clone(), "waits for its admission on chain")),
+                );
+                waiting.extend(
+                    chain
+                        .nodes
+                        .iter()
+                        .filter(|n| n.leaving && !n.removed)
+                        .map(|n| (n.name.clone(), "leaves the chain by governance")),
                 );
                 let reports = futures::future::join_all(
                     validators.iter().map(|n| ask_node(&self.inner.http, n)),
@@ -1216,12 +1252,12 @@ impl Provisioner for LocalProvisioner {
             message.extend(scaling.and_then(|s| s.note));
             if !waiting.is_empty() {
                 let notes = self.inner.admission_notes.lock().await;
-                for name in &waiting {
+                for (name, what) in &waiting {
                     message.push(
                         notes
                             .get(&(record.network_id, name.clone()))
                             .cloned()
-                            .unwrap_or_else(|| format!("{name} waits for its admission on chain")),
+                            .unwrap_or_else(|| format!("{name} {what}")),
                     );
                 }
             }
@@ -1316,6 +1352,48 @@ fn node_url(node: &NodeRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_members_nodes_leave_and_never_run_unless_the_chain_counts_them() {
+        let node = |name: &str, in_genesis: bool, removed: bool| NodeRecord {
+            name: name.into(),
+            member: Some("m".into()),
+            address: Ipv4Addr::new(127, 0, 2, 1),
+            node_public_key: "cd".repeat(32),
+            admin_public_key: "ef".repeat(32),
+            in_genesis,
+            admitted: false,
+            registered: false,
+            leaving: false,
+            removed,
+        };
+        let old = ChainRecord {
+            shard: 0,
+            chain_id: "c".into(),
+            role: None,
+            nodes: vec![
+                node("stays", true, false),
+                node("validator", true, false),
+                node("waiting", false, false),
+                node("gone", true, true),
+            ],
+            draining: false,
+            retired: false,
+        };
+        let planned = vec![node("stays", true, false)];
+        let away = departing(&old, &planned);
+        let names: Vec<&str> = away.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["validator", "waiting", "gone"]);
+        let chain = ChainRecord {
+            nodes: away.clone(),
+            ..old.clone()
+        };
+        // A validator keeps running until the chain removed it; a node never admitted
+        // does not start; a removed one never runs again.
+        assert!(away[0].leaving && chain.runs(&away[0]));
+        assert!(away[1].leaving && !chain.runs(&away[1]) && !away[1].awaits_admission());
+        assert!(!away[2].leaving && away[2].removed && !chain.runs(&away[2]));
+    }
 
     #[test]
     fn backoff_doubles_up_to_thirty_seconds() {

@@ -35,7 +35,7 @@ use crate::provisioner::{GovernanceProposal, MemberChainState};
 /// How often the admission step runs.
 pub(super) const ADMIT_EVERY: Duration = Duration::from_secs(2);
 /// A submitted admission is given this long to show up before it is sent again.
-const RESUBMIT_AFTER: Duration = Duration::from_secs(30);
+pub(super) const RESUBMIT_AFTER: Duration = Duration::from_secs(30);
 
 /// Where a node stands in the chain's registry.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub(super) fn admission_proposal(
 }
 
 /// One JSON-RPC call to a node: its result, or the error as text.
-async fn call(
+pub(super) async fn call(
     http: &reqwest::Client,
     node: &NodeRecord,
     method: &str,
@@ -130,6 +130,7 @@ pub(super) async fn admit_forever(inner: std::sync::Weak<Inner>) {
             return;
         };
         admit_once(&inner).await;
+        super::removal::remove_once(&inner).await;
     }
 }
 
@@ -144,7 +145,7 @@ async fn admit_once(inner: &Arc<Inner>) {
                 r.chains.iter().filter(|c| !c.retired).flat_map(move |c| {
                     c.nodes
                         .iter()
-                        .filter(|n| !n.is_validator())
+                        .filter(|n| n.awaits_admission())
                         .map(move |n| Waiting {
                             network: r.network_id,
                             chain: c.clone(),
@@ -186,7 +187,8 @@ async fn admit(inner: &Arc<Inner>, item: &Waiting) -> Result<Option<String>, Str
         mark_admitted(inner, item.network, name).await?;
         record(
             inner,
-            item,
+            item.network,
+            &item.node,
             "Admitted",
             "AdmittedOnChain",
             format!("{name} admitted on chain; started"),
@@ -233,7 +235,8 @@ async fn admit(inner: &Arc<Inner>, item: &Waiting) -> Result<Option<String>, Str
     if approvals.len() < members.threshold {
         record(
             inner,
-            item,
+            item.network,
+            &item.node,
             "Invited",
             "AwaitingApprovals",
             format!(
@@ -271,7 +274,8 @@ async fn admit(inner: &Arc<Inner>, item: &Waiting) -> Result<Option<String>, Str
     let submitted = result["hash"].as_str().map(str::to_owned);
     record(
         inner,
-        item,
+        item.network,
+        &item.node,
         "Proposed",
         "GovernanceSubmitted",
         format!("{name}: admission submitted; waiting for it to be final"),
@@ -287,20 +291,22 @@ async fn admit(inner: &Arc<Inner>, item: &Waiting) -> Result<Option<String>, Str
     )))
 }
 
-/// Records where a member's admission stands (for the console's proposal endpoint).
-async fn record(
+/// Records where a member's admission (or removal) stands on chain, for the console's
+/// proposal endpoint.
+pub(super) async fn record(
     inner: &Arc<Inner>,
-    item: &Waiting,
+    network: Uuid,
+    node: &NodeRecord,
     phase: &str,
     reason: &str,
     message: String,
     proposal: Option<GovernanceProposal>,
 ) {
-    let Some(member) = item.node.member.clone() else {
+    let Some(member) = node.member.clone() else {
         return;
     };
     inner.admission_states.lock().await.insert(
-        (item.network, member),
+        (network, member),
         MemberChainState {
             phase: Some(phase.to_owned()),
             reason: Some(reason.to_owned()),
@@ -354,6 +360,8 @@ mod tests {
             in_genesis: false,
             admitted: false,
             registered: false,
+            leaving: false,
+            removed: false,
         }
     }
 

@@ -47,12 +47,25 @@ pub struct NodeRecord {
     /// `RegisterValidator` the beacon has accepted.
     #[serde(default)]
     pub registered: bool,
+    /// Its consortium member was removed: it runs until the chain's governance has
+    /// removed it too (`removed`), so the chain never loses a vote it still counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+    /// Out of the chain (or never admitted to it) after its member's removal: it never
+    /// runs again; its directory is kept with the network's data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 impl NodeRecord {
     /// Whether the chain accepts this node as a validator.
     pub fn is_validator(&self) -> bool {
-        self.in_genesis || self.admitted
+        (self.in_genesis || self.admitted) && !self.removed
+    }
+
+    /// A later member's node still waiting for its admission on chain.
+    pub fn awaits_admission(&self) -> bool {
+        !self.in_genesis && !self.admitted && !self.removed && !self.leaving
     }
 }
 
@@ -309,6 +322,8 @@ mod tests {
                     in_genesis: true,
                     admitted: false,
                     registered: false,
+                    leaving: false,
+                    removed: false,
                 }],
                 role: None,
                 draining: false,
