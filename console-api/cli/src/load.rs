@@ -65,12 +65,14 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(duration)
 }
 
-/// Sends `plan` and returns what happened: sent (admitted by a node), refusals by code,
-/// the achieved rate, and each account's next nonce.
+/// Sends `plan` and returns what happened: sent (admitted by a node), the node's
+/// refusals by code, failed requests by error, the achieved rate, and each account's
+/// next nonce.
 pub async fn run(console: &mut Console, plan: &Plan) -> Result<Value> {
     let path = format!("/v1/networks/{}/rpc", plan.network_id);
     let mut next: Vec<u64> = plan.senders.iter().map(|(_, nonce)| *nonce).collect();
     let mut refused: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut failed: BTreeMap<String, u64> = BTreeMap::new();
     let mut sent = 0u64;
     let mut in_a_row = 0u32;
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / plan.rate);
@@ -93,9 +95,25 @@ pub async fn run(console: &mut Console, plan: &Plan) -> Result<Value> {
         )?;
         let request = json!({"jsonrpc": "2.0", "id": 1, "method": "trellis_sendTransaction",
                              "params": {"tx": tx}});
-        let answer = console
+        // A failed request (the console busy, no node answering in time) counts like a
+        // refusal: the run goes on, and stops on a streak.
+        let answer = match console
             .call(Method::POST, &path, Some(&request), None)
-            .await?;
+            .await
+        {
+            Ok(answer) => answer,
+            Err(err) => {
+                *failed.entry(format!("{err:#}")).or_default() += 1;
+                in_a_row += 1;
+                if in_a_row >= GIVE_UP_AFTER {
+                    bail!(
+                        "stopped after {in_a_row} failures in a row ({sent} transfers sent \
+                         before): {err:#}"
+                    );
+                }
+                continue;
+            }
+        };
         let Some(error) = answer.get("error").filter(|e| !e.is_null()) else {
             sent += 1;
             next[which] += 1;
@@ -146,6 +164,7 @@ pub async fn run(console: &mut Console, plan: &Plan) -> Result<Value> {
     Ok(json!({
         "sent": sent,
         "refused": refusals,
+        "failed": failed,
         "seconds": (seconds * 10.0).round() / 10.0,
         "rate": ((sent as f64 / seconds.max(0.001)) * 10.0).round() / 10.0,
         "accounts": accounts,

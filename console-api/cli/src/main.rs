@@ -836,11 +836,12 @@ async fn transactions(console: &mut Console, format: Format, command: Tx) -> Res
             return Ok(match format {
                 Format::Json => output::pretty(&report),
                 Format::Table => format!(
-                    "sent {} transfers in {} s ({} per second); refused by code: {}",
+                    "sent {} transfers in {} s ({} per second); refused by code: {}; failed requests: {}",
                     output::at(&report, "sent"),
                     output::at(&report, "seconds"),
                     output::at(&report, "rate"),
                     output::at(&report, "refused"),
+                    output::at(&report, "failed"),
                 ),
             });
         }
