@@ -525,8 +525,142 @@ async fn plans_are_admin_edited_and_quotas_enforced(app: TestApp) {
     assert_problem(&nobody, StatusCode::NOT_FOUND, "not_found");
 }
 
+/// The records and the usage still accruing, per meter, as (recorded, accruing) sums.
+fn split_sums(report: &Value, meter: &str) -> (i64, i64) {
+    let mut sums = (0, 0);
+    for record in report["records"].as_array().unwrap() {
+        if record["meter"] != meter {
+            continue;
+        }
+        let quantity = record["quantity"].as_i64().unwrap();
+        if record["accruing"] == true {
+            sums.1 += quantity;
+        } else {
+            sums.0 += quantity;
+        }
+    }
+    sums
+}
+
+/// The current period shows usage before its windows are recorded: the open window so
+/// far, and windows a stopped metering loop has not closed (the console was down).
+/// Recorded and accruing usage never overlap: the sum is the same before and after
+/// each metering pass. Create 10:15 (12 nodes); by hand, node-seconds up to T are
+/// (T − 10:15) × 12.
+async fn usage_so_far_shows_and_never_counts_twice(app: TestApp) {
+    let (app, clock) = with_clock(app, "2026-11-02T10:15:00Z");
+    let org = app.signup("Accrual", "o@accrual.example").await;
+    let created = app.create_network(&org.token, "ledger").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let network = uuid::Uuid::parse_str(&id).unwrap();
+    let tenant = uuid::Uuid::parse_str(&org.tenant_id).unwrap();
+    let day = "/v1/billing/usage?from=2026-11-02T00:00:00Z&to=2026-11-03T00:00:00Z";
+
+    // 10:45, nothing metered yet: 30 minutes of 12 nodes and the counted transactions.
+    clock.set(at("2026-11-02T10:45:00Z"));
+    counters::add(
+        &app.state.db,
+        tenant,
+        network,
+        Meter::Transactions,
+        clock.now().timestamp(),
+        7_000,
+    )
+    .await
+    .unwrap();
+    let usage = app.get(day, &org.token).await;
+    assert_eq!(usage.status, StatusCode::OK, "{}", usage.text);
+    assert_eq!(split_sums(&usage.body, "node_hours.standard"), (0, 21_600));
+    assert_eq!(split_sums(&usage.body, "transactions"), (0, 7_000));
+    let open = usage.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["meter"] == "node_hours.standard")
+        .unwrap()
+        .clone();
+    assert_eq!(open["window_start"], "2026-11-02T10:00:00Z", "{open}");
+    assert_eq!(open["window_end"], "2026-11-02T10:45:00Z", "{open}");
+    // Filters apply to it like to records.
+    let only = app
+        .get(
+            &format!("{day}&meter=transactions&network_id={id}"),
+            &org.token,
+        )
+        .await;
+    assert_eq!(
+        only.body["records"].as_array().unwrap().len(),
+        1,
+        "{}",
+        only.text
+    );
+    // The invoice of the open period carries it.
+    let invoice = app.get("/v1/billing/invoices/2026-11", &org.token).await;
+    assert_eq!(invoice.status, StatusCode::OK, "{}", invoice.text);
+    assert_eq!(invoice.body["status"], "open");
+    let quantity = |invoice: &Value, meter: &str| -> String {
+        invoice["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["meter"] == meter)
+            .map(|l| l["quantity"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(quantity(&invoice.body, "node_hours.standard"), "6");
+    assert_eq!(quantity(&invoice.body, "transactions"), "7000");
+    // Usage events (for external billing) carry recorded usage only.
+    let events = app
+        .get(&day.replace("/usage?", "/usage/events?"), &org.token)
+        .await;
+    assert_eq!(events.body, json!([]), "{}", events.text);
+
+    // 11:20: a pass records the 10:00 window; 11:00 is accruing. Same total.
+    clock.set(at("2026-11-02T11:20:00Z"));
+    let before = split_sums(&app.get(day, &org.token).await.body, "node_hours.standard");
+    assert_eq!(before.0 + before.1, 65 * 60 * 12);
+    metering::meter_once(&app.state.db, &app.state.billing)
+        .await
+        .unwrap();
+    let usage = app.get(day, &org.token).await;
+    assert_eq!(
+        split_sums(&usage.body, "node_hours.standard"),
+        (45 * 60 * 12, 20 * 60 * 12)
+    );
+    assert_eq!(split_sums(&usage.body, "transactions"), (7_000, 0));
+    let invoice = app.get("/v1/billing/invoices/2026-11", &org.token).await;
+    assert_eq!(quantity(&invoice.body, "node_hours.standard"), "13");
+    assert_eq!(quantity(&invoice.body, "transactions"), "7000");
+
+    // The console is down from 11:20 to 13:05: the gap accrues from the footprint log
+    // (11:00 and 12:00 are closed but not recorded), then one pass records it.
+    clock.set(at("2026-11-02T13:05:00Z"));
+    let gap = split_sums(&app.get(day, &org.token).await.body, "node_hours.standard");
+    assert_eq!(gap, (45 * 60 * 12, 125 * 60 * 12));
+    metering::meter_once(&app.state.db, &app.state.billing)
+        .await
+        .unwrap();
+    let filled = split_sums(&app.get(day, &org.token).await.body, "node_hours.standard");
+    assert_eq!(filled, (165 * 60 * 12, 5 * 60 * 12));
+
+    // Deleted at 13:30: accrual stops there.
+    clock.set(at("2026-11-02T13:30:00Z"));
+    let deleted = app.delete(&format!("/v1/networks/{id}"), &org.token).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    clock.set(at("2026-11-02T13:50:00Z"));
+    let ended = split_sums(&app.get(day, &org.token).await.body, "node_hours.standard");
+    assert_eq!(ended, (165 * 60 * 12, 30 * 60 * 12));
+
+    // Another tenant sees none of it.
+    let other = app.signup("Others", "o@others.example").await;
+    let theirs = app.get(day, &other.token).await;
+    assert_eq!(theirs.body["records"], json!([]), "{}", theirs.text);
+}
+
 on_both_databases!(
     lifecycle_is_metered_exactly,
+    usage_so_far_shows_and_never_counts_twice,
     bad_usage_queries_are_refused_clearly,
     plans_are_admin_edited_and_quotas_enforced,
 );

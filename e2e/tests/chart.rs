@@ -7,8 +7,15 @@
 //!   chart is installed for real (`helm install --wait`: kwok makes its pods Ready), and
 //!   then the operator and the console binaries run as local processes **with the
 //!   credentials of the chart's ServiceAccounts** (a kubeconfig that impersonates them):
-//!   a tenant signs up, creates a network through the console, the console writes the
-//!   ChainNetwork, the operator builds it until it is Ready. Everything the two processes
+//!   the Kubernetes flow in one test — a tenant signs up through the console and
+//!   creates a public network and a consortium; the console writes the ChainNetworks; the
+//!   operator builds their StatefulSets; kwok makes the pods Ready; each network's
+//!   `Ready` condition turns True; `kubectl scale` on the public network raises its
+//!   desired shard count (the new shard's StatefulSet and Ready pods, `Scaling=True/
+//!   AwaitingBeacon`: no node runs on kwok to switch the beacon; consortiums are unsharded
+//!   by design); an invited organisation accepts and is approved and its `ChainMember`
+//!   appears; deleting both networks through the console removes the ChainNetworks, their
+//!   StatefulSets and the member resource. Everything the two processes
 //!   do is authorized by the chart's RBAC only, which proves it sufficient; the rule
 //!   tables below and the refused requests prove it no broader than needed.
 //!
@@ -480,6 +487,76 @@ fn can_i(ns: &TestNamespace, user: &str, args: &[&str]) -> bool {
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
+/// The ledger claims (name, size) of the StatefulSets whose names start with `prefix`
+/// in `namespace`; `None` until there are `expected` of them (the operator writes them
+/// one by one).
+fn claims_of(
+    ns: &TestNamespace,
+    namespace: &str,
+    prefix: &str,
+    expected: usize,
+) -> Option<Vec<(String, String)>> {
+    let list = kubectl_json(ns, &["get", "statefulsets", "-n", namespace])?;
+    let mut claims = Vec::new();
+    let mut sets = 0;
+    for sts in list["items"].as_array()? {
+        let name = sts["metadata"]["name"].as_str()?;
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        sets += 1;
+        let replicas = sts["spec"]["replicas"].as_u64()?;
+        for template in sts["spec"]["volumeClaimTemplates"].as_array()? {
+            let claim = template["metadata"]["name"].as_str()?;
+            let size = template["spec"]["resources"]["requests"]["storage"].as_str()?;
+            claims.extend((0..replicas).map(|i| (format!("{claim}-{name}-{i}"), size.to_string())));
+        }
+    }
+    (sets == expected).then_some(claims)
+}
+
+/// Whether every replica of the StatefulSets starting with `prefix` has a Ready pod
+/// (kwok marks them Ready; no process runs in them). Returns the pods counted.
+fn pods_ready(ns: &TestNamespace, namespace: &str, prefix: &str) -> Option<usize> {
+    let sets = kubectl_json(ns, &["get", "statefulsets", "-n", namespace])?;
+    let wanted: u64 = sets["items"]
+        .as_array()?
+        .iter()
+        .filter(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .filter_map(|s| s["spec"]["replicas"].as_u64())
+        .sum();
+    let pods = kubectl_json(ns, &["get", "pods", "-n", namespace])?;
+    let ready = pods["items"]
+        .as_array()?
+        .iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count();
+    (wanted > 0 && ready as u64 == wanted).then_some(ready)
+}
+
+/// The network's condition `kind` when its status is `status`.
+fn condition(network: &Value, kind: &str, status: &str) -> Option<Value> {
+    network["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind && c["status"] == status)
+        .cloned()
+}
+
 #[tokio::test]
 async fn chart_installs_and_its_service_accounts_run_the_product() {
     let test = "chart_installs_and_its_service_accounts_run_the_product";
@@ -712,27 +789,11 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
         "trellis-operator",
     );
 
-    // The operator (as its ServiceAccount) builds the StatefulSets; their ledger claims
-    // get pre-bound volumes; kwok runs the pods; the network becomes Ready.
+    // The operator (as its ServiceAccount) builds the StatefulSets (the beacon's and
+    // shard 0's); their ledger claims get pre-bound volumes; kwok runs the pods; the
+    // network becomes Ready.
     let claims = eventually("StatefulSets built by the operator", WAIT, || async {
-        let list = kubectl_json(&ns, &["get", "statefulsets", "-n", &tenant_ns])?;
-        let items = list["items"].as_array()?;
-        if items.is_empty() {
-            return None;
-        }
-        let mut claims = Vec::new();
-        for sts in items {
-            let name = sts["metadata"]["name"].as_str()?;
-            let replicas = sts["spec"]["replicas"].as_u64()?;
-            for template in sts["spec"]["volumeClaimTemplates"].as_array()? {
-                let claim = template["metadata"]["name"].as_str()?;
-                let size = template["spec"]["resources"]["requests"]["storage"].as_str()?;
-                claims.extend(
-                    (0..replicas).map(|i| (format!("{claim}-{name}-{i}"), size.to_string())),
-                );
-            }
-        }
-        Some(claims)
+        claims_of(&ns, &tenant_ns, "ledger-", 2)
     })
     .await;
     operator.assert_running();
@@ -741,13 +802,13 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
             .await
             .unwrap();
     }
+    eventually("ledger's pods Ready on kwok", WAIT, || async {
+        pods_ready(&ns, &tenant_ns, "ledger-")
+    })
+    .await;
     let ready = eventually("ChainNetwork Ready", WAIT, || async {
         let network = kubectl_json(&ns, &["get", "chainnetwork", "ledger", "-n", &tenant_ns])?;
-        network["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            .then_some(network)
+        condition(&network, "Ready", "True").map(|_| network)
     })
     .await;
     assert!(
@@ -814,6 +875,26 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
         )
     })
     .await;
+    // The desired count is 2; the count in service waits for the beacon's switch (no
+    // node runs on kwok), which the operator says.
+    let scaling = eventually("the network Scaling to 2 shards", WAIT, || async {
+        let network = kubectl_json(&ns, &["get", "chainnetwork", "ledger", "-n", &tenant_ns])?;
+        (network["spec"]["shards"]["count"] == 2)
+            .then(|| condition(&network, "Scaling", "True"))
+            .flatten()
+    })
+    .await;
+    assert_eq!(scaling["reason"], "AwaitingBeacon", "{scaling}");
+    let claims = claims_of(&ns, &tenant_ns, "ledger-shard-1", 1).unwrap();
+    for (claim, size) in &claims {
+        ns.prebound_volumes_in(&tenant_ns, std::slice::from_ref(claim), size)
+            .await
+            .unwrap();
+    }
+    eventually("the new shard's pods Ready on kwok", WAIT, || async {
+        pods_ready(&ns, &tenant_ns, "ledger-shard-1")
+    })
+    .await;
 
     // A consortium created through the console appears as a ChainNetwork with its
     // organisations, each with its own admin key.
@@ -863,6 +944,131 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
         .collect();
     assert_eq!(keys.len(), 3, "distinct organisation keys: {guild}");
 
+    // The operator builds the consortium's StatefulSet (one committee: no beacon); kwok
+    // runs the pods; Ready.
+    let claims = eventually("the consortium's StatefulSets", WAIT, || async {
+        claims_of(&ns, &tenant_ns, "guild-", 1)
+    })
+    .await;
+    for (claim, size) in &claims {
+        ns.prebound_volumes_in(&tenant_ns, std::slice::from_ref(claim), size)
+            .await
+            .unwrap();
+    }
+    eventually("the consortium's pods Ready on kwok", WAIT, || async {
+        pods_ready(&ns, &tenant_ns, "guild-")
+    })
+    .await;
+    eventually("the consortium Ready", WAIT, || async {
+        let network = kubectl_json(&ns, &["get", "chainnetwork", "guild", "-n", &tenant_ns])?;
+        condition(&network, "Ready", "True")
+    })
+    .await;
+
+    // A fourth organisation is invited, signs up, accepts and is approved: the console
+    // writes its member resource (a ChainMember: it joins by chain governance).
+    let post = |url: String, token: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let answer = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, invitation) = post(
+        format!("{guild_url}/invitations"),
+        token.to_string(),
+        json!({"organisation": "Delta"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{invitation}");
+    let delta: Value = http
+        .post(format!("{console_url}/v1/auth/signup"))
+        .json(&json!({"organisation": format!("Delta {}", ns.name),
+                      "email": "owner@delta.example",
+                      "password": "another long and careful passphrase"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let delta_token = delta["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _delta_ns = DeleteNamespace(
+        kubectl().unwrap(),
+        ns.kubeconfig().to_path_buf(),
+        format!("trellis-{}", delta["tenant"]["slug"].as_str().unwrap()),
+    );
+    let (status, accepted) = post(
+        format!("{console_url}/v1/consortium/invitations/accept"),
+        delta_token,
+        json!({"token": invitation["token"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    let member = invitation["member"]["id"].as_str().unwrap();
+    let (status, approved) = post(
+        format!("{guild_url}/members/{member}/approvals"),
+        token.to_string(),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["member"]["state"], "Admitted", "{approved}");
+    // The admission is a new generation of the network, which the console applies.
+    let generation = approved["network_generation"].clone();
+    assert!(generation.is_i64(), "{approved}");
+    let applied = eventually("the console applies the admission", WAIT, || {
+        let (http, url) = (http.clone(), guild_url.clone());
+        let generation = generation.clone();
+        async move {
+            let shown: Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (shown["provisioned_generation"] == generation || !shown["provision_error"].is_null())
+                .then_some(shown)
+        }
+    })
+    .await;
+    assert!(applied["provision_error"].is_null(), "{applied}");
+    let chain_member = eventually("Delta's ChainMember", WAIT, || async {
+        let members = kubectl_json(&ns, &["get", "chainmembers", "-n", &tenant_ns])?;
+        members["items"]
+            .as_array()?
+            .iter()
+            .find(|m| m["spec"]["network"]["name"] == "guild")
+            .cloned()
+    })
+    .await;
+    // Kubernetes names are DNS labels: the organisation's is lower-cased.
+    assert_eq!(
+        chain_member["spec"]["organization"], "delta",
+        "{chain_member}"
+    );
+    assert_eq!(
+        chain_member["metadata"]["name"], "guild-delta",
+        "{chain_member}"
+    );
+    let member_name = chain_member["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
     // Deleting through the console removes the ChainNetwork, and Kubernetes' garbage
     // collector removes its children (owner references).
     let deleted = http
@@ -876,20 +1082,48 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
         "{}",
         deleted.status()
     );
-    eventually("ledger's StatefulSets collected", WAIT, || async {
-        let network = kubectl_json(&ns, &["get", "chainnetworks", "-n", &tenant_ns])?;
-        let gone = !network["items"]
-            .as_array()?
-            .iter()
-            .any(|n| n["metadata"]["name"] == "ledger");
-        let sets = kubectl_json(&ns, &["get", "statefulsets", "-n", &tenant_ns])?;
-        let left = sets["items"].as_array()?.iter().any(|s| {
-            s["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("ledger-"))
-        });
-        (gone && !left).then_some(())
-    })
+    let deleted = http
+        .delete(&guild_url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        deleted.status() == 204 || deleted.status() == 202,
+        "{}",
+        deleted.status()
+    );
+    eventually(
+        "ledger's and guild's StatefulSets collected",
+        WAIT,
+        || async {
+            let network = kubectl_json(&ns, &["get", "chainnetworks", "-n", &tenant_ns])?;
+            let gone = !network["items"]
+                .as_array()?
+                .iter()
+                .any(|n| n["metadata"]["name"] == "ledger" || n["metadata"]["name"] == "guild");
+            let sets = kubectl_json(&ns, &["get", "statefulsets", "-n", &tenant_ns])?;
+            let left = sets["items"].as_array()?.iter().any(|s| {
+                s["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("ledger-") || n.starts_with("guild-"))
+            });
+            (gone && !left).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        "Delta's ChainMember removed with its network",
+        WAIT,
+        || async {
+            let members = kubectl_json(&ns, &["get", "chainmembers", "-n", &tenant_ns])?;
+            (!members["items"]
+                .as_array()?
+                .iter()
+                .any(|m| m["metadata"]["name"] == member_name.as_str()))
+            .then_some(())
+        },
+    )
     .await;
     operator.assert_running();
     console.assert_running();

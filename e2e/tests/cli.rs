@@ -15,10 +15,16 @@
 //!   cross-shard credits are not wired; a shard validator killed again and again (the
 //!   supervisor restarts a killed node, so a single SIGKILL is healed before the 15 s
 //!   collector looks) fires `validator_down`, delivered to a webhook with a valid
-//!   signature, and resolves once it is left to recover. Not asserted: usage on the
-//!   invoice (usage records are hourly windows closed two minutes after the hour, so the
-//!   test would wait an hour; `console-api/tests/billing.rs` drives metering with a
-//!   clock).
+//!   signature, and resolves once it is left to recover.
+//! - `sustained_load_scales_a_network_out_and_back_and_shows_on_the_invoice` (`up`, real
+//!   nodes on 127.0.95.0/24): a public network of 1 shard (at most 2) gets an autoscaling
+//!   policy with `trellis networks autoscale` (low targets, a 30 s cooldown, no
+//!   stabilization window); `trellis tx load` from the treasury key file `up` documents
+//!   runs until the autoscaler raises the count to 2 (the network's `autoscaler` field
+//!   and the beacon's shard map); after the load the count comes back to 1 (both changes
+//!   audited as `system:autoscaler`); the network's node-hours and transactions show on
+//!   the current period's invoice and in `trellis usage`, accrued so far (the hour's
+//!   window has not closed).
 
 // A test: failing is its job.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -413,14 +419,15 @@ struct Up {
 }
 
 impl Up {
-    fn start(data: &Path) -> Self {
+    /// `up` with its nodes on `addresses` (a CIDR range).
+    fn start(data: &Path, addresses: &str) -> Self {
         let mut child = Command::new(workspace_binary("trellis-console").unwrap())
             .args([
                 "up",
                 "--listen",
                 "127.0.0.1:0",
                 "--local-addresses",
-                ADDRESSES,
+                addresses,
             ])
             .arg("--data-dir")
             .arg(data)
@@ -668,11 +675,9 @@ fn verified_alerts(
         .collect()
 }
 
-#[test]
-fn a_tenant_runs_a_consortium_and_a_sharded_network_locally() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("console");
-    let mut up = Up::start(&data);
+/// `up` on `addresses`, and a tenant signed up with the CLI.
+fn up_with_a_tenant(dir: &Path, addresses: &str) -> (Up, User) {
+    let mut up = Up::start(&dir.join("console"), addresses);
     let api = up.wait_for("  API ", Duration::from_secs(120));
     let console = api
         .split_whitespace()
@@ -681,10 +686,8 @@ fn a_tenant_runs_a_consortium_and_a_sharded_network_locally() {
         .trim_end_matches("/v1")
         .to_string();
     up.wait_for("Ready.", Duration::from_secs(60));
-
-    // A tenant signs up with the CLI.
     let user = User {
-        config: dir.path().join("acme.json"),
+        config: dir.join("acme.json"),
         console,
     };
     let (ok, out, err) = user.run(
@@ -700,6 +703,26 @@ fn a_tenant_runs_a_consortium_and_a_sharded_network_locally() {
     );
     assert!(ok, "{out}{err}");
     assert_eq!(user.json(&["whoami"])["tenant"]["slug"], "acme-corp");
+    (up, user)
+}
+
+/// Waits until the CLI shows network `name` Running.
+fn running(user: &User, name: &str) -> Value {
+    eventually(
+        &format!("{name} to be Running"),
+        Duration::from_secs(420),
+        || {
+            let network = user.json(&["networks", "get", name]);
+            (network["phase"] == "Running").then_some(network)
+        },
+    )
+}
+
+#[test]
+fn a_tenant_runs_a_consortium_and_a_sharded_network_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("console");
+    let (up, user) = up_with_a_tenant(dir.path(), ADDRESSES);
 
     // A consortium and a sharded public network.
     user.ok(&[
@@ -722,18 +745,8 @@ fn a_tenant_runs_a_consortium_and_a_sharded_network_locally() {
         "--max-shards",
         "2",
     ]);
-    let running = |name: &str| {
-        eventually(
-            &format!("{name} to be Running"),
-            Duration::from_secs(420),
-            || {
-                let network = user.json(&["networks", "get", name]);
-                (network["phase"] == "Running").then_some(network)
-            },
-        )
-    };
-    let trade = running("trade");
-    let pay = running("pay");
+    let trade = running(&user, "trade");
+    let pay = running(&user, "pay");
     assert_eq!(pay["status"]["shard_count"], 2, "{pay}");
     assert_eq!(
         pay["status"]["shards"].as_array().unwrap().len(),
@@ -890,6 +903,256 @@ fn a_tenant_runs_a_consortium_and_a_sharded_network_locally() {
     );
     let pay = user.json(&["networks", "get", "pay"]);
     assert_eq!(pay["status"]["shard_count"], 2, "{pay}");
+    drop(up);
+    assert!(
+        processes_mentioning(&data.to_string_lossy()).is_empty(),
+        "`up` stopped its nodes"
+    );
+}
+
+const LOAD_ADDRESSES: &str = "127.0.95.0/24";
+
+/// The shard count the network's nodes follow: (in force, pending), from the beacon's map
+/// through a shard-0 node.
+fn shard_map(user: &User, id: &str) -> Option<(u64, Option<u64>)> {
+    let (status, map) = user.http(
+        "POST",
+        &format!("/networks/{id}/shards/0/rpc"),
+        Some(json!({"jsonrpc": "2.0", "id": 1, "method": "trellis_getShardMap"})),
+    );
+    let map = &map["result"];
+    (status == 200).then_some(())?;
+    Some((
+        map["shard_count"].as_u64()?,
+        map["pending_shard_count"].as_u64(),
+    ))
+}
+
+/// The local flow's load, autoscaling and billing steps: `up` → a public network with an
+/// autoscaling policy set with the CLI (low targets, the shortest cooldown) → sustained
+/// load with `trellis tx load` raises the shard count (the autoscaler's decision, its
+/// reason, and the beacon's map) → the load ends and the count comes back down → the
+/// network's node-hours and transactions show, accrued so far, in `trellis usage` and on
+/// the current period's `trellis invoice`.
+#[test]
+fn sustained_load_scales_a_network_out_and_back_and_shows_on_the_invoice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("console");
+    let (up, user) = up_with_a_tenant(dir.path(), LOAD_ADDRESSES);
+    user.ok(&[
+        "networks",
+        "create",
+        "surge",
+        "--mode",
+        "public",
+        "--shards",
+        "1",
+        "--max-shards",
+        "2",
+        "--epoch-length",
+        "10",
+    ]);
+    // Bad policy input is refused with the field; nothing changes.
+    let err = user.refused(&[
+        "networks",
+        "autoscale",
+        "surge",
+        "--enable",
+        "--cooldown-seconds",
+        "5",
+    ]);
+    assert!(err.contains("cooldown_seconds"), "{err}");
+    let policy = user.json(&[
+        "networks",
+        "autoscale",
+        "surge",
+        "--enable",
+        "--target-tx-per-second-per-shard",
+        "1",
+        "--target-mempool-depth",
+        "1",
+        "--cooldown-seconds",
+        "30",
+        "--stabilization-window-seconds",
+        "0",
+    ]);
+    assert_eq!(
+        policy["spec"]["autoscaling"],
+        json!({"enabled": true, "target_tx_per_second_per_shard": 1, "target_mempool_depth": 1,
+               "cooldown_seconds": 30, "stabilization_window_seconds": 0}),
+        "{policy}"
+    );
+    let surge = running(&user, "surge");
+    let id = surge["id"].as_str().unwrap().to_string();
+    assert_eq!(surge["spec"]["shards"]["count"], 1, "{surge}");
+    assert_eq!(
+        eventually("the beacon's map", Duration::from_secs(120), || shard_map(
+            &user, &id
+        )),
+        (1, None)
+    );
+    assert!(
+        surge["autoscaler"].is_null(),
+        "idle: no change yet: {surge}"
+    );
+
+    // `tx load` checks its input before sending anything.
+    let treasury = data.join("local/networks").join(&id).join("treasury.json");
+    let treasury = treasury.to_string_lossy().into_owned();
+    let recipient = new_account(dir.path(), "sink");
+    for (args, says) in [
+        (vec!["--rate", "0", "--duration", "5s"], "--rate"),
+        (vec!["--rate", "5", "--duration", "1d"], "--duration"),
+    ] {
+        let mut all = vec![
+            "tx",
+            "load",
+            "surge",
+            "--key-file",
+            &treasury,
+            "--to",
+            &recipient,
+        ];
+        all.extend(args);
+        let err = user.refused(&all);
+        assert!(err.contains(says), "{err}");
+    }
+
+    // Sustained load, in 15-second runs, until the autoscaler raises the count.
+    let mut sent = 0;
+    let raised = eventually(
+        "the autoscaler to raise the shard count under load",
+        Duration::from_secs(420),
+        || {
+            let report = user.json(&[
+                "tx",
+                "load",
+                "surge",
+                "--key-file",
+                &treasury,
+                "--to",
+                &recipient,
+                "--rate",
+                "20",
+                "--duration",
+                "15s",
+            ]);
+            sent += report["sent"].as_u64().unwrap();
+            let surge = user.json(&["networks", "get", "surge"]);
+            (surge["spec"]["shards"]["count"] == 2).then_some(surge)
+        },
+    );
+    assert!(sent > 0, "the load sent nothing");
+    assert_eq!(raised["autoscaler"]["from"], 1, "{raised}");
+    assert_eq!(raised["autoscaler"]["to"], 2, "{raised}");
+    assert!(
+        raised["autoscaler"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("1 -> 2")),
+        "{raised}"
+    );
+    eventually(
+        "the beacon's map to show 2 shards",
+        Duration::from_secs(300),
+        || {
+            let (count, pending) = shard_map(&user, &id)?;
+            (count == 2 || pending == Some(2)).then_some(())
+        },
+    );
+    // Transfers are committed (the treasury's nonce moved) and the recipient was paid.
+    let paid = user.json(&["tx", "account", "surge", &recipient]);
+    assert!(paid["balance"].as_u64().unwrap() > 0, "{paid}");
+
+    // The load has ended: after the cooldown the autoscaler lowers the count, and the
+    // beacon follows.
+    let lowered = eventually(
+        "the autoscaler to lower the shard count after the load",
+        Duration::from_secs(600),
+        || {
+            let surge = user.json(&["networks", "get", "surge"]);
+            (surge["spec"]["shards"]["count"] == 1).then_some(surge)
+        },
+    );
+    assert_eq!(lowered["autoscaler"]["from"], 2, "{lowered}");
+    assert_eq!(lowered["autoscaler"]["to"], 1, "{lowered}");
+    eventually(
+        "the beacon's map to show 1 shard",
+        Duration::from_secs(600),
+        || (shard_map(&user, &id)? == (1, None)).then_some(()),
+    );
+    // Both decisions are audited as the autoscaler's.
+    let (status, audit) = user.http("GET", "/audit-events", None);
+    assert_eq!(status, 200, "{audit}");
+    let steps: Vec<(Value, Value)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "network.autoscale" && e["actor"] == "system:autoscaler")
+        .map(|e| (e["details"]["from"].clone(), e["details"]["to"].clone()))
+        .collect();
+    assert!(steps.contains(&(json!(1), json!(2))), "{audit}");
+    assert!(steps.contains(&(json!(2), json!(1))), "{audit}");
+
+    // Usage on the invoice: the current period shows the node-hours and the transactions
+    // accrued so far (the hour's window has not closed).
+    let period = surge["created_at"].as_str().unwrap()[..7].to_string();
+    let (year, month): (u32, u32) = (period[..4].parse().unwrap(), period[5..].parse().unwrap());
+    let from = format!("{period}-01T00:00:00Z");
+    let to = if month == 12 {
+        format!("{}-01-01T00:00:00Z", year + 1)
+    } else {
+        format!("{year}-{:02}-01T00:00:00Z", month + 1)
+    };
+    let line = |invoice: &Value, meter: &str| -> f64 {
+        invoice["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["network_name"] == "surge" && l["meter"] == meter)
+            .map(|l| l["quantity"].as_str().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let invoice = eventually(
+        "node-hours and transactions on the invoice",
+        Duration::from_secs(180),
+        || {
+            let invoice = user.json(&["invoice", &period]);
+            (line(&invoice, "node_hours.standard") > 0.0 && line(&invoice, "transactions") > 0.0)
+                .then_some(invoice)
+        },
+    );
+    assert_eq!(invoice["status"], "open", "{invoice}");
+    // Sign-up's plan is `free`: usage is shown and priced at nothing.
+    assert_eq!(
+        (&invoice["plan"], &invoice["total"]),
+        (&json!("free"), &json!("0.00")),
+        "{invoice}"
+    );
+    // At most what was sent (the collector counts finalized transactions).
+    assert!(line(&invoice, "transactions") <= sent as f64, "{invoice}");
+    let usage = user.json(&[
+        "usage",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--network",
+        "surge",
+        "--meter",
+        "transactions",
+    ]);
+    let records = usage["records"].as_array().unwrap();
+    assert!(
+        !records.is_empty() && records.iter().all(|r| r["meter"] == "transactions"),
+        "{usage}"
+    );
+    assert!(records.iter().any(|r| r["accruing"] == true), "{usage}");
+    let table = user.ok(&["invoice", &period]);
+    assert!(
+        table.contains("surge") && table.contains("transactions"),
+        "{table}"
+    );
+
     drop(up);
     assert!(
         processes_mentioning(&data.to_string_lossy()).is_empty(),

@@ -5,6 +5,7 @@
 
 mod client;
 mod credentials;
+mod load;
 mod output;
 
 use std::io::{BufRead, IsTerminal};
@@ -159,6 +160,29 @@ enum Networks {
         #[arg(long)]
         max_shards: Option<u32>,
     },
+    /// Set the autoscaling policy (public networks): the fields not given keep their
+    /// current values.
+    Autoscale {
+        network: String,
+        /// Turn autoscaling on.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Turn autoscaling off (the shard count stays where it is).
+        #[arg(long)]
+        disable: bool,
+        /// Add shards when the mean finalized tx/s per shard exceeds this.
+        #[arg(long)]
+        target_tx_per_second_per_shard: Option<u32>,
+        /// Add shards when the mean mempool depth per shard exceeds this.
+        #[arg(long)]
+        target_mempool_depth: Option<u32>,
+        /// Least time between two changes (30 to 86400).
+        #[arg(long)]
+        cooldown_seconds: Option<u32>,
+        /// How long a signal must hold before it is acted on (0 to 86400).
+        #[arg(long)]
+        stabilization_window_seconds: Option<u32>,
+    },
     /// Roll the network's nodes to another trellis-node version.
     Upgrade {
         network: String,
@@ -190,7 +214,7 @@ enum Tx {
     },
     /// Sign a transfer with a key file and send it; prints its hash and shard. The key
     /// file is a `trellis-node keygen` file whose admin key is the sending account (the
-    /// local provisioner's treasury files are such). The nonce is the account's next.
+    /// local provisioner's treasury files are such).
     Transfer {
         network: String,
         #[arg(long)]
@@ -199,6 +223,32 @@ enum Tx {
         #[arg(long)]
         to: String,
         #[arg(long)]
+        amount: u64,
+        #[arg(long, default_value_t = 1)]
+        fee: u64,
+        /// Sign at this nonce instead of the account's next committed one (to queue
+        /// several transfers before the first is final).
+        #[arg(long)]
+        nonce: Option<u64>,
+    },
+    /// Send transfers at a steady rate for a while (a load test): signed here with the
+    /// key files' admin keys, taking turns, each account's nonce counted locally; prints
+    /// how many were sent and refused.
+    Load {
+        network: String,
+        /// A sending account's key file; repeat to spread the load over accounts.
+        #[arg(long = "key-file", required = true)]
+        key_files: Vec<std::path::PathBuf>,
+        /// The receiving account (hex Ed25519 public key).
+        #[arg(long)]
+        to: String,
+        /// Transfers per second (1 to 1000).
+        #[arg(long)]
+        rate: u32,
+        /// How long: seconds, or with a unit (90s, 5m, 1h; at most 24h).
+        #[arg(long)]
+        duration: String,
+        #[arg(long, default_value_t = 1)]
         amount: u64,
         #[arg(long, default_value_t = 1)]
         fee: u64,
@@ -402,6 +452,8 @@ const NETWORK_ROWS: &[output::Column] = &[
     ("SHARD RANGE", "spec/shards"),
     ("VALIDATORS/SHARD", "spec/validators_per_shard"),
     ("NODE VERSION", "spec/node_version"),
+    ("AUTOSCALING", "spec/autoscaling"),
+    ("LAST AUTOSCALE", "autoscaler"),
     ("PAUSED", "spec/paused"),
     ("STOPPED", "spec/stopped"),
     ("GENERATION", "generation"),
@@ -497,6 +549,48 @@ async fn networks(console: &mut Console, format: Format, command: Networks) -> R
             }
             patch(console, format, &network, json!({ "shards": range })).await
         }
+        Networks::Autoscale {
+            network,
+            enable,
+            disable,
+            target_tx_per_second_per_shard,
+            target_mempool_depth,
+            cooldown_seconds,
+            stabilization_window_seconds,
+        } => {
+            let id = network_id(console, &network).await?;
+            let current = console
+                .call(Method::GET, &format!("/v1/networks/{id}"), None, None)
+                .await?;
+            // The API replaces the whole policy: start from the current one.
+            let mut policy = current["spec"]["autoscaling"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let mut set = |field: &str, value: Option<Value>| {
+                if let Some(value) = value {
+                    policy.insert(field.into(), value);
+                }
+            };
+            set(
+                "enabled",
+                (enable || disable).then_some(Value::Bool(enable)),
+            );
+            set(
+                "target_tx_per_second_per_shard",
+                target_tx_per_second_per_shard.map(Value::from),
+            );
+            set(
+                "target_mempool_depth",
+                target_mempool_depth.map(Value::from),
+            );
+            set("cooldown_seconds", cooldown_seconds.map(Value::from));
+            set(
+                "stabilization_window_seconds",
+                stabilization_window_seconds.map(Value::from),
+            );
+            patch(console, format, &id, json!({ "autoscaling": policy })).await
+        }
         Networks::Upgrade {
             network,
             node_version,
@@ -546,6 +640,7 @@ const USAGE_COLUMNS: &[output::Column] = &[
     ("TO", "window_end"),
     ("QUANTITY", "billed_quantity"),
     ("UNIT", "unit"),
+    ("ACCRUING", "accruing"),
 ];
 
 const INVOICE_COLUMNS: &[output::Column] = &[
@@ -618,6 +713,20 @@ fn account_of(key_file: &std::path::Path) -> Result<String> {
         .ok_or_else(|| anyhow!("{} holds no admin_public_key", key_file.display()))
 }
 
+/// An account's next nonce, as the shard owning it has committed.
+async fn next_nonce(console: &mut Console, id: &str, account: &str) -> Result<u64> {
+    let answer = node_call(
+        console,
+        id,
+        "trellis_getAccount",
+        json!({"account": account}),
+    )
+    .await?;
+    answer["nonce"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the node's account answer carries no nonce"))
+}
+
 /// One JSON-RPC call through the console's proxy (any node of the network); the node's
 /// refusal is an error with its code and message.
 async fn node_call(console: &mut Console, id: &str, method: &str, params: Value) -> Result<Value> {
@@ -648,6 +757,7 @@ async fn transactions(console: &mut Console, format: Format, command: Tx) -> Res
             to,
             amount,
             fee,
+            nonce,
         } => {
             // Everything that can be checked here is, before the console is asked.
             let from = account_of(&key_file)?;
@@ -660,11 +770,10 @@ async fn transactions(console: &mut Console, format: Format, command: Tx) -> Res
                 .as_str()
                 .ok_or_else(|| anyhow!("the node's status carries no chain_id"))?
                 .to_string();
-            let account =
-                node_call(console, &id, "trellis_getAccount", json!({"account": from})).await?;
-            let nonce = account["nonce"]
-                .as_u64()
-                .ok_or_else(|| anyhow!("the node's account answer carries no nonce"))?;
+            let nonce = match nonce {
+                Some(nonce) => nonce,
+                None => next_nonce(console, &id, &from).await?,
+            };
             let tx = signed_transfer(&key_file, &chain_id, nonce, &to, amount, fee)?;
             let sent =
                 node_call(console, &id, "trellis_sendTransaction", json!({"tx": tx})).await?;
@@ -676,6 +785,63 @@ async fn transactions(console: &mut Console, format: Format, command: Tx) -> Res
                     sent.get("shard")
                         .map(|s| format!(" on shard {s}"))
                         .unwrap_or_default()
+                ),
+            });
+        }
+        Tx::Load {
+            network,
+            key_files,
+            to,
+            rate,
+            duration,
+            amount,
+            fee,
+        } => {
+            if !(1..=load::MAX_RATE).contains(&rate) {
+                bail!(
+                    "--rate must be between 1 and {} transfers per second",
+                    load::MAX_RATE
+                );
+            }
+            let duration = load::parse_duration(&duration)?;
+            if trellis_node_types::public_key_from_hex(&to).is_none() {
+                bail!("--to must be a hex Ed25519 public key (64 hex digits)");
+            }
+            let accounts = key_files
+                .iter()
+                .map(|f| account_of(f))
+                .collect::<Result<Vec<_>>>()?;
+            let id = network_id(console, &network).await?;
+            let status = node_call(console, &id, "trellis_status", Value::Null).await?;
+            let chain_id = status["chain_id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the node's status carries no chain_id"))?
+                .to_string();
+            let mut senders = Vec::new();
+            for (key_file, account) in key_files.into_iter().zip(&accounts) {
+                let nonce = next_nonce(console, &id, account).await?;
+                senders.push((key_file, nonce));
+            }
+            let plan = load::Plan {
+                network_id: id,
+                chain_id,
+                senders,
+                to,
+                amount,
+                fee,
+                rate,
+                duration,
+            };
+            let report = load::run(console, &plan).await?;
+            return Ok(match format {
+                Format::Json => output::pretty(&report),
+                Format::Table => format!(
+                    "sent {} transfers in {} s ({} per second); refused by code: {}; failed requests: {}",
+                    output::at(&report, "sent"),
+                    output::at(&report, "seconds"),
+                    output::at(&report, "rate"),
+                    output::at(&report, "refused"),
+                    output::at(&report, "failed"),
                 ),
             });
         }

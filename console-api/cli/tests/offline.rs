@@ -90,6 +90,61 @@ fn help_completions_and_first_run_errors() {
     assert!(!ok);
     assert!(err.contains("--to must be a hex"), "{err}");
 
+    // So does `tx load`, and its rate and duration.
+    let load = |key_file: &std::path::Path, to: &str, rate: &str, duration: &str| {
+        run(trellis(&config).args([
+            "--console",
+            "http://127.0.0.1:9",
+            "tx",
+            "load",
+            "net",
+            "--key-file",
+            &key_file.to_string_lossy(),
+            "--to",
+            to,
+            "--rate",
+            rate,
+            "--duration",
+            duration,
+        ]))
+    };
+    // The Ed25519 base point: a valid public key.
+    let good_to = format!("58{}", "66".repeat(31));
+    for (key_file, to, rate, duration, says) in [
+        (
+            &keys,
+            good_to.as_str(),
+            "0",
+            "10s",
+            "--rate must be between 1 and 1000",
+        ),
+        (
+            &keys,
+            good_to.as_str(),
+            "1001",
+            "10s",
+            "--rate must be between 1 and 1000",
+        ),
+        (&keys, good_to.as_str(), "5", "ten", "--duration \"ten\""),
+        (&keys, good_to.as_str(), "5", "48h", "at most 24h"),
+        (&keys, "not-a-key", "5", "10s", "--to must be a hex"),
+        (
+            &dir.path().join("missing.json"),
+            good_to.as_str(),
+            "5",
+            "10s",
+            "missing.json",
+        ),
+    ] {
+        let (ok, _, err) = load(key_file, to, rate, duration);
+        assert!(!ok);
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    // Past the checks, it needs a login like every command that asks the console.
+    let (ok, _, err) = load(&keys, &good_to, "5", "10s");
+    assert!(!ok);
+    assert!(err.contains("not logged in"), "{err}");
+
     let (ok, _, err) = run(trellis(&config).args(["--console", "ftp://x", "whoami"]));
     assert!(!ok);
     assert!(err.contains("http://"), "{err}");

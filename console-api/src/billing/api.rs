@@ -274,13 +274,18 @@ pub struct UsageRecord {
     #[schema(value_type = String)]
     pub billed_quantity: trellis_billing::Decimal,
     pub unit: String,
+    /// `false`: a recorded (closed, final) window. `true`: usage still accruing — the
+    /// window is open or not metered yet; `window_end` is then how far it is counted
+    /// (now), and the quantity can only grow until the window is recorded.
+    pub accruing: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsageReport {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
-    /// Only closed windows appear: usage is recorded once a window is over.
+    /// Recorded windows, then the usage still accruing (`accruing: true`), each ordered
+    /// by window start.
     pub records: Vec<UsageRecord>,
 }
 
@@ -294,7 +299,7 @@ pub async fn usage(
     Query(query): Query<UsageQuery>,
 ) -> ApiResult<Json<UsageReport>> {
     let filter = usage_filter(&state.db, scope.tenant(), &query).await?;
-    let records = usage_rows(&state.db, scope.tenant(), &filter)
+    let mut records: Vec<UsageRecord> = usage_rows(&state.db, scope.tenant(), &filter)
         .await?
         .into_iter()
         .filter_map(|row| {
@@ -307,9 +312,33 @@ pub async fn usage(
                 quantity: row.quantity,
                 billed_quantity: money::billed_quantity(row.quantity, meter.base_per_unit()),
                 unit: meter.unit().to_string(),
+                accruing: false,
             })
         })
         .collect();
+    let now = state.billing.now();
+    let accruing =
+        super::metering::accruing(&state.db, scope.tenant().get(), now, filter.from, filter.to)
+            .await?;
+    records.extend(
+        accruing
+            .into_iter()
+            .filter(|a| filter.network.is_none_or(|n| n == a.network_id))
+            .filter(|a| filter.meter.is_none_or(|m| m == a.meter))
+            .map(|a| {
+                let quantity = i64::try_from(a.quantity).unwrap_or(i64::MAX);
+                UsageRecord {
+                    network_id: a.network_id,
+                    meter: a.meter.as_str().to_string(),
+                    window_start: timestamp(a.window_start),
+                    window_end: timestamp((a.window_start + WINDOW_SECONDS).min(now)),
+                    quantity,
+                    billed_quantity: money::billed_quantity(quantity, a.meter.base_per_unit()),
+                    unit: a.meter.unit().to_string(),
+                    accruing: true,
+                }
+            }),
+    );
     Ok(Json(UsageReport {
         from: timestamp(filter.from),
         to: timestamp(filter.to),
@@ -382,7 +411,9 @@ pub struct Invoice {
     pub period: String,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
-    /// `open` while the period (or its last window) is not fully metered; `closed` after.
+    /// `open` while the period (or its last window) is not fully metered: the lines then
+    /// include the usage accrued so far, not recorded yet (see `GET /v1/billing/usage`,
+    /// `accruing`), and can still grow; `closed` after, from recorded usage only.
     pub status: String,
     pub plan: String,
     pub currency: String,
@@ -468,9 +499,29 @@ pub async fn build_invoice(
         }
     }
     let (start, end) = (period.start(), period.end());
-    let totals =
+    let mut totals: BTreeMap<(Uuid, String), i64> =
         super::metering::totals(&state.db, tenant.get(), start.timestamp(), end.timestamp())
-            .await?;
+            .await?
+            .into_iter()
+            .collect();
+    let open = super::metering::horizon(&state.billing) < end.timestamp();
+    if open {
+        // The usage after each network's metering cursor: never also a record.
+        for accruing in super::metering::accruing(
+            &state.db,
+            tenant.get(),
+            state.billing.now(),
+            start.timestamp(),
+            end.timestamp(),
+        )
+        .await?
+        {
+            let total = totals
+                .entry((accruing.network_id, accruing.meter.as_str().to_string()))
+                .or_default();
+            *total = total.saturating_add(i64::try_from(accruing.quantity).unwrap_or(i64::MAX));
+        }
+    }
     let names: HashMap<Uuid, String> = billing_meter::Entity::find()
         .filter(billing_meter::Column::TenantId.eq(tenant.get()))
         .all(&state.db)
@@ -491,10 +542,6 @@ pub async fn build_invoice(
         .collect();
     let invoice = invoice::build(period.to_string(), start, end, plan_name, &book, &usage)
         .map_err(ApiError::internal)?;
-    let status = if super::metering::horizon(&state.billing) >= end.timestamp() {
-        "closed"
-    } else {
-        "open"
-    };
+    let status = if open { "open" } else { "closed" };
     Ok((invoice, status))
 }

@@ -167,31 +167,11 @@ async fn meter_batch(
         let mut window = meter.metered_until;
         while window < horizon {
             let end = window + WINDOW_SECONDS;
-            let accrued = usage::accrue(before, &changes, window, end);
-            if accrued.node_seconds > 0 {
-                // Networks have no size class yet: every node is standard.
-                records.push(record(
-                    meter,
-                    Meter::NodeHours(SizeClass::Standard),
-                    window,
-                    accrued.node_seconds,
-                ));
-            }
-            if accrued.storage_gib_seconds > 0 {
-                records.push(record(
-                    meter,
-                    Meter::StorageGibHours,
-                    window,
-                    accrued.storage_gib_seconds,
-                ));
-            }
-            for (name, quantity) in counted
+            let counts = counted
                 .remove(&(meter.network_id, window))
-                .unwrap_or_default()
-            {
-                if quantity > 0 {
-                    records.push(record(meter, name, window, quantity));
-                }
+                .unwrap_or_default();
+            for (name, quantity) in window_usage(before, &changes, counts, window, end) {
+                records.push(record(meter, name, window, quantity));
             }
             report.windows += 1;
             window = end;
@@ -242,6 +222,109 @@ async fn meter_batch(
         .await?;
     txn.commit().await?;
     Ok(report)
+}
+
+/// What one network used in `[window, end)` (one window, or the part of it that has
+/// passed): compute from the footprint in effect, counted meters from `counts`; meters
+/// that used nothing are left out.
+fn window_usage(
+    before: Footprint,
+    changes: &[Change],
+    counts: Vec<(Meter, u64)>,
+    window: i64,
+    end: i64,
+) -> Vec<(Meter, u64)> {
+    let accrued = usage::accrue(before, changes, window, end);
+    // Networks have no size class yet: every node is standard.
+    let mut used = vec![
+        (Meter::NodeHours(SizeClass::Standard), accrued.node_seconds),
+        (Meter::StorageGibHours, accrued.storage_gib_seconds),
+    ];
+    used.extend(counts);
+    used.retain(|(_, quantity)| *quantity > 0);
+    used
+}
+
+/// Usage not recorded yet: one network's meter, in one window from `metered_until`
+/// on (the window still open, and any a late or stopped metering loop has not closed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accruing {
+    pub network_id: Uuid,
+    pub meter: Meter,
+    pub window_start: i64,
+    pub quantity: u64,
+}
+
+/// The tenant's usage after each network's `metered_until` up to `now`, in windows
+/// starting in `[from, to)`, computed from the same sources the metering pass reads
+/// (footprint log, counters). Read only: nothing is recorded, so it can never count
+/// twice — a window's usage is either a record (before the cursor) or here (after it).
+/// RPC requests appear once the metering loop flushed them (every pass).
+pub async fn accruing(
+    conn: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    now: i64,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Accruing>, DbErr> {
+    let meters = billing_meter::Entity::find()
+        .filter(billing_meter::Column::TenantId.eq(tenant_id))
+        .filter(billing_meter::Column::MeteredUntil.lt(Ord::min(now, to)))
+        .all(conn)
+        .await?;
+    let mut out = Vec::new();
+    for meter in meters {
+        // A deleted network accrues until its deletion (the footprint log says 0 after).
+        let until = meter
+            .deleted_at
+            .map_or(now, |deleted| Ord::min(deleted, now));
+        if meter.metered_until >= until {
+            continue;
+        }
+        let changes: Vec<Change> = billing_footprint::Entity::find()
+            .filter(billing_footprint::Column::NetworkId.eq(meter.network_id))
+            .filter(billing_footprint::Column::At.gte(meter.metered_until))
+            .filter(billing_footprint::Column::At.lt(until))
+            .order_by_asc(billing_footprint::Column::At)
+            .order_by_asc(billing_footprint::Column::Id)
+            .all(conn)
+            .await?
+            .iter()
+            .map(change_of)
+            .collect();
+        let mut counted: HashMap<i64, Vec<(Meter, u64)>> = HashMap::new();
+        for row in billing_counter::Entity::find()
+            .filter(billing_counter::Column::NetworkId.eq(meter.network_id))
+            .filter(billing_counter::Column::WindowStart.gte(meter.metered_until))
+            .all(conn)
+            .await?
+        {
+            if let Ok(name) = Meter::parse(&row.meter) {
+                counted
+                    .entry(row.window_start)
+                    .or_default()
+                    .push((name, u64::try_from(row.quantity).unwrap_or(0)));
+            }
+        }
+        let before = footprint_of(&meter);
+        let mut window = meter.metered_until;
+        while window < until {
+            let end = Ord::min(window + WINDOW_SECONDS, until);
+            let counts = counted.remove(&window).unwrap_or_default();
+            if (from..to).contains(&window) {
+                for (name, quantity) in window_usage(before, &changes, counts, window, end) {
+                    out.push(Accruing {
+                        network_id: meter.network_id,
+                        meter: name,
+                        window_start: window,
+                        quantity,
+                    });
+                }
+            }
+            window += WINDOW_SECONDS;
+        }
+    }
+    Ok(out)
 }
 
 /// Runs [`meter_once`] every `interval` until the process ends.

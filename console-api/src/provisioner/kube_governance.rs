@@ -72,6 +72,9 @@ pub fn split_members(cr: &mut ChainNetwork, existing: Option<&ChainNetwork>) -> 
     cr.spec.validators_per_shard = existing.spec.validators_per_shard;
     cr.spec.beacon.validators = existing.spec.beacon.validators;
     let network = cr.name_any();
+    // Owned by the network (not controlled: the operator's member controller is theirs),
+    // so Kubernetes' garbage collector removes them when the network is deleted.
+    let owner = existing.owner_ref(&());
     later
         .into_iter()
         .map(|m| {
@@ -92,6 +95,7 @@ pub fn split_members(cr: &mut ChainNetwork, existing: Option<&ChainNetwork>) -> 
             );
             member.metadata.namespace.clone_from(&cr.metadata.namespace);
             member.metadata.labels.clone_from(&cr.metadata.labels);
+            member.metadata.owner_references = owner.clone().map(|o| vec![o]);
             member
         })
         .collect()
@@ -445,7 +449,8 @@ mod tests {
         assert!(split_members(&mut new, None).is_empty());
         assert_eq!(new.spec.members.len(), 3);
 
-        let existing = network(&["a", "b", "c"]);
+        let mut existing = network(&["a", "b", "c"]);
+        existing.metadata.uid = Some("uid-of-alliance".into());
         let mut desired = network(&["a", "b", "c", "d"]);
         desired.spec.validators_per_shard = 4;
         desired.spec.beacon.validators = 4;
@@ -464,6 +469,18 @@ mod tests {
         assert_eq!(d.spec.organization, "d");
         assert_eq!(d.labels()[NETWORK_ID_LABEL], "n-1");
         assert_eq!(d.spec.governance_tx_secret, None);
+        // Deleted with the network (garbage collection), never controlled by it.
+        let owners = d.metadata.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (
+                owners[0].kind.as_str(),
+                owners[0].name.as_str(),
+                owners[0].uid.as_str()
+            ),
+            ("ChainNetwork", "alliance", "uid-of-alliance")
+        );
+        assert_ne!(owners[0].controller, Some(true));
     }
 
     #[test]
