@@ -1015,6 +1015,9 @@ struct Actor<E, K: Kv, BS, FS> {
     metrics: ChainMetrics,
     /// Known blocks above the finalized height, by digest.
     blocks: HashMap<Digest, Block>,
+    /// When this node first had each of `blocks` (proposed it, or received it), on the
+    /// runtime's clock: the start of the block's `finalized` span (see telemetry.rs).
+    first_seen: HashMap<Digest, std::time::SystemTime>,
     verifies: Vec<PendingVerify>,
     proposals: Vec<PendingPropose>,
     /// Highest finalization seen (digest, epoch, view): the block to finalize up to.
@@ -1091,6 +1094,7 @@ where
             state,
             metrics,
             blocks: HashMap::new(),
+            first_seen: HashMap::new(),
             verifies: Vec::new(),
             proposals: Vec::new(),
             target: None,
@@ -1273,8 +1277,12 @@ where
         if block.height <= finalized || self.blocks.len() >= MAX_PENDING_BLOCKS {
             return;
         }
-        self.wanted.remove(&block.digest());
-        self.blocks.insert(block.digest(), block);
+        let digest = block.digest();
+        self.wanted.remove(&digest);
+        self.first_seen
+            .entry(digest)
+            .or_insert_with(|| self.context.current());
+        self.blocks.insert(digest, block);
     }
 
     fn relay(&mut self, digest: Digest, plan: Plan<PublicKey>) {
@@ -1348,6 +1356,9 @@ where
                         error!(error = %e, "persisting a proposal; not proposing");
                         continue;
                     }
+                    self.first_seen
+                        .entry(digest)
+                        .or_insert_with(|| self.context.current());
                     self.blocks.insert(digest, block);
                     p.response.send_lossy(digest);
                 }
@@ -2072,7 +2083,7 @@ where
             REGISTRY_KEY.to_vec(),
             registry_bytes(&registry)?,
         );
-        let (admitted, depth) = {
+        let (admitted, depth, committee) = {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
             let credits = crate::cross_shard::receipts(&block);
@@ -2116,7 +2127,8 @@ where
                 crate::epoch_switch::enter(state, next.clone(), kept)?;
             }
             let admitted = state.mempool.on_finalized(&block.txs, &state.ledger);
-            (admitted, state.mempool.len())
+            let committee = state.shard.as_ref().map(|place| place.committee);
+            (admitted, state.mempool.len(), committee)
         };
         let changed = changed || switch.is_some();
         for at in admitted {
@@ -2131,10 +2143,33 @@ where
         self.sharded_metrics();
         self.metrics.txs_committed.inc_by(block.txs.len() as u64);
         self.metrics.mempool_depth.set(depth as i64);
-        info!(height = block.height, txs = block.txs.len(), "finalized");
+        // From first sight (0 for a block read back from the pending store after a
+        // restart) to executed; telemetry.rs turns this event into the block's span.
+        let pending = self
+            .first_seen
+            .remove(&digest)
+            .and_then(|seen| self.context.current().duration_since(seen).ok())
+            .unwrap_or_default();
+        // An unsharded network is shard 0; the beacon has no shard number.
+        let shard = match committee {
+            None => Some(0),
+            Some(Committee::Shard(shard)) => Some(u64::from(shard)),
+            Some(Committee::Beacon) => None,
+        };
+        info!(
+            height = block.height,
+            txs = block.txs.len(),
+            epoch = block.epoch,
+            view = block.view,
+            shard,
+            pending_us = u64::try_from(pending.as_micros()).unwrap_or(u64::MAX),
+            "finalized"
+        );
         // Forget what finalization made obsolete.
         let height = block.height;
         self.blocks.retain(|_, b| b.height > height);
+        let blocks = &self.blocks;
+        self.first_seen.retain(|d, _| blocks.contains_key(d));
         self.certificates.retain(|d, _| *d != digest);
         Ok(())
     }
