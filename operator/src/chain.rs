@@ -321,10 +321,15 @@ impl NodeRpc {
             // The connection task ends with the exchange (Connection: close), and at the
             // latest with the timeout, so a node that stops mid-answer holds no socket.
             tokio::spawn(tokio::time::timeout(self.timeout, connection));
-            let builder = hyper::Request::builder()
+            let mut builder = hyper::Request::builder()
                 .uri(path)
                 .header(hyper::header::HOST, &authority)
                 .header(hyper::header::CONNECTION, "close");
+            // When the operator exports traces, the node's RPC span joins the
+            // reconcile's trace (W3C trace context; nothing is added otherwise).
+            for (name, value) in trellis_telemetry::trace_headers(&tracing::Span::current()) {
+                builder = builder.header(name, value);
+            }
             let request = match body {
                 Some(bytes) => builder
                     .method(hyper::Method::POST)
