@@ -1621,16 +1621,19 @@ where
                 // Signatures of transactions in this node's mempool were checked at
                 // admission; the rest are checked with one batch verification, outside
                 // the state lock.
-                let hashes: Vec<Digest> = block.txs.iter().map(Tx::hash).collect();
-                let known: HashSet<Digest> = {
+                // Each transaction is hashed once here.
+                let known: Vec<bool> = {
                     let state = lock(&self.state);
-                    hashes
-                        .into_iter()
-                        .filter(|h| state.mempool.contains(h))
+                    block
+                        .txs
+                        .iter()
+                        .map(|tx| state.mempool.contains(&tx.hash()))
                         .collect()
                 };
                 block
-                    .check_stateless_except(&self.config.chain_id, |tx| known.contains(&tx.hash()))
+                    .check_stateless_except(&self.config.chain_id, |i| {
+                        known.get(i).copied().unwrap_or(false)
+                    })
                     .is_ok()
             }
     }
@@ -1780,10 +1783,21 @@ where
                 Ok(())
             }
             Backfill::Gossip { txs } => {
+                // Only what admission could still take is verified: a transaction for
+                // another chain or shard, already queued, or whose nonce its sender has
+                // used (committed, or queued under another transaction) is refused
+                // whatever its signature. Under load gossip often arrives after the
+                // block that carried the transaction (verified then): its signature is
+                // not checked a second time only to be refused.
                 let fresh: Vec<Tx> = {
                     let state = lock(&self.state);
                     txs.into_iter()
-                        .filter(|tx| !state.mempool.contains(&tx.hash()))
+                        .filter(|tx| {
+                            tx.unsigned.chain_id == self.config.chain_id
+                                && state.check_tables(tx).is_ok()
+                                && !state.mempool.nonce_used(tx, &state.ledger)
+                                && !state.mempool.contains(&tx.hash())
+                        })
                         .collect()
                 };
                 let refs: Vec<&Tx> = fresh.iter().collect();
