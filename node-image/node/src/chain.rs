@@ -1736,10 +1736,13 @@ where
             self.backfill_sender
                 .send(Recipients::All, IoBuf::from(message.encode()), false);
         }
-        let txs = std::mem::take(&mut lock(&self.state).gossip);
-        for batch in txs.chunks(GOSSIP_BATCH) {
+        // Moved into the batches, not cloned.
+        let mut txs = std::mem::take(&mut lock(&self.state).gossip)
+            .into_iter()
+            .peekable();
+        while txs.peek().is_some() {
             let message = Backfill::Gossip {
-                txs: batch.to_vec(),
+                txs: txs.by_ref().take(GOSSIP_BATCH).collect(),
             };
             self.backfill_sender
                 .send(Recipients::All, IoBuf::from(message.encode()), false);
