@@ -17,6 +17,10 @@
 //! account's table (per the shard map a node follows) and a `trellis_getTransaction`
 //! to the shard that knows the hash (each shard is asked in turn); everything else goes
 //! to any node.
+//!
+//! When the console exports traces, every request to a node carries the W3C
+//! `traceparent` of the console's request span, so the node's RPC span joins the
+//! request's trace (docs/observability.md).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -181,6 +185,7 @@ async fn forward(
         });
     }
     let payload = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+    let trace = trace_headers();
     // Rotate the first choice so load spreads over the nodes; fail over to the next
     // node when one cannot be reached.
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -188,12 +193,15 @@ async fn forward(
     let mut last_error = String::new();
     for i in 0..endpoints.len() {
         let endpoint = &endpoints[(start + i) % endpoints.len()];
-        let sent = client
-            .post(&endpoint.url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(payload.clone())
-            .send()
-            .await;
+        let sent = with_headers(
+            client
+                .post(&endpoint.url)
+                .header(header::CONTENT_TYPE, "application/json"),
+            &trace,
+        )
+        .body(payload.clone())
+        .send()
+        .await;
         match sent {
             Ok(answer) => {
                 let status = answer.status();
@@ -226,10 +234,23 @@ async fn forward(
     .with_internal(last_error))
 }
 
+/// The trace-context headers of the current (request) span; none when not exported.
+fn trace_headers() -> Vec<(String, String)> {
+    trellis_telemetry::trace_headers(&tracing::Span::current())
+}
+
+fn with_headers(
+    request: reqwest::RequestBuilder,
+    headers: &[(String, String)],
+) -> reqwest::RequestBuilder {
+    headers.iter().fold(request, |request, (name, value)| {
+        request.header(name, value)
+    })
+}
+
 /// One JSON-RPC call to one node: its `result`, if it answered one.
 async fn ask(client: &reqwest::Client, url: &str, request: &Value) -> Option<Value> {
-    let answer: Value = client
-        .post(url)
+    let answer: Value = with_headers(client.post(url), &trace_headers())
         .json(request)
         .send()
         .await

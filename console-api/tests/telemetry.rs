@@ -1,8 +1,12 @@
 //! OpenTelemetry of the real `trellis-console serve` binary against a real OTLP/HTTP
 //! receiver (trellis-telemetry's collector) on 127.0.60.x: request and provisioner spans
 //! with their attributes, metrics, the resource from the standard environment — and,
-//! with no endpoint, no exporter at all and nothing logged about one.
+//! with no endpoint, no exporter at all and nothing logged about one. And one trace from
+//! a console request into the node that answers it (local provisioner, real nodes on
+//! 127.0.58.0/24, the console and receiver on 127.0.57.x).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -314,4 +318,161 @@ async fn nothing_is_exported_or_logged_without_an_endpoint() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The pids of live processes whose command line names a file under `dir`.
+fn processes_under(dir: &std::path::Path) -> Vec<i32> {
+    let dir = dir.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !zombie
+                && cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| String::from_utf8_lossy(arg).starts_with(&dir))
+        })
+        .collect()
+}
+
+/// Kills (SIGKILL, by pid) the node processes the console started for this test, should
+/// the test stop before deleting its network.
+struct NodesGuard(std::path::PathBuf);
+
+impl Drop for NodesGuard {
+    fn drop(&mut self) {
+        for pid in processes_under(&self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// A request through the node RPC proxy and the node's answer to it are one trace: the
+/// console sends its request span's W3C `traceparent`, and the node's `rpc` span is that
+/// span's child. Console and nodes export to the same receiver, as in a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxied_node_rpc_request_is_one_trace_across_console_and_node() {
+    let collector = Collector::start("127.0.57.1").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _nodes = NodesGuard(dir.path().to_path_buf());
+    let endpoint = collector.endpoint();
+    let node_binary = common::node_binary();
+    // The nodes inherit the console's environment, so the endpoint is given there.
+    let console = start(
+        "127.0.57.2",
+        dir.path(),
+        &[
+            "--provisioner",
+            "local",
+            "--local-addresses",
+            "127.0.58.0/24",
+            "--node-binary",
+            node_binary.to_str().unwrap(),
+            "--reconcile-interval",
+            "1",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "60000"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let signup: serde_json::Value = client
+        .post(format!("{}/v1/auth/signup", console.base))
+        .json(&serde_json::json!({
+            "organisation": "Traced Chains Ltd",
+            "email": "ops@chains.example",
+            "password": "correct horse battery staple",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signup["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let created = client
+        .post(format!("{}/v1/networks", console.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "traced-rpc", "mode": "public"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let network: serde_json::Value = created.json().await.unwrap();
+    let id = network["id"].as_str().unwrap().to_string();
+    let rpc = format!("{}/v1/networks/{id}/rpc", console.base);
+
+    // Until the network's nodes answer through the proxy.
+    let limit = Duration::from_secs(180);
+    let deadline = Instant::now() + limit;
+    loop {
+        let answer = client
+            .post(&rpc)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "trellis_status"}))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 200 {
+            let body: serde_json::Value = answer.json().await.unwrap();
+            if body.get("result").is_some() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the network's nodes did not answer through the proxy:\n{}",
+            console.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The node's span for a proxied request, and the console's request span it names
+    // as its parent: same trace, parent = the console span.
+    let node_span = collector
+        .span(WAIT, |s| {
+            s.service() == Some("trellis-node")
+                && s.name == "trellis_status"
+                && !s.parent_span_id.is_empty()
+        })
+        .await
+        .expect("no node span with a parent");
+    let console_span = collector
+        .span(WAIT, |s| s.span_id == node_span.parent_span_id)
+        .await
+        .expect("the node span's parent never arrived from the console");
+    assert_eq!(console_span.service(), Some("trellis-console"));
+    assert_eq!(
+        console_span.attribute("http.route"),
+        Some("/v1/networks/{id}/rpc")
+    );
+    assert_eq!(console_span.trace_id, node_span.trace_id);
+    assert_eq!(node_span.attribute("rpc.method"), Some("trellis_status"));
+
+    // Delete the network: the console stops its nodes.
+    let deleted = client
+        .delete(format!("{}/v1/networks/{id}", console.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let deadline = Instant::now() + limit;
+    while !processes_under(&dir.path().join("local")).is_empty() {
+        assert!(Instant::now() < deadline, "the nodes were not stopped");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

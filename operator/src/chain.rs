@@ -321,10 +321,15 @@ impl NodeRpc {
             // The connection task ends with the exchange (Connection: close), and at the
             // latest with the timeout, so a node that stops mid-answer holds no socket.
             tokio::spawn(tokio::time::timeout(self.timeout, connection));
-            let builder = hyper::Request::builder()
+            let mut builder = hyper::Request::builder()
                 .uri(path)
                 .header(hyper::header::HOST, &authority)
                 .header(hyper::header::CONNECTION, "close");
+            // When the operator exports traces, the node's RPC span joins the
+            // reconcile's trace (W3C trace context; nothing is added otherwise).
+            for (name, value) in trellis_telemetry::trace_headers(&tracing::Span::current()) {
+                builder = builder.header(name, value);
+            }
             let request = match body {
                 Some(bytes) => builder
                     .method(hyper::Method::POST)
@@ -839,6 +844,83 @@ mod tests {
             })
             .await;
         chain.nodes[&node.node].clone()
+    }
+
+    /// With export on, a call made inside a span carries that span as its W3C
+    /// `traceparent`: the node's RPC span joins the operator's trace (the node side is
+    /// tested in trellis-node's tests/telemetry.rs). The span's ids are read back from a
+    /// real OTLP receiver, so the header is checked against what was exported.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_inside_a_span_sends_its_trace_context() {
+        use tracing::Instrument as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let collector = trellis_telemetry::collector::Collector::start("127.0.57.20")
+            .await
+            .unwrap();
+        let settings = trellis_telemetry::Settings {
+            service: "trellis-operator",
+            version: "test",
+            endpoint: Some(collector.endpoint()),
+            https: false,
+        };
+        let destinations =
+            trellis_telemetry::destinations(settings.endpoint.as_deref(), false).unwrap();
+        let export = trellis_telemetry::Export::start(&settings, &destinations)
+            .unwrap()
+            .unwrap();
+        let subscriber = tracing_subscriber::registry().with(export.layer("trellis-operator"));
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        // A node that records each request's head and answers a status.
+        let listener = tokio::net::TcpListener::bind("127.0.57.21:8545")
+            .await
+            .unwrap();
+        let (heads, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let node_task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let heads = heads.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    let _ = heads.send(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+                    let _ = stream
+                        .write_all(http_ok(&status_json("alpha.ns")).as_bytes())
+                        .await;
+                });
+            }
+        });
+        let (rpc, node) = client([127, 0, 57, 21]);
+        let span = tracing::info_span!("reconcile");
+        // Every request the node got so far (each is recorded before it is answered).
+        let mut drain = || std::iter::from_fn(|| received.try_recv().ok()).collect::<Vec<String>>();
+        ask(&rpc, &node).instrument(span.clone()).await.unwrap();
+        let traced = drain();
+        // Outside any span: nothing to continue, no header.
+        ask(&rpc, &node).await.unwrap();
+        let untraced = drain();
+        drop(span);
+        tokio::task::spawn_blocking(move || export.shutdown())
+            .await
+            .unwrap();
+
+        let exported = collector
+            .span(Duration::from_secs(30), |s| s.name == "reconcile")
+            .await
+            .expect("the reconcile span was not exported");
+        let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+        let expected = format!(
+            "traceparent: 00-{}-{}-01",
+            hex(&exported.trace_id),
+            hex(&exported.span_id)
+        );
+        assert!(!traced.is_empty() && !untraced.is_empty());
+        for head in &traced {
+            assert!(head.contains(&expected), "{expected} not in:\n{head}");
+        }
+        for head in &untraced {
+            assert!(!head.contains("traceparent"), "{head}");
+        }
+        node_task.abort();
     }
 
     #[tokio::test]

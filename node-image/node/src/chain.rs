@@ -1015,6 +1015,9 @@ struct Actor<E, K: Kv, BS, FS> {
     metrics: ChainMetrics,
     /// Known blocks above the finalized height, by digest.
     blocks: HashMap<Digest, Block>,
+    /// When this node first had each of `blocks` (proposed it, or received it), on the
+    /// runtime's clock: the start of the block's `finalized` span (see telemetry.rs).
+    first_seen: HashMap<Digest, std::time::SystemTime>,
     verifies: Vec<PendingVerify>,
     proposals: Vec<PendingPropose>,
     /// Highest finalization seen (digest, epoch, view): the block to finalize up to.
@@ -1091,6 +1094,7 @@ where
             state,
             metrics,
             blocks: HashMap::new(),
+            first_seen: HashMap::new(),
             verifies: Vec::new(),
             proposals: Vec::new(),
             target: None,
@@ -1273,8 +1277,12 @@ where
         if block.height <= finalized || self.blocks.len() >= MAX_PENDING_BLOCKS {
             return;
         }
-        self.wanted.remove(&block.digest());
-        self.blocks.insert(block.digest(), block);
+        let digest = block.digest();
+        self.wanted.remove(&digest);
+        self.first_seen
+            .entry(digest)
+            .or_insert_with(|| self.context.current());
+        self.blocks.insert(digest, block);
     }
 
     fn relay(&mut self, digest: Digest, plan: Plan<PublicKey>) {
@@ -1348,6 +1356,9 @@ where
                         error!(error = %e, "persisting a proposal; not proposing");
                         continue;
                     }
+                    self.first_seen
+                        .entry(digest)
+                        .or_insert_with(|| self.context.current());
                     self.blocks.insert(digest, block);
                     p.response.send_lossy(digest);
                 }
@@ -1610,16 +1621,19 @@ where
                 // Signatures of transactions in this node's mempool were checked at
                 // admission; the rest are checked with one batch verification, outside
                 // the state lock.
-                let hashes: Vec<Digest> = block.txs.iter().map(Tx::hash).collect();
-                let known: HashSet<Digest> = {
+                // Each transaction is hashed once here.
+                let known: Vec<bool> = {
                     let state = lock(&self.state);
-                    hashes
-                        .into_iter()
-                        .filter(|h| state.mempool.contains(h))
+                    block
+                        .txs
+                        .iter()
+                        .map(|tx| state.mempool.contains(&tx.hash()))
                         .collect()
                 };
                 block
-                    .check_stateless_except(&self.config.chain_id, |tx| known.contains(&tx.hash()))
+                    .check_stateless_except(&self.config.chain_id, |i| {
+                        known.get(i).copied().unwrap_or(false)
+                    })
                     .is_ok()
             }
     }
@@ -1722,10 +1736,13 @@ where
             self.backfill_sender
                 .send(Recipients::All, IoBuf::from(message.encode()), false);
         }
-        let txs = std::mem::take(&mut lock(&self.state).gossip);
-        for batch in txs.chunks(GOSSIP_BATCH) {
+        // Moved into the batches, not cloned.
+        let mut txs = std::mem::take(&mut lock(&self.state).gossip)
+            .into_iter()
+            .peekable();
+        while txs.peek().is_some() {
             let message = Backfill::Gossip {
-                txs: batch.to_vec(),
+                txs: txs.by_ref().take(GOSSIP_BATCH).collect(),
             };
             self.backfill_sender
                 .send(Recipients::All, IoBuf::from(message.encode()), false);
@@ -1769,10 +1786,21 @@ where
                 Ok(())
             }
             Backfill::Gossip { txs } => {
+                // Only what admission could still take is verified: a transaction for
+                // another chain or shard, already queued, or whose nonce its sender has
+                // used (committed, or queued under another transaction) is refused
+                // whatever its signature. Under load gossip often arrives after the
+                // block that carried the transaction (verified then): its signature is
+                // not checked a second time only to be refused.
                 let fresh: Vec<Tx> = {
                     let state = lock(&self.state);
                     txs.into_iter()
-                        .filter(|tx| !state.mempool.contains(&tx.hash()))
+                        .filter(|tx| {
+                            tx.unsigned.chain_id == self.config.chain_id
+                                && state.check_tables(tx).is_ok()
+                                && !state.mempool.nonce_used(tx, &state.ledger)
+                                && !state.mempool.contains(&tx.hash())
+                        })
                         .collect()
                 };
                 let refs: Vec<&Tx> = fresh.iter().collect();
@@ -2072,7 +2100,7 @@ where
             REGISTRY_KEY.to_vec(),
             registry_bytes(&registry)?,
         );
-        let (admitted, depth) = {
+        let (admitted, depth, committee) = {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
             let credits = crate::cross_shard::receipts(&block);
@@ -2116,7 +2144,8 @@ where
                 crate::epoch_switch::enter(state, next.clone(), kept)?;
             }
             let admitted = state.mempool.on_finalized(&block.txs, &state.ledger);
-            (admitted, state.mempool.len())
+            let committee = state.shard.as_ref().map(|place| place.committee);
+            (admitted, state.mempool.len(), committee)
         };
         let changed = changed || switch.is_some();
         for at in admitted {
@@ -2131,10 +2160,33 @@ where
         self.sharded_metrics();
         self.metrics.txs_committed.inc_by(block.txs.len() as u64);
         self.metrics.mempool_depth.set(depth as i64);
-        info!(height = block.height, txs = block.txs.len(), "finalized");
+        // From first sight (0 for a block read back from the pending store after a
+        // restart) to executed; telemetry.rs turns this event into the block's span.
+        let pending = self
+            .first_seen
+            .remove(&digest)
+            .and_then(|seen| self.context.current().duration_since(seen).ok())
+            .unwrap_or_default();
+        // An unsharded network is shard 0; the beacon has no shard number.
+        let shard = match committee {
+            None => Some(0),
+            Some(Committee::Shard(shard)) => Some(u64::from(shard)),
+            Some(Committee::Beacon) => None,
+        };
+        info!(
+            height = block.height,
+            txs = block.txs.len(),
+            epoch = block.epoch,
+            view = block.view,
+            shard,
+            pending_us = u64::try_from(pending.as_micros()).unwrap_or(u64::MAX),
+            "finalized"
+        );
         // Forget what finalization made obsolete.
         let height = block.height;
         self.blocks.retain(|_, b| b.height > height);
+        let blocks = &self.blocks;
+        self.first_seen.retain(|d, _| blocks.contains_key(d));
         self.certificates.retain(|d, _| *d != digest);
         Ok(())
     }

@@ -78,6 +78,18 @@ impl Mempool {
         self.hashes.contains_key(hash)
     }
 
+    /// Whether `tx`'s nonce is already used by its sender: committed, or queued here
+    /// under some transaction. Admission refuses such a transaction (its nonce must be
+    /// the next one), and stays refusing it: finalization moves nonces from the queue
+    /// to the account, never lowers their sum.
+    pub fn nonce_used<K: Kv>(&self, tx: &Tx, ledger: &Ledger<K>) -> bool {
+        let from = &tx.unsigned.from;
+        let queued = self.by_sender.get(from).map_or(0, |q| q.len() as u64);
+        ledger
+            .account(from)
+            .is_ok_and(|account| tx.unsigned.nonce < account.nonce.saturating_add(queued))
+    }
+
     /// Admits a transaction after all checks; returns its hash.
     pub fn admit<K: Kv>(&mut self, tx: Tx, ledger: &Ledger<K>) -> Result<Digest, AdmitError> {
         self.admit_checked(tx, ledger, false)
@@ -177,8 +189,8 @@ impl Mempool {
     /// queued transaction whose nonce is now below its sender's account nonce. Returns the
     /// admission times of the committed transactions that were in the pool.
     pub fn on_finalized<K: Kv>(&mut self, txs: &[Tx], ledger: &Ledger<K>) -> Vec<Instant> {
-        let mut admitted = Vec::new();
-        let mut senders = HashSet::new();
+        let mut admitted = Vec::with_capacity(txs.len());
+        let mut senders = HashSet::with_capacity(txs.len());
         for tx in txs {
             if let Some((from, nonce)) = self.hashes.remove(&tx.hash())
                 && let Some(queue) = self.by_sender.get_mut(&from)
@@ -293,6 +305,35 @@ mod tests {
         pool.admit_verified(transfer(&keys[0], 0, 1, "c"), &l)
             .unwrap();
         assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn a_used_nonce_is_one_admission_refuses() {
+        let keys: Vec<_> = (0..2).map(test_key).collect();
+        let mut l = ledger(&keys);
+        let mut pool = Mempool::new("c", 100);
+        let a: Vec<_> = (0..3).map(|n| transfer(&keys[0], n, 1, "c")).collect();
+        pool.admit(a[0].clone(), &l).unwrap();
+        pool.admit(a[1].clone(), &l).unwrap();
+        // Queued nonces 0 and 1: another transaction on either is refused, 2 is next.
+        for nonce in [0, 1] {
+            let other = transfer(&keys[0], nonce, 2, "c");
+            assert!(pool.nonce_used(&other, &l));
+            assert!(matches!(
+                pool.admit(other, &l),
+                Err(AdmitError::State(ExecError::BadNonce { .. }))
+            ));
+        }
+        assert!(!pool.nonce_used(&a[2], &l));
+        // Committed nonces stay used once they leave the queue.
+        l.apply_block(1, &[a[0].clone()]).unwrap();
+        pool.on_finalized(&[a[0].clone()], &l);
+        assert!(pool.nonce_used(&a[0], &l));
+        assert!(pool.nonce_used(&transfer(&keys[0], 1, 5, "c"), &l));
+        assert!(!pool.nonce_used(&a[2], &l));
+        pool.admit(a[2].clone(), &l).unwrap();
+        // Another sender's nonces are its own.
+        assert!(!pool.nonce_used(&transfer(&keys[1], 0, 1, "c"), &l));
     }
 
     #[test]

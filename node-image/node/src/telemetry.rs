@@ -6,12 +6,20 @@
 //! unchanged; nothing here runs, allocates or logs when export is off.
 //!
 //! Finalization is observed from the chain's own `finalized` event (target
-//! `trellis_node::chain`, fields `height` and `txs`), so the chain code carries no
-//! telemetry calls; `tests/telemetry.rs` fails if that event changes shape.
+//! `trellis_node::chain`, fields `height`, `txs`, `epoch`, `view`, `shard` — absent on
+//! the beacon — and `pending_us`, the time from this node's first sight of the block to
+//! its execution), so the chain code carries no telemetry calls. The `block.finalized`
+//! span covers that time: it starts when the node first had the block (proposed or
+//! received it) and ends when the block is finalized and executed. `tests/telemetry.rs`
+//! fails if that event changes shape.
+//!
+//! A JSON-RPC request carrying a W3C `traceparent` header (the console's RPC proxy and the
+//! operator send one when they export traces) gets its `rpc` span as a child of the
+//! caller's span, so one trace runs from the console's request into the node.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
@@ -110,6 +118,10 @@ struct FinalizedFields {
     finalized: bool,
     height: Option<u64>,
     txs: Option<u64>,
+    epoch: Option<u64>,
+    view: Option<u64>,
+    shard: Option<u64>,
+    pending_us: Option<u64>,
 }
 
 impl Visit for FinalizedFields {
@@ -117,6 +129,10 @@ impl Visit for FinalizedFields {
         match field.name() {
             "height" => self.height = Some(value),
             "txs" => self.txs = Some(value),
+            "epoch" => self.epoch = Some(value),
+            "view" => self.view = Some(value),
+            "shard" => self.shard = Some(value),
+            "pending_us" => self.pending_us = Some(value),
             _ => {}
         }
     }
@@ -155,15 +171,27 @@ impl<S: tracing::Subscriber> Layer<S> for Finalizations {
         instruments.txs.add(txs, &[]);
         instruments.height.record(height, &[]);
         let tracer = opentelemetry::global::tracer(SERVICE);
-        let attributes = [
-            KeyValue::new("block.height", height as i64),
-            KeyValue::new("block.txs", txs as i64),
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut attributes = vec![
+            KeyValue::new("block.height", int(height)),
+            KeyValue::new("block.txs", int(txs)),
         ];
+        attributes.extend(fields.epoch.map(|e| KeyValue::new("block.epoch", int(e))));
+        attributes.extend(fields.view.map(|v| KeyValue::new("block.view", int(v))));
+        attributes.push(match fields.shard {
+            Some(shard) => KeyValue::new("block.shard", int(shard)),
+            None => KeyValue::new("block.committee", "beacon"),
+        });
+        // The event is emitted right after execution: now is the span's end.
+        let end = SystemTime::now();
+        let pending = Duration::from_micros(fields.pending_us.unwrap_or(0));
+        let start = end.checked_sub(pending).unwrap_or(end);
         let mut span = tracer
             .span_builder("block.finalized")
+            .with_start_time(start)
             .with_attributes(attributes)
             .start(&tracer);
-        span.end();
+        span.end_with_timestamp(end);
     }
 }
 
@@ -228,6 +256,10 @@ pub async fn trace_rpc(request: Request, next: Next) -> Response {
         http.route = trellis_node_api::RPC_PATH,
         http.response.status_code = tracing::field::Empty,
     );
+    // A caller that traces (console, operator) names its span: this one continues it.
+    trellis_telemetry::continue_trace(&span, |name| {
+        parts.headers.get(name).and_then(|v| v.to_str().ok())
+    });
     let started = Instant::now();
     let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))

@@ -164,10 +164,15 @@ mod reqwest_lite {
 
     impl Client {
         pub async fn post(&self, addr: SocketAddr, body: Value) -> Option<Value> {
+            self.post_with(addr, body, "").await
+        }
+
+        /// `extra`: more header lines, each ending in `\r\n`.
+        pub async fn post_with(&self, addr: SocketAddr, body: Value, extra: &str) -> Option<Value> {
             let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
             let body = body.to_string();
             let head = format!(
-                "POST /rpc HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                "POST /rpc HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
                 body.len()
             );
             stream.write_all(head.as_bytes()).await.ok()?;
@@ -225,6 +230,56 @@ async fn rpc_requests_and_finalized_blocks_are_exported_over_otlp() {
         .expect("no block.finalized span");
     assert_eq!(block.service(), Some("trellis-node"));
     assert_eq!(block.attribute("block.txs"), Some("0"));
+    assert_eq!(block.attribute("block.epoch"), Some("0"));
+    assert_eq!(block.attribute("block.shard"), Some("0"));
+    let height: u64 = block.attribute("block.height").unwrap().parse().unwrap();
+    let view: u64 = block.attribute("block.view").unwrap().parse().unwrap();
+    // Simplex gives every height its own view at least (genesis is view 0).
+    assert!(view >= height, "view {view} below height {height}");
+    // The span runs from the proposal to finalization: a consensus round, never an
+    // instant, and well under the test's patience.
+    assert!(
+        block.duration > Duration::ZERO && block.duration < WAIT,
+        "block.finalized lasted {:?}",
+        block.duration
+    );
+
+    // A caller's W3C trace context: the node's RPC span joins the caller's trace as a
+    // child of the caller's span.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let answer = reqwest_lite::Client
+        .post_with(
+            node.rpc,
+            json!({"jsonrpc": "2.0", "id": 7, "method": "trellis_getBlock", "params": {"height": 1}}),
+            &format!("traceparent: 00-{trace_id}-{parent_id}-01\r\n"),
+        )
+        .await
+        .expect("no answer to the traced request");
+    assert!(answer.get("result").is_some(), "{answer}");
+    let traced = collector
+        .span(WAIT, |s| s.name == "trellis_getBlock")
+        .await
+        .expect("no span for the traced trellis_getBlock");
+    assert_eq!(hex(&traced.trace_id), trace_id);
+    assert_eq!(hex(&traced.parent_span_id), parent_id);
+    // Without one (or with garbage) the request is a trace of its own.
+    assert!(rpc.parent_span_id.is_empty());
+    reqwest_lite::Client
+        .post_with(
+            node.rpc,
+            json!({"jsonrpc": "2.0", "id": 8, "method": "trellis_getBlock", "params": {"height": 2}}),
+            "traceparent: 00-zz-not-a-trace-01\r\n",
+        )
+        .await
+        .expect("no answer to the request with a bad traceparent");
+    let untraced = collector
+        .span(WAIT, |s| {
+            s.name == "trellis_getBlock" && hex(&s.trace_id) != trace_id
+        })
+        .await
+        .expect("no span for the request with a bad traceparent");
+    assert!(untraced.parent_span_id.is_empty());
 
     let height = collector
         .point(WAIT, |p| {
@@ -389,4 +444,8 @@ fn a_bad_endpoint_is_a_clear_start_up_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("http/protobuf only"), "{stderr}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -24,6 +24,9 @@ pub struct ReceivedSpan {
     pub name: String,
     pub attributes: BTreeMap<String, String>,
     pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    /// Empty for a root span.
+    pub parent_span_id: Vec<u8>,
     pub duration: Duration,
 }
 
@@ -116,6 +119,8 @@ async fn traces(State(received): State<Shared>, headers: HeaderMap, body: Bytes)
                 attributes: map(&span.attributes),
                 name: span.name,
                 trace_id: span.trace_id,
+                span_id: span.span_id,
+                parent_span_id: span.parent_span_id,
                 duration: Duration::from_nanos(
                     span.end_time_unix_nano
                         .saturating_sub(span.start_time_unix_nano),

@@ -333,9 +333,105 @@ pub fn init_logs(output: BoxedLayer) -> Result<Telemetry, TelemetryError> {
     Ok(Telemetry { export: None })
 }
 
+/// The W3C trace-context headers (`traceparent`, and `tracestate` when set) that make a
+/// request sent from inside `span` a child of it in another process. Empty when the span
+/// is not exported (no endpoint configured), so nothing extra goes on the wire then.
+pub fn trace_headers(span: &tracing::Span) -> Vec<(String, String)> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return Vec::new();
+    }
+    let mut headers = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&context, &mut headers);
+    let mut headers: Vec<(String, String)> = headers.into_iter().collect();
+    headers.sort();
+    headers
+}
+
+/// Makes `span` a child of the remote span named by W3C trace-context headers
+/// (`header(name)` reads one). A missing or malformed `traceparent` leaves `span` a
+/// root, as the specification asks; so does a span that is not exported.
+pub fn continue_trace<'a>(span: &tracing::Span, header: impl Fn(&str) -> Option<&'a str>) {
+    use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    struct Headers<'a, F: Fn(&str) -> Option<&'a str>>(F);
+    impl<'a, F: Fn(&str) -> Option<&'a str>> Extractor for Headers<'a, F> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (self.0)(key)
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec![TRACEPARENT, TRACESTATE]
+        }
+    }
+    if header(TRACEPARENT).is_none() {
+        return;
+    }
+    let parent =
+        opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(header));
+    if parent.span().span_context().is_valid() {
+        // Fails only when the span is not exported, which needs no parent.
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The W3C trace-context header names.
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_context_round_trips_through_headers() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let client = tracing::info_span!("client");
+            let headers = trace_headers(&client);
+            let traceparent = headers
+                .iter()
+                .find(|(k, _)| k == TRACEPARENT)
+                .map(|(_, v)| v.clone())
+                .unwrap();
+            let sent = client.context().span().span_context().clone();
+            assert!(
+                traceparent.contains(&sent.trace_id().to_string()),
+                "{traceparent}"
+            );
+            assert!(
+                traceparent.contains(&sent.span_id().to_string()),
+                "{traceparent}"
+            );
+
+            let server = tracing::info_span!("server");
+            continue_trace(&server, |name| {
+                (name == TRACEPARENT).then_some(traceparent.as_str())
+            });
+            let received = server.in_scope(|| server.context().span().span_context().clone());
+            assert_eq!(received.trace_id(), sent.trace_id());
+            assert_ne!(received.span_id(), sent.span_id());
+
+            // Garbage or nothing: the span starts its own trace.
+            for bad in [Some("00-not-a-trace"), Some(""), None] {
+                let root = tracing::info_span!("root");
+                continue_trace(&root, |name| if name == TRACEPARENT { bad } else { None });
+                let id = root.in_scope(|| root.context().span().span_context().trace_id());
+                assert_ne!(id, sent.trace_id());
+            }
+        });
+        // Not exported: no headers at all.
+        let span = tracing::info_span!("unexported");
+        assert!(trace_headers(&span).is_empty());
+    }
 
     #[test]
     fn endpoints_must_be_http_urls_and_credentials_are_not_echoed() {
