@@ -18,7 +18,9 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use client::Console;
-use output::{Format, MEMBER_COLUMNS, NETWORK_COLUMNS};
+use output::{
+    Format, INVITATION_COLUMNS, MEMBER_COLUMNS, NETWORK_COLUMNS, RECEIVED_INVITATION_COLUMNS,
+};
 
 #[derive(Parser)]
 #[command(
@@ -273,6 +275,29 @@ enum Consortium {
         nodes: Option<u32>,
         #[arg(long)]
         expires_in_hours: Option<u32>,
+        /// Only this tenant (its id, as `trellis whoami` shows it) may accept the
+        /// invitation; it then also sees it in `trellis consortium invitations --received`.
+        #[arg(long, value_parser = id_arg)]
+        tenant: Option<uuid::Uuid>,
+    },
+    /// Invitations a consortium network sent (with their status), or with `--received`
+    /// those your organisation was named in or accepted.
+    Invitations {
+        #[arg(required_unless_present = "received", conflicts_with = "received")]
+        network: Option<String>,
+        #[arg(long)]
+        received: bool,
+    },
+    /// Revoke a pending invitation: its token stops working and its member is rejected.
+    Revoke { network: String, invitation: String },
+    /// Approve the removal of an admitted member as every other admitted member you
+    /// control (or those given); it is removed once more than two thirds approve.
+    Remove {
+        network: String,
+        member: String,
+        /// Approve only as this member (its id); repeat for several.
+        #[arg(long = "as-member", value_parser = id_arg)]
+        as_member: Vec<uuid::Uuid>,
     },
     /// Accept an invitation for your organisation.
     Accept {
@@ -953,10 +978,11 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
             organisation,
             nodes,
             expires_in_hours,
+            tenant,
         } => {
             let id = network_id(console, &network).await?;
             let body = json!({"organisation": organisation, "nodes": nodes,
-                              "expires_in_hours": expires_in_hours});
+                              "expires_in_hours": expires_in_hours, "tenant_id": tenant});
             let key = uuid::Uuid::new_v4().to_string();
             let answer = console
                 .call(
@@ -973,6 +999,66 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
                     output::at(&answer, "member/id"),
                     output::at(&answer, "expires_at"),
                     output::at(&answer, "token")
+                ),
+            })
+        }
+        Consortium::Invitations { network, received } => {
+            let (path, columns) = match network {
+                Some(network) if !received => {
+                    let id = network_id(console, &network).await?;
+                    (format!("/v1/networks/{id}/invitations"), INVITATION_COLUMNS)
+                }
+                _ => (
+                    "/v1/consortium/invitations/received".to_string(),
+                    RECEIVED_INVITATION_COLUMNS,
+                ),
+            };
+            let items = all_pages(console, &path).await?;
+            let answer = json!({ "items": items });
+            Ok(output::list(format, &answer, &items, columns))
+        }
+        Consortium::Revoke {
+            network,
+            invitation,
+        } => {
+            let id = network_id(console, &network).await?;
+            let answer = console
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/networks/{id}/invitations/{}", encode(&invitation)),
+                    None,
+                    None,
+                )
+                .await?;
+            Ok(output::object(format, &answer, INVITATION_COLUMNS))
+        }
+        Consortium::Remove {
+            network,
+            member,
+            as_member,
+        } => {
+            let id = network_id(console, &network).await?;
+            let body = if as_member.is_empty() {
+                json!({})
+            } else {
+                json!({ "as_members": as_member })
+            };
+            let answer = console
+                .call(
+                    Method::POST,
+                    &format!("/v1/networks/{id}/members/{}/removal", encode(&member)),
+                    Some(&body),
+                    None,
+                )
+                .await?;
+            Ok(match format {
+                Format::Json => output::pretty(&answer),
+                Format::Table => format!(
+                    "{} removal approvals of {} needed; member {} is {}",
+                    output::at(&answer, "approvals"),
+                    output::at(&answer, "threshold"),
+                    output::at(&answer, "member/organisation"),
+                    output::at(&answer, "member/state"),
                 ),
             })
         }
@@ -1111,12 +1197,17 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
 
 /// Every network of the caller's organisation, following the pages.
 async fn all_networks(console: &mut Console) -> Result<Vec<Value>> {
+    all_pages(console, "/v1/networks").await
+}
+
+/// Every item of a keyset-paged list, following `next_cursor`.
+async fn all_pages(console: &mut Console, list: &str) -> Result<Vec<Value>> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
         let path = match &cursor {
-            Some(c) => format!("/v1/networks?limit=200&cursor={c}"),
-            None => "/v1/networks?limit=200".to_string(),
+            Some(c) => format!("{list}?limit=200&cursor={}", encode(c)),
+            None => format!("{list}?limit=200"),
         };
         let page = console.call(Method::GET, &path, None, None).await?;
         items.extend(page["items"].as_array().cloned().unwrap_or_default());
@@ -1143,6 +1234,13 @@ async fn network_id(console: &mut Console, network: &str) -> Result<String> {
 }
 
 /// `NAME[:NODES[:ADMIN_PUBLIC_KEY]]`.
+/// A tenant or member id argument, refused before anything reaches the console.
+fn id_arg(text: &str) -> std::result::Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(text).map_err(|_| {
+        format!("{text:?} is not an id (a UUID such as 0192f0c4-9b1e-7c3a-8d2e-5f6a7b8c9d0e)")
+    })
+}
+
 fn member_spec(text: &str) -> Result<Value> {
     let mut parts = text.splitn(3, ':');
     let name = parts.next().unwrap_or_default().trim();

@@ -30,7 +30,28 @@ pub const MEMBER_COLUMNS: &[Column] = &[
     ("STATE", "state"),
     ("KEY", "key_custody"),
     ("APPROVALS", "approvals"),
+    ("REMOVAL", "removal_approvals"),
     ("YOURS", "controlled_by_caller"),
+];
+
+/// Invitations a network sent (or one of them).
+pub const INVITATION_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("ORGANISATION", "organisation"),
+    ("MEMBER", "member_id"),
+    ("STATUS", "status"),
+    ("FOR TENANT", "invited_tenant_id"),
+    ("EXPIRES", "expires_at"),
+];
+
+/// Invitations a tenant received: they come from several networks.
+pub const RECEIVED_INVITATION_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("NETWORK", "network_id"),
+    ("ORGANISATION", "organisation"),
+    ("MEMBER", "member_id"),
+    ("STATUS", "status"),
+    ("EXPIRES", "expires_at"),
 ];
 
 /// The value at `path` as display text (`-` when absent).

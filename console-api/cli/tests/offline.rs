@@ -149,3 +149,69 @@ fn help_completions_and_first_run_errors() {
     assert!(!ok);
     assert!(err.contains("http://"), "{err}");
 }
+
+/// The consortium commands for invitations and removals refuse malformed arguments
+/// before they ask a console (nothing listens on port 9, and nobody is logged in).
+#[test]
+fn consortium_invitation_and_removal_arguments_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("credentials.json");
+    let consortium = |args: &[&str]| {
+        run(trellis(&config)
+            .args(["--console", "http://127.0.0.1:9", "consortium"])
+            .args(args))
+    };
+    let id = "0192f0c4-9b1e-7c3a-8d2e-5f6a7b8c9d0e";
+    for (args, says) in [
+        (
+            &[
+                "invite",
+                "trade",
+                "--organisation",
+                "Globex",
+                "--tenant",
+                "globex",
+            ][..],
+            "\"globex\" is not an id",
+        ),
+        (
+            &["remove", "trade", id, "--as-member", "Acme"][..],
+            "\"Acme\" is not an id",
+        ),
+        (&["invitations"][..], "<NETWORK>"),
+        (
+            &["invitations", "trade", "--received"][..],
+            "cannot be used with",
+        ),
+        (&["revoke", "trade"][..], "<INVITATION>"),
+        (&["remove", "trade"][..], "<MEMBER>"),
+    ] {
+        let (ok, _, err) = consortium(args);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Well-formed, they need a login like every command that asks the console.
+    for args in [
+        &[
+            "invite",
+            "trade",
+            "--organisation",
+            "Globex",
+            "--tenant",
+            id,
+        ][..],
+        &["remove", "trade", id, "--as-member", id, "--as-member", id][..],
+        &["invitations", "trade"][..],
+        &["invitations", "--received"][..],
+        &["revoke", "trade", id][..],
+    ] {
+        let (ok, _, err) = consortium(args);
+        assert!(!ok);
+        assert!(err.contains("not logged in"), "{args:?}: {err}");
+    }
+    let (ok, help, _) = run(trellis(&config).args(["consortium", "--help"]));
+    assert!(ok);
+    for command in ["invitations", "revoke", "remove"] {
+        assert!(help.contains(command), "{help}");
+    }
+}

@@ -1,0 +1,293 @@
+//! `trellis consortium` invitations and removals against a real console
+//! (`trellis-console serve` on 127.0.97.1, SQLite, provisioning nothing): sent and
+//! received lists, revocation, and the removal's approvals and refusals.
+
+// A test: failing is its job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const HOST: &str = "127.0.97.1";
+
+struct Console(Child);
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The console binary beside `trellis` (the workspace builds both).
+fn console_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_trellis")).with_file_name("trellis-console");
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build -p trellis-console` first",
+        path.display()
+    );
+    path
+}
+
+fn start_console(data: &Path) -> (Console, String) {
+    let port = std::net::TcpListener::bind((HOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(console_binary())
+        .args(["serve", "--listen", &format!("{HOST}:{port}"), "--data-dir"])
+        .arg(data)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let console = Console(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect((HOST, port)).is_err() {
+        assert!(Instant::now() < deadline, "the console did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (console, format!("http://{HOST}:{port}"))
+}
+
+struct User {
+    config: PathBuf,
+    console: String,
+}
+
+impl User {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["--console", &self.console])
+            .args(args)
+            .env("TRELLIS_CLI_CONFIG", &self.config)
+            .env_remove("TRELLIS_OUTPUT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn signup(&self, organisation: &str, email: &str) {
+        let (ok, out, err) = self.run(
+            &[
+                "signup",
+                "--organisation",
+                organisation,
+                "--email",
+                email,
+                "--password-stdin",
+            ],
+            Some("a long enough passphrase\n"),
+        );
+        assert!(ok, "{out}{err}");
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args, None);
+        assert!(ok, "trellis {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    fn refused(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args, None);
+        assert!(!ok, "trellis {args:?} succeeded:\n{out}");
+        err
+    }
+}
+
+fn member_id(members: &Value, organisation: &str) -> String {
+    members["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["organisation"] == organisation)
+        .unwrap_or_else(|| panic!("no member {organisation} in {members}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn invitations_are_listed_and_revoked_and_removals_need_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_console, url) = start_console(&dir.path().join("console"));
+    let user = |name: &str| User {
+        config: dir.path().join(format!("{name}.json")),
+        console: url.clone(),
+    };
+    let (acme, globex, initech) = (user("acme"), user("globex"), user("initech"));
+    acme.signup("Acme Corp", "ops@acme.example");
+    globex.signup("Globex", "it@globex.example");
+    initech.signup("Initech", "it@initech.example");
+    let globex_tenant = globex.json(&["whoami"])["tenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Three founding members, all Acme's.
+    acme.ok(&[
+        "networks",
+        "create",
+        "trade",
+        "--mode",
+        "consortium",
+        "--member",
+        "Acme Corp",
+        "--member",
+        "Acme Labs:1",
+        "--member",
+        "Acme Ventures:1",
+    ]);
+    let network = acme.json(&["networks", "get", "trade"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let members = acme.json(&["consortium", "members", "trade"]);
+    let (corp, labs) = (
+        member_id(&members, "Acme Corp"),
+        member_id(&members, "Acme Labs"),
+    );
+
+    // Removing one of three: the other two are fewer than the threshold (3).
+    let err = acme.refused(&["consortium", "remove", "trade", &labs]);
+    assert!(err.contains("409 below_quorum"), "{err}");
+
+    // An invitation for Globex only, and one for anybody; both pending.
+    let for_globex = acme.json(&[
+        "consortium",
+        "invite",
+        "trade",
+        "--organisation",
+        "Globex",
+        "--nodes",
+        "1",
+        "--tenant",
+        &globex_tenant,
+    ]);
+    let open = acme.json(&["consortium", "invite", "trade", "--organisation", "Hooli"]);
+    let sent = acme.json(&["consortium", "invitations", "trade"]);
+    let items = sent["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{sent}");
+    assert!(items.iter().all(|i| i["status"] == "pending"), "{sent}");
+    assert_eq!(
+        items[0]["invited_tenant_id"],
+        globex_tenant.as_str(),
+        "{sent}"
+    );
+    let table = acme.ok(&["consortium", "invitations", "trade"]);
+    assert!(
+        table.contains("STATUS") && table.contains("Hooli") && table.contains("pending"),
+        "{table}"
+    );
+    // Only the owner sees what it sent; Globex sees what names it.
+    let err = globex.refused(&["consortium", "invitations", &network]);
+    assert!(err.contains("404") || err.contains("403"), "{err}");
+    let received = globex.json(&["consortium", "invitations", "--received"]);
+    let got = received["items"].as_array().unwrap();
+    assert_eq!(got.len(), 1, "{received}");
+    assert_eq!(got[0]["organisation"], "Globex");
+    assert!(
+        initech.json(&["consortium", "invitations", "--received"])["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Revoking the open invitation: it shows as revoked, its token stops working, and
+    // revoking it again is refused.
+    let open_id = items.iter().find(|i| i["organisation"] == "Hooli").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoked = acme.json(&["consortium", "revoke", "trade", &open_id]);
+    assert_eq!(revoked["status"], "revoked", "{revoked}");
+    let err = initech.refused(&["consortium", "accept", open["token"].as_str().unwrap()]);
+    assert!(err.contains("410 invitation_revoked"), "{err}");
+    let err = acme.refused(&["consortium", "revoke", "trade", &open_id]);
+    assert!(err.contains("409 invitation_not_pending"), "{err}");
+    let err = globex.refused(&["consortium", "revoke", &network, &open_id]);
+    assert!(err.contains("404") || err.contains("403"), "{err}");
+
+    // The named invitation: Initech cannot accept it, Globex can; Acme admits Globex.
+    let token = for_globex["token"].as_str().unwrap();
+    let err = initech.refused(&["consortium", "accept", token]);
+    assert!(err.contains("403"), "{err}");
+    let globex_member = globex.json(&["consortium", "accept", token])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A proposed member is rejected, not removed.
+    let err = acme.refused(&["consortium", "remove", "trade", &globex_member]);
+    assert!(err.contains("409 member_not_admitted"), "{err}");
+    let admitted = acme.json(&["consortium", "approve", "trade", &globex_member]);
+    assert_eq!(admitted["member"]["state"], "Admitted", "{admitted}");
+    let received = globex.json(&["consortium", "invitations", "--received"]);
+    assert_eq!(received["items"][0]["status"], "accepted", "{received}");
+
+    // Four members: removing Globex needs 3 approvals, from the others. Globex cannot
+    // approve its own removal; Acme approves as one member first, then as the rest.
+    let err = globex.refused(&["consortium", "remove", &network, &globex_member]);
+    assert!(err.contains("403"), "{err}");
+    let err = acme.refused(&[
+        "consortium",
+        "remove",
+        "trade",
+        &globex_member,
+        "--as-member",
+        &globex_member,
+    ]);
+    assert!(err.contains("403"), "{err}");
+    let first = acme.json(&[
+        "consortium",
+        "remove",
+        "trade",
+        &globex_member,
+        "--as-member",
+        &corp,
+    ]);
+    assert_eq!(first["approvals"], 1, "{first}");
+    assert_eq!(first["threshold"], 3, "{first}");
+    assert_eq!(first["member"]["state"], "Admitted", "{first}");
+    let err = acme.refused(&[
+        "consortium",
+        "remove",
+        "trade",
+        &globex_member,
+        "--as-member",
+        &corp,
+    ]);
+    assert!(err.contains("409 already_approved"), "{err}");
+    let members = acme.ok(&["consortium", "members", "trade"]);
+    assert!(members.contains("REMOVAL"), "{members}");
+    let done = acme.ok(&["consortium", "remove", "trade", &globex_member]);
+    assert!(
+        done.contains("3 removal approvals of 3") && done.contains("Removed"),
+        "{done}"
+    );
+}
