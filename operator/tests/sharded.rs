@@ -1,23 +1,28 @@
-//! A sharded network built by the operator, run by real nodes, scaled through the beacon.
+//! A sharded network built by the operator, run by real nodes, scaled out and back in
+//! through the beacon, with the operator waiting for the nodes at each step.
 //!
 //! What is real: the apiserver (the ChainNetwork, its StatefulSets, Secrets and
 //! ConfigMaps live in the test cluster; `kubectl scale` goes through the scale
-//! subresource), the operator's reconciler (in-process) with its JSON-RPC client, and
-//! twelve `trellis-node` processes on 127.0.81.x — a beacon committee of 4 and two shards
-//! of 4 — started from the one genesis, the per-committee `node.toml` and the key Secrets
-//! the operator wrote into the cluster. The beacon runs consensus, the shards follow it
-//! (verifying its certificates), and the operator registers shard 2's validators and
-//! submits `SetShardCount(3)` signed with the network admin key it keeps in a Secret;
-//! the beacon executes it (the admin key's system sequence moves to 1; the map shows
-//! `pending_shard_count = 3` until the boundary, which the test records when it sees it)
-//! and applies it at its epoch boundary (`shard_count = 3`), after which the operator
-//! reports 3 shards in service.
+//! subresource; the StatefulSet of a drained shard is really deleted and its claims
+//! really kept), the operator's reconciler (in-process) with its JSON-RPC client, and
+//! sixteen `trellis-node` processes on 127.0.82.x — a beacon committee of 4 and three
+//! shards of 4 — started from the one genesis, the per-committee `node.toml` and the key
+//! Secrets the operator wrote into the cluster, stopped with SIGKILL. The beacon runs
+//! consensus, the shards follow it (verifying its certificates), and the operator
+//! registers shard 2's validators and submits `SetShardCount(3)` signed with the network
+//! admin key it keeps in a Secret; the beacon applies it at an epoch boundary. Shard 2's
+//! processes are started only after that, so the operator's wait for them is seen
+//! (`Scaling=True/AwaitingShardJoin`, 2 shards in service); they import their tables and
+//! join, and only then does the status say 3 shards, `Scaling=False`. Scale-in 3 → 2
+//! runs with two of shard 2's validators stopped (below its quorum), so the beacon
+//! switches but the drain cannot finish: the operator holds shard 2's StatefulSet
+//! (`AwaitingShardDrain`); they come back, shard 2 ends its last epoch and reports
+//! `drained`, shards 0 and 1 import its tables, and only then is the StatefulSet
+//! deleted (its claims kept); shards 0 and 1 own all 256 tables and keep finalizing
+//! after shard 2's processes are gone.
 //! What is not: the pod network (the resolver maps DNS names to loopback; it also
 //! rewrites the addresses in the genesis, the only change besides paths), and kwok runs
-//! no process in the pods. Shard 2's nodes are not started: on this branch trellis-node
-//! refuses slots above the genesis count (the `reshard` work makes them wait for the
-//! beacon), so the shards' own epoch switch and table handoff are not exercised here —
-//! the test asserts up to the beacon's switch.
+//! no process in the pods: the test plays the kubelet of shard 2's pods.
 //!
 //! Needs `TRELLIS_TEST_KUBECONFIG` (see e2e/README.md) and a `trellis-node` binary.
 
@@ -59,17 +64,38 @@ fn condition(network: &ChainNetwork, type_: &str) -> Option<(String, String, Str
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-/// Every committee on its own loopback block: the beacon 127.0.81.1–4, shard s
-/// 127.0.81.(10(s+1)+1)–.
+/// Every committee on its own loopback block: the beacon 127.0.82.1–4, shard s
+/// 127.0.82.(10(s+1)+1)–.
 fn resolver(committees: &[Committee]) -> Loopback {
     let mut nodes = BTreeMap::new();
     for (block, committee) in committees.iter().enumerate() {
         for (ordinal, node) in committee.nodes.iter().enumerate() {
             let last = u8::try_from(block * 10 + ordinal + 1).unwrap();
-            nodes.insert(node.name.clone(), IpAddr::from([127, 0, 81, last]));
+            nodes.insert(node.name.clone(), IpAddr::from([127, 0, 82, last]));
         }
     }
     Loopback { nodes }
+}
+
+/// Prints what each shard's nodes report (epoch, height, wait, drained, tables): the
+/// log of a failed run says where the chain stood.
+async fn report(rpc: &NodeRpc, chain_id: &str, namespace: &str, shards: &[Committee]) {
+    for committee in shards {
+        let reading = support::committee_status(rpc, chain_id, namespace, committee).await;
+        for (node, answer) in &reading.nodes {
+            match answer {
+                Ok(s) => eprintln!(
+                    "{node}: epoch {} height {} waiting {:?} drained {} tables {}",
+                    s.epoch,
+                    s.finalized_height,
+                    s.waiting,
+                    s.drained,
+                    s.tables.as_ref().map_or(0, Vec::len)
+                ),
+                Err(e) => eprintln!("{node}: {e}"),
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +382,46 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
         4,
         "shard 2's committee"
     );
-    // The operator follows the beacon: 3 shards in service, nothing left to scale.
+    // The beacon runs 3 shards, but shard 2's nodes are not running yet: the operator
+    // keeps 2 in service and says it waits for shard 2 to join.
+    let waiting = eventually("Scaling=True/AwaitingShardJoin", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get(NAME).await.ok()?;
+            let scaling = condition(&n, "Scaling")?;
+            (scaling.1 == "AwaitingShardJoin").then_some((n, scaling))
+        }
+    })
+    .await;
+    assert_eq!(waiting.1.0, "True");
+    assert!(
+        waiting.1.2.contains("shards [2] to join"),
+        "{}",
+        waiting.1.2
+    );
+    assert_eq!(waiting.0.status.as_ref().unwrap().shard_count, Some(2));
+    assert_eq!(
+        waiting.0.status.as_ref().unwrap().phase,
+        Some(trellis_crd::NetworkPhase::Scaling)
+    );
+
+    // Shard 2's four nodes start from the objects the operator wrote (the test plays the
+    // kubelet of its new pods). They wait for the beacon's committee, import the tables
+    // moved to shard 2 and start finalizing; only then is the count in service.
+    let (config_map, keys) = objects(shard2.clone()).await.unwrap();
+    let mut shard2_nodes = support::materialise(
+        dir.path(),
+        &ns.name,
+        &shard2,
+        &config_map,
+        &genesis_map,
+        &keys,
+        &resolver,
+        &binary,
+    );
+    for node in &mut shard2_nodes {
+        node.start();
+    }
     let scaled = eventually("status.shardCount = 3, Scaling=False", WAIT, || {
         let networks = networks.clone();
         async move {
@@ -367,6 +432,181 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
     })
     .await;
     assert_eq!(scaled.1, "Stable");
+    report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
+    // When the operator said so, a quorum of shard 2 had joined: no wait, finalizing.
+    let shard2_reading = support::committee_status(&rpc, &chain_id, &ns.name, &shard2).await;
+    let joined = shard2_reading
+        .answered()
+        .filter(|(_, s)| s.waiting.is_none() && !s.drained && s.finalized_height > 0)
+        .count();
+    assert!(
+        joined >= 3,
+        "shard 2 joined on {joined} nodes: {shard2_reading:?}"
+    );
+    let tables: usize = shard2_reading
+        .answered()
+        .filter_map(|(_, s)| s.tables.as_ref().map(Vec::len))
+        .max()
+        .unwrap_or(0);
+    assert!(tables > 0, "shard 2 owns tables: {shard2_reading:?}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let reasons = || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&kube::api::ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter_map(|e| e.reason)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    eventually("the join step's Events", WAIT, || {
+        let reasons = reasons();
+        async move {
+            let reasons = reasons.await;
+            ["AwaitingBeacon", "AwaitingShardJoin", "Stable"]
+                .iter()
+                .all(|r| reasons.iter().any(|e| e == r))
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Scale-in 3 -> 2. Two of shard 2's four validators are stopped first: below its
+    // quorum, shard 2 cannot finalize its last epoch, so its drain cannot complete until
+    // they come back, and the operator must hold its StatefulSet meanwhile. (The other
+    // two keep answering, as the other shards' cross-shard reads need.)
+    for node in &mut shard2_nodes[2..] {
+        node.kill();
+    }
+    networks
+        .patch_scale(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    eventually("the beacon switches back to 2 shards", WAIT, || {
+        let map = beacon_map(beacon_entry.clone());
+        async move { (map.await?.shard_count == 2).then_some(()) }
+    })
+    .await;
+    let draining = eventually("Scaling=True/AwaitingShardDrain", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get(NAME).await.ok()?;
+            let scaling = condition(&n, "Scaling")?;
+            (scaling.1 == "AwaitingShardDrain").then_some((n, scaling))
+        }
+    })
+    .await;
+    report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
+    assert_eq!(draining.1.0, "True");
+    assert!(
+        draining.1.2.contains("shards [2] to report drained"),
+        "{}",
+        draining.1.2
+    );
+    assert_eq!(draining.0.status.as_ref().unwrap().shard_count, Some(3));
+    assert!(
+        sets.get_opt(&format!("{NAME}-shard-2"))
+            .await
+            .unwrap()
+            .is_some(),
+        "shard 2's StatefulSet is kept until its nodes report drained"
+    );
+    // The two come back (same data); shard 2 ends its last epoch and reports drained,
+    // shards 0 and 1 import its tables, and the operator deletes the StatefulSet. When
+    // it is seen gone, the nodes already report drained (drained is final).
+    for node in &mut shard2_nodes[2..] {
+        node.start();
+    }
+    let removed = eventually("shard 2's StatefulSet deleted", WAIT, || {
+        let (sets, rpc, chain_id, ns_name, shard2) = (
+            sets.clone(),
+            rpc.clone(),
+            chain_id.clone(),
+            ns.name.clone(),
+            shard2.clone(),
+        );
+        async move {
+            let gone = sets
+                .get_opt(&format!("{NAME}-shard-2"))
+                .await
+                .ok()?
+                .is_none();
+            gone.then_some(())?;
+            Some(support::committee_status(&rpc, &chain_id, &ns_name, &shard2).await)
+        }
+    })
+    .await;
+    // The pods are gone: so are their processes (the test plays the kubelet).
+    for node in &mut shard2_nodes {
+        node.kill();
+    }
+    report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
+    let drained = removed.answered().filter(|(_, s)| s.drained).count();
+    assert!(
+        drained >= 3,
+        "deleted with {drained} drained nodes: {removed:?}"
+    );
+    let stable = eventually("status.shardCount = 2, Scaling=False", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get(NAME).await.ok()?;
+            let scaling = condition(&n, "Scaling")?;
+            (n.status.as_ref()?.shard_count == Some(2) && scaling.0 == "False").then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(stable.status.as_ref().unwrap().shards.len(), 2);
+    assert!(
+        reasons().await.iter().any(|r| r == "AwaitingShardDrain"),
+        "the drain step was an Event"
+    );
+    // Ledger claims stay (retainLedgerOnDelete defaults to true).
+    let claims_api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = ns.api();
+    for i in 0..4 {
+        let claim = format!("ledger-{NAME}-shard-2-{i}");
+        assert!(
+            claims_api.get_opt(&claim).await.unwrap().is_some(),
+            "{claim} kept"
+        );
+    }
+    // Shards 0 and 1 own every table between them and keep finalizing without shard 2.
+    let mut owned = std::collections::BTreeSet::new();
+    for committee in &topology.committees[1..3] {
+        let reading = support::committee_status(&rpc, &chain_id, &ns.name, committee).await;
+        owned.extend(
+            reading
+                .answered()
+                .filter(|(_, s)| s.waiting.is_none())
+                .flat_map(|(_, s)| s.tables.clone().unwrap_or_default()),
+        );
+        let before = reading.finalized_height().unwrap();
+        eventually("the shard finalizes after the scale-in", WAIT, || {
+            let (rpc, chain_id, ns_name, committee) = (
+                rpc.clone(),
+                chain_id.clone(),
+                ns.name.clone(),
+                committee.clone(),
+            );
+            async move {
+                let now = support::committee_status(&rpc, &chain_id, &ns_name, &committee)
+                    .await
+                    .finalized_height()?;
+                (now >= before + 2).then_some(())
+            }
+        })
+        .await;
+    }
+    assert_eq!(owned.len(), 256, "shards 0 and 1 own every table");
 
     for node in &mut nodes {
         assert!(node.running(), "{} exited:\n{}", node.name, node.log());
