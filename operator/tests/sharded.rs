@@ -77,6 +77,27 @@ fn resolver(committees: &[Committee]) -> Loopback {
     Loopback { nodes }
 }
 
+/// Waits until the status says `count` shards in service and `Scaling=False`; returns
+/// the `Scaling` condition then, or the last one seen when `WAIT` ran out.
+async fn settled(networks: &Api<ChainNetwork>, count: i32) -> (String, String, String) {
+    let started = std::time::Instant::now();
+    let mut last = (String::new(), String::new(), String::new());
+    while started.elapsed() < WAIT {
+        if let Ok(n) = networks.get(NAME).await
+            && let Some(scaling) = condition(&n, "Scaling")
+        {
+            let done = n.status.as_ref().and_then(|s| s.shard_count) == Some(count)
+                && scaling.0 == "False";
+            last = scaling;
+            if done {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    last
+}
+
 /// Prints what each shard's nodes report (epoch, height, wait, drained, tables): the
 /// log of a failed run says where the chain stood.
 async fn report(rpc: &NodeRpc, chain_id: &str, namespace: &str, shards: &[Committee]) {
@@ -422,15 +443,15 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
     for node in &mut shard2_nodes {
         node.start();
     }
-    let scaled = eventually("status.shardCount = 3, Scaling=False", WAIT, || {
-        let networks = networks.clone();
-        async move {
-            let n = networks.get(NAME).await.ok()?;
-            let scaling = condition(&n, "Scaling")?;
-            (n.status.as_ref()?.shard_count == Some(3) && scaling.0 == "False").then_some(scaling)
-        }
-    })
-    .await;
+    let scaled = settled(&networks, 3).await;
+    if scaled.0 != "False" {
+        report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
+        let log = shard2_nodes[0].log();
+        panic!(
+            "shard 2 did not join: Scaling {scaled:?}\nwide-shard-2-0's log ends:\n{}",
+            &log[log.len().saturating_sub(4000)..]
+        );
+    }
     assert_eq!(scaled.1, "Stable");
     report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
     // When the operator said so, a quorum of shard 2 had joined: no wait, finalizing.
