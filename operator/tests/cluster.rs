@@ -982,6 +982,7 @@ async fn the_service_monitor_follows_its_toggle_when_the_crd_exists() {
         }
     })
     .await;
+    let volumes = ledger_volumes(&ns, &pods("bare", &["beacon", "shard-0"], 4)).await;
     let (bare_ctx, bare_stop) = start_operator(&ns);
     let bare_networks: Api<ChainNetwork> = ns.api();
     let mut bare = network("bare", 1);
@@ -1021,6 +1022,7 @@ async fn the_service_monitor_follows_its_toggle_when_the_crd_exists() {
         .delete("bare", &DeleteParams::default())
         .await
         .unwrap();
+    delete_volumes(&ns.client, &volumes).await;
 
     apply_crds(&ns.client, vec![crd]).await.unwrap();
     let monitors: Api<DynamicObject> = Api::namespaced_with(
@@ -1109,6 +1111,7 @@ async fn a_member_change_reconciles_its_network_at_once() {
         admin_public_key: "aa".repeat(32),
         nodes: 4,
     }];
+    let volumes = ledger_volumes(&ns, &pods("alpha", &["shard-0"], 4)).await;
     let networks: Api<ChainNetwork> = ns.api();
     networks
         .create(&PostParams::default(), &ChainNetwork::new("alpha", spec))
@@ -1200,4 +1203,5 @@ async fn a_member_change_reconciles_its_network_at_once() {
     })
     .await;
     drop(stop);
+    delete_volumes(&ns.client, &volumes).await;
 }
