@@ -170,13 +170,15 @@ fn operator_grants() -> BTreeSet<String> {
 }
 
 /// What the console's kube provisioner does: a namespace per tenant with its plan's
-/// ResourceQuota, ChainNetworks and later members' ChainMembers in it, and the
-/// governance transaction Secrets it hands to the operator (created, never read).
+/// ResourceQuota, ChainNetworks and later members' ChainMembers in it (a removed one
+/// deleted), the governance transaction Secrets it hands to the operator, and each
+/// network's treasury key Secret (read back by name, deleted with the ledger; Secrets
+/// are never listed or watched).
 fn console_grants() -> BTreeSet<String> {
     expand(&[
         ("", &["namespaces"], &["get", "create", "patch"]),
         ("", &["resourcequotas"], &["create", "patch"]),
-        ("", &["secrets"], &["create"]),
+        ("", &["secrets"], &["get", "create", "delete"]),
         (
             "trellis.dev",
             &["chainnetworks"],
@@ -185,7 +187,7 @@ fn console_grants() -> BTreeSet<String> {
         (
             "trellis.dev",
             &["chainmembers"],
-            &["get", "list", "create", "patch"],
+            &["get", "list", "create", "patch", "delete"],
         ),
     ])
 }
@@ -649,7 +651,8 @@ async fn chart_installs_and_its_service_accounts_run_the_product() {
         (&operator_sa, &["create", "clusterrolebindings"][..]),
         (&operator_sa, &["update", "customresourcedefinitions"][..]),
         (&operator_sa, &["get", "leases", "-n", "default"][..]),
-        (&console_sa, &["get", "secrets", "-n", "default"][..]),
+        (&console_sa, &["list", "secrets", "-n", "default"][..]),
+        (&console_sa, &["watch", "secrets", "-n", "default"][..]),
         (&console_sa, &["delete", "namespaces"][..]),
         (
             &console_sa,
