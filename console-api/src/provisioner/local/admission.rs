@@ -317,6 +317,23 @@ pub(super) async fn record(
 }
 
 async fn mark_admitted(inner: &Arc<Inner>, network: Uuid, name: &str) -> Result<(), String> {
+    mark_node(inner, network, name, "admission", |node| {
+        node.admitted = true
+    })
+    .await?;
+    tracing::info!(node = name, "admitted on chain; starting it");
+    Ok(())
+}
+
+/// Changes the node `name` of `network` with `change`, records it durably (`what` names
+/// the change in the error), then lets the supervisor start or stop nodes to match.
+pub(super) async fn mark_node(
+    inner: &Arc<Inner>,
+    network: Uuid,
+    name: &str,
+    what: &str,
+    change: impl Fn(&mut NodeRecord),
+) -> Result<(), String> {
     let mut fleet = inner.fleet.lock().await;
     let Some(record) = fleet.networks.get_mut(&network) else {
         return Ok(());
@@ -325,16 +342,15 @@ async fn mark_admitted(inner: &Arc<Inner>, network: Uuid, name: &str) -> Result<
     for chain in &mut changed.chains {
         for node in &mut chain.nodes {
             if node.name == name {
-                node.admitted = true;
+                change(node);
             }
         }
     }
     inner
         .layout
         .save(&changed)
-        .map_err(|e| format!("recording {name}'s admission: {e}"))?;
+        .map_err(|e| format!("recording {name}'s {what}: {e}"))?;
     *record = changed;
-    tracing::info!(node = name, "admitted on chain; starting it");
     super::supervise(inner, &mut fleet);
     Ok(())
 }

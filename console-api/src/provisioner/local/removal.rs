@@ -26,7 +26,7 @@ use trellis_node_types::{GovernanceAction, GovernanceTx, Proposal, to_hex};
 use uuid::Uuid;
 
 use super::Inner;
-use super::admission::{RESUBMIT_AFTER, call, record};
+use super::admission::{RESUBMIT_AFTER, call, mark_node, record};
 use super::record::{ChainRecord, NodeRecord};
 use crate::provisioner::GovernanceProposal;
 
@@ -272,25 +272,8 @@ async fn remove(inner: &Arc<Inner>, item: &Leaving) -> Result<Option<String>, St
 
 /// Marks `name` removed, durably, and lets the supervisor stop it.
 async fn mark_removed(inner: &Arc<Inner>, network: Uuid, name: &str) -> Result<(), String> {
-    let mut fleet = inner.fleet.lock().await;
-    let Some(record) = fleet.networks.get_mut(&network) else {
-        return Ok(());
-    };
-    let mut changed = record.clone();
-    for chain in &mut changed.chains {
-        for node in &mut chain.nodes {
-            if node.name == name {
-                node.removed = true;
-            }
-        }
-    }
-    inner
-        .layout
-        .save(&changed)
-        .map_err(|e| format!("recording {name}'s removal: {e}"))?;
-    *record = changed;
+    mark_node(inner, network, name, "removal", |node| node.removed = true).await?;
     tracing::info!(node = name, "removed from the chain; stopping it");
-    super::supervise(inner, &mut fleet);
     Ok(())
 }
 
