@@ -675,8 +675,9 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let ready = Instant::now();
     while running.iter().any(|r| finalized_height(*r) < 2) {
-        if ready.elapsed() > Duration::from_secs(60) {
-            bail!("validators did not start finalizing within 60 s");
+        // Generous: many debug-built processes on a loaded machine start slowly.
+        if ready.elapsed() > Duration::from_secs(300) {
+            bail!("validators did not start finalizing within 300 s");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
