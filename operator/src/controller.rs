@@ -34,8 +34,9 @@ use crate::genesis;
 use crate::keys::{self, KeyError};
 use crate::labels;
 use crate::metrics::Metrics;
+use crate::reshard;
 use crate::rollout::{self, Gate, ObservedRollout};
-use crate::status::{self, ObservedCommittee, ShardChain, StatusInput, plan_shards};
+use crate::status::{self, ObservedCommittee, ShardChain, StatusInput};
 
 /// Requeue interval of a settled network (status refresh, drift repair).
 const SETTLED_REQUEUE: Duration = Duration::from_secs(300);
@@ -162,6 +163,13 @@ pub async fn run(
     .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
     .owns(scoped::<StatefulSet>(&client, ns), managed.clone())
     .owns(scoped::<Service>(&client, ns), managed)
+    // A member's phase decides whether its validators count in shard 0 (quorum, PDB,
+    // status): its network is reconciled when it changes, not at the next requeue.
+    .watches(
+        scoped::<trellis_crd::ChainMember>(&client, ns),
+        watcher::Config::default().any_semantic(),
+        |member| member_network(&member),
+    )
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -170,6 +178,20 @@ pub async fn run(
         }
     })
     .await;
+}
+
+/// The network a `ChainMember` belongs to (`spec.network`, in the member's namespace
+/// unless it names another).
+pub fn member_network(
+    member: &trellis_crd::ChainMember,
+) -> Option<kube::runtime::reflector::ObjectRef<ChainNetwork>> {
+    let namespace = member
+        .spec
+        .network
+        .namespace
+        .clone()
+        .or_else(|| member.namespace())?;
+    Some(kube::runtime::reflector::ObjectRef::new(&member.spec.network.name).within(&namespace))
 }
 
 /// Requeue on failure. The delay grows with nothing but the error kind: API errors are
@@ -288,25 +310,50 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         .and_then(|c| u16::try_from(c).ok())
         .filter(|c| *c > 0)
         .or(genesis_shards);
-    let in_service = match &chain {
-        // Drained shards stay until their tables are handed off.
-        Ok(view) if view.resharding => view.shard_count.max(recorded.unwrap_or(0)),
-        Ok(view) => view.shard_count,
-        Err(_) => recorded.unwrap_or(desired),
-    };
-    let shard_plan = plan_shards(desired, in_service);
-    let topology = match plan_with_shards(&id, &network.spec, shard_plan.provisioned) {
-        Ok(t) => genesis::provisioned(t),
-        // validate() passed, so planning cannot fail; treat it as a build error if it does.
-        Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
-    };
+    let recorded = recorded.unwrap_or(desired);
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let owned_selector = labels::managed_children_selector(&name);
     let observed_sets = sts_api
         .list(&ListParams::default().labels(&owned_selector))
         .await?;
     let observed = observe(&observed_sets.items);
-    let shard_chain = read_shards(ctx, &namespace, &topology).await;
+    // Every slot that may have nodes is asked: the shards in service, the ones the
+    // change adds or removes, and any shard StatefulSet left from an earlier change.
+    let shard_prefix = format!("{name}-shard-");
+    let existing_slots = observed
+        .keys()
+        .filter_map(|set| set.strip_prefix(&shard_prefix)?.parse::<u16>().ok())
+        .map(|slot| slot.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    let beacon_count = chain.as_ref().map_or(0, |view| {
+        view.shard_count.max(view.pending_shard_count.unwrap_or(0))
+    });
+    let candidates = desired.max(recorded).max(beacon_count).max(existing_slots);
+    let candidate_topology = match plan_with_shards(&id, &network.spec, candidates) {
+        Ok(t) => genesis::provisioned(t),
+        // validate() passed, so planning cannot fail; treat it as a build error if it does.
+        Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
+    };
+    // The beacon's own validators gate its rolls like a shard's (see crate::rollout).
+    let beacon_nodes = CommitteeNodes {
+        chain_id: beacon.chain_id.clone(),
+        nodes: beacon.nodes.clone(),
+    };
+    let (shard_chain, beacon_chain) = futures::join!(
+        read_shards(ctx, &namespace, &candidate_topology),
+        ctx.chain.committee_status(&beacon_nodes)
+    );
+    let shard_quorum = candidate_topology.shards().next().map_or(usize::MAX, |c| {
+        usize::try_from(c.quorum).unwrap_or(usize::MAX)
+    });
+    let slots = reshard::slot_states(&shard_chain, shard_quorum);
+    let shard_plan = reshard::plan(desired, recorded, chain.as_ref().ok(), &slots);
+    let in_service = shard_plan.in_service;
+    let topology = match plan_with_shards(&id, &network.spec, shard_plan.provisioned) {
+        Ok(t) => genesis::provisioned(t),
+        Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
+    };
     let members = member_validators(client, network).await?;
     let mut rollouts = BTreeMap::new();
 
@@ -471,9 +518,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                     Some(reading) => Gate::Finality(&reading.chain),
                     None => Gate::ReadinessOnly("the shard's nodes were not asked"),
                 },
-                trellis_crd::topology::CommitteeRole::Beacon => {
-                    Gate::ReadinessOnly("the beacon's finality gate is not wired into rolls yet")
-                }
+                trellis_crd::topology::CommitteeRole::Beacon => Gate::Finality(&beacon_chain),
             };
             let step = rollout::next_step(
                 &build::template_hash(set),
@@ -532,7 +577,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     }
 
     // The beacon step: ask for the new shard count while it differs.
-    let submission = if shard_plan.is_scaling() && !network.spec.paused {
+    let submission = if shard_plan.needs_beacon() && !network.spec.paused {
         let request = ScaleRequest {
             count: shard_plan.desired,
             new_validators,
@@ -548,7 +593,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         spec: &network.spec,
         topology: Ok(&topology),
         observed: &observed,
-        shards: Some(shard_plan),
+        shards: Some(shard_plan.clone()),
         chain: &chain,
         shard_chain: &shard_chain,
         rollouts: &rollouts,

@@ -17,6 +17,7 @@ pub mod local;
 pub mod member;
 pub mod metrics;
 pub mod monitoring;
+pub mod reshard;
 pub mod rollout;
 pub mod scaling;
 pub mod server;

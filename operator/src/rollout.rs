@@ -50,8 +50,8 @@ pub struct ObservedRollout {
 pub enum Gate<'a> {
     /// The nodes' finalized heights, as read through the chain seam.
     Finality(&'a CommitteeChain),
-    /// Readiness only: the chain cannot be read for this committee (the beacon, until
-    /// `trellis-node` runs that role). Said in the condition message.
+    /// Readiness only: the chain cannot be read for this committee. Said in the
+    /// condition message.
     ReadinessOnly(&'a str),
 }
 
@@ -145,10 +145,16 @@ pub fn next_step(
     match gate {
         Gate::Finality(chain) => {
             let Some(since) = observed.step_height else {
-                // Lost the step's height (edited by hand): start this step's gate now.
+                // No height when the roll began (no validator answered then), or lost
+                // (edited by hand): start this step's gate now.
+                let waiting = if height.is_some() {
+                    "waiting for a finalized height reading"
+                } else {
+                    "no validator answers trellis_status"
+                };
                 return RolloutStep {
                     step_height: height,
-                    ..hold("waiting for a finalized height reading".to_owned())
+                    ..hold(waiting.to_owned())
                 };
             };
             match height {

@@ -118,34 +118,7 @@ pub struct ObservedCommittee {
     pub updated: bool,
 }
 
-/// The shard-count state machine's position (see [`plan_shards`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShardPlan {
-    /// `spec.shards.count`.
-    pub desired: u16,
-    /// Shards the chain runs (the beacon's count once known; genesis count before).
-    pub in_service: u16,
-    /// Shard committees that must exist: `max(desired, in_service)`. New shards are
-    /// provisioned before the beacon is asked to use them; drained shards stay until the
-    /// beacon has moved their tables away.
-    pub provisioned: u16,
-}
-
-impl ShardPlan {
-    pub fn is_scaling(&self) -> bool {
-        self.desired != self.in_service
-    }
-}
-
-/// Plans which shard committees exist while the shard count moves from `in_service` to
-/// `desired`.
-pub fn plan_shards(desired: u16, in_service: u16) -> ShardPlan {
-    ShardPlan {
-        desired,
-        in_service,
-        provisioned: desired.max(in_service),
-    }
-}
+pub use crate::reshard::{ScaleStep, ShardPlan, plan_shards};
 
 /// A shard committee's chain reading.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -408,7 +381,7 @@ pub fn compute(input: &StatusInput<'_>) -> ChainNetworkStatus {
         }
     }
     status.shards = shard_statuses;
-    if let Some(plan) = input.shards {
+    if let Some(plan) = &input.shards {
         status.shard_count = Some(i32::from(plan.in_service));
     }
 
@@ -485,37 +458,42 @@ pub fn compute(input: &StatusInput<'_>) -> ChainNetworkStatus {
         }
     }
 
-    // Scaling, through the beacon.
-    let scaling = input.shards.is_some_and(|p| p.is_scaling());
-    match input.shards {
-        Some(plan) if plan.is_scaling() => {
-            let waiting_on = match input.scale_submission {
-                Some(Err(e)) => format!("SetShardCount({}) not accepted yet: {e}", plan.desired),
-                Some(Ok(())) => format!(
-                    "SetShardCount({}) submitted; waiting for the epoch switch",
-                    plan.desired
-                ),
-                None => format!("SetShardCount({}) not submitted yet", plan.desired),
-            };
-            let message = format!(
-                "{} -> {} shards; {} shard committees provisioned; {waiting_on}",
-                plan.in_service, plan.desired, plan.provisioned
-            );
-            set(
-                &mut status,
-                ConditionUpdate::new(SCALING, true, "AwaitingBeacon", message),
-            );
-        }
-        Some(plan) => set(
-            &mut status,
-            ConditionUpdate::new(
-                SCALING,
-                false,
-                "Stable",
-                format!("{} shards in service", plan.in_service),
+    // Scaling, through the beacon and then the nodes (see crate::reshard).
+    let scaling = input.shards.as_ref().is_some_and(|p| p.is_scaling());
+    if let Some(plan) = &input.shards {
+        let change = format!("{} -> {} shards", plan.in_service, plan.desired);
+        let message = match &plan.step {
+            ScaleStep::Stable => format!("{} shards in service", plan.in_service),
+            ScaleStep::AwaitingBeacon => {
+                let waiting_on = match input.scale_submission {
+                    Some(Err(e)) => {
+                        format!("SetShardCount({}) not accepted yet: {e}", plan.desired)
+                    }
+                    Some(Ok(())) => format!(
+                        "SetShardCount({}) submitted; waiting for the epoch switch",
+                        plan.desired
+                    ),
+                    None => format!("SetShardCount({}) not submitted yet", plan.desired),
+                };
+                format!(
+                    "{change}; {} shard committees provisioned; {waiting_on}",
+                    plan.provisioned
+                )
+            }
+            ScaleStep::AwaitingJoin { shards, detail } => format!(
+                "{change}; the beacon runs {}; waiting for shards {shards:?} to join: {detail}",
+                plan.desired
             ),
-        ),
-        None => {}
+            ScaleStep::AwaitingDrain { shards, detail } => format!(
+                "{change}; the beacon runs {}; waiting for shards {shards:?} to report drained \
+                 before their StatefulSets are deleted: {detail}",
+                plan.desired
+            ),
+        };
+        set(
+            &mut status,
+            ConditionUpdate::new(SCALING, scaling, plan.step.reason(), message),
+        );
     }
 
     let progressing = !input.spec.stopped && (!all_ready || rolling || scaling);
@@ -555,7 +533,10 @@ pub fn compute(input: &StatusInput<'_>) -> ChainNetworkStatus {
 
     // Chain health: only from the chain, over the shards in service (the committees
     // that finalize transactions). The beacon's view feeds the epoch and the beacon step.
-    let in_service = input.shards.map_or(u16::MAX, |p| p.in_service);
+    let in_service = input
+        .shards
+        .as_ref()
+        .map_or(u16::MAX, ShardPlan::healthy_scope);
     let mut unhealthy = Vec::new();
     let mut unknown = Vec::new();
     let mut healthy = Vec::new();

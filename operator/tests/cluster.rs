@@ -956,6 +956,74 @@ async fn the_service_monitor_follows_its_toggle_when_the_crd_exists() {
             }
         }))
         .unwrap();
+    // Without the CRD first: a network asking for a ServiceMonitor still applies and
+    // becomes Ready, no reconcile fails, and no ServiceMonitor exists anywhere. (The CRD
+    // is cluster-wide and this test installs it below: a cluster reused from an earlier
+    // run has it, so it is removed first.)
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(ns.client.clone());
+    let crd_name = "servicemonitors.monitoring.coreos.com";
+    if crds.get_opt(crd_name).await.unwrap().is_some() {
+        crds.delete(crd_name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually("no ServiceMonitor API served", WAIT, || {
+        let client = ns.client.clone();
+        async move {
+            match client
+                .list_api_group_resources("monitoring.coreos.com/v1")
+                .await
+            {
+                Err(kube::Error::Api(s)) if s.code == 404 => Some(()),
+                Ok(list) if !list.resources.iter().any(|r| r.name == "servicemonitors") => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    let volumes = ledger_volumes(&ns, &pods("bare", &["beacon", "shard-0"], 4)).await;
+    let (bare_ctx, bare_stop) = start_operator(&ns);
+    let bare_networks: Api<ChainNetwork> = ns.api();
+    let mut bare = network("bare", 1);
+    bare.spec.service_monitor = true;
+    bare_networks
+        .create(&PostParams::default(), &bare)
+        .await
+        .unwrap();
+    let ready = eventually("bare Ready without the CRD", WAIT, || {
+        let networks = bare_networks.clone();
+        async move {
+            let n = networks.get("bare").await.ok()?;
+            (condition(&n, "Ready")? == ("True".to_owned(), "AllValidatorsReady".to_owned()))
+                .then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(
+        condition(&ready, "Degraded").unwrap().0,
+        "False",
+        "not degraded for a missing optional CRD"
+    );
+    let metrics = bare_ctx.metrics.encode();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("trellis_operator_reconcile_errors_total")
+                && !l.ends_with(" 0")),
+        "no reconcile failed:\n{metrics}"
+    );
+    assert!(
+        crds.get_opt(crd_name).await.unwrap().is_none(),
+        "nothing installed the CRD"
+    );
+    drop(bare_stop);
+    bare_networks
+        .delete("bare", &DeleteParams::default())
+        .await
+        .unwrap();
+    delete_volumes(&ns.client, &volumes).await;
+
     apply_crds(&ns.client, vec![crd]).await.unwrap();
     let monitors: Api<DynamicObject> = Api::namespaced_with(
         ns.client.clone(),
@@ -1008,4 +1076,132 @@ async fn the_service_monitor_follows_its_toggle_when_the_crd_exists() {
     })
     .await;
     drop(stop);
+}
+
+/// Item: a member's change reaches its network through the network controller's watch on
+/// `ChainMember`s, not at the next requeue.
+///
+/// Real: the apiserver, kwok making the member's pod Ready, the network controller
+/// in-process. Not real: no node runs, and the test plays the member controller (it
+/// provisions the member's StatefulSet and writes the member's phase), so that nothing
+/// but the member's own change can wake the network. The chain client is
+/// `NodeRpcPending`, so a settled network requeues only every 300 s: the member's
+/// validator showing in `status.shards[0]` within `MEMBER_WATCH` (a fifth of that) is the
+/// watch's doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_change_reconciles_its_network_at_once() {
+    const MEMBER_WATCH: Duration = Duration::from_secs(60);
+    let Some(ns) = test_namespace("op-mwatch").await else {
+        return;
+    };
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
+    let ctx = Arc::new(Context::new(
+        ns.client.clone(),
+        Arc::new(trellis_operator::chain::NodeRpcPending),
+        BuildOptions::default(),
+        Arc::new(Metrics::new()),
+    ));
+    let (stop, mut stopped) = tokio::sync::watch::channel(());
+    tokio::spawn(controller::run(ctx, Some(ns.name.clone()), async move {
+        while stopped.changed().await.is_ok() {}
+    }));
+    let mut spec = ChainNetworkSpec::new(NetworkMode::Consortium, "trellis-node:e2e");
+    spec.members = vec![trellis_crd::ConsortiumMember {
+        name: "org-a".to_owned(),
+        admin_public_key: "aa".repeat(32),
+        nodes: 4,
+    }];
+    let volumes = ledger_volumes(&ns, &pods("alpha", &["shard-0"], 4)).await;
+    let networks: Api<ChainNetwork> = ns.api();
+    networks
+        .create(&PostParams::default(), &ChainNetwork::new("alpha", spec))
+        .await
+        .unwrap();
+    let shard0 = |want: i32| {
+        let networks = networks.clone();
+        async move {
+            let n = networks.get("alpha").await.ok()?;
+            let status = n.status.as_ref()?;
+            let ready = condition(&n, "Ready")?.0 == "True";
+            let shard = status.shards.first()?;
+            (ready && shard.validators == want && shard.ready_validators == want).then_some(())
+        }
+    };
+    eventually("alpha Ready with 4 validators", WAIT, || shard0(4)).await;
+
+    // The member's validator, as the member controller provisions it once admitted.
+    let committee = trellis_operator::member::nodes::member_committee_name("alpha", "org-b");
+    let set: StatefulSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": committee},
+        "spec": {
+            "replicas": 1,
+            "serviceName": committee,
+            "selector": {"matchLabels": {"trellis.dev/committee": committee}},
+            "template": {
+                "metadata": {"labels": {"trellis.dev/committee": committee}},
+                "spec": {"containers": [{"name": "node", "image": "trellis-node:e2e"}]}
+            }
+        }
+    }))
+    .unwrap();
+    let sets: Api<StatefulSet> = ns.api();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    eventually("the member's pod Ready", WAIT, || {
+        let sets = sets.clone();
+        let committee = committee.clone();
+        async move {
+            let s = sets.get(&committee).await.ok()?;
+            (s.status?.ready_replicas == Some(1)).then_some(())
+        }
+    })
+    .await;
+    let members: Api<trellis_crd::ChainMember> = ns.api();
+    let member = trellis_crd::ChainMember::new(
+        "org-b",
+        trellis_crd::ChainMemberSpec {
+            network: trellis_crd::member::NetworkRef {
+                name: "alpha".to_owned(),
+                namespace: None,
+            },
+            organization: "org-b".to_owned(),
+            admin_public_key: "bb".repeat(32),
+            nodes: 1,
+            node_key_secret: None,
+            remove: false,
+            governance_tx_secret: None,
+        },
+    );
+    members
+        .create(&PostParams::default(), &member)
+        .await
+        .unwrap();
+    let set_phase = |phase: &'static str| {
+        let members = members.clone();
+        async move {
+            members
+                .patch_status(
+                    "org-b",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"status": {"phase": phase}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Admitted: shard 0 counts the member's validator at once.
+    set_phase("Admitted").await;
+    eventually("shard 0 counts the admitted member", MEMBER_WATCH, || {
+        shard0(5)
+    })
+    .await;
+    // Removed: it no longer does.
+    set_phase("Removed").await;
+    eventually("shard 0 drops the removed member", MEMBER_WATCH, || {
+        shard0(4)
+    })
+    .await;
+    drop(stop);
+    delete_volumes(&ns.client, &volumes).await;
 }

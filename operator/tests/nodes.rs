@@ -231,9 +231,9 @@ mod rolling {
     //! and config ConfigMaps the operator wrote into the cluster. What is not: kwok pods
     //! run no process, so the test plays the kubelet for shard 0 — when a pod is
     //! replaced, it restarts that validator's process (SIGKILL, same data dir). The
-    //! beacon's pods have no process here (the operator does not gate its roll on the
-    //! beacon's finality yet; tests/sharded.rs runs a beacon) and roll
-    //! on readiness alone.
+    //! beacon's pods have no process here (tests/sharded.rs runs a beacon): its roll is
+    //! gated on the beacon's finality like a shard's, so with no beacon validator
+    //! answering it holds before replacing any pod, although every beacon pod is Ready.
 
     use super::*;
     use std::sync::Arc;
@@ -518,17 +518,31 @@ mod rolling {
         nodes[0].kill();
         nodes[0].start();
 
-        // The beacon rolled on readiness alone; the chain is healthy after the roll.
-        eventually("beacon rolled", WAIT, || {
-            let sets = sets.clone();
+        // The beacon's roll waits for its finality, which no process provides here: its
+        // new template is applied with nothing replaced, and it holds there.
+        let beacon = eventually("the beacon's roll holds", WAIT, || {
+            let (networks, sets) = (networks.clone(), sets.clone());
             async move {
+                let n = networks.get("alpha").await.ok()?;
+                let (_, reason, message) = condition(&n, "Progressing")?;
                 let set = sets.get("alpha-beacon").await.ok()?;
-                let status = set.status.clone()?;
-                (partition(&set) == 0 && status.current_revision == status.update_revision)
-                    .then_some(())
+                (reason == "RollingUpdate"
+                    && message
+                        .contains("alpha-beacon partition 4: no validator answers trellis_status")
+                    && partition(&set) == 4)
+                    .then_some(set)
             }
         })
         .await;
+        assert!(
+            updated_pods(&pods, &beacon).await.is_empty(),
+            "no beacon pod replaced"
+        );
+        assert_eq!(
+            beacon.status.as_ref().unwrap().ready_replicas,
+            Some(4),
+            "readiness alone would have let it start"
+        );
         let last_step = seen
             .iter()
             .filter_map(|(_, h)| (*h != u64::MAX).then_some(*h))

@@ -1,23 +1,29 @@
-//! A sharded network built by the operator, run by real nodes, scaled through the beacon.
+//! A sharded network built by the operator, run by real nodes, scaled out and back in
+//! through the beacon, with the operator waiting for the nodes at each step.
 //!
 //! What is real: the apiserver (the ChainNetwork, its StatefulSets, Secrets and
 //! ConfigMaps live in the test cluster; `kubectl scale` goes through the scale
-//! subresource), the operator's reconciler (in-process) with its JSON-RPC client, and
-//! twelve `trellis-node` processes on 127.0.81.x — a beacon committee of 4 and two shards
-//! of 4 — started from the one genesis, the per-committee `node.toml` and the key Secrets
-//! the operator wrote into the cluster. The beacon runs consensus, the shards follow it
-//! (verifying its certificates), and the operator registers shard 2's validators and
-//! submits `SetShardCount(3)` signed with the network admin key it keeps in a Secret;
-//! the beacon executes it (the admin key's system sequence moves to 1; the map shows
-//! `pending_shard_count = 3` until the boundary, which the test records when it sees it)
-//! and applies it at its epoch boundary (`shard_count = 3`), after which the operator
-//! reports 3 shards in service.
+//! subresource; the StatefulSet of a drained shard is really deleted and its claims
+//! really kept), the operator's reconciler (in-process) with its JSON-RPC client, and
+//! sixteen `trellis-node` processes on 127.0.82.x — a beacon committee of 4 and three
+//! shards of 4 — started from the one genesis, the per-committee `node.toml` and the key
+//! Secrets the operator wrote into the cluster, stopped with SIGKILL. The beacon runs
+//! consensus, the shards follow it (verifying its certificates), and the operator
+//! registers shard 2's validators and submits `SetShardCount(3)` signed with the network
+//! admin key it keeps in a Secret; the beacon applies it at an epoch boundary. Shard 2's
+//! processes start when its objects exist and wait for the beacon; they import their
+//! tables and join, and the status says 3 shards, `Scaling=False`, only when a quorum of
+//! them reports joined (read at that moment). Scale-in 3 → 2: the beacon switches,
+//! shard 2 ends its last epoch and reports `drained`, shards 0 and 1 import its tables;
+//! the StatefulSet is deleted (its claims kept), and at the moment it is seen gone shard
+//! 2 reports drained and shards 0 and 1 own all 256 tables; they keep finalizing after
+//! shard 2's processes are gone. Whether the in-between steps (`AwaitingShardJoin`,
+//! `AwaitingShardDrain`) are seen depends on how long the chain takes against the
+//! reconcile interval: they are printed, and held states are covered by the unit tests
+//! of `reshard` and `status`.
 //! What is not: the pod network (the resolver maps DNS names to loopback; it also
 //! rewrites the addresses in the genesis, the only change besides paths), and kwok runs
-//! no process in the pods. Shard 2's nodes are not started: on this branch trellis-node
-//! refuses slots above the genesis count (the `reshard` work makes them wait for the
-//! beacon), so the shards' own epoch switch and table handoff are not exercised here —
-//! the test asserts up to the beacon's switch.
+//! no process in the pods: the test plays the kubelet of shard 2's pods.
 //!
 //! Needs `TRELLIS_TEST_KUBECONFIG` (see e2e/README.md) and a `trellis-node` binary.
 
@@ -59,17 +65,59 @@ fn condition(network: &ChainNetwork, type_: &str) -> Option<(String, String, Str
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-/// Every committee on its own loopback block: the beacon 127.0.81.1–4, shard s
-/// 127.0.81.(10(s+1)+1)–.
+/// Every committee on its own loopback block: the beacon 127.0.82.1–4, shard s
+/// 127.0.82.(10(s+1)+1)–.
 fn resolver(committees: &[Committee]) -> Loopback {
     let mut nodes = BTreeMap::new();
     for (block, committee) in committees.iter().enumerate() {
         for (ordinal, node) in committee.nodes.iter().enumerate() {
             let last = u8::try_from(block * 10 + ordinal + 1).unwrap();
-            nodes.insert(node.name.clone(), IpAddr::from([127, 0, 81, last]));
+            nodes.insert(node.name.clone(), IpAddr::from([127, 0, 82, last]));
         }
     }
     Loopback { nodes }
+}
+
+/// Waits until the status says `count` shards in service and `Scaling=False`; returns
+/// the `Scaling` condition then, or the last one seen when `WAIT` ran out.
+async fn settled(networks: &Api<ChainNetwork>, count: i32) -> (String, String, String) {
+    let started = std::time::Instant::now();
+    let mut last = (String::new(), String::new(), String::new());
+    while started.elapsed() < WAIT {
+        if let Ok(n) = networks.get(NAME).await
+            && let Some(scaling) = condition(&n, "Scaling")
+        {
+            let done = n.status.as_ref().and_then(|s| s.shard_count) == Some(count)
+                && scaling.0 == "False";
+            last = scaling;
+            if done {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    last
+}
+
+/// Prints what each shard's nodes report (epoch, height, wait, drained, tables): the
+/// log of a failed run says where the chain stood.
+async fn report(rpc: &NodeRpc, chain_id: &str, namespace: &str, shards: &[Committee]) {
+    for committee in shards {
+        let reading = support::committee_status(rpc, chain_id, namespace, committee).await;
+        for (node, answer) in &reading.nodes {
+            match answer {
+                Ok(s) => eprintln!(
+                    "{node}: epoch {} height {} waiting {:?} drained {} tables {}",
+                    s.epoch,
+                    s.finalized_height,
+                    s.waiting,
+                    s.drained,
+                    s.tables.as_ref().map_or(0, Vec::len)
+                ),
+                Err(e) => eprintln!("{node}: {e}"),
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +322,7 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
         async move { sets.get_opt(&format!("{NAME}-shard-2")).await.ok()? }
     })
     .await;
-    let (config_map, _keys) = eventually("shard 2 objects", WAIT, || objects(shard2.clone())).await;
+    let (config_map, keys) = eventually("shard 2 objects", WAIT, || objects(shard2.clone())).await;
     let config = NodeConfig::from_toml(&config_map.data.as_ref().unwrap()["node.toml"]).unwrap();
     assert_eq!(config.role, Role::Shard { shard: 2 });
     assert!(config.genesis_file.ends_with(genesis::ENTRY));
@@ -284,6 +332,22 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
         after.metadata.resource_version,
         genesis_map.metadata.resource_version
     );
+
+    // Its pods start as soon as they exist (the test plays their kubelet): the nodes wait
+    // for the beacon to create shard 2 (not ready, `waiting` says so).
+    let mut shard2_nodes = support::materialise(
+        dir.path(),
+        &ns.name,
+        &shard2,
+        &config_map,
+        &genesis_map,
+        &keys,
+        &resolver,
+        &binary,
+    );
+    for node in &mut shard2_nodes {
+        node.start();
+    }
 
     // The operator registers shard 2's validators with the beacon (each signs its own
     // registration, so each key's system sequence moves to 1) ...
@@ -356,17 +420,181 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
         4,
         "shard 2's committee"
     );
-    // The operator follows the beacon: 3 shards in service, nothing left to scale.
-    let scaled = eventually("status.shardCount = 3, Scaling=False", WAIT, || {
+    // The beacon runs 3 shards; shard 2's nodes now import their tables and start
+    // finalizing. The operator keeps 2 in service until a quorum of them reports joined
+    // (`AwaitingShardJoin` when it looks before they did; printed, since how long the
+    // join takes is the chain's).
+    let scaled = settled(&networks, 3).await;
+    // Read at once: when the operator said 3, shard 2 had joined (checked below).
+    let shard2_reading = support::committee_status(&rpc, &chain_id, &ns.name, &shard2).await;
+    if scaled.0 != "False" {
+        report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
+        let log = shard2_nodes[0].log();
+        panic!(
+            "shard 2 did not join: Scaling {scaled:?}\nwide-shard-2-0's log ends:\n{}",
+            &log[log.len().saturating_sub(4000)..]
+        );
+    }
+    assert_eq!(scaled.1, "Stable");
+    report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
+    // When the operator said so, a quorum of shard 2 had joined: no wait, finalizing.
+    let joined = shard2_reading
+        .answered()
+        .filter(|(_, s)| s.waiting.is_none() && !s.drained && s.finalized_height > 0)
+        .count();
+    assert!(
+        joined >= 3,
+        "shard 2 joined on {joined} nodes: {shard2_reading:?}"
+    );
+    let tables: usize = shard2_reading
+        .answered()
+        .filter_map(|(_, s)| s.tables.as_ref().map(Vec::len))
+        .max()
+        .unwrap_or(0);
+    assert!(tables > 0, "shard 2 owns tables: {shard2_reading:?}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let reasons = || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&kube::api::ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter_map(|e| e.reason)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    eventually("the scale-out's Events", WAIT, || {
+        let reasons = reasons();
+        async move {
+            let reasons = reasons.await;
+            ["AwaitingBeacon", "Stable"]
+                .iter()
+                .all(|r| reasons.iter().any(|e| e == r))
+                .then_some(())
+        }
+    })
+    .await;
+    eprintln!(
+        "scale-out: the operator waited for shard 2 to join (AwaitingShardJoin Event): {}",
+        reasons().await.iter().any(|r| r == "AwaitingShardJoin")
+    );
+
+    // Scale-in 3 -> 2: the beacon switches, shard 2 ends its last epoch and reports
+    // drained, shards 0 and 1 import its tables; only then may its StatefulSet go. The
+    // test polls the StatefulSet and, the moment it is gone, reads what the nodes
+    // report: shard 2 drained (final) and shards 0 and 1 owning every table.
+    networks
+        .patch_scale(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut steps = Vec::<String>::new();
+    let removed = loop {
+        if let Ok(n) = networks.get(NAME).await
+            && let Some((_, reason, message)) = condition(&n, "Scaling")
+            && steps.last() != Some(&reason)
+        {
+            eprintln!("scale-in: Scaling {reason}: {message}");
+            steps.push(reason);
+        }
+        if sets
+            .get_opt(&format!("{NAME}-shard-2"))
+            .await
+            .unwrap()
+            .is_none()
+        {
+            let mut readings = Vec::new();
+            for committee in &topology.committees[1..] {
+                readings
+                    .push(support::committee_status(&rpc, &chain_id, &ns.name, committee).await);
+            }
+            break readings;
+        }
+        if started.elapsed() > WAIT * 2 {
+            report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
+            panic!("shard 2's StatefulSet still exists; Scaling steps seen: {steps:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let drained = removed[2].answered().filter(|(_, s)| s.drained).count();
+    assert!(
+        drained >= 3,
+        "deleted with {drained} drained nodes: {:?}",
+        removed[2]
+    );
+    let taken_over: std::collections::BTreeSet<u8> = removed[..2]
+        .iter()
+        .flat_map(|r| r.answered())
+        .filter(|(_, s)| s.waiting.is_none())
+        .flat_map(|(_, s)| s.tables.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        taken_over.len(),
+        256,
+        "deleted before shards 0 and 1 took every table over"
+    );
+    eprintln!("scale-in: Scaling steps seen before the deletion: {steps:?}");
+    // The pods are gone: so are their processes (the test plays the kubelet).
+    for node in &mut shard2_nodes {
+        node.kill();
+    }
+    report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
+    let stable = eventually("status.shardCount = 2, Scaling=False", WAIT, || {
         let networks = networks.clone();
         async move {
             let n = networks.get(NAME).await.ok()?;
             let scaling = condition(&n, "Scaling")?;
-            (n.status.as_ref()?.shard_count == Some(3) && scaling.0 == "False").then_some(scaling)
+            (n.status.as_ref()?.shard_count == Some(2) && scaling.0 == "False").then_some(n)
         }
     })
     .await;
-    assert_eq!(scaled.1, "Stable");
+    assert_eq!(stable.status.as_ref().unwrap().shards.len(), 2);
+    // Ledger claims stay (retainLedgerOnDelete defaults to true).
+    let claims_api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = ns.api();
+    for i in 0..4 {
+        let claim = format!("ledger-{NAME}-shard-2-{i}");
+        assert!(
+            claims_api.get_opt(&claim).await.unwrap().is_some(),
+            "{claim} kept"
+        );
+    }
+    // Shards 0 and 1 own every table between them and keep finalizing without shard 2.
+    let mut owned = std::collections::BTreeSet::new();
+    for committee in &topology.committees[1..3] {
+        let reading = support::committee_status(&rpc, &chain_id, &ns.name, committee).await;
+        owned.extend(
+            reading
+                .answered()
+                .filter(|(_, s)| s.waiting.is_none())
+                .flat_map(|(_, s)| s.tables.clone().unwrap_or_default()),
+        );
+        let before = reading.finalized_height().unwrap();
+        eventually("the shard finalizes after the scale-in", WAIT, || {
+            let (rpc, chain_id, ns_name, committee) = (
+                rpc.clone(),
+                chain_id.clone(),
+                ns.name.clone(),
+                committee.clone(),
+            );
+            async move {
+                let now = support::committee_status(&rpc, &chain_id, &ns_name, &committee)
+                    .await
+                    .finalized_height()?;
+                (now >= before + 2).then_some(())
+            }
+        })
+        .await;
+    }
+    assert_eq!(owned.len(), 256, "shards 0 and 1 own every table");
 
     for node in &mut nodes {
         assert!(node.running(), "{} exited:\n{}", node.name, node.log());

@@ -79,7 +79,7 @@ impl Case {
             spec: &self.spec,
             topology: Ok(&self.topology),
             observed: &self.observed,
-            shards: Some(self.shards),
+            shards: Some(self.shards.clone()),
             chain: &self.chain,
             shard_chain: &self.shard_chain,
             rollouts: &self.rollouts,
@@ -278,7 +278,7 @@ fn scaling_waits_for_the_beacon() {
         spec: &case.spec,
         topology: Ok(&case.topology),
         observed: &case.observed,
-        shards: Some(case.shards),
+        shards: Some(case.shards.clone()),
         chain: &case.chain,
         shard_chain: &case.shard_chain,
         rollouts: &case.rollouts,
@@ -559,4 +559,72 @@ fn a_first_chain_reading_is_never_held_back() {
     assert!(keep_chain_figures(&mut again, &blank));
     assert_eq!(again.shards[0].finalized_height, Some(12));
     assert_eq!(again.epoch, Some(0));
+}
+
+#[test]
+fn the_scaling_steps_after_the_beacon_say_what_the_nodes_report() {
+    // Scale-in 3 -> 2: the beacon switched, shard 2 still drains.
+    let mut case = Case::new(spec(2), 3).ready(4);
+    case.shards = ShardPlan {
+        desired: 2,
+        in_service: 3,
+        provisioned: 3,
+        step: ScaleStep::AwaitingDrain {
+            shards: vec![2],
+            detail: "shard 2: 0 joined, 1 drained, 0 not answering of 4 (quorum 3)".into(),
+        },
+    };
+    let healthy = || reading([node(50, 3), node(50, 3), node(50, 3), node(50, 3)], 0);
+    case.shard_chain.insert(0, healthy());
+    case.shard_chain.insert(1, healthy());
+    // The draining slot stopped finalizing by design: it does not count.
+    case.shard_chain.insert(
+        2,
+        reading([node(9, 3), node(9, 3), node(9, 3), node(9, 3)], 120),
+    );
+    let s = case.compute(None, 1);
+    let scaling = condition(&s, SCALING);
+    assert_eq!(
+        (scaling.status.as_str(), scaling.reason.as_str()),
+        ("True", "AwaitingShardDrain")
+    );
+    assert!(
+        scaling
+            .message
+            .contains("waiting for shards [2] to report drained")
+            && scaling.message.contains("1 drained"),
+        "{}",
+        scaling.message
+    );
+    assert_eq!(s.shard_count, Some(3), "in service until removed");
+    assert_eq!(condition(&s, CHAIN_HEALTHY).status, "True");
+    assert_eq!(s.phase, Some(NetworkPhase::Scaling));
+
+    // Scale-out 2 -> 3: the beacon switched, shard 2 has not joined; it is not in
+    // service, so its wait does not make the chain unhealthy.
+    let mut case = Case::new(spec(3), 2).ready(4);
+    case.shards = ShardPlan {
+        desired: 3,
+        in_service: 2,
+        provisioned: 3,
+        step: ScaleStep::AwaitingJoin {
+            shards: vec![2],
+            detail: "shard 2: 0 joined; waiting for shard 2 to be created by the beacon".into(),
+        },
+    };
+    case.shard_chain.insert(0, healthy());
+    case.shard_chain.insert(1, healthy());
+    let s = case.compute(None, 1);
+    let scaling = condition(&s, SCALING);
+    assert_eq!(scaling.reason, "AwaitingShardJoin");
+    assert!(
+        scaling
+            .message
+            .contains("2 -> 3 shards; the beacon runs 3; waiting for shards [2] to join"),
+        "{}",
+        scaling.message
+    );
+    assert_eq!(s.shard_count, Some(2));
+    assert_eq!(condition(&s, CHAIN_HEALTHY).status, "True");
+    assert_eq!(condition(&s, PROGRESSING).reason, "ScalingShards");
 }
