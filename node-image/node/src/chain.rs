@@ -1363,7 +1363,10 @@ where
     /// Builds a proposal on `parent`; `None` while a sharded node cannot commit to a
     /// header on it yet.
     fn build(&self, context: &ConsensusContext, parent: &Block) -> Option<Block> {
-        let next = next_shard_header(&lock(&self.state), parent);
+        // A view passed without a block since the parent's: its finalize votes may be lost
+        // for good (see `next_shard_header`).
+        let patient = context.view().get() == context.parent.0.get() + 1;
+        let next = next_shard_header(&lock(&self.state), parent, patient);
         let sharding = match next {
             Ok(header) => header,
             Err(wait) => {
@@ -2161,14 +2164,17 @@ fn table_refusal(place: Option<&ShardPlace>, tx: &Tx) -> Option<String> {
 /// followed, which must not be below the parent's either.
 ///
 /// The epoch-end block names `state_height = parent`, so it is built only on a finalized
-/// parent. On a parent that is not finalized yet the proposer builds an ordinary block
-/// of the epoch instead (naming the parent's beacon height, so it does not end the
-/// epoch): waiting would never end, because a parent that was notarized without being
-/// finalized directly (its finalize votes lost to timeouts) is finalized only through a
-/// child, and every leader would wait on the same parent while its view times out.
+/// parent. In the view right after the parent's (`patient`) the proposer waits for the
+/// parent's finalization, which normally follows its notarization within moments. Once
+/// a view has passed without a block, it builds an ordinary block of the epoch instead
+/// (naming the parent's beacon height, so it does not end the epoch): the parent may
+/// have been notarized without being finalized directly (its finalize votes lost to
+/// view timeouts), and then only a finalized child finalizes it — every leader waiting
+/// on it would stall the shard for good.
 fn next_shard_header<K: Kv>(
     state: &NodeState<K>,
     parent: &Block,
+    patient: bool,
 ) -> Result<Option<ShardHeader>, String> {
     let (Some(place), Some(above)) = (&state.shard, &parent.sharding) else {
         return Ok(None);
@@ -2178,6 +2184,13 @@ fn next_shard_header<K: Kv>(
         return Err(reason);
     }
     let state_height = state.finalized_height();
+    let parent_unfinalized = state_height != parent.height;
+    if patient && parent_unfinalized && crate::epoch_switch::would_end(state, place.beacon_height) {
+        return Err(format!(
+            "the epoch-end block waits until its parent {} is finalized",
+            parent.height
+        ));
+    }
     if state_height < above.state_height {
         return Err(format!(
             "finalized height {state_height} is below the parent's state height {}",
@@ -2187,8 +2200,7 @@ fn next_shard_header<K: Kv>(
     let beacon_height = match place.committee {
         Committee::Beacon => 0,
         Committee::Shard(_)
-            if crate::epoch_switch::would_end(state, place.beacon_height)
-                && state_height != parent.height =>
+            if parent_unfinalized && crate::epoch_switch::would_end(state, place.beacon_height) =>
         {
             above.beacon_height
         }
@@ -2381,7 +2393,7 @@ mod tests {
         assert_eq!(state.consensus_epoch(), 0);
         // On the finalized parent: the epoch-end block (it names the followed beacon
         // height and state height = parent).
-        let header = next_shard_header(&state, &genesis).unwrap().unwrap();
+        let header = next_shard_header(&state, &genesis, true).unwrap().unwrap();
         assert_eq!((header.beacon_height, header.state_height), (12, 0));
         let ending = Block::new(genesis.digest(), 1, 0, 1, 0, vec![]).with_sharding(Sharding {
             header,
@@ -2390,10 +2402,8 @@ mod tests {
         });
         assert!(state.ends(0, &ending));
 
-        // On a parent that is notarized but not finalized (its finalize votes were lost:
-        // only a finalized child finalizes it), waiting for its finalization would stall
-        // the shard for good. The proposer builds an ordinary block of the epoch instead,
-        // naming the parent's beacon height; its finalization finalizes the parent.
+        // On a parent that is notarized but not finalized yet, the proposer of the next
+        // view waits: its finalization normally follows within moments.
         let parent = Block::new(genesis.digest(), 1, 0, 1, 0, vec![]).with_sharding(Sharding {
             header: ShardHeader {
                 committee: Committee::Shard(0),
@@ -2405,8 +2415,17 @@ mod tests {
             system: vec![],
         });
         assert!(!state.ends(0, &parent));
-        let header = next_shard_header(&state, &parent)
-            .expect("a proposer on an unfinalized parent must not wait")
+        let wait = next_shard_header(&state, &parent, true).unwrap_err();
+        assert!(
+            wait.contains("waits until its parent 1 is finalized"),
+            "{wait}"
+        );
+        // Once a view passed without a block, its finalize votes may be lost for good
+        // (only a finalized child finalizes it): waiting would stall the shard forever.
+        // The proposer builds an ordinary block of the epoch, naming the parent's beacon
+        // height; its finalization finalizes the parent.
+        let header = next_shard_header(&state, &parent, false)
+            .expect("a proposer after a nullified view must not wait")
             .unwrap();
         assert_eq!((header.beacon_height, header.state_height), (7, 0));
         let child = Block::new(parent.digest(), 2, 0, 2, 0, vec![]).with_sharding(Sharding {
