@@ -120,12 +120,7 @@ async fn report(rpc: &NodeRpc, chain_id: &str, namespace: &str, shards: &[Commit
     }
 }
 
-// Ignored until the node's live-resharding stall is fixed: in 5 of 6 runs on the shared
-// 2-core machine one old shard stopped finalizing at an epoch end around the switch
-// (docs/operator.md, "Tests"; branch `stall`). The operator's steps are covered by the
-// unit tests in src/reshard.rs and by --test cluster. Run it with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "node stall in live resharding (docs/operator.md, Tests)"]
 async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
     let Some(binary) = support::node_binary() else {
         eprintln!("SKIPPED: no trellis-node binary");

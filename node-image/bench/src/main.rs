@@ -6,6 +6,12 @@
 //!
 //! `cargo build --release -p trellis-node -p trellis-node-bench &&
 //!  target/release/trellis-node-bench --seconds 30`
+//!
+//! `--reshard 2:3` measures the resharding pause instead: the shard count changes while
+//! the load runs, and the longest finalization gap per shard is printed next to the
+//! steady-state block interval (see `reshard`).
+
+mod reshard;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::Parser;
@@ -49,9 +55,10 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Loopback address of the first validator; validator i listens on this address + i.
-    /// Keep every validator inside the range reserved for node benchmarks (127.0.1.0/24).
-    #[arg(long, default_value = "127.0.1.2")]
-    first_ip: std::net::Ipv4Addr,
+    /// Keep every validator inside the range reserved for node benchmarks: 127.0.1.0/24
+    /// (the default, 127.0.1.2), or 127.0.55.0/24 for `--reshard` (default 127.0.55.2).
+    #[arg(long)]
+    first_ip: Option<std::net::Ipv4Addr>,
     /// Most transactions the load generator keeps waiting in each validator's mempool.
     #[arg(long, default_value_t = 60_000)]
     max_pending: u64,
@@ -62,6 +69,30 @@ struct Args {
     /// Percent of transfers whose receiver is in another shard (sharded networks).
     #[arg(long, default_value_t = 0)]
     cross: u8,
+    /// Live resharding FROM:TO (e.g. 2:3): start FROM shards with every slot up to TO
+    /// registered, load for `--steady` seconds, then `trellis-node system
+    /// set-shard-count --count TO` while the load runs; prints the longest finalization
+    /// gap per shard and overall. Replaces `--shards` and `--seconds`.
+    #[arg(long)]
+    reshard: Option<reshard::Change>,
+    /// Finalized beacon blocks per epoch (sharded networks; a count change applies at the
+    /// next epoch). Default: 20 with `--reshard`, the genesis default otherwise.
+    #[arg(long)]
+    epoch_length: Option<u64>,
+    /// `--reshard`: seconds of load before the change (the steady-state baseline).
+    #[arg(long, default_value_t = 20)]
+    steady: u64,
+    /// `--reshard`: most seconds the change may take until every shard of the new count
+    /// has finalized `--settle-blocks` blocks in the new epoch.
+    #[arg(long, default_value_t = 300)]
+    reshard_timeout: u64,
+    /// `--reshard`: blocks every shard finalizes in the new epoch before the run ends.
+    #[arg(long, default_value_t = 5)]
+    settle_blocks: u64,
+    /// `--reshard`: milliseconds between the gap watcher's status polls (the gaps'
+    /// resolution).
+    #[arg(long, default_value_t = 20)]
+    poll_ms: u64,
 }
 
 struct Proc(Option<Child>);
@@ -160,7 +191,7 @@ fn ed25519_rates() -> (f64, f64) {
 }
 
 struct Network {
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
     procs: Vec<Proc>,
     /// RPC addresses by committee: the unsharded committee, or the shards in slot order
     /// (a sharded network's beacon nodes are in `beacon`).
@@ -217,20 +248,25 @@ fn validator_ip(first: std::net::Ipv4Addr, i: usize) -> anyhow::Result<std::net:
     Ok(std::net::Ipv4Addr::new(a, b, c, last as u8))
 }
 
-fn start_network(
-    bin: &Path,
-    n: usize,
+/// A network to start: `shards` shards (0: unsharded) with validators registered for
+/// `slots` slots (at least `shards`; slots beyond the count wait for the beacon).
+struct Layout {
+    validators: usize,
     shards: u16,
+    slots: u16,
+    epoch_length: Option<u64>,
     first_ip: std::net::Ipv4Addr,
-    accounts: &[PrivateKey],
-) -> anyhow::Result<Network> {
+}
+
+fn start_network(bin: &Path, layout: &Layout, accounts: &[PrivateKey]) -> anyhow::Result<Network> {
+    let (n, shards, first_ip) = (layout.validators, layout.shards, layout.first_ip);
     let root = tempfile::tempdir()?;
     let base = 40_000 + (std::process::id() % 1_000) as u16 * 20;
-    // Committees: one unsharded, or the beacon (index 0) and the shards.
+    // Committees: one unsharded, or the beacon (index 0) and the slots.
     let committees = if shards == 0 {
         1
     } else {
-        1 + usize::from(shards)
+        1 + usize::from(layout.slots.max(shards))
     };
     let mut members = Vec::new();
     let mut seats: Vec<(Option<u16>, Value)> = Vec::new();
@@ -291,20 +327,34 @@ fn start_network(
     genesis
         .args(["genesis", "--chain-id", "bench", "--out"])
         .arg(root.path().join("genesis.json"));
+    if let Some(epoch) = layout.epoch_length {
+        genesis.arg("--epoch-length").arg(epoch.to_string());
+    }
     if shards == 0 {
         for m in &members {
             genesis.arg("--member").arg(m);
         }
     } else {
-        let admin = test_key(1);
+        let admin = admin_key();
         let sharding = json!({
             "mode": "public",
             "admin_key": to_hex(admin.public_key().as_ref()),
-            "max_shards": shards.max(2),
+            "max_shards": layout.slots.max(shards).max(2),
             "shard_count": shards,
             "beacon": seats.iter().filter(|(s, _)| s.is_none()).map(|(_, v)| v).collect::<Vec<_>>(),
             "validators": seats.iter().filter(|(s, _)| s.is_some()).map(|(_, v)| v).collect::<Vec<_>>(),
         });
+        // The admin's key file, for `trellis-node system set-shard-count`.
+        std::fs::write(
+            root.path().join("admin.json"),
+            json!({
+                "node_key": to_hex(&admin.encode()),
+                "node_public_key": to_hex(admin.public_key().as_ref()),
+                "admin_key": to_hex(&admin.encode()),
+                "admin_public_key": to_hex(admin.public_key().as_ref()),
+            })
+            .to_string(),
+        )?;
         let file = root.path().join("sharding.json");
         std::fs::write(&file, sharding.to_string())?;
         genesis
@@ -346,11 +396,156 @@ fn start_network(
         rpcs.remove(0)
     };
     Ok(Network {
-        _root: root,
+        root,
         procs,
         rpcs,
         beacon,
     })
+}
+
+/// `--reshard`: after `--steady` seconds of load, changes the shard count with the
+/// operator's CLI, waits until every shard of the new count has finalized
+/// `--settle-blocks` blocks in the new epoch, and prints the finalization gaps.
+fn measure_reshard(
+    bin: &Path,
+    network: &Network,
+    change: reshard::Change,
+    args: &Args,
+    watch: &reshard::Watch,
+    load_start: Instant,
+) -> anyhow::Result<()> {
+    let beacon = *network
+        .beacon
+        .first()
+        .ok_or_else(|| anyhow!("--reshard needs a sharded network"))?;
+    std::thread::sleep(Duration::from_secs(args.steady));
+    let submit = Instant::now();
+    let out = Command::new(bin)
+        .args(["system", "set-shard-count", "--key-file"])
+        .arg(network.root.path().join("admin.json"))
+        .args(["--rpc", &format!("http://{beacon}")])
+        .args(["--count", &change.to.to_string()])
+        .output()
+        .context("running trellis-node system set-shard-count")?;
+    if !out.status.success() {
+        bail!(
+            "set-shard-count --count {}: {}",
+            change.to,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    println!(
+        "set-shard-count {} -> {} submitted after {:.1} s of load",
+        change.from,
+        change.to,
+        submit.duration_since(load_start).as_secs_f64()
+    );
+    let timeout = submit + Duration::from_secs(args.reshard_timeout);
+    // The epoch from which the beacon's map has the new count.
+    let epoch = loop {
+        let map = call(beacon, methods::GET_SHARD_MAP, Value::Null).ok();
+        if let Some(map) = map
+            && map["shard_count"].as_u64() == Some(u64::from(change.to))
+        {
+            break map["epoch"].as_u64().unwrap_or(0);
+        }
+        if Instant::now() > timeout {
+            bail!("the beacon did not switch to {} shards in time", change.to);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let active = usize::from(change.to);
+    while !(0..active).all(|s| reshard::settled(&watch.sightings(s), epoch, args.settle_blocks)) {
+        if Instant::now() > timeout {
+            let late: Vec<usize> = (0..active)
+                .filter(|s| !reshard::settled(&watch.sightings(*s), epoch, args.settle_blocks))
+                .collect();
+            bail!(
+                "shards {late:?} did not finalize {} blocks of epoch {epoch} within {} s",
+                args.settle_blocks,
+                args.reshard_timeout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let done = Instant::now();
+    let old = usize::from(change.from);
+    // Baseline: the steady load before the change (its first seconds warm up).
+    let warm = load_start + Duration::from_secs(args.steady / 4);
+    let mut intervals = Vec::new();
+    println!(
+        "steady state ({:.0} s before the change):",
+        submit.duration_since(warm).as_secs_f64()
+    );
+    for s in 0..old {
+        let seen = watch.sightings(s);
+        let mean = reshard::mean_interval(&seen, warm, submit);
+        let gap = reshard::longest_gap(&seen, warm, submit);
+        println!(
+            "  shard {s}: mean block interval {}, longest gap {:.0} ms (ordinary epoch switches included)",
+            mean.map_or("n/a".to_string(), |m| format!(
+                "{:.0} ms",
+                m.as_secs_f64() * 1e3
+            )),
+            gap.as_secs_f64() * 1e3
+        );
+        intervals.extend(mean);
+    }
+    // A new shard's pause runs from the first epoch-end of an old shard (its tables stop
+    // being finalized there) to its own first block.
+    let switch = (0..old)
+        .filter_map(|s| reshard::entered(&watch.sightings(s), epoch))
+        .min()
+        .unwrap_or(submit);
+    println!(
+        "reshard (epoch {epoch}; {:.1} s from submission until every shard finalized {} blocks of it):",
+        done.duration_since(submit).as_secs_f64(),
+        args.settle_blocks
+    );
+    let mut worst = Duration::ZERO;
+    let mut all = Vec::new();
+    for s in 0..old.max(active) {
+        let seen = watch.sightings(s);
+        let from = if s < old { submit } else { switch };
+        let gap = reshard::longest_gap(&seen, from, done);
+        let role = match (s < old, s < active) {
+            (true, true) => "kept",
+            (false, true) => "new",
+            _ => "drained",
+        };
+        if s < active {
+            worst = worst.max(gap);
+            all.extend(seen.iter().filter(|x| x.epoch >= epoch || s < old).copied());
+            println!(
+                "  shard {s} ({role}): longest finalization gap {:.0} ms",
+                gap.as_secs_f64() * 1e3
+            );
+        } else {
+            println!("  shard {s} ({role}): no longer finalizes");
+        }
+    }
+    all.sort_by_key(|x| x.at);
+    let network_wide = reshard::longest_gap(&all, submit, done);
+    let baseline = if intervals.is_empty() {
+        f64::NAN
+    } else {
+        intervals.iter().map(Duration::as_secs_f64).sum::<f64>() / intervals.len() as f64
+    };
+    println!(
+        "resharding pause: {:.0} ms (longest gap of any shard; no shard finalized for {:.0} ms at most); \
+         steady-state block interval {:.0} ms; ratio {:.1}; poll resolution {} ms",
+        worst.as_secs_f64() * 1e3,
+        network_wide.as_secs_f64() * 1e3,
+        baseline * 1e3,
+        worst.as_secs_f64() / baseline,
+        args.poll_ms
+    );
+    Ok(())
+}
+
+/// The sharded network's admin (signs `SetShardCount`).
+fn admin_key() -> PrivateKey {
+    test_key(1)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -363,7 +558,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = match args.node_bin {
+    let bin = match args.node_bin.clone() {
         Some(b) => b,
         None => std::env::current_exe()?
             .parent()
@@ -381,10 +576,11 @@ fn main() -> anyhow::Result<()> {
     println!("ed25519 verify (1 core): single {single:.0}/s, batch {batch:.0}/s");
 
     let accounts: Vec<PrivateKey> = (0..args.accounts).map(|i| test_key(10_000 + i)).collect();
-    let committees = usize::from(args.shards.max(1));
+    let shards = args.reshard.map_or(args.shards, |c| c.from);
+    let committees = usize::from(shards.max(1));
     let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); committees];
     for (i, key) in accounts.iter().enumerate() {
-        by_shard[shard_of(&key.public_key(), args.shards)].push(i);
+        by_shard[shard_of(&key.public_key(), shards)].push(i);
     }
     if by_shard.iter().any(Vec::is_empty) {
         bail!(
@@ -395,7 +591,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "signing {} transfers ({}% to another shard) ...",
         args.accounts * args.per_account,
-        if args.shards > 1 { args.cross } else { 0 }
+        if shards > 1 { args.cross } else { 0 }
     );
     // Nonce-major order, so each node's mempool sees every sender's nonces in sequence.
     // Validator v of shard s gets the transfers of shard s's senders with index ≡ v.
@@ -407,8 +603,8 @@ fn main() -> anyhow::Result<()> {
                 let key = &accounts[i];
                 // Deterministic spread: every 100 consecutive transfers hold `cross` to
                 // another shard.
-                let crosses = args.shards > 1
-                    && ((i as u64 + nonce * 37) % 100) < u64::from(args.cross.min(100));
+                let crosses =
+                    shards > 1 && ((i as u64 + nonce * 37) % 100) < u64::from(args.cross.min(100));
                 let to = if crosses {
                     let other =
                         &by_shard[(s + 1 + (i + nonce as usize) % (committees - 1)) % committees];
@@ -454,24 +650,46 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
 
-    let network = start_network(&bin, args.validators, args.shards, args.first_ip, &accounts)?;
+    let layout = Layout {
+        validators: args.validators,
+        shards,
+        slots: args.reshard.map_or(shards, |c| c.from.max(c.to)),
+        epoch_length: args
+            .epoch_length
+            .or(args.reshard.map(|_| 20))
+            .filter(|_| shards > 0),
+        first_ip: args.first_ip.unwrap_or(if args.reshard.is_some() {
+            std::net::Ipv4Addr::new(127, 0, 55, 2)
+        } else {
+            std::net::Ipv4Addr::new(127, 0, 1, 2)
+        }),
+    };
+    let network = start_network(&bin, &layout, &accounts)?;
     let rpcs: Vec<SocketAddr> = network.rpcs.iter().flatten().copied().collect();
-    let ready = Instant::now();
-    while rpcs
+    // Slots beyond the starting count wait for the beacon: only running shards finalize.
+    let running: Vec<SocketAddr> = network.rpcs[..committees]
         .iter()
+        .flatten()
         .chain(&network.beacon)
-        .any(|r| finalized_height(*r) < 2)
-    {
-        if ready.elapsed() > Duration::from_secs(60) {
-            bail!("validators did not start finalizing within 60 s");
+        .copied()
+        .collect();
+    let ready = Instant::now();
+    while running.iter().any(|r| finalized_height(*r) < 2) {
+        // Generous: many debug-built processes on a loaded machine start slowly.
+        if ready.elapsed() > Duration::from_secs(300) {
+            bail!("validators did not start finalizing within 300 s");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     println!(
         "{} validators in each of {} committee(s) finalizing; load for {} s, offered {}",
         args.validators,
-        network.rpcs.len() + usize::from(!network.beacon.is_empty()),
-        args.seconds,
+        committees + usize::from(!network.beacon.is_empty()),
+        if args.reshard.is_some() {
+            format!("{} s and through the reshard", args.steady)
+        } else {
+            args.seconds.to_string()
+        },
         if args.rate == 0 {
             "as fast as admission allows".to_string()
         } else {
@@ -482,8 +700,20 @@ fn main() -> anyhow::Result<()> {
     let submitted: Arc<Mutex<HashMap<[u8; 32], Instant>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let rejected = Arc::new(AtomicU64::new(0));
+    // One node of every slot watched from the start of the load (`--reshard`).
+    let watch = args.reshard.map(|_| {
+        let first: Vec<SocketAddr> = network.rpcs.iter().map(|c| c[0]).collect();
+        reshard::Watch::start(&first, Duration::from_millis(args.poll_ms.max(1)), |a| {
+            call(a, methods::STATUS, Value::Null).ok()
+        })
+    });
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(args.seconds);
+    let deadline = start
+        + Duration::from_secs(match args.reshard {
+            // The load runs until the change settles; `stop` ends it.
+            Some(_) => args.steady + args.reshard_timeout + 60,
+            None => args.seconds,
+        });
     let (nodes_cpu_start, bench_cpu_start) = (network.cpu_seconds(), cpu_seconds("self"));
     let mut loaders = Vec::new();
     let per_node_count = per_node.len();
@@ -542,6 +772,22 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }));
+    }
+
+    if let (Some(change), Some(watch)) = (args.reshard, watch) {
+        let result = measure_reshard(&bin, &network, change, &args, &watch, start);
+        stop.store(true, Ordering::Relaxed);
+        for l in loaders {
+            let _ = l.join();
+        }
+        watch.stop();
+        let admitted = submitted.lock().map_or(0, |m| m.len()) as u64;
+        let rejected = rejected.load(Ordering::Relaxed);
+        println!(
+            "load: {} transfers offered, {rejected} rejected at admission",
+            admitted
+        );
+        return result;
     }
 
     // Watch node 0 of every shard: latency = first sight in a finalized block minus

@@ -1374,7 +1374,10 @@ where
     /// Builds a proposal on `parent`; `None` while a sharded node cannot commit to a
     /// header on it yet.
     fn build(&self, context: &ConsensusContext, parent: &Block) -> Option<Block> {
-        let next = next_shard_header(&lock(&self.state), parent);
+        // A view passed without a block since the parent's: its finalize votes may be lost
+        // for good (see `next_shard_header`).
+        let patient = context.view().get() == context.parent.0.get() + 1;
+        let next = next_shard_header(&lock(&self.state), parent, patient);
         let sharding = match next {
             Ok(header) => header,
             Err(wait) => {
@@ -2211,9 +2214,19 @@ fn table_refusal(place: Option<&ShardPlace>, tx: &Tx) -> Option<String> {
 /// this node cannot commit to one yet: it names its own finalized height and the roots
 /// that height left, which must not be below the parent's, and the beacon height it has
 /// followed, which must not be below the parent's either.
+///
+/// The epoch-end block names `state_height = parent`, so it is built only on a finalized
+/// parent. In the view right after the parent's (`patient`) the proposer waits for the
+/// parent's finalization, which normally follows its notarization within moments. Once
+/// a view has passed without a block, it builds an ordinary block of the epoch instead
+/// (naming the parent's beacon height, so it does not end the epoch): the parent may
+/// have been notarized without being finalized directly (its finalize votes lost to
+/// view timeouts), and then only a finalized child finalizes it — every leader waiting
+/// on it would stall the shard for good.
 fn next_shard_header<K: Kv>(
     state: &NodeState<K>,
     parent: &Block,
+    patient: bool,
 ) -> Result<Option<ShardHeader>, String> {
     let (Some(place), Some(above)) = (&state.shard, &parent.sharding) else {
         return Ok(None);
@@ -2223,7 +2236,8 @@ fn next_shard_header<K: Kv>(
         return Err(reason);
     }
     let state_height = state.finalized_height();
-    if crate::epoch_switch::would_end(state, place.beacon_height) && state_height != parent.height {
+    let parent_unfinalized = state_height != parent.height;
+    if patient && parent_unfinalized && crate::epoch_switch::would_end(state, place.beacon_height) {
         return Err(format!(
             "the epoch-end block waits until its parent {} is finalized",
             parent.height
@@ -2237,6 +2251,11 @@ fn next_shard_header<K: Kv>(
     }
     let beacon_height = match place.committee {
         Committee::Beacon => 0,
+        Committee::Shard(_)
+            if parent_unfinalized && crate::epoch_switch::would_end(state, place.beacon_height) =>
+        {
+            above.beacon_height
+        }
         Committee::Shard(_) => place.beacon_height,
     };
     if beacon_height < above.beacon_height {
@@ -2338,7 +2357,7 @@ fn check_sharding<K: Kv>(
 mod tests {
     use super::*;
     use commonware_codec::DecodeExt;
-    use trellis_node_types::{Signer, test_key};
+    use trellis_node_types::{Signer, test_key, to_hex};
 
     #[test]
     fn backfill_messages_round_trip_and_reject_garbage() {
@@ -2374,6 +2393,99 @@ mod tests {
         let mut too_many = vec![1u8];
         UInt(BACKFILL_DEPTH as u32 + 1).write(&mut too_many);
         assert!(Backfill::decode(commonware_codec::Copying(&too_many)).is_err());
+    }
+
+    /// A shard node whose followed beacon height is in the next epoch, on the genesis of
+    /// shard 0 of a 1-shard network with epochs of 10 beacon heights.
+    fn shard_node_past_its_epoch() -> (NodeState<trellis_node_state::MemKv>, Block) {
+        use trellis_node_api::shard::{GenesisValidator, ShardingGenesis, ShardingMode};
+        let seat = |seed: u64| GenesisValidator {
+            node_key: to_hex(test_key(seed).public_key().as_ref()),
+            shard: 0,
+            p2p_address: "127.0.98.1:9000".into(),
+            rpc_address: "127.0.98.1:8545".into(),
+            member: None,
+        };
+        let sharding = ShardingGenesis {
+            mode: ShardingMode::Public,
+            admin_key: to_hex(test_key(99).public_key().as_ref()),
+            max_shards: 2,
+            shard_count: 1,
+            beacon: (300..304).map(seat).collect(),
+            validators: (100..104).map(seat).collect(),
+        };
+        let beacon = BeaconState::genesis(
+            trellis_node_beacon::BeaconGenesis::from_contract("c", 10, &[], &sharding).unwrap(),
+        )
+        .unwrap();
+        let place = ShardPlace {
+            committee: Committee::Shard(0),
+            tables: (0..=255u8).collect(),
+            beacon_height: 0,
+        };
+        let mut state = NodeState::open_in(
+            trellis_node_state::MemKv::default(),
+            "c",
+            &[(test_key(1).public_key(), 10)],
+            10,
+            Some(place),
+        )
+        .unwrap()
+        .with_beacon(beacon)
+        .unwrap();
+        // The beacon moved on to epoch 1; the shard is still in its epoch 0.
+        state.shard.as_mut().unwrap().beacon_height = 12;
+        let genesis = state.block(0).unwrap().unwrap();
+        (state, genesis)
+    }
+
+    #[test]
+    fn the_epoch_end_block_is_built_on_a_finalized_parent_only() {
+        let (state, genesis) = shard_node_past_its_epoch();
+        assert_eq!(state.consensus_epoch(), 0);
+        // On the finalized parent: the epoch-end block (it names the followed beacon
+        // height and state height = parent).
+        let header = next_shard_header(&state, &genesis, true).unwrap().unwrap();
+        assert_eq!((header.beacon_height, header.state_height), (12, 0));
+        let ending = Block::new(genesis.digest(), 1, 0, 1, 0, vec![]).with_sharding(Sharding {
+            header,
+            credits: vec![],
+            system: vec![],
+        });
+        assert!(state.ends(0, &ending));
+
+        // On a parent that is notarized but not finalized yet, the proposer of the next
+        // view waits: its finalization normally follows within moments.
+        let parent = Block::new(genesis.digest(), 1, 0, 1, 0, vec![]).with_sharding(Sharding {
+            header: ShardHeader {
+                committee: Committee::Shard(0),
+                beacon_height: 7,
+                state_height: 0,
+                roots: state.owned_roots(),
+            },
+            credits: vec![],
+            system: vec![],
+        });
+        assert!(!state.ends(0, &parent));
+        let wait = next_shard_header(&state, &parent, true).unwrap_err();
+        assert!(
+            wait.contains("waits until its parent 1 is finalized"),
+            "{wait}"
+        );
+        // Once a view passed without a block, its finalize votes may be lost for good
+        // (only a finalized child finalizes it): waiting would stall the shard forever.
+        // The proposer builds an ordinary block of the epoch, naming the parent's beacon
+        // height; its finalization finalizes the parent.
+        let header = next_shard_header(&state, &parent, false)
+            .expect("a proposer after a nullified view must not wait")
+            .unwrap();
+        assert_eq!((header.beacon_height, header.state_height), (7, 0));
+        let child = Block::new(parent.digest(), 2, 0, 2, 0, vec![]).with_sharding(Sharding {
+            header,
+            credits: vec![],
+            system: vec![],
+        });
+        assert!(!state.ends(0, &child));
     }
 
     #[test]

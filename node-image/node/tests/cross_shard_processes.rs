@@ -9,232 +9,37 @@
 // Test harness code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use support::{Node, Sharded, call, height, metrics, wait_for};
 use trellis_node_api::{AccountInfo, NodeStatus, TransactionStatus, TxState, methods};
 use trellis_node_types::{
-    Encode, PrivateKey, PublicKey, Signer, TxKind, UnsignedTx, table_of, test_key, to_hex,
+    Encode, PrivateKey, PublicKey, Signer, TxKind, UnsignedTx, test_key, to_hex,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_trellis-node");
 const CHAIN: &str = "cross-proc";
-
-struct Node {
-    dir: PathBuf,
-    rpc: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self) {
-        assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("node.log"))
-            .unwrap();
-        self.child = Some(
-            Command::new(BIN)
-                .arg("run")
-                .arg("--config")
-                .arg(self.dir.join("node.toml"))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    /// SIGKILL (Child::kill).
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn post(addr: SocketAddr, body: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .ok()?;
-    let request = format!(
-        "POST /rpc HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-/// Calls a method; `Err((code, message))` for an RPC error, code 0 when unreachable.
-fn call(addr: SocketAddr, method: &str, params: Value) -> Result<Value, (i64, String)> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let text = post(addr, &body.to_string()).ok_or((0, "unreachable".to_string()))?;
-    let response: Value = serde_json::from_str(&text).map_err(|e| (0, e.to_string()))?;
-    if let Some(error) = response.get("error") {
-        return Err((
-            error["code"].as_i64().unwrap_or(0),
-            error["message"].as_str().unwrap_or("").to_string(),
-        ));
-    }
-    Ok(response["result"].clone())
-}
-
-fn metrics(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-fn status(addr: SocketAddr) -> Option<NodeStatus> {
-    serde_json::from_value(call(addr, methods::STATUS, Value::Null).ok()?).ok()
-}
-
-fn height(addr: SocketAddr) -> u64 {
-    status(addr).map_or(0, |s| s.finalized_height)
-}
-
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn key_file(dir: &Path, node: &PrivateKey, admin: &PrivateKey) {
-    let keys = json!({
-        "node_key": to_hex(&node.encode()),
-        "node_public_key": to_hex(node.public_key().as_ref()),
-        "admin_key": to_hex(&admin.encode()),
-        "admin_public_key": to_hex(admin.public_key().as_ref()),
-    });
-    std::fs::write(dir.join("keys.json"), keys.to_string()).unwrap();
-}
 
 /// Committees: index 0 the beacon, 1 shard 0, 2 shard 1; 4 validators each on
 /// 127.0.52.{10c + i + 1}.
 fn setup(root: &Path, admin: &PrivateKey, funded: &[PrivateKey]) -> Vec<Vec<Node>> {
-    let mut committees = Vec::new();
-    let mut beacon = Vec::new();
-    let mut validators = Vec::new();
-    for c in 0..3u64 {
-        let mut nodes = Vec::new();
-        for i in 0..4u64 {
-            let key = test_key(17_000 + c * 10 + i);
-            let ip = format!("127.0.52.{}", c * 10 + i + 1);
-            let p2p: SocketAddr = format!("{ip}:9000").parse().unwrap();
-            let rpc: SocketAddr = format!("{ip}:8545").parse().unwrap();
-            let dir = root.join(format!("c{c}n{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            key_file(&dir, &key, &test_key(17_500 + c * 10 + i));
-            let role = if c == 0 {
-                "kind = \"beacon\"".to_string()
-            } else {
-                format!("kind = \"shard\"\nshard = {}", c - 1)
-            };
-            std::fs::write(
-                dir.join("node.toml"),
-                format!(
-                    "chain_id = \"{CHAIN}\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\ngenesis_file = \"{}\"\np2p_listen = \"{p2p}\"\nrpc_listen = \"{rpc}\"\n\n[role]\n{role}\n",
-                    dir.join("keys.json").display(),
-                    dir.join("data").display(),
-                    root.join("genesis.json").display(),
-                ),
-            )
-            .unwrap();
-            let seat = json!({
-                "node_key": to_hex(key.public_key().as_ref()),
-                "shard": c.saturating_sub(1),
-                "p2p_address": p2p.to_string(),
-                "rpc_address": rpc.to_string(),
-            });
-            if c == 0 {
-                beacon.push(seat);
-            } else {
-                validators.push(seat);
-            }
-            nodes.push(Node {
-                dir,
-                rpc,
-                child: None,
-            });
-        }
-        committees.push(nodes);
+    Sharded {
+        chain: CHAIN,
+        prefix: "127.0.52",
+        seed: 17_000,
+        committees: &[4, 4, 4],
+        shard_count: 2,
+        epoch_length: 20,
     }
-    let sharding = json!({
-        "mode": "public",
-        "admin_key": to_hex(admin.public_key().as_ref()),
-        "max_shards": 4,
-        "shard_count": 2,
-        "beacon": beacon,
-        "validators": validators,
-    });
-    std::fs::write(root.join("sharding.json"), sharding.to_string()).unwrap();
-    let member = test_key(17_900);
-    let mut genesis = Command::new(BIN);
-    genesis
-        .args([
-            "genesis",
-            "--chain-id",
-            CHAIN,
-            "--epoch-length",
-            "20",
-            "--out",
-        ])
-        .arg(root.join("genesis.json"))
-        .arg("--sharding")
-        .arg(root.join("sharding.json"))
-        .arg("--member")
-        .arg(format!(
-            "org0,{},{},127.0.52.100:9000",
-            to_hex(member.public_key().as_ref()),
-            to_hex(member.public_key().as_ref())
-        ));
-    for a in funded {
-        genesis
-            .arg("--balance")
-            .arg(format!("{}=1000000", to_hex(a.public_key().as_ref())));
-    }
-    let out = genesis.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    committees
+    .setup(root, admin, funded)
 }
 
 /// Test accounts whose table shard `slot` owns at genesis with 2 shards.
 fn accounts_of(slot: u16, n: usize) -> Vec<PrivateKey> {
-    (0..)
-        .map(|i| test_key(18_000 + i))
-        .filter(|k| u16::from(table_of(&k.public_key()) >= 128) == slot)
-        .take(n)
-        .collect()
+    support::accounts_of(18_000, slot, n)
 }
 
 fn balance(addr: SocketAddr, account: &PublicKey) -> Option<u64> {

@@ -11,63 +11,30 @@
 // Test harness code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use trellis_node_api::{
-    BlockInfo, MembersInfo, NodeStatus, TransactionStatus, TxState, error_codes, methods,
-};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use support::{call, cli, height, status, wait_for};
+use trellis_node_api::{BlockInfo, MembersInfo, TransactionStatus, TxState, error_codes, methods};
 use trellis_node_types::{
     Encode, GovernanceAction, GovernanceTx, PrivateKey, Proposal, Signer, TxKind, UnsignedTx,
     private_key_from_hex, test_key, to_hex,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_trellis-node");
 const CHAIN: &str = "gov-proc";
 const EPOCH: u64 = 10;
 
-struct Proc {
-    child: Option<Child>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-struct Node {
-    dir: PathBuf,
-    rpc: SocketAddr,
+/// An organisation's node and its full key file (private keys too, for the test's own
+/// signing).
+struct Org {
+    node: support::Node,
     keys: Value,
-    proc: Proc,
 }
 
-impl Node {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("node.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(self.dir.join("node.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.proc.child = Some(child);
-    }
-
+impl Org {
     fn admin(&self) -> PrivateKey {
         private_key_from_hex(self.keys["admin_key"].as_str().unwrap()).unwrap()
     }
@@ -77,41 +44,6 @@ impl Node {
     }
 }
 
-fn post(addr: SocketAddr, body: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!(
-        "POST /rpc HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-/// Calls a method; `Err` carries the error code and message (code 0 when unreachable).
-fn call(addr: SocketAddr, method: &str, params: Value) -> Result<Value, (i64, String)> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let text = post(addr, &body.to_string()).ok_or((0, "unreachable".to_string()))?;
-    let response: Value = serde_json::from_str(&text).map_err(|e| (0, e.to_string()))?;
-    if let Some(error) = response.get("error") {
-        return Err((
-            error["code"].as_i64().unwrap_or(0),
-            error["message"].as_str().unwrap_or("").to_string(),
-        ));
-    }
-    Ok(response["result"].clone())
-}
-
-fn status(addr: SocketAddr) -> Option<NodeStatus> {
-    serde_json::from_value(call(addr, methods::STATUS, Value::Null).ok()?).ok()
-}
-
-fn height(addr: SocketAddr) -> u64 {
-    status(addr).map_or(0, |s| s.finalized_height)
-}
-
 fn members(addr: SocketAddr) -> MembersInfo {
     serde_json::from_value(call(addr, methods::GET_MEMBERS, Value::Null).unwrap()).unwrap()
 }
@@ -119,24 +51,6 @@ fn members(addr: SocketAddr) -> MembersInfo {
 fn block(addr: SocketAddr, height: u64) -> BlockInfo {
     serde_json::from_value(call(addr, methods::GET_BLOCK, json!({"height": height})).unwrap())
         .unwrap()
-}
-
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn cli(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "trellis-node {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn transfer(addr: SocketAddr, from: &PrivateKey, to: &PrivateKey, amount: u64) -> String {
@@ -183,69 +97,31 @@ fn base_port() -> u16 {
 }
 
 /// Keys and configs for four organisations; the genesis names the first three.
-fn setup(root: &Path, account: &PrivateKey) -> Vec<Node> {
+fn setup(root: &Path, account: &PrivateKey) -> Vec<Org> {
     let base = base_port();
-    let mut nodes = Vec::new();
+    let mut orgs = Vec::new();
     let mut founders = Vec::new();
     for i in 0..4 {
-        let dir = root.join(format!("org{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let keys: Value = serde_json::from_str(&cli(&[
-            "keygen",
-            "--out",
-            dir.join("keys.json").to_str().unwrap(),
-        ]))
-        .unwrap();
-        let keys: Value = {
-            // The full key file (private keys too) for the test's own signing.
-            let _ = keys;
-            serde_json::from_str(&std::fs::read_to_string(dir.join("keys.json")).unwrap()).unwrap()
-        };
         let ip = format!("127.0.0.{}", 10 + i);
         let p2p: SocketAddr = format!("{ip}:{}", base + i as u16).parse().unwrap();
         let rpc: SocketAddr = format!("{ip}:{}", base + 5 + i as u16).parse().unwrap();
+        let (node, member) = support::consortium_node(root, CHAIN, &format!("org{i}"), p2p, rpc);
+        let keys =
+            serde_json::from_str(&std::fs::read_to_string(node.dir.join("keys.json")).unwrap())
+                .unwrap();
         if i < 3 {
-            founders.push(format!(
-                "org{i},{},{},{p2p}",
-                keys["admin_public_key"].as_str().unwrap(),
-                keys["node_public_key"].as_str().unwrap()
-            ));
+            founders.push(member);
         }
-        std::fs::write(
-            dir.join("node.toml"),
-            format!(
-                "chain_id = \"{CHAIN}\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\ngenesis_file = \"{}\"\np2p_listen = \"{p2p}\"\nrpc_listen = \"{rpc}\"\n\n[role]\nkind = \"shard\"\nshard = 0\n",
-                dir.join("keys.json").display(),
-                dir.join("data").display(),
-                root.join("genesis.json").display(),
-            ),
-        )
-        .unwrap();
-        nodes.push(Node {
-            dir,
-            rpc,
-            keys,
-            proc: Proc { child: None },
-        });
+        orgs.push(Org { node, keys });
     }
-    let mut args: Vec<String> = vec![
-        "genesis".into(),
-        "--chain-id".into(),
-        CHAIN.into(),
-        "--epoch-length".into(),
-        EPOCH.to_string(),
-        "--out".into(),
-        root.join("genesis.json").display().to_string(),
-        "--balance".into(),
-        format!("{}=1000000", to_hex(account.public_key().as_ref())),
-    ];
-    for m in founders {
-        args.push("--member".into());
-        args.push(m);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    cli(&args);
-    nodes
+    support::consortium_genesis(
+        root,
+        CHAIN,
+        Some(EPOCH),
+        &founders,
+        std::slice::from_ref(account),
+    );
+    orgs
 }
 
 #[test]
@@ -254,10 +130,10 @@ fn fourth_organisation_admitted_and_one_removed() {
     let account = test_key(900);
     let payee = test_key(901);
     let mut nodes = setup(root.path(), &account);
-    for node in &mut nodes[..3] {
-        node.start();
+    for org in &mut nodes[..3] {
+        org.node.start_logging("info");
     }
-    let rpcs: Vec<SocketAddr> = nodes.iter().map(|n| n.rpc).collect();
+    let rpcs: Vec<SocketAddr> = nodes.iter().map(|o| o.node.rpc).collect();
     let limit = Duration::from_secs(120);
     wait_for("three organisations finalize", limit, || {
         rpcs[..3].iter().all(|r| height(*r) >= 2)
@@ -265,7 +141,7 @@ fn fourth_organisation_admitted_and_one_removed() {
     let url = format!("http://{}", rpcs[0]);
 
     // The fourth organisation's node runs before admission: the members refuse it.
-    nodes[3].start();
+    nodes[3].node.start_logging("info");
 
     // The operator admits org3 with the CLI: propose, three admin signatures, submit.
     let proposal = cli(&[
@@ -289,7 +165,7 @@ fn fourth_organisation_admitted_and_one_removed() {
                 "governance",
                 "sign",
                 "--key-file",
-                nodes[i].dir.join("keys.json").to_str().unwrap(),
+                nodes[i].node.dir.join("keys.json").to_str().unwrap(),
                 "--proposal",
                 &proposal,
             ])

@@ -5,118 +5,18 @@
 // Test harness code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use trellis_node_api::{AccountInfo, BlockInfo, NodeStatus, TransactionStatus, TxState, methods};
+mod support;
+
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use support::{Node, call, get, height, status, wait_for};
+use trellis_node_api::{AccountInfo, BlockInfo, TransactionStatus, TxState, methods};
 use trellis_node_types::{Encode, PrivateKey, Signer, TxKind, UnsignedTx, test_key, to_hex};
 
-const BIN: &str = env!("CARGO_BIN_EXE_trellis-node");
 const CHAIN: &str = "proc-test";
 const N: usize = 4;
-
-/// A node process, killed when dropped so that a failing test leaves nothing behind.
-struct Proc {
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Child::kill sends SIGKILL.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Node {
-    dir: PathBuf,
-    rpc: SocketAddr,
-    proc: Proc,
-}
-
-impl Node {
-    fn start(&mut self) {
-        assert!(self.proc.child.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("node.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(self.dir.join("node.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.proc.child = Some(child);
-    }
-}
-
-/// Minimal HTTP/1.1 POST (Connection: close), enough for JSON-RPC on loopback.
-fn post(addr: SocketAddr, path: &str, body: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, response.split_once("\r\n\r\n")?.1.to_string()))
-}
-
-/// Calls a method; `Err` carries the JSON-RPC error code (or 0 when unreachable).
-fn call(addr: SocketAddr, method: &str, params: Value) -> Result<Value, i64> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let text = post(addr, "/rpc", &body.to_string()).ok_or(0)?;
-    let response: Value = serde_json::from_str(&text).map_err(|_| 0)?;
-    if let Some(error) = response.get("error") {
-        return Err(error["code"].as_i64().unwrap_or(0));
-    }
-    Ok(response["result"].clone())
-}
-
-fn status(addr: SocketAddr) -> Option<NodeStatus> {
-    serde_json::from_value(call(addr, methods::STATUS, Value::Null).ok()?).ok()
-}
-
-fn height(addr: SocketAddr) -> u64 {
-    status(addr).map_or(0, |s| s.finalized_height)
-}
-
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn account(addr: SocketAddr, key: &PrivateKey) -> AccountInfo {
     let v = call(
@@ -162,20 +62,6 @@ fn block(addr: SocketAddr, height: u64) -> BlockInfo {
         .unwrap()
 }
 
-fn keygen(path: &Path) -> Value {
-    let out = Command::new(BIN)
-        .args(["keygen", "--out"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Ports derived from the process id so parallel runs on one machine rarely collide.
 fn base_port() -> u16 {
     20_000 + (std::process::id() % 2_000) as u16 * 10
@@ -186,51 +72,14 @@ fn setup(root: &Path, accounts: &[PrivateKey]) -> Vec<Node> {
     let mut members = Vec::new();
     let mut nodes = Vec::new();
     for i in 0..N {
-        let dir = root.join(format!("node{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let keys = keygen(&dir.join("keys.json"));
         let ip = format!("127.0.0.{}", i + 2);
         let p2p: SocketAddr = format!("{ip}:{}", base + i as u16).parse().unwrap();
         let rpc: SocketAddr = format!("{ip}:{}", base + 5 + i as u16).parse().unwrap();
-        members.push(format!(
-            "org{i},{},{},{p2p}",
-            keys["admin_public_key"].as_str().unwrap(),
-            keys["node_public_key"].as_str().unwrap()
-        ));
-        std::fs::write(
-            dir.join("node.toml"),
-            format!(
-                "chain_id = \"{CHAIN}\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\ngenesis_file = \"{}\"\np2p_listen = \"{p2p}\"\nrpc_listen = \"{rpc}\"\n\n[role]\nkind = \"shard\"\nshard = 0\n",
-                dir.join("keys.json").display(),
-                dir.join("data").display(),
-                root.join("genesis.json").display(),
-            ),
-        )
-        .unwrap();
-        nodes.push(Node {
-            dir,
-            rpc,
-            proc: Proc { child: None },
-        });
+        let (node, member) = support::consortium_node(root, CHAIN, &format!("org{i}"), p2p, rpc);
+        members.push(member);
+        nodes.push(node);
     }
-    let mut genesis = Command::new(BIN);
-    genesis
-        .args(["genesis", "--chain-id", CHAIN, "--out"])
-        .arg(root.join("genesis.json"));
-    for m in &members {
-        genesis.arg("--member").arg(m);
-    }
-    for a in accounts {
-        genesis
-            .arg("--balance")
-            .arg(format!("{}=1000000", to_hex(a.public_key().as_ref())));
-    }
-    let out = genesis.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::consortium_genesis(root, CHAIN, None, &members, accounts);
     nodes
 }
 
@@ -270,7 +119,7 @@ fn four_processes_survive_kills_and_restarts() {
     });
 
     // SIGKILL one validator: three of four are a quorum and keep finalizing.
-    nodes[3].proc.kill();
+    nodes[3].kill();
     let before = height(rpcs[0]);
     wait_for("progress without node 3", limit, || {
         height(rpcs[0]) >= before + 3
@@ -288,7 +137,7 @@ fn four_processes_survive_kills_and_restarts() {
     // SIGKILL everyone, restart everyone.
     let heights: Vec<u64> = rpcs.iter().map(|r| height(*r)).collect();
     for node in &mut nodes {
-        node.proc.kill();
+        node.kill();
     }
     for node in &mut nodes {
         node.start();

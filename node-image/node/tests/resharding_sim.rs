@@ -2,13 +2,20 @@
 //! four shard slots of 4 validators each (all started up front and registered in the
 //! genesis; slots above the shard count wait), real chain actors, simplex engines,
 //! followers and table handoffs on commonware's deterministic runtime, one simulated
-//! network per committee. Under transfer load the admin reshards 1 → 2 → 4 → 3 → 1; a
-//! validator that is importing tables crashes mid-handoff and restarts from its store.
+//! network per committee, the credit gatherer reading other shards through the
+//! in-process relay (`LocalRelay`). Under transfer load — half of each sender's transfers
+//! to an account in another table, in another shard whenever there are several — the
+//! admin reshards 1 → 2 → 4 → 3 → 1; a validator that is importing tables crashes
+//! mid-handoff and restarts from its store.
 //!
 //! Asserted: after every change each table is owned by exactly one shard (the beacon's
-//! map) and the sum of every table's net supply over all shards' ledgers is the genesis
-//! supply; every transaction a shard accepted is finalized exactly once; drained slots
-//! say so; a forged snapshot is refused (and another node serves the table).
+//! map), the sum of every table's net supply over all shards' ledgers is the genesis
+//! supply, and no pair of tables has more credited than sent; at least half the transfers
+//! sent while there were several shards crossed shards; after the load: every
+//! transaction a shard accepted is finalized exactly once and every receipt is credited
+//! exactly once (each pair's inbox counter equals its outbox counter, wherever the tables
+//! went); drained slots say so; a forged snapshot is refused (and another node serves the
+//! table).
 
 // Test harness code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,17 +29,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trellis_node::chain::{MAX_MESSAGE_SIZE, NodeState, ShardPlace, lock};
+use trellis_node::cross_shard::Pace;
 use trellis_node::engine::{
     CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_node,
 };
 use trellis_node::handoff::{GET_EPOCH_END, HandoffSource, Peer};
 use trellis_node::metrics::ChainMetrics;
-use trellis_node::relay::{CertifiedBlock, SnapshotRequest};
-use trellis_node::rpc_shard::{CertifiedBlockJson, SnapshotResult};
+use trellis_node::relay::{
+    BeaconPage, CertifiedBlock, LocalRelay, OutboxRequest, RelayError, RelayServer, SnapshotRequest,
+};
+use trellis_node::rpc_shard::{CertifiedBlockJson, NodeRelay, SnapshotResult};
 use trellis_node_api::shard::{GenesisValidator, ShardingGenesis, ShardingMode};
 use trellis_node_api::{BeaconBlocks, BeaconBlocksQuery};
 use trellis_node_beacon::{BeaconGenesis, BeaconState};
-use trellis_node_state::{MemKv, TableSnapshot};
+use trellis_node_state::{MemKv, OutboxPage, TableSnapshot};
 use trellis_node_types::{
     Committee, Digest, PrivateKey, PublicKey, Signer, SystemAction, SystemPayload, Tx, TxKind,
     UnsignedTx, table_of, test_key, to_hex,
@@ -128,12 +138,57 @@ impl HandoffSource for Directory {
     }
 }
 
+/// A node as the credit relay sees it: answers from its state while it runs.
+#[derive(Default)]
+struct Slot(Mutex<Option<State>>);
+
+impl Slot {
+    fn server(&self) -> Result<NodeRelay<MemKv>, RelayError> {
+        self.0
+            .lock()
+            .unwrap()
+            .clone()
+            .map(NodeRelay)
+            .ok_or_else(|| RelayError::Unreachable {
+                target: "a simulated node".into(),
+                last: "down".into(),
+            })
+    }
+}
+
+impl RelayServer for Slot {
+    fn beacon_blocks(&self, from: u64, limit: u32) -> Result<BeaconPage, RelayError> {
+        self.server()?.beacon_blocks(from, limit)
+    }
+    fn certified_block(&self, height: Option<u64>) -> Result<CertifiedBlock, RelayError> {
+        self.server()?.certified_block(height)
+    }
+    fn outbox_heads(
+        &self,
+        sources: &[u8],
+        dests: &[u8],
+        height: u64,
+    ) -> Result<Vec<(u8, u8, u64)>, RelayError> {
+        self.server()?.outbox_heads(sources, dests, height)
+    }
+    fn outbox(&self, request: &OutboxRequest) -> Result<OutboxPage, RelayError> {
+        self.server()?.outbox(request)
+    }
+    fn table_snapshot(&self, request: &SnapshotRequest) -> Result<TableSnapshot, RelayError> {
+        self.server()?.table_snapshot(request)
+    }
+    fn submit_tx(&self, tx: Tx) -> Result<Digest, RelayError> {
+        self.server()?.submit_tx(tx)
+    }
+}
+
 struct Node {
     key: PrivateKey,
     committee: Committee,
     kv: MemKv,
     state: Option<State>,
     handles: Vec<Handle<()>>,
+    slot: Arc<Slot>,
 }
 
 struct Sim {
@@ -141,6 +196,7 @@ struct Sim {
     oracles: BTreeMap<String, Oracle<PublicKey, Context>>,
     nodes: Vec<Node>,
     directory: Directory,
+    relay: Arc<LocalRelay>,
     genesis: BeaconState,
     admin: PrivateKey,
     /// Pairs of accounts in the same table (transfers stay inside a table's shard).
@@ -150,6 +206,10 @@ struct Sim {
     /// Per sender: its transaction in flight and when it was last sent.
     in_flight: BTreeMap<usize, (Tx, std::time::SystemTime)>,
     round: u64,
+    /// Transfers accepted while the beacon had several shards: to another shard, and
+    /// inside one.
+    cross: u64,
+    intra: u64,
 }
 
 fn link() -> Link {
@@ -210,6 +270,7 @@ impl Sim {
                 kv: MemKv::default(),
                 state: None,
                 handles: Vec::new(),
+                slot: Arc::default(),
             });
         }
         let mut validators = Vec::new();
@@ -223,6 +284,7 @@ impl Sim {
                     kv: MemKv::default(),
                     state: None,
                     handles: Vec::new(),
+                    slot: Arc::default(),
                 });
             }
         }
@@ -272,6 +334,19 @@ impl Sim {
             }
             oracles.insert(name, oracle);
         }
+        // The credit relay asks a slot's nodes (their committee never changes here).
+        let relay = Arc::new(LocalRelay::new());
+        let servers = |committee: Committee| -> Vec<Arc<dyn RelayServer>> {
+            nodes
+                .iter()
+                .filter(|n| n.committee == committee)
+                .map(|n| n.slot.clone() as Arc<dyn RelayServer>)
+                .collect()
+        };
+        relay.set_beacon(servers(Committee::Beacon));
+        for slot in 0..SLOTS {
+            relay.set_shard(slot, servers(Committee::Shard(slot)));
+        }
         let directory = Directory::default();
         *directory.beacon.lock().unwrap() = beacon_keys.iter().map(|k| k.public_key()).collect();
         Self {
@@ -279,12 +354,15 @@ impl Sim {
             oracles,
             nodes,
             directory,
+            relay,
             genesis,
             admin,
             pairs: account_pairs(24),
             accepted: BTreeSet::new(),
             in_flight: BTreeMap::new(),
             round: 0,
+            cross: 0,
+            intra: 0,
         }
     }
 
@@ -372,7 +450,12 @@ impl Sim {
             handles.push(context.child("handoff").spawn(move |ctx| {
                 trellis_node::handoff::run(ctx, s, CHAIN.into(), d, Duration::from_millis(100))
             }));
+            let (s, relay) = (state.clone(), self.relay.clone());
+            handles.push(context.child("credits").spawn(move |ctx| {
+                trellis_node::cross_shard::run(ctx, s, CHAIN.into(), relay, Pace::default())
+            }));
         }
+        *self.nodes[i].slot.0.lock().unwrap() = Some(state.clone());
         self.directory
             .nodes
             .lock()
@@ -388,6 +471,7 @@ impl Sim {
             h.abort();
         }
         self.nodes[i].state = None;
+        *self.nodes[i].slot.0.lock().unwrap() = None;
         self.directory
             .nodes
             .lock()
@@ -435,17 +519,31 @@ impl Sim {
         if shard_nodes.is_empty() {
             return;
         }
-        let senders: Vec<(usize, PrivateKey, PublicKey)> = self
-            .pairs
-            .iter()
-            .enumerate()
-            .flat_map(|(p, (a, b))| {
-                [
-                    (2 * p, a.clone(), b.public_key()),
-                    (2 * p + 1, b.clone(), a.public_key()),
-                ]
+        // Every other transfer of a sender goes to another table: an account of a pair
+        // in another shard when there are several, else of the next pair.
+        let beacon = self.beacon();
+        let accounts: Vec<&PrivateKey> = self.pairs.iter().flat_map(|(a, b)| [a, b]).collect();
+        let senders: Vec<(usize, PrivateKey, PublicKey)> = (0..accounts.len())
+            .map(|id| {
+                let from = accounts[id];
+                let partner = accounts[id ^ 1].public_key();
+                if (id as u64 + round).is_multiple_of(2) {
+                    return (id, from.clone(), partner);
+                }
+                let home = beacon.owner(table_of(&from.public_key()));
+                let others: Vec<&&PrivateKey> = accounts
+                    .iter()
+                    .filter(|k| beacon.owner(table_of(&k.public_key())) != home)
+                    .collect();
+                let to = if others.is_empty() {
+                    accounts[(id + 2) % accounts.len()].public_key()
+                } else {
+                    others[(id + round as usize) % others.len()].public_key()
+                };
+                (id, from.clone(), to)
             })
             .collect();
+        let several = beacon.shard_count() > 1;
         for (id, from, to) in senders {
             if let Some((tx, _)) = self.in_flight.get(&id)
                 && self.finalized(&tx.hash())
@@ -490,10 +588,21 @@ impl Sim {
                     .sign(&from)
                 }
             };
+            let crosses = match &tx.unsigned.kind {
+                TxKind::Transfer { to, .. } => {
+                    beacon.owner(table_of(to)) != beacon.owner(table_of(&from.public_key()))
+                }
+                _ => false,
+            };
             match s.submit(tx.clone()) {
                 Ok(hash) => {
                     self.accepted.insert(hash);
                     self.in_flight.insert(id, (tx, now));
+                    if several && crosses {
+                        self.cross += 1;
+                    } else if several {
+                        self.intra += 1;
+                    }
                 }
                 Err(trellis_node::mempool::AdmitError::Known) => {
                     self.in_flight.insert(id, (tx, now));
@@ -600,6 +709,35 @@ impl Sim {
         );
         let supply = (self.pairs.len() as i128) * 2 * i128::from(BALANCE);
         assert_eq!(net, supply, "supply not conserved");
+    }
+
+    /// Pairs of tables whose receipts are not all credited, read where the beacon's map
+    /// puts each table now: (source, dest, sent, credited).
+    fn uncredited(&self) -> Vec<(u8, u8, u64, u64)> {
+        let beacon = self.beacon();
+        let owner = |t: u8| {
+            let nodes = self.slot_nodes(beacon.owner(t));
+            self.nodes[nodes[0]].state.clone().unwrap()
+        };
+        let mut out = Vec::new();
+        for source in 0..=255u8 {
+            let src = owner(source);
+            for dest in 0..=255u8 {
+                let sent = lock(&src).ledger.outbox_next(source, dest).unwrap();
+                if sent == 0 {
+                    continue;
+                }
+                let credited = lock(&owner(dest)).ledger.inbox_next(dest, source).unwrap();
+                assert!(
+                    credited <= sent,
+                    "table {dest} credited {credited} receipts of table {source}, which sent {sent}"
+                );
+                if credited != sent {
+                    out.push((source, dest, sent, credited));
+                }
+            }
+        }
+        out
     }
 
     fn reshard(&self, count: u16) {
@@ -737,6 +875,7 @@ fn reshards_1_2_4_3_1_under_load_with_a_crash_during_handoff() {
                 sim.context.current().duration_since(start).unwrap()
             );
             sim.check_supply();
+            sim.uncredited();
             for slot in count..SLOTS {
                 let i = sim.slot_nodes(slot)[0];
                 let s = lock(sim.nodes[i].state.as_ref().unwrap());
@@ -790,11 +929,41 @@ fn reshards_1_2_4_3_1_under_load_with_a_crash_during_handoff() {
             sim.directory.forged.load(Ordering::Relaxed) > 0,
             "the forger was never asked"
         );
-        // Let the pools drain, then: every accepted transaction finalized exactly once.
+        // Let the pools drain and the receipts be credited, then: every accepted
+        // transaction finalized exactly once, every receipt credited exactly once.
         for _ in 0..100 {
             sim.step(false).await;
         }
+        let mut waited = 0;
+        loop {
+            let uncredited = sim.uncredited();
+            if uncredited.is_empty() {
+                break;
+            }
+            waited += 1;
+            assert!(
+                waited < 60,
+                "{} pairs of tables with receipts never credited, e.g. (source, dest, sent, \
+                 credited) {:?}\n{}",
+                uncredited.len(),
+                &uncredited[..uncredited.len().min(5)],
+                sim.describe()
+            );
+            for _ in 0..10 {
+                sim.step(false).await;
+            }
+        }
         sim.check_supply();
+        eprintln!(
+            "{} transfers across shards, {} inside one, while there were several",
+            sim.cross, sim.intra
+        );
+        assert!(
+            sim.cross >= sim.intra,
+            "only {} of {} transfers crossed shards",
+            sim.cross,
+            sim.cross + sim.intra
+        );
         let mut missing = Vec::new();
         for hash in &sim.accepted {
             let mut found = 0;

@@ -159,6 +159,10 @@ const META_FORMAT: &[u8] = b"format";
 const FORMAT: u64 = 2;
 /// The owned [`TableSet`] bitmap.
 const META_OWNED: &[u8] = b"owned";
+/// Present from a table import until the next block: that block first credits the
+/// receipts between tables this ledger now owns both ends of (see
+/// [`Ledger::apply_block_with_credits`]).
+const META_LOCAL_DUE: &[u8] = b"local-receipts-due";
 
 fn meta_version(table: u8) -> Vec<u8> {
     [b"tv".as_slice(), &[table]].concat()
@@ -779,6 +783,12 @@ impl<K: Kv> Ledger<K> {
     /// is the destination table's next expected one from its source table, so each
     /// receipt is credited exactly once and in order. Re-applying an already applied
     /// height returns an empty outcome and changes nothing.
+    ///
+    /// The first block after a table import also credits, after `credits`, every receipt
+    /// still uncredited between two tables this ledger now owns: a scale-in that merges a
+    /// table with receipts in flight to (or from) a table of its new shard leaves them in
+    /// the ledger's own outbox, which no other shard credits any more. Their outcomes
+    /// follow `credits`' in [`BlockOutcome::credits`].
     pub fn apply_block_with_credits(
         &mut self,
         height: u64,
@@ -802,6 +812,12 @@ impl<K: Kv> Ledger<K> {
         let mut batch = extra;
         for credit in credits {
             outcome.credits.push(self.credit(credit, &mut scratch)?);
+        }
+        if self.kv.get(Space::Meta, META_LOCAL_DUE)?.is_some() {
+            for receipt in self.local_receipts(&scratch)? {
+                outcome.credits.push(self.credit(&receipt, &mut scratch)?);
+            }
+            batch.delete(Space::Meta, META_LOCAL_DUE.to_vec());
         }
         for tx in txs {
             let result = self.execute(tx, &mut scratch)?;
@@ -900,6 +916,37 @@ impl<K: Kv> Ledger<K> {
             .get(&table)
             .copied()
             .unwrap_or(self.stats[table as usize])
+    }
+
+    /// The receipts in owned tables' outboxes to owned tables, not credited yet, in
+    /// (source, dest, seq) order.
+    fn local_receipts(&self, scratch: &Scratch) -> Result<Vec<CrossReceipt>, StateError> {
+        let mut out = Vec::new();
+        for source in self.owned.iter() {
+            let sent = self.read_counters(source, outbox_counters_key())?;
+            for (dest, next) in sent.iter() {
+                if !self.owned.contains(dest) || dest == source {
+                    continue;
+                }
+                let credited = self
+                    .scratch_counters(&scratch.inbox, dest, inbox_counters_key())?
+                    .get(source);
+                for seq in credited..next {
+                    let value =
+                        self.read_value(source, outbox_key(dest, seq))?
+                            .ok_or_else(|| {
+                                StateError::Corrupt(format!(
+                                    "outbox {source}->{dest} lacks seq {seq}"
+                                ))
+                            })?;
+                    out.push(
+                        CrossReceipt::decode_untrusted(&value)
+                            .map_err(|e| StateError::Corrupt(format!("outbox receipt: {e}")))?,
+                    );
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Credits one receipt (see [`Self::apply_block_with_credits`]).

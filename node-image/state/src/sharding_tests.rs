@@ -940,3 +940,47 @@ fn in_flight_receipts_follow_a_moving_table() {
         .sum();
     assert_eq!((sent_total, credited_total), (30, 30));
 }
+
+#[test]
+fn a_merge_credits_the_receipts_in_flight_between_the_merged_tables() {
+    let (a_tables, b_tables) = (slice(0, 2), slice(1, 2));
+    let alice = key_in(&a_tables, 0);
+    let bob = key_in(&b_tables, 0);
+    let k = vec![alice.clone(), bob.clone()];
+    let mut a = shard(&k, 1_000, a_tables);
+    let mut b = shard(&k, 1_000, b_tables);
+    let (src, dst) = (table_of(&alice.public_key()), table_of(&bob.public_key()));
+    // Two receipts from A's table to B's, never credited by B: then B's shard merges
+    // into A's (scale-in), table dst moving to A.
+    a.apply_block(1, &[transfer(&alice, &bob.public_key(), 0, 30, 1)])
+        .unwrap();
+    a.apply_block(2, &[transfer(&alice, &bob.public_key(), 1, 12, 1)])
+        .unwrap();
+    b.apply_block(1, &[]).unwrap();
+    b.apply_block(2, &[]).unwrap();
+    assert_eq!(a.outbox_next(src, dst).unwrap(), 2);
+    let before = conserved(&[&a, &b]);
+    let mut all = a.owned_tables();
+    for t in b.owned_tables().iter() {
+        all.insert(t);
+    }
+    for t in b.owned_tables().iter() {
+        hand_off(&mut b, &mut a, t, 64);
+    }
+    assert_eq!(a.owned_tables(), all);
+    assert_eq!(a.inbox_next(dst, src).unwrap(), 0);
+    // The next block credits both, exactly once; the one after changes nothing more.
+    let outcome = a
+        .apply_block_with_credits(3, &[], &[], WriteBatch::default())
+        .unwrap();
+    assert_eq!(outcome.credits.len(), 2);
+    assert!(outcome.credits.iter().all(CreditOutcome::is_credited));
+    assert_eq!(a.inbox_next(dst, src).unwrap(), 2);
+    assert_eq!(a.account(&bob.public_key()).unwrap().balance, 1_042);
+    let outcome = a
+        .apply_block_with_credits(4, &[], &[], WriteBatch::default())
+        .unwrap();
+    assert!(outcome.credits.is_empty());
+    assert_eq!(a.account(&bob.public_key()).unwrap().balance, 1_042);
+    assert_eq!(conserved(&[&a]), before);
+}

@@ -18,8 +18,8 @@
 use crate::outbox::{bytes_size, read_bytes, write_bytes};
 use crate::tables::{TableStats, stats_key};
 use crate::{
-    FreshReader, Kv, Ledger, META_OWNED, Space, StateError, TableReader, WriteBatch, tree_err,
-    write_update,
+    FreshReader, Kv, Ledger, META_LOCAL_DUE, META_OWNED, Space, StateError, TableReader,
+    WriteBatch, tree_err, write_update,
 };
 use bytes::BufMut;
 use commonware_codec::{
@@ -339,6 +339,9 @@ impl<K: Kv> Ledger<K> {
         let mut owned = self.owned;
         owned.insert(table);
         batch.put(Space::Meta, META_OWNED.to_vec(), owned.to_bytes().to_vec());
+        // Receipts between the imported table and the others owned here are credited by
+        // the next block (no other shard will).
+        batch.put(Space::Meta, META_LOCAL_DUE.to_vec(), vec![1]);
         // The table is this ledger's from the next block on.
         let mut versions = self.versions.clone();
         let mut roots = self.roots.clone();
