@@ -22,12 +22,11 @@ use sea_orm::{
     QueryFilter, QueryOrder, Set, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
-use trellis_console_entity::{
-    consortium_approval, consortium_invitation, consortium_member, network, tenant,
-};
+use trellis_console_entity::{consortium_invitation, consortium_member, network, tenant};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use self::approvals::Decision;
 use crate::app::AppState;
 use crate::audit;
 use crate::auth::Role;
@@ -38,6 +37,7 @@ use crate::networks::spec::{MAX_NODES_PER_MEMBER, MemberSpec, NetworkMode, Netwo
 use crate::networks::{NetworkPhase, reconcile, store};
 use crate::tenancy::{Scope, TenantId};
 
+pub mod approvals;
 pub mod invitations;
 pub mod proposal;
 pub mod removal;
@@ -360,13 +360,6 @@ async fn access(conn: &impl ConnectionTrait, scope: &Scope, network_id: Uuid) ->
     Ok(Access { network, owner })
 }
 
-async fn approvals_of(conn: &impl ConnectionTrait, member_id: Uuid) -> Result<u64, DbErr> {
-    consortium_approval::Entity::find()
-        .filter(consortium_approval::Column::MemberId.eq(member_id))
-        .count(conn)
-        .await
-}
-
 async fn admitted_count(conn: &impl ConnectionTrait, network_id: Uuid) -> Result<u64, DbErr> {
     consortium_member::Entity::find()
         .filter(consortium_member::Column::NetworkId.eq(network_id))
@@ -380,8 +373,8 @@ async fn to_member(
     scope: &Scope,
     row: consortium_member::Model,
 ) -> ApiResult<Member> {
-    let approvals = approvals_of(conn, row.id).await?;
-    let removal_approvals = removal::removal_approvals_of(conn, row.id).await?;
+    let approvals = approvals::count(conn, Decision::Admission, row.id).await?;
+    let removal_approvals = approvals::count(conn, Decision::Removal, row.id).await?;
     Ok(Member {
         id: row.id,
         organisation: row.organisation,
@@ -760,57 +753,19 @@ pub async fn approve(
         .filter(consortium_member::Column::State.eq(MemberState::Admitted.as_str()))
         .all(&state.db)
         .await?;
-    let approvers: Vec<&consortium_member::Model> = match &request.as_members {
-        None => mine.iter().collect(),
-        Some(ids) => {
-            let mut chosen = Vec::new();
-            for wanted in ids {
-                let member = mine.iter().find(|m| m.id == *wanted).ok_or_else(|| {
-                    ApiError::forbidden(format!(
-                        "member {wanted} is not an admitted member controlled by this tenant"
-                    ))
-                })?;
-                chosen.push(member);
-            }
-            chosen
-        }
-    };
-    if approvers.is_empty() {
-        return Err(ApiError::forbidden(
-            "this tenant controls no admitted member of the consortium",
-        ));
-    }
+    let approvers = approvals::chosen(&mine, request.as_members.as_deref(), Decision::Admission)?;
     let txn = state.db.begin().await?;
     let now = Utc::now();
-    let mut added = Vec::new();
-    for approver in &approvers {
-        let exists = consortium_approval::Entity::find()
-            .filter(consortium_approval::Column::MemberId.eq(member_id))
-            .filter(consortium_approval::Column::ApproverMemberId.eq(approver.id))
-            .count(&txn)
-            .await?
-            > 0;
-        if exists {
-            continue;
-        }
-        consortium_approval::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            member_id: Set(member_id),
-            approver_member_id: Set(approver.id),
-            approved_by: Set(scope.actor()),
-            created_at: Set(now),
-        }
-        .insert(&txn)
-        .await?;
-        added.push(approver.organisation.clone());
-    }
-    if added.is_empty() {
-        return Err(ApiError::conflict(
-            "already_approved",
-            "these members have already approved this admission",
-        ));
-    }
-    let approvals = approvals_of(&txn, member_id).await?;
+    let added = approvals::record(
+        &txn,
+        Decision::Admission,
+        member_id,
+        &approvers,
+        &scope.actor(),
+        now,
+    )
+    .await?;
+    let approvals = approvals::count(&txn, Decision::Admission, member_id).await?;
     let threshold = approval_threshold(admitted_count(&txn, id).await?);
     let details = serde_json::json!({
         "member_id": member_id,

@@ -17,16 +17,14 @@ use axum::extract::State;
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
-use trellis_console_entity::{
-    consortium_invitation, consortium_member, consortium_removal_approval, network,
-};
+use trellis_console_entity::{consortium_invitation, consortium_member, network};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::approvals::{self, Decision};
 use super::{
     ApproveRequest, Member, MemberState, access, admitted_count, approval_threshold, to_member,
 };
@@ -47,16 +45,6 @@ pub struct RemovalOutcome {
     pub threshold: u64,
     /// The network generation without the member, once removed.
     pub network_generation: Option<i64>,
-}
-
-pub(super) async fn removal_approvals_of(
-    conn: &impl ConnectionTrait,
-    member_id: Uuid,
-) -> Result<u64, DbErr> {
-    consortium_removal_approval::Entity::find()
-        .filter(consortium_removal_approval::Column::MemberId.eq(member_id))
-        .count(conn)
-        .await
 }
 
 /// A founding member was created with its network; every later one by an invitation.
@@ -154,59 +142,19 @@ pub async fn approve_removal(
         .filter(consortium_member::Column::Id.ne(member_id))
         .all(&state.db)
         .await?;
-    let approvers: Vec<&consortium_member::Model> = match &request.as_members {
-        None => mine.iter().collect(),
-        Some(ids) => {
-            let mut chosen = Vec::new();
-            for wanted in ids {
-                let member = mine.iter().find(|m| m.id == *wanted).ok_or_else(|| {
-                    ApiError::forbidden(format!(
-                        "member {wanted} is not an admitted member controlled by this tenant \
-                         (other than the one being removed)"
-                    ))
-                })?;
-                chosen.push(member);
-            }
-            chosen
-        }
-    };
-    if approvers.is_empty() {
-        return Err(ApiError::forbidden(
-            "this tenant controls no admitted member of the consortium other than the one \
-             being removed; the other members approve a removal",
-        ));
-    }
+    let approvers = approvals::chosen(&mine, request.as_members.as_deref(), Decision::Removal)?;
     let txn = state.db.begin().await?;
     let now = Utc::now();
-    let mut added = Vec::new();
-    for approver in &approvers {
-        let exists = consortium_removal_approval::Entity::find()
-            .filter(consortium_removal_approval::Column::MemberId.eq(member_id))
-            .filter(consortium_removal_approval::Column::ApproverMemberId.eq(approver.id))
-            .count(&txn)
-            .await?
-            > 0;
-        if exists {
-            continue;
-        }
-        consortium_removal_approval::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            member_id: Set(member_id),
-            approver_member_id: Set(approver.id),
-            approved_by: Set(scope.actor()),
-            created_at: Set(now),
-        }
-        .insert(&txn)
-        .await?;
-        added.push(approver.organisation.clone());
-    }
-    if added.is_empty() {
-        return Err(ApiError::conflict(
-            "already_approved",
-            "these members have already approved this removal",
-        ));
-    }
-    let approvals = removal_approvals_of(&txn, member_id).await?;
+    let added = approvals::record(
+        &txn,
+        Decision::Removal,
+        member_id,
+        &approvers,
+        &scope.actor(),
+        now,
+    )
+    .await?;
+    let approvals = approvals::count(&txn, Decision::Removal, member_id).await?;
     let threshold = approval_threshold(admitted_count(&txn, id).await?);
     access
         .audit(
