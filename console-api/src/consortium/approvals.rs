@@ -169,3 +169,51 @@ async fn has_approved(
     };
     Ok(found > 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(organisation: &str) -> consortium_member::Model {
+        consortium_member::Model {
+            id: Uuid::now_v7(),
+            network_id: Uuid::nil(),
+            network_tenant_id: Uuid::nil(),
+            member_tenant_id: None,
+            organisation: organisation.into(),
+            nodes: 1,
+            state: "Admitted".into(),
+            key_custody: None,
+            admin_public_key: None,
+            sealed_private_key: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn approvers_are_all_of_mine_or_exactly_those_named() {
+        let mine = [member("org-a"), member("org-b")];
+        let all = chosen(&mine, None, Decision::Admission).expect("all of mine");
+        assert_eq!(all.len(), 2);
+        let one = chosen(&mine, Some(&[mine[1].id]), Decision::Removal).expect("the named one");
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].organisation, "org-b");
+    }
+
+    #[test]
+    fn naming_a_member_not_mine_or_having_none_is_refused() {
+        let mine = [member("org-a")];
+        let stranger = Uuid::now_v7();
+        let refused = chosen(&mine, Some(&[mine[0].id, stranger]), Decision::Removal)
+            .expect_err("a member this tenant does not control");
+        let text = format!("{refused:?}");
+        assert!(text.contains(&stranger.to_string()), "{text}");
+        assert!(text.contains("other than the one being removed"), "{text}");
+        let none = chosen(&[], None, Decision::Admission).expect_err("no member of mine");
+        assert!(
+            format!("{none:?}").contains("controls no admitted member"),
+            "{none:?}"
+        );
+    }
+}
