@@ -224,9 +224,7 @@ async fn handle_rpc<K: Kv>(
             );
             return Json(serde_json::to_value(e).unwrap_or(Value::Null));
         }
-        return Json(Value::Array(
-            answer_routed_batch(&rpc, requests, forwarded).await,
-        ));
+        return Json(Value::Array(answer_batch(&rpc, requests, forwarded).await));
     }
     match serde_json::from_str::<JsonRpcRequest>(&body) {
         Ok(request) => {
@@ -246,16 +244,17 @@ async fn handle_rpc<K: Kv>(
                 return Json(forward_to(&rpc.relay, &beacon, "the beacon", request).await);
             }
             let mut response = serde_json::to_value(answer(&rpc, request)).unwrap_or(Value::Null);
-            mark_admitting_shard(&rpc, &mut response);
+            mark_admitting_shard(own_shard_of(&lock(&rpc.state)), &mut response);
             Json(response)
         }
         Err(e) => Json(parse_error(e)),
     }
 }
 
-/// Sharded networks: a transaction's result says which shard admitted it.
-fn mark_admitting_shard<K: Kv>(rpc: &Rpc<K>, response: &mut Value) {
-    if let (Some(shard), Some(result)) = (own_shard(rpc), response.get_mut("result"))
+/// Sharded networks (`own`: this node's shard): a transaction's result says which shard
+/// admitted it.
+fn mark_admitting_shard(own: Option<u16>, response: &mut Value) {
+    if let (Some(shard), Some(result)) = (own, response.get_mut("result"))
         && result.get("hash").is_some()
         && result.get("proposal").is_none()
         && result.get("signer").is_none()
@@ -264,52 +263,9 @@ fn mark_admitting_shard<K: Kv>(rpc: &Rpc<K>, response: &mut Value) {
     }
 }
 
-/// Answers a batch: requests routed to other shards go there as one batch per shard
-/// (in their order), the rest are answered here ([`answer_batch`]); every answer comes
-/// back at its request's place.
-async fn answer_routed_batch<K: Kv>(
-    rpc: &Rpc<K>,
-    requests: Vec<JsonRpcRequest>,
-    forwarded: bool,
-) -> Vec<Value> {
-    let mut answers: Vec<Value> = vec![Value::Null; requests.len()];
-    let mut local: Vec<(usize, JsonRpcRequest)> = Vec::new();
-    let mut remote: std::collections::BTreeMap<u16, Vec<(usize, JsonRpcRequest)>> =
-        Default::default();
-    let routes = crate::rpc_route::route_batch(&rpc.state, &requests, forwarded);
-    for (i, (request, route)) in requests.into_iter().zip(routes).enumerate() {
-        match route {
-            Route::Local => local.push((i, request)),
-            Route::Forward(owner) => remote.entry(owner).or_default().push((i, request)),
-            Route::Refuse(code, message) => {
-                answers[i] = serde_json::to_value(JsonRpcResponse::err(request.id, code, message))
-                    .unwrap_or(Value::Null);
-            }
-        }
-    }
-    let (places, requests): (Vec<usize>, Vec<JsonRpcRequest>) = local.into_iter().unzip();
-    if !requests.is_empty() {
-        for (i, response) in places.into_iter().zip(answer_batch(rpc, requests)) {
-            let mut response = serde_json::to_value(response).unwrap_or(Value::Null);
-            mark_admitting_shard(rpc, &mut response);
-            answers[i] = response;
-        }
-    }
-    for (owner, group) in remote {
-        let (places, requests): (Vec<usize>, Vec<JsonRpcRequest>) = group.into_iter().unzip();
-        for (i, response) in places
-            .into_iter()
-            .zip(forward_batch(rpc, owner, requests).await)
-        {
-            answers[i] = response;
-        }
-    }
-    answers
-}
-
 /// This node's shard in a sharded network.
-fn own_shard<K: Kv>(rpc: &Rpc<K>) -> Option<u16> {
-    match lock(&rpc.state).shard.as_ref()?.committee {
+fn own_shard_of<K: Kv>(state: &NodeState<K>) -> Option<u16> {
+    match state.shard.as_ref()?.committee {
         trellis_node_types::Committee::Shard(s) => Some(s),
         trellis_node_types::Committee::Beacon => None,
     }
@@ -534,22 +490,51 @@ fn submit_verified<K: Kv>(state: &mut NodeState<K>, tx: Tx) -> Result<Digest, Ad
     Ok(hash)
 }
 
-/// Answers a batch. Its transaction submissions are decoded and their signatures checked
-/// with one batch verification before the state lock is taken, once, to admit them all
-/// in order; every other request is answered on its own.
-fn answer_batch<K: Kv>(rpc: &Rpc<K>, requests: Vec<JsonRpcRequest>) -> Vec<JsonRpcResponse> {
-    let mut responses: Vec<Option<JsonRpcResponse>> = Vec::with_capacity(requests.len());
-    let mut sends: Vec<(usize, Value, Tx)> = Vec::new();
-    let mut others: Vec<(usize, JsonRpcRequest)> = Vec::new();
+/// Answers a batch. Its transaction submissions are decoded once. In sharded networks
+/// the sends and account reads of other shards' tables go there, as one batch per shard
+/// ([`forward_batch`]); the local sends' signatures are checked with one batch
+/// verification before the state lock is taken, once, to admit them all in order; every
+/// other request is answered on its own. Every answer comes back at its request's place.
+async fn answer_batch<K: Kv>(
+    rpc: &Rpc<K>,
+    requests: Vec<JsonRpcRequest>,
+    forwarded: bool,
+) -> Vec<Value> {
+    let to_value = |r: JsonRpcResponse| serde_json::to_value(r).unwrap_or(Value::Null);
+    let mut answers: Vec<Value> = vec![Value::Null; requests.len()];
+    let mut decoded: Vec<(usize, JsonRpcRequest, Option<Tx>)> = Vec::new();
     for (i, request) in requests.into_iter().enumerate() {
-        responses.push(None);
         if request.jsonrpc != "2.0" || request.method != methods::SEND_TRANSACTION {
-            others.push((i, request));
+            decoded.push((i, request, None));
             continue;
         }
-        match params(request.params).and_then(decode_tx) {
-            Ok(tx) => sends.push((i, request.id, tx)),
-            Err(f) => responses[i] = Some(JsonRpcResponse::err(request.id, f.code, f.message)),
+        match params(request.params.clone()).and_then(decode_tx) {
+            Ok(tx) => decoded.push((i, request, Some(tx))),
+            Err(f) => answers[i] = to_value(JsonRpcResponse::err(request.id, f.code, f.message)),
+        }
+    }
+    let (own, routes) = {
+        let state = lock(&rpc.state);
+        let routes: Vec<Route> = decoded
+            .iter()
+            .map(|(_, request, tx)| {
+                crate::rpc_route::route_decoded(&state, request, tx.as_ref(), forwarded)
+            })
+            .collect();
+        (own_shard_of(&state), routes)
+    };
+    let mut sends: Vec<(usize, Value, Tx)> = Vec::new();
+    let mut others: Vec<(usize, JsonRpcRequest)> = Vec::new();
+    let mut remote: std::collections::BTreeMap<u16, Vec<(usize, JsonRpcRequest)>> =
+        Default::default();
+    for ((i, request, tx), route) in decoded.into_iter().zip(routes) {
+        match (route, tx) {
+            (Route::Local, Some(tx)) => sends.push((i, request.id, tx)),
+            (Route::Local, None) => others.push((i, request)),
+            (Route::Forward(owner), _) => remote.entry(owner).or_default().push((i, request)),
+            (Route::Refuse(code, message), _) => {
+                answers[i] = to_value(JsonRpcResponse::err(request.id, code, message));
+            }
         }
     }
     if !sends.is_empty() {
@@ -569,20 +554,31 @@ fn answer_batch<K: Kv>(rpc: &Rpc<K>, requests: Vec<JsonRpcRequest>) -> Vec<JsonR
             } else {
                 state.submit(tx)
             });
-            responses[i] = Some(match result {
+            let mut answer = to_value(match result {
                 Ok(r) => match serde_json::to_value(r) {
                     Ok(v) => JsonRpcResponse::ok(id, v),
                     Err(e) => JsonRpcResponse::err(id, codes::INTERNAL, e.to_string()),
                 },
                 Err(f) => JsonRpcResponse::err(id, f.code, f.message),
             });
+            mark_admitting_shard(own, &mut answer);
+            answers[i] = answer;
         }
         rpc.metrics.mempool_depth.set(state.mempool.len() as i64);
     }
     for (i, request) in others {
-        responses[i] = Some(answer(rpc, request));
+        answers[i] = to_value(answer(rpc, request));
     }
-    responses.into_iter().flatten().collect()
+    for (owner, group) in remote {
+        let (places, requests): (Vec<usize>, Vec<JsonRpcRequest>) = group.into_iter().unzip();
+        for (i, response) in places
+            .into_iter()
+            .zip(forward_batch(rpc, owner, requests).await)
+        {
+            answers[i] = response;
+        }
+    }
+    answers
 }
 
 fn parse_hash(s: &str) -> Result<Digest, RpcFailure> {

@@ -132,32 +132,25 @@ pub fn route<K: Kv>(
     decide(&lock(state), about, forwarded)
 }
 
-/// Where each request of a batch goes, decided under one lock of the state (an
-/// unsharded node answers everything itself and decodes nothing twice).
-pub fn route_batch<K: Kv>(
-    state: &Mutex<NodeState<K>>,
-    requests: &[JsonRpcRequest],
+/// Where one request of a batch goes, its transaction (if a send) decoded already: the
+/// batch decides them all under one lock of the state.
+pub fn route_decoded<K: Kv>(
+    state: &NodeState<K>,
+    request: &JsonRpcRequest,
+    tx: Option<&Tx>,
     forwarded: bool,
-) -> Vec<Route> {
-    if lock(state).shard.is_none() {
-        return vec![Route::Local; requests.len()];
+) -> Route {
+    if state.shard.is_none() {
+        return Route::Local;
     }
-    // Decoded before the lock is taken again, so the chain actor is not held up.
-    let about: Vec<Option<(bool, u8)>> = requests
-        .iter()
-        .map(|r| {
-            if r.jsonrpc == "2.0" {
-                table_of_request(r)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let state = lock(state);
-    about
-        .into_iter()
-        .map(|a| a.map_or(Route::Local, |a| decide(&state, a, forwarded)))
-        .collect()
+    let about = match tx {
+        Some(tx) => Some((true, table_of(&tx.unsigned.from))),
+        None if request.jsonrpc == "2.0" && request.method == methods::GET_ACCOUNT => {
+            table_of_request(request)
+        }
+        None => None,
+    };
+    about.map_or(Route::Local, |about| decide(state, about, forwarded))
 }
 
 fn decide<K: Kv>(state: &NodeState<K>, (is_send, table): (bool, u8), forwarded: bool) -> Route {
