@@ -16,7 +16,10 @@
 //! on the any-shard route a `trellis_getAccount` goes to the shard that owns the
 //! account's table (per the shard map a node follows) and a `trellis_getTransaction`
 //! to the shard that knows the hash (each shard is asked in turn); everything else goes
-//! to any node.
+//! to any node. (A node asked about another shard's account forwards the read there
+//! itself; routing here saves that hop.) A single `trellis_getAccount` the node refuses
+//! because the table is being handed off to a new shard becomes `503 table_handoff`
+//! with the node's message and `Retry-After`.
 //!
 //! When the console exports traces, every request to a node carries the W3C
 //! `traceparent` of the console's request span, so the node's RPC span joins the
@@ -213,6 +216,9 @@ async fn forward(
                             id,
                             u64::try_from(methods.len()).unwrap_or(u64::MAX),
                         );
+                        if let Some(refusal) = handoff_refusal(&body, &bytes) {
+                            return Err(refusal);
+                        }
                         let mut response = (status, bytes).into_response();
                         response.headers_mut().insert(
                             header::CONTENT_TYPE,
@@ -232,6 +238,28 @@ async fn forward(
         "no node of the network answered; retry shortly",
     )
     .with_internal(last_error))
+}
+
+/// A single `trellis_getAccount` the node refused because the account's table is being
+/// handed off to a new shard (`-33012`): `503 table_handoff` with the node's message and
+/// `Retry-After`, so a client sees a retryable problem instead of a JSON-RPC error to
+/// interpret (the node never answers such a read with a stale or zero balance).
+fn handoff_refusal(request: &Value, answer: &[u8]) -> Option<ApiError> {
+    if request.get("method").and_then(Value::as_str) != Some(trellis_node_api::methods::GET_ACCOUNT)
+    {
+        return None;
+    }
+    let answer: Value = serde_json::from_slice(answer).ok()?;
+    let error = answer.get("error")?;
+    if error.get("code").and_then(Value::as_i64) != Some(trellis_node_api::error_codes::RESHARDING)
+    {
+        return None;
+    }
+    let message = error.get("message").and_then(Value::as_str).unwrap_or("");
+    Some(ApiError {
+        retry_after: Some(1),
+        ..ApiError::unavailable("table_handoff", message.to_string())
+    })
 }
 
 /// The trace-context headers of the current (request) span; none when not exported.
@@ -335,6 +363,32 @@ async fn route_read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_during_a_handoff_is_a_retryable_problem() {
+        let read = serde_json::json!({"jsonrpc": "2.0", "id": 1,
+            "method": "trellis_getAccount", "params": {"account": "00"}});
+        let refused = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-33012,
+            "message":"table 9 is being handed off to shard 2; retry shortly"}}"#;
+        let problem = handoff_refusal(&read, refused).unwrap();
+        assert_eq!(problem.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(problem.code, "table_handoff");
+        assert_eq!(
+            problem.detail,
+            "table 9 is being handed off to shard 2; retry shortly"
+        );
+        assert_eq!(problem.retry_after, Some(1));
+        // Anything else is the node's answer, unchanged.
+        let answered = br#"{"jsonrpc":"2.0","id":1,"result":{"balance":5}}"#;
+        assert!(handoff_refusal(&read, answered).is_none());
+        let other = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-33009,"message":"x"}}"#;
+        assert!(handoff_refusal(&read, other).is_none());
+        let batch = serde_json::json!([read]);
+        assert!(handoff_refusal(&batch, refused).is_none());
+        let send = serde_json::json!({"jsonrpc": "2.0", "id": 1,
+            "method": "trellis_sendTransaction"});
+        assert!(handoff_refusal(&send, refused).is_none());
+    }
 
     #[test]
     fn methods_of_requests_and_batches() {

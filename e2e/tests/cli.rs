@@ -1067,9 +1067,9 @@ fn sustained_load_scales_a_network_out_and_back_and_shows_on_the_invoice() {
         },
     );
     // Transfers are committed (the treasury's nonce moved) and the recipient was paid.
-    // Read until it shows: when the recipient's table moves to the new shard, the proxy
-    // routes the read to the new owner, whose nodes answer from their own store (height
-    // 0, balance 0) until they have imported the table (docs/sharding.md, "Not done yet").
+    // Read until it shows: while the recipient's table is handed off to the new shard,
+    // the read is refused (`503 table_handoff`, retry) until the new owner has imported
+    // it; a node never answers it with a stale or zero balance (docs/sharding.md).
     eventually(
         "the recipient's balance to show on its owning shard",
         Duration::from_secs(300),

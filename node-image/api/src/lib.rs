@@ -329,12 +329,14 @@ pub mod error_codes {
     /// Governance transaction not acceptable (wrong kind, unknown member, threshold).
     pub const BAD_GOVERNANCE: i64 = -33008;
     pub const NOT_FOUND: i64 = -33009;
-    /// Sharded networks: the transaction belongs to another shard and could not be
-    /// routed there (or needs cross-shard support this node lacks; the message says).
+    /// Sharded networks: the transaction (or account read) belongs to another shard and
+    /// could not be routed there (the message says which shard and why).
     pub const WRONG_SHARD: i64 = -33010;
     /// System transaction not acceptable (signer, sequence, shard count, validators).
     pub const SYSTEM_REFUSED: i64 = -33011;
     /// A shard count change is pending or its table handoff unfinished: retry later.
+    /// Also an account read of a table its new owning shard has not imported yet ("table
+    /// T is being handed off to shard S; retry shortly"): never a stale or zero balance.
     pub const RESHARDING: i64 = -33012;
 }
 
@@ -465,6 +467,11 @@ pub struct AccountInfo {
     pub height: u64,
     /// Hex of the JMT sparse Merkle proof (borsh encoding of `jmt::proof::SparseMerkleProof`).
     pub proof: String,
+    /// Sharded networks: the shard that answered (the one owning `table` at `height`;
+    /// `table_root` is that shard's root, as its block headers carry it). A node of
+    /// another shard or of the beacon forwards the read there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

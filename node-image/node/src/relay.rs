@@ -486,11 +486,32 @@ impl HttpRelay {
         address: &str,
         body: &serde_json::Value,
     ) -> Result<serde_json::Value, String> {
+        self.post_marked(address, body, false).await
+    }
+
+    /// [`Self::post`] of a client's request forwarded on its behalf: marked with
+    /// [`crate::rpc_route::FORWARDED_HEADER`], so the node that gets it answers it itself
+    /// and never forwards it again.
+    pub async fn forward(
+        &self,
+        address: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        self.post_marked(address, body, true).await
+    }
+
+    async fn post_marked(
+        &self,
+        address: &str,
+        body: &serde_json::Value,
+        forwarded: bool,
+    ) -> Result<serde_json::Value, String> {
         let url = format!("http://{address}{}", trellis_node_api::RPC_PATH);
-        let mut response = self
-            .client
-            .post(url)
-            .json(body)
+        let mut request = self.client.post(url).json(body);
+        if forwarded {
+            request = request.header(crate::rpc_route::FORWARDED_HEADER, "1");
+        }
+        let mut response = request
             .send()
             .await
             .map_err(|e| format!("{address}: {e}"))?;

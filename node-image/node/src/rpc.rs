@@ -6,6 +6,7 @@
 use crate::chain::{NodeState, lock};
 use crate::mempool::AdmitError;
 use crate::metrics::ChainMetrics;
+use crate::rpc_route::Route;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -194,7 +195,14 @@ fn answer<K: Kv>(rpc: &Rpc<K>, request: JsonRpcRequest) -> JsonRpcResponse {
 }
 
 /// One request object, or a batch (array) of up to [`MAX_BATCH`], per JSON-RPC 2.0.
-async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json<Value> {
+/// In sharded networks, sends and account reads about another shard's table are
+/// forwarded there ([`crate::rpc_route`]), batches split by owning shard.
+async fn handle_rpc<K: Kv>(
+    State(rpc): State<Arc<Rpc<K>>>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Json<Value> {
+    let forwarded = crate::rpc_route::is_forwarded(&headers);
     let parse_error = |e: serde_json::Error| {
         serde_json::to_value(JsonRpcResponse::err(
             Value::Null,
@@ -216,13 +224,19 @@ async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json
             );
             return Json(serde_json::to_value(e).unwrap_or(Value::Null));
         }
-        let responses = answer_batch(&rpc, requests);
-        return Json(serde_json::to_value(responses).unwrap_or(Value::Null));
+        return Json(Value::Array(answer_batch(&rpc, requests, forwarded).await));
     }
     match serde_json::from_str::<JsonRpcRequest>(&body) {
         Ok(request) => {
-            if let Some(owner) = foreign_shard(&rpc, &request) {
-                return Json(forward(&rpc, owner, request).await);
+            match crate::rpc_route::route(&rpc.state, &request, forwarded) {
+                Route::Local => {}
+                Route::Forward(owner) => return Json(forward(&rpc, owner, request).await),
+                Route::Refuse(code, message) => {
+                    return Json(
+                        serde_json::to_value(JsonRpcResponse::err(request.id, code, message))
+                            .unwrap_or(Value::Null),
+                    );
+                }
             }
             if request.method == methods::SUBMIT_SYSTEM
                 && let Some(beacon) = beacon_rpc_of_shard_node(&rpc)
@@ -230,44 +244,31 @@ async fn handle_rpc<K: Kv>(State(rpc): State<Arc<Rpc<K>>>, body: String) -> Json
                 return Json(forward_to(&rpc.relay, &beacon, "the beacon", request).await);
             }
             let mut response = serde_json::to_value(answer(&rpc, request)).unwrap_or(Value::Null);
-            // Sharded networks: say which shard admitted it.
-            if let (Some(shard), Some(result)) = (own_shard(&rpc), response.get_mut("result"))
-                && result.get("hash").is_some()
-                && result.get("proposal").is_none()
-                && result.get("signer").is_none()
-            {
-                result["shard"] = shard.into();
-            }
+            mark_admitting_shard(own_shard_of(&lock(&rpc.state)), &mut response);
             Json(response)
         }
         Err(e) => Json(parse_error(e)),
     }
 }
 
-/// This node's shard in a sharded network.
-fn own_shard<K: Kv>(rpc: &Rpc<K>) -> Option<u16> {
-    match lock(&rpc.state).shard.as_ref()?.committee {
-        trellis_node_types::Committee::Shard(s) => Some(s),
-        trellis_node_types::Committee::Beacon => None,
+/// Sharded networks (`own`: this node's shard): a transaction's result says which shard
+/// admitted it.
+fn mark_admitting_shard(own: Option<u16>, response: &mut Value) {
+    if let (Some(shard), Some(result)) = (own, response.get_mut("result"))
+        && result.get("hash").is_some()
+        && result.get("proposal").is_none()
+        && result.get("signer").is_none()
+    {
+        result["shard"] = shard.into();
     }
 }
 
-/// Sharded networks: the shard owning the sender's table of a `trellis_sendTransaction`
-/// this node does not own (per the beacon map it follows).
-fn foreign_shard<K: Kv>(rpc: &Rpc<K>, request: &JsonRpcRequest) -> Option<u16> {
-    if request.method != methods::SEND_TRANSACTION {
-        return None;
-    }
-    let p: SendTransactionParams = serde_json::from_value(request.params.clone()).ok()?;
-    let tx = Tx::decode_untrusted(&from_hex(&p.tx)?).ok()?;
-    let state = lock(&rpc.state);
-    let beacon = state.beacon.as_ref()?;
-    let owner = beacon.owner(trellis_node_types::table_of(&tx.unsigned.from));
-    let own = match state.shard.as_ref()?.committee {
+/// This node's shard in a sharded network.
+fn own_shard_of<K: Kv>(state: &NodeState<K>) -> Option<u16> {
+    match state.shard.as_ref()?.committee {
         trellis_node_types::Committee::Shard(s) => Some(s),
         trellis_node_types::Committee::Beacon => None,
-    };
-    (own != Some(owner)).then_some(owner)
+    }
 }
 
 /// On a shard node: the beacon validators' RPC addresses (system transactions go there).
@@ -299,7 +300,7 @@ async fn forward_to(
     let body = serde_json::to_value(&request).unwrap_or(Value::Null);
     let mut last = format!("{whom} has no RPC addresses");
     for address in addresses {
-        match relay.post(address, &body).await {
+        match relay.forward(address, &body).await {
             Ok(response) => return response,
             Err(e) => last = e,
         }
@@ -312,34 +313,78 @@ async fn forward_to(
     .unwrap_or(Value::Null)
 }
 
-/// Forwards a transaction to the RPC of a validator of the shard that owns it (the
-/// request as the client sent it); its answer is the client's answer.
-async fn forward<K: Kv>(rpc: &Rpc<K>, shard: u16, request: JsonRpcRequest) -> Value {
-    let addresses = lock(&rpc.state)
+/// The RPC addresses of `shard`'s validators in the followed map.
+fn shard_addresses<K: Kv>(rpc: &Rpc<K>, shard: u16) -> Vec<String> {
+    lock(&rpc.state)
         .beacon
         .as_ref()
         .map(|b| b.rpc_addresses(shard))
-        .unwrap_or_default();
-    let id = request.id.clone();
+        .unwrap_or_default()
+}
+
+/// The answer to a request whose owning shard could not be reached.
+fn unreachable(request: &JsonRpcRequest, shard: u16, last: &str) -> Value {
+    let what = if request.method == methods::GET_ACCOUNT {
+        "the account's table"
+    } else {
+        "the transaction"
+    };
+    serde_json::to_value(JsonRpcResponse::err(
+        request.id.clone(),
+        codes::WRONG_SHARD,
+        format!("{what} belongs to shard {shard}, which could not be reached: {last}"),
+    ))
+    .unwrap_or(Value::Null)
+}
+
+/// Forwards a request (a send or an account read) to the RPC of a validator of the shard
+/// that owns it, as the client sent it; its answer, marked with the shard, is the
+/// client's answer.
+async fn forward<K: Kv>(rpc: &Rpc<K>, shard: u16, request: JsonRpcRequest) -> Value {
     let body = serde_json::to_value(&request).unwrap_or(Value::Null);
     let mut last = format!("shard {shard} has no RPC addresses in the shard map");
-    for address in &addresses {
-        match rpc.relay.post(address, &body).await {
+    for address in &shard_addresses(rpc, shard) {
+        match rpc.relay.forward(address, &body).await {
             Ok(mut response) => {
-                if let Some(result) = response.get_mut("result") {
-                    result["shard"] = shard.into();
-                }
+                crate::rpc_route::mark_shard(&mut response, shard);
                 return response;
             }
             Err(e) => last = e,
         }
     }
-    serde_json::to_value(JsonRpcResponse::err(
-        id,
-        codes::WRONG_SHARD,
-        format!("the transaction belongs to shard {shard}, which could not be reached: {last}"),
-    ))
-    .unwrap_or(Value::Null)
+    unreachable(&request, shard, &last)
+}
+
+/// Forwards requests owned by `shard` as one batch; their answers in their order. An
+/// answer that is not a batch of as many answers counts as the node not answering.
+async fn forward_batch<K: Kv>(
+    rpc: &Rpc<K>,
+    shard: u16,
+    requests: Vec<JsonRpcRequest>,
+) -> Vec<Value> {
+    let body = serde_json::to_value(&requests).unwrap_or(Value::Null);
+    let mut last = format!("shard {shard} has no RPC addresses in the shard map");
+    for address in &shard_addresses(rpc, shard) {
+        match rpc.relay.forward(address, &body).await {
+            Ok(Value::Array(mut answers)) if answers.len() == requests.len() => {
+                for answer in &mut answers {
+                    crate::rpc_route::mark_shard(answer, shard);
+                }
+                return answers;
+            }
+            Ok(_) => {
+                last = format!(
+                    "{address} did not answer a batch of {} with as many answers",
+                    requests.len()
+                );
+            }
+            Err(e) => last = e,
+        }
+    }
+    requests
+        .iter()
+        .map(|r| unreachable(r, shard, &last))
+        .collect()
 }
 
 fn dispatch<K: Kv>(rpc: &Rpc<K>, method: &str, p: Value) -> Result<Value, RpcFailure> {
@@ -445,22 +490,51 @@ fn submit_verified<K: Kv>(state: &mut NodeState<K>, tx: Tx) -> Result<Digest, Ad
     Ok(hash)
 }
 
-/// Answers a batch. Its transaction submissions are decoded and their signatures checked
-/// with one batch verification before the state lock is taken, once, to admit them all
-/// in order; every other request is answered on its own.
-fn answer_batch<K: Kv>(rpc: &Rpc<K>, requests: Vec<JsonRpcRequest>) -> Vec<JsonRpcResponse> {
-    let mut responses: Vec<Option<JsonRpcResponse>> = Vec::with_capacity(requests.len());
-    let mut sends: Vec<(usize, Value, Tx)> = Vec::new();
-    let mut others: Vec<(usize, JsonRpcRequest)> = Vec::new();
+/// Answers a batch. Its transaction submissions are decoded once. In sharded networks
+/// the sends and account reads of other shards' tables go there, as one batch per shard
+/// ([`forward_batch`]); the local sends' signatures are checked with one batch
+/// verification before the state lock is taken, once, to admit them all in order; every
+/// other request is answered on its own. Every answer comes back at its request's place.
+async fn answer_batch<K: Kv>(
+    rpc: &Rpc<K>,
+    requests: Vec<JsonRpcRequest>,
+    forwarded: bool,
+) -> Vec<Value> {
+    let to_value = |r: JsonRpcResponse| serde_json::to_value(r).unwrap_or(Value::Null);
+    let mut answers: Vec<Value> = vec![Value::Null; requests.len()];
+    let mut decoded: Vec<(usize, JsonRpcRequest, Option<Tx>)> = Vec::new();
     for (i, request) in requests.into_iter().enumerate() {
-        responses.push(None);
         if request.jsonrpc != "2.0" || request.method != methods::SEND_TRANSACTION {
-            others.push((i, request));
+            decoded.push((i, request, None));
             continue;
         }
-        match params(request.params).and_then(decode_tx) {
-            Ok(tx) => sends.push((i, request.id, tx)),
-            Err(f) => responses[i] = Some(JsonRpcResponse::err(request.id, f.code, f.message)),
+        match params(request.params.clone()).and_then(decode_tx) {
+            Ok(tx) => decoded.push((i, request, Some(tx))),
+            Err(f) => answers[i] = to_value(JsonRpcResponse::err(request.id, f.code, f.message)),
+        }
+    }
+    let (own, routes) = {
+        let state = lock(&rpc.state);
+        let routes: Vec<Route> = decoded
+            .iter()
+            .map(|(_, request, tx)| {
+                crate::rpc_route::route_decoded(&state, request, tx.as_ref(), forwarded)
+            })
+            .collect();
+        (own_shard_of(&state), routes)
+    };
+    let mut sends: Vec<(usize, Value, Tx)> = Vec::new();
+    let mut others: Vec<(usize, JsonRpcRequest)> = Vec::new();
+    let mut remote: std::collections::BTreeMap<u16, Vec<(usize, JsonRpcRequest)>> =
+        Default::default();
+    for ((i, request, tx), route) in decoded.into_iter().zip(routes) {
+        match (route, tx) {
+            (Route::Local, Some(tx)) => sends.push((i, request.id, tx)),
+            (Route::Local, None) => others.push((i, request)),
+            (Route::Forward(owner), _) => remote.entry(owner).or_default().push((i, request)),
+            (Route::Refuse(code, message), _) => {
+                answers[i] = to_value(JsonRpcResponse::err(request.id, code, message));
+            }
         }
     }
     if !sends.is_empty() {
@@ -480,20 +554,31 @@ fn answer_batch<K: Kv>(rpc: &Rpc<K>, requests: Vec<JsonRpcRequest>) -> Vec<JsonR
             } else {
                 state.submit(tx)
             });
-            responses[i] = Some(match result {
+            let mut answer = to_value(match result {
                 Ok(r) => match serde_json::to_value(r) {
                     Ok(v) => JsonRpcResponse::ok(id, v),
                     Err(e) => JsonRpcResponse::err(id, codes::INTERNAL, e.to_string()),
                 },
                 Err(f) => JsonRpcResponse::err(id, f.code, f.message),
             });
+            mark_admitting_shard(own, &mut answer);
+            answers[i] = answer;
         }
         rpc.metrics.mempool_depth.set(state.mempool.len() as i64);
     }
     for (i, request) in others {
-        responses[i] = Some(answer(rpc, request));
+        answers[i] = to_value(answer(rpc, request));
     }
-    responses.into_iter().flatten().collect()
+    for (owner, group) in remote {
+        let (places, requests): (Vec<usize>, Vec<JsonRpcRequest>) = group.into_iter().unzip();
+        for (i, response) in places
+            .into_iter()
+            .zip(forward_batch(rpc, owner, requests).await)
+        {
+            answers[i] = response;
+        }
+    }
+    answers
 }
 
 fn parse_hash(s: &str) -> Result<Digest, RpcFailure> {
@@ -541,12 +626,34 @@ fn get_account<K: Kv>(rpc: &Rpc<K>, q: AccountQuery) -> Result<AccountInfo, RpcF
             "account must be a hex ed25519 public key",
         )
     })?;
+    let table = trellis_node_types::table_of(&account);
     let state = lock(&rpc.state);
+    // Only the shard holding the table answers (the router forwards the others; this
+    // catches a table that moved between routing and now).
+    let shard = match crate::rpc_route::account(
+        crate::rpc_route::Standing::of(&state, table, false),
+        table,
+    ) {
+        Route::Local => match state.shard.as_ref().map(|p| p.committee) {
+            Some(trellis_node_types::Committee::Shard(s)) => Some(s),
+            _ => None,
+        },
+        Route::Refuse(code, message) => return Err(RpcFailure::new(code, message)),
+        Route::Forward(owner) => {
+            return Err(RpcFailure::new(
+                codes::WRONG_SHARD,
+                format!(
+                    "table {table} belongs to shard {owner}, not held by this node; ask a node of shard {owner}"
+                ),
+            ));
+        }
+    };
     let proven = state
         .ledger
         .account_with_proof(&account)
         .map_err(internal)?;
     Ok(AccountInfo {
+        shard,
         account: to_hex(account.as_ref()),
         balance: proven.account.balance,
         nonce: proven.account.nonce,
@@ -712,14 +819,19 @@ mod tests {
             {"jsonrpc": "1.0", "id": 3, "method": methods::STATUS}
         ])
         .to_string();
-        let Json(v) = handle_rpc(State(rpc.clone()), body).await;
+        let Json(v) = handle_rpc(State(rpc.clone()), axum::http::HeaderMap::new(), body).await;
         assert_eq!(v.as_array().unwrap().len(), 3);
         assert_eq!(v[0]["result"]["chain_id"], "c");
         assert_eq!(v[1]["error"]["code"], codes::METHOD_NOT_FOUND);
         assert_eq!(v[2]["error"]["code"], codes::INVALID_REQUEST);
-        let Json(v) = handle_rpc(State(rpc.clone()), "[]".into()).await;
+        let Json(v) = handle_rpc(
+            State(rpc.clone()),
+            axum::http::HeaderMap::new(),
+            "[]".into(),
+        )
+        .await;
         assert_eq!(v["error"]["code"], codes::INVALID_REQUEST);
-        let Json(v) = handle_rpc(State(rpc), "{".into()).await;
+        let Json(v) = handle_rpc(State(rpc), axum::http::HeaderMap::new(), "{".into()).await;
         assert_eq!(v["error"]["code"], codes::PARSE_ERROR);
     }
 
@@ -746,7 +858,7 @@ mod tests {
             send(7, good(1)),
         ])
         .to_string();
-        let Json(v) = handle_rpc(State(rpc.clone()), body).await;
+        let Json(v) = handle_rpc(State(rpc.clone()), axum::http::HeaderMap::new(), body).await;
         let v = v.as_array().unwrap();
         assert_eq!(v.len(), 7);
         let ids: Vec<u64> = v.iter().map(|r| r["id"].as_u64().unwrap()).collect();
@@ -762,7 +874,7 @@ mod tests {
 
         // A batch of valid transactions takes the one-verification path.
         let body = serde_json::json!([send(8, good(2)), send(9, good(3))]).to_string();
-        let Json(v) = handle_rpc(State(rpc.clone()), body).await;
+        let Json(v) = handle_rpc(State(rpc.clone()), axum::http::HeaderMap::new(), body).await;
         assert!(v[0]["result"]["hash"].is_string() && v[1]["result"]["hash"].is_string());
         assert_eq!(lock(&rpc.state).mempool.len(), 4);
         assert_eq!(lock(&rpc.state).gossip.len(), 4);
