@@ -112,7 +112,8 @@ fn reshard_2_to_3_and_back_under_load_with_a_sigkill() {
         }
     }
     let b = committees[0][0].rpc;
-    let limit = Duration::from_secs(300);
+    // Generous: on a loaded 2-core machine the handoff alone has taken over 300 s.
+    let limit = Duration::from_secs(600);
     for nodes in &committees[..3] {
         for node in nodes {
             wait_for("the beacon and shards 0 and 1 to finalize", limit, || {
@@ -194,18 +195,20 @@ fn reshard_2_to_3_and_back_under_load_with_a_sigkill() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     loader.join().unwrap();
     // Moved accounts keep their balances: total of each pair = 2 × genesis minus fees.
-    std::thread::sleep(Duration::from_secs(5));
+    // The two reads may come from different heights while the last transfers finalize,
+    // so each pair is read until it adds up; value lost never does (the wait fails).
     let mut checked = 0;
     for (a, partner) in &accounts {
         let table = table_of(&a.public_key());
         let owner = shard_map(b).unwrap().tables[usize::from(table)];
         let node = committees[usize::from(owner) + 1][0].rpc;
-        let (ba, na) = balance(node, a).unwrap();
-        let (bp, np) = balance(node, partner).unwrap();
-        assert_eq!(
-            ba + bp + na + np,
-            1_000_000,
-            "pair in table {table} lost value"
+        wait_for(
+            &format!("pair in table {table} to add up (value lost?)"),
+            Duration::from_secs(120),
+            || match (balance(node, a), balance(node, partner)) {
+                (Some((ba, na)), Some((bp, np))) => ba + bp + na + np == 1_000_000,
+                _ => false,
+            },
         );
         if owner == 2 {
             checked += 1;
