@@ -1,13 +1,16 @@
 //! Benchmark: N networks (beacon + 2 shards, 4 validators each) created at once on the
 //! test cluster; prints the time until all are `Ready` (object readiness), the time until
-//! the operator had written every network's StatefulSets, reconcile latency p50/p99, and
+//! the operator had written every network's StatefulSets, reconcile latency p50/p99,
 //! this process's peak RSS (the operator runs in-process, so that is an upper bound of
-//! the operator's own).
+//! the operator's own), and the cluster's part: when the last ledger claim and pod were
+//! created, bound (PV controller, scheduler) and made Ready (kwok), from the objects'
+//! `managedFields` times, and which component sent how many Events.
 //!
 //! ```sh
 //! TRELLIS_KWOK_NODES=10 cargo run -p trellis-operator --example bench_networks -- 20
 //! ```
-//! (250 pods fit on one kwok node; each network has 12.)
+//! (250 pods fit on one kwok node; each network has 12. docs/benchmarks.md also reads the
+//! apiserver's and controller-manager's `/metrics` around a run.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark command
 
