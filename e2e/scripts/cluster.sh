@@ -113,20 +113,45 @@ wait_for "kube-apiserver /readyz" 90 "$bin/kubectl" --kubeconfig "$dir/admin.kub
 # kwok's nodes send no heartbeats, so the node lifecycle controller (which would mark
 # them NotReady and evict their Pods) is off, and so is the admission plugin that
 # taints new nodes not-ready until that controller clears it. IPAM and cloud
-# controllers have nothing to do here.
+# controllers have nothing to do here, and neither have the Endpoints/EndpointSlice
+# controllers: kwok gives Pods loopback IPs (127.64/16, below), which Endpoints and
+# EndpointSlices refuse, so they could only fail, retry and write a Warning Event per
+# try (3,000 failed syncs and 2,000 Events for 50 networks, a large share of the
+# apiserver's work). No test reads Endpoints: node RPC goes through the operator's
+# resolver.
+#
+# Client rate limits: the defaults (controller-manager 20 QPS / burst 30 per controller,
+# scheduler 50 / 100) are sized for shared production apiservers; here they, not the
+# apiserver, set the pace: the StatefulSet controller needed 89 s to create the pods and
+# claims of 50 networks. 300 / 600 removes that throttle (its wait is ~0 s now; the
+# apiserver's latency is the limit) — large production clusters raise them the same
+# way. --concurrent-statefulset-syncs 20 (default 5): StatefulSets of many networks
+# are synced side by side, each waiting on the apiserver, not the CPU.
+# docs/testing.md lists these flags.
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig "$dir/controller-manager.kubeconfig" \
   --bind-address "$ip" --secure-port 10257 \
-  --authentication-skip-lookup --authorization-always-allow-paths /healthz \
+  --authentication-skip-lookup --authorization-always-allow-paths /healthz,/metrics \
   --leader-elect=false --use-service-account-credentials=true \
+  --kube-api-qps 300 --kube-api-burst 600 --concurrent-statefulset-syncs 20 \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
-  --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller'
-start kube-scheduler "$bin/kube-scheduler" \
-  --kubeconfig "$dir/scheduler.kubeconfig" \
+  --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller'
+cat >"$dir/scheduler.yaml" <<CONFIG
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: $dir/scheduler.kubeconfig
+  qps: 300
+  burst: 600
+leaderElection:
+  leaderElect: false
+CONFIG
+start kube-scheduler "$bin/kube-scheduler" --config "$dir/scheduler.yaml" \
   --authentication-kubeconfig "$dir/scheduler.kubeconfig" \
   --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
-  --bind-address "$ip" --secure-port 10259 --leader-elect=false
+  --authorization-always-allow-paths /healthz,/readyz,/livez,/metrics \
+  --bind-address "$ip" --secure-port 10259
 start kwok "$bin/kwok" \
   --kubeconfig "$dir/kwok.kubeconfig" --config "$here/kwok/stages.yaml" \
   --manage-all-nodes=false \

@@ -1,21 +1,28 @@
 //! Benchmark: N networks (beacon + 2 shards, 4 validators each) created at once on the
 //! test cluster; prints the time until all are `Ready` (object readiness), the time until
-//! the operator had written every network's StatefulSets, reconcile latency p50/p99, and
+//! the operator had written every network's StatefulSets, reconcile latency p50/p99,
 //! this process's peak RSS (the operator runs in-process, so that is an upper bound of
-//! the operator's own).
+//! the operator's own), and the cluster's part: when the last ledger claim and pod were
+//! created, bound (PV controller, scheduler) and made Ready (kwok), from the objects'
+//! `managedFields` times, and which component sent how many Events.
 //!
 //! ```sh
 //! TRELLIS_KWOK_NODES=10 cargo run -p trellis-operator --example bench_networks -- 20
 //! ```
-//! (250 pods fit on one kwok node; each network has 12.)
+//! (250 pods fit on one kwok node; each network has 12. docs/benchmarks.md also reads the
+//! apiserver's and controller-manager's `/metrics` around a run.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark command
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use trellis_crd::{ChainNetwork, ChainNetworkSpec, NetworkMode, ShardsSpec};
 use trellis_operator::build::BuildOptions;
@@ -31,6 +38,44 @@ fn peak_rss_mib() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// When the last of `objects` was created and last written by each field manager
+/// (`manager` or `manager/subresource`), in seconds after `t0`: where the cluster's time
+/// went, from the objects' own records (1 s resolution).
+fn last_writes<'a>(
+    objects: impl Iterator<Item = &'a ObjectMeta>,
+    t0: Timestamp,
+) -> BTreeMap<String, f64> {
+    let since = |t: &Timestamp| (t.as_millisecond() - t0.as_millisecond()) as f64 / 1e3;
+    let mut last = BTreeMap::<String, f64>::new();
+    let mut note = |key: String, at: f64| {
+        let entry = last.entry(key).or_insert(f64::MIN);
+        *entry = entry.max(at);
+    };
+    for meta in objects {
+        if let Some(created) = &meta.creation_timestamp {
+            note("created".to_owned(), since(&created.0));
+        }
+        for field in meta.managed_fields.iter().flatten() {
+            let (Some(manager), Some(time)) = (&field.manager, &field.time) else {
+                continue;
+            };
+            let key = match field.subresource.as_deref() {
+                Some(sub) if !sub.is_empty() => format!("{manager}/{sub}"),
+                _ => manager.clone(),
+            };
+            note(key, since(&time.0));
+        }
+    }
+    last
+}
+
+fn show(last: &BTreeMap<String, f64>) -> String {
+    last.iter()
+        .map(|(k, v)| format!("{k} {v:.0} s"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -80,6 +125,7 @@ async fn main() {
     }));
 
     let networks: Api<ChainNetwork> = ns.api();
+    let t0 = Timestamp::now();
     let started = Instant::now();
     let creates = (0..n).map(|i| {
         let networks = networks.clone();
@@ -158,10 +204,51 @@ async fn main() {
         "peak RSS of this process (operator in-process): {:.1} MiB",
         peak_rss_mib()
     );
+    // The cluster's part: the last claim bound (the PV controller's status write), pod
+    // created (StatefulSet controller), bound to a node (scheduler), Ready (kwok).
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let claims = claims.list(&ListParams::default()).await.unwrap();
+    println!(
+        "last claim: {}",
+        show(&last_writes(claims.items.iter().map(|c| &c.metadata), t0))
+    );
+    let pods: Api<Pod> = ns.api();
+    let pods = pods.list(&ListParams::default()).await.unwrap();
+    println!(
+        "last pod: {}",
+        show(&last_writes(pods.items.iter().map(|p| &p.metadata), t0))
+    );
+    // Events are a large part of the apiserver's writes: who sends how many.
+    let events: Api<k8s_openapi::api::core::v1::Event> = ns.api();
+    let mut senders = BTreeMap::<String, (usize, i32)>::new();
+    for event in events.list(&ListParams::default()).await.unwrap().items {
+        let sender = event
+            .reporting_component
+            .filter(|c| !c.is_empty())
+            .or(event.source.and_then(|s| s.component))
+            .unwrap_or_default();
+        let entry = senders.entry(sender).or_default();
+        entry.0 += 1;
+        entry.1 += event.count.unwrap_or(1);
+    }
+    println!(
+        "events (objects, occurrences) by sender: {}",
+        senders
+            .iter()
+            .map(|(k, (n, c))| format!("{k} {n}/{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     drop(stop);
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     for name in volumes {
         let _ = pvs.delete(&name, &DeleteParams::background()).await;
     }
+    // Now, not at drop: the process exits before a drop's clean-up thread would run,
+    // and the volumes go only once the namespace's claims do.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let _ = namespaces
+        .delete(&ns.name, &DeleteParams::background())
+        .await;
 }

@@ -105,6 +105,11 @@ struct ApplyRecord {
 /// that one reconcile's round trips are not queued behind hundreds of others.
 pub const DEFAULT_CONCURRENCY: u16 = 16;
 
+/// Triggers for one network within this long are served by one reconcile: its pods turn
+/// Ready one by one, each a StatefulSet status write that wakes the watch, and the
+/// reconcile only needs to see where they ended up.
+const DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// A full apply (and drift repair) runs at least this often even when nothing changed.
 const DRIFT_REPAIR: Duration = Duration::from_secs(300);
 
@@ -160,8 +165,17 @@ pub async fn run(
         scoped::<ChainNetwork>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
-    .owns(scoped::<StatefulSet>(&client, ns), managed.clone())
+    .with_config(
+        kube::runtime::controller::Config::default()
+            .concurrency(ctx.concurrency)
+            .debounce(DEBOUNCE),
+    )
+    // The network's own StatefulSets and, mapped by their labels, its members'
+    // (owned by their `ChainMember`s): a member's pods becoming Ready update shard 0's
+    // status at once, not at the next requeue. One watch serves both.
+    .watches(scoped::<StatefulSet>(&client, ns), managed.clone(), |set| {
+        stateful_set_network(&set)
+    })
     .owns(scoped::<Service>(&client, ns), managed)
     // A member's phase decides whether its validators count in shard 0 (quorum, PDB,
     // status): its network is reconciled when it changes, not at the next requeue.
@@ -192,6 +206,36 @@ pub fn member_network(
         .clone()
         .or_else(|| member.namespace())?;
     Some(kube::runtime::reflector::ObjectRef::new(&member.spec.network.name).within(&namespace))
+}
+
+/// The network a StatefulSet's state counts for: the owner of a committee's
+/// StatefulSet, or, for a member's validators (owned by their `ChainMember`, maybe in
+/// another namespace), the network its labels name. Others (not ours): none.
+pub fn stateful_set_network(
+    set: &StatefulSet,
+) -> Option<kube::runtime::reflector::ObjectRef<ChainNetwork>> {
+    use kube::runtime::reflector::ObjectRef;
+    let namespace = set.namespace()?;
+    let owner = set
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))?;
+    let owned_by =
+        |kind: &str, api_version: &str| owner.kind == kind && owner.api_version == api_version;
+    if owned_by(&ChainNetwork::kind(&()), &ChainNetwork::api_version(&())) {
+        return Some(ObjectRef::new(&owner.name).within(&namespace));
+    }
+    type Member = trellis_crd::ChainMember;
+    let labels = set.labels();
+    let member = owned_by(&Member::kind(&()), &Member::api_version(&()))
+        && labels.get(labels::COMPONENT).map(String::as_str)
+            == Some(crate::member::nodes::MEMBER_COMPONENT);
+    if !member {
+        return None;
+    }
+    let network = labels.get(labels::INSTANCE)?;
+    let network_ns = labels.get(labels::NETWORK_NAMESPACE).unwrap_or(&namespace);
+    Some(ObjectRef::new(network).within(network_ns))
 }
 
 /// Requeue on failure. The delay grows with nothing but the error kind: API errors are

@@ -16,6 +16,11 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const VERSION: &str = "app.kubernetes.io/version";
 pub const COMMITTEE: &str = "trellis.dev/committee";
 pub const SHARD: &str = "trellis.dev/shard";
+/// On a `ChainMember`'s children (not its pods): the namespace of the network its
+/// validators vote in, which may differ from theirs. With `app.kubernetes.io/instance`
+/// it names the network a member's StatefulSet counts for (the network controller's
+/// watch maps by it; an owner reference cannot point across namespaces).
+pub const NETWORK_NAMESPACE: &str = "trellis.dev/network-namespace";
 
 /// The `app.kubernetes.io/name` of every node pod.
 pub const NODE_APP: &str = "trellis-node";

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service,
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -33,6 +33,7 @@ use trellis_operator::build::BuildOptions;
 use trellis_operator::chain::NodeRpc;
 use trellis_operator::controller::{self, Context};
 use trellis_operator::endpoints::Loopback;
+use trellis_operator::labels;
 use trellis_operator::lease::{self, LeaseConfig};
 use trellis_operator::metrics::Metrics;
 
@@ -1078,16 +1079,18 @@ async fn the_service_monitor_follows_its_toggle_when_the_crd_exists() {
     drop(stop);
 }
 
-/// Item: a member's change reaches its network through the network controller's watch on
-/// `ChainMember`s, not at the next requeue.
+/// Item: a member's change, and its pods' readiness, reach its network through the
+/// network controller's watches (on `ChainMember`s, and on members' StatefulSets mapped
+/// by their labels to the network), not at the next requeue.
 ///
-/// Real: the apiserver, kwok making the member's pod Ready, the network controller
-/// in-process. Not real: no node runs, and the test plays the member controller (it
-/// provisions the member's StatefulSet and writes the member's phase), so that nothing
-/// but the member's own change can wake the network. The chain client is
-/// `NodeRpcPending`, so a settled network requeues only every 300 s: the member's
-/// validator showing in `status.shards[0]` within `MEMBER_WATCH` (a fifth of that) is the
-/// watch's doing.
+/// Real: the apiserver, the StatefulSet controller, kwok making the member's pod Ready,
+/// the network controller in-process. Not real: no node runs, and the test plays the
+/// member controller (it provisions the member's StatefulSet, with the labels and owner
+/// reference that controller gives it, and writes the member's phase) and the kubelet
+/// (it marks the member's pod not Ready), so that nothing but the member's own objects
+/// can wake the network. The chain client is `NodeRpcPending`, so a settled network
+/// requeues only every 300 s: a change showing in `status.shards[0]` within
+/// `MEMBER_WATCH` (a fifth of that) is a watch's doing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_change_reconciles_its_network_at_once() {
     const MEMBER_WATCH: Duration = Duration::from_secs(60);
@@ -1095,11 +1098,12 @@ async fn a_member_change_reconciles_its_network_at_once() {
         return;
     };
     apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
+    let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context::new(
         ns.client.clone(),
         Arc::new(trellis_operator::chain::NodeRpcPending),
         BuildOptions::default(),
-        Arc::new(Metrics::new()),
+        metrics.clone(),
     ));
     let (stop, mut stopped) = tokio::sync::watch::channel(());
     tokio::spawn(controller::run(ctx, Some(ns.name.clone()), async move {
@@ -1117,46 +1121,22 @@ async fn a_member_change_reconciles_its_network_at_once() {
         .create(&PostParams::default(), &ChainNetwork::new("alpha", spec))
         .await
         .unwrap();
-    let shard0 = |want: i32| {
+    // Shard 0's validators and how many are Ready, once the network is Ready or not.
+    let shard0 = |want: i32, ready: i32| {
         let networks = networks.clone();
         async move {
             let n = networks.get("alpha").await.ok()?;
             let status = n.status.as_ref()?;
-            let ready = condition(&n, "Ready")?.0 == "True";
+            let is_ready = condition(&n, "Ready")?.0 == "True";
             let shard = status.shards.first()?;
-            (ready && shard.validators == want && shard.ready_validators == want).then_some(())
+            (is_ready == (ready == want)
+                && shard.validators == want
+                && shard.ready_validators == ready)
+                .then_some(())
         }
     };
-    eventually("alpha Ready with 4 validators", WAIT, || shard0(4)).await;
+    eventually("alpha Ready with 4 validators", WAIT, || shard0(4, 4)).await;
 
-    // The member's validator, as the member controller provisions it once admitted.
-    let committee = trellis_operator::member::nodes::member_committee_name("alpha", "org-b");
-    let set: StatefulSet = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": committee},
-        "spec": {
-            "replicas": 1,
-            "serviceName": committee,
-            "selector": {"matchLabels": {"trellis.dev/committee": committee}},
-            "template": {
-                "metadata": {"labels": {"trellis.dev/committee": committee}},
-                "spec": {"containers": [{"name": "node", "image": "trellis-node:e2e"}]}
-            }
-        }
-    }))
-    .unwrap();
-    let sets: Api<StatefulSet> = ns.api();
-    sets.create(&PostParams::default(), &set).await.unwrap();
-    eventually("the member's pod Ready", WAIT, || {
-        let sets = sets.clone();
-        let committee = committee.clone();
-        async move {
-            let s = sets.get(&committee).await.ok()?;
-            (s.status?.ready_replicas == Some(1)).then_some(())
-        }
-    })
-    .await;
     let members: Api<trellis_crd::ChainMember> = ns.api();
     let member = trellis_crd::ChainMember::new(
         "org-b",
@@ -1173,10 +1153,51 @@ async fn a_member_change_reconciles_its_network_at_once() {
             governance_tx_secret: None,
         },
     );
-    members
+    let member = members
         .create(&PostParams::default(), &member)
         .await
         .unwrap();
+    // The member's validator, as the member controller provisions it once admitted:
+    // owned by the `ChainMember`, labelled with the network it counts for.
+    let committee = trellis_operator::member::nodes::member_committee_name("alpha", "org-b");
+    let owner = member.controller_owner_ref(&()).unwrap();
+    let set: StatefulSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": committee,
+            "ownerReferences": [owner],
+            "labels": {
+                labels::NAME: labels::NODE_APP,
+                labels::INSTANCE: "alpha",
+                labels::COMPONENT: trellis_operator::member::nodes::MEMBER_COMPONENT,
+                labels::MANAGED_BY: labels::MANAGER,
+                labels::COMMITTEE: committee,
+                labels::NETWORK_NAMESPACE: ns.name,
+            }
+        },
+        "spec": {
+            "replicas": 1,
+            "serviceName": committee,
+            "selector": {"matchLabels": {labels::COMMITTEE: committee}},
+            "template": {
+                "metadata": {"labels": {labels::COMMITTEE: committee}},
+                "spec": {"containers": [{"name": "node", "image": "trellis-node:e2e"}]}
+            }
+        }
+    }))
+    .unwrap();
+    let sets: Api<StatefulSet> = ns.api();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let member_ready = |want: i32| {
+        let sets = sets.clone();
+        let committee = committee.clone();
+        async move {
+            let s = sets.get(&committee).await.ok()?;
+            (s.status?.ready_replicas.unwrap_or(0) == want).then_some(())
+        }
+    };
+    eventually("the member's pod Ready", WAIT, || member_ready(1)).await;
     let set_phase = |phase: &'static str| {
         let members = members.clone();
         async move {
@@ -1193,13 +1214,56 @@ async fn a_member_change_reconciles_its_network_at_once() {
     // Admitted: shard 0 counts the member's validator at once.
     set_phase("Admitted").await;
     eventually("shard 0 counts the admitted member", MEMBER_WATCH, || {
-        shard0(5)
+        shard0(5, 5)
     })
     .await;
-    // Removed: it no longer does.
+
+    // Settled: no reconcile for 3 s, so the one that a status write of the network's
+    // own wakes has been served too, and the next is the 300 s requeue.
+    eventually("the network settled", WAIT, || {
+        let metrics = metrics.clone();
+        async move {
+            let before = metrics.recent_durations().len();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            (metrics.recent_durations().len() == before).then_some(())
+        }
+    })
+    .await;
+    // The member's pod stops being Ready (the test plays its kubelet). Only the pod and
+    // its StatefulSet's status change: what the network sees next is the watch's doing.
+    let member_pods: Api<Pod> = ns.api();
+    let readiness = |status: &'static str| {
+        let member_pods = member_pods.clone();
+        let pod = format!("{committee}-0");
+        async move {
+            member_pods
+                .patch_status(
+                    &pod,
+                    &PatchParams::default(),
+                    &Patch::Strategic(serde_json::json!({"status": {"conditions": [
+                        {"type": "Ready", "status": status},
+                        {"type": "ContainersReady", "status": status},
+                    ]}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    readiness("False").await;
+    eventually("the member's pod not Ready", WAIT, || member_ready(0)).await;
+    eventually(
+        "shard 0 sees the member's validator not Ready",
+        MEMBER_WATCH,
+        || shard0(5, 4),
+    )
+    .await;
+    readiness("True").await;
+    eventually("shard 0 sees it Ready again", MEMBER_WATCH, || shard0(5, 5)).await;
+
+    // Removed: it no longer counts.
     set_phase("Removed").await;
     eventually("shard 0 drops the removed member", MEMBER_WATCH, || {
-        shard0(4)
+        shard0(4, 4)
     })
     .await;
     drop(stop);

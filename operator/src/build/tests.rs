@@ -136,6 +136,20 @@ fn every_child_has_labels_namespace_and_a_controller_owner() {
         assert_eq!(owners[0].api_version, "trellis.dev/v1alpha1");
         assert_eq!(owners[0].controller, Some(true));
     }
+    // The network controller's watch maps each StatefulSet back to the network; one
+    // owned by something else maps to nothing.
+    for set in &children.stateful_sets {
+        assert_eq!(
+            crate::controller::stateful_set_network(set),
+            Some(kube::runtime::reflector::ObjectRef::new("alpha").within("tenant-a"))
+        );
+    }
+    let mut foreign = children.stateful_sets[0].clone();
+    if let Some(owners) = foreign.metadata.owner_references.as_mut() {
+        owners[0].kind = "Deployment".to_owned();
+        owners[0].api_version = "apps/v1".to_owned();
+    }
+    assert_eq!(crate::controller::stateful_set_network(&foreign), None);
 }
 
 #[test]

@@ -153,10 +153,18 @@ pub fn member_node_config(input: &MemberBuild<'_>) -> Result<String, BuildError>
 }
 
 fn meta(input: &MemberBuild<'_>, name: String, network: &str) -> ObjectMeta {
+    let mut labels = member_labels(network, input.committee);
+    // Not on the pods (a new pod label would roll them): the objects only.
+    if let Some(network_namespace) = &input.network.metadata.namespace {
+        labels.insert(
+            labels::NETWORK_NAMESPACE.to_owned(),
+            network_namespace.clone(),
+        );
+    }
     ObjectMeta {
         name: Some(name),
         namespace: Some(input.namespace.to_owned()),
-        labels: Some(member_labels(network, input.committee)),
+        labels: Some(labels),
         owner_references: Some(vec![input.owner.clone()]),
         ..ObjectMeta::default()
     }
@@ -329,6 +337,11 @@ mod tests {
         assert!(same.pod_disruption_budget.is_none());
         let set = &children.stateful_set;
         assert_eq!(set.metadata.namespace.as_deref(), Some("member-ns"));
+        // The network controller's watch maps it to the network, in its own namespace.
+        assert_eq!(
+            crate::controller::stateful_set_network(set),
+            Some(kube::runtime::reflector::ObjectRef::new("alpha").within("net-ns"))
+        );
         assert_eq!(
             set.metadata.owner_references.as_ref().unwrap()[0].uid,
             "uid-m"
@@ -357,6 +370,8 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(labels[labels::COMPONENT], MEMBER_COMPONENT);
+        // The network's namespace is on the objects, not on the pods (no roll).
+        assert!(!labels.contains_key(labels::NETWORK_NAMESPACE));
         // The selector's labels are on the pods.
         for (k, v) in spec.selector.match_labels.as_ref().unwrap() {
             assert_eq!(labels.get(k), Some(v), "{k}");
