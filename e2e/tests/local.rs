@@ -590,6 +590,8 @@ fn a_tenant_runs_the_local_flow_from_up_to_a_recovered_node() {
                 "--duration",
                 "15s",
             ]);
+            // For the log: how the load went (the assertions are below and on the chain).
+            eprintln!("tx load: {report}");
             assert_eq!(report["concurrency"], 8, "{report}");
             assert!(report["timed_out"].is_u64(), "{report}");
             sent += report["sent"].as_u64().unwrap();

@@ -122,7 +122,7 @@ enum Answer {
     Refused(i64, String),
     /// No answer in time: it may or may not have been admitted.
     TimedOut,
-    /// The access token expired mid-run.
+    /// The access token expired mid-run (refreshed, and the transfer sent again).
     Unauthorized(Sender),
     /// The request failed otherwise (the console refused it, or no node answered).
     Failed(String),
@@ -222,16 +222,20 @@ pub async fn run(console: &mut Console, plan: &Plan) -> Result<Value> {
                     }
                     Answer::TimedOut => {
                         timed_out += 1;
-                        // Sent again: a copy that was admitted is answered "already
-                        // known", one that was committed with a higher expected nonce.
+                        // Sent again: if a copy was admitted, the node answers "already
+                        // known", or, once it is committed, asks for a higher nonce.
                         account.again.insert(nonce);
                         "no answer in time".to_string()
                     }
                     Answer::Unauthorized(used) => {
+                        // Counted as a failed request (it never reached a node); the
+                        // token is refreshed once for all the requests that carried it.
                         account.again.insert(nonce);
                         console.renew(&used).await?;
                         sender = console.sender()?;
-                        continue;
+                        let error = "the console refused the access token (401)".to_string();
+                        *failed.entry(error.clone()).or_default() += 1;
+                        error
                     }
                     Answer::Failed(error) => {
                         account.again.insert(nonce);
@@ -347,18 +351,33 @@ mod tests {
         assert_eq!(expected_nonce("mempool is full"), None);
     }
 
-    /// A console's RPC proxy on loopback that answers each transfer after `delay`:
-    /// every third request refused as a full mempool, the second never in time (it
-    /// answers after `stall`), the rest admitted. Counts the requests and the most in
-    /// flight at once.
+    /// A console's RPC proxy on loopback (127.0.117.2) that answers each transfer after
+    /// `delay`: every third request refused as a full mempool, the second never in time
+    /// (it answers after `stall`), the fourth refused for its expired access token (and
+    /// a refresh answered with new tokens), the rest admitted. Counts the transfer
+    /// requests and the most in flight at once.
     struct Proxy {
         url: String,
         requests: Arc<AtomicU64>,
         most_in_flight: Arc<AtomicU64>,
     }
 
+    async fn respond(mut stream: tokio::net::TcpStream, status: &str, body: Value) {
+        let body = body.to_string();
+        let _ = stream
+            .write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+    }
+
     async fn proxy(delay: Duration, stall: Duration) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.116.1:0")
+        let listener = tokio::net::TcpListener::bind("127.0.117.2:0")
             .await
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -399,6 +418,10 @@ mod tests {
                         }
                         seen.extend_from_slice(&buf[..n]);
                     }
+                    if head.starts_with("post /v1/auth/refresh ") {
+                        let tokens = json!({"access_token": "fresh", "refresh_token": "rotated"});
+                        return respond(stream, "200 OK", tokens).await;
+                    }
                     let number = count.fetch_add(1, Ordering::SeqCst) + 1;
                     if number == 2 {
                         // The client gives up on it long before; it is no longer in flight.
@@ -409,23 +432,18 @@ mod tests {
                         tokio::time::sleep(delay).await;
                         in_flight.fetch_sub(1, Ordering::SeqCst);
                     }
+                    if number == 4 {
+                        // An access token the console no longer takes (it expired).
+                        let problem = json!({"title": "Unauthorized", "status": 401});
+                        return respond(stream, "401 Unauthorized", problem).await;
+                    }
                     let answer = if number % 3 == 0 {
                         json!({"jsonrpc": "2.0", "id": 1, "error":
                                {"code": error_codes::MEMPOOL_FULL, "message": "mempool is full"}})
                     } else {
                         json!({"jsonrpc": "2.0", "id": 1, "result": {"hash": "00"}})
-                    }
-                    .to_string();
-                    let _ = stream
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                                 content-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                                answer.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
+                    };
+                    respond(stream, "200 OK", answer).await;
                 });
             }
         });
@@ -451,7 +469,7 @@ mod tests {
             },
         )
         .unwrap();
-        let mut console = Console::new(None, creds)
+        let mut console = Console::new(None, creds.clone())
             .unwrap()
             .with_timeout(Duration::from_secs(1))
             .unwrap();
@@ -481,8 +499,15 @@ mod tests {
             .as_u64()
             .unwrap();
         assert_eq!(report["timed_out"], 1, "{report}");
-        assert_eq!(report["failed"], json!({}), "{report}");
-        assert_eq!(sent + refused + 1, requests, "{report}");
+        assert_eq!(
+            report["failed"],
+            json!({"the console refused the access token (401)": 1}),
+            "{report}"
+        );
+        assert_eq!(sent + refused + 1 + 1, requests, "{report}");
+        // The expired token was refreshed once, and the new one kept.
+        let kept = crate::credentials::load(&creds).unwrap().unwrap();
+        assert_eq!(kept.access_token, "fresh");
         assert_eq!(report["concurrency"], 4, "{report}");
         // The refused and timed-out nonces were sent again before new ones: the nonces
         // used are those admitted, plus the few refused at the end and not sent again.
