@@ -491,10 +491,7 @@ async fn networks(console: &mut Console, format: Format, command: Networks) -> R
     match command {
         Networks::List => listing(console, format, "/v1/networks", NETWORK_COLUMNS).await,
         Networks::Get { network } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(Method::GET, &format!("/v1/networks/{id}"), None, None)
-                .await?;
+            let answer = network_call(console, &network, Method::GET, "", None).await?;
             Ok(output::object(format, &answer, NETWORK_ROWS))
         }
         Networks::Create {
@@ -965,15 +962,7 @@ async fn patch(
 async fn consortium(console: &mut Console, format: Format, command: Consortium) -> Result<String> {
     match command {
         Consortium::Members { network } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::GET,
-                    &format!("/v1/networks/{id}/members"),
-                    None,
-                    None,
-                )
-                .await?;
+            let answer = network_call(console, &network, Method::GET, "/members", None).await?;
             Ok(output::list(format, &answer, "items", MEMBER_COLUMNS))
         }
         Consortium::Invite {
@@ -1021,15 +1010,14 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
             network,
             invitation,
         } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/networks/{id}/invitations/{}", encode(&invitation)),
-                    None,
-                    None,
-                )
-                .await?;
+            let answer = network_call(
+                console,
+                &network,
+                Method::DELETE,
+                &format!("/invitations/{}", encode(&invitation)),
+                None,
+            )
+            .await?;
             Ok(output::object(format, &answer, INVITATION_COLUMNS))
         }
         Consortium::Remove {
@@ -1037,20 +1025,19 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
             member,
             as_member,
         } => {
-            let id = network_id(console, &network).await?;
             let body = if as_member.is_empty() {
                 json!({})
             } else {
                 json!({ "as_members": as_member })
             };
-            let answer = console
-                .call(
-                    Method::POST,
-                    &format!("/v1/networks/{id}/members/{}/removal", encode(&member)),
-                    Some(&body),
-                    None,
-                )
-                .await?;
+            let answer = network_call(
+                console,
+                &network,
+                Method::POST,
+                &format!("/members/{}/removal", encode(&member)),
+                Some(&body),
+            )
+            .await?;
             Ok(output::sentence(format, &answer, || {
                 approvals(&answer, "removal ")
             }))
@@ -1076,15 +1063,14 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
             signature: Some(signature),
             proposal_hash,
         } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::POST,
-                    &format!("/v1/networks/{id}/members/{member}/proposal/approvals"),
-                    Some(&json!({"approval": signature, "proposal_hash": proposal_hash})),
-                    None,
-                )
-                .await?;
+            let answer = network_call(
+                console,
+                &network,
+                Method::POST,
+                &format!("/members/{}/proposal/approvals", encode(&member)),
+                Some(&json!({"approval": signature, "proposal_hash": proposal_hash})),
+            )
+            .await?;
             Ok(output::sentence(format, &answer, || {
                 format!(
                     "{} approved proposal {} (sequence {})",
@@ -1095,15 +1081,14 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
             }))
         }
         Consortium::Proposal { network, member } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::GET,
-                    &format!("/v1/networks/{id}/members/{member}/proposal"),
-                    None,
-                    None,
-                )
-                .await?;
+            let answer = network_call(
+                console,
+                &network,
+                Method::GET,
+                &format!("/members/{}/proposal", encode(&member)),
+                None,
+            )
+            .await?;
             Ok(output::sentence(format, &answer, || {
                 let approved: Vec<String> = answer["approvers"]
                     .as_array()
@@ -1149,30 +1134,42 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
         Consortium::Approve {
             network, member, ..
         } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::POST,
-                    &format!("/v1/networks/{id}/members/{member}/approvals"),
-                    Some(&json!({})),
-                    None,
-                )
-                .await?;
+            let answer = network_call(
+                console,
+                &network,
+                Method::POST,
+                &format!("/members/{}/approvals", encode(&member)),
+                Some(&json!({})),
+            )
+            .await?;
             Ok(output::sentence(format, &answer, || approvals(&answer, "")))
         }
         Consortium::Reject { network, member } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::POST,
-                    &format!("/v1/networks/{id}/members/{member}/rejection"),
-                    Some(&json!({})),
-                    None,
-                )
-                .await?;
+            let answer = network_call(
+                console,
+                &network,
+                Method::POST,
+                &format!("/members/{}/rejection", encode(&member)),
+                Some(&json!({})),
+            )
+            .await?;
             Ok(output::object(format, &answer, MEMBER_COLUMNS))
         }
     }
+}
+
+/// One call about `network` (a name or an id): `METHOD /v1/networks/{id}{tail}`.
+async fn network_call(
+    console: &mut Console,
+    network: &str,
+    method: Method,
+    tail: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
+    let id = network_id(console, network).await?;
+    console
+        .call(method, &format!("/v1/networks/{id}{tail}"), body, None)
+        .await
 }
 
 /// Every item of a keyset-paged list as one answer (`{"items": [...]}`) in `columns`.
