@@ -10,7 +10,9 @@
 //! *lower* nonce is sent again, before any new nonce; one that asks for a *higher* one
 //! (the chain is ahead of us) moves on to it. A request with no answer in time is counted
 //! as timed out (it may still have been admitted) and its nonce sent again: the node then
-//! answers "already known" (counted as sent, once) or asks for a higher nonce.
+//! answers "already known" (counted as sent, once) or asks for a higher nonce. A run
+//! ends early after [`GIVE_UP_AFTER`] refusals or failures in a row, not counting nodes
+//! that ask for a lower nonce (they are behind, which says nothing about the account).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -210,13 +212,21 @@ pub async fn run(console: &mut Console, plan: &Plan) -> Result<Value> {
                     }
                     Answer::Refused(code, message) => {
                         *refused.entry(code).or_default() += 1;
-                        match expected_nonce(&message).filter(|_| code == error_codes::BAD_NONCE) {
+                        let expected =
+                            expected_nonce(&message).filter(|_| code == error_codes::BAD_NONCE);
+                        match expected {
                             // The chain is past this nonce: it is used, never resent.
                             Some(expected) if expected > nonce => account.skip_to(expected),
                             // The node has not heard of the lower ones yet, or is busy.
                             _ => {
                                 account.again.insert(nonce);
                             }
+                        }
+                        // A node behind the others (gossip has not brought it the lower
+                        // nonces yet) refuses nothing about the account: with many
+                        // requests in flight that is common, and it does not end the run.
+                        if expected.is_some_and(|expected| expected < nonce) {
+                            continue;
                         }
                         format!("the node refused ({code}): {message}")
                     }
@@ -351,11 +361,19 @@ mod tests {
         assert_eq!(expected_nonce("mempool is full"), None);
     }
 
-    /// A console's RPC proxy on loopback (127.0.117.2) that answers each transfer after
-    /// `delay`: every third request refused as a full mempool, the second never in time
-    /// (it answers after `stall`), the fourth refused for its expired access token (and
-    /// a refresh answered with new tokens), the rest admitted. Counts the transfer
-    /// requests and the most in flight at once.
+    /// How the stand-in proxy answers one transfer request.
+    enum Reply {
+        Admit,
+        Refuse(i64, &'static str),
+        /// Answers only after this long (the client has given up by then).
+        Stall(Duration),
+        /// Refuses the access token; a refresh then gets new tokens.
+        Unauthorized,
+    }
+
+    /// A console's RPC proxy on loopback (127.0.117.2): the `n`th transfer request
+    /// (from 1) is answered after `delay` as `script(n)` says. Counts the transfer
+    /// requests and the most in flight at once (stalled ones not included).
     struct Proxy {
         url: String,
         requests: Arc<AtomicU64>,
@@ -376,7 +394,7 @@ mod tests {
             .await;
     }
 
-    async fn proxy(delay: Duration, stall: Duration) -> Proxy {
+    async fn proxy(delay: Duration, script: fn(u64) -> Reply) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.117.2:0")
             .await
             .unwrap();
@@ -422,28 +440,32 @@ mod tests {
                         let tokens = json!({"access_token": "fresh", "refresh_token": "rotated"});
                         return respond(stream, "200 OK", tokens).await;
                     }
-                    let number = count.fetch_add(1, Ordering::SeqCst) + 1;
-                    if number == 2 {
-                        // The client gives up on it long before; it is no longer in flight.
-                        tokio::time::sleep(stall).await;
-                    } else {
-                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                        tokio::time::sleep(delay).await;
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let reply = script(count.fetch_add(1, Ordering::SeqCst) + 1);
+                    if let Reply::Stall(stall) = reply {
+                        return tokio::time::sleep(stall).await;
                     }
-                    if number == 4 {
-                        // An access token the console no longer takes (it expired).
-                        let problem = json!({"title": "Unauthorized", "status": 401});
-                        return respond(stream, "401 Unauthorized", problem).await;
-                    }
-                    let answer = if number % 3 == 0 {
-                        json!({"jsonrpc": "2.0", "id": 1, "error":
-                               {"code": error_codes::MEMPOOL_FULL, "message": "mempool is full"}})
-                    } else {
-                        json!({"jsonrpc": "2.0", "id": 1, "result": {"hash": "00"}})
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let (status, answer) = match reply {
+                        Reply::Admit => (
+                            "200 OK",
+                            json!({"jsonrpc": "2.0", "id": 1, "result": {"hash": "00"}}),
+                        ),
+                        Reply::Refuse(code, message) => (
+                            "200 OK",
+                            json!({"jsonrpc": "2.0", "id": 1,
+                                   "error": {"code": code, "message": message}}),
+                        ),
+                        // Stalled requests were answered (never) above.
+                        Reply::Stall(_) => return,
+                        Reply::Unauthorized => (
+                            "401 Unauthorized",
+                            json!({"title": "Unauthorized", "status": 401}),
+                        ),
                     };
-                    respond(stream, "200 OK", answer).await;
+                    respond(stream, status, answer).await;
                 });
             }
         });
@@ -454,39 +476,57 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn requests_overlap_up_to_the_limit_and_every_one_is_counted_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let proxy = proxy(Duration::from_millis(300), Duration::from_secs(5)).await;
-        let creds = dir.path().join("credentials.json");
+    /// A console session with `url` logged in, its credentials file, and a key file.
+    fn session(dir: &std::path::Path, url: &str) -> (Console, PathBuf, PathBuf) {
+        let creds = dir.join("credentials.json");
         crate::credentials::save(
             &creds,
             &crate::credentials::Credentials {
-                console: proxy.url.clone(),
+                console: url.to_string(),
                 email: "load@example.com".into(),
                 access_token: "token".into(),
                 refresh_token: "refresh".into(),
             },
         )
         .unwrap();
-        let mut console = Console::new(None, creds.clone())
+        let console = Console::new(None, creds.clone())
             .unwrap()
             .with_timeout(Duration::from_secs(1))
             .unwrap();
-        let key_file = dir.path().join("keys.json");
+        let key_file = dir.join("keys.json");
         std::fs::write(&key_file, json!({"admin_key": "07".repeat(32)}).to_string()).unwrap();
-        let plan = Plan {
+        (console, creds, key_file)
+    }
+
+    fn plan(key_file: PathBuf, first_nonce: u64, concurrency: u32) -> Plan {
+        Plan {
             network_id: "n".into(),
             chain_id: "c".into(),
-            senders: vec![(key_file, 40)],
+            senders: vec![(key_file, first_nonce)],
             // The Ed25519 base point: a valid public key.
             to: format!("58{}", "66".repeat(31)),
             amount: 1,
             fee: 1,
             rate: 100,
-            concurrency: 4,
+            concurrency,
             duration: Duration::from_secs(2),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_overlap_up_to_the_limit_and_every_one_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every third refused as a full mempool, the second never answered in time, the
+        // fourth refused for its expired access token, the rest admitted.
+        let proxy = proxy(Duration::from_millis(300), |n| match n {
+            2 => Reply::Stall(Duration::from_secs(5)),
+            4 => Reply::Unauthorized,
+            n if n % 3 == 0 => Reply::Refuse(error_codes::MEMPOOL_FULL, "mempool is full"),
+            _ => Reply::Admit,
+        })
+        .await;
+        let (mut console, creds, key_file) = session(dir.path(), &proxy.url);
+        let plan = plan(key_file, 40, 4);
         let report = run(&mut console, &plan).await.unwrap();
 
         // One at a time, 300 ms each, would be 7 in 2 s; 4 at a time keep 4 in flight.
@@ -515,5 +555,49 @@ mod tests {
         assert_eq!(account["first_nonce"], 40, "{report}");
         let used = account["next_nonce"].as_u64().unwrap() - 40;
         assert!(used >= sent && used <= sent + 8, "{report}");
+    }
+
+    #[tokio::test]
+    async fn nodes_behind_do_not_end_the_run_and_an_empty_account_does() {
+        let dir = tempfile::tempdir().unwrap();
+        // The first 80 go to nodes that have not heard of nonce 40 yet.
+        let behind = proxy(Duration::from_millis(5), |n| {
+            if n <= 80 {
+                Reply::Refuse(
+                    error_codes::BAD_NONCE,
+                    "nonce 41 is not the account's next nonce 40",
+                )
+            } else {
+                Reply::Admit
+            }
+        })
+        .await;
+        let (mut console, _, key_file) = session(dir.path(), &behind.url);
+        let report = run(&mut console, &plan(key_file.clone(), 41, 4))
+            .await
+            .unwrap();
+        let refused = report["refused"][error_codes::BAD_NONCE.to_string()]
+            .as_u64()
+            .unwrap();
+        assert!(
+            refused == 80 && refused > u64::from(GIVE_UP_AFTER),
+            "{report}"
+        );
+        assert!(report["sent"].as_u64().unwrap() > 0, "{report}");
+
+        // An account that cannot pay is refused every time: the run stops, saying why.
+        let empty = proxy(Duration::from_millis(5), |_| {
+            Reply::Refuse(error_codes::INSUFFICIENT_FUNDS, "insufficient funds")
+        })
+        .await;
+        let (mut console, _, _) = session(dir.path(), &empty.url);
+        let err = run(&mut console, &plan(key_file, 41, 4))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("stopped after 50") && err.contains("insufficient funds"),
+            "{err}"
+        );
     }
 }
