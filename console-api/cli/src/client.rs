@@ -124,6 +124,13 @@ impl Console {
         })
     }
 
+    /// The same session with another request timeout (tests wait less than 30 s).
+    #[cfg(test)]
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<Self> {
+        self.http = reqwest::Client::builder().timeout(timeout).build()?;
+        Ok(self)
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -261,35 +268,137 @@ impl Console {
         idempotency_key: Option<&str>,
         authenticated: bool,
     ) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
-        if authenticated && let Some(creds) = &self.creds {
-            request = request.bearer_auth(&creds.access_token);
+        let token = self
+            .creds
+            .as_ref()
+            .filter(|_| authenticated)
+            .map(|c| c.access_token.as_str());
+        request(
+            &self.http,
+            &self.base,
+            token,
+            method,
+            path,
+            body,
+            idempotency_key,
+        )
+        .await
+    }
+
+    /// A handle that sends authenticated requests on its own, with the access token as
+    /// it is now (for requests in flight together, e.g. `trellis tx load`); after a `401`
+    /// call [`Console::renew`] and take a new one.
+    pub fn sender(&self) -> Result<Sender> {
+        let Some(creds) = &self.creds else {
+            bail!("not logged in: run `trellis login --console URL --email you@example.com`");
+        };
+        Ok(Sender {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: creds.access_token.clone(),
+        })
+    }
+
+    /// Refreshes the access token if `sender`'s is still the current one (so that many
+    /// requests refused together with one expired token refresh it once).
+    pub async fn renew(&mut self, sender: &Sender) -> Result<()> {
+        let current = self.creds.as_ref().map(|c| c.access_token.as_str());
+        if current == Some(sender.token.as_str()) {
+            self.refresh().await?;
         }
-        if let Some(key) = idempotency_key {
-            request = request.header("idempotency-key", key);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the console at {}: {e}", self.base))?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            return Err(Refused::from_body(status, &text).into());
-        }
-        if text.trim().is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow!("the console answered {url} with something that is not JSON: {e}"))
+        Ok(())
     }
 }
 
-fn is_unauthorized(e: &anyhow::Error) -> bool {
+/// Sends authenticated requests with one access token; cheap to clone (the HTTP client's
+/// connection pool is shared).
+#[derive(Clone)]
+pub struct Sender {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Sender {
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        request(
+            &self.http,
+            &self.base,
+            Some(&self.token),
+            Method::POST,
+            path,
+            Some(body),
+            None,
+        )
+        .await
+    }
+}
+
+/// The console could not be reached, or did not answer in time.
+#[derive(Debug)]
+pub struct Unreachable {
+    base: String,
+    error: reqwest::Error,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot reach the console at {}: {}",
+            self.base, self.error
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Whether `e` is a request that got no answer within the client's timeout.
+pub fn is_timeout(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Unreachable>()
+        .map(|u| &u.error)
+        .or_else(|| e.downcast_ref::<reqwest::Error>())
+        .is_some_and(reqwest::Error::is_timeout)
+}
+
+/// One request; an answer outside 2xx becomes [`Refused`], an empty body `null`.
+async fn request(
+    http: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    idempotency_key: Option<&str>,
+) -> Result<Value> {
+    let url = format!("{base}{path}");
+    let mut request = http.request(method, &url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(key) = idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.map_err(|error| Unreachable {
+        base: base.to_string(),
+        error,
+    })?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        return Err(Refused::from_body(status, &text).into());
+    }
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow!("the console answered {url} with something that is not JSON: {e}"))
+}
+
+pub fn is_unauthorized(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Refused>()
         .is_some_and(|r| r.status == StatusCode::UNAUTHORIZED)
 }

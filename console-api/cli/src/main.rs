@@ -234,8 +234,8 @@ enum Tx {
         nonce: Option<u64>,
     },
     /// Send transfers at a steady rate for a while (a load test): signed here with the
-    /// key files' admin keys, taking turns, each account's nonce counted locally; prints
-    /// how many were sent and refused.
+    /// key files' admin keys, taking turns, each account's nonce counted locally, several
+    /// requests in flight; prints how many were sent, refused and timed out.
     Load {
         network: String,
         /// A sending account's key file; repeat to spread the load over accounts.
@@ -247,6 +247,10 @@ enum Tx {
         /// Transfers per second (1 to 1000).
         #[arg(long)]
         rate: u32,
+        /// The most requests in flight at once (1 to 256): a slow answer holds up no
+        /// more than one of them.
+        #[arg(long, default_value_t = load::DEFAULT_CONCURRENCY)]
+        concurrency: u32,
         /// How long: seconds, or with a unit (90s, 5m, 1h; at most 24h).
         #[arg(long)]
         duration: String,
@@ -371,15 +375,14 @@ async fn run(cli: Cli) -> Result<String> {
                 .public(Method::POST, "/v1/auth/signup", Some(&body))
                 .await?;
             console.remember(&email, &answer["tokens"])?;
-            Ok(match format {
-                Format::Json => output::pretty(&redacted(&answer)),
-                Format::Table => format!(
+            Ok(output::sentence(format, &redacted(&answer), || {
+                format!(
                     "organisation {} ({}) created; logged in to {} as {email}",
                     output::at(&answer, "tenant/name"),
                     output::at(&answer, "tenant/slug"),
                     console.base()
-                ),
-            })
+                )
+            }))
         }
         Command::Login {
             email,
@@ -391,10 +394,9 @@ async fn run(cli: Cli) -> Result<String> {
                 .public(Method::POST, "/v1/auth/login", Some(&body))
                 .await?;
             console.remember(&email, &answer)?;
-            Ok(match format {
-                Format::Json => output::pretty(&redacted(&answer)),
-                Format::Table => format!("logged in to {} as {email}", console.base()),
-            })
+            Ok(output::sentence(format, &redacted(&answer), || {
+                format!("logged in to {} as {email}", console.base())
+            }))
         }
         Command::Logout => {
             console.logout().await?;
@@ -437,8 +439,7 @@ async fn run(cli: Cli) -> Result<String> {
             }
             let path = format!("/v1/billing/usage?{}", query.join("&"));
             let answer = console.call(Method::GET, &path, None, None).await?;
-            let items = answer["records"].as_array().cloned().unwrap_or_default();
-            Ok(output::list(format, &answer, &items, USAGE_COLUMNS))
+            Ok(output::list(format, &answer, "records", USAGE_COLUMNS))
         }
         Command::Invoice { period, csv } => {
             let path = format!("/v1/billing/invoices/{}", encode(&period));
@@ -450,19 +451,17 @@ async fn run(cli: Cli) -> Result<String> {
                     .to_string());
             }
             let answer = console.call(Method::GET, &path, None, None).await?;
-            let lines = answer["lines"].as_array().cloned().unwrap_or_default();
-            Ok(match format {
-                Format::Json => output::pretty(&answer),
-                Format::Table => format!(
+            Ok(output::sentence(format, &answer, || {
+                format!(
                     "{}\ninvoice {} ({}, plan {}): total {} {}",
-                    output::list(format, &answer, &lines, INVOICE_COLUMNS),
+                    output::list(format, &answer, "lines", INVOICE_COLUMNS),
                     output::at(&answer, "period"),
                     output::at(&answer, "status"),
                     output::at(&answer, "plan"),
                     output::at(&answer, "total"),
                     output::at(&answer, "currency"),
-                ),
-            })
+                )
+            }))
         }
         Command::Consortium(command) => consortium(&mut console, format, command).await,
     }
@@ -490,16 +489,9 @@ const NETWORK_ROWS: &[output::Column] = &[
 
 async fn networks(console: &mut Console, format: Format, command: Networks) -> Result<String> {
     match command {
-        Networks::List => {
-            let items = all_networks(console).await?;
-            let answer = json!({ "items": items });
-            Ok(output::list(format, &answer, &items, NETWORK_COLUMNS))
-        }
+        Networks::List => listing(console, format, "/v1/networks", NETWORK_COLUMNS).await,
         Networks::Get { network } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(Method::GET, &format!("/v1/networks/{id}"), None, None)
-                .await?;
+            let answer = network_call(console, &network, Method::GET, "", None).await?;
             Ok(output::object(format, &answer, NETWORK_ROWS))
         }
         Networks::Create {
@@ -802,22 +794,22 @@ async fn transactions(console: &mut Console, format: Format, command: Tx) -> Res
             let tx = signed_transfer(&key_file, &chain_id, nonce, &to, amount, fee)?;
             let sent =
                 node_call(console, &id, "trellis_sendTransaction", json!({"tx": tx})).await?;
-            return Ok(match format {
-                Format::Json => output::pretty(&sent),
-                Format::Table => format!(
+            return Ok(output::sentence(format, &sent, || {
+                format!(
                     "sent; transaction hash {}{} (`trellis tx get {network} <hash>` follows it)",
                     output::at(&sent, "hash"),
                     sent.get("shard")
                         .map(|s| format!(" on shard {s}"))
                         .unwrap_or_default()
-                ),
-            });
+                )
+            }));
         }
         Tx::Load {
             network,
             key_files,
             to,
             rate,
+            concurrency,
             duration,
             amount,
             fee,
@@ -826,6 +818,12 @@ async fn transactions(console: &mut Console, format: Format, command: Tx) -> Res
                 bail!(
                     "--rate must be between 1 and {} transfers per second",
                     load::MAX_RATE
+                );
+            }
+            if !(1..=load::MAX_CONCURRENCY).contains(&concurrency) {
+                bail!(
+                    "--concurrency must be between 1 and {} requests in flight",
+                    load::MAX_CONCURRENCY
                 );
             }
             let duration = load::parse_duration(&duration)?;
@@ -855,20 +853,23 @@ async fn transactions(console: &mut Console, format: Format, command: Tx) -> Res
                 amount,
                 fee,
                 rate,
+                concurrency,
                 duration,
             };
             let report = load::run(console, &plan).await?;
-            return Ok(match format {
-                Format::Json => output::pretty(&report),
-                Format::Table => format!(
-                    "sent {} transfers in {} s ({} per second); refused by code: {}; failed requests: {}",
+            return Ok(output::sentence(format, &report, || {
+                format!(
+                    "sent {} transfers in {} s ({} per second, at most {} in flight); refused \
+                     by code: {}; timed out: {}; failed requests: {}",
                     output::at(&report, "sent"),
                     output::at(&report, "seconds"),
                     output::at(&report, "rate"),
+                    output::at(&report, "concurrency"),
                     output::at(&report, "refused"),
+                    output::at(&report, "timed_out"),
                     output::at(&report, "failed"),
-                ),
-            });
+                )
+            }));
         }
         Tx::Account { network, account } => (
             network,
@@ -961,17 +962,8 @@ async fn patch(
 async fn consortium(console: &mut Console, format: Format, command: Consortium) -> Result<String> {
     match command {
         Consortium::Members { network } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::GET,
-                    &format!("/v1/networks/{id}/members"),
-                    None,
-                    None,
-                )
-                .await?;
-            let items = answer["items"].as_array().cloned().unwrap_or_default();
-            Ok(output::list(format, &answer, &items, MEMBER_COLUMNS))
+            let answer = network_call(console, &network, Method::GET, "/members", None).await?;
+            Ok(output::list(format, &answer, "items", MEMBER_COLUMNS))
         }
         Consortium::Invite {
             network,
@@ -992,15 +984,14 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
                     Some(&key),
                 )
                 .await?;
-            Ok(match format {
-                Format::Json => output::pretty(&answer),
-                Format::Table => format!(
+            Ok(output::sentence(format, &answer, || {
+                format!(
                     "{organisation} invited (member {}), expires {}.\nGive this token to them — it is shown only once:\n{}",
                     output::at(&answer, "member/id"),
                     output::at(&answer, "expires_at"),
                     output::at(&answer, "token")
-                ),
-            })
+                )
+            }))
         }
         Consortium::Invitations { network, received } => {
             let (path, columns) = match network {
@@ -1013,23 +1004,20 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
                     RECEIVED_INVITATION_COLUMNS,
                 ),
             };
-            let items = all_pages(console, &path).await?;
-            let answer = json!({ "items": items });
-            Ok(output::list(format, &answer, &items, columns))
+            listing(console, format, &path, columns).await
         }
         Consortium::Revoke {
             network,
             invitation,
         } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/networks/{id}/invitations/{}", encode(&invitation)),
-                    None,
-                    None,
-                )
-                .await?;
+            let answer = network_call(
+                console,
+                &network,
+                Method::DELETE,
+                &format!("/invitations/{}", encode(&invitation)),
+                None,
+            )
+            .await?;
             Ok(output::object(format, &answer, INVITATION_COLUMNS))
         }
         Consortium::Remove {
@@ -1037,30 +1025,22 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
             member,
             as_member,
         } => {
-            let id = network_id(console, &network).await?;
             let body = if as_member.is_empty() {
                 json!({})
             } else {
                 json!({ "as_members": as_member })
             };
-            let answer = console
-                .call(
-                    Method::POST,
-                    &format!("/v1/networks/{id}/members/{}/removal", encode(&member)),
-                    Some(&body),
-                    None,
-                )
-                .await?;
-            Ok(match format {
-                Format::Json => output::pretty(&answer),
-                Format::Table => format!(
-                    "{} removal approvals of {} needed; member {} is {}",
-                    output::at(&answer, "approvals"),
-                    output::at(&answer, "threshold"),
-                    output::at(&answer, "member/organisation"),
-                    output::at(&answer, "member/state"),
-                ),
-            })
+            let answer = network_call(
+                console,
+                &network,
+                Method::POST,
+                &format!("/members/{}/removal", encode(&member)),
+                Some(&body),
+            )
+            .await?;
+            Ok(output::sentence(format, &answer, || {
+                approvals(&answer, "removal ")
+            }))
         }
         Consortium::Accept {
             token,
@@ -1083,121 +1063,136 @@ async fn consortium(console: &mut Console, format: Format, command: Consortium) 
             signature: Some(signature),
             proposal_hash,
         } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::POST,
-                    &format!("/v1/networks/{id}/members/{member}/proposal/approvals"),
-                    Some(&json!({"approval": signature, "proposal_hash": proposal_hash})),
-                    None,
-                )
-                .await?;
-            Ok(match format {
-                Format::Json => output::pretty(&answer),
-                Format::Table => format!(
+            let answer = network_call(
+                console,
+                &network,
+                Method::POST,
+                &format!("/members/{}/proposal/approvals", encode(&member)),
+                Some(&json!({"approval": signature, "proposal_hash": proposal_hash})),
+            )
+            .await?;
+            Ok(output::sentence(format, &answer, || {
+                format!(
                     "{} approved proposal {} (sequence {})",
                     output::at(&answer, "organisation"),
                     output::at(&answer, "proposal_hash"),
                     output::at(&answer, "sequence"),
-                ),
-            })
+                )
+            }))
         }
         Consortium::Proposal { network, member } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::GET,
-                    &format!("/v1/networks/{id}/members/{member}/proposal"),
-                    None,
-                    None,
-                )
-                .await?;
-            Ok(match format {
-                Format::Json => output::pretty(&answer),
-                Format::Table => {
-                    let approved: Vec<String> = answer["approvers"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|a| {
-                            format!(
-                                "{} ({}{})",
-                                output::at(a, "organisation"),
-                                output::at(a, "key_custody"),
-                                if a["approved"] == true {
-                                    ", approved"
-                                } else {
-                                    ""
-                                }
-                            )
-                        })
-                        .collect();
-                    let step = format!(
-                        "{}: {} ({})",
-                        output::at(&answer, "organisation"),
-                        output::at(&answer, "chain/reason"),
-                        output::at(&answer, "chain/message"),
-                    );
-                    if answer["chain"]["proposal"].is_object() {
+            let answer = network_call(
+                console,
+                &network,
+                Method::GET,
+                &format!("/members/{}/proposal", encode(&member)),
+                None,
+            )
+            .await?;
+            Ok(output::sentence(format, &answer, || {
+                let approved: Vec<String> = answer["approvers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
                         format!(
-                            "{step}\n{} {} at sequence {}, {} approvals needed\n\
+                            "{} ({}{})",
+                            output::at(a, "organisation"),
+                            output::at(a, "key_custody"),
+                            if a["approved"] == true {
+                                ", approved"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect();
+                let step = format!(
+                    "{}: {} ({})",
+                    output::at(&answer, "organisation"),
+                    output::at(&answer, "chain/reason"),
+                    output::at(&answer, "chain/message"),
+                );
+                if answer["chain"]["proposal"].is_object() {
+                    format!(
+                        "{step}\n{} {} at sequence {}, {} approvals needed\n\
                              approvers: {}\nproposal hash: {}\nsign: trellis-node governance \
                              sign --key-file KEYS --proposal {}",
-                            output::at(&answer, "chain/proposal/action"),
-                            output::at(&answer, "chain/proposal/node"),
-                            output::at(&answer, "chain/proposal/sequence"),
-                            output::at(&answer, "chain/proposal/threshold"),
-                            approved.join(", "),
-                            output::at(&answer, "chain/proposal/proposal_hash"),
-                            output::at(&answer, "chain/proposal/proposal"),
-                        )
-                    } else {
-                        format!("{step}\nno proposal is waiting for approvals")
-                    }
+                        output::at(&answer, "chain/proposal/action"),
+                        output::at(&answer, "chain/proposal/node"),
+                        output::at(&answer, "chain/proposal/sequence"),
+                        output::at(&answer, "chain/proposal/threshold"),
+                        approved.join(", "),
+                        output::at(&answer, "chain/proposal/proposal_hash"),
+                        output::at(&answer, "chain/proposal/proposal"),
+                    )
+                } else {
+                    format!("{step}\nno proposal is waiting for approvals")
                 }
-            })
+            }))
         }
         Consortium::Approve {
             network, member, ..
         } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::POST,
-                    &format!("/v1/networks/{id}/members/{member}/approvals"),
-                    Some(&json!({})),
-                    None,
-                )
-                .await?;
-            Ok(match format {
-                Format::Json => output::pretty(&answer),
-                Format::Table => format!(
-                    "{} approvals of {} needed; member {} is {}",
-                    output::at(&answer, "approvals"),
-                    output::at(&answer, "threshold"),
-                    output::at(&answer, "member/organisation"),
-                    output::at(&answer, "member/state"),
-                ),
-            })
+            let answer = network_call(
+                console,
+                &network,
+                Method::POST,
+                &format!("/members/{}/approvals", encode(&member)),
+                Some(&json!({})),
+            )
+            .await?;
+            Ok(output::sentence(format, &answer, || approvals(&answer, "")))
         }
         Consortium::Reject { network, member } => {
-            let id = network_id(console, &network).await?;
-            let answer = console
-                .call(
-                    Method::POST,
-                    &format!("/v1/networks/{id}/members/{member}/rejection"),
-                    Some(&json!({})),
-                    None,
-                )
-                .await?;
+            let answer = network_call(
+                console,
+                &network,
+                Method::POST,
+                &format!("/members/{}/rejection", encode(&member)),
+                Some(&json!({})),
+            )
+            .await?;
             Ok(output::object(format, &answer, MEMBER_COLUMNS))
         }
     }
 }
 
-/// Every network of the caller's organisation, following the pages.
-async fn all_networks(console: &mut Console) -> Result<Vec<Value>> {
-    all_pages(console, "/v1/networks").await
+/// One call about `network` (a name or an id): `METHOD /v1/networks/{id}{tail}`.
+async fn network_call(
+    console: &mut Console,
+    network: &str,
+    method: Method,
+    tail: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
+    let id = network_id(console, network).await?;
+    console
+        .call(method, &format!("/v1/networks/{id}{tail}"), body, None)
+        .await
+}
+
+/// Every item of a keyset-paged list as one answer (`{"items": [...]}`) in `columns`.
+async fn listing(
+    console: &mut Console,
+    format: Format,
+    list: &str,
+    columns: &[output::Column],
+) -> Result<String> {
+    let answer = json!({ "items": all_pages(console, list).await? });
+    Ok(output::list(format, &answer, "items", columns))
+}
+
+/// `N [removal ]approvals of T needed; member O is S`: where an admission or a
+/// removal stands after an approval.
+fn approvals(answer: &Value, kind: &str) -> String {
+    format!(
+        "{} {kind}approvals of {} needed; member {} is {}",
+        output::at(answer, "approvals"),
+        output::at(answer, "threshold"),
+        output::at(answer, "member/organisation"),
+        output::at(answer, "member/state"),
+    )
 }
 
 /// Every item of a keyset-paged list, following `next_cursor`.
@@ -1223,7 +1218,7 @@ async fn network_id(console: &mut Console, network: &str) -> Result<String> {
     if uuid::Uuid::parse_str(network).is_ok() {
         return Ok(network.to_string());
     }
-    all_networks(console)
+    all_pages(console, "/v1/networks")
         .await?
         .iter()
         .find(|n| n["name"] == network)

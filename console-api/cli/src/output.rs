@@ -70,17 +70,27 @@ pub fn at(item: &Value, path: &str) -> String {
     }
 }
 
-pub fn list(format: Format, answer: &Value, items: &[Value], columns: &[Column]) -> String {
+/// The answer's `items` array (e.g. `items`, `records`, `lines`) as a table with
+/// `columns`.
+pub fn list(format: Format, answer: &Value, items: &str, columns: &[Column]) -> String {
     match format {
         Format::Json => pretty(answer),
         Format::Table => {
             let mut table = new_table();
             table.set_header(columns.iter().map(|(h, _)| *h));
-            for item in items {
+            for item in answer[items].as_array().into_iter().flatten() {
                 table.add_row(columns.iter().map(|(_, p)| at(item, p)));
             }
             table.to_string()
         }
+    }
+}
+
+/// An answer a person reads as a sentence (made only for the table format).
+pub fn sentence(format: Format, answer: &Value, sentence: impl FnOnce() -> String) -> String {
+    match format {
+        Format::Json => pretty(answer),
+        Format::Table => sentence(),
     }
 }
 
@@ -122,7 +132,20 @@ mod tests {
         assert_eq!(at(&item, "id"), "n1");
         assert_eq!(at(&item, "status/epoch"), "-");
         assert_eq!(at(&item, "nope"), "-");
-        let table = list(Format::Table, &json!({}), &[item], NETWORK_COLUMNS);
+        let answer = json!({ "items": [item] });
+        let table = list(Format::Table, &answer, "items", NETWORK_COLUMNS);
         assert!(table.contains("SHARDS") && table.contains("n1"), "{table}");
+        assert_eq!(
+            list(Format::Json, &answer, "items", NETWORK_COLUMNS),
+            pretty(&answer)
+        );
+        let empty = list(Format::Table, &json!({}), "items", NETWORK_COLUMNS);
+        assert!(empty.contains("SHARDS") && !empty.contains("n1"), "{empty}");
+        let said = sentence(Format::Table, &answer, || "one network".into());
+        assert_eq!(said, "one network");
+        assert_eq!(
+            sentence(Format::Json, &answer, || unreachable!()),
+            pretty(&answer)
+        );
     }
 }

@@ -4,23 +4,9 @@
 // A test: failing is its job.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
+mod support;
 
-fn trellis(config: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trellis"));
-    c.env_remove("TRELLIS_CONSOLE_URL")
-        .env("TRELLIS_CLI_CONFIG", config);
-    c
-}
-
-fn run(c: &mut Command) -> (bool, String, String) {
-    let out = c.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{run, trellis};
 
 #[test]
 fn help_completions_and_first_run_errors() {
@@ -139,6 +125,30 @@ fn help_completions_and_first_run_errors() {
         let (ok, _, err) = load(key_file, to, rate, duration);
         assert!(!ok);
         assert!(err.contains(says), "{says}: {err}");
+    }
+    for concurrency in ["0", "257"] {
+        let (ok, _, err) = run(trellis(&config).args([
+            "--console",
+            "http://127.0.0.1:9",
+            "tx",
+            "load",
+            "net",
+            "--key-file",
+            &keys.to_string_lossy(),
+            "--to",
+            &good_to,
+            "--rate",
+            "5",
+            "--duration",
+            "10s",
+            "--concurrency",
+            concurrency,
+        ]));
+        assert!(!ok);
+        assert!(
+            err.contains("--concurrency must be between 1 and 256"),
+            "{concurrency}: {err}"
+        );
     }
     // Past the checks, it needs a login like every command that asks the console.
     let (ok, _, err) = load(&keys, &good_to, "5", "10s");
