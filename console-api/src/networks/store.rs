@@ -11,6 +11,7 @@ use trellis_console_entity::network;
 use uuid::Uuid;
 
 use super::NetworkPhase;
+use super::autoscale::AutoscalerStatus;
 use super::spec::NetworkSpec;
 use crate::error::ApiError;
 use crate::provisioner::ObservedStatus;
@@ -38,6 +39,7 @@ pub async fn insert(
         phase: Set(NetworkPhase::Pending.as_str().to_string()),
         status: Set(None),
         provision_error: Set(None),
+        autoscaler: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -105,6 +107,23 @@ pub async fn update_spec(
         return Ok(None);
     }
     network::Entity::find_by_id(current.id).one(conn).await
+}
+
+/// Records the autoscaler's newest change of network `id` (in the transaction that
+/// makes the change), so that reading the network needs no second query.
+pub async fn set_autoscaler(
+    conn: &impl ConnectionTrait,
+    id: Uuid,
+    status: &AutoscalerStatus,
+) -> Result<(), DbErr> {
+    let status = serde_json::to_value(status)
+        .map_err(|err| DbErr::Custom(format!("encoding autoscaler status: {err}")))?;
+    network::Entity::update_many()
+        .col_expr(network::Column::Autoscaler, Expr::value(status))
+        .filter(network::Column::Id.eq(id))
+        .exec(conn)
+        .await
+        .map(|_| ())
 }
 
 pub async fn set_phase(
