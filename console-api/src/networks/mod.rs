@@ -162,6 +162,34 @@ impl Network {
     }
 }
 
+impl Network {
+    /// [`from_row`](Self::from_row) for the read endpoints' [`store::NetworkText`].
+    pub fn from_text(row: store::NetworkText) -> ApiResult<Self> {
+        let spec: NetworkSpec = serde_json::from_str(&row.spec)
+            .map_err(|err| ApiError::internal(format!("network {} spec: {err}", row.id)))?;
+        let status = row
+            .status
+            .and_then(|text| serde_json::from_str::<ObservedStatus>(&text).ok());
+        let autoscaler = row
+            .autoscaler
+            .and_then(|text| serde_json::from_str::<autoscale::AutoscalerStatus>(&text).ok());
+        Ok(Self {
+            id: row.id,
+            name: row.name,
+            mode: spec.mode,
+            spec,
+            generation: row.generation,
+            provisioned_generation: row.provisioned_generation,
+            phase: NetworkPhase::parse(&row.phase),
+            status,
+            provision_error: row.provision_error,
+            autoscaler,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct NetworkPage {
     pub items: Vec<Network>,
@@ -296,11 +324,11 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<NetworkPage>> {
     let page = query.parse()?;
-    let rows = store::list(&state.db, scope.tenant(), page.after, page.limit + 1).await?;
+    let rows = store::list_text(&state.db, scope.tenant(), page.after, page.limit + 1).await?;
     let (rows, next_cursor) = pagination::finish(rows, page.limit, |row| row.id);
     let items = rows
         .into_iter()
-        .map(Network::from_row)
+        .map(Network::from_text)
         .collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(NetworkPage { items, next_cursor }))
 }
@@ -313,8 +341,8 @@ pub async fn get_one(
     scope: Scope,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Network>> {
-    let row = store::find(&state.db, scope.tenant(), id).await?;
-    Ok(Json(Network::from_row(row)?))
+    let row = store::find_text(&state.db, scope.tenant(), id).await?;
+    Ok(Json(Network::from_text(row)?))
 }
 
 /// Changes the desired state: scale, autoscaling policy, node version, pause/stop.
