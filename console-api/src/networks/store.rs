@@ -49,7 +49,7 @@ pub async fn insert(
 
 /// A network as the read endpoints answer it: its JSON columns read as text, so each is
 /// parsed once, straight into its type (an entity's `Json` column builds a
-/// `serde_json::Value` first, which was most of a listed row's cost).
+/// `serde_json::Value` first; docs/benchmarks.md has what that cost a list).
 #[derive(Debug, FromQueryResult)]
 pub struct NetworkText {
     pub id: Uuid,
@@ -65,8 +65,8 @@ pub struct NetworkText {
     pub updated_at: DateTime<Utc>,
 }
 
-/// `SELECT` of [`NetworkText`]'s columns (`CAST(… AS text)`: PostgreSQL's `json` does not
-/// decode as a string, SQLite's text does either way).
+/// `SELECT` of [`NetworkText`]'s columns. The JSON ones are cast to text: PostgreSQL's
+/// `json` type does not decode as a string (SQLite stores text anyway).
 fn select_text() -> Select<network::Entity> {
     use network::Column;
     let text = |column: Column| Expr::col((network::Entity, column)).cast_as("text");
