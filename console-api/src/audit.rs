@@ -28,6 +28,20 @@ pub async fn record(
     target: Option<String>,
     details: serde_json::Value,
 ) -> Result<(), DbErr> {
+    record_at(conn, tenant, actor, action, target, details, Utc::now()).await
+}
+
+/// [`record`] with the time given, for a change that stores the same time elsewhere
+/// too (whole microseconds, so PostgreSQL reads back what was written).
+pub async fn record_at(
+    conn: &impl ConnectionTrait,
+    tenant: TenantId,
+    actor: &str,
+    action: &str,
+    target: Option<String>,
+    details: serde_json::Value,
+    created_at: DateTime<Utc>,
+) -> Result<(), DbErr> {
     audit_event::ActiveModel {
         id: Set(Uuid::now_v7()),
         tenant_id: Set(tenant.get()),
@@ -35,7 +49,7 @@ pub async fn record(
         action: Set(action.to_string()),
         target: Set(target),
         details: Set(details),
-        created_at: Set(Utc::now()),
+        created_at: Set(created_at),
     }
     .insert(conn)
     .await

@@ -26,6 +26,9 @@ pub struct Model {
     pub status: Option<Json>,
     /// The last error from the provisioner (external, safe to show to the tenant).
     pub provision_error: Option<String>,
+    /// The built-in autoscaler's newest change of the shard count (the console API's
+    /// `AutoscalerStatus` JSON), written with that change and its audit entry.
+    pub autoscaler: Option<Json>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -15,6 +15,7 @@ mod m20261122_000011_monitoring;
 mod m20261122_000020_governance_approvals;
 mod m20261122_000030_member_removals;
 mod m20261122_000031_invitation_listing;
+mod m20261122_000040_network_autoscaler;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000020_governance_approvals::Migration),
             Box::new(m20261122_000030_member_removals::Migration),
             Box::new(m20261122_000031_invitation_listing::Migration),
+            Box::new(m20261122_000040_network_autoscaler::Migration),
         ]
     }
 }

@@ -8,27 +8,25 @@
 //! ([`trellis_autoscale::decide`]: min/max, targets, stabilization window, cooldown — the
 //! operator's). When it decides, the shard count changes exactly as a user's
 //! `PATCH /v1/networks/{id}` with `shards.count` does: validated, the plan checked, the
-//! spec and a new generation committed with the billing ledger and an audit entry
-//! (`network.autoscale` by `system:autoscaler`, with the reason), then handed to the
-//! provisioner, which takes it through the beacon.
+//! spec and a new generation committed with the billing ledger, the network's
+//! `autoscaler` status and an audit entry (`network.autoscale` by `system:autoscaler`,
+//! with the reason), then handed to the provisioner, which takes it through the beacon.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, Utc};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
-};
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::TransactionTrait;
 use serde::{Deserialize, Serialize};
 use trellis_autoscale::{Decision, LoadHistory, Policy, ShardLoad, decide};
-use trellis_console_entity::{audit_event, network};
+use trellis_console_entity::network;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::spec::{
     AutoscalingPolicy, NetworkMode, NetworkSpec, ShardRange, ShardRangePatch, UpdateNetworkRequest,
 };
-use super::{Network, NetworkPhase, reconcile, store};
+use super::{NetworkPhase, reconcile, store};
 use crate::app::AppState;
 use crate::audit;
 use crate::error::{ApiError, ApiResult};
@@ -50,71 +48,23 @@ const BATCH: u64 = 100;
 
 /// The autoscaler's memory: per network, the counter readings and recommendations.
 /// Lost on a console restart, which only restarts the stabilization window (the cooldown
-/// is read back from the audit log).
+/// is read back from the network row).
 #[derive(Debug, Default)]
 pub struct Autoscaler {
     histories: HashMap<Uuid, LoadHistory>,
-    /// Networks whose last change was looked up in the audit log (once per history).
+    /// Networks whose last change was read from their row (once per history).
     recalled: HashSet<Uuid>,
 }
 
-/// The autoscaler's last change of a network's shard count and why (read back from the
-/// audit log; the operator's `status.autoscaler` in local mode).
+/// The autoscaler's last change of a network's shard count and why (kept on the network
+/// row, written with the change and its audit entry; the operator's `status.autoscaler`
+/// in local mode).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AutoscalerStatus {
     pub last_scale_time: DateTime<Utc>,
     pub from: u32,
     pub to: u32,
     pub reason: String,
-}
-
-/// Fills in `autoscaler` of `networks` (all of `tenant`) from their newest
-/// `network.autoscale` audit entries: one query for the lot.
-pub async fn attach_status(
-    conn: &impl ConnectionTrait,
-    tenant: Uuid,
-    networks: &mut [Network],
-) -> Result<(), DbErr> {
-    if networks.is_empty() {
-        return Ok(());
-    }
-    let targets: Vec<String> = networks
-        .iter()
-        .map(|n| format!("network:{}", n.id))
-        .collect();
-    let entries = audit_event::Entity::find()
-        .filter(audit_event::Column::TenantId.eq(tenant))
-        .filter(audit_event::Column::Action.eq(ACTION))
-        .filter(audit_event::Column::Target.is_in(targets))
-        .order_by_asc(audit_event::Column::CreatedAt)
-        .all(conn)
-        .await?;
-    // Oldest first: the newest entry per network is the one left.
-    let mut newest = HashMap::new();
-    for entry in entries {
-        let number = |key: &str| {
-            entry.details[key]
-                .as_u64()
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or_default()
-        };
-        let status = AutoscalerStatus {
-            last_scale_time: entry.created_at,
-            from: number("from"),
-            to: number("to"),
-            reason: entry.details["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        };
-        if let Some(target) = entry.target {
-            newest.insert(target, status);
-        }
-    }
-    for network in networks {
-        network.autoscaler = newest.remove(&format!("network:{}", network.id));
-    }
-    Ok(())
 }
 
 /// What one pass did to one network.
@@ -180,22 +130,8 @@ impl Autoscaler {
                 };
                 seen.insert(row.id);
                 let history = self.histories.entry(row.id).or_default();
-                if !self.recalled.contains(&row.id) {
-                    match last_change(state, &row).await {
-                        Ok(at) => {
-                            history.state.last_change_seconds = at;
-                            self.recalled.insert(row.id);
-                        }
-                        Err(err) => {
-                            outcomes.push(Outcome {
-                                network: row.id,
-                                decision: Decision::Hold {
-                                    reason: format!("reading the last change: {err}"),
-                                },
-                            });
-                            continue;
-                        }
-                    }
+                if self.recalled.insert(row.id) {
+                    history.state.last_change_seconds = last_change(&row);
                 }
                 let changed_before = history.state.last_change_seconds;
                 let mut decision = assess(history, &spec.autoscaling, spec.shards, &load, now);
@@ -309,17 +245,11 @@ pub fn assess(
     )
 }
 
-/// When the autoscaler last changed the network's shard count, from the audit log: the
+/// When the autoscaler last changed the network's shard count, from the network row: the
 /// cooldown survives a console restart.
-async fn last_change(state: &AppState, row: &network::Model) -> ApiResult<Option<i64>> {
-    let last = audit_event::Entity::find()
-        .filter(audit_event::Column::TenantId.eq(row.tenant_id))
-        .filter(audit_event::Column::Action.eq(ACTION))
-        .filter(audit_event::Column::Target.eq(format!("network:{}", row.id)))
-        .order_by_desc(audit_event::Column::CreatedAt)
-        .one(&state.db)
-        .await?;
-    Ok(last.map(|event| event.created_at.timestamp()))
+fn last_change(row: &network::Model) -> Option<i64> {
+    let status: AutoscalerStatus = serde_json::from_value(row.autoscaler.clone()?).ok()?;
+    Some(status.last_scale_time.timestamp())
 }
 
 /// Changes the shard count to `to` the way a user's scale request does (see
@@ -349,7 +279,17 @@ async fn scale(
         return Ok(());
     };
     crate::billing::ledger::record(&txn, &state.billing, &updated, &next).await?;
-    audit::record(
+    // One time for the row and the audit entry, in whole microseconds (PostgreSQL's
+    // precision), so both read back the same.
+    let at = Utc::now().trunc_subsecs(6);
+    let status = AutoscalerStatus {
+        last_scale_time: at,
+        from: current.shards.count,
+        to: u32::from(to),
+        reason: reason.to_owned(),
+    };
+    store::set_autoscaler(&txn, row.id, &status).await?;
+    audit::record_at(
         &txn,
         tenant,
         ACTOR,
@@ -357,10 +297,11 @@ async fn scale(
         Some(format!("network:{}", row.id)),
         serde_json::json!({
             "shards": { "count": to },
-            "from": current.shards.count,
-            "to": to,
+            "from": status.from,
+            "to": status.to,
             "reason": reason,
         }),
+        at,
     )
     .await?;
     txn.commit().await?;

@@ -26,7 +26,7 @@ use crate::error::{ApiError, ApiResult, Json, Path, Query};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::pagination::{self, PageQuery};
 use crate::provisioner::{ObservedPhase, ObservedStatus};
-use crate::tenancy::{Scope, TenantId};
+use crate::tenancy::Scope;
 use spec::{CreateNetworkRequest, NetworkMode, NetworkSpec, UpdateNetworkRequest};
 
 /// The lifecycle of a network as the tenant sees it.
@@ -142,6 +142,9 @@ impl Network {
         let status = row
             .status
             .and_then(|value| serde_json::from_value::<ObservedStatus>(value).ok());
+        let autoscaler = row
+            .autoscaler
+            .and_then(|value| serde_json::from_value::<autoscale::AutoscalerStatus>(value).ok());
         Ok(Self {
             id: row.id,
             name: row.name,
@@ -152,7 +155,35 @@ impl Network {
             phase: NetworkPhase::parse(&row.phase),
             status,
             provision_error: row.provision_error,
-            autoscaler: None,
+            autoscaler,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+impl Network {
+    /// [`from_row`](Self::from_row) for the read endpoints' [`store::NetworkText`].
+    pub fn from_text(row: store::NetworkText) -> ApiResult<Self> {
+        let spec: NetworkSpec = serde_json::from_str(&row.spec)
+            .map_err(|err| ApiError::internal(format!("network {} spec: {err}", row.id)))?;
+        let status = row
+            .status
+            .and_then(|text| serde_json::from_str::<ObservedStatus>(&text).ok());
+        let autoscaler = row
+            .autoscaler
+            .and_then(|text| serde_json::from_str::<autoscale::AutoscalerStatus>(&text).ok());
+        Ok(Self {
+            id: row.id,
+            name: row.name,
+            mode: spec.mode,
+            spec,
+            generation: row.generation,
+            provisioned_generation: row.provisioned_generation,
+            phase: NetworkPhase::parse(&row.phase),
+            status,
+            provision_error: row.provision_error,
+            autoscaler,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -293,13 +324,12 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<NetworkPage>> {
     let page = query.parse()?;
-    let rows = store::list(&state.db, scope.tenant(), page.after, page.limit + 1).await?;
+    let rows = store::list_text(&state.db, scope.tenant(), page.after, page.limit + 1).await?;
     let (rows, next_cursor) = pagination::finish(rows, page.limit, |row| row.id);
-    let mut items = rows
+    let items = rows
         .into_iter()
-        .map(Network::from_row)
+        .map(Network::from_text)
         .collect::<ApiResult<Vec<_>>>()?;
-    autoscale::attach_status(&state.db, scope.tenant().get(), &mut items).await?;
     Ok(Json(NetworkPage { items, next_cursor }))
 }
 
@@ -311,23 +341,8 @@ pub async fn get_one(
     scope: Scope,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Network>> {
-    let row = store::find(&state.db, scope.tenant(), id).await?;
-    let network = Network::from_row(row)?;
-    Ok(Json(
-        with_autoscaler(&state, scope.tenant(), network).await?,
-    ))
-}
-
-/// `network` (of `tenant`) with the autoscaler's last change filled in.
-async fn with_autoscaler(
-    state: &AppState,
-    tenant: TenantId,
-    network: Network,
-) -> ApiResult<Network> {
-    let mut one = [network];
-    autoscale::attach_status(&state.db, tenant.get(), &mut one).await?;
-    let [network] = one;
-    Ok(network)
+    let row = store::find_text(&state.db, scope.tenant(), id).await?;
+    Ok(Json(Network::from_text(row)?))
 }
 
 /// Changes the desired state: scale, autoscaling policy, node version, pause/stop.
@@ -378,8 +393,7 @@ pub async fn update(
     .await?;
     txn.commit().await?;
     let updated = reconcile::apply(&state, updated).await?;
-    let network = Network::from_row(updated)?;
-    Ok(Json(with_autoscaler(&state, tenant, network).await?))
+    Ok(Json(Network::from_row(updated)?))
 }
 
 /// Deletes a network: its nodes are removed by the provisioner (ledger data kept when

@@ -1,16 +1,17 @@
 //! Tenant-scoped queries on networks. Every function that a request reaches takes a
 //! [`TenantId`] and filters by it; rows of other tenants are invisible ("not found").
 
-use chrono::Utc;
-use sea_orm::sea_query::Expr;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, QuerySelect, Select, Set,
 };
 use trellis_console_entity::network;
 use uuid::Uuid;
 
 use super::NetworkPhase;
+use super::autoscale::AutoscalerStatus;
 use super::spec::NetworkSpec;
 use crate::error::ApiError;
 use crate::provisioner::ObservedStatus;
@@ -38,11 +39,84 @@ pub async fn insert(
         phase: Set(NetworkPhase::Pending.as_str().to_string()),
         status: Set(None),
         provision_error: Set(None),
+        autoscaler: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }
     .insert(conn)
     .await
+}
+
+/// A network as the read endpoints answer it: its JSON columns read as text, so each is
+/// parsed once, straight into its type (an entity's `Json` column builds a
+/// `serde_json::Value` first; docs/benchmarks.md has what that cost a list).
+#[derive(Debug, FromQueryResult)]
+pub struct NetworkText {
+    pub id: Uuid,
+    pub name: String,
+    pub spec: String,
+    pub generation: i64,
+    pub provisioned_generation: i64,
+    pub phase: String,
+    pub status: Option<String>,
+    pub provision_error: Option<String>,
+    pub autoscaler: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `SELECT` of [`NetworkText`]'s columns. The JSON ones are cast to text: PostgreSQL's
+/// `json` type does not decode as a string (SQLite stores text anyway).
+fn select_text() -> Select<network::Entity> {
+    use network::Column;
+    let text = |column: Column| Expr::col((network::Entity, column)).cast_as("text");
+    network::Entity::find()
+        .select_only()
+        .columns([
+            Column::Id,
+            Column::Name,
+            Column::Generation,
+            Column::ProvisionedGeneration,
+            Column::Phase,
+            Column::ProvisionError,
+            Column::CreatedAt,
+            Column::UpdatedAt,
+        ])
+        .expr_as(text(Column::Spec), "spec")
+        .expr_as(text(Column::Status), "status")
+        .expr_as(text(Column::Autoscaler), "autoscaler")
+}
+
+/// [`find`] for reading only.
+pub async fn find_text(
+    conn: &impl ConnectionTrait,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<NetworkText, ApiError> {
+    select_text()
+        .filter(network::Column::Id.eq(id))
+        .filter(network::Column::TenantId.eq(tenant.get()))
+        .into_model::<NetworkText>()
+        .one(conn)
+        .await?
+        .ok_or_else(|| ApiError::not_found("network"))
+}
+
+/// Up to `limit` networks of `tenant` with ids after `after`, in id (= creation) order.
+pub async fn list_text(
+    conn: &impl ConnectionTrait,
+    tenant: TenantId,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<NetworkText>, DbErr> {
+    let mut select = select_text()
+        .filter(network::Column::TenantId.eq(tenant.get()))
+        .order_by_asc(network::Column::Id)
+        .limit(limit);
+    if let Some(after) = after {
+        select = select.filter(network::Column::Id.gt(after));
+    }
+    select.into_model::<NetworkText>().all(conn).await
 }
 
 /// The network `id` of `tenant`, or 404.
@@ -56,23 +130,6 @@ pub async fn find(
         .one(conn)
         .await?
         .ok_or_else(|| ApiError::not_found("network"))
-}
-
-/// Up to `limit` networks of `tenant` with ids after `after`, in id (= creation) order.
-pub async fn list(
-    conn: &impl ConnectionTrait,
-    tenant: TenantId,
-    after: Option<Uuid>,
-    limit: u64,
-) -> Result<Vec<network::Model>, DbErr> {
-    let mut select = network::Entity::find()
-        .filter(network::Column::TenantId.eq(tenant.get()))
-        .order_by_asc(network::Column::Id)
-        .limit(limit);
-    if let Some(after) = after {
-        select = select.filter(network::Column::Id.gt(after));
-    }
-    select.all(conn).await
 }
 
 /// Writes a new spec and bumps the generation, only if nobody else changed the row since
@@ -105,6 +162,23 @@ pub async fn update_spec(
         return Ok(None);
     }
     network::Entity::find_by_id(current.id).one(conn).await
+}
+
+/// Records the autoscaler's newest change of network `id` (in the transaction that
+/// makes the change), so that reading the network needs no second query.
+pub async fn set_autoscaler(
+    conn: &impl ConnectionTrait,
+    id: Uuid,
+    status: &AutoscalerStatus,
+) -> Result<(), DbErr> {
+    let status = serde_json::to_value(status)
+        .map_err(|err| DbErr::Custom(format!("encoding autoscaler status: {err}")))?;
+    network::Entity::update_many()
+        .col_expr(network::Column::Autoscaler, Expr::value(status))
+        .filter(network::Column::Id.eq(id))
+        .exec(conn)
+        .await
+        .map(|_| ())
 }
 
 pub async fn set_phase(
