@@ -644,9 +644,13 @@ fn table_handoff_round_trip_moves_accounts_fees_and_outbox() {
     assert_eq!(conserved(&[&a, &b]), i128::from(a.supply()));
 
     // B now serves the moved table's outbox (from the next height on, when the table
-    // is B's), and the receipt, now between two of B's tables, credits.
+    // is B's). The receipt is now between two of B's tables, which no other shard
+    // credits: B's first block after the import credits it itself, and offering the
+    // proven receipt again is a duplicate (exactly once).
     assert!(b.outbox(table, dst, 0, 10, 1).unwrap().entries.is_empty());
+    assert_eq!(b.account(&bob.public_key()).unwrap().balance, 100);
     b.apply_block(2, &[]).unwrap();
+    assert_eq!(b.account(&bob.public_key()).unwrap().balance, 130);
     let proven = b.outbox(table, dst, 0, 10, 2).unwrap();
     let credits = proven
         .verify(table, dst, 0, &b.table_root_at(table, 2).unwrap().unwrap())
@@ -654,7 +658,10 @@ fn table_handoff_round_trip_moves_accounts_fees_and_outbox() {
     let outcome = b
         .apply_block_with_credits(3, &[], &credits, WriteBatch::default())
         .unwrap();
-    assert_eq!(outcome.credits, vec![CreditOutcome::Credited]);
+    assert_eq!(
+        outcome.credits,
+        vec![CreditOutcome::Duplicate { expected: 1 }]
+    );
     assert_eq!(b.account(&bob.public_key()).unwrap().balance, 130);
 
     // B executes the moved table's transactions; A refuses them now.
