@@ -398,6 +398,14 @@ async fn request(
         .map_err(|e| anyhow!("the console answered {url} with something that is not JSON: {e}"))
 }
 
+/// Whether `e` is the console's `503 table_handoff`: the account's table is moving to
+/// another shard and the read may be repeated shortly.
+pub fn is_table_handoff(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Refused>().is_some_and(|r| {
+        r.status == StatusCode::SERVICE_UNAVAILABLE && r.code.as_deref() == Some("table_handoff")
+    })
+}
+
 pub fn is_unauthorized(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Refused>()
         .is_some_and(|r| r.status == StatusCode::UNAUTHORIZED)
@@ -419,6 +427,18 @@ mod tests {
         assert!(text.contains("request id r-1"), "{text}");
         let plain = Refused::from_body(StatusCode::BAD_GATEWAY, "");
         assert!(plain.to_string().contains("Bad Gateway"), "{plain}");
+    }
+
+    #[test]
+    fn only_a_table_handoff_is_a_handoff() {
+        let handoff = r#"{"status":503,"code":"table_handoff","detail":"table 86 is being handed off to shard 2; retry shortly"}"#;
+        let refused = Refused::from_body(StatusCode::SERVICE_UNAVAILABLE, handoff);
+        assert!(is_table_handoff(&anyhow::Error::from(refused)));
+        let other = r#"{"status":503,"code":"node_unavailable","detail":"no node answered"}"#;
+        let refused = Refused::from_body(StatusCode::SERVICE_UNAVAILABLE, other);
+        assert!(!is_table_handoff(&anyhow::Error::from(refused)));
+        let wrong_status = Refused::from_body(StatusCode::CONFLICT, handoff);
+        assert!(!is_table_handoff(&anyhow::Error::from(wrong_status)));
     }
 
     #[test]

@@ -11,13 +11,14 @@ mod output;
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use client::Console;
+use client::{Console, is_table_handoff};
 use output::{
     Format, INVITATION_COLUMNS, MEMBER_COLUMNS, NETWORK_COLUMNS, RECEIVED_INVITATION_COLUMNS,
 };
@@ -730,15 +731,32 @@ fn account_of(key_file: &std::path::Path) -> Result<String> {
         .ok_or_else(|| anyhow!("{} holds no admin_public_key", key_file.display()))
 }
 
-/// An account's next nonce, as the shard owning it has committed.
+/// How long a read waits out a table handoff (a shard-count change moving the
+/// account's table: the console answers `503 table_handoff` until the new owner has
+/// imported it, normally within seconds).
+const HANDOFF_PATIENCE: Duration = Duration::from_secs(60);
+
+/// An account's next nonce, as the shard owning it has committed. A read is safe to
+/// repeat, so one refused because the account's table is being handed off is asked
+/// again each second (the console's `Retry-After`) for up to [`HANDOFF_PATIENCE`].
 async fn next_nonce(console: &mut Console, id: &str, account: &str) -> Result<u64> {
-    let answer = node_call(
-        console,
-        id,
-        "trellis_getAccount",
-        json!({"account": account}),
-    )
-    .await?;
+    let started = std::time::Instant::now();
+    let answer = loop {
+        match node_call(
+            console,
+            id,
+            "trellis_getAccount",
+            json!({"account": account}),
+        )
+        .await
+        {
+            Err(e) if is_table_handoff(&e) && started.elapsed() < HANDOFF_PATIENCE => {
+                eprintln!("{e:#}; asking again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            answer => break answer?,
+        }
+    };
     answer["nonce"]
         .as_u64()
         .ok_or_else(|| anyhow!("the node's account answer carries no nonce"))
