@@ -39,6 +39,7 @@
 pub mod addresses;
 mod admission;
 mod load;
+mod member_change;
 pub mod plan;
 pub mod process;
 pub mod record;

@@ -19,23 +19,20 @@
 //! blocks the supervisor.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{Value, json};
-use trellis_node_api::{MembersInfo, methods};
-use trellis_node_types::{
-    GovernanceAction, GovernanceTx, MemberSpec, Proposal, public_key_from_hex, to_hex,
-};
+use trellis_node_api::MembersInfo;
+use trellis_node_types::{GovernanceAction, MemberSpec, Proposal, public_key_from_hex};
 use uuid::Uuid;
 
+use super::member_change::{
+    Change, Pending, for_each_pending, mark_node, propose, read_members, record,
+};
 use super::record::{ChainRecord, NodeRecord};
-use super::{Inner, p2p_address, rpc_address};
-use crate::provisioner::{GovernanceProposal, MemberChainState};
+use super::{Inner, p2p_address};
 
 /// How often the admission step runs.
 pub(super) const ADMIT_EVERY: Duration = Duration::from_secs(2);
-/// A submitted admission is given this long to show up before it is sent again.
-pub(super) const RESUBMIT_AFTER: Duration = Duration::from_secs(30);
 
 /// Where a node stands in the chain's registry.
 #[derive(Debug, PartialEq, Eq)]
@@ -88,101 +85,24 @@ pub(super) fn admission_proposal(
     Ok(proposal)
 }
 
-/// One JSON-RPC call to a node: its result, or the error as text.
-pub(super) async fn call(
-    http: &reqwest::Client,
-    node: &NodeRecord,
-    method: &str,
-    params: Value,
-) -> Result<Value, String> {
-    let url = format!("http://{}{}", rpc_address(node), trellis_node_api::RPC_PATH);
-    let response = http
-        .post(url)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-        .send()
-        .await
-        .map_err(|e| format!("{} unreachable: {e}", node.name))?;
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|e| format!("{} answered no JSON: {e}", node.name))?;
-    if let Some(error) = body.get("error") {
-        return Err(format!(
-            "{method} refused ({}): {}",
-            error["code"],
-            error["message"].as_str().unwrap_or("")
-        ));
-    }
-    Ok(body.get("result").cloned().unwrap_or(Value::Null))
-}
-
-/// A node waiting for admission, with what is needed to admit it.
-struct Waiting {
-    network: Uuid,
-    chain: ChainRecord,
-    node: NodeRecord,
-}
-
 pub(super) async fn admit_forever(inner: std::sync::Weak<Inner>) {
     loop {
         tokio::time::sleep(ADMIT_EVERY).await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        admit_once(&inner).await;
+        for_each_pending(&inner, NodeRecord::awaits_admission, admit).await;
         super::removal::remove_once(&inner).await;
     }
 }
 
-async fn admit_once(inner: &Arc<Inner>) {
-    let waiting: Vec<Waiting> = {
-        let fleet = inner.fleet.lock().await;
-        fleet
-            .networks
-            .values()
-            .filter(|r| !r.deleting && !r.stopped && !r.paused)
-            .flat_map(|r| {
-                r.chains.iter().filter(|c| !c.retired).flat_map(move |c| {
-                    c.nodes
-                        .iter()
-                        .filter(|n| n.awaits_admission())
-                        .map(move |n| Waiting {
-                            network: r.network_id,
-                            chain: c.clone(),
-                            node: n.clone(),
-                        })
-                })
-            })
-            .collect()
-    };
-    for item in waiting {
-        let outcome = admit(inner, &item).await;
-        let mut notes = inner.admission_notes.lock().await;
-        match outcome {
-            Ok(None) => {
-                notes.remove(&(item.network, item.node.name.clone()));
-            }
-            Ok(Some(note)) | Err(note) => {
-                notes.insert((item.network, item.node.name.clone()), note);
-            }
-        }
-    }
-}
-
 /// One admission attempt; `Ok(None)` once the node is admitted, else what is happening.
-async fn admit(inner: &Arc<Inner>, item: &Waiting) -> Result<Option<String>, String> {
+async fn admit(inner: &Arc<Inner>, item: &Pending) -> Result<Option<String>, String> {
     let name = &item.node.name;
     let Some(validator) = item.chain.nodes.iter().find(|n| n.is_validator()) else {
         return Err(format!("{name}: the chain has no validator to ask"));
     };
-    let members: MembersInfo = serde_json::from_value(
-        call(&inner.http, validator, methods::GET_MEMBERS, Value::Null)
-            .await
-            .map_err(|e| {
-                format!("{name} waits for its admission; the chain's members cannot be read: {e}")
-            })?,
-    )
-    .map_err(|e| format!("{name}: unexpected trellis_getMembers answer: {e}"))?;
+    let members = read_members(inner, validator, name, "waits for its admission").await?;
     if standing(&item.node, &members) == Standing::Admitted {
         mark_admitted(inner, item.network, name).await?;
         record(
@@ -197,123 +117,16 @@ async fn admit(inner: &Arc<Inner>, item: &Waiting) -> Result<Option<String>, Str
         .await;
         return Ok(None);
     }
-    {
-        let submitted = inner.admission_sent.lock().await;
-        if submitted
-            .get(&(item.network, name.clone()))
-            .is_some_and(|at| at.elapsed() < RESUBMIT_AFTER)
-        {
-            return Ok(Some(format!(
-                "{name}: admission sent; waiting for it to be final"
-            )));
-        }
-    }
-    let proposal = admission_proposal(&item.chain, &item.node, &members)?;
-    let Some(signer) = inner.signer.get() else {
-        return Err(format!(
-            "{name}: no governance signer is attached to this console, so it cannot approve \
-             the admission"
-        ));
-    };
-    let admin_keys: Vec<String> = members
-        .members
-        .iter()
-        .map(|m| m.admin_key.clone())
-        .collect();
-    let approvals = signer.approve(item.network, &admin_keys, &proposal).await?;
-    let published = GovernanceProposal {
-        action: "Admit".to_owned(),
-        node: name.clone(),
-        chain_id: proposal.chain_id.clone(),
-        sequence: proposal.sequence,
-        proposal: proposal.to_hex(),
-        proposal_hash: to_hex(proposal.id().as_ref()),
-        threshold: u32::try_from(members.threshold).unwrap_or(u32::MAX),
-        approvers: admin_keys.clone(),
-        submitted_tx: None,
-    };
-    if approvals.len() < members.threshold {
-        record(
-            inner,
-            item.network,
-            &item.node,
-            "Invited",
-            "AwaitingApprovals",
-            format!(
-                "{name}: {} of the {} approvals the chain needs are held",
-                approvals.len(),
-                members.threshold
-            ),
-            Some(published),
-        )
-        .await;
-        return Err(format!(
-            "{name}: the chain needs {} approvals of its {} members to admit it; the console \
-             holds {} of them (custodied keys, and approvals organisations with their own \
-             keys posted for this proposal)",
-            members.threshold,
-            members.members.len(),
-            approvals.len()
-        ));
-    }
-    let tx = GovernanceTx::new(proposal, approvals);
-    let result = call(
-        &inner.http,
+    propose(
+        inner,
+        item,
         validator,
-        methods::SUBMIT_GOVERNANCE,
-        json!({"tx": tx.to_hex()}),
+        &members,
+        Change::Admission,
+        name,
+        || admission_proposal(&item.chain, &item.node, &members),
     )
     .await
-    .map_err(|e| format!("{name}: the chain refused the admission: {e}"))?;
-    inner
-        .admission_sent
-        .lock()
-        .await
-        .insert((item.network, name.clone()), Instant::now());
-    tracing::info!(node = %name, hash = %result["hash"], "admission governance transaction sent");
-    let submitted = result["hash"].as_str().map(str::to_owned);
-    record(
-        inner,
-        item.network,
-        &item.node,
-        "Proposed",
-        "GovernanceSubmitted",
-        format!("{name}: admission submitted; waiting for it to be final"),
-        Some(GovernanceProposal {
-            submitted_tx: submitted,
-            ..published
-        }),
-    )
-    .await;
-    Ok(Some(format!(
-        "{name}: admission {} sent; waiting for it to be final",
-        result["hash"].as_str().unwrap_or("?")
-    )))
-}
-
-/// Records where a member's admission (or removal) stands on chain, for the console's
-/// proposal endpoint.
-pub(super) async fn record(
-    inner: &Arc<Inner>,
-    network: Uuid,
-    node: &NodeRecord,
-    phase: &str,
-    reason: &str,
-    message: String,
-    proposal: Option<GovernanceProposal>,
-) {
-    let Some(member) = node.member.clone() else {
-        return;
-    };
-    inner.admission_states.lock().await.insert(
-        (network, member),
-        MemberChainState {
-            phase: Some(phase.to_owned()),
-            reason: Some(reason.to_owned()),
-            message: Some(message),
-            proposal,
-        },
-    );
 }
 
 async fn mark_admitted(inner: &Arc<Inner>, network: Uuid, name: &str) -> Result<(), String> {
@@ -322,36 +135,6 @@ async fn mark_admitted(inner: &Arc<Inner>, network: Uuid, name: &str) -> Result<
     })
     .await?;
     tracing::info!(node = name, "admitted on chain; starting it");
-    Ok(())
-}
-
-/// Changes the node `name` of `network` with `change`, records it durably (`what` names
-/// the change in the error), then lets the supervisor start or stop nodes to match.
-pub(super) async fn mark_node(
-    inner: &Arc<Inner>,
-    network: Uuid,
-    name: &str,
-    what: &str,
-    change: impl Fn(&mut NodeRecord),
-) -> Result<(), String> {
-    let mut fleet = inner.fleet.lock().await;
-    let Some(record) = fleet.networks.get_mut(&network) else {
-        return Ok(());
-    };
-    let mut changed = record.clone();
-    for chain in &mut changed.chains {
-        for node in &mut chain.nodes {
-            if node.name == name {
-                change(node);
-            }
-        }
-    }
-    inner
-        .layout
-        .save(&changed)
-        .map_err(|e| format!("recording {name}'s {what}: {e}"))?;
-    *record = changed;
-    super::supervise(inner, &mut fleet);
     Ok(())
 }
 

@@ -18,17 +18,16 @@
 //! Every outcome is in the network's status message and the member's proposal.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use serde_json::{Value, json};
-use trellis_node_api::{ChangeKind, MembersInfo, methods};
-use trellis_node_types::{GovernanceAction, GovernanceTx, Proposal, to_hex};
+use trellis_node_api::{ChangeKind, MembersInfo};
+use trellis_node_types::{GovernanceAction, Proposal};
 use uuid::Uuid;
 
 use super::Inner;
-use super::admission::{RESUBMIT_AFTER, call, mark_node, record};
+use super::member_change::{
+    Change, Pending, for_each_pending, mark_node, propose, read_members, record,
+};
 use super::record::{ChainRecord, NodeRecord};
-use crate::provisioner::GovernanceProposal;
 
 /// Where a leaving node stands in the chain's registry.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,49 +77,12 @@ pub(super) fn removal_proposal(chain: &ChainRecord, name: &str, members: &Member
     }
 }
 
-struct Leaving {
-    network: Uuid,
-    chain: ChainRecord,
-    node: NodeRecord,
-}
-
 pub(super) async fn remove_once(inner: &Arc<Inner>) {
-    let leaving: Vec<Leaving> = {
-        let fleet = inner.fleet.lock().await;
-        fleet
-            .networks
-            .values()
-            .filter(|r| !r.deleting && !r.stopped && !r.paused)
-            .flat_map(|r| {
-                r.chains.iter().filter(|c| !c.retired).flat_map(move |c| {
-                    c.nodes
-                        .iter()
-                        .filter(|n| n.leaving && !n.removed)
-                        .map(move |n| Leaving {
-                            network: r.network_id,
-                            chain: c.clone(),
-                            node: n.clone(),
-                        })
-                })
-            })
-            .collect()
-    };
-    for item in leaving {
-        let outcome = remove(inner, &item).await;
-        let mut notes = inner.admission_notes.lock().await;
-        match outcome {
-            Ok(None) => {
-                notes.remove(&(item.network, item.node.name.clone()));
-            }
-            Ok(Some(note)) | Err(note) => {
-                notes.insert((item.network, item.node.name.clone()), note);
-            }
-        }
-    }
+    for_each_pending(inner, |n| n.leaving && !n.removed, remove).await;
 }
 
 /// One removal attempt; `Ok(None)` once the node is out and stopping.
-async fn remove(inner: &Arc<Inner>, item: &Leaving) -> Result<Option<String>, String> {
+async fn remove(inner: &Arc<Inner>, item: &Pending) -> Result<Option<String>, String> {
     let name = &item.node.name;
     // A validator that stays answers for the chain; the leaving ones only if none does.
     let Some(validator) = item
@@ -132,14 +94,7 @@ async fn remove(inner: &Arc<Inner>, item: &Leaving) -> Result<Option<String>, St
     else {
         return Err(format!("{name}: the chain has no validator to ask"));
     };
-    let members: MembersInfo = serde_json::from_value(
-        call(&inner.http, validator, methods::GET_MEMBERS, Value::Null)
-            .await
-            .map_err(|e| {
-                format!("{name} leaves the chain; the chain's members cannot be read: {e}")
-            })?,
-    )
-    .map_err(|e| format!("{name}: unexpected trellis_getMembers answer: {e}"))?;
+    let members = read_members(inner, validator, name, "leaves the chain").await?;
     let on_chain = match departure(&item.node, &members) {
         Departure::Gone => {
             mark_removed(inner, item.network, name).await?;
@@ -176,98 +131,16 @@ async fn remove(inner: &Arc<Inner>, item: &Leaving) -> Result<Option<String>, St
         }
         Departure::Member { name } => name,
     };
-    let sent_key = (item.network, format!("{name}/remove"));
-    if inner
-        .admission_sent
-        .lock()
-        .await
-        .get(&sent_key)
-        .is_some_and(|at| at.elapsed() < RESUBMIT_AFTER)
-    {
-        return Ok(Some(format!(
-            "{name}: removal sent; waiting for it to be final"
-        )));
-    }
-    let proposal = removal_proposal(&item.chain, &on_chain, &members);
-    let Some(signer) = inner.signer.get() else {
-        return Err(format!(
-            "{name}: no governance signer is attached to this console, so it cannot approve \
-             the removal"
-        ));
-    };
-    let admin_keys: Vec<String> = members
-        .members
-        .iter()
-        .map(|m| m.admin_key.clone())
-        .collect();
-    let approvals = signer.approve(item.network, &admin_keys, &proposal).await?;
-    let published = GovernanceProposal {
-        action: "Remove".to_owned(),
-        node: on_chain.clone(),
-        chain_id: proposal.chain_id.clone(),
-        sequence: proposal.sequence,
-        proposal: proposal.to_hex(),
-        proposal_hash: to_hex(proposal.id().as_ref()),
-        threshold: u32::try_from(members.threshold).unwrap_or(u32::MAX),
-        approvers: admin_keys,
-        submitted_tx: None,
-    };
-    if approvals.len() < members.threshold {
-        record(
-            inner,
-            item.network,
-            &item.node,
-            "Admitted",
-            "AwaitingApprovals",
-            format!(
-                "{name}: {} of the {} approvals the chain needs to remove it are held",
-                approvals.len(),
-                members.threshold
-            ),
-            Some(published),
-        )
-        .await;
-        return Err(format!(
-            "{name}: the chain needs {} approvals of its {} members to remove it; the console \
-             holds {} of them (custodied keys of the members that stay, and approvals \
-             organisations with their own keys posted for this proposal)",
-            members.threshold,
-            members.members.len(),
-            approvals.len()
-        ));
-    }
-    let tx = GovernanceTx::new(proposal, approvals);
-    let result = call(
-        &inner.http,
+    propose(
+        inner,
+        item,
         validator,
-        methods::SUBMIT_GOVERNANCE,
-        json!({"tx": tx.to_hex()}),
+        &members,
+        Change::Removal,
+        &on_chain,
+        || Ok(removal_proposal(&item.chain, &on_chain, &members)),
     )
     .await
-    .map_err(|e| format!("{name}: the chain refused the removal: {e}"))?;
-    inner
-        .admission_sent
-        .lock()
-        .await
-        .insert(sent_key, Instant::now());
-    tracing::info!(node = %name, hash = %result["hash"], "removal governance transaction sent");
-    record(
-        inner,
-        item.network,
-        &item.node,
-        "Admitted",
-        "GovernanceSubmitted",
-        format!("{name}: removal submitted; waiting for it to be final"),
-        Some(GovernanceProposal {
-            submitted_tx: result["hash"].as_str().map(str::to_owned),
-            ..published
-        }),
-    )
-    .await;
-    Ok(Some(format!(
-        "{name}: removal {} sent; waiting for it to be final",
-        result["hash"].as_str().unwrap_or("?")
-    )))
 }
 
 /// Marks `name` removed, durably, and lets the supervisor stop it.
