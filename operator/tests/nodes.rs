@@ -594,6 +594,8 @@ mod rolling {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for roll in &rolls {
+            // (partition, finalized height its step began at): the log shows the gate.
+            eprintln!("{} roll: {:?}", roll.committee.name, roll.seen);
             assert_eq!(roll.partitions(), [3, 2, 1, 0], "{}", roll.committee.name);
         }
 
