@@ -261,6 +261,17 @@ pub trait Provisioner: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<MemberChainState>, ProvisionError>> {
         Box::pin(async { Ok(None) })
     }
+
+    /// Why the founding member `organisation` cannot leave `network` on this provisioner
+    /// (a problem code and its message), asked before its removal is approved. `None`
+    /// (the default): nothing here stops it. Read-only.
+    fn founder_removal_refusal<'a>(
+        &'a self,
+        _network: &'a NetworkRef,
+        _organisation: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(&'static str, String)>, ProvisionError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// No provisioner configured: desired state is recorded, nothing is provisioned, and

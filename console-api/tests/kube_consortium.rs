@@ -36,9 +36,9 @@ use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use trellis_console::governance::CustodySigner;
 use trellis_console::provisioner::kube::KubeProvisioner;
-use trellis_console::provisioner::{NetworkRef, Provisioner};
+use trellis_console::provisioner::{NetworkRef, Provisioner, kube_governance};
 use trellis_crd::ChainMember;
-use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
+use trellis_e2e::kube::{TestNamespace, apply_crds, eventually, test_namespace};
 use trellis_node_types::{GovernanceTx, Proposal, Signer as _, test_key, to_hex};
 use trellis_operator::build::BuildOptions;
 use trellis_operator::chain::NodeRpc;
@@ -60,6 +60,19 @@ impl Drop for NodeProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The id of `organisation` in a member list.
+fn member_id(list: &serde_json::Value, organisation: &str) -> String {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["organisation"] == organisation)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Writes a pod's view of `node` (its committee's objects) under `dir` and starts it.
@@ -111,18 +124,19 @@ async fn objects(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_key_approvals() {
-    let Some(ns) = test_namespace("kubegov").await else {
-        return;
-    };
-    let binary = common::node_binary();
-    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
+/// The console on SQLite with the `kube` provisioner and its governance hand-over on
+/// the test cluster (with the CRDs applied).
+struct Console {
+    app: TestApp,
+    provisioner: KubeProvisioner,
+    _db: tempfile::TempDir,
+}
 
-    // The console with the kube provisioner and its governance hand-over.
+async fn console(ns: &TestNamespace) -> Console {
+    apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let provisioner = KubeProvisioner::new(ns.client.clone(), "registry.test/trellis-node");
-    let dir = tempfile::tempdir().unwrap();
-    let url = trellis_console::db::sqlite_url(dir.path());
+    let db = tempfile::tempdir().unwrap();
+    let url = trellis_console::db::sqlite_url(db.path());
     let app = TestApp::build_with(
         tempfile::tempdir().unwrap(),
         &url,
@@ -135,6 +149,57 @@ async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_ke
         app.state.master_key.clone(),
     )));
     provisioner.spawn_governance();
+    Console {
+        app,
+        provisioner,
+        _db: db,
+    }
+}
+
+/// The operator's network and member controllers in-process, reading the chain through
+/// their real node client over `resolver`; they stop when the sender is dropped.
+fn operator(
+    client: &kube::Client,
+    namespace: &str,
+    resolver: &Loopback,
+) -> tokio::sync::watch::Sender<()> {
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(NodeRpc::new(
+            Arc::new(resolver.clone()),
+            Duration::from_secs(2),
+        )),
+        BuildOptions::default(),
+        Arc::new(Metrics::new()),
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let shutdown = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
+        while stopped.changed().await.is_ok() {}
+    };
+    tokio::spawn(controller::run(
+        ctx.clone(),
+        Some(namespace.to_owned()),
+        shutdown(stopped.clone()),
+    ));
+    tokio::spawn(member::run(
+        ctx,
+        Some(namespace.to_owned()),
+        shutdown(stopped),
+    ));
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_key_approvals() {
+    let Some(ns) = test_namespace("kubegov").await else {
+        return;
+    };
+    let binary = common::node_binary();
+    let Console {
+        app,
+        provisioner,
+        _db,
+    } = console(&ns).await;
 
     // The owner's organisation name gives the tenant namespace trellis-<test namespace>.
     let founder = app.signup(&ns.name, "owner@founder.example").await;
@@ -168,25 +233,7 @@ async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_ke
         "alliance-m-delta-0".to_owned(),
         IpAddr::from([127, 0, 70, 24]),
     );
-    let ctx = Arc::new(Context::new(
-        ns.client.clone(),
-        Arc::new(NodeRpc::new(
-            Arc::new(resolver.clone()),
-            Duration::from_secs(2),
-        )),
-        BuildOptions::default(),
-        Arc::new(Metrics::new()),
-    ));
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    let shutdown = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
-        while stopped.changed().await.is_ok() {}
-    };
-    tokio::spawn(controller::run(
-        ctx.clone(),
-        Some(namespace.clone()),
-        shutdown(stopped.clone()),
-    ));
-    tokio::spawn(member::run(ctx, Some(namespace.clone()), shutdown(stopped)));
+    let stop = operator(&ns.client, &namespace, &resolver);
 
     // The founders' chain runs from the operator's objects.
     let shard_objects = objects(
@@ -447,35 +494,51 @@ async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_ke
     )
     .await;
 
-    // A founding member cannot be removed here (its validators are the network's own
-    // committee); Delta can: the three others approve, the console marks its
-    // ChainMember for removal, the operator publishes the `Remove` proposal, Initech
-    // signs it with its own key, and once the chain removed Delta the operator deletes
-    // its validators and the console deletes the ChainMember.
+    // A founding member cannot leave here: Acme's validator comes last in the shard's
+    // StatefulSet, but the committee left would have 3 validators, which tolerate no
+    // fault; Globex's is not the StatefulSet's last pod. Delta can: the three others
+    // approve, the console marks its ChainMember for removal, the operator publishes
+    // the `Remove` proposal, Initech signs it with its own key, and once the chain
+    // removed Delta the operator deletes its validators and the console deletes the
+    // ChainMember.
     let listed = app
         .get(
             &format!("/v1/networks/{network_id}/members"),
             &founder.token,
         )
         .await;
-    let acme = listed.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["organisation"] == "Acme")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id_of = |organisation: &str| member_id(&listed.body, organisation);
+    let below = app
+        .post(
+            &format!(
+                "/v1/networks/{network_id}/members/{}/removal",
+                id_of("Acme")
+            ),
+            &founder.token,
+            json!({}),
+        )
+        .await;
+    assert_problem(&below, StatusCode::CONFLICT, "committee_below_quorum");
+    assert!(
+        below.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("would leave 3"),
+        "{}",
+        below.text
+    );
     assert_problem(
         &app.post(
-            &format!("/v1/networks/{network_id}/members/{acme}/removal"),
+            &format!(
+                "/v1/networks/{network_id}/members/{}/removal",
+                id_of("Globex")
+            ),
             &founder.token,
             json!({}),
         )
         .await,
         StatusCode::CONFLICT,
-        "founding_member",
+        "founder_not_removable",
     );
     let removed = app
         .post(
@@ -599,6 +662,210 @@ async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_ke
             "{action} missing from {actions:?}"
         );
     }
+    drop(stop);
+    let _ = Api::<Namespace>::all(ns.client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await;
+}
+
+/// A founding organisation leaves a consortium on Kubernetes.
+///
+/// Real: the console API (SQLite) with the `kube` provisioner and its governance
+/// hand-over, a kube-apiserver with its StatefulSet controller (kwok runs no process in
+/// the pods), the operator's two controllers in-process with their real node client
+/// over the `Loopback` resolver, and five founders' validators as real `trellis-node`
+/// processes on 127.0.124.1–5 started from the objects the operator wrote. Five
+/// founders with custodied keys, one validator each; shard 0's deal puts Acme's last
+/// (ordinal 4). Globex's (ordinal 0) cannot leave the StatefulSet: refused up front.
+/// Acme's removal is approved by the four others; the console keeps Acme in the
+/// network's genesis membership and writes a `ChainMember` asking its removal; the
+/// operator publishes the `Remove` proposal, the console signs it with the four
+/// custodied keys, the operator submits it and, once the chain removed Acme's validator
+/// at the epoch boundary, the network's StatefulSet drops pod 4 (ledger claim kept).
+/// The four keep finalizing; a further founder's removal would leave 3 validators and
+/// is refused (`committee_below_quorum`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founding_organisation_leaves_a_kube_consortium() {
+    let Some(ns) = test_namespace("kubefound").await else {
+        return;
+    };
+    let binary = common::node_binary();
+    let Console { app, _db, .. } = console(&ns).await;
+    let founder = app.signup(&ns.name, "owner@acme.example").await;
+    let organisations = ["Acme", "Globex", "Initech", "Umbrella", "Hooli"];
+    let members: Vec<serde_json::Value> = organisations
+        .iter()
+        .map(|o| json!({"organisation": o, "nodes": 1}))
+        .collect();
+    let created = app
+        .post(
+            "/v1/networks",
+            &founder.token,
+            json!({"name": "alliance", "mode": "consortium", "epoch_length": 10,
+                   "members": members}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let network_id = created.body["id"].as_str().unwrap().to_string();
+    let namespace = format!("trellis-{}", ns.name);
+    let shard = "alliance-shard-0";
+    let mut resolver = Loopback::default();
+    for (i, last) in (0..5).zip(1u8..) {
+        resolver
+            .nodes
+            .insert(format!("{shard}-{i}"), IpAddr::from([127, 0, 124, last]));
+    }
+    let stop = operator(&ns.client, &namespace, &resolver);
+
+    let shard_objects = objects(
+        &ns.client,
+        &namespace,
+        &format!("{shard}-config"),
+        "alliance-genesis",
+        &format!("{shard}-keys"),
+    )
+    .await;
+    let nodes_dir = tempfile::tempdir().unwrap();
+    let node = |i: usize| NodeRef {
+        namespace: namespace.clone(),
+        committee: shard.to_owned(),
+        node: format!("{shard}-{i}"),
+    };
+    let mut processes: Vec<Option<NodeProcess>> = (0..5)
+        .map(|i| {
+            Some(start_node(
+                nodes_dir.path(),
+                &binary,
+                &node(i),
+                &shard_objects,
+                &resolver,
+            ))
+        })
+        .collect();
+    let rpc = NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(2));
+    let status_of = |i: usize, validators: usize| {
+        let (rpc, node) = (rpc.clone(), node(i));
+        async move {
+            let status: trellis_node_api::NodeStatus =
+                rpc.call(&node, "trellis_status", ()).await.ok()?;
+            (status.finalized_height > 0 && status.validators.len() == validators).then_some(status)
+        }
+    };
+    eventually("five founders finalize", WAIT, || status_of(0, 5)).await;
+
+    let listed = app
+        .get(
+            &format!("/v1/networks/{network_id}/members"),
+            &founder.token,
+        )
+        .await;
+    let removal = |organisation: &str| {
+        format!(
+            "/v1/networks/{network_id}/members/{}/removal",
+            member_id(&listed.body, organisation)
+        )
+    };
+    // Globex's validator is pod 0: a StatefulSet cannot drop it.
+    let refused = app
+        .post(&removal("Globex"), &founder.token, json!({}))
+        .await;
+    assert_problem(&refused, StatusCode::CONFLICT, "founder_not_removable");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("acme (running alliance-shard-0-4) can leave first"),
+        "{}",
+        refused.text
+    );
+    let removed = app.post(&removal("Acme"), &founder.token, json!({})).await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
+    assert_eq!(
+        removed.body["member"]["state"], "Removed",
+        "{}",
+        removed.text
+    );
+
+    // The genesis membership stays; a ChainMember asks the operator to remove Acme.
+    let networks: Api<trellis_crd::ChainNetwork> = Api::namespaced(ns.client.clone(), &namespace);
+    let members: Api<ChainMember> = Api::namespaced(ns.client.clone(), &namespace);
+    let acme = eventually("Acme's ChainMember", WAIT, || {
+        let members = members.clone();
+        async move { members.get_opt("alliance-acme").await.ok()? }
+    })
+    .await;
+    assert!(acme.spec.remove);
+    let genesis = networks.get("alliance").await.unwrap().spec.members;
+    assert_eq!(genesis.len(), 5, "genesis membership kept");
+    // The chain removes it, then the StatefulSet drops its pod.
+    let gone = eventually("Acme removed on chain", WAIT, || {
+        let members = members.clone();
+        async move {
+            let m = members.get("alliance-acme").await.ok()?;
+            (m.status.as_ref()?.phase == Some(trellis_crd::MemberPhase::Removed)).then_some(m)
+        }
+    })
+    .await;
+    let status = gone.status.unwrap();
+    let message = &status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("drops validators alliance-shard-0-4"),
+        "{message}"
+    );
+    let sets: Api<StatefulSet> = Api::namespaced(ns.client.clone(), &namespace);
+    eventually("the StatefulSet without pod 4", WAIT, || {
+        let sets = sets.clone();
+        async move {
+            let set = sets.get(shard).await.ok()?;
+            (set.spec?.replicas == Some(4)).then_some(())
+        }
+    })
+    .await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ns.client.clone(), &namespace);
+    eventually("pod 4 gone", WAIT, || {
+        let pods = pods.clone();
+        async move {
+            pods.get_opt(&format!("{shard}-4"))
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(ns.client.clone(), &namespace);
+    assert!(
+        claims
+            .get_opt(&format!("ledger-{shard}-4"))
+            .await
+            .unwrap()
+            .is_some(),
+        "ledger claim kept"
+    );
+    processes[4] = None;
+    let four = eventually("four validators", WAIT, || status_of(0, 4)).await;
+    eventually("the four keep finalizing", WAIT, || {
+        let (rpc, node, before) = (rpc.clone(), node(0), four.finalized_height);
+        async move {
+            let status: trellis_node_api::NodeStatus =
+                rpc.call(&node, "trellis_status", ()).await.ok()?;
+            (status.finalized_height > before + 3).then_some(())
+        }
+    })
+    .await;
+    // The console keeps the founder's record (the operator keeps pod 4 out by it), and
+    // a further founder would leave three validators.
+    tokio::time::sleep(kube_governance::HAND_OVER_EVERY * 2).await;
+    assert!(members.get_opt("alliance-acme").await.unwrap().is_some());
+    let below = app.post(&removal("Hooli"), &founder.token, json!({})).await;
+    assert_problem(&below, StatusCode::CONFLICT, "committee_below_quorum");
+    drop(processes);
     drop(stop);
     let _ = Api::<Namespace>::all(ns.client.clone())
         .delete(&namespace, &DeleteParams::background())

@@ -21,6 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
+use trellis_crd::founders;
 use trellis_crd::topology::{NetworkId, plan_with_shards};
 use trellis_crd::validate::validate;
 use trellis_crd::{ChainNetwork, ChainNetworkStatus, NetworkEndpoints};
@@ -374,8 +375,12 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         view.shard_count.max(view.pending_shard_count.unwrap_or(0))
     });
     let candidates = desired.max(recorded).max(beacon_count).max(existing_slots);
+    // Admitted members' validators vote in shard 0; founders removed from the chain
+    // leave its StatefulSet (trellis_crd::founders).
+    let (members, retired) = member_validators(client, network).await?;
+    let provisioned = |t| founders::retire(genesis::provisioned(t), &retired);
     let candidate_topology = match plan_with_shards(&id, &network.spec, candidates) {
-        Ok(t) => genesis::provisioned(t),
+        Ok(t) => provisioned(t),
         // validate() passed, so planning cannot fail; treat it as a build error if it does.
         Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
     };
@@ -395,10 +400,9 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     let shard_plan = reshard::plan(desired, recorded, chain.as_ref().ok(), &slots);
     let in_service = shard_plan.in_service;
     let topology = match plan_with_shards(&id, &network.spec, shard_plan.provisioned) {
-        Ok(t) => genesis::provisioned(t),
+        Ok(t) => provisioned(t),
         Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
     };
-    let members = member_validators(client, network).await?;
     let mut rollouts = BTreeMap::new();
 
     let mut new_validators = Vec::new();
@@ -719,25 +723,20 @@ fn beacon_endpoint(
 async fn member_validators(
     client: &Client,
     network: &ChainNetwork,
-) -> Result<Vec<build::MemberValidators>, Error> {
+) -> Result<(Vec<build::MemberValidators>, Vec<String>), Error> {
     if network.spec.mode != trellis_crd::NetworkMode::Consortium {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let namespace = network.namespace().unwrap_or_default();
     let name = network.name_any();
-    let members: Api<trellis_crd::ChainMember> = Api::all(client.clone());
+    let members = crate::member::all_members(client).await?;
+    let retired = founders::retired_founders(network, &members);
     let mut found = Vec::new();
-    for member in members.list(&ListParams::default()).await? {
+    for member in members {
         let member_ns = member.namespace().unwrap_or_default();
-        let network_ns = member
-            .spec
-            .network
-            .namespace
-            .clone()
-            .unwrap_or_else(|| member_ns.clone());
         let admitted = member.status.as_ref().and_then(|s| s.phase)
             == Some(trellis_crd::MemberPhase::Admitted);
-        if member.spec.network.name != name || network_ns != namespace || !admitted {
+        if !founders::of_network(&member, &name, &namespace) || !admitted {
             continue;
         }
         let committee =
@@ -755,7 +754,7 @@ async fn member_validators(
             ready: observed.ready_replicas,
         });
     }
-    Ok(found)
+    Ok((found, retired))
 }
 
 /// Asks every shard committee's validators for their status, and records how long each

@@ -22,7 +22,11 @@
 //!
 //! Each step is a condition reason, and each change of reason a Kubernetes Event.
 //! Organisations listed in the network's own `spec.members` are members from genesis
-//! and are `Admitted` at once. The pure parts are [`admission`] (governance) and
+//! and are `Admitted` at once. Such a founder asked to leave (`spec.remove`) is removed
+//! by the same steps over its validators in the network's shard 0, refused while the
+//! committee left would not tolerate a fault or its validators are not the
+//! StatefulSet's last pods (`trellis_crd::founders`); once it is `Removed` the network
+//! controller drops those pods. The pure parts are [`admission`] (governance) and
 //! [`nodes`] (the validators' objects).
 
 pub mod admission;
@@ -42,6 +46,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
+use trellis_crd::founders::{self, is_founder, retired_founders};
 use trellis_crd::member::{GOVERNANCE_TX_ENTRY, MemberPhase};
 use trellis_crd::topology::{Committee, NetworkId, plan};
 use trellis_crd::validate::{is_dns_label, is_hex_key};
@@ -156,24 +161,15 @@ pub fn precheck(member: &ChainMember, network: &NetworkLookup) -> Option<Outcome
             spec.network.name
         )));
     }
-    let genesis_member = network.spec.members.iter().any(|m| {
-        m.name == spec.organization
-            && m.admin_public_key
-                .eq_ignore_ascii_case(&spec.admin_public_key)
-    });
-    match (genesis_member, spec.remove) {
-        (true, false) => Some(Outcome::GenesisMember),
-        // A genesis member's validators are the network's own committee validators,
-        // which only the network's spec changes.
-        (true, true) => Some(Outcome::Blocked {
-            reason: "GenesisMemberRemoval",
-            message: "a member listed in the network's spec.members runs validators of the \
-                      network's own committees; removing it through ChainMember is not \
-                      supported yet"
-                .to_owned(),
-        }),
-        (false, _) => None,
-    }
+    // A founder asked to leave is removed through governance like any member; its
+    // validators are the network's own (see `Seats::Founder`).
+    (is_founder(member, network) && !spec.remove).then_some(Outcome::GenesisMember)
+}
+
+/// Every `ChainMember` in the cluster (members may live in any namespace).
+pub async fn all_members(client: &kube::Client) -> Result<Vec<ChainMember>, Error> {
+    let api: Api<ChainMember> = Api::all(client.clone());
+    Ok(api.list(&kube::api::ListParams::default()).await?.items)
 }
 
 /// Computes a member's next status from the outcome. Pure.
@@ -331,7 +327,20 @@ pub async fn reconcile(member: Arc<ChainMember>, ctx: Arc<Context>) -> Result<Ac
         ),
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let next = member_status(&member, &outcome, chain, &now);
+    // A founder is a member from genesis, also when its resource is new (one the
+    // console writes to remove it).
+    let founder = match &lookup {
+        NetworkLookup::Found(network)
+            if is_founder(&member, network)
+                && member.status.as_ref().and_then(|s| s.phase).is_none() =>
+        {
+            let mut founder = (*member).clone();
+            founder.status.get_or_insert_with(Default::default).phase = Some(MemberPhase::Admitted);
+            Some(founder)
+        }
+        _ => None,
+    };
+    let next = member_status(founder.as_ref().unwrap_or(&member), &outcome, chain, &now);
     write_status(&ctx, &member, &own_ns, next).await?;
     Ok(Action::requeue(outcome.requeue()))
 }
@@ -380,29 +389,53 @@ async fn govern(
             })
             .collect(),
     };
-    let count = u32::try_from(spec.nodes).unwrap_or(1).max(1);
-    let committee = nodes::member_committee(&network_name, &spec.organization, count);
-
-    let (key_secret, node_keys) = match member_keys(ctx, member, own_ns, &committee).await? {
-        Ok(keys) => keys,
-        Err(message) => return Ok(blocked("NodeKeysUnavailable", message)),
+    let seats = if is_founder(member, network) {
+        match founder_keys(ctx, &spec.organization, shard, network_ns).await? {
+            Ok(node_keys) => Seats::Founder {
+                committee: shard.clone(),
+                node_keys,
+            },
+            Err(message) => return Ok(blocked("NodeKeysUnavailable", message)),
+        }
+    } else {
+        let count = u32::try_from(spec.nodes).unwrap_or(1).max(1);
+        let committee = nodes::member_committee(&network_name, &spec.organization, count);
+        match member_keys(ctx, member, own_ns, &committee).await? {
+            Ok((key_secret, node_keys)) => Seats::Own {
+                committee,
+                key_secret,
+                node_keys,
+            },
+            Err(message) => return Ok(blocked("NodeKeysUnavailable", message)),
+        }
+    };
+    let (committee, node_keys, nodes_ns) = match &seats {
+        Seats::Own {
+            committee,
+            node_keys,
+            ..
+        } => (committee, node_keys, own_ns),
+        Seats::Founder {
+            committee,
+            node_keys,
+        } => (committee, node_keys, network_ns),
     };
     let member_nodes: Vec<MemberNode> = committee
         .nodes
         .iter()
-        .map(|n| {
+        .filter_map(|n| {
             let node = NodeRef {
-                namespace: own_ns.to_owned(),
+                namespace: nodes_ns.to_owned(),
                 committee: committee.name.clone(),
                 node: n.name.clone(),
             };
-            MemberNode {
+            Some(MemberNode {
                 name: n.name.clone(),
-                node_key: node_keys.get(&n.name).cloned().unwrap_or_default(),
+                node_key: node_keys.get(&n.name)?.clone(),
                 p2p_address: ctx.chain.p2p_address(&node).unwrap_or_else(|| {
-                    build::node_p2p_address(&n.name, &committee.name, own_ns, &ctx.options)
+                    build::node_p2p_address(&n.name, &committee.name, nodes_ns, &ctx.options)
                 }),
-            }
+            })
         })
         .collect();
 
@@ -433,16 +466,17 @@ async fn govern(
         Ok(step) => step,
         Err(message) => return Ok(blocked("InvalidProposal", message)),
     };
-    let proposal = match step {
-        Step::Done if !removal => {
+    let proposal = match (step, &seats) {
+        (
+            Step::Done,
+            Seats::Own {
+                committee,
+                key_secret,
+                node_keys,
+            },
+        ) if !removal => {
             let outcome = match provision(
-                ctx,
-                member,
-                network,
-                &committee,
-                own_ns,
-                &key_secret,
-                &node_keys,
+                ctx, member, network, committee, own_ns, key_secret, node_keys,
             )
             .await?
             {
@@ -454,16 +488,40 @@ async fn govern(
             };
             return Ok((outcome, view));
         }
-        Step::Done => {
-            remove_validators(ctx, own_ns, &committee).await?;
+        // Only a founder asked to leave gets here (precheck).
+        (Step::Done, Seats::Founder { .. }) if !removal => {
+            return Ok((Outcome::GenesisMember, view));
+        }
+        (Step::Done, Seats::Own { key_secret, .. }) => {
+            remove_validators(ctx, own_ns, committee).await?;
             let message = format!(
                 "removed from the chain; validators {} deleted (key Secret {key_secret} and ledger claims kept)",
-                names(&committee)
+                names(committee)
             );
             return Ok((Outcome::Removed(message), view));
         }
-        Step::Wait(message) => return Ok((Outcome::Pending { removal, message }, view)),
-        Step::Propose(proposal) => *proposal,
+        (Step::Done, Seats::Founder { .. }) => {
+            // The network controller drops them from the StatefulSet once this member
+            // is `Removed` (trellis_crd::founders::retire).
+            let gone: Vec<&str> = member_nodes.iter().map(|n| n.name.as_str()).collect();
+            let message = format!(
+                "removed from the chain; the network drops validators {} from StatefulSet {} \
+                 (key Secret entries and ledger claims kept)",
+                gone.join(", "),
+                committee.name
+            );
+            return Ok((Outcome::Removed(message), view));
+        }
+        (Step::Wait(message), _) => return Ok((Outcome::Pending { removal, message }, view)),
+        (Step::Propose(proposal), Seats::Founder { .. }) => {
+            if let Some(message) =
+                founder_refusal(ctx, member, network, &topology, &member_nodes, &registry).await?
+            {
+                return Ok((message, view));
+            }
+            *proposal
+        }
+        (Step::Propose(proposal), Seats::Own { .. }) => *proposal,
     };
 
     let proposal_hash = to_hex(proposal.id().as_ref());
@@ -622,6 +680,108 @@ fn names(committee: &Committee) -> String {
         .map(|n| n.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The validators a member's governance is about.
+enum Seats {
+    /// Its own, admitted after genesis: provisioned in its namespace once admitted,
+    /// deleted once removed.
+    Own {
+        committee: Committee,
+        key_secret: String,
+        node_keys: BTreeMap<String, String>,
+    },
+    /// A founder's, in the network's shard 0 (`committee`, the registry committee;
+    /// `node_keys` name the validators dealt to the founder): removed from the chain like
+    /// any member's, then dropped from the StatefulSet by the network controller.
+    Founder {
+        committee: Committee,
+        node_keys: BTreeMap<String, String>,
+    },
+}
+
+/// The node public keys, by pod name, of `organisation`'s validators in `shard`, read
+/// from the shard's key Secret in the network's namespace. `Ok(Err(message))`: it runs
+/// none, or their keys cannot be read.
+async fn founder_keys(
+    ctx: &Context,
+    organisation: &str,
+    shard: &Committee,
+    network_ns: &str,
+) -> Result<Result<BTreeMap<String, String>, String>, Error> {
+    let name = build::key_secret_name(shard);
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), network_ns)
+        .get_opt(&name)
+        .await?;
+    let mut node_keys = BTreeMap::new();
+    for node in shard
+        .nodes
+        .iter()
+        .filter(|n| n.member.as_deref() == Some(organisation))
+    {
+        let entry = keys::node_entry(&node.name);
+        let set = match keys::complete_keys(&name, secret.as_ref(), std::slice::from_ref(&entry)) {
+            Ok(set) => set,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        match set.public_keys.get(&entry) {
+            Some(key) if set.missing.is_empty() => {
+                node_keys.insert(node.name.clone(), key.node.clone());
+            }
+            _ => {
+                return Ok(Err(format!(
+                    "Secret {name} in namespace {network_ns} has no entry {entry} (the key of \
+                     founder {organisation}'s validator)"
+                )));
+            }
+        }
+    }
+    if node_keys.is_empty() {
+        return Ok(Err(format!(
+            "founder {organisation} runs no validator of {}",
+            shard.name
+        )));
+    }
+    Ok(Ok(node_keys))
+}
+
+/// Why a founder's removal is not proposed, checked before each proposal: the committee
+/// it leaves must still tolerate a fault, and its validators must be the last pods of
+/// shard 0's StatefulSet after the founders that left before
+/// (`trellis_crd::founders`).
+async fn founder_refusal(
+    ctx: &Context,
+    member: &ChainMember,
+    network: &ChainNetwork,
+    topology: &trellis_crd::topology::Topology,
+    nodes: &[MemberNode],
+    registry: &trellis_node_api::MembersInfo,
+) -> Result<Option<Outcome>, Error> {
+    let organisation = &member.spec.organization;
+    let leaving = nodes
+        .iter()
+        .filter(|n| {
+            matches!(
+                admission::standing(&n.node_key, registry),
+                admission::Standing::Member { .. }
+            )
+        })
+        .count();
+    if let Some(message) = founders::quorum_refusal(organisation, registry.members.len(), leaving) {
+        return Ok(Some(Outcome::Blocked {
+            reason: "RemovalBelowQuorum",
+            message,
+        }));
+    }
+    let mut retired = retired_founders(network, &all_members(&ctx.client).await?);
+    retired.retain(|o| o != organisation);
+    let remaining = founders::retire(topology.clone(), &retired);
+    Ok(founders::founder_exit(&remaining, organisation)
+        .err()
+        .map(|message| Outcome::Blocked {
+            reason: "FounderNotRemovable",
+            message,
+        }))
 }
 
 /// The member's key Secret and its validators' node public keys by pod name. The
@@ -816,7 +976,12 @@ async fn write_status(
         let warning = transition.reason.starts_with("GovernanceTx")
             || matches!(
                 transition.reason.as_str(),
-                "GovernanceRefused" | "InvalidSpec" | "RegistryUnreachable" | "NodeKeysUnavailable"
+                "GovernanceRefused"
+                    | "InvalidSpec"
+                    | "RegistryUnreachable"
+                    | "NodeKeysUnavailable"
+                    | "RemovalBelowQuorum"
+                    | "FounderNotRemovable"
             );
         let event = Event {
             type_: if warning {
@@ -905,14 +1070,36 @@ mod tests {
         let s = status(&m, &outcome);
         assert_eq!(s.phase, Some(MemberPhase::Admitted));
         assert_eq!(admitted(&s), ("True".into(), "GenesisMember".into()));
-        // Its validators are the network's: removal is refused with a reason.
-        assert!(matches!(
-            precheck(&member("org-a", true), &consortium()),
-            Some(Outcome::Blocked {
-                reason: "GenesisMemberRemoval",
-                ..
-            })
-        ));
+        // Asked to leave, a founder goes through governance like any member.
+        assert_eq!(precheck(&member("org-a", true), &consortium()), None);
+    }
+
+    #[test]
+    fn retired_founders_are_those_removed_on_chain() {
+        let NetworkLookup::Found(mut network) = consortium() else {
+            unreachable!()
+        };
+        network.metadata.namespace = Some("ns".into());
+        let removed = |org: &str, phase: MemberPhase| {
+            let mut m = member(org, true);
+            m.metadata.namespace = Some("ns".into());
+            m.status = Some(ChainMemberStatus {
+                phase: Some(phase),
+                ..ChainMemberStatus::default()
+            });
+            m
+        };
+        let founder_gone = removed("org-a", MemberPhase::Removed);
+        assert_eq!(
+            retired_founders(&network, std::slice::from_ref(&founder_gone)),
+            ["org-a"]
+        );
+        // Still on chain, a later member, another network's: not retired.
+        assert!(retired_founders(&network, &[removed("org-a", MemberPhase::Admitted)]).is_empty());
+        assert!(retired_founders(&network, &[removed("org-b", MemberPhase::Removed)]).is_empty());
+        let mut elsewhere = founder_gone;
+        elsewhere.spec.network.namespace = Some("other".into());
+        assert!(retired_founders(&network, &[elsewhere]).is_empty());
     }
 
     #[test]

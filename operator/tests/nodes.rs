@@ -225,15 +225,16 @@ mod rolling {
     //! A node image change on the real test cluster, with the chain read from real nodes.
     //!
     //! What is real: the apiserver, the StatefulSet controller replacing pods as the
-    //! operator lowers the partition, kwok making the new pods Ready, the operator's
-    //! reconciler (in-process) with its JSON-RPC client, and shard 0's four
-    //! `trellis-node` processes on 127.0.30.11–14, started from the key Secret, genesis
-    //! and config ConfigMaps the operator wrote into the cluster. What is not: kwok pods
-    //! run no process, so the test plays the kubelet for shard 0 — when a pod is
-    //! replaced, it restarts that validator's process (SIGKILL, same data dir). The
-    //! beacon's pods have no process here (tests/sharded.rs runs a beacon): its roll is
-    //! gated on the beacon's finality like a shard's, so with no beacon validator
-    //! answering it holds before replacing any pod, although every beacon pod is Ready.
+    //! operator lowers each committee's partition, kwok making the new pods Ready, the
+    //! operator's reconciler (in-process) with its JSON-RPC client, and eight
+    //! `trellis-node` processes — the beacon committee on 127.0.123.1–4 and shard 0 on
+    //! 127.0.123.11–14 — started from the one genesis, the `node.toml`s and the key
+    //! Secrets the operator wrote into the cluster (the shard follows the beacon). Both
+    //! rolls are gated on finality read from those nodes: the beacon's on the beacon
+    //! chain's finalized height, the shard's on the shard's. What is not: kwok pods run
+    //! no process, so the test plays the kubelet — when a pod is replaced, it restarts
+    //! that validator's process (SIGKILL, same data dir) — and the pod network (the
+    //! resolver maps the DNS names, also those in the genesis, to loopback).
 
     use super::*;
     use std::sync::Arc;
@@ -241,9 +242,11 @@ mod rolling {
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::{ConfigMap, Pod};
     use kube::api::{Api, Patch, PatchParams, PostParams};
+    use trellis_crd::topology::Committee;
     use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
     use trellis_operator::chain::NodeRpc;
     use trellis_operator::controller::{self, Context};
+    use trellis_operator::endpoints::Loopback;
     use trellis_operator::metrics::Metrics;
     use trellis_operator::rollout::STEP_HEIGHT_ANNOTATION;
 
@@ -307,8 +310,67 @@ mod rolling {
         names
     }
 
+    /// One committee's roll as the test follows it: its processes and the partitions
+    /// seen, each with the finalized height its step began at.
+    struct Roll {
+        committee: Committee,
+        nodes: Vec<support::NodeProcess>,
+        seen: Vec<(i32, Option<u64>)>,
+        done: bool,
+    }
+
+    impl Roll {
+        /// Reads the StatefulSet once: checks that a lowered partition moved by one with
+        /// a step height past the previous step's, and restarts the validator just
+        /// replaced (the kubelet's part).
+        async fn follow(&mut self, sets: &Api<StatefulSet>, pods: &Api<Pod>) {
+            let set = sets.get(&self.committee.name).await.unwrap();
+            let p = partition(&set);
+            let (last, before) = *self.seen.last().unwrap();
+            let name = &self.committee.name;
+            if p < last {
+                assert_eq!(p, last - 1, "{name}: one validator at a time");
+                let updated = updated_pods(pods, &set).await;
+                assert!(
+                    updated.len() <= usize::try_from(4 - p).unwrap(),
+                    "{name}: partition {p} but {updated:?} replaced"
+                );
+                // The step that ended waited for finality past its own start: the next
+                // one begins higher (the last step records none: the roll is over).
+                let height = step_height(&set);
+                if let (Some(h), Some(before)) = (height, before) {
+                    assert!(
+                        h > before,
+                        "{name}: step at {p} began at {h}, not past {before}"
+                    );
+                }
+                assert_eq!(height.is_none(), p == 0, "{name}: step height at {p}");
+                self.seen.push((p, height));
+                let i = usize::try_from(p).unwrap();
+                self.nodes[i].kill();
+                self.nodes[i].start();
+            }
+            let status = set.status.clone().unwrap_or_default();
+            self.done = p == 0
+                && status.updated_replicas == Some(4)
+                && status.current_revision == status.update_revision;
+            for node in &mut self.nodes {
+                assert!(node.running(), "{} exited:\n{}", node.name, node.log());
+            }
+        }
+
+        fn partitions(&self) -> Vec<i32> {
+            self.seen.iter().map(|(p, _)| *p).collect()
+        }
+
+        /// The highest finalized height a step of this roll began at.
+        fn last_step(&self) -> u64 {
+            self.seen.iter().filter_map(|(_, h)| *h).max().unwrap()
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_new_image_rolls_one_validator_at_a_time_waiting_for_finality() {
+    async fn a_new_image_rolls_one_validator_at_a_time_per_committee_waiting_for_finality() {
         let Some(binary) = support::node_binary() else {
             eprintln!("SKIPPED: no trellis-node binary");
             return;
@@ -325,8 +387,12 @@ mod rolling {
 
         let spec = ChainNetworkSpec::new(NetworkMode::Public, "trellis-node:e2e-1");
         let topology = plan(&NetworkId::new(ns.name.clone(), "alpha"), &spec).unwrap();
+        let beacon = topology.beacon().unwrap().clone();
         let shard = topology.shards().next().unwrap().clone();
-        let resolver = support::loopback(&shard, 11);
+        let mut resolver: Loopback = support::loopback_in(123, &beacon, 1);
+        resolver
+            .nodes
+            .extend(support::loopback_in(123, &shard, 11).nodes);
 
         // The operator, reading the chain through its real client over the resolver.
         let chain = NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(2));
@@ -346,40 +412,51 @@ mod rolling {
             .await
             .unwrap();
 
-        // The nodes run from what the operator wrote into the cluster.
+        // Both committees run from what the operator wrote into the cluster.
         let config_maps: Api<ConfigMap> = ns.api();
         let secrets: Api<Secret> = ns.api();
-        let (config_map, genesis, keys) = eventually("node objects", WAIT, || {
-            let (config_maps, secrets) = (config_maps.clone(), secrets.clone());
-            let shard = shard.clone();
-            async move {
-                Some((
-                    config_maps
-                        .get_opt(&build::config_map_name(&shard))
-                        .await
-                        .ok()??,
-                    config_maps.get_opt("alpha-genesis").await.ok()??,
-                    secrets
-                        .get_opt(&build::key_secret_name(&shard))
-                        .await
-                        .ok()??,
-                ))
-            }
-        })
-        .await;
         let dir = tempfile::tempdir().unwrap();
-        let mut nodes = support::materialise(
-            dir.path(),
-            &ns.name,
-            &shard,
-            &config_map,
-            &genesis,
-            &keys,
-            &resolver,
-            &binary,
-        );
-        for node in &mut nodes {
-            node.start();
+        let mut rolls = Vec::new();
+        for committee in [&beacon, &shard] {
+            let (config_map, genesis, keys) = eventually("node objects", WAIT, || {
+                let (config_maps, secrets) = (config_maps.clone(), secrets.clone());
+                let committee = committee.clone();
+                async move {
+                    Some((
+                        config_maps
+                            .get_opt(&build::config_map_name(&committee))
+                            .await
+                            .ok()??,
+                        config_maps.get_opt("alpha-genesis").await.ok()??,
+                        secrets
+                            .get_opt(&build::key_secret_name(&committee))
+                            .await
+                            .ok()??,
+                    ))
+                }
+            })
+            .await;
+            let nodes = support::materialise(
+                dir.path(),
+                &ns.name,
+                committee,
+                &config_map,
+                &genesis,
+                &keys,
+                &resolver,
+                &binary,
+            );
+            rolls.push(Roll {
+                committee: committee.clone(),
+                nodes,
+                seen: Vec::new(),
+                done: false,
+            });
+        }
+        for roll in &mut rolls {
+            for node in &mut roll.nodes {
+                node.start();
+            }
         }
 
         // Object readiness (kwok) and chain health (the nodes) are separate conditions.
@@ -397,6 +474,30 @@ mod rolling {
         let shard_status = &healthy.0.status.as_ref().unwrap().shards[0];
         assert!(shard_status.finalized_height.unwrap() > 0);
         assert!(shard_status.epoch.is_some());
+        // The beacon finalizes too, every validator of it answering.
+        let rpc = support::rpc(&resolver);
+        let chain_id = topology.genesis.chain_id.clone();
+        eventually("the beacon finalizes", WAIT, || {
+            let (rpc, chain_id, ns_name, beacon) = (
+                rpc.clone(),
+                chain_id.clone(),
+                ns.name.clone(),
+                beacon.clone(),
+            );
+            async move {
+                let reading = support::committee_status(&rpc, &chain_id, &ns_name, &beacon).await;
+                reading
+                    .nodes
+                    .values()
+                    .all(|r| {
+                        r.as_ref().is_ok_and(|s| {
+                            s.role == trellis_node_api::Role::Beacon && s.finalized_height > 2
+                        })
+                    })
+                    .then_some(())
+            }
+        })
+        .await;
 
         // The transition was published as a Kubernetes Event.
         let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
@@ -420,9 +521,11 @@ mod rolling {
         })
         .await;
 
-        // The validator the roll replaces first is down before the roll begins: three of
-        // four keep finalizing, so the chain stays healthy...
-        nodes[3].kill();
+        // In each committee the validator the roll replaces first is down before the roll
+        // begins: three of four keep finalizing, so both chains stay live...
+        for roll in &mut rolls {
+            roll.nodes[3].kill();
+        }
         let sets: Api<StatefulSet> = ns.api();
         let pods: Api<Pod> = ns.api();
         let patch = serde_json::json!({"spec": {"node": {"image": "trellis-node:e2e-2"}}});
@@ -431,143 +534,98 @@ mod rolling {
             .await
             .unwrap();
 
-        // ...and the operator replaces pod 3, kwok makes it Ready, but its node does not
-        // answer: the roll holds at partition 3.
-        let held = eventually("the roll holds on alpha-shard-0-3", WAIT, || {
-            let (networks, sets) = (networks.clone(), sets.clone());
-            async move {
-                let n = networks.get("alpha").await.ok()?;
-                let (_, reason, message) = condition(&n, "Progressing")?;
-                let set = sets.get("alpha-shard-0").await.ok()?;
-                (reason == "RollingUpdate"
-                    && message.contains("alpha-shard-0 partition 3: alpha-shard-0-3 not answering")
-                    && partition(&set) == 3)
-                    .then_some(set)
-            }
-        })
-        .await;
-        let first_step = step_height(&held).unwrap();
-        assert_eq!(
-            updated_pods(&pods, &held).await,
-            ["alpha-shard-0-3"],
-            "one validator replaced"
-        );
-        let ready_pods = held.status.as_ref().unwrap().ready_replicas.unwrap_or(0);
-        assert_eq!(
-            ready_pods, 4,
-            "object readiness alone would have let it go on"
-        );
-        let set = sets.get("alpha-shard-0").await.unwrap();
-        assert_eq!(
-            partition(&set),
-            3,
-            "still held after the condition was written"
-        );
+        // ...and the operator replaces pod 3 of each, kwok makes it Ready, but its node
+        // does not answer: each roll holds at partition 3.
+        for roll in &mut rolls {
+            let name = roll.committee.name.clone();
+            let held = eventually(&format!("the roll holds on {name}-3"), WAIT, || {
+                let (networks, sets, name) = (networks.clone(), sets.clone(), name.clone());
+                async move {
+                    let n = networks.get("alpha").await.ok()?;
+                    let (_, reason, message) = condition(&n, "Progressing")?;
+                    let set = sets.get(&name).await.ok()?;
+                    (reason == "RollingUpdate"
+                        && message.contains(&format!("{name} partition 3: {name}-3 not answering"))
+                        && partition(&set) == 3)
+                        .then_some(set)
+                }
+            })
+            .await;
+            assert_eq!(
+                updated_pods(&pods, &held).await,
+                [format!("{name}-3")],
+                "one validator replaced"
+            );
+            let ready_pods = held.status.as_ref().unwrap().ready_replicas.unwrap_or(0);
+            assert_eq!(
+                ready_pods, 4,
+                "{name}: object readiness alone would have let it go on"
+            );
+            roll.seen.push((3, Some(step_height(&held).unwrap())));
+        }
+        for roll in &rolls {
+            let set = sets.get(&roll.committee.name).await.unwrap();
+            assert_eq!(
+                partition(&set),
+                3,
+                "{}: still held after the condition was written",
+                roll.committee.name
+            );
+        }
 
-        // The replaced validator comes back (the "new image"), catches up, and the roll
-        // moves on; each later replacement restarts that validator's process.
-        nodes[3].start();
-        let mut seen = vec![(3, first_step)];
+        // The replaced validators come back (the "new image"), catch up, and both rolls
+        // move on; each later replacement restarts that validator's process.
+        for roll in &mut rolls {
+            roll.nodes[3].start();
+        }
         let started = Instant::now();
-        loop {
-            let set = sets.get("alpha-shard-0").await.unwrap();
-            let p = partition(&set);
-            let last = seen.last().unwrap().0;
-            if p < last {
-                assert_eq!(p, last - 1, "one validator at a time");
-                let updated = updated_pods(&pods, &set).await;
-                assert!(
-                    updated.len() <= usize::try_from(4 - p).unwrap(),
-                    "partition {p} but {updated:?} replaced"
-                );
-                let height = step_height(&set);
-                if let (Some(h), Some((_, Some(before)))) =
-                    (height, seen.last().map(|(p, h)| (*p, Some(*h))))
-                {
-                    assert!(h > before, "step at {p} began at {h}, not past {before}");
-                }
-                seen.push((p, height.unwrap_or(u64::MAX)));
-                if p > 0 {
-                    let i = usize::try_from(p).unwrap();
-                    nodes[i].kill();
-                    nodes[i].start();
-                }
-            }
-            let status = set.status.clone().unwrap_or_default();
-            if p == 0
-                && status.updated_replicas == Some(4)
-                && status.current_revision == status.update_revision
-            {
-                break;
-            }
-            for node in &mut nodes {
-                assert!(node.running(), "{} exited:\n{}", node.name, node.log());
+        while !rolls.iter().all(|r| r.done) {
+            for roll in &mut rolls {
+                roll.follow(&sets, &pods).await;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(240),
-                "roll did not finish: partitions {seen:?}"
+                "the rolls did not finish: {:?}",
+                rolls
+                    .iter()
+                    .map(|r| (r.committee.name.clone(), r.seen.clone()))
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert_eq!(
-            seen.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
-            [3, 2, 1, 0]
-        );
-        // Pod 0's step needs no gate after it: the roll is done once it is replaced; its
-        // process restarts like the others.
-        nodes[0].kill();
-        nodes[0].start();
+        for roll in &rolls {
+            // (partition, finalized height its step began at): the log shows the gate.
+            eprintln!("{} roll: {:?}", roll.committee.name, roll.seen);
+            assert_eq!(roll.partitions(), [3, 2, 1, 0], "{}", roll.committee.name);
+        }
 
-        // The beacon's roll waits for its finality, which no process provides here: its
-        // new template is applied with nothing replaced, and it holds there.
-        let beacon = eventually("the beacon's roll holds", WAIT, || {
-            let (networks, sets) = (networks.clone(), sets.clone());
-            async move {
-                let n = networks.get("alpha").await.ok()?;
-                let (_, reason, message) = condition(&n, "Progressing")?;
-                let set = sets.get("alpha-beacon").await.ok()?;
-                (reason == "RollingUpdate"
-                    && message
-                        .contains("alpha-beacon partition 4: no validator answers trellis_status")
-                    && partition(&set) == 4)
-                    .then_some(set)
-            }
-        })
-        .await;
-        assert!(
-            updated_pods(&pods, &beacon).await.is_empty(),
-            "no beacon pod replaced"
-        );
-        assert_eq!(
-            beacon.status.as_ref().unwrap().ready_replicas,
-            Some(4),
-            "readiness alone would have let it start"
-        );
-        let last_step = seen
-            .iter()
-            .filter_map(|(_, h)| (*h != u64::MAX).then_some(*h))
-            .max()
-            .unwrap();
-        eventually("every validator finalizes past the last step", WAIT, || {
-            let networks = networks.clone();
-            let rpc = support::rpc(&resolver);
-            let (chain_id, ns_name, shard) = (
-                topology.genesis.chain_id.clone(),
-                ns.name.clone(),
-                shard.clone(),
-            );
-            async move {
-                let reading = support::committee_status(&rpc, &chain_id, &ns_name, &shard).await;
-                let all_past = reading
-                    .nodes
-                    .values()
-                    .all(|r| r.as_ref().is_ok_and(|s| s.finalized_height > last_step));
-                let n = networks.get("alpha").await.ok()?;
-                let chain = condition(&n, "ChainHealthy")?;
-                (all_past && chain.0 == "True").then_some(())
-            }
-        })
-        .await;
+        // Every validator of both committees finalizes past its committee's last step,
+        // and the chain is healthy.
+        for roll in &rolls {
+            let last_step = roll.last_step();
+            eventually(
+                &format!("{} finalizes past its last step", roll.committee.name),
+                WAIT,
+                || {
+                    let networks = networks.clone();
+                    let rpc = rpc.clone();
+                    let (chain_id, ns_name, committee) =
+                        (chain_id.clone(), ns.name.clone(), roll.committee.clone());
+                    async move {
+                        let reading =
+                            support::committee_status(&rpc, &chain_id, &ns_name, &committee).await;
+                        let all_past = reading
+                            .nodes
+                            .values()
+                            .all(|r| r.as_ref().is_ok_and(|s| s.finalized_height > last_step));
+                        let n = networks.get("alpha").await.ok()?;
+                        let chain = condition(&n, "ChainHealthy")?;
+                        (all_past && chain.0 == "True").then_some(())
+                    }
+                },
+            )
+            .await;
+        }
         drop(stop);
     }
 }

@@ -3,9 +3,11 @@
 //! two thirds of the admitted members); at the threshold the member is `Removed`, the
 //! network's desired state loses its nodes, and the provisioner removes them from the
 //! chain through governance before stopping them (`local`) or marks its `ChainMember`
-//! for removal (`kube`; there only members admitted after the network was created: a
-//! founding member's validators are the network's own committee, refused with
-//! `founding_member`).
+//! for removal (`kube`). On Kubernetes a founding member's validators are the network's
+//! own committee: the provisioner refuses its removal up front when the committee left
+//! would not tolerate a fault (`committee_below_quorum`) or its validators are not the
+//! StatefulSet's last pods (`founder_not_removable`); otherwise the operator removes it
+//! from the chain and then its pods.
 //!
 //! A member does not approve its own removal, so the others alone must reach the
 //! threshold: a consortium where they cannot (three members, or two) is refused with
@@ -123,16 +125,18 @@ pub async fn approve_removal(
     if let Some((code, message)) = removal_refusal(admitted) {
         return Err(ApiError::conflict(code, message));
     }
-    if state.provisioner.kind() == "kube" && is_founder(&state.db, member_id).await? {
-        return Err(ApiError::conflict(
-            "founding_member",
-            format!(
-                "{} is a founding member: on Kubernetes its validators are the network's own \
-                 committee, which the operator does not shrink by governance yet; only members \
-                 admitted after the network was created can be removed",
-                leaving.organisation
-            ),
-        ));
+    if is_founder(&state.db, member_id).await? {
+        // A founder's validators are the network's own committee: the provisioner says
+        // whether they can go (on Kubernetes: quorum kept, last StatefulSet pods).
+        let network = reconcile::network_ref_of(&state.db, &access.network).await?;
+        let refusal = state
+            .provisioner
+            .founder_removal_refusal(&network, &leaving.organisation)
+            .await
+            .map_err(|e| ApiError::unavailable("provisioner_unavailable", e.to_string()))?;
+        if let Some((code, message)) = refusal {
+            return Err(ApiError::conflict(code, message));
+        }
     }
     let tenant = scope.tenant().get();
     let mine: Vec<consortium_member::Model> = consortium_member::Entity::find()

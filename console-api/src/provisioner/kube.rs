@@ -568,19 +568,9 @@ impl KubeProvisioner {
                 .resource_version
                 .clone_from(&existing.metadata.resource_version);
         }
-        if let Some(existing) = &existing {
-            let departed = kube_governance::departed_genesis_members(&cr, existing);
-            if !departed.is_empty() {
-                return Err(ProvisionError::Rejected(format!(
-                    "member(s) {} are in the network's genesis membership, whose validators \
-                     are the network's own committee; the operator removes only members \
-                     admitted after genesis so far",
-                    departed.join(", ")
-                )));
-            }
-        }
         // Members admitted after genesis join through governance, as ChainMembers; those
-        // the console removed leave the same way.
+        // the console removed leave the same way, and so do founders it removed (their
+        // validators are the network's own: the operator drops them once off the chain).
         let later_members = kube_governance::split_members(&mut cr, existing.as_ref());
         cr.spec.genesis_balances = match &existing {
             Some(existing) => existing.spec.genesis_balances.clone(),
@@ -691,6 +681,18 @@ impl Provisioner for KubeProvisioner {
         organisation: &'a str,
     ) -> BoxFuture<'a, Result<Option<MemberChainState>, ProvisionError>> {
         Box::pin(kube_governance::member_state(
+            &self.client,
+            network,
+            organisation,
+        ))
+    }
+
+    fn founder_removal_refusal<'a>(
+        &'a self,
+        network: &'a NetworkRef,
+        organisation: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(&'static str, String)>, ProvisionError>> {
+        Box::pin(kube_governance::founder_removal_refusal(
             &self.client,
             network,
             organisation,

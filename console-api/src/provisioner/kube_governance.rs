@@ -31,7 +31,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use trellis_crd::member::{
     ChainMemberSpec, GOVERNANCE_TX_ENTRY, MemberPhase, NetworkRef as MemberNetworkRef,
 };
-use trellis_crd::{ChainMember, ChainNetwork, MemberGovernance, NetworkMode};
+use trellis_crd::topology::{NetworkId, plan};
+use trellis_crd::{
+    ChainMember, ChainNetwork, ConsortiumMember, MemberGovernance, NetworkMode, founders,
+};
 use trellis_node_types::{GovernanceTx, Proposal, to_hex};
 use uuid::Uuid;
 
@@ -46,10 +49,18 @@ pub fn chain_member_name(network: &str, member: &str) -> String {
     format!("{network}-{member}")
 }
 
-/// Keeps in `cr.spec.members` only the genesis members — all of them when the network is
-/// new, else those of the `existing` resource, whose committee sizes are kept too — and
-/// returns the later members as `ChainMember` resources (same namespace and labels).
-/// Pure.
+/// Label on the `ChainMember` the console writes to remove a founding member: the
+/// resource stays once the member is `Removed`, since the operator keeps the founder's
+/// validators out of the network's StatefulSet while it says so
+/// (`trellis_crd::founders`).
+pub const FOUNDING_LABEL: &str = "console.trellis.dev/founding-member";
+
+/// Keeps the `existing` resource's genesis membership in `cr.spec.members` — all the
+/// desired members when the network is new — with its committee sizes, and returns the
+/// other members as `ChainMember` resources (same namespace and labels): those admitted
+/// later, and the founders the desired state no longer has, with `spec.remove` and
+/// [`FOUNDING_LABEL`] (the genesis list stays as it was: the deal of the committees'
+/// validators depends on it). Pure.
 pub fn split_members(cr: &mut ChainNetwork, existing: Option<&ChainNetwork>) -> Vec<ChainMember> {
     let Some(existing) = existing else {
         return Vec::new();
@@ -57,27 +68,31 @@ pub fn split_members(cr: &mut ChainNetwork, existing: Option<&ChainNetwork>) -> 
     if cr.spec.mode != NetworkMode::Consortium {
         return Vec::new();
     }
-    let genesis: Vec<&str> = existing
-        .spec
-        .members
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    let (kept, later): (Vec<_>, Vec<_>) = cr
+    let departed: Vec<String> = departed_genesis_members(cr, existing);
+    let later: Vec<ConsortiumMember> = cr
         .spec
         .members
         .drain(..)
-        .partition(|m| genesis.contains(&m.name.as_str()));
-    cr.spec.members = kept;
+        .filter(|m| !existing.spec.members.iter().any(|g| g.name == m.name))
+        .collect();
+    cr.spec.members.clone_from(&existing.spec.members);
     cr.spec.validators_per_shard = existing.spec.validators_per_shard;
     cr.spec.beacon.validators = existing.spec.beacon.validators;
     let network = cr.name_any();
     // Owned by the network (not controlled: the operator's member controller is theirs),
     // so Kubernetes' garbage collector removes them when the network is deleted.
     let owner = existing.owner_ref(&());
+    let founders_leaving = existing
+        .spec
+        .members
+        .iter()
+        .filter(|m| departed.contains(&m.name))
+        .map(|m| (m, true));
     later
-        .into_iter()
-        .map(|m| {
+        .iter()
+        .map(|m| (m, false))
+        .chain(founders_leaving)
+        .map(|(m, founder)| {
             let mut member = ChainMember::new(
                 &chain_member_name(&network, &m.name),
                 ChainMemberSpec {
@@ -89,12 +104,16 @@ pub fn split_members(cr: &mut ChainNetwork, existing: Option<&ChainNetwork>) -> 
                     admin_public_key: m.admin_public_key.clone(),
                     nodes: m.nodes,
                     node_key_secret: None,
-                    remove: false,
+                    remove: founder,
                     governance_tx_secret: None,
                 },
             );
             member.metadata.namespace.clone_from(&cr.metadata.namespace);
-            member.metadata.labels.clone_from(&cr.metadata.labels);
+            let mut labels = cr.metadata.labels.clone().unwrap_or_default();
+            if founder {
+                labels.insert(FOUNDING_LABEL.to_owned(), "true".to_owned());
+            }
+            member.metadata.labels = Some(labels);
             member.metadata.owner_references = owner.clone().map(|o| vec![o]);
             member
         })
@@ -102,8 +121,7 @@ pub fn split_members(cr: &mut ChainNetwork, existing: Option<&ChainNetwork>) -> 
 }
 
 /// The genesis members (in the `existing` resource's `spec.members`) that the desired
-/// resource `cr` no longer has: their validators are the network's own committee, which
-/// the operator cannot shrink by governance yet, so such a removal is refused. Pure.
+/// resource `cr` no longer has: founders the console removed. Pure.
 pub fn departed_genesis_members(cr: &ChainNetwork, existing: &ChainNetwork) -> Vec<String> {
     existing
         .spec
@@ -156,9 +174,12 @@ pub async fn mark_departed(
 }
 
 /// Deletes a `ChainMember` marked for removal once the operator reports it `Removed`
-/// (off the chain, validators deleted): what it still owns goes with it.
+/// (off the chain, validators deleted): what it still owns goes with it. A founder's
+/// stays ([`FOUNDING_LABEL`]).
 async fn delete_if_removed(client: &Client, member: &ChainMember) -> Result<(), ProvisionError> {
-    let removed = member.spec.remove
+    let founder = member.labels().contains_key(FOUNDING_LABEL);
+    let removed = !founder
+        && member.spec.remove
         && member
             .status
             .as_ref()
@@ -197,6 +218,55 @@ pub async fn apply_members(client: &Client, members: &[ChainMember]) -> Result<(
             .map_err(|e| classify(&format!("ChainMember {name}"), &e))?;
     }
     Ok(())
+}
+
+/// Why the founding member `organisation` cannot leave `network` (`code`, message), if
+/// it cannot: the committee left must tolerate a fault (`committee_below_quorum`) and
+/// the founder's validators must be the last pods of the network's shard StatefulSet
+/// (`founder_not_removable`), the rules the operator applies before it proposes the
+/// removal (`trellis_crd::founders`). Asked before the removal is approved, so that the
+/// console never records a removal the chain will not make. `None` for a network not
+/// on the cluster yet, or an organisation not in its genesis membership.
+pub async fn founder_removal_refusal(
+    client: &Client,
+    network: &NetworkRef,
+    organisation: &str,
+) -> Result<Option<(&'static str, String)>, ProvisionError> {
+    let namespace = super::kube::namespace_of(&network.tenant_slug);
+    let what = format!("ChainNetwork {}", network.name);
+    let Some(cr) = Api::<ChainNetwork>::namespaced(client.clone(), &namespace)
+        .get_opt(&network.name)
+        .await
+        .map_err(|e| classify(&what, &e))?
+    else {
+        return Ok(None);
+    };
+    let name = member_name(organisation);
+    if !cr.spec.members.iter().any(|m| m.name == name) {
+        return Ok(None);
+    }
+    let members = network_members(client, network).await?;
+    let mut retired = founders::retired_founders(&cr, &members);
+    retired.retain(|o| *o != name);
+    let topology = plan(&NetworkId::new(namespace, &network.name), &cr.spec)
+        .map_err(|e| ProvisionError::Rejected(format!("{what} is invalid: {e}")))?;
+    let remaining = founders::retire(topology, &retired);
+    let leaving = match founders::founder_exit(&remaining, &name) {
+        Ok(nodes) => nodes.len(),
+        Err(message) => return Ok(Some(("founder_not_removable", message))),
+    };
+    // The chain's validators: the founders' that remain, and the later members'.
+    let later: usize = members
+        .iter()
+        .filter(|m| {
+            !founders::is_founder(m, &cr)
+                && m.status.as_ref().and_then(|s| s.phase) == Some(MemberPhase::Admitted)
+        })
+        .map(|m| usize::try_from(m.spec.nodes).unwrap_or(0))
+        .sum();
+    let validators = remaining.shards().next().map_or(0, |s| s.nodes.len()) + later;
+    Ok(founders::quorum_refusal(organisation, validators, leaving)
+        .map(|message| ("committee_below_quorum", message)))
 }
 
 /// The proposal a member's `ChainMember` publishes, in the console's terms.
@@ -484,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn departed_members_are_found_and_genesis_ones_named() {
+    fn departed_members_are_found_and_founders_asked_to_leave() {
         let existing = network(&["a", "b", "c"]);
         let mut desired = network(&["a", "b", "c", "d", "e"]);
         let written = split_members(&mut desired, Some(&existing));
@@ -496,9 +566,26 @@ mod tests {
         assert_eq!(departed.len(), 1);
         assert_eq!(departed[0].name_any(), "alliance-d");
         assert!(departed_genesis_members(&without_d, &existing).is_empty());
-        // Removing a genesis member is named, to be refused.
-        let without_b = network(&["a", "c"]);
+        // A founder the console removed stays in the genesis list and gets a ChainMember
+        // asking its removal, labelled so that the console keeps it once Removed.
+        let mut without_b = network(&["a", "c", "e"]);
         assert_eq!(departed_genesis_members(&without_b, &existing), ["b"]);
+        let members = split_members(&mut without_b, Some(&existing));
+        let names: Vec<&str> = without_b
+            .spec
+            .members
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"], "genesis membership unchanged");
+        let b = members.iter().find(|m| m.spec.organization == "b").unwrap();
+        assert_eq!(b.name_any(), "alliance-b");
+        assert!(b.spec.remove);
+        assert_eq!(b.labels()[FOUNDING_LABEL], "true");
+        assert_eq!(b.labels()[NETWORK_ID_LABEL], "n-1");
+        let e = members.iter().find(|m| m.spec.organization == "e").unwrap();
+        assert!(!e.spec.remove && !e.labels().contains_key(FOUNDING_LABEL));
+        assert!(departed_members(&members, &members).is_empty());
     }
 
     #[test]

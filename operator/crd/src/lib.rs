@@ -10,7 +10,10 @@
 //!   reached us without passing them (older CRD versions, other writers, local mode).
 //! * [`topology`]: spec in, committees / node names / quorum sizes / key slots /
 //!   genesis inputs out.
+//! * [`founders`]: which founding consortium member can leave, and the committees
+//!   without those that left.
 
+pub mod founders;
 pub mod member;
 pub mod network;
 pub mod topology;
