@@ -66,6 +66,9 @@ pub struct AppState {
     pub rpc_limiter: Arc<RateLimiter<Uuid>>,
     /// Metering, monitoring and alerting: clock, settings, RPC request counts.
     pub billing: Arc<crate::billing::Billing>,
+    /// The network read endpoints' answers, reused while a tenant's networks are
+    /// unchanged.
+    pub network_reads: Arc<networks::read_cache::ReadCache>,
 }
 
 impl AppState {
@@ -91,6 +94,7 @@ impl AppState {
             rpc_limiter: Arc::new(RateLimiter::new(settings.rpc_requests_per_minute, minute)),
             settings: Arc::new(settings),
             billing: Arc::new(crate::billing::Billing::default()),
+            network_reads: Arc::default(),
         }
     }
 }

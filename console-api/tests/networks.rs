@@ -6,11 +6,14 @@ mod common;
 
 use axum::http::{Method, StatusCode};
 use common::{Call, TestApp, assert_problem};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 use trellis_console::networks::reconcile::reconcile_once;
 use trellis_console::provisioner::{
     ObservedPhase, ObservedStatus, ProvisionError, ShardStatus, Unattached,
 };
+use trellis_console_entity::network;
 
 async fn create_get_update_delete(app: TestApp) {
     let org = app.signup("Chainers", "o@chain.example").await;
@@ -497,6 +500,202 @@ async fn plan_quotas_are_enforced_on_create_and_update(app: TestApp) {
     assert_eq!(grown.status, StatusCode::OK, "{}", grown.text);
 }
 
+/// The read endpoints' remembered answers (`networks::read_cache`) are never stale:
+/// after each kind of write — through the API, the reconciler's status write, a write
+/// straight to the database that bypasses the console (as another replica's or an
+/// operator's), one through a second console replica with its own memory — the next
+/// list and get show it. Real: the router, the database and its version trigger; the
+/// answers are checked to be remembered, so a cache that ignored writes fails here.
+async fn remembered_reads_are_never_stale(app: TestApp) {
+    let org = app.signup("Readers", "o@read.example").await;
+    let other = app.signup("Others", "o@others.example").await;
+    let mut ids = Vec::new();
+    for name in ["alpha", "beta"] {
+        let created = app.create_network(&org.token, name).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        ids.push(created.body["id"].as_str().unwrap().to_string());
+    }
+    let get_path = format!("/v1/networks/{}", ids[0]);
+    let names = |page: &common::Response| -> Vec<String> {
+        page.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let list = app.get("/v1/networks", &org.token).await;
+    assert_eq!(names(&list), ["alpha", "beta"]);
+    let got = app.get(&get_path, &org.token).await;
+    assert_eq!(got.body["generation"], 1);
+    // Remembered, and answered from memory while nothing changed.
+    assert!(app.state.network_reads.bytes() > 0);
+    assert_eq!(app.get("/v1/networks", &org.token).await.text, list.text);
+    assert_eq!(app.get(&get_path, &org.token).await.text, got.text);
+
+    // Another tenant sees none of it, remembered or not.
+    assert_eq!(
+        names(&app.get("/v1/networks", &other.token).await),
+        Vec::<String>::new()
+    );
+    assert_problem(
+        &app.get(&get_path, &other.token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // A change through the API.
+    let patched = app
+        .patch(&get_path, &org.token, json!({"shards": {"count": 3}}))
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
+    let got = app.get(&get_path, &org.token).await;
+    assert_eq!(got.body["generation"], 2);
+    assert_eq!(got.body["spec"]["shards"]["count"], 3);
+    let list = app.get("/v1/networks", &org.token).await;
+    assert_eq!(list.body["items"][0]["generation"], 2);
+    assert_eq!(list.body["items"][0]["spec"]["shards"]["count"], 3);
+
+    // The provisioner's status, written by the reconciler.
+    *app.provisioner.observed.lock().unwrap() = Some(ObservedStatus {
+        observed_generation: 2,
+        phase: ObservedPhase::Running,
+        shard_count: 3,
+        epoch: 3,
+        shards: vec![],
+        rpc_endpoints: vec![],
+        message: None,
+    });
+    reconcile_once(&app.state).await.unwrap();
+    let got = app.get(&get_path, &org.token).await;
+    assert_eq!(got.body["phase"], "Running");
+    assert_eq!(got.body["status"]["epoch"], 3);
+    let list = app.get("/v1/networks", &org.token).await;
+    assert_eq!(list.body["items"][0]["status"]["epoch"], 3);
+    // An unchanged observation writes nothing, so the answers stay remembered.
+    let version = |state: &trellis_console::app::AppState| {
+        let db = state.db.clone();
+        let tenant = uuid::Uuid::parse_str(&org.tenant_id).unwrap();
+        async move {
+            trellis_console_entity::network_version::Entity::find_by_id(tenant)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+                .version
+        }
+    };
+    let before = version(&app.state).await;
+    reconcile_once(&app.state).await.unwrap();
+    assert_eq!(version(&app.state).await, before);
+
+    // A write straight to the database, past the console.
+    network::Entity::update_many()
+        .col_expr(network::Column::Name, Expr::value("renamed"))
+        .filter(network::Column::Id.eq(uuid::Uuid::parse_str(&ids[0]).unwrap()))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(app.get(&get_path, &org.token).await.body["name"], "renamed");
+    assert_eq!(
+        names(&app.get("/v1/networks", &org.token).await),
+        ["renamed", "beta"]
+    );
+
+    // A second console replica on the same database, with its own memory: what it
+    // writes, this one shows, and the other way round.
+    let mut replica_state = app.state.clone();
+    replica_state.network_reads = Default::default();
+    let replica = TestApp {
+        router: trellis_console::app::router(replica_state.clone()),
+        state: replica_state,
+        provisioner: app.provisioner.clone(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    assert_eq!(
+        replica.get(&get_path, &org.token).await.body["name"],
+        "renamed"
+    );
+    let paused = replica
+        .patch(&get_path, &org.token, json!({"paused": true}))
+        .await;
+    assert_eq!(paused.status, StatusCode::OK, "{}", paused.text);
+    assert_eq!(
+        app.get(&get_path, &org.token).await.body["spec"]["paused"],
+        true
+    );
+    let created = app.create_network(&org.token, "gamma").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(
+        names(&replica.get("/v1/networks", &org.token).await),
+        ["renamed", "beta", "gamma"]
+    );
+
+    // Deletion, and pages of a list remembered apart.
+    let first_page = app.get("/v1/networks?limit=1", &org.token).await;
+    assert_eq!(names(&first_page), ["renamed"]);
+    let deleted = app.delete(&get_path, &org.token).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    assert_problem(
+        &app.get(&get_path, &org.token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(
+        names(&app.get("/v1/networks?limit=1", &org.token).await),
+        ["beta"]
+    );
+    assert_eq!(
+        names(&replica.get("/v1/networks", &org.token).await),
+        ["beta", "gamma"]
+    );
+}
+
+/// Readers racing with writers: every read that starts after a write returned shows
+/// that write, while other readers keep remembering answers of the versions before it.
+/// Real router and database; 20 writes, each checked by a read right after it.
+async fn reads_racing_writes_see_every_finished_write(app: TestApp) {
+    let org = app.signup("Racing", "o@racing.example").await;
+    let created = app.create_network(&org.token, "raced").await;
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let get_path = format!("/v1/networks/{id}");
+    let app = std::sync::Arc::new(app);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for reader in 0..4 {
+        let (app, stop, token) = (app.clone(), stop.clone(), org.token.clone());
+        let path = if reader % 2 == 0 {
+            get_path.clone()
+        } else {
+            "/v1/networks".to_string()
+        };
+        readers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = app.get(&path, &token).await;
+                assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+            }
+        }));
+    }
+    let network = uuid::Uuid::parse_str(&id).unwrap();
+    for round in 0..20 {
+        let name = format!("raced-{round}");
+        network::Entity::update_many()
+            .col_expr(network::Column::Name, Expr::value(name.as_str()))
+            .filter(network::Column::Id.eq(network))
+            .exec(&app.state.db)
+            .await
+            .unwrap();
+        assert_eq!(app.get(&get_path, &org.token).await.body["name"], name);
+        let list = app.get("/v1/networks", &org.token).await;
+        assert_eq!(list.body["items"][0]["name"], name, "round {round}");
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+}
+
 on_both_databases!(
     plan_quotas_are_enforced_on_create_and_update,
     concurrent_retries_with_one_key_create_one_network,
@@ -505,6 +704,8 @@ on_both_databases!(
     list_pages_with_a_cursor,
     idempotency_keys_make_create_retry_safe,
     provisioner_failures_are_recorded_and_retried,
+    remembered_reads_are_never_stale,
+    reads_racing_writes_see_every_finished_write,
 );
 
 /// Without a provisioner the console says so on every network instead of pretending.

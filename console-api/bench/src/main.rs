@@ -6,7 +6,9 @@
 //! console (real router, real database: SQLite in a temp dir, then PostgreSQL when
 //! `TRELLIS_BENCH_DATABASE_URL` names an empty database), signs up a tenant, creates 20 networks, and
 //! drives authenticated `GET /v1/networks?limit=20` and `GET /v1/networks/{id}` with
-//! CONNECTIONS keep-alive HTTP/1.1 connections for SECONDS each. Prints requests/s,
+//! CONNECTIONS keep-alive HTTP/1.1 connections for SECONDS each, then the list again
+//! while one of the networks is written every 100 ms (each write makes the console build
+//! its remembered answers again). Prints requests/s,
 //! p50/p99 latency and the ratio to the hello-world baseline measured in the same run.
 //! The load generator shares the machine with the server, like wrk on one host.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark command
@@ -198,7 +200,7 @@ async fn post_json(
     serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap()
 }
 
-async fn console(url: &str) -> (u16, String, String) {
+async fn console(url: &str) -> (u16, String, String, sea_orm::DatabaseConnection) {
     let database = db::connect_and_migrate(url).await.unwrap();
     let keys = TokenKeys::new(&generate_signing_key(), &[], 3600).unwrap();
     let settings = Settings {
@@ -251,7 +253,39 @@ async fn console(url: &str) -> (u16, String, String) {
         .await;
         id = created["id"].as_str().unwrap().to_string();
     }
-    (port, token, id)
+    (port, token, id, db)
+}
+
+/// Touches network `id` (its `updated_at`) every `every` until `stop`: a write that
+/// changes the tenant's network version, so the console's remembered read answers are
+/// built again after each (the other rows measure the reads of a quiet tenant).
+fn keep_writing(
+    db: sea_orm::DatabaseConnection,
+    id: &str,
+    every: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use trellis_console_entity::network;
+    let id: uuid::Uuid = id.parse().unwrap();
+    tokio::spawn(async move {
+        let mut writes = 0;
+        let mut ticker = tokio::time::interval(every);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            ticker.tick().await;
+            network::Entity::update_many()
+                .col_expr(
+                    network::Column::UpdatedAt,
+                    sea_orm::sea_query::Expr::value(chrono::Utc::now()),
+                )
+                .filter(network::Column::Id.eq(id))
+                .exec(&db)
+                .await
+                .unwrap();
+            writes += 1;
+        }
+        writes
+    })
 }
 
 fn row(name: &str, outcome: &Outcome, baseline: f64) {
@@ -289,7 +323,7 @@ async fn main() {
         backends.push(("PostgreSQL".to_string(), url));
     }
     for (backend, url) in backends {
-        let (port, token, id) = console(&url).await;
+        let (port, token, id, db) = console(&url).await;
         let list = drive(
             port,
             "/v1/networks?limit=20",
@@ -314,6 +348,23 @@ async fn main() {
         row(
             &format!("{backend}: GET /v1/networks/{{id}}"),
             &get,
+            baseline.rate(),
+        );
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = keep_writing(db, &id, Duration::from_millis(100), stop.clone());
+        let list = drive(
+            port,
+            "/v1/networks?limit=20",
+            Some(&token),
+            seconds,
+            connections,
+        )
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let writes = writer.await.unwrap();
+        row(
+            &format!("{backend}: GET /v1/networks?limit=20, {writes} writes (one per 100 ms)"),
+            &list,
             baseline.rate(),
         );
     }

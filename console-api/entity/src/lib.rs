@@ -24,6 +24,7 @@ pub mod monitor_rollup;
 pub mod monitor_sample;
 pub mod monitor_series;
 pub mod network;
+pub mod network_version;
 pub mod platform_admin;
 pub mod refresh_token;
 pub mod tenant;

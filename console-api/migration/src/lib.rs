@@ -16,6 +16,7 @@ mod m20261122_000020_governance_approvals;
 mod m20261122_000030_member_removals;
 mod m20261122_000031_invitation_listing;
 mod m20261122_000040_network_autoscaler;
+mod m20261122_000060_network_versions;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000030_member_removals::Migration),
             Box::new(m20261122_000031_invitation_listing::Migration),
             Box::new(m20261122_000040_network_autoscaler::Migration),
+            Box::new(m20261122_000060_network_versions::Migration),
         ]
     }
 }

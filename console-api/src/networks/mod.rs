@@ -3,11 +3,13 @@
 //! observations are stored back as status.
 
 pub mod autoscale;
+pub mod read_cache;
 pub mod reconcile;
 pub mod spec;
 pub mod store;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +28,8 @@ use crate::error::{ApiError, ApiResult, Json, Path, Query};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::pagination::{self, PageQuery};
 use crate::provisioner::{ObservedPhase, ObservedStatus};
-use crate::tenancy::Scope;
+use crate::tenancy::{Scope, TenantId};
+use read_cache::Read;
 use spec::{CreateNetworkRequest, NetworkMode, NetworkSpec, UpdateNetworkRequest};
 
 /// The lifecycle of a network as the tenant sees it.
@@ -136,35 +139,14 @@ pub struct Network {
 }
 
 impl Network {
+    /// The network of an entity row (the write endpoints).
     pub fn from_row(row: network::Model) -> ApiResult<Self> {
-        let spec: NetworkSpec = serde_json::from_value(row.spec)
-            .map_err(|err| ApiError::internal(format!("network {} spec: {err}", row.id)))?;
-        let status = row
-            .status
-            .and_then(|value| serde_json::from_value::<ObservedStatus>(value).ok());
-        let autoscaler = row
-            .autoscaler
-            .and_then(|value| serde_json::from_value::<autoscale::AutoscalerStatus>(value).ok());
-        Ok(Self {
-            id: row.id,
-            name: row.name,
-            mode: spec.mode,
-            spec,
-            generation: row.generation,
-            provisioned_generation: row.provisioned_generation,
-            phase: NetworkPhase::parse(&row.phase),
-            status,
-            provision_error: row.provision_error,
-            autoscaler,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        })
+        Self::from_text(row.into())
     }
-}
 
-impl Network {
-    /// [`from_row`](Self::from_row) for the read endpoints' [`store::NetworkText`].
-    pub fn from_text(row: store::NetworkText) -> ApiResult<Self> {
+    /// The network of a row read with its JSON columns as text (the read endpoints:
+    /// each column parsed once, straight into its type). The one constructor.
+    fn from_text(row: store::NetworkText) -> ApiResult<Self> {
         let spec: NetworkSpec = serde_json::from_str(&row.spec)
             .map_err(|err| ApiError::internal(format!("network {} spec: {err}", row.id)))?;
         let status = row
@@ -205,8 +187,8 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-fn json_response(status: StatusCode, body: String, location: Option<&str>) -> Response {
-    let mut response = (status, body).into_response();
+fn json_response(status: StatusCode, body: impl Into<Bytes>, location: Option<&str>) -> Response {
+    let mut response = (status, body.into()).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -322,15 +304,23 @@ pub async fn list(
     State(state): State<AppState>,
     scope: Scope,
     Query(query): Query<PageQuery>,
-) -> ApiResult<Json<NetworkPage>> {
+) -> ApiResult<Response> {
     let page = query.parse()?;
-    let rows = store::list_text(&state.db, scope.tenant(), page.after, page.limit + 1).await?;
-    let (rows, next_cursor) = pagination::finish(rows, page.limit, |row| row.id);
-    let items = rows
-        .into_iter()
-        .map(Network::from_text)
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(NetworkPage { items, next_cursor }))
+    let tenant = scope.tenant();
+    let read = Read::List {
+        after: page.after,
+        limit: page.limit,
+    };
+    remembered(&state, tenant, read, async {
+        let rows = store::list_text(&state.db, tenant, page.after, page.limit + 1).await?;
+        let (rows, next_cursor) = pagination::finish(rows, page.limit, |row| row.id);
+        let items = rows
+            .into_iter()
+            .map(Network::from_text)
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(NetworkPage { items, next_cursor })
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/networks/{id}", tag = "networks", params(("id" = Uuid, Path)),
@@ -340,9 +330,33 @@ pub async fn get_one(
     State(state): State<AppState>,
     scope: Scope,
     Path(id): Path<Uuid>,
-) -> ApiResult<Json<Network>> {
-    let row = store::find_text(&state.db, scope.tenant(), id).await?;
-    Ok(Json(Network::from_text(row)?))
+) -> ApiResult<Response> {
+    let tenant = scope.tenant();
+    remembered(&state, tenant, Read::Get(id), async {
+        Network::from_text(store::find_text(&state.db, tenant, id).await?)
+    })
+    .await
+}
+
+/// Answers a read with the tenant's remembered answer when its networks are unchanged
+/// since it was built, else with `build`'s (remembering it). `build` is a future: it
+/// reads its rows only when awaited, after the version was read, which is what makes a
+/// remembered answer never older than the version it is kept under
+/// ([`read_cache`] has the argument).
+async fn remembered<T: Serialize>(
+    state: &AppState,
+    tenant: TenantId,
+    read: Read,
+    build: impl Future<Output = ApiResult<T>>,
+) -> ApiResult<Response> {
+    let version = store::version(&state.db, tenant).await?;
+    if let Some(body) = state.network_reads.get(tenant, version, &read) {
+        return Ok(json_response(StatusCode::OK, body, None));
+    }
+    let answer = build.await?;
+    let body = Bytes::from(serde_json::to_vec(&answer).map_err(ApiError::internal)?);
+    state.network_reads.put(tenant, version, read, body.clone());
+    Ok(json_response(StatusCode::OK, body, None))
 }
 
 /// Changes the desired state: scale, autoscaling policy, node version, pause/stop.

@@ -7,7 +7,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult,
     QueryFilter, QueryOrder, QuerySelect, Select, Set,
 };
-use trellis_console_entity::network;
+use trellis_console_entity::{network, network_version};
 use uuid::Uuid;
 
 use super::NetworkPhase;
@@ -65,6 +65,26 @@ pub struct NetworkText {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The entity's row in the read endpoints' shape, for the one constructor of
+/// [`super::Network`] (its JSON columns encoded again: only write paths take this way).
+impl From<network::Model> for NetworkText {
+    fn from(row: network::Model) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            spec: row.spec.to_string(),
+            generation: row.generation,
+            provisioned_generation: row.provisioned_generation,
+            phase: row.phase,
+            status: row.status.map(|status| status.to_string()),
+            provision_error: row.provision_error,
+            autoscaler: row.autoscaler.map(|autoscaler| autoscaler.to_string()),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
 /// `SELECT` of [`NetworkText`]'s columns. The JSON ones are cast to text: PostgreSQL's
 /// `json` type does not decode as a string (SQLite stores text anyway).
 fn select_text() -> Select<network::Entity> {
@@ -117,6 +137,16 @@ pub async fn list_text(
         select = select.filter(network::Column::Id.gt(after));
     }
     select.into_model::<NetworkText>().all(conn).await
+}
+
+/// The tenant's network version: changes with every committed write to one of its
+/// networks (a database trigger bumps it in the writing transaction; 0 before the first
+/// write). What [`super::read_cache`] keys its answers by.
+pub async fn version(conn: &impl ConnectionTrait, tenant: TenantId) -> Result<i64, DbErr> {
+    Ok(network_version::Entity::find_by_id(tenant.get())
+        .one(conn)
+        .await?
+        .map_or(0, |row| row.version))
 }
 
 /// The network `id` of `tenant`, or 404.
@@ -237,6 +267,11 @@ pub async fn record_observed(
         .map(serde_json::to_value)
         .transpose()
         .map_err(|err| DbErr::Custom(format!("encoding status: {err}")))?;
+    if status == row.status && phase.as_str() == row.phase {
+        // Unchanged: writing it again would only bump the tenant's network version and
+        // so make the read endpoints build their answers again.
+        return Ok(());
+    }
     network::Entity::update_many()
         .col_expr(network::Column::Status, Expr::value(status))
         .col_expr(network::Column::Phase, Expr::value(phase.as_str()))
