@@ -679,7 +679,11 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         let spec_changed =
             previous.and_then(|p| p.observed_generation) != network.metadata.generation;
         let extra_sets = observed.keys().any(|n| !desired_sets.contains(n));
-        if spec_changed || extra_sets {
+        // A network never reconciled before (no observed generation) has no orphans of
+        // an earlier spec, except committees an interrupted earlier reconcile applied,
+        // whose StatefulSets are extra sets: its first reconcile skips the lists.
+        let first_reconcile = previous.and_then(|p| p.observed_generation).is_none();
+        if (spec_changed && !first_reconcile) || extra_sets {
             delete_orphans(client, network, &namespace, &owned_selector, &children).await?;
         }
         // The optional ServiceMonitor follows the same rhythm as the other children.
