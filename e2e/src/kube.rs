@@ -174,11 +174,22 @@ impl TestNamespace {
     }
 }
 
+/// How long dropping a [`TestNamespace`] waits for the apiserver to accept its deletion.
+const DELETE_WAIT: Duration = Duration::from_secs(10);
+
 impl Drop for TestNamespace {
+    /// Deletes the namespace (and this namespace's volumes) before returning, also when
+    /// the test failed (drop runs while the panic unwinds). The deletion is only sent
+    /// (the namespace controller removes the contents afterwards), so this takes one
+    /// round trip, not the namespace's termination. It is waited for: a test binary
+    /// exits as soon as its last test returns, and a clean-up left to a detached thread
+    /// died with it, leaving the namespace behind.
     fn drop(&mut self) {
-        // The test's runtime may be gone by now: delete from a runtime of our own.
+        // The test's runtime may be gone, or be this very thread (a current-thread
+        // runtime cannot serve its client while blocked here): delete from a thread and
+        // runtime of our own, and wait for it.
         let (name, kubeconfig) = (self.name.clone(), self.kubeconfig.clone());
-        std::thread::spawn(move || {
+        let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -186,7 +197,8 @@ impl Drop for TestNamespace {
                 return;
             };
             rt.block_on(async move {
-                if let Ok(client) = client_from(&kubeconfig).await {
+                let delete = async {
+                    let client = client_from(&kubeconfig).await.ok()?;
                     let volumes = Api::<PersistentVolume>::all(client.clone());
                     let _ = volumes
                         .delete_collection(
@@ -194,12 +206,19 @@ impl Drop for TestNamespace {
                             &ListParams::default().labels(&format!("{TEST_LABEL}={name}")),
                         )
                         .await;
-                    let _ = Api::<Namespace>::all(client)
+                    Api::<Namespace>::all(client)
                         .delete(&name, &DeleteParams::background())
-                        .await;
+                        .await
+                        .ok()
+                };
+                if tokio::time::timeout(DELETE_WAIT, delete).await.is_err() {
+                    eprintln!(
+                        "test namespace {name}: deletion not accepted within {DELETE_WAIT:?}"
+                    );
                 }
             });
         });
+        let _ = cleanup.join();
     }
 }
 

@@ -78,6 +78,26 @@ fn show(last: &BTreeMap<String, f64>) -> String {
         .join(", ")
 }
 
+/// `trellis_operator_kube_requests_total` by (verb, resource), from the metrics text.
+fn kube_requests(metrics: &str) -> BTreeMap<(String, String), f64> {
+    let label = |labels: &str, name: &str| {
+        let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = labels[start..].find('"')? + start;
+        Some(labels[start..end].to_owned())
+    };
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("trellis_operator_kube_requests_total{")?;
+            let (labels, value) = rest.split_once("} ")?;
+            Some((
+                (label(labels, "verb")?, label(labels, "resource")?),
+                value.trim().parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -113,8 +133,16 @@ async fn main() {
     let volumes = ns.prebound_volumes(&claims, "10Gi").await.unwrap();
 
     let metrics = Arc::new(Metrics::new());
+    // The operator's own client counts its apiserver requests (crate::requests); the
+    // benchmark's polling below uses the test client and is not counted.
+    let kubeconfig = kube::config::Kubeconfig::read_from(ns.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let operator_client =
+        trellis_operator::requests::counted_client(config, metrics.clone()).unwrap();
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        operator_client,
         Arc::new(NodeRpcPending),
         BuildOptions::default(),
         metrics.clone(),
@@ -203,6 +231,17 @@ async fn main() {
     println!(
         "peak RSS of this process (operator in-process): {:.1} MiB",
         peak_rss_mib()
+    );
+    let requests = kube_requests(&metrics.encode());
+    let total: f64 = requests.values().sum();
+    println!(
+        "operator apiserver requests: {total:.0} ({:.1} per reconcile): {}",
+        total / durations.len().max(1) as f64,
+        requests
+            .iter()
+            .map(|((verb, resource), n)| format!("{verb} {resource} {n:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     // The cluster's part: the last claim bound (the PV controller's status write), pod
     // created (StatefulSet controller), bound to a node (scheduler), Ready (kwok).

@@ -14,9 +14,11 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,6 +29,7 @@ use trellis_crd::validate::validate;
 use trellis_crd::{ChainNetwork, ChainNetworkStatus, NetworkEndpoints};
 
 use crate::build::{self, BuildError, BuildInput, BuildOptions, Children};
+use crate::cache::{Caches, PublicKeyMemo};
 use crate::chain::{
     BeaconEndpoint, ChainClient, ChainError, CommitteeNodes, NewValidator, ScaleRequest, Seed,
 };
@@ -93,6 +96,11 @@ pub struct Context {
     /// The built-in autoscaler's memory per network (namespace/name).
     pub(crate) autoscalers:
         std::sync::Mutex<std::collections::HashMap<String, trellis_autoscale::LoadHistory>>,
+    /// The watch caches, once [`run`] started them. None (a reconcile called without
+    /// the controller, as some tests do): every read goes to the apiserver.
+    caches: std::sync::RwLock<Option<Caches>>,
+    /// Public keys of the key Secrets by `resourceVersion` (see [`crate::cache`]).
+    key_memo: PublicKeyMemo,
 }
 
 /// The last full apply of one network's children.
@@ -139,7 +147,14 @@ impl Context {
             finality: std::sync::Mutex::default(),
             chain_written: std::sync::Mutex::default(),
             autoscalers: std::sync::Mutex::default(),
+            caches: std::sync::RwLock::default(),
+            key_memo: PublicKeyMemo::default(),
         }
+    }
+
+    /// The watch caches, when the controller runs (see [`crate::cache`]).
+    pub fn caches(&self) -> Option<Caches> {
+        self.caches.read().ok()?.clone()
     }
 }
 
@@ -158,41 +173,99 @@ pub async fn run(
             None => Api::all(client.clone()),
         }
     }
+    fn no_trigger<K>(_: K) -> Option<ObjectRef<ChainNetwork>> {
+        None
+    }
+    fn no_managed_fields<K: Resource>(object: &mut K) {
+        // Nothing reads them from the caches; they are most of a small object's size.
+        object.meta_mut().managed_fields = None;
+    }
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
-    let managed =
-        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    Controller::new(
-        scoped::<ChainNetwork>(&client, ns),
-        watcher::Config::default().any_semantic(),
+    let managed_labels = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
+    let managed = watcher::Config::default().labels(&managed_labels);
+    // Each watch below fills a reflector store the reconcilers read (crate::cache) and,
+    // where it says so, triggers reconciles: one watch per kind serves both.
+    let (stateful_sets, sets_writer) = reflector::store();
+    let sets = watcher(scoped::<StatefulSet>(&client, ns), managed.clone())
+        .default_backoff()
+        .modify(no_managed_fields)
+        .reflect(sets_writer)
+        .touched_objects();
+    // Genesis ConfigMaps only (the committees' ConfigMaps carry their committee's
+    // component): read on every reconcile, changed never.
+    let (genesis, genesis_writer) = reflector::store();
+    let genesis_maps = watcher(
+        scoped::<ConfigMap>(&client, ns),
+        watcher::Config::default().labels(&format!(
+            "{managed_labels},{}={}",
+            labels::COMPONENT,
+            labels::NETWORK_COMPONENT
+        )),
     )
-    .with_config(
-        kube::runtime::controller::Config::default()
-            .concurrency(ctx.concurrency)
-            .debounce(DEBOUNCE),
+    .default_backoff()
+    .modify(no_managed_fields)
+    .reflect(genesis_writer)
+    .touched_objects();
+    // Key Secrets as metadata only: which exist, at which resourceVersion; their keys are
+    // read live (crate::cache::PublicKeyMemo).
+    let (key_secrets, secrets_writer) = reflector::store();
+    let secrets = watcher(
+        scoped::<PartialObjectMeta<Secret>>(&client, ns),
+        managed.clone(),
     )
-    // The network's own StatefulSets and, mapped by their labels, its members'
-    // (owned by their `ChainMember`s): a member's pods becoming Ready update shard 0's
-    // status at once, not at the next requeue. One watch serves both.
-    .watches(scoped::<StatefulSet>(&client, ns), managed.clone(), |set| {
-        stateful_set_network(&set)
-    })
-    .owns(scoped::<Service>(&client, ns), managed)
-    // A member's phase decides whether its validators count in shard 0 (quorum, PDB,
-    // status): its network is reconciled when it changes, not at the next requeue.
-    .watches(
+    .default_backoff()
+    .modify(no_managed_fields)
+    .reflect(secrets_writer)
+    .touched_objects();
+    let (members, members_writer) = reflector::store();
+    let member_events = watcher(
         scoped::<trellis_crd::ChainMember>(&client, ns),
         watcher::Config::default().any_semantic(),
-        |member| member_network(&member),
     )
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            warn!(error = %e, "reconcile failed");
-        }
-    })
-    .await;
+    .default_backoff()
+    .modify(no_managed_fields)
+    .reflect(members_writer)
+    .touched_objects();
+    let controller = Controller::new(
+        scoped::<ChainNetwork>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    if let Ok(mut caches) = ctx.caches.write() {
+        *caches = Some(Caches {
+            networks: controller.store(),
+            stateful_sets,
+            genesis,
+            key_secrets,
+            members,
+        });
+    }
+    controller
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(ctx.concurrency)
+                .debounce(DEBOUNCE),
+        )
+        // The network's own StatefulSets and, mapped by their labels, its members'
+        // (owned by their `ChainMember`s): a member's pods becoming Ready update shard
+        // 0's status at once, not at the next requeue. One watch serves both.
+        .watches_stream(sets, |set| stateful_set_network(&set))
+        .owns(scoped::<Service>(&client, ns), managed)
+        // A member's phase decides whether its validators count in shard 0 (quorum, PDB,
+        // status): its network is reconciled when it changes, not at the next requeue.
+        .watches_stream(member_events, |member| member_network(&member))
+        // Genesis and key Secrets change only by this reconciler's own writes: their
+        // watches fill the caches and trigger nothing.
+        .watches_stream(genesis_maps, no_trigger)
+        .watches_stream(secrets, no_trigger)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
 }
 
 /// The network a `ChainMember` belongs to (`spec.network`, in the member's namespace
@@ -296,6 +369,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         if let Ok(mut memory) = ctx.autoscalers.lock() {
             memory.remove(&key);
         }
+        ctx.key_memo.forget(&key);
         return Ok(Action::await_change());
     }
     let Some(namespace) = network.namespace() else {
@@ -338,8 +412,19 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     }
 
     // Dereference: the shard count the chain runs, the StatefulSets that exist.
+    let caches = ctx.caches();
     let genesis_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    let genesis = genesis_api.get_opt(&build::genesis_name(&name)).await?;
+    // The genesis ConfigMap from the cache when it holds it: written once and never
+    // changed, so any cached copy is the stored one. A miss (not listed yet, or just
+    // created) is read live: a missing genesis is created, or reported lost, only on a
+    // live read, never because the cache lags.
+    let genesis = match caches
+        .as_ref()
+        .and_then(|c| c.genesis(&namespace, &build::genesis_name(&name)))
+    {
+        Some(cached) => Some(cached),
+        None => genesis_api.get_opt(&build::genesis_name(&name)).await?,
+    };
     // A stored genesis must be one this operator can continue (see genesis::stored).
     let genesis_shards = genesis
         .as_ref()
@@ -356,12 +441,28 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         .filter(|c| *c > 0)
         .or(genesis_shards);
     let recorded = recorded.unwrap_or(desired);
-    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let owned_selector = labels::managed_children_selector(&name);
-    let observed_sets = sts_api
-        .list(&ListParams::default().labels(&owned_selector))
-        .await?;
-    let observed = observe(&observed_sets.items);
+    // The StatefulSets from the watch cache: the watch that triggered this reconcile
+    // filled it, so it holds at least the change that woke us. A copy older than our
+    // last write decides nothing wrong: status is rewritten from the next event; applies
+    // are idempotent (a set missing from the cache is applied again, one deleted but
+    // still cached is applied on its deletion's event); a roll step needs the set's own
+    // report for its current generation, so an older copy only repeats a step already
+    // applied; orphans are listed live before anything is deleted.
+    let observed_sets = match caches
+        .as_ref()
+        .and_then(|c| c.network_stateful_sets(&namespace, &name))
+    {
+        Some(sets) => sets,
+        None => {
+            let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+            sts_api
+                .list(&ListParams::default().labels(&owned_selector))
+                .await?
+                .items
+        }
+    };
+    let observed = observe(&observed_sets);
     // Every slot that may have nodes is asked: the shards in service, the ones the
     // change adds or removes, and any shard StatefulSet left from an earlier change.
     let shard_prefix = format!("{name}-shard-");
@@ -377,7 +478,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     let candidates = desired.max(recorded).max(beacon_count).max(existing_slots);
     // Admitted members' validators vote in shard 0; founders removed from the chain
     // leave its StatefulSet (trellis_crd::founders).
-    let (members, retired) = member_validators(client, network).await?;
+    let (members, retired) = member_validators(client, caches.as_ref(), network).await?;
     let provisioned = |t| founders::retire(genesis::provisioned(t), &retired);
     let candidate_topology = match plan_with_shards(&id, &network.spec, candidates) {
         Ok(t) => provisioned(t),
@@ -425,52 +526,22 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     };
 
     if !network.spec.paused {
-        // Keys first: genesis and bootstrap peers need the public keys. One list serves
-        // every committee's Secret.
-        let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        let existing_secrets: BTreeMap<String, Secret> = secrets_api
-            .list(&ListParams::default().labels(&owned_selector))
-            .await?
-            .items
-            .into_iter()
-            .map(|s| (s.name_any(), s))
-            .collect();
-        let mut public_by_entry = BTreeMap::new();
-        for committee in &topology.committees {
-            let entries: Vec<String> = committee
-                .nodes
-                .iter()
-                .map(|n| keys::node_entry(&n.name))
-                .collect();
-            let secret_name = build::key_secret_name(committee);
-            let secret_labels = labels::committee_labels(&name, committee);
-            let set = ensure_keys(
-                client,
-                network,
-                &namespace,
-                existing_secrets.get(&secret_name),
-                &secret_name,
-                secret_labels,
-                &entries,
-            )
-            .await?;
-            public_by_entry.extend(set.into_iter().map(|(entry, keys)| (entry, keys.node)));
-        }
-        let admin_name = build::admin_key_secret_name(&name);
-        let admin = ensure_keys(
-            client,
+        // Keys first: genesis and bootstrap peers need the public keys. The beacon step
+        // signs with private keys, which only a live read gives.
+        let NetworkKeys {
+            public_by_entry,
+            admin_public,
+            secrets: existing_secrets,
+        } = network_keys(
+            ctx,
+            caches.as_ref(),
             network,
-            &namespace,
-            existing_secrets.get(&admin_name),
-            &admin_name,
-            labels::network_labels(&name),
-            &[keys::ADMIN_KEY_ENTRY.to_owned()],
+            &topology,
+            &owned_selector,
+            shard_plan.needs_beacon(),
         )
         .await?;
-        let admin_public = admin
-            .get(keys::ADMIN_KEY_ENTRY)
-            .map(|k| k.admin.clone())
-            .unwrap_or_default();
+        let admin_name = build::admin_key_secret_name(&name);
         // What the beacon step signs with: the admin key, and the node keys of shards the
         // new count adds (read from Secrets that existed before this reconcile; keys
         // generated just now are read on the next one).
@@ -557,10 +628,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                 continue;
             };
             let nodes: Vec<String> = committee.nodes.iter().map(|n| n.name.clone()).collect();
-            let live = observed_sets
-                .items
-                .iter()
-                .find(|s| s.name_any() == set_name);
+            let live = observed_sets.iter().find(|s| s.name_any() == set_name);
             let gate = match committee.role {
                 trellis_crd::topology::CommitteeRole::Shard(id) => match shard_chain.get(&id) {
                     Some(reading) => Gate::Finality(&reading.chain),
@@ -615,7 +683,11 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         let spec_changed =
             previous.and_then(|p| p.observed_generation) != network.metadata.generation;
         let extra_sets = observed.keys().any(|n| !desired_sets.contains(n));
-        if spec_changed || extra_sets {
+        // A network never reconciled before (no observed generation) has no orphans of
+        // an earlier spec, except committees an interrupted earlier reconcile applied,
+        // whose StatefulSets are extra sets: its first reconcile skips the lists.
+        let first_reconcile = previous.and_then(|p| p.observed_generation).is_none();
+        if (spec_changed && !first_reconcile) || extra_sets {
             delete_orphans(client, network, &namespace, &owned_selector, &children).await?;
         }
         // The optional ServiceMonitor follows the same rhythm as the other children.
@@ -720,8 +792,14 @@ fn beacon_endpoint(
 /// Admitted members' validators of a consortium network: the StatefulSets their
 /// `ChainMember`s provisioned (in any namespace), for shard 0's quorum, PDB and status.
 /// Genesis members have none (their validators are the network's own).
+///
+/// Both from the watch caches when listed (the operator then sees the members of the
+/// namespaces it watches, as its member controller does): a member's phase change and
+/// its StatefulSet's changes each trigger this network's reconcile, so a lagging copy
+/// is replaced at once, and what it feeds (status, shard 0's PDB) is applied again.
 async fn member_validators(
     client: &Client,
+    caches: Option<&Caches>,
     network: &ChainNetwork,
 ) -> Result<(Vec<build::MemberValidators>, Vec<String>), Error> {
     if network.spec.mode != trellis_crd::NetworkMode::Consortium {
@@ -729,8 +807,19 @@ async fn member_validators(
     }
     let namespace = network.namespace().unwrap_or_default();
     let name = network.name_any();
-    let members = crate::member::all_members(client).await?;
-    let retired = founders::retired_founders(network, &members);
+    let members: Vec<Arc<trellis_crd::ChainMember>> = match caches.and_then(Caches::members) {
+        Some(cached) => cached,
+        None => {
+            let api: Api<trellis_crd::ChainMember> = Api::all(client.clone());
+            api.list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect()
+        }
+    };
+    let retired = founders::retired_founders(network, members.iter().map(Arc::as_ref));
     let mut found = Vec::new();
     for member in members {
         let member_ns = member.namespace().unwrap_or_default();
@@ -741,8 +830,14 @@ async fn member_validators(
         }
         let committee =
             crate::member::nodes::member_committee_name(&name, &member.spec.organization);
-        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &member_ns);
-        let Some(set) = sets.get_opt(&committee).await? else {
+        let set = match caches.and_then(|c| c.stateful_set(&member_ns, &committee)) {
+            Some(cached) => cached.map(|s| StatefulSet::clone(&s)),
+            None => {
+                let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &member_ns);
+                sets.get_opt(&committee).await?
+            }
+        };
+        let Some(set) = set else {
             continue;
         };
         let figures = observe(std::slice::from_ref(&set));
@@ -858,8 +953,124 @@ pub fn observe(sets: &[StatefulSet]) -> BTreeMap<String, ObservedCommittee> {
         .collect()
 }
 
+/// The network's public keys, and the key Secrets when read live.
+struct NetworkKeys {
+    /// Node public key by Secret entry (`<pod>.key`), every committee's.
+    public_by_entry: BTreeMap<String, String>,
+    /// The network admin's public key.
+    admin_public: String,
+    /// The key Secrets by name as read live; empty when the keys came from the cache.
+    secrets: BTreeMap<String, Secret>,
+}
+
+/// Makes sure every committee's key Secret and the admin key Secret hold a key for each
+/// validator; returns the public keys. `private_keys`: the caller signs with them (the
+/// beacon step), so the Secrets are read live.
+///
+/// From the cache when every Secret's metadata is cached at a `resourceVersion` whose
+/// public keys were read (or written) here with every entry needed: the memo
+/// ([`PublicKeyMemo`]) keeps public keys per exact version, and entries are never
+/// replaced, so they are right even when the cache lags. Anything else — a Secret the
+/// cache lacks, another version, an entry not read yet — is one live list, and only what
+/// that live read finds missing is generated: a lagging cache never makes keys anew.
+async fn network_keys(
+    ctx: &Context,
+    caches: Option<&Caches>,
+    network: &ChainNetwork,
+    topology: &trellis_crd::topology::Topology,
+    owned_selector: &str,
+    private_keys: bool,
+) -> Result<NetworkKeys, Error> {
+    let name = network.name_any();
+    let namespace = network.namespace().unwrap_or_default();
+    let memo_key = format!("{namespace}/{name}");
+    let admin_name = build::admin_key_secret_name(&name);
+    // Every key Secret: name, labels, the entries it must hold.
+    let mut wanted: Vec<(String, BTreeMap<String, String>, Vec<String>)> = topology
+        .committees
+        .iter()
+        .map(|committee| {
+            (
+                build::key_secret_name(committee),
+                labels::committee_labels(&name, committee),
+                committee
+                    .nodes
+                    .iter()
+                    .map(|n| keys::node_entry(&n.name))
+                    .collect(),
+            )
+        })
+        .collect();
+    wanted.push((
+        admin_name.clone(),
+        labels::network_labels(&name),
+        vec![keys::ADMIN_KEY_ENTRY.to_owned()],
+    ));
+    let assemble = |sets: Vec<(&String, BTreeMap<String, keys::PublicKeys>)>,
+                    secrets: BTreeMap<String, Secret>| {
+        let mut public_by_entry = BTreeMap::new();
+        let mut admin_public = String::new();
+        for (secret, set) in sets {
+            if *secret == admin_name {
+                admin_public = set
+                    .get(keys::ADMIN_KEY_ENTRY)
+                    .map(|k| k.admin.clone())
+                    .unwrap_or_default();
+            } else {
+                public_by_entry.extend(set.into_iter().map(|(entry, keys)| (entry, keys.node)));
+            }
+        }
+        NetworkKeys {
+            public_by_entry,
+            admin_public,
+            secrets,
+        }
+    };
+    if !private_keys && let Some(caches) = caches {
+        let recalled: Option<Vec<_>> = wanted
+            .iter()
+            .map(|(secret, _, entries)| {
+                let version = caches.key_secret_version(&namespace, secret)?;
+                let set = ctx.key_memo.recall(&memo_key, secret, &version, entries)?;
+                Some((secret, set))
+            })
+            .collect();
+        if let Some(sets) = recalled {
+            return Ok(assemble(sets, BTreeMap::new()));
+        }
+    }
+    // One live list serves every committee's Secret.
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: BTreeMap<String, Secret> = api
+        .list(&ListParams::default().labels(owned_selector))
+        .await?
+        .items
+        .into_iter()
+        .map(|s| (s.name_any(), s))
+        .collect();
+    let mut sets = Vec::with_capacity(wanted.len());
+    for (secret, secret_labels, entries) in &wanted {
+        let (set, version) = ensure_keys(
+            &ctx.client,
+            network,
+            &namespace,
+            secrets.get(secret),
+            secret,
+            secret_labels.clone(),
+            entries,
+        )
+        .await?;
+        ctx.key_memo
+            .remember(&memo_key, secret, version.as_deref(), &set);
+        sets.push((secret, set));
+    }
+    Ok(assemble(sets, secrets))
+}
+
 /// Makes sure Secret `secret_name` holds a key for each of `entries`; returns the public
-/// keys by entry. Creates the Secret when missing; adds only missing entries otherwise.
+/// keys by entry and the Secret's `resourceVersion` after this call. Creates the Secret
+/// when missing; adds only missing entries otherwise. `existing` must come from a live
+/// read: it decides what is generated.
 async fn ensure_keys(
     client: &Client,
     network: &ChainNetwork,
@@ -868,14 +1079,15 @@ async fn ensure_keys(
     secret_name: &str,
     secret_labels: BTreeMap<String, String>,
     entries: &[String],
-) -> Result<BTreeMap<String, keys::PublicKeys>, Error> {
+) -> Result<(BTreeMap<String, keys::PublicKeys>, Option<String>), Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let set = keys::complete_keys(secret_name, existing, entries)?;
     if set.missing.is_empty() {
-        return Ok(set.public_keys);
+        let version = existing.and_then(|s| s.metadata.resource_version.clone());
+        return Ok((set.public_keys, version));
     }
     let data = keys::secret_data(&set.missing);
-    match existing {
+    let written = match existing {
         None => {
             let secret = Secret {
                 metadata: ObjectMeta {
@@ -891,7 +1103,7 @@ async fn ensure_keys(
             };
             // A concurrent creator wins; our keys are dropped and the next reconcile
             // reads theirs (the public keys returned here are then never used).
-            api.create(&PostParams::default(), &secret).await?;
+            api.create(&PostParams::default(), &secret).await?
         }
         Some(secret) => {
             // Add entries only, guarded by resourceVersion: if the Secret changed since
@@ -901,16 +1113,16 @@ async fn ensure_keys(
                 "data": data,
             });
             api.patch(secret_name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+                .await?
         }
-    }
+    };
     info!(
         secret = secret_name,
         namespace,
         added = set.missing.len(),
         "generated node keys"
     );
-    Ok(set.public_keys)
+    Ok((set.public_keys, written.metadata.resource_version))
 }
 
 async fn create_if_missing<K>(api: &Api<K>, object: &K) -> Result<(), Error>

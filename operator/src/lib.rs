@@ -6,6 +6,7 @@
 //! status ([`status`], pure). The chain itself is reached only through [`chain`].
 
 pub mod build;
+pub mod cache;
 pub mod chain;
 pub mod controller;
 pub mod endpoints;
@@ -17,6 +18,7 @@ pub mod local;
 pub mod member;
 pub mod metrics;
 pub mod monitoring;
+pub mod requests;
 pub mod reshard;
 pub mod rollout;
 pub mod scaling;

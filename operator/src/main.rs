@@ -14,6 +14,7 @@ use trellis_operator::endpoints::ClusterDns;
 use trellis_operator::lease::{self, LeaseConfig};
 use trellis_operator::member;
 use trellis_operator::metrics::Metrics;
+use trellis_operator::requests;
 use trellis_operator::server::{self, Health};
 use trellis_operator::telemetry;
 
@@ -142,8 +143,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
+    // Every apiserver request is counted by verb and resource (crate::requests).
+    let client = requests::counted_client(kube::Config::infer().await?, metrics.clone())?;
     let health = Arc::new(Health::default());
 
     let listener = tokio::net::TcpListener::bind(args.http_addr).await?;

@@ -275,11 +275,24 @@ pub async fn run(
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let members: Api<ChainMember> = match namespace.as_deref() {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
+    let (members, sets): (Api<ChainMember>, Api<StatefulSet>) = match namespace.as_deref() {
+        Some(ns) => (
+            Api::namespaced(ctx.client.clone(), ns),
+            Api::namespaced(ctx.client.clone(), ns),
+        ),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
+    // The members' own StatefulSets (component `member`): one deleted or changed by hand
+    // is applied again at once, not at the next requeue (up to 60 s later).
+    let member_sets = watcher::Config::default().labels(&format!(
+        "{}={},{}={}",
+        crate::labels::MANAGED_BY,
+        crate::labels::MANAGER,
+        crate::labels::COMPONENT,
+        nodes::MEMBER_COMPONENT
+    ));
     Controller::new(members, watcher::Config::default().any_semantic())
+        .owns(sets, member_sets)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -311,8 +324,21 @@ pub async fn reconcile(member: Arc<ChainMember>, ctx: Arc<Context>) -> Result<Ac
         .namespace
         .clone()
         .unwrap_or(own_ns.clone());
-    let networks: Api<ChainNetwork> = Api::namespaced(ctx.client.clone(), &network_ns);
-    let lookup = match networks.get_opt(&member.spec.network.name).await? {
+    // The network from the network controller's cache when it holds it: a copy that
+    // lags a spec change gives the validators the template the next reconcile replaces
+    // (as a live read just before the change would). A network the cache lacks is read
+    // live: `NetworkNotFound` is only ever said on a live read.
+    let cached = ctx
+        .caches()
+        .and_then(|c| c.network(&network_ns, &member.spec.network.name));
+    let network = match cached {
+        Some(network) => Some(network),
+        None => {
+            let networks: Api<ChainNetwork> = Api::namespaced(ctx.client.clone(), &network_ns);
+            networks.get_opt(&member.spec.network.name).await?
+        }
+    };
+    let lookup = match network {
         Some(n) => NetworkLookup::Found(Box::new(n)),
         None => NetworkLookup::NotFound,
     };
@@ -565,6 +591,7 @@ async fn govern(
         view.governance = Some(governance);
         return Ok(awaiting(view, None));
     };
+    // Live: a Secret the key holders write, named in the spec (no watch selects it).
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), own_ns);
     let tx_hex = secrets.get_opt(secret_name).await?.and_then(|s| {
         s.data
@@ -804,6 +831,9 @@ async fn member_keys(
     let name = own
         .clone()
         .unwrap_or_else(|| build::key_secret_name(committee));
+    // Live, not from a cache: this read decides which keys are generated (once, never
+    // again), and a member's key Secrets are unlabelled or named by their users, so no
+    // watch selects them. A member reconciles every 5-60 s, not on every pod event.
     let existing = api.get_opt(&name).await?;
     let set = match keys::complete_keys(&name, existing.as_ref(), &entries) {
         Ok(set) => set,
@@ -876,10 +906,20 @@ async fn provision(
     let network_ns = network.namespace().unwrap_or_default();
     let genesis_name = build::genesis_name(&network.name_any());
     let entry = crate::genesis::ENTRY;
-    let genesis = Api::<ConfigMap>::namespaced(ctx.client.clone(), &network_ns)
-        .get_opt(&genesis_name)
-        .await?
-        .and_then(|g| g.data.and_then(|mut d| d.remove(entry)));
+    // From the network controller's cache when it holds it (a genesis never changes);
+    // else live.
+    let cached = ctx
+        .caches()
+        .and_then(|c| c.genesis(&network_ns, &genesis_name));
+    let genesis = match cached {
+        Some(genesis) => Some(genesis),
+        None => {
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), &network_ns)
+                .get_opt(&genesis_name)
+                .await?
+        }
+    };
+    let genesis = genesis.and_then(|g| g.data.and_then(|mut d| d.remove(entry)));
     let Some(genesis) = genesis else {
         return Ok(Err(format!(
             "admitted on chain, but ConfigMap {genesis_name} in namespace {network_ns} has no \

@@ -17,6 +17,12 @@ struct CategoryLabel {
     category: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: String,
+    resource: String,
+}
+
 /// Counters and histograms of the reconciler.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -24,6 +30,8 @@ pub struct Metrics {
     errors: Family<CategoryLabel, Counter>,
     duration: Histogram,
     leader: Gauge,
+    /// Apiserver requests by verb and resource (crate::requests).
+    kube_requests: Family<RequestLabels, Counter>,
     /// The most recent reconcile durations (seconds), for percentiles in benchmarks.
     recent: Mutex<std::collections::VecDeque<f64>>,
     otel: OtelInstruments,
@@ -74,6 +82,7 @@ impl Metrics {
         // 1 ms .. ~16 s.
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let leader = Gauge::default();
+        let kube_requests = Family::<RequestLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -90,12 +99,18 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "kube_requests",
+            "Requests to the Kubernetes apiserver by verb and resource",
+            kube_requests.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
             errors,
             duration,
             leader,
+            kube_requests,
             recent: Mutex::new(std::collections::VecDeque::new()),
             otel: OtelInstruments::new(),
         }
@@ -136,6 +151,16 @@ impl Metrics {
         );
     }
 
+    /// One apiserver request (counted by crate::requests' client layer).
+    pub fn kube_request(&self, verb: &str, resource: &str) {
+        self.kube_requests
+            .get_or_create(&RequestLabels {
+                verb: verb.to_owned(),
+                resource: resource.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
         self.otel.leader.record(i64::from(leader), &[]);
@@ -167,7 +192,15 @@ mod tests {
         m.reconciled(Duration::from_millis(5));
         m.reconcile_error("kube_api");
         m.set_leader(true);
+        m.kube_request("list", "statefulsets");
+        m.kube_request("list", "statefulsets");
         let text = m.encode();
+        assert!(
+            text.contains(
+                "trellis_operator_kube_requests_total{verb=\"list\",resource=\"statefulsets\"} 2"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("trellis_operator_reconciles_total 2"),
             "{text}"

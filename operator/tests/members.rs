@@ -7,7 +7,8 @@
 //! into the cluster. The test plays the key holders (the console): it signs the
 //! proposal the operator publishes with the organisations' admin keys and hands the
 //! transaction over in a Secret. The 4th organisation's validator runs on 127.0.70.4
-//! from the objects the operator provisions after its admission.
+//! from the objects the operator provisions after its admission; its StatefulSet,
+//! deleted, is back within seconds (the member controller's watch).
 
 // Test harness code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -393,6 +394,32 @@ async fn a_fourth_organisation_is_admitted_through_its_member_resource_and_remov
     )
     .await;
     assert!(joiner[0].running(), "{}", joiner[0].log());
+
+    // The member controller watches its validators' StatefulSet: deleted, it is applied
+    // again at once. An admitted member's requeue is 60 s, so without the watch this
+    // waits in vain (the kube-apiserver deletes it; the operator makes the new one).
+    let deleted_uid = sets.get(&newcomer.name).await.unwrap().metadata.uid;
+    let deleted_at = std::time::Instant::now();
+    sets.delete(&newcomer.name, &kube::api::DeleteParams::background())
+        .await
+        .unwrap();
+    eventually(
+        "org-d's deleted StatefulSet re-applied within 5 s",
+        Duration::from_secs(5),
+        || {
+            let sets = sets.clone();
+            let (name, deleted_uid) = (newcomer.name.clone(), deleted_uid.clone());
+            async move {
+                let set = sets.get_opt(&name).await.ok()??;
+                (set.metadata.uid != deleted_uid).then_some(())
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "org-d's StatefulSet back {:.2} s after its deletion",
+        deleted_at.elapsed().as_secs_f64()
+    );
 
     // Removal reverses it: a proposal to sign (3 of 4), then the validator goes.
     members

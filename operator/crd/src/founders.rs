@@ -50,11 +50,14 @@ pub fn of_network(member: &ChainMember, name: &str, namespace: &str) -> bool {
 /// `ChainMember` of the network with `spec.remove`, phase `Removed`, for an organisation
 /// of its `spec.members`. The network drops their validators
 /// ([`retire`]). Pure.
-pub fn retired_founders(network: &ChainNetwork, members: &[ChainMember]) -> Vec<String> {
+pub fn retired_founders<'a>(
+    network: &ChainNetwork,
+    members: impl IntoIterator<Item = &'a ChainMember>,
+) -> Vec<String> {
     let name = network.metadata.name.as_deref().unwrap_or_default();
     let namespace = network.metadata.namespace.as_deref().unwrap_or_default();
     members
-        .iter()
+        .into_iter()
         .filter(|m| {
             m.spec.remove
                 && of_network(m, name, namespace)
