@@ -161,6 +161,9 @@ pub struct NodeState<K: Kv> {
     /// Shard nodes: admitted transactions whose table moved to another shard at an epoch
     /// switch, waiting to be forwarded there (by [`crate::handoff`]).
     pub handed_over: Vec<Tx>,
+    /// Shard nodes: hashes of handed-over transactions the handoff task is still
+    /// forwarding (`trellis_getTransaction` reports them pending).
+    pub forwarding: HashSet<Digest>,
     /// Shard nodes: credits owed by other shards and the source blocks checked.
     pub credits: crate::cross_shard::CreditDesk,
 }
@@ -272,6 +275,7 @@ impl<K: Kv> NodeState<K> {
             system_gossip: Vec::new(),
             shard_epoch: None,
             handed_over: Vec::new(),
+            forwarding: HashSet::new(),
             credits: Default::default(),
         }
         .with_stored_registry()

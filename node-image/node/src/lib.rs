@@ -17,6 +17,7 @@ pub mod relay;
 pub mod rpc;
 pub mod rpc_beacon;
 pub mod rpc_governance;
+pub mod rpc_lookup;
 pub mod rpc_route;
 pub mod rpc_shard;
 pub mod run;
