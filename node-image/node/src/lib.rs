@@ -11,6 +11,7 @@ pub mod epoch_switch;
 pub mod follower;
 pub mod governance;
 pub mod handoff;
+pub mod leaders;
 pub mod mempool;
 pub mod metrics;
 pub mod relay;
