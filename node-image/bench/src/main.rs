@@ -93,6 +93,14 @@ struct Args {
     /// resolution).
     #[arg(long, default_value_t = 20)]
     poll_ms: u64,
+    /// `RUST_LOG` of the node processes (their logs are `c<committee>v<validator>/node.log`
+    /// under the network's directory).
+    #[arg(long, default_value = "warn")]
+    node_log: String,
+    /// Keep the network's directory (data, configs and node logs) after the run and print
+    /// its path, to read the nodes' logs.
+    #[arg(long)]
+    keep: bool,
 }
 
 struct Proc(Option<Child>);
@@ -256,6 +264,7 @@ struct Layout {
     slots: u16,
     epoch_length: Option<u64>,
     first_ip: std::net::Ipv4Addr,
+    node_log: String,
 }
 
 fn start_network(bin: &Path, layout: &Layout, accounts: &[PrivateKey]) -> anyhow::Result<Network> {
@@ -384,7 +393,7 @@ fn start_network(bin: &Path, layout: &Layout, accounts: &[PrivateKey]) -> anyhow
             .arg("run")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &layout.node_log)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -473,6 +482,7 @@ fn measure_reshard(
     // Baseline: the steady load before the change (its first seconds warm up).
     let warm = load_start + Duration::from_secs(args.steady / 4);
     let mut intervals = Vec::new();
+    let mut all_switches = Vec::new();
     println!(
         "steady state ({:.0} s before the change):",
         submit.duration_since(warm).as_secs_f64()
@@ -490,6 +500,35 @@ fn measure_reshard(
             gap.as_secs_f64() * 1e3
         );
         intervals.extend(mean);
+        let (switches, ordinary) = reshard::switch_gaps(&seen, warm, submit);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let pauses: Vec<f64> = switches.iter().map(|g| ms(g.pause())).collect();
+        println!(
+            "    {} epoch switches: pause (longest gap around the epoch-end block) {:?} ms; \
+             to the epoch-end block {:?} ms, from it to the new epoch's first block {:?} ms; \
+             longest other gap {:.0} ms",
+            switches.len(),
+            pauses.iter().map(|p| p.round() as u64).collect::<Vec<_>>(),
+            switches
+                .iter()
+                .map(|g| ms(g.ending).round() as u64)
+                .collect::<Vec<_>>(),
+            switches
+                .iter()
+                .map(|g| ms(g.starting).round() as u64)
+                .collect::<Vec<_>>(),
+            ms(ordinary)
+        );
+        all_switches.extend(pauses);
+    }
+    if !all_switches.is_empty() {
+        all_switches.sort_by(f64::total_cmp);
+        println!(
+            "  epoch-switch pause over all shards: median {:.0} ms, max {:.0} ms ({} switches)",
+            percentile(&all_switches, 0.5),
+            all_switches.last().copied().unwrap_or_default(),
+            all_switches.len()
+        );
     }
     // A new shard's pause runs from the first epoch-end of an old shard (its tables stop
     // being finalized there) to its own first block.
@@ -663,8 +702,16 @@ fn main() -> anyhow::Result<()> {
         } else {
             std::net::Ipv4Addr::new(127, 0, 1, 2)
         }),
+        node_log: args.node_log.clone(),
     };
-    let network = start_network(&bin, &layout, &accounts)?;
+    let mut network = start_network(&bin, &layout, &accounts)?;
+    if args.keep {
+        network.root.disable_cleanup(true);
+        println!(
+            "network directory (kept): {}",
+            network.root.path().display()
+        );
+    }
     let rpcs: Vec<SocketAddr> = network.rpcs.iter().flatten().copied().collect();
     // Slots beyond the starting count wait for the beacon: only running shards finalize.
     let running: Vec<SocketAddr> = network.rpcs[..committees]

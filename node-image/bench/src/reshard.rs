@@ -128,6 +128,49 @@ pub fn mean_interval(seen: &[Sighting], from: Instant, to: Instant) -> Option<Du
     Some(last.at.duration_since(first.at) / u32::try_from(blocks).ok()?)
 }
 
+/// The finalization gaps around one epoch switch of a shard: from the block before the
+/// epoch-end block to the epoch-end block (`ending`), and from the epoch-end block to the
+/// first block of the new epoch (`starting`). The switch's pause is the longer of the two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwitchGap {
+    pub ending: Duration,
+    pub starting: Duration,
+}
+
+impl SwitchGap {
+    pub fn pause(&self) -> Duration {
+        self.ending.max(self.starting)
+    }
+}
+
+/// The epoch switches a slot went through inside `[from, to]` (a sighting whose epoch is
+/// above the previous one's is the epoch-end block: executing it enters the next epoch),
+/// and the longest gap between sightings that touch no switch.
+pub fn switch_gaps(seen: &[Sighting], from: Instant, to: Instant) -> (Vec<SwitchGap>, Duration) {
+    let inside: Vec<&Sighting> = seen.iter().filter(|s| s.at >= from && s.at <= to).collect();
+    let mut switches = Vec::new();
+    // Intervals (by their first sighting's index) that belong to a switch.
+    let mut taken = std::collections::HashSet::new();
+    for i in 1..inside.len().saturating_sub(1) {
+        if inside[i].epoch > inside[i - 1].epoch {
+            switches.push(SwitchGap {
+                ending: inside[i].at.duration_since(inside[i - 1].at),
+                starting: inside[i + 1].at.duration_since(inside[i].at),
+            });
+            taken.insert(i - 1);
+            taken.insert(i);
+        }
+    }
+    let ordinary = inside
+        .windows(2)
+        .enumerate()
+        .filter(|(i, _)| !taken.contains(i))
+        .map(|(_, w)| w[1].at.duration_since(w[0].at))
+        .max()
+        .unwrap_or_default();
+    (switches, ordinary)
+}
+
 /// The first sighting in epoch `epoch` or later.
 pub fn entered(seen: &[Sighting], epoch: u64) -> Option<Instant> {
     seen.iter().find(|s| s.epoch >= epoch).map(|s| s.at)
@@ -148,11 +191,41 @@ mod tests {
     use super::*;
 
     fn at(base: Instant, ms: u64, height: u64) -> Sighting {
+        in_epoch(base, ms, height, 0)
+    }
+
+    fn in_epoch(base: Instant, ms: u64, height: u64, epoch: u64) -> Sighting {
         Sighting {
             at: base + Duration::from_millis(ms),
             height,
-            epoch: 0,
+            epoch,
         }
+    }
+
+    #[test]
+    fn switch_gaps_split_the_epoch_end() {
+        let base = Instant::now();
+        let ms = Duration::from_millis;
+        let seen = [
+            in_epoch(base, 0, 1, 0),
+            in_epoch(base, 500, 2, 0),
+            // Block 3 ends epoch 0: seen with the node in epoch 1.
+            in_epoch(base, 1_200, 3, 1),
+            in_epoch(base, 4_200, 4, 1),
+            in_epoch(base, 4_800, 5, 1),
+            in_epoch(base, 5_000, 6, 2),
+        ];
+        let (switches, ordinary) = switch_gaps(&seen, base, base + ms(10_000));
+        // The last switch has no block after it yet: not counted.
+        assert_eq!(
+            switches,
+            vec![SwitchGap {
+                ending: ms(700),
+                starting: ms(3_000)
+            }]
+        );
+        assert_eq!(switches[0].pause(), ms(3_000));
+        assert_eq!(ordinary, ms(600));
     }
 
     #[test]

@@ -132,8 +132,9 @@ pub struct NodeState<K: Kv> {
     pub mempool: Mempool,
     /// Digest of the last finalized (and executed) block.
     pub finalized_digest: Digest,
-    /// Highest view this node has seen a certificate for.
-    pub view: u64,
+    /// Highest round (consensus epoch, view) this node has seen a certificate for: the
+    /// view after it is the one consensus is in (see [`crate::leaders`]).
+    pub round: (u64, u64),
     /// True while a finalization names a block above the executed height.
     pub syncing: bool,
     pub epoch: u64,
@@ -161,6 +162,9 @@ pub struct NodeState<K: Kv> {
     /// Shard nodes: admitted transactions whose table moved to another shard at an epoch
     /// switch, waiting to be forwarded there (by [`crate::handoff`]).
     pub handed_over: Vec<Tx>,
+    /// Shard nodes: hashes of handed-over transactions the handoff task is still
+    /// forwarding (`trellis_getTransaction` reports them pending).
+    pub forwarding: HashSet<Digest>,
     /// Shard nodes: credits owed by other shards and the source blocks checked.
     pub credits: crate::cross_shard::CreditDesk,
 }
@@ -259,7 +263,7 @@ impl<K: Kv> NodeState<K> {
             ledger,
             mempool: Mempool::new(chain_id, mempool_bound),
             finalized_digest,
-            view: 0,
+            round: (0, 0),
             syncing: false,
             epoch: 0,
             gossip: Vec::new(),
@@ -272,6 +276,7 @@ impl<K: Kv> NodeState<K> {
             system_gossip: Vec::new(),
             shard_epoch: None,
             handed_over: Vec::new(),
+            forwarding: HashSet::new(),
             credits: Default::default(),
         }
         .with_stored_registry()
@@ -856,6 +861,7 @@ enum Message {
         certificate: Vec<u8>,
     },
     Seen {
+        epoch: u64,
         view: u64,
     },
     Block {
@@ -930,9 +936,11 @@ impl Reporter for Mailbox {
                 certificate: f.encode().to_vec(),
             }),
             Activity::Notarization(n) => self.send(Message::Seen {
+                epoch: n.proposal.round.epoch().get(),
                 view: n.proposal.round.view().get(),
             }),
             Activity::Nullification(n) => self.send(Message::Seen {
+                epoch: n.round.epoch().get(),
                 view: n.round.view().get(),
             }),
             _ => Feedback::Ok,
@@ -1151,8 +1159,8 @@ where
                     view,
                     certificate,
                 } => self.finalized(digest, (epoch, view), certificate),
-                Message::Seen { view } => {
-                    self.note_view(view);
+                Message::Seen { epoch, view } => {
+                    self.note_round((epoch, view));
                     Ok(())
                 }
                 Message::Block { bytes } => {
@@ -1180,7 +1188,7 @@ where
         round: (u64, u64),
         certificate: Vec<u8>,
     ) -> Result<(), StateError> {
-        self.note_view(round.1);
+        self.note_round(round);
         // A block finalized again (an epoch's last block is re-proposed until it is
         // finalized directly): keep the certificate if the block has none yet, so that
         // peers catching up across the epoch can be served one.
@@ -1201,10 +1209,10 @@ where
         self.advance()
     }
 
-    fn note_view(&mut self, view: u64) {
+    fn note_round(&mut self, round: (u64, u64)) {
         let mut state = lock(&self.state);
-        if view > state.view {
-            state.view = view;
+        if round > state.round {
+            state.round = round;
         }
     }
 

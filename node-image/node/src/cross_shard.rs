@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use trellis_node_beacon::BeaconState;
 use trellis_node_state::{Kv, TableSet};
 use trellis_node_types::shard::MAX_BLOCK_CREDITS;
-use trellis_node_types::{Block, Committee, Credit, CrossReceipt, Digest};
+use trellis_node_types::{Block, Committee, Credit, CrossReceipt, Digest, PublicKey};
 
 /// Source headers a node remembers having checked (a few per source shard and second).
 const KNOWN_HEADERS: usize = 1024;
@@ -319,15 +319,22 @@ impl Default for Pace {
     }
 }
 
-/// Gathers credits and checks wanted source blocks for a shard node until the task is
-/// stopped. Failures are logged (once per distinct reason) and retried: a relay that
+/// Gathers credits and checks wanted source blocks for shard node `me` until the task
+/// is stopped. Failures are logged (once per distinct reason) and retried: a relay that
 /// does not answer, or answers with something forged, only delays credits.
+///
+/// Only a node about to propose gathers ([`crate::leaders::leads_soon`]: it leads the
+/// current or the next view): a block carries its proposer's credits, and the other
+/// validators verify them from the block itself (fetching the source blocks it names),
+/// so gathering on every validator would repeat the relay's work for nothing. Every
+/// validator still fetches the source blocks it needs to verify.
 pub async fn run<K: Kv, R: Relay, C: commonware_runtime::Clock>(
     clock: C,
     state: Arc<Mutex<NodeState<K>>>,
     chain_id: String,
     relay: Arc<R>,
     pace: Pace,
+    me: PublicKey,
 ) {
     let mut last_error = String::new();
     let mut since_collect = pace.collect;
@@ -351,7 +358,7 @@ pub async fn run<K: Kv, R: Relay, C: commonware_runtime::Clock>(
             beacon,
         };
         let mut errors = fetch_wanted(&state, &*relay, &source).await;
-        if since_collect >= pace.collect {
+        if since_collect >= pace.collect && crate::leaders::leads_soon(&lock(&state), &me) {
             since_collect = Duration::ZERO;
             errors.extend(gather(&state, &*relay, &source, own, &tables).await);
         }

@@ -7,10 +7,8 @@ use crate::chain::{self, ChainConfig, Membership, NodeState, Scheme};
 use crate::metrics::ChainMetrics;
 use commonware_consensus::simplex::Engine;
 use commonware_consensus::simplex::config::{Config, Floor, ForwardPolicy, SkipBudget, SkipPolicy};
-use commonware_consensus::simplex::elector::RoundRobin;
 use commonware_consensus::types::{Epoch, ViewDelta};
-use commonware_cryptography::Sha256;
-use commonware_p2p::utils::mux::Muxer;
+use commonware_p2p::utils::mux::{MuxHandle, Muxer, SubReceiver, SubSender};
 use commonware_p2p::{Blocker, Receiver, Sender};
 use commonware_parallel::Sequential;
 use commonware_runtime::buffer::paged::CacheRef;
@@ -237,6 +235,11 @@ where
             let mut membership = first;
             let mut engine: Option<(u64, Handle<()>)> = None;
             let mut tracked: Option<u64> = None;
+            // The next epoch's subchannels, opened while this epoch runs: peers that
+            // switch epoch before this node send their first votes (the new epoch's
+            // first proposal among them) there, and the muxer drops messages of a
+            // subchannel nobody opened. Opened in advance they wait for the engine.
+            let mut ahead: Option<(u64, EpochChannels<_, _>)> = None;
             loop {
                 if tracked != Some(membership.peer_set)
                     && let Some(track) = peer_sets.as_mut()
@@ -249,13 +252,31 @@ where
                         info!(epoch, "stopping the consensus engine of a finished epoch");
                         handle.abort();
                     }
+                    let epoch = membership.epoch;
+                    // Subchannels opened in advance for this epoch are used; those of a
+                    // later one stay open; those of an epoch this node skipped close.
+                    let opened = match ahead.take() {
+                        Some((e, channels)) if e == epoch => Some(channels),
+                        Some((e, channels)) if e > epoch => {
+                            ahead = Some((e, channels));
+                            None
+                        }
+                        _ => None,
+                    };
                     if membership.validators.contains(&me) {
-                        let epoch = membership.epoch;
-                        let (Ok(v), Ok(c), Ok(r)) = (
-                            votes_mux.register(epoch).await,
-                            certificates_mux.register(epoch).await,
-                            resolver_mux.register(epoch).await,
-                        ) else {
+                        let channels = match opened {
+                            Some(channels) => Some(channels),
+                            None => {
+                                open_epoch(
+                                    &mut votes_mux,
+                                    &mut certificates_mux,
+                                    &mut resolver_mux,
+                                    epoch,
+                                )
+                                .await
+                            }
+                        };
+                        let Some((v, c, r)) = channels else {
                             error!(epoch, "could not open the epoch's consensus channels");
                             return;
                         };
@@ -280,10 +301,22 @@ where
                             None => error!(epoch, "could not start the consensus engine"),
                         }
                     } else {
+                        drop(opened);
                         info!(
                             epoch = membership.epoch,
                             "not a validator in this epoch; following the chain"
                         );
+                    }
+                    if ahead.is_none() {
+                        let next = epoch + 1;
+                        ahead = open_epoch(
+                            &mut votes_mux,
+                            &mut certificates_mux,
+                            &mut resolver_mux,
+                            next,
+                        )
+                        .await
+                        .map(|channels| (next, channels));
                     }
                 }
                 // Only the latest membership matters.
@@ -300,6 +333,24 @@ where
 }
 
 type Pair<S, R> = (S, R);
+
+/// One epoch's votes, certificates and resolver subchannels.
+type EpochChannels<S, R> = (Pair<S, R>, Pair<S, R>, Pair<S, R>);
+
+/// Opens `epoch`'s consensus subchannels; `None` when a muxer is closed or one of them is
+/// open already.
+async fn open_epoch<S: Sender>(
+    votes: &mut MuxHandle<S>,
+    certificates: &mut MuxHandle<S>,
+    resolver: &mut MuxHandle<S>,
+    epoch: u64,
+) -> Option<EpochChannels<SubSender<S>, SubReceiver<S::PublicKey>>> {
+    Some((
+        votes.register(epoch).await.ok()?,
+        certificates.register(epoch).await.ok()?,
+        resolver.register(epoch).await.ok()?,
+    ))
+}
 
 #[allow(clippy::too_many_arguments)]
 fn start_engine<E, B, S, R>(
@@ -323,7 +374,7 @@ where
     let timing = &config.timing;
     let engine_config = Config {
         scheme,
-        elector: RoundRobin::<Sha256>::default(),
+        elector: crate::leaders::elector(),
         blocker,
         automaton: mailbox.clone(),
         relay: mailbox.clone(),

@@ -270,6 +270,7 @@ async fn forward_handed_over<K: Kv, S: HandoffSource>(
                 .into_iter()
                 .map(|t| (t, 0)),
         );
+        s.forwarding = retry.iter().map(|(t, _)| t.hash()).collect();
         s.beacon.clone()
     };
     let Some(beacon) = beacon else {
@@ -299,6 +300,7 @@ async fn forward_handed_over<K: Kv, S: HandoffSource>(
             left.push((tx, attempts + 1));
         }
     }
+    lock(state).forwarding = left.iter().map(|(t, _)| t.hash()).collect();
     *retry = left;
 }
 

@@ -243,8 +243,23 @@ async fn handle_rpc<K: Kv>(
             {
                 return Json(forward_to(&rpc.relay, &beacon, "the beacon", request).await);
             }
-            let mut response = serde_json::to_value(answer(&rpc, request)).unwrap_or(Value::Null);
-            mark_admitting_shard(own_shard_of(&lock(&rpc.state)), &mut response);
+            let own = own_shard_of(&lock(&rpc.state));
+            let mut response =
+                serde_json::to_value(answer(&rpc, request.clone())).unwrap_or(Value::Null);
+            mark_admitting_shard(own, &mut response);
+            if !forwarded && crate::rpc_lookup::undecided(&request, &response) {
+                let shards = crate::rpc_lookup::other_shards(&rpc);
+                if !shards.is_empty() {
+                    let mut merged = crate::rpc_lookup::resolve(
+                        &rpc,
+                        shards,
+                        std::slice::from_ref(&request),
+                        vec![(own, response)],
+                    )
+                    .await;
+                    response = merged.pop().unwrap_or(Value::Null);
+                }
+            }
             Json(response)
         }
         Err(e) => Json(parse_error(e)),
@@ -566,8 +581,31 @@ async fn answer_batch<K: Kv>(
         }
         rpc.metrics.mempool_depth.set(state.mempool.len() as i64);
     }
+    // Transactions this node does not know are looked for in the other shards, one batch
+    // per shard (see `rpc_lookup`).
+    let mut open: Vec<(usize, JsonRpcRequest)> = Vec::new();
     for (i, request) in others {
-        answers[i] = to_value(answer(rpc, request));
+        let response = to_value(answer(rpc, request.clone()));
+        if !forwarded && crate::rpc_lookup::undecided(&request, &response) {
+            open.push((i, request));
+        }
+        answers[i] = response;
+    }
+    let shards = if open.is_empty() {
+        Vec::new()
+    } else {
+        crate::rpc_lookup::other_shards(rpc)
+    };
+    if !shards.is_empty() {
+        let (places, requests): (Vec<usize>, Vec<JsonRpcRequest>) = open.into_iter().unzip();
+        let own_answers = places
+            .iter()
+            .map(|i| (own, std::mem::take(&mut answers[*i])))
+            .collect();
+        let merged = crate::rpc_lookup::resolve(rpc, shards, &requests, own_answers).await;
+        for (i, response) in places.into_iter().zip(merged) {
+            answers[i] = response;
+        }
     }
     for (owner, group) in remote {
         let (places, requests): (Vec<usize>, Vec<JsonRpcRequest>) = group.into_iter().unzip();
@@ -605,7 +643,23 @@ fn get_transaction<K: Kv>(
             error: (!receipt.success).then_some(receipt.error),
         });
     }
-    let pending = state.mempool.contains(&hash);
+    // Handed over at an epoch switch and on its way to its sender's new shard: pending.
+    let pending = state.mempool.contains(&hash)
+        || state.forwarding.contains(&hash)
+        || state.handed_over.iter().any(|tx| tx.hash() == hash);
+    let importing = crate::epoch_switch::pending_imports(&state);
+    if !pending && !importing.is_empty() {
+        // A transaction from an account of a table being imported may be on its way here
+        // (handed over by the table's previous shard): not "unknown" yet.
+        let tables: Vec<u8> = importing.iter().map(|i| i.table).collect();
+        return Err(RpcFailure::new(
+            codes::RESHARDING,
+            format!(
+                "this shard is taking over tables {tables:?}; a transaction from their \
+                 accounts may still be on its way here; retry shortly"
+            ),
+        ));
+    }
     Ok(TransactionStatus {
         hash: q.hash,
         state: if pending {

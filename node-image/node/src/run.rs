@@ -501,8 +501,9 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
                 )
             });
             let (state, chain_id) = (rpc.state.clone(), config.chain_id.clone());
+            let me = plan.key.public_key();
             context.child("credits").spawn(move |context| {
-                crate::cross_shard::run(context, state, chain_id, relay, Default::default())
+                crate::cross_shard::run(context, state, chain_id, relay, Default::default(), me)
             });
         }
         let listener = tokio::net::TcpListener::bind(config.rpc_listen)

@@ -8,9 +8,16 @@
 //! - A JSON-RPC batch mixing sends of both shards and account reads, sent to one shard
 //!   node or to the beacon, is split by owning shard: every answer at its place, each
 //!   transaction admitted by its sender's shard and finalized there.
+//! - `trellis_getTransaction` through any node (another shard's, the beacon's, the
+//!   waiting slot's; alone or in a batch) finds the shard that executed the transaction
+//!   and says which; a hash no shard knows is "unknown" everywhere.
 //! - While `SetShardCount 3` hands tables to the new shard, reads of funded accounts
 //!   through every node return the right balance or the clear "being handed off" error
 //!   (-33012), never 0 or a stale value; afterwards the new owner answers them all.
+//!   Transaction statuses read meanwhile are the executing shard's or -33012, never
+//!   "unknown"; after the handoff a transaction executed by a shard that handed the
+//!   sender's table away is still found there, and a new one from a moved account is
+//!   found on the new shard through every node.
 
 // Test harness code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -87,6 +94,13 @@ fn committed(addr: SocketAddr, hash: &str) -> bool {
         .ok()
         .and_then(|v| serde_json::from_value::<TransactionStatus>(v).ok())
         .is_some_and(|t| t.state == TxState::Committed && t.success == Some(true))
+}
+
+/// A transaction's status through `addr`: (state, shard that answered).
+fn transaction(addr: SocketAddr, hash: &str) -> Result<(TxState, Option<u64>), (i64, String)> {
+    let v = call(addr, methods::GET_TRANSACTION, json!({"hash": hash}))?;
+    let status: TransactionStatus = serde_json::from_value(v.clone()).unwrap();
+    Ok((status.state, v["shard"].as_u64()))
 }
 
 fn send(id: u64, from: &PrivateKey, to: &PrivateKey, nonce: u64, amount: u64) -> Value {
@@ -248,6 +262,46 @@ fn account_reads_and_batches_reach_the_owning_shard_through_a_reshard() {
             || committed(*addr, hash),
         );
     }
+    // Their statuses through every node: the executing shard's answer, named.
+    let executed: Vec<(String, u64)> = hashes
+        .iter()
+        .map(|(addr, hash)| (hash.clone(), u64::from(*addr != s0)))
+        .collect();
+    for (hash, shard) in &executed {
+        for via in nodes {
+            assert_eq!(
+                transaction(via, hash),
+                Ok((TxState::Committed, Some(*shard))),
+                "status of {hash} through {via}"
+            );
+        }
+    }
+    let unknown = to_hex(&[7u8; 32]);
+    for via in nodes {
+        assert_eq!(
+            transaction(via, &unknown),
+            Ok((TxState::Unknown, None)),
+            "a hash nobody knows, through {via}"
+        );
+    }
+    // A batch of statuses through the beacon: one batch per shard, answers in order.
+    let statuses: Vec<Value> = executed
+        .iter()
+        .chain([(unknown.clone(), 0)].iter())
+        .enumerate()
+        .map(|(i, (hash, _))| {
+            json!({"jsonrpc": "2.0", "id": i, "method": methods::GET_TRANSACTION,
+                   "params": {"hash": hash}})
+        })
+        .collect();
+    let answers = batch(b, &statuses);
+    for (i, (_, shard)) in executed.iter().enumerate() {
+        assert_eq!(answers[i]["id"], i, "{answers:?}");
+        assert_eq!(answers[i]["result"]["state"], "committed", "{answers:?}");
+        assert_eq!(answers[i]["result"]["shard"], *shard, "{answers:?}");
+    }
+    assert_eq!(answers[executed.len()]["result"]["state"], "unknown");
+
     // Fees of 1 each: 3 transfers from shard 1's account, 2 from shard 0's.
     wait_for("the payer's balance through the other shard", limit, || {
         account(s0, &shard1[0]).is_ok_and(|i| i.balance == FUNDS - 90 - 3 && i.nonce == 3)
@@ -304,6 +358,21 @@ fn account_reads_and_batches_reach_the_owning_shard_through_a_reshard() {
                 }
             }
         }
+        for (hash, shard) in &executed {
+            for via in nodes {
+                match transaction(via, hash) {
+                    Ok(found) => assert_eq!(
+                        found,
+                        (TxState::Committed, Some(*shard)),
+                        "status of {hash} through {via}"
+                    ),
+                    Err((code, message)) => {
+                        assert_eq!(code, error_codes::RESHARDING, "{message}");
+                        assert!(message.contains("retry shortly"), "{message}");
+                    }
+                }
+            }
+        }
         let done = status(s2).is_some_and(|s| {
             s.waiting.is_none() && s.tables.as_ref().is_some_and(|t| !t.is_empty())
         });
@@ -328,12 +397,34 @@ fn account_reads_and_batches_reach_the_owning_shard_through_a_reshard() {
         .filter(|k| map.tables[usize::from(table_of(&k.public_key()))] == 2)
         .collect();
     assert!(!moved.is_empty(), "no funded account moved to shard 2");
-    for key in moved {
+    for key in &moved {
         for via in nodes {
             wait_for("the new owner to answer through every node", limit, || {
                 account(via, key)
                     .is_ok_and(|i| i.shard == Some(2) && i.balance == FUNDS && proof_holds(key, &i))
             });
         }
+    }
+    // Receipts stay with the shard that executed them, whoever owns the table now.
+    for (hash, shard) in &executed {
+        for via in nodes {
+            assert_eq!(
+                transaction(via, hash),
+                Ok((TxState::Committed, Some(*shard))),
+                "status of {hash} through {via} after the reshard"
+            );
+        }
+    }
+    // A transfer from a moved account, sent to an old shard, runs on the new one, and
+    // every node finds it there.
+    let sent = batch(s0, &[send(9, moved[0], &shard0[1], 0, 5)]);
+    assert_eq!(sent[0]["result"]["shard"], 2, "{sent:?}");
+    let hash = sent[0]["result"]["hash"].as_str().unwrap().to_string();
+    for via in nodes {
+        wait_for(
+            "the new shard's transfer to be found through every node",
+            limit,
+            || transaction(via, &hash) == Ok((TxState::Committed, Some(2))),
+        );
     }
 }

@@ -31,18 +31,18 @@ use trellis_node::engine::{
     CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_validator,
 };
 use trellis_node::metrics::ChainMetrics;
-use trellis_node::relay::{
-    BeaconPage, CertifiedBlock, LocalRelay, OutboxRequest, RelayBeacon, RelayError, RelayServer,
-    SnapshotRequest,
-};
-use trellis_node::rpc_shard::NodeRelay;
+use trellis_node::relay::{LocalRelay, RelayBeacon, RelayServer};
 use trellis_node_api::shard::{GenesisValidator, ShardingGenesis, ShardingMode};
 use trellis_node_beacon::{BeaconGenesis, BeaconState};
-use trellis_node_state::{MemKv, OutboxPage, TableSnapshot};
+use trellis_node_state::MemKv;
 use trellis_node_types::{
-    Committee, Digest, PrivateKey, PublicKey, Signer, Tx, TxKind, UnsignedTx, table_of, test_key,
+    Committee, Digest, PrivateKey, PublicKey, Signer, TxKind, UnsignedTx, table_of, test_key,
     to_hex,
 };
+
+#[path = "support/relay_slot.rs"]
+mod relay_slot;
+use relay_slot::Slot;
 
 const CHAIN: &str = "xsim";
 const BALANCE: u64 = 1_000_000;
@@ -50,50 +50,6 @@ const BALANCE: u64 = 1_000_000;
 const ACCOUNTS_PER_SHARD: usize = 5;
 /// Validators per committee; the last one of shard 1 is crashed and restarted.
 const VALIDATORS: usize = 4;
-
-/// A node as the relay sees it: answers from its state while it runs, nothing while down.
-#[derive(Default)]
-struct Slot(Mutex<Option<Arc<Mutex<NodeState<MemKv>>>>>);
-
-impl Slot {
-    fn server(&self) -> Result<NodeRelay<MemKv>, RelayError> {
-        self.0
-            .lock()
-            .unwrap()
-            .clone()
-            .map(NodeRelay)
-            .ok_or_else(|| RelayError::Unreachable {
-                target: "a simulated node".into(),
-                last: "down".into(),
-            })
-    }
-}
-
-impl RelayServer for Slot {
-    fn beacon_blocks(&self, from: u64, limit: u32) -> Result<BeaconPage, RelayError> {
-        self.server()?.beacon_blocks(from, limit)
-    }
-    fn certified_block(&self, height: Option<u64>) -> Result<CertifiedBlock, RelayError> {
-        self.server()?.certified_block(height)
-    }
-    fn outbox_heads(
-        &self,
-        sources: &[u8],
-        dests: &[u8],
-        height: u64,
-    ) -> Result<Vec<(u8, u8, u64)>, RelayError> {
-        self.server()?.outbox_heads(sources, dests, height)
-    }
-    fn outbox(&self, request: &OutboxRequest) -> Result<OutboxPage, RelayError> {
-        self.server()?.outbox(request)
-    }
-    fn table_snapshot(&self, request: &SnapshotRequest) -> Result<TableSnapshot, RelayError> {
-        self.server()?.table_snapshot(request)
-    }
-    fn submit_tx(&self, tx: Tx) -> Result<Digest, RelayError> {
-        self.server()?.submit_tx(tx)
-    }
-}
 
 struct Node {
     key: PrivateKey,
@@ -368,12 +324,12 @@ impl Sim {
                     Duration::from_millis(500),
                 )
             }));
-            let (s, relay) = (state.clone(), self.relay.clone());
+            let (s, relay, me) = (state.clone(), self.relay.clone(), node.key.public_key());
             handles.push(context.child("credits").spawn(move |context| {
-                trellis_node::cross_shard::run(context, s, CHAIN.into(), relay, Pace::default())
+                trellis_node::cross_shard::run(context, s, CHAIN.into(), relay, Pace::default(), me)
             }));
         }
-        *node.slot.0.lock().unwrap() = Some(state.clone());
+        node.slot.up(state.clone());
         let node = &mut self.groups[g].nodes[i];
         node.state = Some(state);
         node.handles = handles;
@@ -386,7 +342,7 @@ impl Sim {
         for h in node.handles.drain(..) {
             h.abort();
         }
-        *node.slot.0.lock().unwrap() = None;
+        node.slot.down();
         node.state = None;
     }
 

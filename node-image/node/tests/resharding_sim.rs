@@ -35,18 +35,20 @@ use trellis_node::engine::{
 };
 use trellis_node::handoff::{GET_EPOCH_END, HandoffSource, Peer};
 use trellis_node::metrics::ChainMetrics;
-use trellis_node::relay::{
-    BeaconPage, CertifiedBlock, LocalRelay, OutboxRequest, RelayError, RelayServer, SnapshotRequest,
-};
-use trellis_node::rpc_shard::{CertifiedBlockJson, NodeRelay, SnapshotResult};
+use trellis_node::relay::{CertifiedBlock, LocalRelay, RelayServer, SnapshotRequest};
+use trellis_node::rpc_shard::{CertifiedBlockJson, SnapshotResult};
 use trellis_node_api::shard::{GenesisValidator, ShardingGenesis, ShardingMode};
 use trellis_node_api::{BeaconBlocks, BeaconBlocksQuery};
 use trellis_node_beacon::{BeaconGenesis, BeaconState};
-use trellis_node_state::{MemKv, OutboxPage, TableSnapshot};
+use trellis_node_state::{MemKv, TableSnapshot};
 use trellis_node_types::{
     Committee, Digest, PrivateKey, PublicKey, Signer, SystemAction, SystemPayload, Tx, TxKind,
     UnsignedTx, table_of, test_key, to_hex,
 };
+
+#[path = "support/relay_slot.rs"]
+mod relay_slot;
+use relay_slot::Slot;
 
 const CHAIN: &str = "resharding-sim";
 const SLOTS: u16 = 4;
@@ -135,50 +137,6 @@ impl HandoffSource for Directory {
             Ok(_) | Err(trellis_node::mempool::AdmitError::Known) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
-    }
-}
-
-/// A node as the credit relay sees it: answers from its state while it runs.
-#[derive(Default)]
-struct Slot(Mutex<Option<State>>);
-
-impl Slot {
-    fn server(&self) -> Result<NodeRelay<MemKv>, RelayError> {
-        self.0
-            .lock()
-            .unwrap()
-            .clone()
-            .map(NodeRelay)
-            .ok_or_else(|| RelayError::Unreachable {
-                target: "a simulated node".into(),
-                last: "down".into(),
-            })
-    }
-}
-
-impl RelayServer for Slot {
-    fn beacon_blocks(&self, from: u64, limit: u32) -> Result<BeaconPage, RelayError> {
-        self.server()?.beacon_blocks(from, limit)
-    }
-    fn certified_block(&self, height: Option<u64>) -> Result<CertifiedBlock, RelayError> {
-        self.server()?.certified_block(height)
-    }
-    fn outbox_heads(
-        &self,
-        sources: &[u8],
-        dests: &[u8],
-        height: u64,
-    ) -> Result<Vec<(u8, u8, u64)>, RelayError> {
-        self.server()?.outbox_heads(sources, dests, height)
-    }
-    fn outbox(&self, request: &OutboxRequest) -> Result<OutboxPage, RelayError> {
-        self.server()?.outbox(request)
-    }
-    fn table_snapshot(&self, request: &SnapshotRequest) -> Result<TableSnapshot, RelayError> {
-        self.server()?.table_snapshot(request)
-    }
-    fn submit_tx(&self, tx: Tx) -> Result<Digest, RelayError> {
-        self.server()?.submit_tx(tx)
     }
 }
 
@@ -450,12 +408,12 @@ impl Sim {
             handles.push(context.child("handoff").spawn(move |ctx| {
                 trellis_node::handoff::run(ctx, s, CHAIN.into(), d, Duration::from_millis(100))
             }));
-            let (s, relay) = (state.clone(), self.relay.clone());
+            let (s, relay, me) = (state.clone(), self.relay.clone(), key.public_key());
             handles.push(context.child("credits").spawn(move |ctx| {
-                trellis_node::cross_shard::run(ctx, s, CHAIN.into(), relay, Pace::default())
+                trellis_node::cross_shard::run(ctx, s, CHAIN.into(), relay, Pace::default(), me)
             }));
         }
-        *self.nodes[i].slot.0.lock().unwrap() = Some(state.clone());
+        self.nodes[i].slot.up(state.clone());
         self.directory
             .nodes
             .lock()
@@ -471,7 +429,7 @@ impl Sim {
             h.abort();
         }
         self.nodes[i].state = None;
-        *self.nodes[i].slot.0.lock().unwrap() = None;
+        self.nodes[i].slot.down();
         self.directory
             .nodes
             .lock()
