@@ -324,27 +324,18 @@ async fn main() {
     }
     for (backend, url) in backends {
         let (port, token, id, db) = console(&url).await;
-        let list = drive(
-            port,
-            "/v1/networks?limit=20",
-            Some(&token),
-            seconds,
-            connections,
-        )
-        .await;
+        let load = |path: String| {
+            let token = token.clone();
+            async move { drive(port, &path, Some(&token), seconds, connections).await }
+        };
+        let list_path = "/v1/networks?limit=20".to_string();
+        let list = load(list_path.clone()).await;
         row(
-            &format!("{backend}: GET /v1/networks?limit=20"),
+            &format!("{backend}: GET {list_path}"),
             &list,
             baseline.rate(),
         );
-        let get = drive(
-            port,
-            &format!("/v1/networks/{id}"),
-            Some(&token),
-            seconds,
-            connections,
-        )
-        .await;
+        let get = load(format!("/v1/networks/{id}")).await;
         row(
             &format!("{backend}: GET /v1/networks/{{id}}"),
             &get,
@@ -352,18 +343,11 @@ async fn main() {
         );
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = keep_writing(db, &id, Duration::from_millis(100), stop.clone());
-        let list = drive(
-            port,
-            "/v1/networks?limit=20",
-            Some(&token),
-            seconds,
-            connections,
-        )
-        .await;
+        let list = load(list_path.clone()).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let writes = writer.await.unwrap();
         row(
-            &format!("{backend}: GET /v1/networks?limit=20, {writes} writes (one per 100 ms)"),
+            &format!("{backend}: GET {list_path}, {writes} writes (one per 100 ms)"),
             &list,
             baseline.rate(),
         );
