@@ -18,8 +18,8 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use trellis_console_entity::{consortium_invitation, consortium_member, network, tenant};
@@ -366,6 +366,84 @@ async fn admitted_count(conn: &impl ConnectionTrait, network_id: Uuid) -> Result
         .filter(consortium_member::Column::State.eq(MemberState::Admitted.as_str()))
         .count(conn)
         .await
+}
+
+/// Where the approvals of an admission or a removal stand after a request.
+struct Tally {
+    approvals: u64,
+    threshold: u64,
+}
+
+/// Records the approvals of `member`'s admission or removal by the admitted members of
+/// its network that the caller's tenant controls (all, or those `as_members` names; never
+/// `member` itself) and audits them as `action`, in a transaction left open: at the
+/// threshold the caller applies the decision in it, then [`conclude_approval`] commits.
+async fn record_approvals(
+    state: &AppState,
+    scope: &Scope,
+    access: &Access,
+    member: &consortium_member::Model,
+    decision: Decision,
+    as_members: Option<&[Uuid]>,
+    action: &str,
+) -> ApiResult<(DatabaseTransaction, Tally)> {
+    let mine: Vec<consortium_member::Model> = consortium_member::Entity::find()
+        .filter(consortium_member::Column::NetworkId.eq(member.network_id))
+        .filter(consortium_member::Column::MemberTenantId.eq(scope.tenant().get()))
+        .filter(consortium_member::Column::State.eq(MemberState::Admitted.as_str()))
+        .filter(consortium_member::Column::Id.ne(member.id))
+        .all(&state.db)
+        .await?;
+    let approvers = approvals::chosen(&mine, as_members, decision)?;
+    let txn = state.db.begin().await?;
+    let added = approvals::record(
+        &txn,
+        decision,
+        member.id,
+        &approvers,
+        &scope.actor(),
+        Utc::now(),
+    )
+    .await?;
+    let tally = Tally {
+        approvals: approvals::count(&txn, decision, member.id).await?,
+        threshold: approval_threshold(admitted_count(&txn, member.network_id).await?),
+    };
+    let details = serde_json::json!({
+        "member_id": member.id,
+        "organisation": member.organisation,
+        "approved_as": added,
+        "approvals": tally.approvals,
+        "threshold": tally.threshold,
+    });
+    access
+        .audit(&txn, scope, action, member.id, details)
+        .await?;
+    Ok((txn, tally))
+}
+
+/// Commits an approval, hands the network it changed (if the threshold was reached) to
+/// the provisioner, and returns the member as it is now with that network generation.
+async fn conclude_approval(
+    state: &AppState,
+    scope: &Scope,
+    txn: DatabaseTransaction,
+    member_id: Uuid,
+    changed: Option<network::Model>,
+) -> ApiResult<(Member, Option<i64>)> {
+    txn.commit().await?;
+    let network_generation = match changed {
+        Some(row) => Some(reconcile::apply(state, row).await?.generation),
+        None => None,
+    };
+    let member = consortium_member::Entity::find_by_id(member_id)
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    Ok((
+        to_member(&state.db, scope, member).await?,
+        network_generation,
+    ))
 }
 
 async fn to_member(
@@ -732,7 +810,6 @@ pub async fn approve(
 ) -> ApiResult<Json<ApprovalOutcome>> {
     let access = access(&state.db, &scope, id).await?;
     scope.require(Role::Admin)?;
-    let tenant = scope.tenant().get();
     let candidate = consortium_member::Entity::find_by_id(member_id)
         .filter(consortium_member::Column::NetworkId.eq(id))
         .one(&state.db)
@@ -747,44 +824,27 @@ pub async fn approve(
             ),
         ));
     }
-    let mine: Vec<consortium_member::Model> = consortium_member::Entity::find()
-        .filter(consortium_member::Column::NetworkId.eq(id))
-        .filter(consortium_member::Column::MemberTenantId.eq(tenant))
-        .filter(consortium_member::Column::State.eq(MemberState::Admitted.as_str()))
-        .all(&state.db)
-        .await?;
-    let approvers = approvals::chosen(&mine, request.as_members.as_deref(), Decision::Admission)?;
-    let txn = state.db.begin().await?;
-    let now = Utc::now();
-    let added = approvals::record(
-        &txn,
+    let (txn, tally) = record_approvals(
+        &state,
+        &scope,
+        &access,
+        &candidate,
         Decision::Admission,
-        member_id,
-        &approvers,
-        &scope.actor(),
-        now,
+        request.as_members.as_deref(),
+        "consortium.approve",
     )
     .await?;
-    let approvals = approvals::count(&txn, Decision::Admission, member_id).await?;
-    let threshold = approval_threshold(admitted_count(&txn, id).await?);
-    let details = serde_json::json!({
-        "member_id": member_id,
-        "organisation": candidate.organisation,
-        "approved_as": added,
-        "approvals": approvals,
-        "threshold": threshold,
-    });
-    access
-        .audit(&txn, &scope, "consortium.approve", member_id, details)
-        .await?;
     let mut admitted_network = None;
-    if approvals >= threshold {
+    if tally.approvals >= tally.threshold {
         let promoted = consortium_member::Entity::update_many()
             .col_expr(
                 consortium_member::Column::State,
                 Expr::value(MemberState::Admitted.as_str()),
             )
-            .col_expr(consortium_member::Column::UpdatedAt, Expr::value(now))
+            .col_expr(
+                consortium_member::Column::UpdatedAt,
+                Expr::value(Utc::now()),
+            )
             .filter(consortium_member::Column::Id.eq(member_id))
             .filter(consortium_member::Column::State.eq(MemberState::Proposed.as_str()))
             .exec(&txn)
@@ -828,19 +888,12 @@ pub async fn approve(
             admitted_network = Some(updated);
         }
     }
-    txn.commit().await?;
-    let network_generation = match admitted_network {
-        Some(row) => Some(reconcile::apply(&state, row).await?.generation),
-        None => None,
-    };
-    let member = consortium_member::Entity::find_by_id(member_id)
-        .one(&state.db)
-        .await?
-        .ok_or_else(|| ApiError::not_found("member"))?;
+    let (member, network_generation) =
+        conclude_approval(&state, &scope, txn, member_id, admitted_network).await?;
     Ok(Json(ApprovalOutcome {
-        member: to_member(&state.db, &scope, member).await?,
-        approvals,
-        threshold,
+        member,
+        approvals: tally.approvals,
+        threshold: tally.threshold,
         network_generation,
     }))
 }

@@ -9,31 +9,17 @@
 
 mod common;
 
+use common::local::{eventually, local_app};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{TestApp, node_binary, test_settings};
+use common::{TestApp, test_settings};
 use serde_json::{Value, json};
 use trellis_console::networks::autoscale::{self, ACTION, ACTOR};
-use trellis_console::provisioner::local::{LocalProvisioner, LocalSettings};
-
-async fn eventually<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 /// `method`'s result from the node at `host:port`, directly.
 async fn node_call(node: &str, method: &str, params: Value) -> Option<Value> {
@@ -86,18 +72,7 @@ async fn autoscale_entries(app: &TestApp, token: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_load_raises_the_shard_count_through_the_beacon() {
-    let dir = tempfile::tempdir().unwrap();
-    let _guard = common::KillUnder(dir.path().to_path_buf());
-    let local = LocalProvisioner::start(LocalSettings {
-        root: dir.path().join("local"),
-        node_binary: node_binary(),
-        addresses: "127.0.92.0/24".parse().unwrap(),
-        treasury_balance: 1_000_000,
-    })
-    .await
-    .unwrap();
-    let url = trellis_console::db::sqlite_url(dir.path());
-    let app = TestApp::build_with(dir, &url, test_settings(), Some(Arc::new(local.clone()))).await;
+    let (app, local, _guard) = local_app(None, "127.0.92.0/24", test_settings()).await;
     // What `trellis-console` runs in local mode (here every 2 s).
     let autoscaler = tokio::spawn(autoscale::run(app.state.clone(), Duration::from_secs(2)));
 

@@ -7,45 +7,16 @@
 
 mod common;
 
-use common::node_binary;
+use common::local::{custodied_local_app, eventually, processes_for};
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Org, TestApp, test_settings};
+use common::{Org, TestApp};
 use serde_json::{Value, json};
-use trellis_console::governance::CustodySigner;
-use trellis_console::provisioner::local::{LocalProvisioner, LocalSettings};
+use trellis_console::provisioner::local::LocalProvisioner;
 use trellis_console::provisioner::{NetworkRef, Provisioner};
-
-fn running(node_dir: &Path) -> usize {
-    let config = node_dir.join("node.toml").to_string_lossy().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == config.as_bytes()))
-        })
-        .count()
-}
-
-async fn eventually<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 struct Consortium {
     // Dropped first: kills whatever a failed test left running.
@@ -59,22 +30,7 @@ struct Consortium {
 
 /// Three custodied organisations, a fourth invited, accepted and approved by all three.
 async fn admit_a_fourth_organisation(range: &str) -> Consortium {
-    let dir = tempfile::tempdir().unwrap();
-    let local = LocalProvisioner::start(LocalSettings {
-        root: dir.path().join("local"),
-        node_binary: node_binary(),
-        addresses: range.parse().unwrap(),
-        treasury_balance: 1_000_000,
-    })
-    .await
-    .unwrap();
-    let guard = common::KillUnder(dir.path().to_path_buf());
-    let url = trellis_console::db::sqlite_url(dir.path());
-    let app = TestApp::build_with(dir, &url, test_settings(), Some(Arc::new(local.clone()))).await;
-    local.set_governance_signer(Arc::new(CustodySigner::new(
-        app.state.db.clone(),
-        app.state.master_key.clone(),
-    )));
+    let (app, local, guard) = custodied_local_app(range).await;
     let founder = app.signup("Acme", "owner@acme.example").await;
     let created = app
         .post(
@@ -180,7 +136,7 @@ async fn an_admitted_member_waits_for_its_admission_on_chain_with_a_clear_condit
     )
     .await;
     let message = status.message.unwrap();
-    if running(&c.delta_node) == 0 {
+    if processes_for(&c.delta_node).is_empty() {
         // Not admitted on chain (yet): it waits, and the status says what for.
         eprintln!("admission condition: {message}");
         assert!(
@@ -201,7 +157,7 @@ async fn an_admitted_member_waits_for_its_admission_on_chain_with_a_clear_condit
         .delete(&format!("/v1/networks/{}", c.network), &c.founder.token)
         .await;
     assert!(deleted.status.is_success(), "{}", deleted.text);
-    assert_eq!(running(&c.delta_node), 0);
+    assert!(processes_for(&c.delta_node).is_empty());
 }
 
 /// The whole flow on chain, with the node's governance execution.
@@ -230,7 +186,7 @@ async fn a_fourth_organisation_is_admitted_on_chain_and_its_validator_signs_bloc
     eventually(
         "Delta's node to run",
         Duration::from_secs(120),
-        async || (running(&c.delta_node) == 1).then_some(()),
+        async || (processes_for(&c.delta_node).len() == 1).then_some(()),
     )
     .await;
     eventually(

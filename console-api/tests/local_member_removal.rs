@@ -8,61 +8,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use common::local::{custodied_local_app, eventually, processes_for};
+
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{TestApp, node_binary, test_settings};
 use serde_json::{Value, json};
-use trellis_console::governance::CustodySigner;
-use trellis_console::provisioner::local::{LocalProvisioner, LocalSettings};
-
-fn running(node_dir: &Path) -> usize {
-    let config = node_dir.join("node.toml").to_string_lossy().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == config.as_bytes()))
-        })
-        .count()
-}
-
-async fn eventually<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_leaves_the_chain_and_three_keep_finalizing() {
-    let dir = tempfile::tempdir().unwrap();
-    let local = LocalProvisioner::start(LocalSettings {
-        root: dir.path().join("local"),
-        node_binary: node_binary(),
-        addresses: "127.0.93.0/24".parse().unwrap(),
-        treasury_balance: 1_000_000,
-    })
-    .await
-    .unwrap();
-    let _guard = common::KillUnder(dir.path().to_path_buf());
-    let url = trellis_console::db::sqlite_url(dir.path());
-    let app = TestApp::build_with(dir, &url, test_settings(), Some(Arc::new(local.clone()))).await;
-    local.set_governance_signer(Arc::new(CustodySigner::new(
-        app.state.db.clone(),
-        app.state.master_key.clone(),
-    )));
+    let (app, local, _guard) = custodied_local_app("127.0.93.0/24").await;
     let founder = app.signup("Acme", "owner@acme.example").await;
     let created = app
         .post(
@@ -104,7 +59,7 @@ async fn a_removed_member_leaves_the_chain_and_three_keep_finalizing() {
         .join(&network)
         .join("nodes");
     let hooli_node = nodes.join("alliance-hooli-0");
-    assert_eq!(running(&hooli_node), 1);
+    assert_eq!(processes_for(&hooli_node).len(), 1);
     let hooli_key: String = {
         let keys: Value =
             serde_json::from_str(&std::fs::read_to_string(hooli_node.join("keys.json")).unwrap())
@@ -158,7 +113,7 @@ async fn a_removed_member_leaves_the_chain_and_three_keep_finalizing() {
     eventually(
         "Hooli's node to stop",
         Duration::from_secs(60),
-        async || (running(&hooli_node) == 0).then_some(()),
+        async || (processes_for(&hooli_node).is_empty()).then_some(()),
     )
     .await;
     let proposal = app
@@ -208,7 +163,7 @@ async fn a_removed_member_leaves_the_chain_and_three_keep_finalizing() {
     .await;
     assert_eq!(finalized["success"], true);
     // The supervisor never brought it back.
-    assert_eq!(running(&hooli_node), 0);
+    assert!(processes_for(&hooli_node).is_empty());
     let validators = rpc("trellis_status", Value::Null).await.unwrap()["validators"].clone();
     assert!(
         !validators
@@ -224,6 +179,6 @@ async fn a_removed_member_leaves_the_chain_and_three_keep_finalizing() {
         .await;
     assert!(deleted.status.is_success(), "{}", deleted.text);
     for node in ["acme", "globex", "initech", "hooli"] {
-        assert_eq!(running(&nodes.join(format!("alliance-{node}-0"))), 0);
+        assert!(processes_for(&nodes.join(format!("alliance-{node}-0"))).is_empty());
     }
 }

@@ -7,49 +7,18 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use common::local::{custodied_local_app, eventually};
+
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{TestApp, assert_problem, node_binary, test_settings};
+use common::assert_problem;
 use serde_json::{Value, json};
-use trellis_console::governance::CustodySigner;
-use trellis_console::provisioner::local::{LocalProvisioner, LocalSettings};
 use trellis_node_types::{Proposal, Signer as _, test_key, to_hex};
-
-async fn eventually<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_own_key_approval_completes_a_local_admission() {
-    let dir = tempfile::tempdir().unwrap();
-    let local = LocalProvisioner::start(LocalSettings {
-        root: dir.path().join("local"),
-        node_binary: node_binary(),
-        addresses: "127.0.70.100-127.0.70.120".parse().unwrap(),
-        treasury_balance: 1_000_000,
-    })
-    .await
-    .unwrap();
-    let _guard = common::KillUnder(dir.path().to_path_buf());
-    let url = trellis_console::db::sqlite_url(dir.path());
-    let app = TestApp::build_with(dir, &url, test_settings(), Some(Arc::new(local.clone()))).await;
-    local.set_governance_signer(Arc::new(CustodySigner::new(
-        app.state.db.clone(),
-        app.state.master_key.clone(),
-    )));
+    let (app, _local, _guard) = custodied_local_app("127.0.70.100-127.0.70.120").await;
     let founder = app.signup("Acme", "owner@acme.example").await;
     let own_key = test_key(91);
     let created = app

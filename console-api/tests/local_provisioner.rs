@@ -7,79 +7,23 @@
 
 mod common;
 
-use common::node_binary;
+use common::local::{eventually, local_app, processes_for};
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::{TestApp, assert_problem, test_settings};
 use serde_json::{Value, json};
-use trellis_console::provisioner::local::{LocalProvisioner, LocalSettings};
 use trellis_console::provisioner::{NetworkRef, ObservedPhase, Provisioner};
 
-/// Live processes whose command line runs the node config in `node_dir`, counted
-/// independently of the provisioner's own bookkeeping.
-pub fn processes_for(node_dir: &Path) -> Vec<i32> {
-    let config = node_dir.join("node.toml");
-    let wanted = config.to_string_lossy().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie
-                && cmdline
-                    .split(|b| *b == 0)
-                    .any(|arg| arg == wanted.as_bytes())
-        })
-        .collect()
-}
-
-async fn eventually<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn local_app(
-    url: Option<String>,
-    range: &str,
-    rpc_per_minute: u32,
-) -> (TestApp, LocalProvisioner, common::KillUnder) {
-    let dir = tempfile::tempdir().unwrap();
-    let guard = common::KillUnder(dir.path().to_path_buf());
-    let local = LocalProvisioner::start(LocalSettings {
-        root: dir.path().join("local"),
-        node_binary: node_binary(),
-        addresses: range.parse().unwrap(),
-        treasury_balance: 1_000_000,
-    })
-    .await
-    .unwrap();
-    let url = url.unwrap_or_else(|| trellis_console::db::sqlite_url(dir.path()));
-    let settings = trellis_console::app::Settings {
-        rpc_requests_per_minute: rpc_per_minute,
+/// Settings with the node RPC proxy limited to `per_minute` requests per tenant (0:
+/// unlimited).
+fn rpc_limited(per_minute: u32) -> trellis_console::app::Settings {
+    trellis_console::app::Settings {
+        rpc_requests_per_minute: per_minute,
         ..test_settings()
-    };
-    let app = TestApp::build_with(dir, &url, settings, Some(Arc::new(local.clone()))).await;
-    (app, local, guard)
+    }
 }
 
 async fn rpc(
@@ -135,7 +79,7 @@ fn network_ref(tenant: &str, network: &str) -> NetworkRef {
 
 /// The whole life of a local network, on the database at `url` (SQLite when `None`).
 async fn network_lifecycle(url: Option<String>, range: &str) {
-    let (app, local, _guard) = local_app(url, range, 0).await;
+    let (app, local, _guard) = local_app(url, range, rpc_limited(0)).await;
     let org = app.signup("Local Ltd", "ops@local.example").await;
     let other = app.signup("Other Ltd", "ops@other.example").await;
     let created = app
@@ -337,7 +281,7 @@ async fn local_network_lifecycle_postgres() {
 /// looked up, so probing ids spends it too.
 #[tokio::test]
 async fn the_rpc_proxy_rate_limits_each_tenant() {
-    let (app, _local, _guard) = local_app(None, "127.0.2.0/24", 3).await;
+    let (app, _local, _guard) = local_app(None, "127.0.2.0/24", rpc_limited(3)).await;
     let org = app.signup("Busy Ltd", "ops@busy.example").await;
     let other = app.signup("Calm Ltd", "ops@calm.example").await;
     let path = format!("/v1/networks/{}/rpc", uuid::Uuid::now_v7());
@@ -355,7 +299,7 @@ async fn the_rpc_proxy_rate_limits_each_tenant() {
 
 #[tokio::test]
 async fn a_sharded_consortium_is_refused_with_a_clear_error() {
-    let (app, _local, _guard) = local_app(None, "127.0.2.0/24", 0).await;
+    let (app, _local, _guard) = local_app(None, "127.0.2.0/24", rpc_limited(0)).await;
     let org = app.signup("Shards Ltd", "ops@shards.example").await;
     let created = app
         .post(
@@ -393,7 +337,7 @@ async fn a_sharded_consortium_is_refused_with_a_clear_error() {
 /// network's keys and ledger to `local/retained/<id>`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_keeps_the_ledger_when_the_network_retains_it() {
-    let (app, local, _guard) = local_app(None, "127.0.9.0/24", 0).await;
+    let (app, local, _guard) = local_app(None, "127.0.9.0/24", rpc_limited(0)).await;
     let org = app.signup("Keep Ltd", "ops@keep.example").await;
     let created = app
         .post(
@@ -490,7 +434,7 @@ async fn beacon_map(beacon: &str) -> Option<Value> {
 /// scale-out registers the new shard's validators with the beacon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_network_is_one_sharded_network_scaled_through_its_beacon() {
-    let (app, local, _guard) = local_app(None, "127.0.90.0/24", 0).await;
+    let (app, local, _guard) = local_app(None, "127.0.90.0/24", rpc_limited(0)).await;
     let org = app.signup("Shard Ltd", "ops@shard.example").await;
     let created = app
         .post(

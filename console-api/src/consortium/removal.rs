@@ -18,17 +18,16 @@
 use axum::extract::State;
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 use trellis_console_entity::{consortium_invitation, consortium_member, network};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::approvals::{self, Decision};
+use super::approvals::Decision;
 use super::{
-    ApproveRequest, Member, MemberState, access, admitted_count, approval_threshold, to_member,
+    ApproveRequest, Member, MemberState, access, admitted_count, approval_threshold,
+    conclude_approval, record_approvals,
 };
 use crate::app::AppState;
 use crate::audit;
@@ -138,60 +137,26 @@ pub async fn approve_removal(
             return Err(ApiError::conflict(code, message));
         }
     }
-    let tenant = scope.tenant().get();
-    let mine: Vec<consortium_member::Model> = consortium_member::Entity::find()
-        .filter(consortium_member::Column::NetworkId.eq(id))
-        .filter(consortium_member::Column::MemberTenantId.eq(tenant))
-        .filter(consortium_member::Column::State.eq(MemberState::Admitted.as_str()))
-        .filter(consortium_member::Column::Id.ne(member_id))
-        .all(&state.db)
-        .await?;
-    let approvers = approvals::chosen(&mine, request.as_members.as_deref(), Decision::Removal)?;
-    let txn = state.db.begin().await?;
-    let now = Utc::now();
-    let added = approvals::record(
-        &txn,
+    let (txn, tally) = record_approvals(
+        &state,
+        &scope,
+        &access,
+        &leaving,
         Decision::Removal,
-        member_id,
-        &approvers,
-        &scope.actor(),
-        now,
+        request.as_members.as_deref(),
+        "consortium.removal_approve",
     )
     .await?;
-    let approvals = approvals::count(&txn, Decision::Removal, member_id).await?;
-    let threshold = approval_threshold(admitted_count(&txn, id).await?);
-    access
-        .audit(
-            &txn,
-            &scope,
-            "consortium.removal_approve",
-            member_id,
-            serde_json::json!({
-                "member_id": member_id,
-                "organisation": leaving.organisation,
-                "approved_as": added,
-                "approvals": approvals,
-                "threshold": threshold,
-            }),
-        )
-        .await?;
     let mut removed_network = None;
-    if approvals >= threshold {
+    if tally.approvals >= tally.threshold {
         removed_network = remove(&state, &txn, &scope, id, &leaving).await?;
     }
-    txn.commit().await?;
-    let network_generation = match removed_network {
-        Some(row) => Some(reconcile::apply(&state, row).await?.generation),
-        None => None,
-    };
-    let member = consortium_member::Entity::find_by_id(member_id)
-        .one(&state.db)
-        .await?
-        .ok_or_else(|| ApiError::not_found("member"))?;
+    let (member, network_generation) =
+        conclude_approval(&state, &scope, txn, member_id, removed_network).await?;
     Ok(Json(RemovalOutcome {
-        member: to_member(&state.db, &scope, member).await?,
-        approvals,
-        threshold,
+        member,
+        approvals: tally.approvals,
+        threshold: tally.threshold,
         network_generation,
     }))
 }

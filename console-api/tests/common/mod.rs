@@ -5,6 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
+pub mod local;
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
