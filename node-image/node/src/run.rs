@@ -233,15 +233,23 @@ impl Plan {
         }
         let (committee, place) = committee_of(&genesis, config.role)?;
         let key = KeyFile::load(&config.key_file)?.node_key()?;
+        let me = to_hex(key.public_key().as_ref());
         if let Some(place) = &place
             && !committee.is_empty()
-            && !committee
-                .iter()
-                .any(|(k, _)| *k == to_hex(key.public_key().as_ref()))
+            && !committee.iter().any(|(k, _)| *k == me)
         {
-            bail!(
-                "this node's key {} is not a validator of the {} committee in the genesis",
-                to_hex(key.public_key().as_ref()),
+            if place.committee == Committee::Beacon {
+                bail!(
+                    "this node's key {me} is not a validator of the beacon committee in the genesis"
+                );
+            }
+            // A shard validator registered after the genesis (`trellis-node system
+            // register-validator`) follows its shard's chain and starts voting at the
+            // epoch the beacon puts it in the committee.
+            warn!(
+                "this node's key {me} is not a validator of the {} committee in the genesis: it \
+                 follows the chain and votes once the beacon places it in the committee \
+                 (register it with `trellis-node system register-validator`)",
                 place.committee.name()
             );
         }
