@@ -3,6 +3,7 @@
 //! observations are stored back as status.
 
 pub mod autoscale;
+mod pg_versions;
 pub mod read_cache;
 pub mod reconcile;
 pub mod spec;
