@@ -7,7 +7,7 @@ mod common;
 use axum::http::{Method, StatusCode};
 use common::{Call, TestApp, assert_problem};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 use trellis_console::networks::reconcile::reconcile_once;
 use trellis_console::provisioner::{
@@ -723,7 +723,9 @@ async fn remembered_reads_see_commits_of_other_connections_on_sqlite() {
 
     // A second pool on the same file (its own SQLite connections).
     let file = trellis_console::db::sqlite_url(app._dir.path());
-    let other = trellis_console::db::connect_and_migrate(&file).await.unwrap();
+    let other = trellis_console::db::connect_and_migrate(&file)
+        .await
+        .unwrap();
     let rename = |name: &'static str| {
         network::Entity::update_many()
             .col_expr(network::Column::Name, Expr::value(name))
@@ -761,7 +763,53 @@ async fn remembered_reads_see_commits_of_other_connections_on_sqlite() {
     // memory.
     rename("after-close").await.unwrap();
     let after = app.get(&get_path, &org.token).await;
-    assert_eq!(after.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", after.text);
+    assert_eq!(
+        after.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        after.text
+    );
+}
+
+/// On PostgreSQL the tenant's version is read over a few connections kept apart from
+/// the pool; one the server has closed is dropped and that read goes through the pool:
+/// no request fails. Real PostgreSQL; the server closes exactly those connections
+/// (`pg_terminate_backend` on the backends whose last statement is the version query,
+/// waiting until they are gone).
+#[tokio::test]
+async fn version_reads_survive_their_connections_being_closed_on_postgres() {
+    let Some(url) = common::postgres_url().await else {
+        eprintln!("SKIPPED: version_reads_survive_their_connections_being_closed_on_postgres");
+        return;
+    };
+    let app = TestApp::with_url(&url).await;
+    let org = app.signup("Kept", "o@kept.example").await;
+    let created = app.create_network(&org.token, "kept").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let get_path = format!("/v1/networks/{}", created.body["id"].as_str().unwrap());
+    assert_eq!(app.get(&get_path, &org.token).await.body["name"], "kept");
+    let terminated = app
+        .state
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) AS closed \
+             FROM pg_stat_activity WHERE datname = current_database() \
+             AND query LIKE 'SELECT version FROM network_versions%'",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "closed")
+        .unwrap();
+    assert!(terminated >= 1, "no version connection to close");
+    for _ in 0..3 {
+        let got = app.get(&get_path, &org.token).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+        assert_eq!(got.body["name"], "kept");
+        let list = app.get("/v1/networks", &org.token).await;
+        assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    }
 }
 
 on_both_databases!(
