@@ -69,6 +69,9 @@ pub struct AppState {
     /// The network read endpoints' answers, reused while a tenant's networks are
     /// unchanged.
     pub network_reads: Arc<networks::read_cache::ReadCache>,
+    /// The tenants' network versions those answers are keyed by; from memory on
+    /// SQLite while nothing was committed.
+    pub network_versions: Arc<networks::versions::NetworkVersions>,
 }
 
 impl AppState {
@@ -95,6 +98,7 @@ impl AppState {
             settings: Arc::new(settings),
             billing: Arc::new(crate::billing::Billing::default()),
             network_reads: Arc::default(),
+            network_versions: Arc::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod commit_watch;
 pub mod consortium;
 pub mod custody;
 pub mod db;

@@ -7,7 +7,7 @@ mod common;
 use axum::http::{Method, StatusCode};
 use common::{Call, TestApp, assert_problem};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 use trellis_console::networks::reconcile::reconcile_once;
 use trellis_console::provisioner::{
@@ -606,6 +606,7 @@ async fn remembered_reads_are_never_stale(app: TestApp) {
     // writes, this one shows, and the other way round.
     let mut replica_state = app.state.clone();
     replica_state.network_reads = Default::default();
+    replica_state.network_versions = Default::default();
     let replica = TestApp {
         router: trellis_console::app::router(replica_state.clone()),
         state: replica_state,
@@ -693,6 +694,121 @@ async fn reads_racing_writes_see_every_finished_write(app: TestApp) {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for reader in readers {
         reader.await.unwrap();
+    }
+}
+
+/// On SQLite a remembered read makes no database call while nothing was committed (the
+/// console watches the database file's commit mark), and still sees every commit made
+/// past the console's own connections: by a second connection pool on the same file
+/// and, where the `sqlite3` command is installed, by another process. Real router, real
+/// SQLite file in WAL mode, real second connections; "no database call" is shown by
+/// closing the console's pool.
+#[tokio::test]
+async fn remembered_reads_see_commits_of_other_connections_on_sqlite() {
+    let app = TestApp::sqlite().await;
+    let org = app.signup("Watchers", "o@watch.example").await;
+    let created = app.create_network(&org.token, "watched").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = uuid::Uuid::parse_str(created.body["id"].as_str().unwrap()).unwrap();
+    let get_path = format!("/v1/networks/{id}");
+    let read = |expected: &'static str| {
+        let (app, get_path, token) = (&app, &get_path, &org.token);
+        async move {
+            assert_eq!(app.get(get_path, token).await.body["name"], expected);
+            let list = app.get("/v1/networks", token).await;
+            assert_eq!(list.body["items"][0]["name"], expected, "{}", list.text);
+        }
+    };
+    read("watched").await;
+
+    // A second pool on the same file (its own SQLite connections).
+    let file = trellis_console::db::sqlite_url(app._dir.path());
+    let other = trellis_console::db::connect_and_migrate(&file)
+        .await
+        .unwrap();
+    let rename = |name: &'static str| {
+        network::Entity::update_many()
+            .col_expr(network::Column::Name, Expr::value(name))
+            .filter(network::Column::Id.eq(id))
+            .exec(&other)
+    };
+    rename("by-pool").await.unwrap();
+    read("by-pool").await;
+
+    // Another process.
+    let db_file = app._dir.path().join("console.db");
+    match std::process::Command::new("sqlite3")
+        .arg("-cmd")
+        .arg(".timeout 10000")
+        .arg(&db_file)
+        .arg("UPDATE networks SET name = 'by-hand' WHERE name = 'by-pool'")
+        .status()
+    {
+        Ok(status) => {
+            assert!(status.success(), "sqlite3: {status}");
+            read("by-hand").await;
+        }
+        Err(err) => eprintln!("SKIPPED: the write by another process (sqlite3: {err})"),
+    }
+
+    // Nothing committed since: answered from memory with the console's pool closed.
+    let (got, list) = (
+        app.get(&get_path, &org.token).await,
+        app.get("/v1/networks", &org.token).await,
+    );
+    app.state.db.get_sqlite_connection_pool().close().await;
+    assert_eq!(app.get(&get_path, &org.token).await.text, got.text);
+    assert_eq!(app.get("/v1/networks", &org.token).await.text, list.text);
+    // A commit elsewhere: the console must ask its (closed) database, not answer from
+    // memory.
+    rename("after-close").await.unwrap();
+    let after = app.get(&get_path, &org.token).await;
+    assert_eq!(
+        after.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        after.text
+    );
+}
+
+/// On PostgreSQL the tenant's version is read over a few connections kept apart from
+/// the pool; one the server has closed is dropped and that read goes through the pool:
+/// no request fails. Real PostgreSQL; the server closes exactly those connections
+/// (`pg_terminate_backend` on the backends whose last statement is the version query,
+/// waiting until they are gone).
+#[tokio::test]
+async fn version_reads_survive_their_connections_being_closed_on_postgres() {
+    let Some(url) = common::postgres_url().await else {
+        eprintln!("SKIPPED: version_reads_survive_their_connections_being_closed_on_postgres");
+        return;
+    };
+    let app = TestApp::with_url(&url).await;
+    let org = app.signup("Kept", "o@kept.example").await;
+    let created = app.create_network(&org.token, "kept").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let get_path = format!("/v1/networks/{}", created.body["id"].as_str().unwrap());
+    assert_eq!(app.get(&get_path, &org.token).await.body["name"], "kept");
+    let terminated = app
+        .state
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) AS closed \
+             FROM pg_stat_activity WHERE datname = current_database() \
+             AND query LIKE 'SELECT version FROM network_versions%'",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "closed")
+        .unwrap();
+    assert!(terminated >= 1, "no version connection to close");
+    for _ in 0..3 {
+        let got = app.get(&get_path, &org.token).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+        assert_eq!(got.body["name"], "kept");
+        let list = app.get("/v1/networks", &org.token).await;
+        assert_eq!(list.status, StatusCode::OK, "{}", list.text);
     }
 }
 

@@ -3,10 +3,12 @@
 //! observations are stored back as status.
 
 pub mod autoscale;
+mod pg_versions;
 pub mod read_cache;
 pub mod reconcile;
 pub mod spec;
 pub mod store;
+pub mod versions;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -349,7 +351,7 @@ async fn remembered<T: Serialize>(
     read: Read,
     build: impl Future<Output = ApiResult<T>>,
 ) -> ApiResult<Response> {
-    let version = store::version(&state.db, tenant).await?;
+    let version = state.network_versions.current(&state.db, tenant).await?;
     if let Some(body) = state.network_reads.get(tenant, version, &read) {
         return Ok(json_response(StatusCode::OK, body, None));
     }

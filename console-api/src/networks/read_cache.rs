@@ -7,8 +7,10 @@
 //! built from, and is handed out only to a request that read the same version. A
 //! request that starts after a write committed reads a version at least as new as that
 //! write's, so it can only be answered from rows read after the write. The version is
-//! read from the database on every request, so this holds with several console
-//! replicas. An answer built from rows newer than its version is only fresher.
+//! read from the database on every request (on SQLite, from memory while the database's
+//! commit mark says nothing was committed since it was read: [`super::versions`]), so
+//! this holds with several console replicas and with writers outside the console. An
+//! answer built from rows newer than its version is only fresher.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
