@@ -799,7 +799,7 @@ async fn version_reads_survive_their_connections_being_closed_on_postgres() {
             sea_orm::DbBackend::Postgres,
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) AS closed \
              FROM pg_stat_activity WHERE datname = current_database() \
-             AND query LIKE 'SELECT version FROM network_versions%'",
+             AND query LIKE 'SELECT tenant_id, version FROM network_versions%'",
         ))
         .await
         .unwrap()
@@ -814,6 +814,64 @@ async fn version_reads_survive_their_connections_being_closed_on_postgres() {
         let list = app.get("/v1/networks", &org.token).await;
         assert_eq!(list.status, StatusCode::OK, "{}", list.text);
     }
+}
+
+/// On PostgreSQL concurrent reads share version queries (flights): requests dropped
+/// while they lead or wait for a flight (a client that went away) never leave the
+/// others waiting, and every read after a write sees it. Real router, real server;
+/// requests are dropped by timing them out at random points of their way.
+#[tokio::test]
+async fn dropped_requests_never_stall_shared_version_reads_on_postgres() {
+    let Some(url) = common::postgres_url().await else {
+        eprintln!("SKIPPED: dropped_requests_never_stall_shared_version_reads_on_postgres");
+        return;
+    };
+    let app = std::sync::Arc::new(TestApp::with_url(&url).await);
+    let org = app.signup("Flights", "o@flights.example").await;
+    let created = app.create_network(&org.token, "flown").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = uuid::Uuid::parse_str(created.body["id"].as_str().unwrap()).unwrap();
+    let get_path = format!("/v1/networks/{id}");
+    let mut clients = Vec::new();
+    for client in 0..32u64 {
+        let (app, token, path) = (app.clone(), org.token.clone(), get_path.clone());
+        clients.push(tokio::spawn(async move {
+            for round in 0..20u64 {
+                // Half the clients give up after 0.1–2 ms, somewhere on their way.
+                if client % 2 == 0 {
+                    let patience =
+                        std::time::Duration::from_micros(100 + (client * 37 + round * 91) % 1900);
+                    let _ = tokio::time::timeout(patience, app.get(&path, &token)).await;
+                } else {
+                    let got = app.get(&path, &token).await;
+                    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+                }
+            }
+        }));
+    }
+    for round in 0..5 {
+        let name = format!("flown-{round}");
+        network::Entity::update_many()
+            .col_expr(network::Column::Name, Expr::value(name.as_str()))
+            .filter(network::Column::Id.eq(id))
+            .exec(&app.state.db)
+            .await
+            .unwrap();
+        let got = app.get(&get_path, &org.token).await;
+        assert_eq!(got.body["name"], name, "round {round}");
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    // Nothing left stalled: a read after all of that is answered promptly.
+    let last = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.get("/v1/networks", &org.token),
+    )
+    .await
+    .expect("a version read stalled behind a dropped request");
+    assert_eq!(last.status, StatusCode::OK, "{}", last.text);
+    assert_eq!(last.body["items"][0]["name"], "flown-4");
 }
 
 on_both_databases!(

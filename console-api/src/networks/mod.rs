@@ -8,6 +8,7 @@ pub mod read_cache;
 pub mod reconcile;
 pub mod spec;
 pub mod store;
+mod version_flights;
 pub mod versions;
 
 use axum::Router;

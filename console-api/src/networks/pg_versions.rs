@@ -10,13 +10,17 @@
 //! clean up. A connection whose query fails, or whose request is dropped mid-query, is
 //! closed, never reused; the caller then asks through the pool, which copes with a
 //! restarted server as before. When all of them are busy the caller uses the pool too.
+//! Concurrent requests share one query ([`super::version_flights`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use sea_orm::sqlx::{self, PgConnection};
 use sea_orm::{DatabaseConnection, DatabaseConnectionType};
+use uuid::Uuid;
 
+use super::version_flights::Flights;
 use crate::tenancy::TenantId;
 
 /// Connections of its own at most, on top of the pool's.
@@ -27,6 +31,7 @@ pub struct PgVersions {
     idle: Mutex<Vec<PgConnection>>,
     /// Idle and in use.
     open: AtomicUsize,
+    flights: Flights,
 }
 
 impl PgVersions {
@@ -37,16 +42,28 @@ impl PgVersions {
         let DatabaseConnectionType::SqlxPostgresPoolConnection(_) = &db.inner else {
             return None;
         };
+        self.flights
+            .share(tenant.get(), |tenants| self.query(db, tenants))
+            .await
+    }
+
+    /// The versions of `tenants` (absent: 0) over a connection of its own.
+    async fn query(
+        &self,
+        db: &DatabaseConnection,
+        tenants: Vec<Uuid>,
+    ) -> Option<HashMap<Uuid, i64>> {
         let mut lent = self.lend(db).await?;
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM network_versions WHERE tenant_id = $1")
-                .bind(tenant.get())
-                .fetch_optional(lent.connection.as_mut()?)
-                .await
-                .map_err(|err| tracing::debug!(error = %err, "version connection dropped"))
-                .ok()?;
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT tenant_id, version FROM network_versions WHERE tenant_id = ANY($1)",
+        )
+        .bind(tenants)
+        .fetch_all(lent.connection.as_mut()?)
+        .await
+        .map_err(|err| tracing::debug!(error = %err, "version connection dropped"))
+        .ok()?;
         lent.give_back();
-        Some(version.unwrap_or(0))
+        Some(rows.into_iter().collect())
     }
 
     /// An idle connection, or a new one taken out of the pool while fewer than
