@@ -867,9 +867,10 @@ enum Message {
     Block {
         bytes: IoBuf,
     },
+    /// Backfill traffic other than transaction gossip (which has its own task).
     Backfill {
         from: PublicKey,
-        bytes: IoBuf,
+        message: Backfill,
     },
     Tick,
 }
@@ -1079,10 +1080,32 @@ where
                 }
             }
         });
+        // Transaction gossip is admitted on a task of its own (see `gossip`), so its
+        // signature checks do not hold up proposals, verification and votes; on a thread
+        // of its own, so that they do not occupy one of the runtime's two shared worker
+        // threads, which consensus and p2p need.
+        let (gossip_sender, mut gossip_receiver) = mpsc::unbounded_channel::<Vec<Tx>>();
+        let (gossip_state, chain_id) = (state.clone(), config.chain_id.clone());
+        context
+            .child("gossip_in")
+            .dedicated()
+            .spawn(move |_| async move {
+                while let Some(txs) = gossip_receiver.recv().await {
+                    crate::gossip::admit(&gossip_state, &chain_id, txs);
+                }
+            });
         let s = sender.clone();
         context.child("backfill_in").spawn(move |_| async move {
             while let Ok((from, bytes)) = backfill_receiver.recv().await {
-                if s.send(Message::Backfill { from, bytes }).is_err() {
+                let sent = match decode_backfill(bytes.as_ref()) {
+                    Ok(Backfill::Gossip { txs }) => gossip_sender.send(txs).is_ok(),
+                    Ok(message) => s.send(Message::Backfill { from, message }).is_ok(),
+                    Err(_) => {
+                        debug!(?from, "dropped undecodable backfill message");
+                        true
+                    }
+                };
+                if !sent {
                     break;
                 }
             }
@@ -1169,7 +1192,7 @@ where
                     self.serve_proposals();
                     self.advance()
                 }
-                Message::Backfill { from, bytes } => self.backfill(from, bytes.as_ref()),
+                Message::Backfill { from, message } => self.backfill(from, message),
                 Message::Tick => self.tick(),
             };
             if let Err(e) = result {
@@ -1628,25 +1651,37 @@ where
                 .governance
                 .iter()
                 .all(|g| g.check_stateless(&self.config.chain_id).is_ok())
-            && {
-                // Signatures of transactions in this node's mempool were checked at
-                // admission; the rest are checked with one batch verification, outside
-                // the state lock.
-                // Each transaction is hashed once here.
-                let known: Vec<bool> = {
-                    let state = lock(&self.state);
-                    block
-                        .txs
-                        .iter()
-                        .map(|tx| state.mempool.contains(&tx.hash()))
-                        .collect()
-                };
-                block
-                    .check_stateless_except(&self.config.chain_id, |i| {
-                        known.get(i).copied().unwrap_or(false)
-                    })
-                    .is_ok()
-            }
+            && self.signatures_valid(block)
+    }
+
+    /// Every transaction's chain id and signature. Signatures of transactions in this
+    /// node's mempool were checked at admission, and those of a block verified before
+    /// (a re-proposal, or one from another view) then; the rest are checked with one
+    /// batch verification, outside the state lock, and remembered for the gossip that
+    /// may bring them later.
+    fn signatures_valid(&self, block: &Block) -> bool {
+        // Each transaction is hashed once here.
+        let hashes: Vec<Digest> = block.txs.iter().map(Tx::hash).collect();
+        let known: Vec<bool> = {
+            let state = lock(&self.state);
+            hashes
+                .iter()
+                .map(|h| state.mempool.contains(h) || state.mempool.signature_checked(h))
+                .collect()
+        };
+        let valid = block
+            .check_stateless_except(&self.config.chain_id, |i| {
+                known.get(i).copied().unwrap_or(false)
+            })
+            .is_ok();
+        if valid {
+            let checked = hashes.into_iter().zip(known).filter(|(_, k)| !k);
+            let checked: Vec<Digest> = checked.map(|(h, _)| h).collect();
+            lock(&self.state)
+                .mempool
+                .remember_checked(checked.into_iter());
+        }
+        valid
     }
 
     fn tick(&mut self) -> Result<(), StateError> {
@@ -1761,11 +1796,7 @@ where
     }
 
     /// Answers and consumes backfill and gossip traffic.
-    fn backfill(&mut self, from: PublicKey, bytes: &[u8]) -> Result<(), StateError> {
-        let Ok(message) = decode_backfill(bytes) else {
-            debug!(?from, "dropped undecodable backfill message");
-            return Ok(());
-        };
+    fn backfill(&mut self, from: PublicKey, message: Backfill) -> Result<(), StateError> {
         match message {
             Backfill::Request { digest, depth } => {
                 let mut blocks = Vec::new();
@@ -1796,41 +1827,9 @@ where
                 }
                 Ok(())
             }
+            // Routed to the gossip task by the receiving task; handled the same here.
             Backfill::Gossip { txs } => {
-                // Only what admission could still take is verified: a transaction for
-                // another chain or shard, already queued, or whose nonce its sender has
-                // used (committed, or queued under another transaction) is refused
-                // whatever its signature. Under load gossip often arrives after the
-                // block that carried the transaction (verified then): its signature is
-                // not checked a second time only to be refused.
-                let fresh: Vec<Tx> = {
-                    let state = lock(&self.state);
-                    txs.into_iter()
-                        .filter(|tx| {
-                            tx.unsigned.chain_id == self.config.chain_id
-                                && state.check_tables(tx).is_ok()
-                                && !state.mempool.nonce_used(tx, &state.ledger)
-                                && !state.mempool.contains(&tx.hash())
-                        })
-                        .collect()
-                };
-                let refs: Vec<&Tx> = fresh.iter().collect();
-                let all_valid = trellis_node_types::verify_signatures(&refs);
-                let mut guard = lock(&self.state);
-                let state = &mut *guard;
-                for tx in fresh {
-                    if state.check_tables(&tx).is_err() {
-                        continue;
-                    }
-                    // Already known, already committed or invalid: nothing to do. A peer
-                    // cannot get anything into the pool that admission would refuse; a
-                    // batch with a bad signature is checked one by one.
-                    let _ = if all_valid {
-                        state.mempool.admit_verified(tx, &state.ledger)
-                    } else {
-                        state.mempool.admit(tx, &state.ledger)
-                    };
-                }
+                crate::gossip::admit(&self.state, &self.config.chain_id, txs);
                 Ok(())
             }
             Backfill::EpochEndRequest { epoch } => {

@@ -9,6 +9,7 @@ pub mod cross_shard;
 pub mod engine;
 pub mod epoch_switch;
 pub mod follower;
+pub mod gossip;
 pub mod governance;
 pub mod handoff;
 pub mod leaders;

@@ -40,7 +40,16 @@ pub struct Mempool {
     bound: usize,
     by_sender: BTreeMap<PublicKey, BTreeMap<u64, Entry>>,
     hashes: HashMap<Digest, (PublicKey, u64)>,
+    /// Hashes of transactions whose signatures this node checked in a block it verified,
+    /// until that block is finalized: gossip bringing one of them in between is admitted
+    /// without a second verification. A hash covers the signature, so what was checked
+    /// stays checked. A memo only: bounded by [`CHECKED_BOUND`], and forgetting costs
+    /// one verification, never a wrong answer.
+    checked: HashSet<Digest>,
 }
+
+/// Most remembered signature-checked hashes (a few blocks' worth at the largest size).
+const CHECKED_BOUND: usize = 65_536;
 
 impl Mempool {
     pub fn new(chain_id: &str, bound: usize) -> Self {
@@ -49,6 +58,7 @@ impl Mempool {
             bound,
             by_sender: BTreeMap::new(),
             hashes: HashMap::new(),
+            checked: HashSet::new(),
         }
     }
 
@@ -76,6 +86,21 @@ impl Mempool {
 
     pub fn contains(&self, hash: &Digest) -> bool {
         self.hashes.contains_key(hash)
+    }
+
+    /// Remembers transactions whose signatures were checked with a block this node
+    /// verified (see the `checked` field).
+    pub fn remember_checked(&mut self, hashes: impl ExactSizeIterator<Item = Digest>) {
+        if self.checked.len() + hashes.len() > CHECKED_BOUND {
+            self.checked.clear();
+        }
+        self.checked.extend(hashes);
+    }
+
+    /// Whether this transaction's signature was checked in a block this node verified
+    /// and has not finalized yet.
+    pub fn signature_checked(&self, hash: &Digest) -> bool {
+        self.checked.contains(hash)
     }
 
     /// Whether `tx`'s nonce is already used by its sender: committed, or queued here
@@ -192,7 +217,10 @@ impl Mempool {
         let mut admitted = Vec::with_capacity(txs.len());
         let mut senders = HashSet::with_capacity(txs.len());
         for tx in txs {
-            if let Some((from, nonce)) = self.hashes.remove(&tx.hash())
+            let hash = tx.hash();
+            // Committed: gossip of it is refused by its nonce from now on.
+            self.checked.remove(&hash);
+            if let Some((from, nonce)) = self.hashes.remove(&hash)
                 && let Some(queue) = self.by_sender.get_mut(&from)
                 && let Some(entry) = queue.remove(&nonce)
             {
@@ -221,12 +249,13 @@ impl Mempool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use trellis_node_state::MemKv;
     use trellis_node_types::{PrivateKey, Signer, TxKind, UnsignedTx, test_key};
 
-    fn transfer(from: &PrivateKey, nonce: u64, amount: u64, chain: &str) -> Tx {
+    /// A signed transfer to a fixed receiver (also used by the gossip tests).
+    pub(crate) fn transfer(from: &PrivateKey, nonce: u64, amount: u64, chain: &str) -> Tx {
         UnsignedTx {
             chain_id: chain.into(),
             from: from.public_key(),
@@ -358,5 +387,39 @@ mod tests {
         assert_eq!(pool.len(), 3);
         assert!(pool.contains(&a[2].hash()));
         assert!(!pool.contains(&a[0].hash()));
+    }
+}
+
+#[cfg(test)]
+mod checked_tests {
+    use super::tests::transfer;
+    use super::*;
+    use trellis_node_state::MemKv;
+    use trellis_node_types::{Signer, test_key};
+
+    /// Real: the memo of signature-checked hashes forgets a transaction once a finalized
+    /// block commits it, and clears itself rather than grow past its bound.
+    #[test]
+    fn checked_hashes_are_forgotten_at_finalization_and_bounded() {
+        let key = test_key(1);
+        let mut l = Ledger::open(MemKv::default()).unwrap();
+        l.init_genesis(&[(key.public_key(), 100)]).unwrap();
+        let mut pool = Mempool::new("c", 10);
+        let tx = transfer(&key, 0, 1, "c");
+        pool.remember_checked([tx.hash()].into_iter());
+        assert!(pool.signature_checked(&tx.hash()));
+        assert!(!pool.contains(&tx.hash()), "remembered, not queued");
+        pool.on_finalized(std::slice::from_ref(&tx), &l);
+        assert!(!pool.signature_checked(&tx.hash()));
+
+        let many = (0..CHECKED_BOUND).map(|i| {
+            let mut h = [0u8; 32];
+            h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            Digest::from(h)
+        });
+        pool.remember_checked([tx.hash()].into_iter());
+        pool.remember_checked(many);
+        assert!(!pool.signature_checked(&tx.hash()), "cleared at the bound");
+        assert_eq!(pool.checked.len(), CHECKED_BOUND);
     }
 }
