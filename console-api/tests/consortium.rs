@@ -457,17 +457,7 @@ async fn an_admitted_member_is_removed_by_the_threshold_of_the_others(app: TestA
     let members = app
         .get(&format!("/v1/networks/{network}/members"), &founder.token)
         .await;
-    let id_of = |organisation: &str| -> String {
-        members.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["organisation"] == organisation)
-            .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let id_of = |organisation: &str| common::member_id(&members.body, organisation);
     let (acme, globex, hooli) = (id_of("Acme"), id_of("Globex"), id_of("Hooli"));
     let removal = |member: &str| format!("/v1/networks/{network}/members/{member}/removal");
 

@@ -48,7 +48,7 @@ use trellis_operator::local::write_node;
 use trellis_operator::member;
 use trellis_operator::metrics::Metrics;
 
-use common::{TestApp, assert_problem};
+use common::{TestApp, assert_problem, member_id};
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -60,19 +60,6 @@ impl Drop for NodeProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The id of `organisation` in a member list.
-fn member_id(list: &serde_json::Value, organisation: &str) -> String {
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["organisation"] == organisation)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// Writes a pod's view of `node` (its committee's objects) under `dir` and starts it.

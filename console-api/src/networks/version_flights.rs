@@ -12,7 +12,7 @@
 //! the next request leads anew; one dropped just as the lead was handed to it passes
 //! the lead on. So the queue never stalls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -28,7 +28,7 @@ pub struct Flights {
 #[derive(Default)]
 struct Queue {
     flying: bool,
-    waiting: Vec<(Uuid, oneshot::Sender<Turn>)>,
+    waiting: VecDeque<(Uuid, oneshot::Sender<Turn>)>,
 }
 
 /// What a waiting request is told.
@@ -55,7 +55,7 @@ impl Flights {
             let mut queue = self.queue();
             if queue.flying {
                 let (tell, told) = oneshot::channel();
-                queue.waiting.push((tenant, tell));
+                queue.waiting.push_back((tenant, tell));
                 Some(Waiting { owner: self, told })
             } else {
                 queue.flying = true;
@@ -92,8 +92,7 @@ impl Flights {
     /// Gives the lead to the first waiting request still there, or ends the flights.
     fn hand_over(&self) {
         let mut queue = self.queue();
-        while !queue.waiting.is_empty() {
-            let (_, tell) = queue.waiting.remove(0);
+        while let Some((_, tell)) = queue.waiting.pop_front() {
             if tell.send(Turn::Lead).is_ok() {
                 return;
             }
@@ -101,7 +100,7 @@ impl Flights {
         queue.flying = false;
     }
 
-    /// Each change is a few `Vec` operations and a flag, so a poisoned lock is used as is.
+    /// Each change is a few queue operations and a flag, so a poisoned lock is used as is.
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -166,14 +165,13 @@ mod tests {
         }
     }
 
+    /// A query answered at once (its gate already open).
     fn instant(
         sent: &Arc<AtomicUsize>,
     ) -> impl FnOnce(Vec<Uuid>) -> std::pin::Pin<Box<dyn Future<Output = Versions> + Send>> {
-        let sent = sent.clone();
-        move |tenants| {
-            sent.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move { Some(tenants.into_iter().map(|t| (t, 7)).collect()) })
-        }
+        let (open, gate) = oneshot::channel();
+        let _ = open.send(());
+        gated(sent, gate)
     }
 
     #[tokio::test]

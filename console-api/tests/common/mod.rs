@@ -369,6 +369,19 @@ pub fn assert_problem(response: &Response, status: StatusCode, code: &str) {
     );
 }
 
+/// The id of `organisation` in a `GET …/members` answer.
+pub fn member_id(list: &Value, organisation: &str) -> String {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["organisation"] == organisation)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A fresh PostgreSQL database from the e2e fixture (a real server on loopback), or
 /// `None` after it printed SKIPPED (no PostgreSQL on this machine and
 /// `TRELLIS_REQUIRE_POSTGRES` unset; under the README test command it is always there).
