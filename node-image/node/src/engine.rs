@@ -56,6 +56,21 @@ pub struct Channels<S, R> {
     pub backfill: (S, R),
 }
 
+impl<S, R> Channels<S, R> {
+    /// The channels from pairs registered in [`CHANNELS`] order; `None` when fewer
+    /// than five were given.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (S, R)>) -> Option<Self> {
+        let mut pairs = pairs.into_iter();
+        Some(Self {
+            votes: pairs.next()?,
+            certificates: pairs.next()?,
+            resolver: pairs.next()?,
+            blocks: pairs.next()?,
+            backfill: pairs.next()?,
+        })
+    }
+}
+
 /// Consensus timing. Defaults suit a LAN or one machine.
 #[derive(Clone, Debug)]
 pub struct Timing {

@@ -453,16 +453,8 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
                 },
             ));
         }
-        let mut pairs = pairs.into_iter();
-        let (Some(votes), Some(certificates), Some(resolver), Some(blocks), Some(backfill)) = (
-            pairs.next(),
-            pairs.next(),
-            pairs.next(),
-            pairs.next(),
-            pairs.next(),
-        ) else {
-            return Err(anyhow!("channel registration"));
-        };
+        let channels =
+            Channels::from_pairs(pairs).ok_or_else(|| anyhow!("channel registration"))?;
         network.start();
         let (chain, engine) = start_node(
             context.child("validator"),
@@ -476,13 +468,7 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             state,
             metrics,
             oracle,
-            Channels {
-                votes,
-                certificates,
-                resolver,
-                blocks,
-                backfill,
-            },
+            channels,
             Some(peer_sets),
         )?;
         if follows {

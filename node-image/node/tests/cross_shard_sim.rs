@@ -27,9 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trellis_node::chain::{MAX_MESSAGE_SIZE, NodeState, ShardPlace, lock};
 use trellis_node::cross_shard::Pace;
-use trellis_node::engine::{
-    CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_validator,
-};
+use trellis_node::engine::{Timing, ValidatorConfig, start_validator};
 use trellis_node::metrics::ChainMetrics;
 use trellis_node::relay::{LocalRelay, RelayBeacon, RelayServer};
 use trellis_node_api::shard::{GenesisValidator, ShardingGenesis, ShardingMode};
@@ -42,6 +40,8 @@ use trellis_node_types::{
 
 #[path = "support/relay_slot.rs"]
 mod relay_slot;
+#[path = "support/sim_channels.rs"]
+mod sim_channels;
 use relay_slot::Slot;
 
 const CHAIN: &str = "xsim";
@@ -274,23 +274,7 @@ impl Sim {
         trellis_node::follower::restore(&mut state, CHAIN).unwrap();
         let state = Arc::new(Mutex::new(state));
         let control = group.oracle.control(node.key.public_key());
-        let mut pairs = Vec::new();
-        for channel in CHANNELS {
-            pairs.push(
-                control
-                    .register(channel, channel_quota(channel))
-                    .await
-                    .unwrap(),
-            );
-        }
-        let mut pairs = pairs.into_iter();
-        let channels = Channels {
-            votes: pairs.next().unwrap(),
-            certificates: pairs.next().unwrap(),
-            resolver: pairs.next().unwrap(),
-            blocks: pairs.next().unwrap(),
-            backfill: pairs.next().unwrap(),
-        };
+        let channels = sim_channels::register(&control).await;
         let context = self
             .context
             .child("validator")

@@ -20,9 +20,7 @@ use commonware_utils::{NZUsize, probability};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trellis_node::chain::{MAX_MESSAGE_SIZE, NodeState, certificate_signers, lock};
-use trellis_node::engine::{
-    CHANNELS, Channels, PeerSets, Timing, ValidatorConfig, channel_quota, start_node,
-};
+use trellis_node::engine::{PeerSets, Timing, ValidatorConfig, start_node};
 use trellis_node::governance::Registry;
 use trellis_node::metrics::ChainMetrics;
 use trellis_node_api::{CONTRACT_VERSION, Genesis, GenesisMember};
@@ -31,6 +29,9 @@ use trellis_node_types::{
     GovernanceAction, GovernanceTx, MemberSpec, PrivateKey, Proposal, PublicKey, Signer, TxKind,
     UnsignedTx, test_key, to_hex,
 };
+
+#[path = "support/sim_channels.rs"]
+mod sim_channels;
 
 const CHAIN: &str = "gov-sim";
 const EPOCH: u64 = 10;
@@ -145,23 +146,7 @@ impl Sim {
             .unwrap(),
         ));
         let control = self.oracle.control(node.key.public_key());
-        let mut pairs = Vec::new();
-        for channel in CHANNELS {
-            pairs.push(
-                control
-                    .register(channel, channel_quota(channel))
-                    .await
-                    .unwrap(),
-            );
-        }
-        let mut pairs = pairs.into_iter();
-        let channels = Channels {
-            votes: pairs.next().unwrap(),
-            certificates: pairs.next().unwrap(),
-            resolver: pairs.next().unwrap(),
-            blocks: pairs.next().unwrap(),
-            backfill: pairs.next().unwrap(),
-        };
+        let channels = sim_channels::register(&control).await;
         // Every node registers the registry's peer sets with the (shared) simulated
         // network, as each process does with its own p2p layer.
         let mut manager = self.oracle.manager();

@@ -30,9 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trellis_node::chain::{MAX_MESSAGE_SIZE, NodeState, ShardPlace, lock};
 use trellis_node::cross_shard::Pace;
-use trellis_node::engine::{
-    CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_node,
-};
+use trellis_node::engine::{Timing, ValidatorConfig, start_node};
 use trellis_node::handoff::{GET_EPOCH_END, HandoffSource, Peer};
 use trellis_node::metrics::ChainMetrics;
 use trellis_node::relay::{CertifiedBlock, LocalRelay, RelayServer, SnapshotRequest};
@@ -48,6 +46,8 @@ use trellis_node_types::{
 
 #[path = "support/relay_slot.rs"]
 mod relay_slot;
+#[path = "support/sim_channels.rs"]
+mod sim_channels;
 use relay_slot::Slot;
 
 const CHAIN: &str = "resharding-sim";
@@ -364,23 +364,7 @@ impl Sim {
         let state = Arc::new(Mutex::new(state));
         let oracle = &self.oracles[&committee.name()];
         let control = oracle.control(key.public_key());
-        let mut pairs = Vec::new();
-        for channel in CHANNELS {
-            pairs.push(
-                control
-                    .register(channel, channel_quota(channel))
-                    .await
-                    .unwrap(),
-            );
-        }
-        let mut pairs = pairs.into_iter();
-        let channels = Channels {
-            votes: pairs.next().unwrap(),
-            certificates: pairs.next().unwrap(),
-            resolver: pairs.next().unwrap(),
-            blocks: pairs.next().unwrap(),
-            backfill: pairs.next().unwrap(),
-        };
+        let channels = sim_channels::register(&control).await;
         let context = self.context.child("node").with_attribute("index", i);
         let (chain, engine) = start_node(
             context.child("validator"),

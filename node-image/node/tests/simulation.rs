@@ -15,12 +15,13 @@ use commonware_utils::{NZUsize, probability};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trellis_node::chain::{MAX_MESSAGE_SIZE, NodeState, ShardPlace, lock};
-use trellis_node::engine::{
-    CHANNELS, Channels, Timing, ValidatorConfig, channel_quota, start_validator,
-};
+use trellis_node::engine::{Timing, ValidatorConfig, start_validator};
 use trellis_node::metrics::ChainMetrics;
 use trellis_node_state::MemKv;
 use trellis_node_types::{PrivateKey, PublicKey, Signer, TxKind, UnsignedTx, test_key};
+
+#[path = "support/sim_channels.rs"]
+mod sim_channels;
 
 const CHAIN: &str = "sim";
 const ACCOUNTS: u64 = 8;
@@ -138,23 +139,7 @@ impl Sim {
             .unwrap(),
         ));
         let control = self.oracle.control(node.key.public_key());
-        let mut pairs = Vec::new();
-        for channel in CHANNELS {
-            pairs.push(
-                control
-                    .register(channel, channel_quota(channel))
-                    .await
-                    .unwrap(),
-            );
-        }
-        let mut pairs = pairs.into_iter();
-        let channels = Channels {
-            votes: pairs.next().unwrap(),
-            certificates: pairs.next().unwrap(),
-            resolver: pairs.next().unwrap(),
-            blocks: pairs.next().unwrap(),
-            backfill: pairs.next().unwrap(),
-        };
+        let channels = sim_channels::register(&control).await;
         let handles = start_validator(
             self.context.child("validator").with_attribute("index", i),
             node.key.clone(),
