@@ -28,9 +28,8 @@ use trellis_crd::{
 use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
 use trellis_node_api::{SendTransactionParams, SendTransactionResult, methods};
 use trellis_node_types::{Encode, Signer, TxKind, UnsignedTx, test_key, to_hex};
-use trellis_operator::build::{self, BuildOptions};
+use trellis_operator::build;
 use trellis_operator::chain::NodeRpc;
-use trellis_operator::controller::{self, Context};
 use trellis_operator::metrics::Metrics;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -76,16 +75,7 @@ async fn sustained_load_raises_the_shard_count() {
     let resolver = support::loopback_in(80, &shard, 11);
 
     let chain = NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(2));
-    let ctx = Arc::new(Context::new(
-        ns.client.clone(),
-        Arc::new(chain),
-        BuildOptions::default(),
-        Arc::new(Metrics::new()),
-    ));
-    let (stop, mut stopped) = tokio::sync::watch::channel(());
-    tokio::spawn(controller::run(ctx, Some(ns.name.clone()), async move {
-        while stopped.changed().await.is_ok() {}
-    }));
+    let (_, stop) = support::start_operator(&ns, Arc::new(chain), Arc::new(Metrics::new()), false);
     let networks: Api<ChainNetwork> = ns.api();
     networks
         .create(&PostParams::default(), &ChainNetwork::new("busy", spec))

@@ -15,6 +15,8 @@
 // Helpers of this test binary fail the test by panicking, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,30 +67,9 @@ fn no_nodes() -> NodeRpc {
     NodeRpc::new(Arc::new(Loopback::default()), Duration::from_secs(1))
 }
 
-/// Starts the reconciler in-process, watching only `ns`; stops when the sender drops.
+/// Starts the reconcilers in-process, watching only `ns`; they stop when the sender drops.
 fn start_operator(ns: &TestNamespace) -> (Arc<Context>, tokio::sync::watch::Sender<()>) {
-    let ctx = Arc::new(Context::new(
-        ns.client.clone(),
-        Arc::new(no_nodes()),
-        BuildOptions::default(),
-        Arc::new(Metrics::new()),
-    ));
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
-        // Resolves when the sender is dropped.
-        while rx.changed().await.is_ok() {}
-    };
-    tokio::spawn(controller::run(
-        ctx.clone(),
-        Some(ns.name.clone()),
-        until_stopped(stopped.clone()),
-    ));
-    tokio::spawn(trellis_operator::member::run(
-        ctx.clone(),
-        Some(ns.name.clone()),
-        until_stopped(stopped),
-    ));
-    (ctx, stop)
+    support::start_operator(ns, Arc::new(no_nodes()), Arc::new(Metrics::new()), true)
 }
 
 fn network(name: &str, shards: i32) -> ChainNetwork {
@@ -1099,16 +1080,12 @@ async fn a_member_change_reconciles_its_network_at_once() {
     };
     apply_crds(&ns.client, trellis_crd::crds()).await.unwrap();
     let metrics = Arc::new(Metrics::new());
-    let ctx = Arc::new(Context::new(
-        ns.client.clone(),
+    let (_, stop) = support::start_operator(
+        &ns,
         Arc::new(trellis_operator::chain::NodeRpcPending),
-        BuildOptions::default(),
         metrics.clone(),
-    ));
-    let (stop, mut stopped) = tokio::sync::watch::channel(());
-    tokio::spawn(controller::run(ctx, Some(ns.name.clone()), async move {
-        while stopped.changed().await.is_ok() {}
-    }));
+        false,
+    );
     let mut spec = ChainNetworkSpec::new(NetworkMode::Consortium, "trellis-node:e2e");
     spec.members = vec![trellis_crd::ConsortiumMember {
         name: "org-a".to_owned(),

@@ -31,9 +31,8 @@ use trellis_crd::{
 };
 use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
 use trellis_node_types::{GovernanceTx, PrivateKey, Proposal, Signer as _, test_key, to_hex};
-use trellis_operator::build::{self, BuildOptions};
+use trellis_operator::build;
 use trellis_operator::chain::{ChainClient, CommitteeNodes, NodeRpc};
-use trellis_operator::controller::{self, Context};
 use trellis_operator::endpoints::{Loopback, NodeRef};
 use trellis_operator::member::{self, nodes::member_committee};
 use trellis_operator::metrics::Metrics;
@@ -139,22 +138,8 @@ async fn a_fourth_organisation_is_admitted_through_its_member_resource_and_remov
     }
 
     let chain = NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(2));
-    let ctx = Arc::new(Context::new(
-        ns.client.clone(),
-        Arc::new(chain.clone()),
-        BuildOptions::default(),
-        Arc::new(Metrics::new()),
-    ));
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    let shutdown = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
-        while stopped.changed().await.is_ok() {}
-    };
-    tokio::spawn(controller::run(
-        ctx.clone(),
-        Some(ns.name.clone()),
-        shutdown(stopped.clone()),
-    ));
-    tokio::spawn(member::run(ctx, Some(ns.name.clone()), shutdown(stopped)));
+    let (_, stop) =
+        support::start_operator(&ns, Arc::new(chain.clone()), Arc::new(Metrics::new()), true);
     let networks: Api<ChainNetwork> = ns.api();
     networks
         .create(&PostParams::default(), &ChainNetwork::new("alpha", spec))

@@ -245,7 +245,6 @@ mod rolling {
     use trellis_crd::topology::Committee;
     use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
     use trellis_operator::chain::NodeRpc;
-    use trellis_operator::controller::{self, Context};
     use trellis_operator::endpoints::Loopback;
     use trellis_operator::metrics::Metrics;
     use trellis_operator::rollout::STEP_HEIGHT_ANNOTATION;
@@ -396,16 +395,8 @@ mod rolling {
 
         // The operator, reading the chain through its real client over the resolver.
         let chain = NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(2));
-        let ctx = Arc::new(Context::new(
-            ns.client.clone(),
-            Arc::new(chain),
-            BuildOptions::default(),
-            Arc::new(Metrics::new()),
-        ));
-        let (stop, mut stopped) = tokio::sync::watch::channel(());
-        tokio::spawn(controller::run(ctx, Some(ns.name.clone()), async move {
-            while stopped.changed().await.is_ok() {}
-        }));
+        let (_, stop) =
+            support::start_operator(&ns, Arc::new(chain), Arc::new(Metrics::new()), false);
         let networks: Api<ChainNetwork> = ns.api();
         networks
             .create(&PostParams::default(), &ChainNetwork::new("alpha", spec))

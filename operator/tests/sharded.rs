@@ -44,9 +44,8 @@ use trellis_crd::{ChainNetwork, ChainNetworkSpec, NetworkMode, ShardsSpec};
 use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
 use trellis_node_api::shard::{ShardMapInfo, SystemSequence, SystemSequenceQuery};
 use trellis_node_api::{Genesis, NodeConfig, NodeStatus, Role, methods};
-use trellis_operator::build::{self, BuildOptions};
+use trellis_operator::build;
 use trellis_operator::chain::NodeRpc;
-use trellis_operator::controller::{self, Context};
 use trellis_operator::endpoints::{Loopback, NodeRef};
 use trellis_operator::genesis;
 use trellis_operator::keys;
@@ -153,16 +152,7 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
     let running: Vec<Committee> = topology.committees[..3].to_vec();
 
     let chain = NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(2));
-    let ctx = Arc::new(Context::new(
-        ns.client.clone(),
-        Arc::new(chain),
-        BuildOptions::default(),
-        Arc::new(Metrics::new()),
-    ));
-    let (stop, mut stopped) = tokio::sync::watch::channel(());
-    tokio::spawn(controller::run(ctx, Some(ns.name.clone()), async move {
-        while stopped.changed().await.is_ok() {}
-    }));
+    let (_, stop) = support::start_operator(&ns, Arc::new(chain), Arc::new(Metrics::new()), false);
     let networks: Api<ChainNetwork> = ns.api();
     networks
         .create(&PostParams::default(), &ChainNetwork::new(NAME, spec))

@@ -12,9 +12,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use trellis_crd::topology::Committee;
+use trellis_e2e::kube::TestNamespace;
+use trellis_operator::build::BuildOptions;
 use trellis_operator::chain::{ChainClient, CommitteeChain, CommitteeNodes, NodeRpc};
+use trellis_operator::controller::{self, Context};
 use trellis_operator::endpoints::{Loopback, NodeRef};
 use trellis_operator::local::{NodeFiles, write_node};
+use trellis_operator::member;
+use trellis_operator::metrics::Metrics;
 
 /// The `trellis-node` binary: `TRELLIS_NODE_BIN`, else the workspace's
 /// `target/debug/trellis-node` (built by `cargo build -p trellis-node`, and by every
@@ -170,4 +175,39 @@ pub async fn committee_status(
         nodes: node_refs(namespace, committee),
     })
     .await
+}
+
+/// Starts the operator's network reconciler (and with `members` its member reconciler)
+/// in-process, watching only `ns` and reading the chain through `chain`; they stop when
+/// the returned sender is dropped.
+pub fn start_operator(
+    ns: &TestNamespace,
+    chain: Arc<dyn ChainClient>,
+    metrics: Arc<Metrics>,
+    members: bool,
+) -> (Arc<Context>, tokio::sync::watch::Sender<()>) {
+    let ctx = Arc::new(Context::new(
+        ns.client.clone(),
+        chain,
+        BuildOptions::default(),
+        metrics,
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        // Resolves when the sender is dropped.
+        while rx.changed().await.is_ok() {}
+    };
+    tokio::spawn(controller::run(
+        ctx.clone(),
+        Some(ns.name.clone()),
+        until_stopped(stopped.clone()),
+    ));
+    if members {
+        tokio::spawn(member::run(
+            ctx.clone(),
+            Some(ns.name.clone()),
+            until_stopped(stopped),
+        ));
+    }
+    (ctx, stop)
 }
