@@ -244,32 +244,15 @@ async fn a_fourth_organisation_joins_a_kube_consortium_with_custodied_and_own_ke
         .collect();
 
     // Delta is invited, accepts (custodied key) and is approved by the founders.
-    let invitation = app
-        .post(
-            &format!("/v1/networks/{network_id}/invitations"),
+    let (delta_id, delta) = app
+        .invite_and_accept(
             &founder.token,
+            &network_id,
             json!({"organisation": "Delta"}),
+            "Delta Org",
+            "owner@delta.example",
         )
         .await;
-    assert_eq!(
-        invitation.status,
-        StatusCode::CREATED,
-        "{}",
-        invitation.text
-    );
-    let delta_id = invitation.body["member"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let delta = app.signup("Delta Org", "owner@delta.example").await;
-    let accepted = app
-        .post(
-            "/v1/consortium/invitations/accept",
-            &delta.token,
-            json!({"token": invitation.body["token"]}),
-        )
-        .await;
-    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
     let proposal_path = format!("/v1/networks/{network_id}/members/{delta_id}/proposal");
     let approvals_path = format!("{proposal_path}/approvals");
     let early = app

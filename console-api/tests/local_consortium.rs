@@ -45,33 +45,15 @@ async fn admit_a_fourth_organisation(range: &str) -> Consortium {
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     let network = created.body["id"].as_str().unwrap().to_string();
 
-    let invitation = app
-        .post(
-            &format!("/v1/networks/{network}/invitations"),
+    let (member, _delta) = app
+        .invite_and_accept(
             &founder.token,
+            &network,
             json!({"organisation": "Delta", "nodes": 1}),
+            "Delta Org",
+            "owner@delta.example",
         )
         .await;
-    assert_eq!(
-        invitation.status,
-        StatusCode::CREATED,
-        "{}",
-        invitation.text
-    );
-    let token = invitation.body["token"].as_str().unwrap();
-    let member = invitation.body["member"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let delta = app.signup("Delta Org", "owner@delta.example").await;
-    let accepted = app
-        .post(
-            "/v1/consortium/invitations/accept",
-            &delta.token,
-            json!({"token": token}),
-        )
-        .await;
-    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
     let approved = app
         .post(
             &format!("/v1/networks/{network}/members/{member}/approvals"),

@@ -34,26 +34,15 @@ async fn an_own_key_approval_completes_a_local_admission() {
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     let network = created.body["id"].as_str().unwrap().to_string();
-    let invitation = app
-        .post(
-            &format!("/v1/networks/{network}/invitations"),
+    let (member, _delta) = app
+        .invite_and_accept(
             &founder.token,
+            &network,
             json!({"organisation": "Delta"}),
+            "Delta Org",
+            "owner@delta.example",
         )
         .await;
-    let member = invitation.body["member"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let delta = app.signup("Delta Org", "owner@delta.example").await;
-    let accepted = app
-        .post(
-            "/v1/consortium/invitations/accept",
-            &delta.token,
-            json!({"token": invitation.body["token"]}),
-        )
-        .await;
-    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
     let approved = app
         .post(
             &format!("/v1/networks/{network}/members/{member}/approvals"),

@@ -269,6 +269,39 @@ impl TestApp {
         org
     }
 
+    /// The founder (`founder_token`) invites `invitation` (its `organisation`, `nodes`,
+    /// ...) to consortium `network`; the organisation signs up as a tenant (`tenant`,
+    /// `email`) and accepts with a console-custodied key. Returns the new member's id and
+    /// its tenant.
+    pub async fn invite_and_accept(
+        &self,
+        founder_token: &str,
+        network: &str,
+        invitation: Value,
+        tenant: &str,
+        email: &str,
+    ) -> (String, Org) {
+        let invited = self
+            .post(
+                &format!("/v1/networks/{network}/invitations"),
+                founder_token,
+                invitation,
+            )
+            .await;
+        assert_eq!(invited.status, StatusCode::CREATED, "{}", invited.text);
+        let member = invited.body["member"]["id"].as_str().unwrap().to_string();
+        let org = self.signup(tenant, email).await;
+        let accepted = self
+            .post(
+                "/v1/consortium/invitations/accept",
+                &org.token,
+                serde_json::json!({"token": invited.body["token"]}),
+            )
+            .await;
+        assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+        (member, org)
+    }
+
     /// Sets a tenant's plan directly in the database (there is no billing API yet).
     pub async fn set_plan(&self, org: &Org, plan: &str) {
         use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
