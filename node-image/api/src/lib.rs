@@ -781,7 +781,10 @@ address = "127.0.0.3:9000"
         assert_eq!(json, serde_json::json!({"kind": "shard", "shard": "any"}));
         let json = serde_json::to_value(Role::Shard { shard: 2 }).unwrap();
         assert_eq!(json, serde_json::json!({"kind": "shard", "shard": 2}));
-        assert_eq!(serde_json::to_value(Role::Beacon).unwrap(), serde_json::json!({"kind": "beacon"}));
+        assert_eq!(
+            serde_json::to_value(Role::Beacon).unwrap(),
+            serde_json::json!({"kind": "beacon"})
+        );
     }
 
     #[test]

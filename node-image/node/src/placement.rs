@@ -64,8 +64,8 @@ impl Placement {
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let path = data_dir.join(PLACEMENT_FILE);
         let tmp = data_dir.join(format!("{PLACEMENT_FILE}.tmp"));
-        let mut file = std::fs::File::create(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let mut file =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         file.write_all(&serde_json::to_vec(self)?)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
@@ -234,7 +234,12 @@ pub async fn wait_until_placed<K: Kv, S: BeaconSource, C: commonware_runtime::Cl
                 (Some(beacon), true) => decide(beacon, &me, None, beacon.epoch(), floor),
                 _ => Decision::Stay,
             };
-            if let Decision::Move(next @ Placement { shard: Some(to), .. }) = decision {
+            if let Decision::Move(
+                next @ Placement {
+                    shard: Some(to), ..
+                },
+            ) = decision
+            {
                 info!(
                     shard = to,
                     epoch = next.epoch,
@@ -331,7 +336,11 @@ mod tests {
         // A fixed validator is always in its shard; a stranger nowhere.
         let fixed = test_key(4).public_key();
         assert!(history(&b, &fixed).iter().all(|p| *p == Some(1)));
-        assert!(history(&b, &test_key(77).public_key()).iter().all(Option::is_none));
+        assert!(
+            history(&b, &test_key(77).public_key())
+                .iter()
+                .all(Option::is_none)
+        );
         // A future epoch is unknown.
         assert_eq!(placed_at(&b, &mover, b.epoch() + 1), None);
     }

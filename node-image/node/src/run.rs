@@ -682,9 +682,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Exit> {
 }
 
 /// The end of the placement task: moved, or why it failed.
-fn moved(
-    r: Result<anyhow::Result<Placement>, commonware_runtime::Error>,
-) -> anyhow::Result<Exit> {
+fn moved(r: Result<anyhow::Result<Placement>, commonware_runtime::Error>) -> anyhow::Result<Exit> {
     match r {
         Ok(Ok(_)) => Ok(Exit::Moved),
         Ok(Err(e)) => Err(e.context("recording the new placement")),
@@ -719,12 +717,11 @@ fn run_unplaced(plan: Plan) -> anyhow::Result<Exit> {
         beacon_height: 0,
     };
     let kv = RedbKv::open(&config.data_dir.join("state.redb"))?;
-    let mut state = NodeState::open_in(kv, &config.chain_id, &[], 1, Some(place))?
-        .with_beacon(beacon)?;
+    let mut state =
+        NodeState::open_in(kv, &config.chain_id, &[], 1, Some(place))?.with_beacon(beacon)?;
     crate::follower::restore(&mut state, &config.chain_id)?;
     state.unplaced = Some(
-        "waiting for the beacon to place this validator in a shard (following the beacon)"
-            .into(),
+        "waiting for the beacon to place this validator in a shard (following the beacon)".into(),
     );
     let state = Arc::new(Mutex::new(state));
     let relay = Arc::new(crate::relay::HttpRelay::new(beacon_rpc, RELAY_TIMEOUT)?);

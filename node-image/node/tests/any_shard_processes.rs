@@ -52,6 +52,7 @@ fn serving(addr: std::net::SocketAddr) -> Option<u16> {
 #[test]
 fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() {
     let root = tempfile::tempdir().unwrap();
+
     let admin = test_key(SEED + 999);
     // Each shard's fixed validators on 127.0.145.11-12 and .21-22, the beacon on .1.
     let layout = Sharded {
@@ -65,8 +66,7 @@ fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() 
     let funded: Vec<_> = (0..2)
         .flat_map(|slot| support::accounts_of(SEED + 700, slot, 2))
         .collect();
-    let (mut committees, mut floating) =
-        layout.setup_with_any(root.path(), &admin, &funded, 2);
+    let (mut committees, mut floating) = layout.setup_with_any(root.path(), &admin, &funded, 2);
     for node in committees.iter_mut().flatten().chain(floating.iter_mut()) {
         node.start_logging("info");
     }
@@ -79,9 +79,11 @@ fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() 
 
     // Both "any" validators are placed and serve their shards; both shards finalize
     // (which needs them: quorum 3 of 3).
-    wait_for("both shards to finalize with their any validators", limit, || {
-        height(fixed(0)) >= 2 && height(fixed(1)) >= 2
-    });
+    wait_for(
+        "both shards to finalize with their any validators",
+        limit,
+        || height(fixed(0)) >= 2 && height(fixed(1)) >= 2,
+    );
     let map = shard_map(beacon).unwrap();
     let start: Vec<u16> = keys.iter().map(|k| shard_in(&map, k).unwrap()).collect();
     assert_ne!(start[0], start[1], "one any validator per shard of 2 fixed");
@@ -105,6 +107,10 @@ fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() 
     });
     let (i, to, epoch) = moved.unwrap();
     let (mover, key) = (floating[i].rpc, &keys[i]);
+    eprintln!(
+        "any validator {i} moved from shard {} to shard {to} in beacon epoch {epoch}",
+        start[i]
+    );
 
     // The moved process reports the new shard, is in its committee and has caught up.
     wait_for("the mover to serve its new shard", limit, || {
@@ -120,18 +126,22 @@ fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() 
     // It votes there: the new shard keeps finalizing (quorum 3 of 3), and certificates
     // of the shard's blocks in the new epoch carry its signature.
     let from = height(fixed(to));
-    wait_for("a certificate of the new shard signed by the mover", limit, || {
-        let top = height(fixed(to));
-        top >= from + 3
-            && (from..=top).any(|h| {
-                call(fixed(to), methods::GET_BLOCK, json!({"height": h}))
-                    .ok()
-                    .and_then(|v| serde_json::from_value::<BlockInfo>(v).ok())
-                    .is_some_and(|b| {
-                        b.epoch >= epoch && b.signers.is_some_and(|s| s.contains(key))
-                    })
-            })
-    });
+    wait_for(
+        "a certificate of the new shard signed by the mover",
+        limit,
+        || {
+            let top = height(fixed(to));
+            top >= from + 3
+                && (from..=top).any(|h| {
+                    call(fixed(to), methods::GET_BLOCK, json!({"height": h}))
+                        .ok()
+                        .and_then(|v| serde_json::from_value::<BlockInfo>(v).ok())
+                        .is_some_and(|b| {
+                            b.epoch >= epoch && b.signers.is_some_and(|s| s.contains(key))
+                        })
+                })
+        },
+    );
 
     // A transfer from an account of the new shard, sent through the mover, finalizes.
     let accounts = support::accounts_of(SEED + 700, to, 2);

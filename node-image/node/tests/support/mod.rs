@@ -259,7 +259,14 @@ impl Sharded<'_> {
             let dir = root.join(format!("any{i}"));
             std::fs::create_dir_all(&dir).unwrap();
             key_file(&dir, &key, &test_key(self.seed + 590 + i));
-            node_config(&dir, root, self.chain, p2p, rpc, "kind = \"shard\"\nshard = \"any\"");
+            node_config(
+                &dir,
+                root,
+                self.chain,
+                p2p,
+                rpc,
+                "kind = \"shard\"\nshard = \"any\"",
+            );
             validators.push(json!({
                 "node_key": to_hex(key.public_key().as_ref()),
                 "shard": 65535,
