@@ -709,10 +709,10 @@ fn run_unplaced(plan: Plan) -> anyhow::Result<Exit> {
         .iter()
         .map(|s| s.rpc_address.clone())
         .collect();
-    // The followed beacon state is kept like a shard node's (slot 0's record, no tables:
-    // this node owns nothing and serves no committee).
+    // The followed beacon state is kept like a shard node's, in the place of slot "any"
+    // (65535, never a real slot): it owns no table and routes every request to its shard.
     let place = ShardPlace {
-        committee: Committee::Shard(0),
+        committee: Committee::Shard(trellis_node_types::system::ANY_SHARD),
         tables: Vec::new(),
         beacon_height: 0,
     };

@@ -11,6 +11,9 @@
 //! new shard's p2p network) caught up and votes there — which the test also reads from
 //! the finalization certificates' signers. A transfer sent through the mover finalizes.
 //!
+//! A third node configured for any shard, whose key the beacon does not know, waits and
+//! says so in `trellis_status` (`waiting`, role `"any"`) and `/readyz` (503).
+//!
 //! Real: processes, loopback TCP, p2p, consensus, the beacon's seeded shuffle, the
 //! placement record and the re-exec into the new shard. Without the "any" role the
 //! validators do not start (`shard = "any"` does not parse) and no shard finalizes.
@@ -21,6 +24,7 @@
 mod support;
 
 use serde_json::json;
+use std::net::SocketAddr;
 use std::time::Duration;
 use support::{Sharded, call, height, status, wait_for};
 use trellis_node_api::shard::ShardMapInfo;
@@ -38,11 +42,11 @@ fn shard_in(map: &ShardMapInfo, key: &str) -> Option<u16> {
         .map(|s| s.shard)
 }
 
-fn shard_map(addr: std::net::SocketAddr) -> Option<ShardMapInfo> {
+fn shard_map(addr: SocketAddr) -> Option<ShardMapInfo> {
     serde_json::from_value(call(addr, methods::GET_SHARD_MAP, json!({})).ok()?).ok()
 }
 
-fn serving(addr: std::net::SocketAddr) -> Option<u16> {
+fn serving(addr: SocketAddr) -> Option<u16> {
     match status(addr)?.role {
         Role::Shard { shard } => Some(shard),
         _ => None,
@@ -92,6 +96,45 @@ fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() 
             serving(node.rpc) == Some(*shard)
         });
     }
+
+    // A node configured for any shard whose key the beacon does not know waits, and
+    // says so in its status and readiness.
+    let dir = root.path().join("stranger");
+    std::fs::create_dir_all(&dir).unwrap();
+    support::key_file(&dir, &test_key(SEED + 98), &test_key(SEED + 598));
+    let rpc: SocketAddr = "127.0.145.99:8545".parse().unwrap();
+    let p2p: SocketAddr = "127.0.145.99:9000".parse().unwrap();
+    support::node_config(
+        &dir,
+        root.path(),
+        CHAIN,
+        p2p,
+        rpc,
+        "kind = \"shard\"\nshard = \"any\"",
+    );
+    let mut stranger = support::Node::new(dir, rpc);
+    stranger.start();
+    wait_for(
+        "the unplaced node to say it is in no committee",
+        limit,
+        || {
+            status(rpc).is_some_and(|s| {
+                s.role == Role::AnyShard
+                    && s.validators.is_empty()
+                    && s.tables.is_none()
+                    && s.waiting.is_some_and(|w| {
+                        w.contains("waiting for the beacon to place this validator")
+                            && w.contains("register-validator --shard any")
+                    })
+            })
+        },
+    );
+    let (code, body) = support::get(rpc, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("waiting for the beacon to place this validator"),
+        "{body}"
+    );
 
     // Watch the beacon's map until it moves an any validator.
     let mut moved = None;
