@@ -91,11 +91,6 @@ fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() 
     let map = shard_map(beacon).unwrap();
     let start: Vec<u16> = keys.iter().map(|k| shard_in(&map, k).unwrap()).collect();
     assert_ne!(start[0], start[1], "one any validator per shard of 2 fixed");
-    for (node, shard) in floating.iter().zip(&start) {
-        wait_for("an any validator to report its shard", limit, || {
-            serving(node.rpc) == Some(*shard)
-        });
-    }
 
     // A node configured for any shard whose key the beacon does not know waits, and
     // says so in its status and readiness.
@@ -155,38 +150,34 @@ fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() 
         start[i]
     );
 
-    // The moved process reports the new shard, is in its committee and has caught up.
+    // The moved process reports the new shard and is in its committee. It stays there at
+    // least until the shard has ended that epoch, which needs its votes (the shuffle may
+    // move it again afterwards, so the checks below hold whenever they are read).
     wait_for("the mover to serve its new shard", limit, || {
-        status(mover).is_some_and(|s| {
-            s.role == Role::Shard { shard: to }
-                && s.validators.contains(key)
-                && !s.syncing
-                && s.epoch >= epoch
-                && s.finalized_height + 2 >= height(fixed(to))
-        })
+        serving(mover) == Some(to)
+            && status(mover).is_some_and(|s| s.validators.contains(key) && s.epoch >= epoch)
     });
 
-    // It votes there: the new shard keeps finalizing (quorum 3 of 3), and certificates
-    // of the shard's blocks in the new epoch carry its signature.
+    // It caught up and votes there: certificates of the new shard's blocks of that epoch
+    // carry its signature (a validator votes only once it has executed the block's state
+    // height and its table roots agree: its replayed chain is the shard's).
     let from = height(fixed(to));
     wait_for(
         "a certificate of the new shard signed by the mover",
         limit,
         || {
             let top = height(fixed(to));
-            top >= from + 3
-                && (from..=top).any(|h| {
-                    call(fixed(to), methods::GET_BLOCK, json!({"height": h}))
-                        .ok()
-                        .and_then(|v| serde_json::from_value::<BlockInfo>(v).ok())
-                        .is_some_and(|b| {
-                            b.epoch >= epoch && b.signers.is_some_and(|s| s.contains(key))
-                        })
-                })
+            (from.saturating_sub(64).max(1)..=top).rev().any(|h| {
+                call(fixed(to), methods::GET_BLOCK, json!({"height": h}))
+                    .ok()
+                    .and_then(|v| serde_json::from_value::<BlockInfo>(v).ok())
+                    .is_some_and(|b| b.epoch >= epoch && b.signers.is_some_and(|s| s.contains(key)))
+            })
         },
     );
 
-    // A transfer from an account of the new shard, sent through the mover, finalizes.
+    // A transfer from an account of the new shard, sent through the mover (served there,
+    // or forwarded there if the shuffle moved it on since), finalizes.
     let accounts = support::accounts_of(SEED + 700, to, 2);
     let sent = call(
         mover,
