@@ -19,6 +19,7 @@
 
 use crate::chain::{NodeState, lock};
 use crate::follower::BeaconSource;
+use crate::handoff::{HandoffSource, nodes_of};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 use trellis_node_beacon::BeaconState;
 use trellis_node_state::Kv;
-use trellis_node_types::PublicKey;
+use trellis_node_types::{PublicKey, table_of};
 
 /// The record of where an "any" validator serves, in its `data_dir`.
 pub const PLACEMENT_FILE: &str = "placement.json";
@@ -140,11 +141,13 @@ pub fn decide(
 }
 
 /// Serving: watches the followed beacon state and the shard's epoch every `period`
-/// until the node must move; records the new placement and returns it (the caller
-/// restarts the process into it).
-pub async fn watch<K: Kv, C: commonware_runtime::Clock>(
+/// until the node must move; hands its transaction pool over ([`hand_over_pool`]),
+/// records the new placement and returns it (the caller restarts the process into it).
+#[allow(clippy::too_many_arguments)]
+pub async fn watch<K: Kv, S: HandoffSource, C: commonware_runtime::Clock>(
     clock: C,
     state: Arc<Mutex<NodeState<K>>>,
+    source: S,
     me: PublicKey,
     serving: u16,
     floor: u64,
@@ -178,11 +181,51 @@ pub async fn watch<K: Kv, C: commonware_runtime::Clock>(
                      restarting to wait until it does"
                 ),
             }
+            hand_over_pool(&state, &source, &me).await;
             next.save(&data_dir)?;
             return Ok(next);
         }
         clock.sleep(period).await;
     }
+}
+
+/// Before a move: forwards every transaction still in this node's pool (admitted here,
+/// possibly not yet in a block) to another validator of its sender's shard, so the
+/// restart loses none that a node of the shard will take. Returns how many no node took
+/// (logged; their senders see them `unknown` and resend).
+pub async fn hand_over_pool<K: Kv, S: HandoffSource>(
+    state: &Arc<Mutex<NodeState<K>>>,
+    source: &S,
+    me: &PublicKey,
+) -> usize {
+    let (txs, beacon) = {
+        let mut s = lock(state);
+        (s.mempool.take_where(|_| true), s.beacon.clone())
+    };
+    let Some(beacon) = beacon else {
+        return txs.len();
+    };
+    let mut lost = 0;
+    for tx in &txs {
+        let shard = beacon.owner(table_of(&tx.unsigned.from));
+        let mut taken = false;
+        for node in nodes_of(&beacon, shard, beacon.epoch()) {
+            if node.key != *me && source.forward(&node, tx).await.is_ok() {
+                taken = true;
+                break;
+            }
+        }
+        if !taken {
+            lost += 1;
+        }
+    }
+    if !txs.is_empty() {
+        info!(
+            handed_over = txs.len() - lost,
+            lost, "handed this node's transaction pool over before the move"
+        );
+    }
+    lost
 }
 
 /// Waiting (placed nowhere yet): follows the beacon into `state` every `period`, says

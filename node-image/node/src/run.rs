@@ -646,12 +646,14 @@ pub fn run(plan: Plan) -> anyhow::Result<Exit> {
             _ => None,
         };
         let (state, me) = (rpc.state.clone(), plan.key.public_key());
+        let pool_to = crate::handoff::HttpHandoff(rpc.relay.clone());
         let mover = context.child("placement").spawn(move |context| async move {
             match watched {
                 Some((any, serving)) => {
                     crate::placement::watch(
                         context,
                         state,
+                        pool_to,
                         me,
                         serving,
                         any.placement.epoch,
