@@ -74,6 +74,13 @@ impl Placement {
     }
 }
 
+/// Where a node records its placement (`data_dir`) and the epoch it serves from.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub data_dir: PathBuf,
+    pub floor: u64,
+}
+
 /// The data directory of shard `shard` under an "any" validator's `data_dir`: each
 /// shard's chain stays apart, so a return to a shard resumes from where it left.
 pub fn shard_dir(data_dir: &Path, shard: u16) -> PathBuf {
@@ -143,17 +150,16 @@ pub fn decide(
 /// Serving: watches the followed beacon state and the shard's epoch every `period`
 /// until the node must move; hands its transaction pool over ([`hand_over_pool`]),
 /// records the new placement and returns it (the caller restarts the process into it).
-#[allow(clippy::too_many_arguments)]
 pub async fn watch<K: Kv, S: HandoffSource, C: commonware_runtime::Clock>(
     clock: C,
     state: Arc<Mutex<NodeState<K>>>,
     source: S,
     me: PublicKey,
     serving: u16,
-    floor: u64,
-    data_dir: PathBuf,
+    record: Recorded,
     period: Duration,
 ) -> anyhow::Result<Placement> {
+    let Recorded { data_dir, floor } = record;
     loop {
         let decision = {
             let s = lock(&state);
@@ -238,10 +244,10 @@ pub async fn wait_until_placed<K: Kv, S: BeaconSource, C: commonware_runtime::Cl
     chain_id: String,
     source: S,
     me: PublicKey,
-    floor: u64,
-    data_dir: PathBuf,
+    record: Recorded,
     period: Duration,
 ) -> anyhow::Result<Placement> {
+    let Recorded { data_dir, floor } = record;
     // Blocks the beacon may be ahead when this node counts as caught up: a placement read a
     // few blocks early is corrected by `decide` once the shard's epoch moves on.
     const CAUGHT_UP: u64 = 3;

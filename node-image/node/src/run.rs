@@ -656,8 +656,10 @@ pub fn run(plan: Plan) -> anyhow::Result<Exit> {
                         pool_to,
                         me,
                         serving,
-                        any.placement.epoch,
-                        any.data_root,
+                        crate::placement::Recorded {
+                            data_dir: any.data_root,
+                            floor: any.placement.epoch,
+                        },
                         Duration::from_millis(250),
                     )
                     .await
@@ -758,8 +760,10 @@ fn run_unplaced(plan: Plan) -> anyhow::Result<Exit> {
                 chain_id,
                 crate::relay::RelayBeacon(relay),
                 me,
-                any.placement.epoch,
-                any.data_root,
+                crate::placement::Recorded {
+                    data_dir: any.data_root,
+                    floor: any.placement.epoch,
+                },
                 Duration::from_millis(500),
             )
         });
