@@ -45,13 +45,72 @@ pub enum ContractError {
 /// What a node does in the network. An unsharded network (genesis without `sharding`)
 /// has exactly one committee, `shard` 0; a sharded network has a beacon committee and
 /// shard slots `0..max_shards`.
+///
+/// In TOML: `kind = "beacon"`, `kind = "shard"` with `shard = N` (a slot), or `kind =
+/// "shard"` with `shard = "any"`: a validator registered for any shard, which serves
+/// whichever shard the beacon places it in and follows it when the beacon moves it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(try_from = "RoleSpec", into = "RoleSpec")]
 pub enum Role {
     /// Member of the beacon committee (system transactions; sharded networks only).
     Beacon,
     /// Validator of one shard slot.
     Shard { shard: u16 },
+    /// Validator of whichever shard the beacon places it in (sharded public networks;
+    /// registered with shard "any"). See docs/sharding.md, "Validators that follow the
+    /// beacon's shuffle".
+    AnyShard,
+}
+
+/// The written form of [`Role`]: `shard` is a slot number or the word `"any"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum RoleSpec {
+    Beacon,
+    Shard { shard: ShardSpec },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ShardSpec {
+    Slot(u16),
+    Word(String),
+}
+
+impl TryFrom<RoleSpec> for Role {
+    type Error = String;
+
+    fn try_from(spec: RoleSpec) -> Result<Self, String> {
+        match spec {
+            RoleSpec::Beacon => Ok(Role::Beacon),
+            RoleSpec::Shard {
+                shard: ShardSpec::Slot(shard),
+            } => Ok(Role::Shard { shard }),
+            RoleSpec::Shard {
+                shard: ShardSpec::Word(word),
+            } if word == "any" => Ok(Role::AnyShard),
+            RoleSpec::Shard {
+                shard: ShardSpec::Word(word),
+            } => Err(format!(
+                "role shard = {word:?}: write a shard slot number (shard = 2) or shard = \"any\" \
+                 for a validator the beacon places (registered with --shard any)"
+            )),
+        }
+    }
+}
+
+impl From<Role> for RoleSpec {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Beacon => RoleSpec::Beacon,
+            Role::Shard { shard } => RoleSpec::Shard {
+                shard: ShardSpec::Slot(shard),
+            },
+            Role::AnyShard => RoleSpec::Shard {
+                shard: ShardSpec::Word("any".into()),
+            },
+        }
+    }
 }
 
 /// A peer to dial at start-up: its node (p2p) public key and an address.
@@ -534,6 +593,9 @@ pub struct BeaconBlocks {
 pub struct NodeStatus {
     pub contract_version: u32,
     pub chain_id: String,
+    /// The committee this node serves. A `shard = "any"` validator reports the shard the
+    /// beacon placed it in (`{"kind": "shard", "shard": N}`), or `"any"` while it waits
+    /// to be placed (`waiting` says so).
     pub role: Role,
     /// Hex node public key.
     pub node_key: String,
@@ -695,9 +757,34 @@ address = "127.0.0.3:9000"
         let config = NodeConfig::from_toml(&config_text()).unwrap();
         assert_eq!(config.role, Role::Shard { shard: 0 });
         assert_eq!(config.mempool.max_txs, 50_000);
+        let any = config_text().replace("shard = 0", "shard = \"any\"");
+        let any = NodeConfig::from_toml(&any).unwrap();
+        assert_eq!(any.role, Role::AnyShard);
+        assert_eq!(NodeConfig::from_toml(&any.to_toml().unwrap()).unwrap(), any);
         assert_eq!(config.bootstrap_peers.len(), 1);
         let again = NodeConfig::from_toml(&config.to_toml().unwrap()).unwrap();
         assert_eq!(config, again);
+    }
+
+    #[test]
+    fn a_shard_role_is_a_slot_or_any() {
+        let role = |body: &str| {
+            NodeConfig::from_toml(&config_text().replace("shard = 0", body)).map(|c| c.role)
+        };
+        assert_eq!(role("shard = 3").unwrap(), Role::Shard { shard: 3 });
+        assert_eq!(role("shard = \"any\"").unwrap(), Role::AnyShard);
+        let message = role("shard = \"every\"").unwrap_err().to_string();
+        assert!(message.contains("shard = \"any\""), "{message}");
+        assert!(role("shard = -1").is_err());
+        assert!(role("shard = 1\nextra = 2").is_err());
+        let json = serde_json::to_value(Role::AnyShard).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "shard", "shard": "any"}));
+        let json = serde_json::to_value(Role::Shard { shard: 2 }).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "shard", "shard": 2}));
+        assert_eq!(
+            serde_json::to_value(Role::Beacon).unwrap(),
+            serde_json::json!({"kind": "beacon"})
+        );
     }
 
     #[test]

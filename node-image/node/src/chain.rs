@@ -167,6 +167,9 @@ pub struct NodeState<K: Kv> {
     pub forwarding: HashSet<Digest>,
     /// Shard nodes: credits owed by other shards and the source blocks checked.
     pub credits: crate::cross_shard::CreditDesk,
+    /// A `shard = "any"` validator the beacon places in no shard (yet): why it waits
+    /// (see [`crate::placement`]).
+    pub unplaced: Option<String>,
 }
 
 /// Why a system transaction was not admitted to the pool: the JSON-RPC code and message.
@@ -278,6 +281,7 @@ impl<K: Kv> NodeState<K> {
             handed_over: Vec::new(),
             forwarding: HashSet::new(),
             credits: Default::default(),
+            unplaced: None,
         }
         .with_stored_registry()
     }

@@ -142,6 +142,9 @@ pub fn ends_epoch(beacon: &BeaconState, block: &Block) -> bool {
 
 /// What consensus may not do on a shard node right now, if anything.
 pub fn blocked<K: Kv>(state: &NodeState<K>) -> Option<String> {
+    if let Some(why) = &state.unplaced {
+        return Some(why.clone());
+    }
     let record = state.shard_epoch.as_ref()?;
     if record.idle() {
         return Some(idle_reason(state, record));

@@ -68,7 +68,7 @@ pub trait HandoffSource: Send + Sync + 'static {
 }
 
 /// Nodes of `shard`'s committee in `epoch` with their registered RPC addresses.
-fn nodes_of(beacon: &BeaconState, shard: u16, epoch: u64) -> Vec<Peer> {
+pub(crate) fn nodes_of(beacon: &BeaconState, shard: u16, epoch: u64) -> Vec<Peer> {
     beacon
         .validators_at(shard, epoch)
         .unwrap_or_default()

@@ -15,6 +15,7 @@ pub mod handoff;
 pub mod leaders;
 pub mod mempool;
 pub mod metrics;
+pub mod placement;
 pub mod relay;
 pub mod rpc;
 pub mod rpc_beacon;

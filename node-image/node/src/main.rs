@@ -3,7 +3,7 @@
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use trellis_node::run::{KeyFile, Plan, run};
+use trellis_node::run::{Exit, KeyFile, Plan, restart, run};
 use trellis_node_api::{CONTRACT_VERSION, Genesis, GenesisBalance, GenesisMember, NodeConfig};
 
 #[derive(Parser)]
@@ -94,11 +94,15 @@ fn main() -> anyhow::Result<()> {
     let running = matches!(cli.command, Command::Run { .. });
     let telemetry = trellis_node::telemetry::init(running, cli.otlp_endpoint)?;
     let result = execute(cli.command);
+    // Exported spans and metrics are flushed before the process ends or is replaced.
     telemetry.shutdown();
-    result
+    match result? {
+        Exit::Stopped => Ok(()),
+        Exit::Moved => Err(restart()),
+    }
 }
 
-fn execute(command: Command) -> anyhow::Result<()> {
+fn execute(command: Command) -> anyhow::Result<Exit> {
     match command {
         Command::Keygen { out } => {
             let keys = KeyFile::generate()?;
@@ -158,10 +162,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("reading {}", config.display()))?;
             let config = NodeConfig::from_toml(&text)?;
-            run(Plan::load(config)?)?;
+            return run(Plan::load(config)?);
         }
     }
-    Ok(())
+    Ok(Exit::Stopped)
 }
 
 #[cfg(test)]

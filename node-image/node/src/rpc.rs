@@ -749,7 +749,13 @@ fn get_block<K: Kv>(rpc: &Rpc<K>, q: BlockQuery) -> Result<BlockInfo, RpcFailure
 }
 
 fn status<K: Kv>(rpc: &Rpc<K>) -> NodeStatus {
-    let validators = rpc.current_validators();
+    // An unplaced "any" validator serves no committee: no validators, no tables.
+    let unplaced = rpc.role == Role::AnyShard;
+    let validators = if unplaced {
+        Vec::new()
+    } else {
+        rpc.current_validators()
+    };
     let state = lock(&rpc.state);
     NodeStatus {
         contract_version: CONTRACT_VERSION,
@@ -767,7 +773,7 @@ fn status<K: Kv>(rpc: &Rpc<K>) -> NodeStatus {
         tables: state
             .shard
             .as_ref()
-            .filter(|p| p.committee != trellis_node_types::Committee::Beacon)
+            .filter(|p| !unplaced && p.committee != trellis_node_types::Committee::Beacon)
             .map(|p| p.tables.clone()),
     }
 }

@@ -6,6 +6,7 @@ use crate::engine::{
 };
 use crate::governance::Registry;
 use crate::metrics::ChainMetrics;
+use crate::placement::{Placement, shard_dir, waiting_dir};
 use crate::rpc::{PeerTracker, Rpc, router};
 use anyhow::{Context as _, anyhow, bail};
 use commonware_cryptography::ChaCha20Poly1305;
@@ -18,7 +19,7 @@ use commonware_utils::ordered::Map;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
@@ -121,6 +122,41 @@ pub struct Plan {
     pub balances: Vec<(PublicKey, u64)>,
     /// Sharded networks: the committee this node validates in and what it owns.
     pub place: Option<ShardPlace>,
+    /// `shard = "any"` validators: where the beacon placed it (`config.data_dir` is then
+    /// that shard's directory under `data_root`).
+    pub any_shard: Option<AnyShard>,
+}
+
+/// A `shard = "any"` validator's placement at start-up (see [`crate::placement`]).
+#[derive(Clone, Debug)]
+pub struct AnyShard {
+    /// The configured `data_dir`: `placement.json`, `shard-N/`, `unplaced/`.
+    pub data_root: PathBuf,
+    pub placement: Placement,
+}
+
+/// How [`run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped on request (SIGTERM, Ctrl-C).
+    Stopped,
+    /// A `shard = "any"` validator was moved (or placed) by the beacon: the new placement
+    /// is recorded; the caller restarts the process ([`restart`]) to serve it.
+    Moved,
+}
+
+/// Replaces this process by a fresh run of the same binary with the same arguments
+/// (same PID, so a supervisor sees nothing): a moved `shard = "any"` validator takes
+/// the ordinary start-up path into its new shard. Returns only on failure.
+pub fn restart() -> anyhow::Error {
+    use std::os::unix::process::CommandExt as _;
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| "trellis-node".into());
+    let error = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .exec();
+    anyhow!(error).context("restarting the process to serve its new shard (exec /proc/self/exe)")
 }
 
 /// A committee's validators as the genesis names them: (hex node key, p2p address).
@@ -168,6 +204,10 @@ fn committee_of(
         (None, Role::Beacon) => {
             bail!("role beacon needs a sharded network (a genesis with a sharding section)")
         }
+        (_, Role::AnyShard) => bail!(
+            "role shard = \"any\" is resolved to the shard the beacon places the node in \
+             before its committee is read"
+        ),
         (Some(beacon), Role::Beacon) => Ok((
             seats(beacon.beacon_validators()),
             Some(ShardPlace {
@@ -220,7 +260,7 @@ fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
 }
 
 impl Plan {
-    pub fn load(config: NodeConfig) -> anyhow::Result<Self> {
+    pub fn load(mut config: NodeConfig) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(&config.genesis_file)
             .with_context(|| format!("reading genesis {}", config.genesis_file.display()))?;
         let genesis = Genesis::from_json(&text)?;
@@ -231,10 +271,25 @@ impl Plan {
                 genesis.chain_id
             );
         }
-        let (committee, place) = committee_of(&genesis, config.role)?;
         let key = KeyFile::load(&config.key_file)?.node_key()?;
         let me = to_hex(key.public_key().as_ref());
+        let any_shard = match config.role {
+            Role::AnyShard => Some(any_shard(&mut config, &genesis, &me)?),
+            _ => None,
+        };
+        let (committee, place) = match &any_shard {
+            Some(AnyShard {
+                placement: Placement {
+                    shard: Some(shard), ..
+                },
+                ..
+            }) => committee_of(&genesis, Role::Shard { shard: *shard })?,
+            // Unplaced: no committee until the beacon places the node (`run_unplaced`).
+            Some(_) => (Vec::new(), None),
+            None => committee_of(&genesis, config.role)?,
+        };
         if let Some(place) = &place
+            && any_shard.is_none()
             && !committee.is_empty()
             && !committee.iter().any(|(k, _)| *k == me)
         {
@@ -296,8 +351,68 @@ impl Plan {
             peers,
             balances,
             place,
+            any_shard,
         })
     }
+
+    /// The role `trellis_status` reports: a placed `shard = "any"` validator's shard.
+    fn serving_role(&self) -> Role {
+        match (&self.any_shard, &self.place) {
+            (Some(_), Some(place)) => match place.committee {
+                Committee::Shard(shard) => Role::Shard { shard },
+                Committee::Beacon => Role::Beacon,
+            },
+            _ => self.config.role,
+        }
+    }
+}
+
+/// Resolves a `shard = "any"` role: checks the network can place the node, reads its
+/// recorded placement and points `config.data_dir` at that shard's directory.
+fn any_shard(config: &mut NodeConfig, genesis: &Genesis, me: &str) -> anyhow::Result<AnyShard> {
+    let Some(beacon) = genesis_beacon(genesis)? else {
+        bail!(
+            "role shard = \"any\" needs a sharded network (a genesis with a sharding \
+             section); an unsharded network has one committee: use shard = 0"
+        );
+    };
+    if beacon
+        .beacon_validators()
+        .iter()
+        .any(|s| to_hex(s.node_key.as_ref()) == me)
+    {
+        bail!(
+            "this node's key {me} is a beacon validator: use [role] kind = \"beacon\" (a node \
+             validates one committee only)"
+        );
+    }
+    let data_root = config.data_dir.clone();
+    let placement = Placement::load(&data_root)?.unwrap_or(Placement {
+        shard: None,
+        epoch: 0,
+    });
+    if let Some(shard) = placement.shard {
+        if shard >= beacon.max_shards() {
+            bail!(
+                "{} names shard {shard}, outside 0..{} (max_shards); remove it and the node \
+                 finds its shard from the beacon again",
+                data_root.join(crate::placement::PLACEMENT_FILE).display(),
+                beacon.max_shards()
+            );
+        }
+        config.data_dir = shard_dir(&data_root, shard);
+        info!(
+            shard,
+            epoch = placement.epoch,
+            "serving shard {shard}, where the beacon placed this validator"
+        );
+    } else {
+        config.data_dir = waiting_dir(&data_root);
+    }
+    Ok(AnyShard {
+        data_root,
+        placement,
+    })
 }
 
 /// Where to dial each peer: the config's bootstrap overrides and the genesis addresses
@@ -336,8 +451,16 @@ impl PeerAddresses {
 /// Time allowed for one request to another committee's node.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs the node until the process is stopped.
-pub fn run(plan: Plan) -> anyhow::Result<()> {
+/// Runs the node until the process is stopped, or until the beacon moves a `shard =
+/// "any"` validator ([`Exit::Moved`]).
+pub fn run(plan: Plan) -> anyhow::Result<Exit> {
+    if plan
+        .any_shard
+        .as_ref()
+        .is_some_and(|a| a.placement.shard.is_none())
+    {
+        return run_unplaced(plan);
+    }
     let config = plan.config.clone();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
@@ -371,9 +494,11 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
         .as_ref()
         .is_some_and(|p| p.committee != Committee::Beacon);
     let state = Arc::new(Mutex::new(state));
-    let committee = match config.role {
+    let role = plan.serving_role();
+    let committee = match role {
         Role::Shard { shard } => shard.to_string(),
         Role::Beacon => "beacon".to_string(),
+        Role::AnyShard => "any".to_string(),
     };
     let metrics = ChainMetrics::for_committee(&config.chain_id, &committee);
     let peers = PeerTracker::default();
@@ -382,7 +507,7 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
     let relay = Arc::new(crate::relay::HttpRelay::new(beacon_rpc, RELAY_TIMEOUT)?);
     let rpc = Arc::new(Rpc {
         chain_id: config.chain_id.clone(),
-        role: config.role,
+        role,
         node_key: plan.key.public_key(),
         validators: plan.validators.clone(),
         state: state.clone(),
@@ -500,6 +625,34 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
                 crate::cross_shard::run(context, state, chain_id, relay, Default::default(), me)
             });
         }
+        // A `shard = "any"` validator leaves when the beacon moves it (after its last
+        // duty here); other nodes never do.
+        let watched = match (&plan.any_shard, role) {
+            (Some(any), Role::Shard { shard }) => Some((any.clone(), shard)),
+            _ => None,
+        };
+        let (state, me) = (rpc.state.clone(), plan.key.public_key());
+        let pool_to = crate::handoff::HttpHandoff(rpc.relay.clone());
+        let mover = context.child("placement").spawn(move |context| async move {
+            match watched {
+                Some((any, serving)) => {
+                    crate::placement::watch(
+                        context,
+                        state,
+                        pool_to,
+                        me,
+                        serving,
+                        crate::placement::Recorded {
+                            data_dir: any.data_root,
+                            floor: any.placement.epoch,
+                        },
+                        Duration::from_millis(250),
+                    )
+                    .await
+                }
+                None => futures::future::pending().await,
+            }
+        });
         let listener = tokio::net::TcpListener::bind(config.rpc_listen)
             .await
             .with_context(|| format!("binding RPC on {}", config.rpc_listen))?;
@@ -512,7 +665,98 @@ pub fn run(plan: Plan) -> anyhow::Result<()> {
             r = chain => Err(anyhow!("chain actor stopped: {r:?}")),
             r = engine => Err(anyhow!("consensus engine stopped: {r:?}")),
             r = server => Err(anyhow!("RPC server stopped: {r:?}")),
-            r = stop_requested() => r,
+            r = mover => moved(r),
+            r = stop_requested() => r.map(|()| Exit::Stopped),
+        }
+    })
+}
+
+/// The end of the placement task: moved, or why it failed.
+fn moved(r: Result<anyhow::Result<Placement>, commonware_runtime::Error>) -> anyhow::Result<Exit> {
+    match r {
+        Ok(Ok(_)) => Ok(Exit::Moved),
+        Ok(Err(e)) => Err(e.context("recording the new placement")),
+        Err(e) => Err(anyhow!("placement task stopped: {e:?}")),
+    }
+}
+
+/// A `shard = "any"` validator the beacon has not placed (yet): follows the beacon
+/// (state under `data_dir/unplaced/`), answers RPC — `trellis_status.waiting` and
+/// `/readyz` say why it waits; requests for shards are forwarded — and ends with
+/// [`Exit::Moved`] once the beacon places it.
+fn run_unplaced(plan: Plan) -> anyhow::Result<Exit> {
+    let config = plan.config.clone();
+    let any = plan
+        .any_shard
+        .clone()
+        .ok_or_else(|| anyhow!("run_unplaced needs a shard = \"any\" role"))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let beacon = genesis_beacon(&plan.genesis)?
+        .ok_or_else(|| anyhow!("shard = \"any\" needs a sharded network"))?;
+    let beacon_rpc = beacon
+        .beacon_validators()
+        .iter()
+        .map(|s| s.rpc_address.clone())
+        .collect();
+    // The followed beacon state is kept like a shard node's, in the place of slot "any"
+    // (65535, never a real slot): it owns no table and routes every request to its shard.
+    let place = ShardPlace {
+        committee: Committee::Shard(trellis_node_types::system::ANY_SHARD),
+        tables: Vec::new(),
+        beacon_height: 0,
+    };
+    let kv = RedbKv::open(&config.data_dir.join("state.redb"))?;
+    let mut state =
+        NodeState::open_in(kv, &config.chain_id, &[], 1, Some(place))?.with_beacon(beacon)?;
+    crate::follower::restore(&mut state, &config.chain_id)?;
+    state.unplaced = Some(
+        "waiting for the beacon to place this validator in a shard (following the beacon)".into(),
+    );
+    let state = Arc::new(Mutex::new(state));
+    let relay = Arc::new(crate::relay::HttpRelay::new(beacon_rpc, RELAY_TIMEOUT)?);
+    let rpc = Arc::new(Rpc {
+        chain_id: config.chain_id.clone(),
+        role: Role::AnyShard,
+        node_key: plan.key.public_key(),
+        validators: Vec::new(),
+        state: state.clone(),
+        metrics: ChainMetrics::for_committee(&config.chain_id, "any"),
+        peers: PeerTracker::default(),
+        relay: relay.clone(),
+    });
+    let runtime = commonware_runtime::tokio::Config::new()
+        .with_storage_directory(config.data_dir.join("consensus"))
+        .with_catch_panics(false);
+    let runner = commonware_runtime::tokio::Runner::new(runtime);
+    runner.start(|context| async move {
+        let listener = tokio::net::TcpListener::bind(config.rpc_listen)
+            .await
+            .with_context(|| format!("binding RPC on {}", config.rpc_listen))?;
+        info!(rpc = %config.rpc_listen, "trellis-node waiting to be placed in a shard");
+        let app = router(rpc);
+        let server = context
+            .child("rpc")
+            .spawn(move |_| async move { axum::serve(listener, app).await });
+        let (chain_id, me) = (config.chain_id.clone(), plan.key.public_key());
+        let waiter = context.child("placement").spawn(move |context| {
+            crate::placement::wait_until_placed(
+                context,
+                state,
+                chain_id,
+                crate::relay::RelayBeacon(relay),
+                me,
+                crate::placement::Recorded {
+                    data_dir: any.data_root,
+                    floor: any.placement.epoch,
+                },
+                Duration::from_millis(500),
+            )
+        });
+        tokio::select! {
+            r = waiter => moved(r),
+            r = server => Err(anyhow!("RPC server stopped: {r:?}")),
+            r = stop_requested() => r.map(|()| Exit::Stopped),
         }
     })
 }

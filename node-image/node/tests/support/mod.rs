@@ -234,9 +234,47 @@ impl Sharded<'_> {
     /// Keys, configs, `sharding.json` and the genesis (each of `funded` holding 1,000,000)
     /// under `root`; the nodes by committee, none started.
     pub fn setup(&self, root: &Path, admin: &PrivateKey, funded: &[PrivateKey]) -> Vec<Vec<Node>> {
+        self.setup_with_any(root, admin, funded, 0).0
+    }
+
+    /// [`Self::setup`] plus `any` validators registered in the genesis for any shard
+    /// (`[role] kind = "shard", shard = "any"`): node `i` listens on `{prefix}.{91 + i}`,
+    /// has node key `test_key(seed + 90 + i)` and its directory is `root/any{i}`.
+    pub fn setup_with_any(
+        &self,
+        root: &Path,
+        admin: &PrivateKey,
+        funded: &[PrivateKey],
+        any: u64,
+    ) -> (Vec<Vec<Node>>, Vec<Node>) {
         let mut committees = Vec::new();
         let mut beacon = Vec::new();
         let mut validators = Vec::new();
+        let mut floating = Vec::new();
+        for i in 0..any {
+            let key = test_key(self.seed + 90 + i);
+            let ip = format!("{}.{}", self.prefix, 91 + i);
+            let p2p: SocketAddr = format!("{ip}:9000").parse().unwrap();
+            let rpc: SocketAddr = format!("{ip}:8545").parse().unwrap();
+            let dir = root.join(format!("any{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            key_file(&dir, &key, &test_key(self.seed + 590 + i));
+            node_config(
+                &dir,
+                root,
+                self.chain,
+                p2p,
+                rpc,
+                "kind = \"shard\"\nshard = \"any\"",
+            );
+            validators.push(json!({
+                "node_key": to_hex(key.public_key().as_ref()),
+                "shard": 65535,
+                "p2p_address": p2p.to_string(),
+                "rpc_address": rpc.to_string(),
+            }));
+            floating.push(Node::new(dir, rpc));
+        }
         for (c, size) in (0u64..).zip(self.committees) {
             assert!(*size <= 9, "at most 9 validators per committee");
             let mut nodes = Vec::new();
@@ -304,7 +342,7 @@ impl Sharded<'_> {
             args.extend(["--balance", b.as_str()]);
         }
         cli(&args);
-        committees
+        (committees, floating)
     }
 }
 
