@@ -179,13 +179,8 @@ fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() 
     // A transfer from an account of the new shard, sent through the mover (served there,
     // or forwarded there if the shuffle moved it on since), finalizes.
     let accounts = support::accounts_of(SEED + 700, to, 2);
-    let sent = call(
-        mover,
-        methods::SEND_TRANSACTION,
-        json!({"tx": support::transfer_tx(CHAIN, &accounts[0], &accounts[1], 0, 40)}),
-    )
-    .unwrap();
-    let hash = sent["hash"].as_str().unwrap().to_string();
+    let tx = support::transfer_tx(CHAIN, &accounts[0], &accounts[1], 0, 40);
+    let hash = support::send_retrying(mover, &tx, limit);
     wait_for("the transfer to finalize", limit, || {
         call(mover, methods::GET_TRANSACTION, json!({"hash": hash}))
             .ok()

@@ -156,13 +156,8 @@ fn an_any_validator_replays_a_shard_whose_history_imported_tables() {
 
     // A transfer inside an imported table, sent through the mover, finalizes, and the
     // receiver's balance reads right through it.
-    let sent = call(
-        mover,
-        methods::SEND_TRANSACTION,
-        json!({"tx": support::transfer_tx(CHAIN, &accounts[0], &accounts[1], 0, 40)}),
-    )
-    .unwrap();
-    let hash = sent["hash"].as_str().unwrap().to_string();
+    let tx = support::transfer_tx(CHAIN, &accounts[0], &accounts[1], 0, 40);
+    let hash = support::send_retrying(mover, &tx, limit);
     wait_for("the transfer to finalize", limit, || {
         call(mover, methods::GET_TRANSACTION, json!({"hash": hash}))
             .ok()

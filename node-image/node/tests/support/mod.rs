@@ -164,6 +164,31 @@ pub fn transfer_tx(
     to_hex(&tx.encode())
 }
 
+/// Sends the hex transaction `tx` through `addr` the way a client does when the node may
+/// be restarting (an "any" validator re-executes itself into its next shard): retried
+/// while the node is unreachable or answers "retry" (resharding, wrong shard), until
+/// `limit`; any other refusal fails the test. The transaction's hash.
+pub fn send_retrying(addr: SocketAddr, tx: &str, limit: Duration) -> String {
+    use trellis_node_api::error_codes as codes;
+    let hash = trellis_node_types::from_hex(tx)
+        .and_then(|bytes| trellis_node_types::Tx::decode_untrusted(&bytes).ok())
+        .map(|t| to_hex(t.hash().as_ref()))
+        .expect("a valid transaction");
+    wait_for("the node to take the transaction", limit, || {
+        match call(addr, methods::SEND_TRANSACTION, json!({"tx": tx})) {
+            Ok(sent) => sent["hash"] == json!(hash),
+            // An earlier attempt got in, its answer lost in a restart.
+            Err((codes::ALREADY_KNOWN, _)) => true,
+            Err((0 | codes::RESHARDING | codes::WRONG_SHARD, message)) => {
+                eprintln!("sending through {addr}: {message}; retrying");
+                false
+            }
+            Err(other) => panic!("{addr} refused the transaction: {other:?}"),
+        }
+    });
+    hash
+}
+
 /// Runs the `trellis-node` CLI; fails the test with its stderr; its trimmed stdout.
 pub fn cli(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().unwrap();
