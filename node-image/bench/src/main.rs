@@ -829,7 +829,10 @@ fn main() -> anyhow::Result<()> {
     let mut committed_in_window = 0u64;
     let watched: Vec<SocketAddr> = network.rpcs.iter().map(|c| c[0]).collect();
     let mut watchers: Vec<Client> = watched.iter().map(|r| Client::new(*r)).collect();
-    let mut next: Vec<u64> = watchers.iter_mut().map(|c| finalized_height(c) + 1).collect();
+    let mut next: Vec<u64> = watchers
+        .iter_mut()
+        .map(|c| finalized_height(c) + 1)
+        .collect();
     let watch_until = deadline + Duration::from_secs(10);
     while Instant::now() < watch_until {
         for (w, client) in watchers.iter_mut().enumerate() {
