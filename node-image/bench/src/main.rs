@@ -11,15 +11,17 @@
 //! the load runs, and the longest finalization gap per shard is printed next to the
 //! steady-state block interval (see `reshard`).
 
+mod client;
 mod reshard;
+
+use client::Client;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::Parser;
 use commonware_cryptography::{BatchEntry, BatchVerifier, Verifier as _};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,45 +116,25 @@ impl Drop for Proc {
     }
 }
 
-fn http(addr: SocketAddr, body: &str) -> anyhow::Result<Value> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let request = format!(
-        "POST /rpc HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (_, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("bad HTTP response"))?;
-    Ok(serde_json::from_str(body)?)
-}
-
+/// One JSON-RPC call on a connection of its own.
 fn call(addr: SocketAddr, method: &str, params: Value) -> anyhow::Result<Value> {
-    let v = http(
-        addr,
-        &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string(),
-    )?;
-    if let Some(e) = v.get("error") {
-        bail!("{method}: {e}");
-    }
-    Ok(v["result"].clone())
+    Client::new(addr).call(method, params)
 }
 
-fn finalized_height(addr: SocketAddr) -> u64 {
-    call(addr, methods::STATUS, Value::Null)
+fn status_field(client: &mut Client, field: &str) -> u64 {
+    client
+        .call(methods::STATUS, Value::Null)
         .ok()
-        .and_then(|s| s["finalized_height"].as_u64())
+        .and_then(|s| s[field].as_u64())
         .unwrap_or(0)
 }
 
-fn mempool_depth(addr: SocketAddr) -> u64 {
-    call(addr, methods::STATUS, Value::Null)
-        .ok()
-        .and_then(|s| s["mempool_depth"].as_u64())
-        .unwrap_or(0)
+fn finalized_height(client: &mut Client) -> u64 {
+    status_field(client, "finalized_height")
+}
+
+fn mempool_depth(client: &mut Client) -> u64 {
+    status_field(client, "mempool_depth")
 }
 
 /// Single and batch ed25519 verification rates (signatures per second, one core).
@@ -721,7 +703,8 @@ fn main() -> anyhow::Result<()> {
         .copied()
         .collect();
     let ready = Instant::now();
-    while running.iter().any(|r| finalized_height(*r) < 2) {
+    let mut starting: Vec<Client> = running.iter().map(|r| Client::new(*r)).collect();
+    while starting.iter_mut().any(|c| finalized_height(c) < 2) {
         // Generous: many debug-built processes on a loaded machine start slowly.
         if ready.elapsed() > Duration::from_secs(300) {
             bail!("validators did not start finalizing within 300 s");
@@ -775,6 +758,8 @@ fn main() -> anyhow::Result<()> {
             Duration::from_secs_f64(args.batch as f64 * per_node_count as f64 / args.rate as f64)
         });
         loaders.push(std::thread::spawn(move || {
+            // One kept connection per loader, as a real client would hold.
+            let mut client = Client::new(addr);
             let mut next_send = Instant::now();
             for (hashes, body) in batches {
                 if let Some(pace) = pace {
@@ -788,7 +773,7 @@ fn main() -> anyhow::Result<()> {
                     break;
                 }
                 // Backpressure: keep the pool below its bound.
-                while mempool_depth(addr) > max_pending && Instant::now() < deadline {
+                while mempool_depth(&mut client) > max_pending && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 let now = Instant::now();
@@ -798,7 +783,7 @@ fn main() -> anyhow::Result<()> {
                         map.insert(*hash, now);
                     }
                 }
-                match http(addr, &body) {
+                match client.post(&body) {
                     Ok(Value::Array(responses)) => {
                         let errors: Vec<&Value> =
                             responses.iter().filter_map(|r| r.get("error")).collect();
@@ -843,13 +828,17 @@ fn main() -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     let mut committed_in_window = 0u64;
     let watched: Vec<SocketAddr> = network.rpcs.iter().map(|c| c[0]).collect();
-    let mut next: Vec<u64> = watched.iter().map(|r| finalized_height(*r) + 1).collect();
+    let mut watchers: Vec<Client> = watched.iter().map(|r| Client::new(*r)).collect();
+    let mut next: Vec<u64> = watchers
+        .iter_mut()
+        .map(|c| finalized_height(c) + 1)
+        .collect();
     let watch_until = deadline + Duration::from_secs(10);
     while Instant::now() < watch_until {
-        for (w, addr) in watched.iter().enumerate() {
-            let tip = finalized_height(*addr);
+        for (w, client) in watchers.iter_mut().enumerate() {
+            let tip = finalized_height(client);
             while next[w] <= tip {
-                let block = call(*addr, methods::GET_BLOCK, json!({"height": next[w]}))?;
+                let block = client.call(methods::GET_BLOCK, json!({"height": next[w]}))?;
                 let seen = Instant::now();
                 let map = submitted.lock().unwrap_or_else(|p| p.into_inner());
                 for hash in block["transactions"].as_array().into_iter().flatten() {

@@ -1027,7 +1027,7 @@ struct Actor<E, K: Kv, BS, FS> {
     state: Arc<Mutex<NodeState<K>>>,
     metrics: ChainMetrics,
     /// Known blocks above the finalized height, by digest.
-    blocks: HashMap<Digest, Block>,
+    blocks: HashMap<Digest, Arc<Block>>,
     /// When this node first had each of `blocks` (proposed it, or received it), on the
     /// runtime's clock: the start of the block's `finalized` span (see telemetry.rs).
     first_seen: HashMap<Digest, std::time::SystemTime>,
@@ -1094,8 +1094,19 @@ where
             .child("gossip_in")
             .dedicated()
             .spawn(move |_| async move {
-                while let Some(txs) = gossip_receiver.recv().await {
-                    crate::gossip::admit(&gossip_state, &chain_id, txs);
+                // What queued meanwhile (peers' messages arrive while the last batch is
+                // verified) is verified together: bigger batches, less CPU each.
+                while let Some(first) = gossip_receiver.recv().await {
+                    let mut count = first.len();
+                    let mut messages = vec![first];
+                    while count < crate::gossip::MERGED_TXS {
+                        let Ok(txs) = gossip_receiver.try_recv() else {
+                            break;
+                        };
+                        count += txs.len();
+                        messages.push(txs);
+                    }
+                    crate::gossip::admit_messages(&gossip_state, &chain_id, messages);
                 }
             });
         let s = sender.clone();
@@ -1245,28 +1256,53 @@ where
 
     /// Finds a block by digest among unfinalized blocks (memory, then the durable
     /// pending store) or in the finalized store.
-    fn lookup(&self, digest: &Digest) -> Result<Option<Block>, StateError> {
+    fn lookup(&self, digest: &Digest) -> Result<Option<Arc<Block>>, StateError> {
         if let Some(block) = self.unfinalized(digest)? {
             return Ok(Some(block));
         }
         let state = lock(&self.state);
         match state.finalized_height_of(digest)? {
-            Some(height) => state.block(height),
+            Some(height) => Ok(state.block(height)?.map(Arc::new)),
             None => Ok(None),
         }
     }
 
-    fn unfinalized(&self, digest: &Digest) -> Result<Option<Block>, StateError> {
+    /// Shared, not copied: a block holds up to thousands of transactions, and proposing,
+    /// verifying and finalizing each walk the unfinalized blocks.
+    fn unfinalized(&self, digest: &Digest) -> Result<Option<Arc<Block>>, StateError> {
         if let Some(block) = self.blocks.get(digest) {
-            return Ok(Some(block.clone()));
+            return Ok(Some(Arc::clone(block)));
         }
         let state = lock(&self.state);
         match state.ledger.kv().get(Space::Meta, &key_pending(digest))? {
             None => Ok(None),
             Some(bytes) => Block::decode_untrusted(&bytes)
-                .map(Some)
+                .map(|b| Some(Arc::new(b)))
                 .map_err(|e| StateError::Corrupt(format!("pending block: {e}"))),
         }
+    }
+
+    /// Whether `holds` is true of `parent` or of an unfinalized block below it (down to
+    /// the finalized height).
+    fn unfinalized_from(&self, parent: &Block, holds: impl Fn(&Block) -> bool) -> bool {
+        let finalized = lock(&self.state).finalized_height();
+        if parent.height <= finalized {
+            return false;
+        }
+        if holds(parent) {
+            return true;
+        }
+        let mut next = parent.parent;
+        while let Ok(Some(block)) = self.unfinalized(&next) {
+            if block.height <= finalized {
+                return false;
+            }
+            if holds(&block) {
+                return true;
+            }
+            next = block.parent;
+        }
+        false
     }
 
     /// Makes a block durable before this node commits to it (proposal or vote).
@@ -1317,7 +1353,7 @@ where
         self.first_seen
             .entry(digest)
             .or_insert_with(|| self.context.current());
-        self.blocks.insert(digest, block);
+        self.blocks.insert(digest, Arc::new(block));
     }
 
     fn relay(&mut self, digest: Digest, plan: Plan<PublicKey>) {
@@ -1394,7 +1430,7 @@ where
                     self.first_seen
                         .entry(digest)
                         .or_insert_with(|| self.context.current());
-                    self.blocks.insert(digest, block);
+                    self.blocks.insert(digest, Arc::new(block));
                     p.response.send_lossy(digest);
                 }
                 Ok(None) => {
@@ -1424,18 +1460,18 @@ where
         // again.
         let mut exclude = HashSet::new();
         let mut in_flight = Vec::new();
-        let mut cursor = parent.clone();
-        while let Ok(Some(ancestor)) = self.unfinalized(&cursor.parent) {
-            for tx in &cursor.txs {
+        let mut note = |block: &Block| {
+            for tx in &block.txs {
                 exclude.insert(tx.hash());
             }
-            in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
-            cursor = ancestor;
+            in_flight.extend(block.sharding.iter().flat_map(|s| s.credits.clone()));
+        };
+        note(parent);
+        let mut next = parent.parent;
+        while let Ok(Some(ancestor)) = self.unfinalized(&next) {
+            note(&ancestor);
+            next = ancestor.parent;
         }
-        for tx in &cursor.txs {
-            exclude.insert(tx.hash());
-        }
-        in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
         let governance_above = self.governance_above(parent);
         // An epoch-end block carries nothing (no transactions, credits or governance): its
         // header's roots are the epoch's final ones.
@@ -1524,39 +1560,15 @@ where
     /// True when a block between the finalized one and `parent` (inclusive) carries
     /// system transactions: their outcome (and so the next sequences) is not known yet.
     fn system_above(&self, parent: &Block) -> bool {
-        let finalized = lock(&self.state).finalized_height();
-        let mut cursor = parent.clone();
-        while cursor.height > finalized {
-            if cursor
-                .sharding
-                .as_ref()
-                .is_some_and(|s| !s.system.is_empty())
-            {
-                return true;
-            }
-            match self.unfinalized(&cursor.parent) {
-                Ok(Some(b)) => cursor = b,
-                _ => break,
-            }
-        }
-        false
+        self.unfinalized_from(parent, |b| {
+            b.sharding.as_ref().is_some_and(|s| !s.system.is_empty())
+        })
     }
 
     /// True when a block between the finalized one and `parent` (inclusive) carries
     /// governance transactions.
     fn governance_above(&self, parent: &Block) -> bool {
-        let finalized = lock(&self.state).finalized_height();
-        let mut cursor = parent.clone();
-        while cursor.height > finalized {
-            if !cursor.governance.is_empty() {
-                return true;
-            }
-            match self.unfinalized(&cursor.parent) {
-                Ok(Some(b)) => cursor = b,
-                _ => break,
-            }
-        }
-        false
+        self.unfinalized_from(parent, |b| !b.governance.is_empty())
     }
 
     fn serve_verifies(&mut self) {
@@ -1816,7 +1828,7 @@ where
                     }
                     cursor = block.parent;
                     let at_genesis = block.height == 0;
-                    blocks.push(block);
+                    blocks.push(Block::clone(&block));
                     if at_genesis {
                         break;
                     }
@@ -1989,7 +2001,7 @@ where
                 lock(&self.state).syncing = true;
                 return Ok(());
             }
-            self.execute(block)?;
+            self.execute(&block)?;
         }
         lock(&self.state).syncing = false;
         self.target = None;
@@ -2012,7 +2024,7 @@ where
         Ok(())
     }
 
-    fn execute(&mut self, block: Block) -> Result<(), StateError> {
+    fn execute(&mut self, block: &Block) -> Result<(), StateError> {
         let digest = block.digest();
         let mut extra = WriteBatch::default();
         extra.put(
@@ -2034,7 +2046,7 @@ where
         let switch;
         let mut beacon = {
             let state = lock(&self.state);
-            switch = crate::epoch_switch::on_execute(&state, &block, &mut extra)?;
+            switch = crate::epoch_switch::on_execute(&state, block, &mut extra)?;
             if state.shard.is_some() {
                 extra.put(
                     Space::Meta,
@@ -2117,7 +2129,7 @@ where
         let (admitted, depth, committee) = {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
-            let credits = crate::cross_shard::receipts(&block);
+            let credits = crate::cross_shard::receipts(block);
             let outcome =
                 state
                     .ledger
