@@ -2046,7 +2046,7 @@ where
         let switch;
         let mut beacon = {
             let state = lock(&self.state);
-            switch = crate::epoch_switch::on_execute(&state, block, &mut extra)?;
+            switch = crate::epoch_switch::on_execute(&state, &block, &mut extra)?;
             if state.shard.is_some() {
                 extra.put(
                     Space::Meta,
@@ -2129,7 +2129,7 @@ where
         let (admitted, depth, committee) = {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
-            let credits = crate::cross_shard::receipts(block);
+            let credits = crate::cross_shard::receipts(&block);
             let outcome =
                 state
                     .ledger
