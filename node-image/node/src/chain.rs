@@ -1027,7 +1027,7 @@ struct Actor<E, K: Kv, BS, FS> {
     state: Arc<Mutex<NodeState<K>>>,
     metrics: ChainMetrics,
     /// Known blocks above the finalized height, by digest.
-    blocks: HashMap<Digest, Arc<Block>>,
+    blocks: HashMap<Digest, Block>,
     /// When this node first had each of `blocks` (proposed it, or received it), on the
     /// runtime's clock: the start of the block's `finalized` span (see telemetry.rs).
     first_seen: HashMap<Digest, std::time::SystemTime>,
@@ -1256,53 +1256,28 @@ where
 
     /// Finds a block by digest among unfinalized blocks (memory, then the durable
     /// pending store) or in the finalized store.
-    fn lookup(&self, digest: &Digest) -> Result<Option<Arc<Block>>, StateError> {
+    fn lookup(&self, digest: &Digest) -> Result<Option<Block>, StateError> {
         if let Some(block) = self.unfinalized(digest)? {
             return Ok(Some(block));
         }
         let state = lock(&self.state);
         match state.finalized_height_of(digest)? {
-            Some(height) => Ok(state.block(height)?.map(Arc::new)),
+            Some(height) => state.block(height),
             None => Ok(None),
         }
     }
 
-    /// Shared, not copied: a block holds up to thousands of transactions, and proposing,
-    /// verifying and finalizing each walk the unfinalized blocks.
-    fn unfinalized(&self, digest: &Digest) -> Result<Option<Arc<Block>>, StateError> {
+    fn unfinalized(&self, digest: &Digest) -> Result<Option<Block>, StateError> {
         if let Some(block) = self.blocks.get(digest) {
-            return Ok(Some(Arc::clone(block)));
+            return Ok(Some(block.clone()));
         }
         let state = lock(&self.state);
         match state.ledger.kv().get(Space::Meta, &key_pending(digest))? {
             None => Ok(None),
             Some(bytes) => Block::decode_untrusted(&bytes)
-                .map(|b| Some(Arc::new(b)))
+                .map(Some)
                 .map_err(|e| StateError::Corrupt(format!("pending block: {e}"))),
         }
-    }
-
-    /// Whether `holds` is true of `parent` or of an unfinalized block below it (down to
-    /// the finalized height).
-    fn unfinalized_from(&self, parent: &Block, holds: impl Fn(&Block) -> bool) -> bool {
-        let finalized = lock(&self.state).finalized_height();
-        if parent.height <= finalized {
-            return false;
-        }
-        if holds(parent) {
-            return true;
-        }
-        let mut next = parent.parent;
-        while let Ok(Some(block)) = self.unfinalized(&next) {
-            if block.height <= finalized {
-                return false;
-            }
-            if holds(&block) {
-                return true;
-            }
-            next = block.parent;
-        }
-        false
     }
 
     /// Makes a block durable before this node commits to it (proposal or vote).
@@ -1353,7 +1328,7 @@ where
         self.first_seen
             .entry(digest)
             .or_insert_with(|| self.context.current());
-        self.blocks.insert(digest, Arc::new(block));
+        self.blocks.insert(digest, block);
     }
 
     fn relay(&mut self, digest: Digest, plan: Plan<PublicKey>) {
@@ -1430,7 +1405,7 @@ where
                     self.first_seen
                         .entry(digest)
                         .or_insert_with(|| self.context.current());
-                    self.blocks.insert(digest, Arc::new(block));
+                    self.blocks.insert(digest, block);
                     p.response.send_lossy(digest);
                 }
                 Ok(None) => {
@@ -1460,18 +1435,18 @@ where
         // again.
         let mut exclude = HashSet::new();
         let mut in_flight = Vec::new();
-        let mut note = |block: &Block| {
-            for tx in &block.txs {
+        let mut cursor = parent.clone();
+        while let Ok(Some(ancestor)) = self.unfinalized(&cursor.parent) {
+            for tx in &cursor.txs {
                 exclude.insert(tx.hash());
             }
-            in_flight.extend(block.sharding.iter().flat_map(|s| s.credits.clone()));
-        };
-        note(parent);
-        let mut next = parent.parent;
-        while let Ok(Some(ancestor)) = self.unfinalized(&next) {
-            note(&ancestor);
-            next = ancestor.parent;
+            in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
+            cursor = ancestor;
         }
+        for tx in &cursor.txs {
+            exclude.insert(tx.hash());
+        }
+        in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
         let governance_above = self.governance_above(parent);
         // An epoch-end block carries nothing (no transactions, credits or governance): its
         // header's roots are the epoch's final ones.
@@ -1560,15 +1535,39 @@ where
     /// True when a block between the finalized one and `parent` (inclusive) carries
     /// system transactions: their outcome (and so the next sequences) is not known yet.
     fn system_above(&self, parent: &Block) -> bool {
-        self.unfinalized_from(parent, |b| {
-            b.sharding.as_ref().is_some_and(|s| !s.system.is_empty())
-        })
+        let finalized = lock(&self.state).finalized_height();
+        let mut cursor = parent.clone();
+        while cursor.height > finalized {
+            if cursor
+                .sharding
+                .as_ref()
+                .is_some_and(|s| !s.system.is_empty())
+            {
+                return true;
+            }
+            match self.unfinalized(&cursor.parent) {
+                Ok(Some(b)) => cursor = b,
+                _ => break,
+            }
+        }
+        false
     }
 
     /// True when a block between the finalized one and `parent` (inclusive) carries
     /// governance transactions.
     fn governance_above(&self, parent: &Block) -> bool {
-        self.unfinalized_from(parent, |b| !b.governance.is_empty())
+        let finalized = lock(&self.state).finalized_height();
+        let mut cursor = parent.clone();
+        while cursor.height > finalized {
+            if !cursor.governance.is_empty() {
+                return true;
+            }
+            match self.unfinalized(&cursor.parent) {
+                Ok(Some(b)) => cursor = b,
+                _ => break,
+            }
+        }
+        false
     }
 
     fn serve_verifies(&mut self) {
@@ -1828,7 +1827,7 @@ where
                     }
                     cursor = block.parent;
                     let at_genesis = block.height == 0;
-                    blocks.push(Block::clone(&block));
+                    blocks.push(block);
                     if at_genesis {
                         break;
                     }
@@ -2001,7 +2000,7 @@ where
                 lock(&self.state).syncing = true;
                 return Ok(());
             }
-            self.execute(&block)?;
+            self.execute(block)?;
         }
         lock(&self.state).syncing = false;
         self.target = None;
@@ -2024,7 +2023,7 @@ where
         Ok(())
     }
 
-    fn execute(&mut self, block: &Block) -> Result<(), StateError> {
+    fn execute(&mut self, block: Block) -> Result<(), StateError> {
         let digest = block.digest();
         let mut extra = WriteBatch::default();
         extra.put(
