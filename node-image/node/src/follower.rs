@@ -181,23 +181,42 @@ pub async fn follow<K: Kv, S: BeaconSource, C: commonware_runtime::Clock>(
 ) {
     let mut last_error = String::new();
     loop {
-        let from = {
-            let s = lock(&state);
-            s.shard.as_ref().map_or(0, |p| p.beacon_height) + 1
-        };
-        let outcome = match source.blocks(from).await {
-            Ok(answer) => apply(&state, &chain_id, &answer).map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Err(e) if e != last_error => {
-                tracing::warn!(error = %e, "following the beacon");
-                last_error = e;
-            }
-            Ok(_) => last_error.clear(),
-            Err(_) => {}
-        }
+        follow_once(&state, &chain_id, &source, &mut last_error).await;
         clock.sleep(period).await;
+    }
+}
+
+/// One round of following: fetches the beacon blocks above the followed height from
+/// `source` and applies them. `Some((followed height, the beacon's finalized height))`;
+/// `None` after a failure, logged once per distinct error (kept in `last_error`).
+pub async fn follow_once<K: Kv, S: BeaconSource>(
+    state: &Arc<Mutex<NodeState<K>>>,
+    chain_id: &str,
+    source: &S,
+    last_error: &mut String,
+) -> Option<(u64, u64)> {
+    let from = {
+        let s = lock(state);
+        s.shard.as_ref().map_or(0, |p| p.beacon_height) + 1
+    };
+    let outcome = match source.blocks(from).await {
+        Ok(answer) => apply(state, chain_id, &answer)
+            .map(|height| (height, answer.finalized_height))
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(heights) => {
+            last_error.clear();
+            Some(heights)
+        }
+        Err(e) => {
+            if e != *last_error {
+                tracing::warn!(error = %e, "following the beacon");
+                *last_error = e;
+            }
+            None
+        }
     }
 }
 

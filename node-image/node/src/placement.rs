@@ -253,29 +253,9 @@ pub async fn wait_until_placed<K: Kv, S: BeaconSource, C: commonware_runtime::Cl
     const CAUGHT_UP: u64 = 3;
     let mut last_error = String::new();
     loop {
-        let from = {
-            let s = lock(&state);
-            s.shard.as_ref().map_or(0, |p| p.beacon_height) + 1
-        };
-        let outcome = match source.blocks(from).await {
-            Ok(answer) => crate::follower::apply(&state, &chain_id, &answer)
-                .map(|height| (height, answer.finalized_height))
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        let caught_up = match outcome {
-            Ok((height, finalized)) => {
-                last_error.clear();
-                height + CAUGHT_UP >= finalized
-            }
-            Err(e) => {
-                if e != last_error {
-                    warn!(error = %e, "following the beacon");
-                    last_error = e;
-                }
-                false
-            }
-        };
+        let caught_up = crate::follower::follow_once(&state, &chain_id, &source, &mut last_error)
+            .await
+            .is_some_and(|(height, finalized)| height + CAUGHT_UP >= finalized);
         {
             let mut s = lock(&state);
             let height = s.shard.as_ref().map_or(0, |p| p.beacon_height);

@@ -515,11 +515,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Exit> {
         peers: peers.clone(),
         relay: relay.clone(),
     });
-    let runtime = commonware_runtime::tokio::Config::new()
-        .with_storage_directory(config.data_dir.join("consensus"))
-        .with_catch_panics(false);
-    let runner = commonware_runtime::tokio::Runner::new(runtime);
-    runner.start(|context| async move {
+    runner(&config.data_dir).start(|context| async move {
         let handshake = Cups::<_, ChaCha20Poly1305>::new(
             Sake {
                 signer: plan.key.clone(),
@@ -653,14 +649,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Exit> {
                 None => futures::future::pending().await,
             }
         });
-        let listener = tokio::net::TcpListener::bind(config.rpc_listen)
-            .await
-            .with_context(|| format!("binding RPC on {}", config.rpc_listen))?;
+        let server = serve_rpc(&context, config.rpc_listen, rpc).await?;
         info!(rpc = %config.rpc_listen, p2p = %config.p2p_listen, "trellis-node running");
-        let app = router(rpc);
-        let server = context
-            .child("rpc")
-            .spawn(move |_| async move { axum::serve(listener, app).await });
         tokio::select! {
             r = chain => Err(anyhow!("chain actor stopped: {r:?}")),
             r = engine => Err(anyhow!("consensus engine stopped: {r:?}")),
@@ -725,19 +715,9 @@ fn run_unplaced(plan: Plan) -> anyhow::Result<Exit> {
         peers: PeerTracker::default(),
         relay: relay.clone(),
     });
-    let runtime = commonware_runtime::tokio::Config::new()
-        .with_storage_directory(config.data_dir.join("consensus"))
-        .with_catch_panics(false);
-    let runner = commonware_runtime::tokio::Runner::new(runtime);
-    runner.start(|context| async move {
-        let listener = tokio::net::TcpListener::bind(config.rpc_listen)
-            .await
-            .with_context(|| format!("binding RPC on {}", config.rpc_listen))?;
+    runner(&config.data_dir).start(|context| async move {
+        let server = serve_rpc(&context, config.rpc_listen, rpc).await?;
         info!(rpc = %config.rpc_listen, "trellis-node waiting to be placed in a shard");
-        let app = router(rpc);
-        let server = context
-            .child("rpc")
-            .spawn(move |_| async move { axum::serve(listener, app).await });
         let (chain_id, me) = (config.chain_id.clone(), plan.key.public_key());
         let waiter = context.child("placement").spawn(move |context| {
             crate::placement::wait_until_placed(
@@ -759,6 +739,30 @@ fn run_unplaced(plan: Plan) -> anyhow::Result<Exit> {
             r = stop_requested() => r.map(|()| Exit::Stopped),
         }
     })
+}
+
+/// The runtime a node runs on; consensus keeps its journals under `data_dir/consensus`.
+fn runner(data_dir: &Path) -> commonware_runtime::tokio::Runner {
+    commonware_runtime::tokio::Runner::new(
+        commonware_runtime::tokio::Config::new()
+            .with_storage_directory(data_dir.join("consensus"))
+            .with_catch_panics(false),
+    )
+}
+
+/// Binds the JSON-RPC listener on `listen` and serves `rpc` on a task of its own.
+async fn serve_rpc(
+    context: &commonware_runtime::tokio::Context,
+    listen: SocketAddr,
+    rpc: Arc<Rpc<RedbKv>>,
+) -> anyhow::Result<commonware_runtime::Handle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding RPC on {listen}"))?;
+    let app = router(rpc);
+    Ok(context
+        .child("rpc")
+        .spawn(move |_| async move { axum::serve(listener, app).await }))
 }
 
 /// Ctrl-C or SIGTERM (what Kubernetes and the local provisioner send) ends `run`
