@@ -169,6 +169,7 @@ pub fn chain_network(
             resources: None,
             storage: trellis_crd::StorageSpec::default(),
         },
+        validator_pool: None,
         autoscaling: Some(AutoscalingSpec {
             enabled: a.enabled,
             target_tx_per_second_per_shard: Some(i64::from(a.target_tx_per_second_per_shard)),
