@@ -457,8 +457,9 @@ pub struct ValidatorPoolStatus {
     /// while they leave).
     #[serde(default)]
     pub validators: Vec<PoolValidatorStatus>,
-    /// What the registration step waits for or was refused (absent when settled).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What the registration step waits for or was refused (null when settled: written
+    /// as null, not left out, so that the status merge patch clears an old message).
+    #[serde(default)]
     pub message: Option<String>,
 }
 
