@@ -224,6 +224,14 @@ mod tests {
     }
 
     #[test]
+    fn a_validator_pool_is_refused_not_ignored() {
+        let mut r = request(NetworkMode::Public);
+        r.validator_pool = Some(2);
+        let err = plan_local(&desired(r)).unwrap_err().to_string();
+        assert!(err.contains("does not run a validator pool yet"), "{err}");
+    }
+
+    #[test]
     fn a_public_network_is_a_beacon_and_its_shards_on_one_chain() {
         let mut r = request(NetworkMode::Public);
         r.shards = Some(ShardRange {
