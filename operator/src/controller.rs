@@ -809,10 +809,12 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     if !held && let Ok(mut written) = ctx.chain_written.lock() {
         written.insert(key, Instant::now());
     }
-    // The beacon's epoch switch that places or releases pool validators sends no event.
-    let pool_moving = next.validator_pool.as_ref().is_some_and(|p| {
-        p.placed < p.replicas
-            || p.validators
+    // The beacon's epoch switch that places or releases pool validators sends no event
+    // (without the beacon's map there is nothing to look at sooner).
+    let pool_moving = pool_plan.as_ref().is_some_and(|plan| {
+        plan.beacon_read
+            && plan
+                .validators
                 .iter()
                 .any(|v| v.state != trellis_crd::PoolValidatorState::Placed)
     });

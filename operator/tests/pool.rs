@@ -13,7 +13,9 @@
 //! is compared with the beacon's own shard map and the nodes' own `trellis_status`.
 //! Scale-down 2 → 1: the operator deregisters `pool-1` and keeps its pod while the
 //! beacon still places it; the StatefulSet shrinks only once the beacon's map leaves it
-//! out. Each pool key signed exactly what the steps say (system sequences).
+//! out — finished by a fresh operator started after the first one took the change in
+//! (stopped, its memory gone). Each pool key signed exactly what the steps say (system
+//! sequences: no registration or deregistration twice).
 //! What is not: the pod network (the resolver maps DNS names to loopback and rewrites
 //! the genesis addresses), and kwok runs no process in the pods: the test plays their
 //! kubelet.
@@ -107,8 +109,11 @@ async fn the_operator_runs_a_pool_the_beacon_places_and_reports_where() {
     let pool = topology.pool().unwrap().clone();
     assert_eq!(topology.committees.last(), Some(&pool));
 
-    let chain = NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(2));
-    let (_, stop) = support::start_operator(&ns, Arc::new(chain), Arc::new(Metrics::new()), false);
+    let operator = || {
+        let chain = NodeRpc::new(Arc::new(resolver.clone()), Duration::from_secs(2));
+        support::start_operator(&ns, Arc::new(chain), Arc::new(Metrics::new()), false).1
+    };
+    let stop = operator();
     let networks: Api<ChainNetwork> = ns.api();
     networks
         .create(&PostParams::default(), &ChainNetwork::new(NAME, spec))
@@ -264,6 +269,18 @@ async fn the_operator_runs_a_pool_the_beacon_places_and_reports_where() {
     let leaving_key = pool_keys[1].clone();
     eprintln!("placements checked after {:?}", started.elapsed());
     let started = std::time::Instant::now();
+    // The operator stops once it took the change in (its status says 1), and a fresh one
+    // with no memory of it finishes the step from what the cluster and the beacon say.
+    eventually("the operator took the scale-down in", WAIT, || {
+        let networks = networks.clone();
+        async move {
+            let p = networks.get(NAME).await.ok()?.status?.validator_pool?;
+            (p.replicas == 1).then_some(())
+        }
+    })
+    .await;
+    drop(stop);
+    let stop = operator();
     let mut saw_leaving = false;
     loop {
         let replicas = sets
