@@ -561,12 +561,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         // What the beacon step signs with: the admin key, and the node keys of shards the
         // new count adds (read from Secrets that existed before this reconcile; keys
         // generated just now are read on the next one).
-        let key_file = |secret: &str, entry: &str| {
-            existing_secrets
-                .get(secret)
-                .and_then(|s| s.data.as_ref()?.get(entry))
-                .and_then(|bytes| keys::NodeKeyFile::parse(&bytes.0))
-        };
+        let key_file = |secret: &str, entry: &str| key_file(&existing_secrets, secret, entry);
         beacon.admin = key_file(&admin_name, keys::ADMIN_KEY_ENTRY).map(|f| Seed(f.admin_key));
         for committee in topology.shards() {
             let trellis_crd::topology::CommitteeRole::Shard(shard) = committee.role else {
@@ -589,42 +584,16 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                 }
             }
         }
-        // The pool against the beacon's map: who to register, who leaves, which pods
-        // stay (crate::pool).
-        let pool_keys: BTreeMap<String, String> = topology
-            .pool()
-            .into_iter()
-            .flat_map(|c| c.nodes.iter())
-            .filter_map(|n| {
-                let key = public_by_entry.get(&keys::node_entry(&n.name))?;
-                Some((n.name.clone(), key.clone()))
-            })
-            .collect();
-        let plan = pool::plan(
+        let (plan, request) = plan_pool(
+            ctx,
+            &namespace,
+            &topology,
             pool_desired,
-            topology.pool(),
-            &pool_keys,
-            chain.as_ref().ok().map(|view| &view.placements),
+            &public_by_entry,
+            &existing_secrets,
+            chain.as_ref().ok(),
         );
-        if let Some(committee) = topology.pool() {
-            let secret = build::key_secret_name(committee);
-            let validator = |name: &String| {
-                let file = key_file(&secret, &keys::node_entry(name))?;
-                let (p2p_address, rpc_address) =
-                    registered_addresses(ctx, &namespace, &committee.name, name);
-                Some(PoolValidator {
-                    node_key: Seed(file.node_key),
-                    p2p_address,
-                    rpc_address,
-                })
-            };
-            // Keys read from the cache have no private half: those wait for the next
-            // reconcile, which reads them live (the status is not settled then).
-            pool_request = PoolRequest {
-                join: plan.join.iter().filter_map(validator).collect(),
-                leave: plan.leave.iter().filter_map(validator).collect(),
-            };
-        }
+        pool_request = request;
         topology.set_pool(plan.provisioned);
         pool_plan = Some(plan);
         let public_keys = build::node_public_keys(&topology, &public_by_entry)?;
@@ -746,13 +715,11 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         None
     };
     // The pool step: registrations and deregistrations the beacon's map still lacks.
-    let pool_submission = (!network.spec.paused
-        && !network.spec.stopped
-        && (!pool_request.join.is_empty() || !pool_request.leave.is_empty()))
-    .then(|| ctx.chain.update_pool(&beacon, &pool_request));
-    let pool_submission = match pool_submission {
-        Some(step) => Some(step.await),
-        None => None,
+    let pool_step = !pool_request.join.is_empty() || !pool_request.leave.is_empty();
+    let pool_submission = if pool_step && !network.spec.paused && !network.spec.stopped {
+        Some(ctx.chain.update_pool(&beacon, &pool_request).await)
+    } else {
+        None
     };
 
     let mut next = status::compute(&StatusInput {
@@ -830,6 +797,70 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             SETTLED_REQUEUE
         },
     ))
+}
+
+/// A node key file of a key Secret read live (`None` for Secrets from the cache, whose
+/// private halves were not read).
+fn key_file(
+    secrets: &BTreeMap<String, Secret>,
+    secret: &str,
+    entry: &str,
+) -> Option<keys::NodeKeyFile> {
+    secrets
+        .get(secret)
+        .and_then(|s| s.data.as_ref()?.get(entry))
+        .and_then(|bytes| keys::NodeKeyFile::parse(&bytes.0))
+}
+
+/// The validator pool against the beacon's map (who to register, who leaves, which pods
+/// stay: [`pool::plan`]) and what to submit for it. Keys read from the cache have no
+/// private half: their steps wait for the next reconcile, which reads them live (the
+/// status is not settled then).
+fn plan_pool(
+    ctx: &Context,
+    namespace: &str,
+    topology: &trellis_crd::topology::Topology,
+    desired: u32,
+    public_by_entry: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, Secret>,
+    view: Option<&crate::chain::BeaconView>,
+) -> (pool::PoolPlan, PoolRequest) {
+    let Some(committee) = topology.pool() else {
+        return (
+            pool::plan(desired, None, &BTreeMap::new(), view.map(|v| &v.placements)),
+            PoolRequest::default(),
+        );
+    };
+    let public_keys: BTreeMap<String, String> = committee
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let key = public_by_entry.get(&keys::node_entry(&n.name))?;
+            Some((n.name.clone(), key.clone()))
+        })
+        .collect();
+    let plan = pool::plan(
+        desired,
+        Some(committee),
+        &public_keys,
+        view.map(|v| &v.placements),
+    );
+    let secret = build::key_secret_name(committee);
+    let validator = |name: &String| {
+        let file = key_file(secrets, &secret, &keys::node_entry(name))?;
+        let (p2p_address, rpc_address) =
+            registered_addresses(ctx, namespace, &committee.name, name);
+        Some(PoolValidator {
+            node_key: Seed(file.node_key),
+            p2p_address,
+            rpc_address,
+        })
+    };
+    let request = PoolRequest {
+        join: plan.join.iter().filter_map(validator).collect(),
+        leave: plan.leave.iter().filter_map(validator).collect(),
+    };
+    (plan, request)
 }
 
 /// Where the beacon tells peers to reach a validator it registers: the stable DNS names,
