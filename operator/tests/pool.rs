@@ -14,8 +14,9 @@
 //! Scale-down 2 → 1: the operator deregisters `pool-1` and keeps its pod while the
 //! beacon still places it; the StatefulSet shrinks only once the beacon's map leaves it
 //! out — finished by a fresh operator started after the first one took the change in
-//! (stopped, its memory gone). Each pool key signed exactly what the steps say (system
-//! sequences: no registration or deregistration twice).
+//! (stopped, its memory gone). Scale-up 1 → 2: `pool-1` comes back with its key and
+//! claim and is registered and placed again. Each pool key signed exactly what the steps
+//! say (system sequences: no registration or deregistration twice).
 //! What is not: the pod network (the resolver maps DNS names to loopback and rewrites
 //! the genesis addresses), and kwok runs no process in the pods: the test plays their
 //! kubelet.
@@ -334,10 +335,61 @@ async fn the_operator_runs_a_pool_the_beacon_places_and_reports_where() {
     .await;
     assert_eq!(settled.validators[0].node_key, pool_keys[0]);
 
-    for node in &mut nodes {
-        if node.name != format!("{NAME}-pool-1") {
-            assert!(node.running(), "{} exited:\n{}", node.name, node.log());
+    // Scale-up 1 -> 2: pool-1 comes back with its key and its claim (the test restarts
+    // its process once the StatefulSet has the pod again) and is registered anew.
+    networks
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"validatorPool": {"replicas": 2}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the pool's StatefulSet is back to 2", WAIT, || {
+        let sets = sets.clone();
+        async move {
+            let set = sets.get(&format!("{NAME}-pool")).await.ok()?;
+            (set.spec?.replicas == Some(2)).then_some(())
         }
+    })
+    .await;
+    nodes
+        .iter_mut()
+        .find(|n| n.name == format!("{NAME}-pool-1"))
+        .unwrap()
+        .start();
+    let back = eventually(
+        "pool-1 placed again, in the status as in the map",
+        WAIT,
+        || {
+            let (networks, rpc, beacon, key) = (
+                networks.clone(),
+                rpc.clone(),
+                beacon.clone(),
+                leaving_key.clone(),
+            );
+            async move {
+                let p = networks.get(NAME).await.ok()?.status?.validator_pool?;
+                let map = beacon_placements(&rpc, &beacon).await?;
+                let again = p.validators.get(1)?;
+                (p.placed == 2 && again.node_key == key && again.shard == map.get(&key).copied())
+                    .then_some(p)
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "scale-up: pool-1 placed again after {:?}: {back:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        system_sequence(&rpc, &beacon, &leaving_key).await,
+        3,
+        "registered, deregistered, registered"
+    );
+
+    for node in &mut nodes {
+        assert!(node.running(), "{} exited:\n{}", node.name, node.log());
     }
     stop.send(()).ok();
 }
