@@ -49,10 +49,11 @@ pub fn limits(plan: &str) -> PlanLimits {
 }
 
 /// Validator nodes of a network at its maximum scale: the beacon committee plus
-/// `validators_per_shard` on each of `shards.max` shards.
+/// `validators_per_shard` on each of `shards.max` shards, plus the validator pool.
 pub fn max_nodes(spec: &NetworkSpec) -> u64 {
     u64::from(spec.beacon_validators)
         + u64::from(spec.shards.max) * u64::from(spec.validators_per_shard)
+        + u64::from(spec.validator_pool)
 }
 
 fn exceeded(detail: String) -> ApiError {
@@ -164,6 +165,7 @@ mod tests {
             }),
             validators_per_shard: Some(4),
             beacon_validators: Some(4),
+            validator_pool: None,
             node_version: None,
             autoscaling: None,
             members: vec![],
@@ -176,6 +178,13 @@ mod tests {
     #[test]
     fn nodes_count_at_maximum_scale() {
         assert_eq!(max_nodes(&spec(8)), 4 + 8 * 4);
+        let mut pooled = spec(8);
+        pooled.validator_pool = 3;
+        assert_eq!(
+            max_nodes(&pooled),
+            4 + 8 * 4 + 3,
+            "pool validators are nodes too"
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn spec(mode: NetworkMode, shards: u32) -> NetworkSpec {
         },
         validators_per_shard: 4,
         beacon_validators: 4,
+        validator_pool: 0,
         node_version: "0.1.0".into(),
         autoscaling: AutoscalingPolicy::default(),
         members: match mode {

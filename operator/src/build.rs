@@ -247,13 +247,20 @@ pub fn build(input: &BuildInput<'_>) -> Result<Children, BuildError> {
 
 /// Renders `node.toml` of `committee` with the contract's [`NodeConfig`]: the committee's
 /// role (`beacon`, or `shard N` — also for shards added after genesis, which wait for the
-/// beacon to create them), the network's genesis file, and as bootstrap peers the
+/// beacon to create them — or `shard = "any"` for the validator pool), the network's
+/// genesis file, and as bootstrap peers the
 /// committee's validators by public key and stable DNS name (they override the genesis
 /// addresses, which is what lets a test resolver point them at loopback instead).
 pub fn node_config(input: &BuildInput<'_>, committee: &Committee) -> Result<String, BuildError> {
     let ns = namespace(input.network)?;
-    let bootstrap_peers = committee
-        .nodes
+    // A pool validator's peers are those of whichever shard the beacon places it in: the
+    // genesis and the beacon's registry give their addresses (stable DNS names), so it
+    // gets no bootstrap peers of its own (its fellow pool validators serve other shards).
+    let peers: &[trellis_crd::topology::PlannedNode] = match committee.role {
+        CommitteeRole::Pool => &[],
+        CommitteeRole::Beacon | CommitteeRole::Shard(_) => &committee.nodes,
+    };
+    let bootstrap_peers = peers
         .iter()
         .map(|node| {
             Ok(BootstrapPeer {
@@ -267,6 +274,7 @@ pub fn node_config(input: &BuildInput<'_>, committee: &Committee) -> Result<Stri
         role: match committee.role {
             CommitteeRole::Beacon => Role::Beacon,
             CommitteeRole::Shard(shard) => Role::Shard { shard },
+            CommitteeRole::Pool => Role::AnyShard,
         },
         key_file: KEY_FILE.into(),
         data_dir: DATA_DIR.into(),

@@ -85,8 +85,28 @@ pub struct ScaleRequest {
     pub load: Vec<u64>,
 }
 
-/// The beacon's view of the network.
+/// A pool validator to register with the beacon for shard "any" (signed with its own
+/// node key) or to deregister (likewise).
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolValidator {
+    pub node_key: Seed,
+    /// `host:port` of its p2p and JSON-RPC listeners (stable DNS names).
+    pub p2p_address: String,
+    pub rpc_address: String,
+}
+
+/// The pool's registrations to bring in line with `spec.validatorPool` (see
+/// [`crate::pool`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolRequest {
+    /// Wanted pool validators no committee includes: registered for shard "any".
+    pub join: Vec<PoolValidator>,
+    /// Pool validators scaled away that a committee still includes: deregistered.
+    pub leave: Vec<PoolValidator>,
+}
+
+/// The beacon's view of the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BeaconView {
     pub epoch: u64,
     /// Shard count in force this epoch.
@@ -98,6 +118,9 @@ pub struct BeaconView {
     pub finalized_height: u64,
     /// Tables are being handed off after the last change (another change waits).
     pub resharding: bool,
+    /// The shard of every validator in a committee this epoch, by hex node key (where
+    /// the pool validators are).
+    pub placements: BTreeMap<String, u16>,
 }
 
 /// The validators of one committee, to be asked for their status.
@@ -221,6 +244,17 @@ pub trait ChainClient: Send + Sync + 'static {
         request: &'a ScaleRequest,
     ) -> BoxFuture<'a, Result<(), ChainError>>;
 
+    /// Brings the beacon's registry in line with the validator pool: registers each of
+    /// `request.join` for shard "any" and deregisters each of `request.leave`, each
+    /// signed with its own node key. Idempotent: a registration or deregistration the
+    /// beacon already executed counts as done, so call it on every reconcile until the
+    /// beacon's map shows the pool as wanted.
+    fn update_pool<'a>(
+        &'a self,
+        beacon: &'a BeaconEndpoint,
+        request: &'a PoolRequest,
+    ) -> BoxFuture<'a, Result<(), ChainError>>;
+
     /// The committee's load from its nodes' metrics; an error when no node answered.
     fn committee_load<'a>(
         &'a self,
@@ -262,6 +296,12 @@ pub trait ChainClient: Send + Sync + 'static {
         None
     }
 }
+
+/// The beacon's refusal of a registration it already holds, and of a deregistration of a
+/// key it does not hold (`SystemRefusal::Unchanged`, `SystemRefusal::UnknownValidator`;
+/// a unit test keeps them in step).
+const REFUSED_UNCHANGED: &str = "is already registered for this shard";
+const REFUSED_UNKNOWN: &str = "is not a registered validator";
 
 /// What the beacon step needs from the beacon's nodes.
 const BEACON_ROLE: &str = "the beacon role (trellis_getShardMap of a beacon node)";
@@ -544,6 +584,15 @@ impl ChainClient for NodeRpc {
                 healthy: true,
                 finalized_height: map.beacon_height,
                 resharding: map.resharding,
+                placements: map
+                    .shards
+                    .iter()
+                    .flat_map(|s| {
+                        s.validators
+                            .iter()
+                            .map(|key| (key.to_ascii_lowercase(), s.shard))
+                    })
+                    .collect(),
             })
         })
     }
@@ -605,6 +654,52 @@ impl ChainClient for NodeRpc {
             }
             .sign(&key);
             self.submit_system(&node, &tx).await
+        })
+    }
+
+    fn update_pool<'a>(
+        &'a self,
+        beacon: &'a BeaconEndpoint,
+        request: &'a PoolRequest,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async move {
+            let (node, _) = self.shard_map(beacon).await?;
+            let steps = request
+                .join
+                .iter()
+                .map(|v| (v, true))
+                .chain(request.leave.iter().map(|v| (v, false)));
+            for (validator, join) in steps {
+                let key = signing_key(&validator.node_key)?;
+                let node_key = key.public_key();
+                let action = if join {
+                    SystemAction::RegisterValidator {
+                        shard: trellis_node_api::shard::ANY_SHARD,
+                        node_key,
+                        p2p_address: validator.p2p_address.clone(),
+                        rpc_address: validator.rpc_address.clone(),
+                    }
+                } else {
+                    SystemAction::DeregisterValidator { node_key }
+                };
+                let sequence = self.system_sequence(&node, &key).await?;
+                let tx = SystemPayload {
+                    chain_id: beacon.chain_id.clone(),
+                    sequence,
+                    action,
+                }
+                .sign(&key);
+                match self.submit_system(&node, &tx).await {
+                    // Executed already (the beacon's refusal texts, see
+                    // trellis_node_beacon::SystemRefusal): the map changes at the
+                    // next epoch boundary.
+                    Err(ChainError::Refused(m))
+                        if (join && m.contains(REFUSED_UNCHANGED))
+                            || (!join && m.contains(REFUSED_UNKNOWN)) => {}
+                    other => other?,
+                }
+            }
+            Ok(())
         })
     }
 
@@ -738,6 +833,14 @@ impl ChainClient for NodeRpcPending {
         &'a self,
         _beacon: &'a BeaconEndpoint,
         _request: &'a ScaleRequest,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
+    }
+
+    fn update_pool<'a>(
+        &'a self,
+        _beacon: &'a BeaconEndpoint,
+        _request: &'a PoolRequest,
     ) -> BoxFuture<'a, Result<(), ChainError>> {
         Box::pin(async { Err(ChainError::NotImplemented(BEACON_ROLE)) })
     }
@@ -1081,5 +1184,33 @@ mod tests {
             "{err}"
         );
         assert_eq!(submitted.lock().unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use trellis_node_beacon::SystemRefusal;
+
+    /// The pool step recognises the beacon's refusals of a step already taken by their
+    /// text (the only thing the RPC error carries): the texts must stay in step.
+    #[test]
+    fn the_pool_steps_know_the_beacons_refusal_texts() {
+        let key = "ab".repeat(32);
+        assert!(
+            SystemRefusal::Unchanged(key.clone())
+                .to_string()
+                .contains(REFUSED_UNCHANGED)
+        );
+        assert!(
+            SystemRefusal::UnknownValidator(key)
+                .to_string()
+                .contains(REFUSED_UNKNOWN)
+        );
+        // The CRD's registry bound is the beacon's.
+        assert_eq!(
+            usize::try_from(trellis_crd::network::BEACON_REGISTRY_LIMIT).unwrap(),
+            trellis_node_beacon::MAX_VALIDATORS
+        );
     }
 }

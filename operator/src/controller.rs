@@ -31,13 +31,15 @@ use trellis_crd::{ChainNetwork, ChainNetworkStatus, NetworkEndpoints};
 use crate::build::{self, BuildError, BuildInput, BuildOptions, Children};
 use crate::cache::{Caches, PublicKeyMemo};
 use crate::chain::{
-    BeaconEndpoint, ChainClient, ChainError, CommitteeNodes, NewValidator, ScaleRequest, Seed,
+    BeaconEndpoint, ChainClient, ChainError, CommitteeNodes, NewValidator, PoolRequest,
+    PoolValidator, ScaleRequest, Seed,
 };
 use crate::endpoints::NodeRef;
 use crate::genesis;
 use crate::keys::{self, KeyError};
 use crate::labels;
 use crate::metrics::Metrics;
+use crate::pool;
 use crate::reshard;
 use crate::rollout::{self, Gate, ObservedRollout};
 use crate::status::{self, ObservedCommittee, ShardChain, StatusInput};
@@ -46,8 +48,9 @@ use crate::status::{self, ObservedCommittee, ShardChain, StatusInput};
 const SETTLED_REQUEUE: Duration = Duration::from_secs(300);
 /// Requeue interval while something is still moving.
 const BUSY_REQUEUE: Duration = Duration::from_secs(15);
-/// Requeue interval while a roll waits for a validator to come back and finalize: the
-/// StatefulSet's events do not say when the chain moved.
+/// Requeue interval while a roll waits for a validator to come back and finalize, or the
+/// validator pool for the beacon to place or release its validators: the StatefulSet's
+/// events do not say when the chain moved.
 const ROLLING_REQUEUE: Duration = Duration::from_secs(5);
 /// Requeue interval of a settled network whose nodes answer: keeps `ChainHealthy` fresh
 /// (a stall shows within this plus [`status::FINALITY_STALL`]).
@@ -500,10 +503,23 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     let slots = reshard::slot_states(&shard_chain, shard_quorum);
     let shard_plan = reshard::plan(desired, recorded, chain.as_ref().ok(), &slots);
     let in_service = shard_plan.in_service;
-    let topology = match plan_with_shards(&id, &network.spec, shard_plan.provisioned) {
+    let mut topology = match plan_with_shards(&id, &network.spec, shard_plan.provisioned) {
         Ok(t) => provisioned(t),
         Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
     };
+    // The validator pool (crate::pool): every ordinal that may still run is planned
+    // until the beacon's map says which of them stay.
+    let pool_desired = u32::try_from(network.spec.pool_replicas()).unwrap_or(0);
+    let previous_pool = previous.and_then(|s| s.validator_pool.as_ref());
+    let pool_name = id.committee_name(trellis_crd::topology::CommitteeRole::Pool);
+    topology.set_pool(pool::candidates(
+        pool_desired,
+        observed.get(&pool_name).map_or(0, |o| o.replicas),
+        previous_pool,
+        &pool_name,
+    ));
+    let mut pool_plan = None;
+    let mut pool_request = PoolRequest::default();
     let mut rollouts = BTreeMap::new();
 
     let mut new_validators = Vec::new();
@@ -538,19 +554,14 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             network,
             &topology,
             &owned_selector,
-            shard_plan.needs_beacon(),
+            shard_plan.needs_beacon() || !pool::settled(previous_pool, pool_desired),
         )
         .await?;
         let admin_name = build::admin_key_secret_name(&name);
         // What the beacon step signs with: the admin key, and the node keys of shards the
         // new count adds (read from Secrets that existed before this reconcile; keys
         // generated just now are read on the next one).
-        let key_file = |secret: &str, entry: &str| {
-            existing_secrets
-                .get(secret)
-                .and_then(|s| s.data.as_ref()?.get(entry))
-                .and_then(|bytes| keys::NodeKeyFile::parse(&bytes.0))
-        };
+        let key_file = |secret: &str, entry: &str| key_file(&existing_secrets, secret, entry);
         beacon.admin = key_file(&admin_name, keys::ADMIN_KEY_ENTRY).map(|f| Seed(f.admin_key));
         for committee in topology.shards() {
             let trellis_crd::topology::CommitteeRole::Shard(shard) = committee.role else {
@@ -562,36 +573,29 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             let secret = build::key_secret_name(committee);
             for node in &committee.nodes {
                 if let Some(file) = key_file(&secret, &keys::node_entry(&node.name)) {
-                    // Where the beacon tells peers to reach it: the stable DNS names, or
-                    // what the chain client's resolver says (loopback in tests).
-                    let node_ref = NodeRef {
-                        namespace: namespace.clone(),
-                        committee: committee.name.clone(),
-                        node: node.name.clone(),
-                    };
+                    let (p2p_address, rpc_address) =
+                        registered_addresses(ctx, &namespace, &committee.name, &node.name);
                     new_validators.push(NewValidator {
                         shard,
                         node_key: Seed(file.node_key),
-                        p2p_address: ctx.chain.p2p_address(&node_ref).unwrap_or_else(|| {
-                            build::node_p2p_address(
-                                &node.name,
-                                &committee.name,
-                                &namespace,
-                                &ctx.options,
-                            )
-                        }),
-                        rpc_address: ctx.chain.rpc_address(&node_ref).unwrap_or_else(|| {
-                            build::node_rpc_address(
-                                &node.name,
-                                &committee.name,
-                                &namespace,
-                                &ctx.options,
-                            )
-                        }),
+                        p2p_address,
+                        rpc_address,
                     });
                 }
             }
         }
+        let (plan, request) = plan_pool(
+            ctx,
+            &namespace,
+            &topology,
+            pool_desired,
+            &public_by_entry,
+            &existing_secrets,
+            chain.as_ref().ok(),
+        );
+        pool_request = request;
+        topology.set_pool(plan.provisioned);
+        pool_plan = Some(plan);
         let public_keys = build::node_public_keys(&topology, &public_by_entry)?;
 
         let input = BuildInput {
@@ -635,6 +639,9 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                     None => Gate::ReadinessOnly("the shard's nodes were not asked"),
                 },
                 trellis_crd::topology::CommitteeRole::Beacon => Gate::Finality(&beacon_chain),
+                trellis_crd::topology::CommitteeRole::Pool => Gate::ReadinessOnly(
+                    "pool validators serve whichever shard the beacon placed them in",
+                ),
             };
             let step = rollout::next_step(
                 &build::template_hash(set),
@@ -707,6 +714,13 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     } else {
         None
     };
+    // The pool step: registrations and deregistrations the beacon's map still lacks.
+    let pool_step = !pool_request.join.is_empty() || !pool_request.leave.is_empty();
+    let pool_submission = if pool_step && !network.spec.paused && !network.spec.stopped {
+        Some(ctx.chain.update_pool(&beacon, &pool_request).await)
+    } else {
+        None
+    };
 
     let mut next = status::compute(&StatusInput {
         generation: network.metadata.generation,
@@ -725,6 +739,16 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         now,
     });
     next.autoscaler = previous.and_then(|p| p.autoscaler.clone());
+    next.validator_pool = match &pool_plan {
+        Some(plan) => pool::status(
+            plan,
+            observed.get(&pool_name).map_or(0, |o| o.ready_replicas),
+            pool_submission.as_ref(),
+            previous_pool.is_some(),
+        ),
+        // Paused: nothing was asked; the last status stays.
+        None => previous_pool.cloned(),
+    };
     crate::scaling::autoscale(ctx, network, &topology, &shard_plan, &mut next).await?;
     let settled = next.phase == Some(trellis_crd::NetworkPhase::Running);
     let chain_answers = shard_chain
@@ -752,16 +776,114 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
     if !held && let Ok(mut written) = ctx.chain_written.lock() {
         written.insert(key, Instant::now());
     }
+    // The beacon's epoch switch that places or releases pool validators sends no event
+    // (without the beacon's map there is nothing to look at sooner).
+    let pool_moving = pool_plan.as_ref().is_some_and(|plan| {
+        plan.beacon_read
+            && plan
+                .validators
+                .iter()
+                .any(|v| v.state != trellis_crd::PoolValidatorState::Placed)
+    });
     write_status(ctx, network, next).await?;
-    Ok(Action::requeue(if rollouts.values().any(|r| r.rolling) {
-        ROLLING_REQUEUE
-    } else if !settled || chain_silent {
-        BUSY_REQUEUE
-    } else if chain_answers {
-        CHAIN_REQUEUE
-    } else {
-        SETTLED_REQUEUE
-    }))
+    Ok(Action::requeue(
+        if rollouts.values().any(|r| r.rolling) || pool_moving {
+            ROLLING_REQUEUE
+        } else if !settled || chain_silent {
+            BUSY_REQUEUE
+        } else if chain_answers {
+            CHAIN_REQUEUE
+        } else {
+            SETTLED_REQUEUE
+        },
+    ))
+}
+
+/// A node key file of a key Secret read live (`None` for Secrets from the cache, whose
+/// private halves were not read).
+fn key_file(
+    secrets: &BTreeMap<String, Secret>,
+    secret: &str,
+    entry: &str,
+) -> Option<keys::NodeKeyFile> {
+    secrets
+        .get(secret)
+        .and_then(|s| s.data.as_ref()?.get(entry))
+        .and_then(|bytes| keys::NodeKeyFile::parse(&bytes.0))
+}
+
+/// The validator pool against the beacon's map (who to register, who leaves, which pods
+/// stay: [`pool::plan`]) and what to submit for it. Keys read from the cache have no
+/// private half: their steps wait for the next reconcile, which reads them live (the
+/// status is not settled then).
+fn plan_pool(
+    ctx: &Context,
+    namespace: &str,
+    topology: &trellis_crd::topology::Topology,
+    desired: u32,
+    public_by_entry: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, Secret>,
+    view: Option<&crate::chain::BeaconView>,
+) -> (pool::PoolPlan, PoolRequest) {
+    let Some(committee) = topology.pool() else {
+        return (
+            pool::plan(desired, None, &BTreeMap::new(), view.map(|v| &v.placements)),
+            PoolRequest::default(),
+        );
+    };
+    let public_keys: BTreeMap<String, String> = committee
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let key = public_by_entry.get(&keys::node_entry(&n.name))?;
+            Some((n.name.clone(), key.clone()))
+        })
+        .collect();
+    let plan = pool::plan(
+        desired,
+        Some(committee),
+        &public_keys,
+        view.map(|v| &v.placements),
+    );
+    let secret = build::key_secret_name(committee);
+    let validator = |name: &String| {
+        let file = key_file(secrets, &secret, &keys::node_entry(name))?;
+        let (p2p_address, rpc_address) =
+            registered_addresses(ctx, namespace, &committee.name, name);
+        Some(PoolValidator {
+            node_key: Seed(file.node_key),
+            p2p_address,
+            rpc_address,
+        })
+    };
+    let request = PoolRequest {
+        join: plan.join.iter().filter_map(validator).collect(),
+        leave: plan.leave.iter().filter_map(validator).collect(),
+    };
+    (plan, request)
+}
+
+/// Where the beacon tells peers to reach a validator it registers: the stable DNS names,
+/// or what the chain client's resolver says (loopback in tests). `(p2p, rpc)`.
+fn registered_addresses(
+    ctx: &Context,
+    namespace: &str,
+    committee: &str,
+    node: &str,
+) -> (String, String) {
+    let node_ref = NodeRef {
+        namespace: namespace.to_owned(),
+        committee: committee.to_owned(),
+        node: node.to_owned(),
+    };
+    (
+        ctx.chain
+            .p2p_address(&node_ref)
+            .unwrap_or_else(|| build::node_p2p_address(node, committee, namespace, &ctx.options)),
+        ctx.chain
+            .rpc_address(&node_ref)
+            .unwrap_or_else(|| build::node_rpc_address(node, committee, namespace, &ctx.options)),
+    )
 }
 
 /// The beacon committee's nodes (their keys are filled in later, when read).

@@ -18,6 +18,7 @@ pub mod local;
 pub mod member;
 pub mod metrics;
 pub mod monitoring;
+pub mod pool;
 pub mod requests;
 pub mod reshard;
 pub mod rollout;

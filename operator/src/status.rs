@@ -378,6 +378,9 @@ pub fn compute(input: &StatusInput<'_>) -> ChainNetworkStatus {
                     tables: previous.and_then(|p| p.tables.clone()),
                 })
             }
+            // Its figures are `status.validatorPool` (crate::pool); its pods count for
+            // readiness above.
+            CommitteeRole::Pool => {}
         }
     }
     status.shards = shard_statuses;

@@ -31,8 +31,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,27 +52,12 @@ use trellis_operator::metrics::Metrics;
 const WAIT: Duration = Duration::from_secs(240);
 const NAME: &str = "wide";
 
-fn condition(network: &ChainNetwork, type_: &str) -> Option<(String, String, String)> {
-    network
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
+use support::condition;
 
 /// Every committee on its own loopback block: the beacon 127.0.82.1–4, shard s
 /// 127.0.82.(10(s+1)+1)–.
 fn resolver(committees: &[Committee]) -> Loopback {
-    let mut nodes = BTreeMap::new();
-    for (block, committee) in committees.iter().enumerate() {
-        for (ordinal, node) in committee.nodes.iter().enumerate() {
-            let last = u8::try_from(block * 10 + ordinal + 1).unwrap();
-            nodes.insert(node.name.clone(), IpAddr::from([127, 0, 82, last]));
-        }
-    }
-    Loopback { nodes }
+    support::block_resolver(82, committees)
 }
 
 /// Waits until the status says `count` shards in service and `Scaling=False`; returns
@@ -171,18 +154,7 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
     .await;
     let objects = |committee: Committee| {
         let (config_maps, secrets) = (config_maps.clone(), secrets.clone());
-        async move {
-            Some((
-                config_maps
-                    .get_opt(&build::config_map_name(&committee))
-                    .await
-                    .ok()??,
-                secrets
-                    .get_opt(&build::key_secret_name(&committee))
-                    .await
-                    .ok()??,
-            ))
-        }
+        async move { support::committee_objects(&config_maps, &secrets, &committee).await }
     };
 
     // One genesis for the network: the beacon and both shards' validators, the network
@@ -214,6 +186,7 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
         let role = match committee.role {
             trellis_crd::topology::CommitteeRole::Beacon => Role::Beacon,
             trellis_crd::topology::CommitteeRole::Shard(shard) => Role::Shard { shard },
+            trellis_crd::topology::CommitteeRole::Pool => Role::AnyShard,
         };
         assert_eq!(config.role, role, "{}", committee.name);
         assert!(config.genesis_file.ends_with(genesis::ENTRY));

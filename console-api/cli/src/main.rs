@@ -141,6 +141,10 @@ enum Networks {
         /// Validators per shard (3f+1: 4, 7, 10 …).
         #[arg(long)]
         validators: Option<u32>,
+        /// Public networks: validators that belong to no shard, placed and rotated
+        /// between shards by the beacon every epoch.
+        #[arg(long)]
+        validator_pool: Option<u32>,
         /// A consortium organisation: `NAME[:NODES[:ADMIN_PUBLIC_KEY]]`; repeat per
         /// organisation, yours first.
         #[arg(long = "member")]
@@ -162,6 +166,13 @@ enum Networks {
         min_shards: Option<u32>,
         #[arg(long)]
         max_shards: Option<u32>,
+    },
+    /// Resize the validator pool (public networks): validators the beacon places and
+    /// rotates between shards; 0 for none.
+    Pool {
+        network: String,
+        #[arg(long)]
+        validators: u32,
     },
     /// Set the autoscaling policy (public networks): the fields not given keep their
     /// current values.
@@ -476,6 +487,7 @@ const NETWORK_ROWS: &[output::Column] = &[
     ("SHARDS", "spec/shards/count"),
     ("SHARD RANGE", "spec/shards"),
     ("VALIDATORS/SHARD", "spec/validators_per_shard"),
+    ("VALIDATOR POOL", "spec/validator_pool"),
     ("NODE VERSION", "spec/node_version"),
     ("AUTOSCALING", "spec/autoscaling"),
     ("LAST AUTOSCALE", "autoscaler"),
@@ -502,6 +514,7 @@ async fn networks(console: &mut Console, format: Format, command: Networks) -> R
             min_shards,
             max_shards,
             validators,
+            validator_pool,
             members,
             node_version,
             epoch_length,
@@ -526,6 +539,9 @@ async fn networks(console: &mut Console, format: Format, command: Networks) -> R
             }
             if let Some(v) = validators {
                 body.insert("validators_per_shard".into(), json!(v));
+            }
+            if let Some(v) = validator_pool {
+                body.insert("validator_pool".into(), json!(v));
             }
             if !members.is_empty() {
                 let members = members
@@ -566,6 +582,18 @@ async fn networks(console: &mut Console, format: Format, command: Networks) -> R
                 range.insert("max".into(), json!(max));
             }
             patch(console, format, &network, json!({ "shards": range })).await
+        }
+        Networks::Pool {
+            network,
+            validators,
+        } => {
+            patch(
+                console,
+                format,
+                &network,
+                json!({ "validator_pool": validators }),
+            )
+            .await
         }
         Networks::Autoscale {
             network,

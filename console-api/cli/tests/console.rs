@@ -180,3 +180,42 @@ fn invitations_are_listed_and_revoked_and_removals_need_the_others() {
         "{done}"
     );
 }
+
+/// `--validator-pool` on create and `networks pool` reach the console's spec (a real
+/// console process, SQLite); a consortium's pool is refused with the field named.
+#[test]
+fn the_validator_pool_is_set_on_create_and_resized() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_console, url) = start_console(&dir.path().join("console"));
+    let acme = User {
+        config: dir.path().join("acme.json"),
+        console: url,
+    };
+    acme.signup("Acme Corp", "ops@acme.example");
+    acme.ok(&[
+        "networks",
+        "create",
+        "payments",
+        "--mode",
+        "public",
+        "--validator-pool",
+        "2",
+    ]);
+    let network = acme.json(&["networks", "get", "payments"]);
+    assert_eq!(network["spec"]["validator_pool"], 2, "{network}");
+    acme.ok(&["networks", "pool", "payments", "--validators", "3"]);
+    let network = acme.json(&["networks", "get", "payments"]);
+    assert_eq!(network["spec"]["validator_pool"], 3, "{network}");
+    let err = acme.refused(&[
+        "networks",
+        "create",
+        "trade",
+        "--mode",
+        "consortium",
+        "--member",
+        "Acme Corp",
+        "--validator-pool",
+        "1",
+    ]);
+    assert!(err.contains("validator_pool"), "{err}");
+}

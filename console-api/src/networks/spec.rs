@@ -130,6 +130,10 @@ pub struct CreateNetworkRequest {
     /// Validators of the beacon committee. Default 4 (public) or the members' node
     /// count (consortium).
     pub beacon_validators: Option<u32>,
+    /// Public mode only: validators that belong to no shard; the beacon places them in
+    /// shard committees and rotates them every epoch (the operator's
+    /// `spec.validatorPool`). Default 0.
+    pub validator_pool: Option<u32>,
     /// `MAJOR.MINOR.PATCH` of `trellis-node`. Default: the console's default version.
     pub node_version: Option<String>,
     pub autoscaling: Option<AutoscalingPolicy>,
@@ -147,6 +151,8 @@ pub struct CreateNetworkRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateNetworkRequest {
     pub shards: Option<ShardRangePatch>,
+    /// Public mode only: the validator pool's size (see [`CreateNetworkRequest`]).
+    pub validator_pool: Option<u32>,
     pub autoscaling: Option<AutoscalingPolicy>,
     pub node_version: Option<String>,
     /// Paused: the operator reconciles nothing; nodes keep running.
@@ -163,6 +169,9 @@ pub struct NetworkSpec {
     pub shards: ShardRange,
     pub validators_per_shard: u32,
     pub beacon_validators: u32,
+    /// Validators the beacon places and rotates between shards (public mode; 0: none).
+    #[serde(default)]
+    pub validator_pool: u32,
     pub node_version: String,
     pub autoscaling: AutoscalingPolicy,
     pub members: Vec<MemberSpec>,
@@ -289,6 +298,7 @@ impl NetworkSpec {
             }),
             validators_per_shard,
             beacon_validators,
+            validator_pool: request.validator_pool.unwrap_or(0),
             node_version: request
                 .node_version
                 .clone()
@@ -319,6 +329,7 @@ impl NetworkSpec {
         if let Some(autoscaling) = &patch.autoscaling {
             next.autoscaling = autoscaling.clone();
         }
+        next.validator_pool = patch.validator_pool.unwrap_or(next.validator_pool);
         if let Some(version) = &patch.node_version {
             next.node_version = version.clone();
         }
@@ -440,6 +451,18 @@ impl NetworkSpec {
             errors.push(FieldError::new(
                 "beacon_validators",
                 bft_advice(self.beacon_validators),
+            ));
+        }
+        if self.validator_pool > 0 && self.mode == NetworkMode::Consortium {
+            errors.push(FieldError::new(
+                "validator_pool",
+                "a consortium places validators per organisation; add nodes through \
+                 members[].nodes instead of a validator pool",
+            ));
+        } else if self.validator_pool > MAX_VALIDATORS {
+            errors.push(FieldError::new(
+                "validator_pool",
+                format!("must be within 0..={MAX_VALIDATORS}"),
             ));
         }
         if !is_node_version(&self.node_version) {
@@ -564,12 +587,57 @@ mod tests {
             shards: None,
             validators_per_shard: None,
             beacon_validators: None,
+            validator_pool: None,
             node_version: None,
             autoscaling: None,
             members: vec![],
             epoch_length: None,
             retain_ledger_on_delete: None,
         }
+    }
+
+    #[test]
+    fn a_validator_pool_is_public_only_bounded_and_patchable() {
+        let spec = NetworkSpec::from_create(&CreateNetworkRequest {
+            validator_pool: Some(3),
+            ..public("n")
+        })
+        .unwrap();
+        assert_eq!(spec.validator_pool, 3);
+        let grown = spec
+            .patched(&UpdateNetworkRequest {
+                validator_pool: Some(5),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(grown.validator_pool, 5);
+        let kept = grown.patched(&UpdateNetworkRequest::default()).unwrap();
+        assert_eq!(kept.validator_pool, 5, "omitted keeps its value");
+        let errors = spec
+            .patched(&UpdateNetworkRequest {
+                validator_pool: Some(MAX_VALIDATORS + 1),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(fields(&errors), ["validator_pool"]);
+        let errors = NetworkSpec::from_create(&CreateNetworkRequest {
+            mode: NetworkMode::Consortium,
+            members: vec![MemberSpec {
+                organisation: "Acme".into(),
+                nodes: 4,
+                admin_public_key: None,
+            }],
+            validator_pool: Some(1),
+            ..public("c")
+        })
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["validator_pool"]);
+        assert!(errors[0].message.contains("members[].nodes"), "{errors:?}");
+        // A spec stored before pools existed reads as no pool.
+        let mut stored = serde_json::to_value(&spec).unwrap();
+        stored.as_object_mut().unwrap().remove("validator_pool");
+        let read: NetworkSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(read.validator_pool, 0);
     }
 
     fn fields(errors: &[FieldError]) -> Vec<&str> {

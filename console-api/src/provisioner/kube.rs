@@ -169,6 +169,13 @@ pub fn chain_network(
             resources: None,
             storage: trellis_crd::StorageSpec::default(),
         },
+        // Absent for 0: a network without a pool keeps the CR it had before pools.
+        validator_pool: match s.validator_pool {
+            0 => None,
+            n => Some(trellis_crd::ValidatorPoolSpec {
+                replicas: int32(n, "validator_pool")?,
+            }),
+        },
         autoscaling: Some(AutoscalingSpec {
             enabled: a.enabled,
             target_tx_per_second_per_shard: Some(i64::from(a.target_tx_per_second_per_shard)),
@@ -745,6 +752,7 @@ mod tests {
                 },
                 validators_per_shard: 7,
                 beacon_validators: 10,
+                validator_pool: 0,
                 node_version: "1.2.3".into(),
                 autoscaling: AutoscalingPolicy {
                     enabled: true,
@@ -835,6 +843,19 @@ mod tests {
         assert!(s.paused);
         assert!(!s.stopped);
         assert!(!s.retain_ledger_on_delete);
+    }
+
+    #[test]
+    fn maps_the_validator_pool() {
+        let cr = chain_network(&desired(spec::NetworkMode::Public), "r").unwrap();
+        assert_eq!(
+            cr.spec.validator_pool, None,
+            "no pool: the field stays absent"
+        );
+        let mut pooled = desired(spec::NetworkMode::Public);
+        pooled.spec.validator_pool = 3;
+        let cr = chain_network(&pooled, "r").unwrap();
+        assert_eq!(cr.spec.pool_replicas(), 3);
     }
 
     #[test]

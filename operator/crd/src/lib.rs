@@ -26,7 +26,8 @@ pub use member::{
 pub use network::{
     AutoscalerStatus, AutoscalingSpec, BeaconSpec, ChainNetwork, ChainNetworkSpec,
     ChainNetworkStatus, CommitteeStatus, ConsortiumMember, GenesisAllocation, NetworkEndpoints,
-    NetworkMode, NetworkPhase, NodeSpec, ShardStatus, ShardsSpec, StorageSpec,
+    NetworkMode, NetworkPhase, NodeSpec, PoolValidatorState, PoolValidatorStatus, ShardStatus,
+    ShardsSpec, StorageSpec, ValidatorPoolSpec, ValidatorPoolStatus,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -21,8 +21,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NETWORK_NAME_LEN: usize = 40;
 /// Number of fixed state tables; a network can never have more shards than tables.
 pub const TABLES: u32 = 256;
-/// Largest committee the operator provisions (beacon or shard).
+/// Largest committee the operator provisions (beacon or shard), and the largest
+/// validator pool.
 pub const MAX_VALIDATORS: i32 = 100;
+/// Most validators the beacon's registry holds (`trellis_node_beacon::MAX_VALIDATORS`;
+/// the operator's tests check they agree): fixed shard validators and the pool together.
+pub const BEACON_REGISTRY_LIMIT: i64 = 4_096;
 
 /// A Trellis blockchain network: a beacon committee plus a variable number of shard
 /// committees, each a BFT group of `3f+1` validators.
@@ -98,6 +102,10 @@ pub const MAX_VALIDATORS: i32 = 100;
     {
         "rule": "self.mode != 'Public' || (self.beacon.validators >= 4 && self.beacon.validators % 3 == 1)",
         "message": "beacon.validators must be 3f+1 (4, 7, 10, ...) in a Public network"
+    },
+    {
+        "rule": "self.mode == 'Public' || !has(self.validatorPool) || self.validatorPool.replicas == 0",
+        "message": "validatorPool is only for Public networks: a Consortium places validators per organisation (add nodes with ChainMember)"
     }
 ]))]
 pub struct ChainNetworkSpec {
@@ -134,6 +142,12 @@ pub struct ChainNetworkSpec {
 
     /// What every node runs.
     pub node: NodeSpec,
+
+    /// Validators the beacon places and rotates between shards (Public networks only):
+    /// one StatefulSet `<network>-pool` whose nodes register for shard "any". Absent or
+    /// `replicas: 0`: every validator belongs to a fixed shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_pool: Option<ValidatorPoolSpec>,
 
     /// Built-in shard autoscaler (off by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,6 +253,20 @@ impl Default for ShardsSpec {
             max: default_max_shards(),
         }
     }
+}
+
+/// A pool of validators registered for shard "any": the beacon's seeded shuffle places
+/// each in a shard committee every epoch, rotating at most a third of a committee per
+/// epoch, so no shard keeps a fixed committee. See docs/sharding.md.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidatorPoolSpec {
+    /// Pool validators. Scaling up registers the new ones with the beacon; scaling down
+    /// deregisters the highest ordinals and removes their pods once the beacon no longer
+    /// places them (at the next epoch boundary).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
 }
 
 /// The beacon committee.
@@ -405,9 +433,60 @@ pub struct ChainNetworkStatus {
     pub shards: Vec<ShardStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<NetworkEndpoints>,
+    /// The validator pool (absent when the spec asks for none and none is left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_pool: Option<ValidatorPoolStatus>,
     /// The built-in autoscaler's last shard-count change (absent until it makes one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// Where the pool validators are: what `kubectl get chainnetwork -o yaml` answers to
+/// "which shard serves each of my pool validators".
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidatorPoolStatus {
+    /// Pool validators wanted (`spec.validatorPool.replicas`).
+    pub replicas: i32,
+    /// Pool pods Ready (a pool node is Ready once placed in a shard and serving it).
+    pub ready_replicas: i32,
+    /// Wanted pool validators in a shard committee of the current epoch (the beacon's
+    /// shard map).
+    pub placed: i32,
+    /// Each pool validator the operator runs, by pod name (ordinals above `replicas`
+    /// while they leave).
+    #[serde(default)]
+    pub validators: Vec<PoolValidatorStatus>,
+    /// What the registration step waits for or was refused (null when settled: written
+    /// as null, not left out, so that the status merge patch clears an old message).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// One pool validator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolValidatorStatus {
+    /// Pod name (`<network>-pool-<ordinal>`).
+    pub name: String,
+    /// Hex node public key.
+    pub node_key: String,
+    /// The shard whose committee includes it this epoch (absent: placed nowhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<i32>,
+    pub state: PoolValidatorState,
+}
+
+/// Where a pool validator stands with the beacon.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PoolValidatorState {
+    /// In a shard committee this epoch.
+    Placed,
+    /// Wanted, not in a committee yet: registered for shard "any" (or being registered),
+    /// placed by the beacon at the next epoch boundary.
+    Registering,
+    /// Scaled away: deregistered; its pod stays until the beacon no longer places it.
+    Leaving,
 }
 
 /// A shard-count change the built-in autoscaler made.
@@ -491,6 +570,11 @@ pub fn crd() -> CustomResourceDefinition {
 }
 
 impl ChainNetworkSpec {
+    /// Pool validators asked for (0 without a `validatorPool`).
+    pub fn pool_replicas(&self) -> i32 {
+        self.validator_pool.as_ref().map_or(0, |p| p.replicas)
+    }
+
     /// A spec with every default, for `image`. Used by tests and the console.
     pub fn new(mode: NetworkMode, image: impl Into<String>) -> Self {
         Self {
@@ -505,6 +589,7 @@ impl ChainNetworkSpec {
                 resources: None,
                 storage: StorageSpec::default(),
             },
+            validator_pool: None,
             autoscaling: None,
             genesis_balances: Vec::new(),
             epoch_length: default_epoch_length(),
@@ -628,6 +713,35 @@ mod tests {
             errors.iter().any(|e| e.contains("in a Public network")),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn a_validator_pool_is_public_only_and_bounded() {
+        let mut public = full_spec();
+        public["validatorPool"] = json!({"replicas": 3});
+        assert_eq!(cel_errors(public.clone(), None), Vec::<String>::new());
+        // The bounds are the schema's (the apiserver checks them before CEL).
+        let pool = &schema()["properties"]["spec"]["properties"]["validatorPool"];
+        let replicas = &pool["properties"]["replicas"];
+        assert_eq!(
+            (replicas["minimum"].as_f64(), replicas["maximum"].as_f64()),
+            (Some(0.0), Some(100.0)),
+            "{pool}"
+        );
+        let mut consortium = full_spec();
+        consortium["mode"] = json!("Consortium");
+        consortium["members"] =
+            json!([{"name": "org-a", "adminPublicKey": "ab".repeat(32), "nodes": 1}]);
+        consortium["validatorPool"] = json!({"replicas": 2});
+        let errors = cel_errors(consortium.clone(), None);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("validatorPool is only for Public")),
+            "{errors:?}"
+        );
+        consortium["validatorPool"] = json!({"replicas": 0});
+        assert_eq!(cel_errors(consortium, None), Vec::<String>::new());
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum CommitteeRole {
     Beacon,
     /// Orders transactions for the tables it owns.
     Shard(u16),
+    /// Not a committee: the validator pool, whose validators register for shard "any"
+    /// and serve whichever shard committee the beacon places them in.
+    Pool,
 }
 
 impl CommitteeRole {
@@ -33,6 +36,7 @@ impl CommitteeRole {
         match self {
             CommitteeRole::Beacon => "beacon",
             CommitteeRole::Shard(_) => "shard",
+            CommitteeRole::Pool => "pool",
         }
     }
 
@@ -41,6 +45,7 @@ impl CommitteeRole {
         match self {
             CommitteeRole::Beacon => "beacon".to_owned(),
             CommitteeRole::Shard(n) => format!("shard-{n}"),
+            CommitteeRole::Pool => "pool".to_owned(),
         }
     }
 }
@@ -140,7 +145,8 @@ pub struct GenesisPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     pub id: NetworkId,
-    /// The beacon first, then shards `0..shard_count` in order.
+    /// The beacon first, then shards `0..shard_count` in order, then the validator pool
+    /// when the spec asks for one (see [`Topology::pool`]).
     pub committees: Vec<Committee>,
     pub members: Vec<PlannedMember>,
     pub genesis: GenesisPlan,
@@ -159,13 +165,60 @@ impl Topology {
             .filter(|c| matches!(c.role, CommitteeRole::Shard(_)))
     }
 
-    /// Number of key slots in use (the highest slot + 1).
+    /// The validator pool's StatefulSet-to-be, when it has validators. Its nodes are in
+    /// no genesis: they register with the beacon for shard "any" once it runs.
+    pub fn pool(&self) -> Option<&Committee> {
+        self.committees
+            .iter()
+            .find(|c| c.role == CommitteeRole::Pool)
+    }
+
+    /// Provisions `size` pool validators (ordinals `0..size`; none for 0), replacing the
+    /// planned pool: the operator keeps leaving validators while the beacon still places
+    /// them.
+    pub fn set_pool(&mut self, size: u32) {
+        self.committees.retain(|c| c.role != CommitteeRole::Pool);
+        if size > 0 {
+            self.committees.push(pool_committee(&self.id, size));
+        }
+    }
+
+    /// Number of key slots in use (the highest slot + 1) by the beacon and the shards
+    /// (the pool's slots are a range of their own, see [`POOL_FIRST_KEY_SLOT`]).
     pub fn key_slots(&self) -> u32 {
         self.committees
             .iter()
+            .filter(|c| c.role != CommitteeRole::Pool)
             .flat_map(|c| c.nodes.iter().map(|n| n.key_slot + 1))
             .max()
             .unwrap_or(0)
+    }
+}
+
+/// First key slot of the validator pool: far above any shard's slots (at most 256 shards
+/// of 100 after a beacon of 100), so that adding shards never collides with the pool and
+/// resizing the pool never re-keys a shard.
+pub const POOL_FIRST_KEY_SLOT: u32 = 1 << 20;
+
+/// The validator pool `<network>-pool` with `size` validators. Its "fault tolerance"
+/// is what its PodDisruptionBudget allows: one pool validator at a time (each serves in
+/// some shard committee, next to that shard's fixed validators and their own budget).
+pub fn pool_committee(id: &NetworkId, size: u32) -> Committee {
+    let name = id.committee_name(CommitteeRole::Pool);
+    Committee {
+        role: CommitteeRole::Pool,
+        validators: size,
+        fault_tolerance: 1,
+        quorum: 0,
+        nodes: (0..size)
+            .map(|ordinal| PlannedNode {
+                name: format!("{name}-{ordinal}"),
+                ordinal,
+                key_slot: POOL_FIRST_KEY_SLOT + ordinal,
+                member: None,
+            })
+            .collect(),
+        name,
     }
 }
 
@@ -234,12 +287,14 @@ pub fn plan_with_shards(
             .collect(),
     };
 
-    Ok(Topology {
+    let mut topology = Topology {
         id: id.clone(),
         committees,
         members,
         genesis,
-    })
+    };
+    topology.set_pool(u32::try_from(spec.pool_replicas()).unwrap_or(0));
+    Ok(topology)
 }
 
 /// Plans the network with the spec's own shard count.
@@ -261,7 +316,7 @@ fn committee(
     // Offset the deal per committee so that, with more members than validators, different
     // members lead different committees.
     let offset = match role {
-        CommitteeRole::Beacon => 0,
+        CommitteeRole::Beacon | CommitteeRole::Pool => 0,
         CommitteeRole::Shard(s) => usize::from(s) + 1,
     };
     let nodes = (0..size)
@@ -419,6 +474,40 @@ mod tests {
                 .all(|n| n.member.is_none())
         );
         assert!(t.members.is_empty());
+    }
+
+    #[test]
+    fn the_pool_is_its_own_stable_group_outside_genesis() {
+        let mut spec = public(2);
+        spec.validator_pool = Some(crate::network::ValidatorPoolSpec { replicas: 3 });
+        let t = plan(&id(), &spec).unwrap();
+        let names: Vec<_> = t.committees.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "alpha-beacon",
+                "alpha-shard-0",
+                "alpha-shard-1",
+                "alpha-pool"
+            ]
+        );
+        let pool = t.pool().unwrap();
+        assert_eq!(pool.role.component(), "pool");
+        assert_eq!(pool.nodes[2].name, "alpha-pool-2");
+        assert_eq!(pool.nodes[0].key_slot, POOL_FIRST_KEY_SLOT);
+        // Not a shard, not in genesis, not counted in the shards' key slots.
+        assert_eq!(t.shards().count(), 2);
+        assert_eq!(t.genesis.shard_key_slots.len(), 2);
+        assert_eq!(t.key_slots(), 4 + 2 * 4);
+        // More shards change nothing of the pool; a smaller pool is a prefix of it.
+        let wider = plan_with_shards(&id(), &spec, 5).unwrap();
+        assert_eq!(wider.pool(), Some(pool));
+        let mut smaller = t.clone();
+        smaller.set_pool(1);
+        assert_eq!(smaller.pool().unwrap().nodes[..], pool.nodes[..1]);
+        smaller.set_pool(0);
+        assert_eq!(smaller.pool(), None);
+        assert_eq!(plan(&id(), &public(1)).unwrap().pool(), None);
     }
 
     #[test]

@@ -9,7 +9,10 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::network::{ChainNetworkSpec, MAX_NETWORK_NAME_LEN, MAX_VALIDATORS, NetworkMode, TABLES};
+use crate::network::{
+    BEACON_REGISTRY_LIMIT, ChainNetworkSpec, MAX_NETWORK_NAME_LEN, MAX_VALIDATORS, NetworkMode,
+    TABLES,
+};
 
 /// One broken invariant: the field (JSON path under the object) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +138,8 @@ pub fn validate(name: &str, spec: &ChainNetworkSpec) -> Result<(), InvalidSpec> 
         }
     }
 
+    validate_pool(spec, &mut fail);
+
     if spec.node.image.trim().is_empty() {
         fail("spec.node.image", "must not be empty".to_owned());
     }
@@ -191,6 +196,46 @@ pub fn validate(name: &str, spec: &ChainNetworkSpec) -> Result<(), InvalidSpec> 
         Ok(())
     } else {
         Err(InvalidSpec(violations))
+    }
+}
+
+/// The validator pool: Public only (the beacon places "any" validators of a consortium
+/// per organisation, which `ChainMember` drives), `0..=MAX_VALIDATORS`, and room in the
+/// beacon's registry next to the fixed validators of every shard the network may have.
+fn validate_pool(spec: &ChainNetworkSpec, fail: &mut impl FnMut(&str, String)) {
+    let Some(pool) = &spec.validator_pool else {
+        return;
+    };
+    let field = "spec.validatorPool.replicas";
+    if pool.replicas < 0 || pool.replicas > MAX_VALIDATORS {
+        fail(
+            field,
+            format!("must be 0..={MAX_VALIDATORS}, got {}", pool.replicas),
+        );
+        return;
+    }
+    if pool.replicas > 0 && spec.mode != NetworkMode::Public {
+        fail(
+            field,
+            "a validator pool is only for Public networks: a Consortium places validators \
+             per organisation (add nodes with a ChainMember)"
+                .to_owned(),
+        );
+        return;
+    }
+    let fixed = i64::from(spec.validators_per_shard.max(0)) * i64::from(spec.shards.max.max(0));
+    if pool.replicas > 0 && fixed + i64::from(pool.replicas) > BEACON_REGISTRY_LIMIT {
+        fail(
+            field,
+            format!(
+                "the beacon registers at most {BEACON_REGISTRY_LIMIT} validators; \
+                 {} shards (shards.max) of {} plus {} pool validators is {}: lower one of them",
+                spec.shards.max,
+                spec.validators_per_shard,
+                pool.replicas,
+                fixed + i64::from(pool.replicas)
+            ),
+        );
     }
 }
 
@@ -373,6 +418,48 @@ mod tests {
             a.target_mempool_depth = Some(1000);
         }
         assert_eq!(validate("a", &s), Ok(()));
+    }
+
+    #[test]
+    fn validator_pool_rules() {
+        use crate::network::ValidatorPoolSpec;
+        let pool = |replicas| Some(ValidatorPoolSpec { replicas });
+        let mut s = spec();
+        s.validator_pool = pool(3);
+        assert_eq!(validate("a", &s), Ok(()));
+        s.validator_pool = pool(0);
+        assert_eq!(validate("a", &s), Ok(()));
+        for bad in [-1, MAX_VALIDATORS + 1] {
+            s.validator_pool = pool(bad);
+            assert_eq!(
+                fields(validate("a", &s)),
+                ["spec.validatorPool.replicas"],
+                "{bad}"
+            );
+        }
+        // The beacon's registry: 256 shards of 16 fill it.
+        s.shards = ShardsSpec {
+            count: 1,
+            min: 1,
+            max: 256,
+        };
+        s.validators_per_shard = 16;
+        s.validator_pool = pool(1);
+        let err = validate("a", &s).unwrap_err().to_string();
+        assert!(err.contains("at most 4096 validators"), "{err}");
+        // A consortium refuses a pool with a message that says what to do instead.
+        let mut c = spec();
+        c.mode = NetworkMode::Consortium;
+        c.members = vec![member("org-a")];
+        c.validator_pool = pool(2);
+        let err = validate("c", &c).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.validatorPool.replicas: a validator pool is only for Public")
+                && err.contains("ChainMember"),
+            "{err}"
+        );
+        c.validator_pool = pool(0);
+        assert_eq!(validate("c", &c), Ok(()));
     }
 
     #[test]

@@ -713,3 +713,78 @@ fn stateful_sets_carry_their_template_hash_and_roll_by_partition() {
             .contains_key(crate::rollout::STEP_HEIGHT_ANNOTATION)
     );
 }
+
+#[test]
+fn a_validator_pool_is_one_stateful_set_of_any_shard_nodes() {
+    let mut spec = public(2);
+    spec.validator_pool = Some(trellis_crd::ValidatorPoolSpec { replicas: 3 });
+    let f = Fixture::new(spec);
+    let children = f.build();
+    assert_eq!(
+        names(&children.stateful_sets),
+        [
+            "alpha-beacon",
+            "alpha-shard-0",
+            "alpha-shard-1",
+            "alpha-pool"
+        ]
+    );
+    let pool = sts(&children, "alpha-pool");
+    let spec = pool.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(spec.service_name.as_deref(), Some("alpha-pool"));
+    let labels = pool.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[labels::COMPONENT], "pool");
+    assert!(
+        !labels.contains_key(labels::SHARD),
+        "a pool node has no shard"
+    );
+    // Its own key Secret, its own config: `shard = "any"`, the network's genesis, no
+    // bootstrap peers (its peers are those of the shard the beacon places it in).
+    let pod = spec.template.spec.as_ref().unwrap();
+    let keys = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "keys");
+    assert_eq!(
+        keys.and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.secret_name.as_deref()),
+        Some("alpha-pool-keys")
+    );
+    let config_map = children
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("alpha-pool-config"))
+        .unwrap();
+    let text = &config_map.data.as_ref().unwrap()["node.toml"];
+    assert!(text.contains("shard = \"any\""), "{text}");
+    let config = trellis_node_api::NodeConfig::from_toml(text).unwrap();
+    assert_eq!(config.role, trellis_node_api::Role::AnyShard);
+    assert!(config.bootstrap_peers.is_empty());
+    assert_eq!(
+        config.genesis_file.to_str(),
+        Some("/etc/trellis/genesis/genesis.json")
+    );
+    // One pool validator may be disrupted at a time; the headless Service gives each
+    // its stable DNS name (what the beacon registration records).
+    let pdb = children
+        .pod_disruption_budgets
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("alpha-pool"))
+        .unwrap();
+    assert_eq!(
+        pdb.spec.as_ref().unwrap().max_unavailable,
+        Some(IntOrString::Int(1))
+    );
+    assert!(names(&children.services).contains(&"alpha-pool".to_owned()));
+    // Stopped: the pool goes to zero pods like every committee.
+    let mut stopped = f.network.spec.clone();
+    stopped.stopped = true;
+    let children = Fixture::new(stopped).build();
+    assert_eq!(
+        sts(&children, "alpha-pool").spec.as_ref().unwrap().replicas,
+        Some(0)
+    );
+}

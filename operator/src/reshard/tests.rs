@@ -14,6 +14,7 @@ fn view(shard_count: u16, pending: Option<u16>) -> BeaconView {
         healthy: true,
         finalized_height: 60,
         resharding: false,
+        placements: Default::default(),
     }
 }
 

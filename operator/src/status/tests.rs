@@ -416,6 +416,7 @@ fn chain_health_comes_only_from_the_chain() {
         healthy: true,
         finalized_height: 700,
         resharding: false,
+        placements: Default::default(),
     });
     let s = case.compute(Some(&s), 7);
     assert_eq!(s.epoch, Some(7));

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use trellis_crd::ChainNetwork;
 use trellis_crd::topology::Committee;
 use trellis_e2e::kube::TestNamespace;
 use trellis_operator::build::BuildOptions;
@@ -117,6 +119,50 @@ pub fn loopback_in(subnet: u8, committee: &Committee, first: u8) -> Loopback {
             .map(|(n, last)| (n.name.clone(), IpAddr::from([127, 0, subnet, last])))
             .collect::<BTreeMap<_, _>>(),
     }
+}
+
+/// Every committee on its own block of ten addresses: committee `i`'s node `j` on
+/// `127.0.<subnet>.(10i + j + 1)`.
+pub fn block_resolver(subnet: u8, committees: &[Committee]) -> Loopback {
+    let mut nodes = BTreeMap::new();
+    for (block, committee) in committees.iter().enumerate() {
+        for (ordinal, node) in committee.nodes.iter().enumerate() {
+            let last = u8::try_from(block * 10 + ordinal + 1).unwrap();
+            nodes.insert(node.name.clone(), IpAddr::from([127, 0, subnet, last]));
+        }
+    }
+    Loopback { nodes }
+}
+
+/// A condition of the network's status: `(status, reason, message)`.
+pub fn condition(network: &ChainNetwork, type_: &str) -> Option<(String, String, String)> {
+    network
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The config ConfigMap and the key Secret the operator wrote for `committee`, once both
+/// exist.
+pub async fn committee_objects(
+    config_maps: &Api<ConfigMap>,
+    secrets: &Api<Secret>,
+    committee: &Committee,
+) -> Option<(ConfigMap, Secret)> {
+    use trellis_operator::build;
+    Some((
+        config_maps
+            .get_opt(&build::config_map_name(committee))
+            .await
+            .ok()??,
+        secrets
+            .get_opt(&build::key_secret_name(committee))
+            .await
+            .ok()??,
+    ))
 }
 
 pub fn node_refs(namespace: &str, committee: &Committee) -> Vec<NodeRef> {

@@ -92,6 +92,15 @@ pub fn plan_local(desired: &DesiredNetwork) -> Result<LocalPlan, ProvisionError>
             );
             let topology = plan(&id, &resource.spec)
                 .map_err(|e| ProvisionError::Rejected(format!("invalid network: {e}")))?;
+            // Said, not ignored: a pool needs its validators registered with the beacon
+            // and followed between shards, which only the operator does.
+            if topology.pool().is_some() {
+                return Err(ProvisionError::Rejected(
+                    "the local provisioner does not run a validator pool yet: set \
+                     validator_pool to 0, or run the network on Kubernetes"
+                        .to_owned(),
+                ));
+            }
             let chain_id = chain_id(desired);
             let chains = topology
                 .committees
@@ -100,6 +109,8 @@ pub fn plan_local(desired: &DesiredNetwork) -> Result<LocalPlan, ProvisionError>
                     let (shard, role) = match committee.role {
                         CommitteeRole::Shard(s) => (s, Role::Shard { shard: s }),
                         CommitteeRole::Beacon => (0, Role::Beacon),
+                        // Refused above.
+                        CommitteeRole::Pool => (0, Role::AnyShard),
                     };
                     PlannedChain {
                         shard,
@@ -210,6 +221,14 @@ mod tests {
             "mode": mode,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_validator_pool_is_refused_not_ignored() {
+        let mut r = request(NetworkMode::Public);
+        r.validator_pool = Some(2);
+        let err = plan_local(&desired(r)).unwrap_err().to_string();
+        assert!(err.contains("does not run a validator pool yet"), "{err}");
     }
 
     #[test]
