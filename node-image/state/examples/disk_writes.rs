@@ -6,7 +6,9 @@
 //! per transfer, ~170 for a transfer) and its certificate. Every key space's logical
 //! size (keys + values handed to redb) is printed next to the physical bytes, so the
 //! write amplification of each is visible; `DROP=receipts,history,block` leaves those
-//! rows out to attribute the physical bytes. Measures; asserts nothing.
+//! rows out to attribute the physical bytes; `SPLIT=1` keeps each key space in a redb file
+//! of its own (three commits per block instead of one) and prints each file's physical
+//! bytes. Measures; asserts nothing.
 //!
 //! `cargo run --release -p trellis-node-state --example disk_writes -- [accounts] [blocks] [block_txs] [block_bytes]`
 
@@ -51,27 +53,40 @@ fn category(space: Space, key: &[u8]) -> &'static str {
     }
 }
 
-/// A [`RedbKv`] that tallies what each commit hands it, and the bytes the commit wrote.
+/// A [`RedbKv`] (or one per key space) that tallies what each commit hands it, and the
+/// bytes the commit wrote.
 struct Counting {
-    inner: RedbKv,
+    stores: Vec<RedbKv>,
     drop: Vec<String>,
     logical: Mutex<BTreeMap<&'static str, (u64, u64)>>,
     physical: Mutex<u64>,
+    by_store: Mutex<Vec<u64>>,
     commits: Mutex<u64>,
+}
+
+impl Counting {
+    fn store(&self, space: Space) -> &RedbKv {
+        let i = match space {
+            Space::Nodes => 0,
+            Space::Values => 1,
+            Space::Meta => 2,
+        };
+        &self.stores[i.min(self.stores.len() - 1)]
+    }
 }
 
 impl Kv for Counting {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        self.inner.get(space, key)
+        self.store(space).get(space, key)
     }
     fn last_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError> {
-        self.inner.last_in(space, from, to)
+        self.store(space).last_in(space, from, to)
     }
     fn first_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError> {
-        self.inner.first_in(space, from, to)
+        self.store(space).first_in(space, from, to)
     }
     fn commit(&self, batch: WriteBatch) -> Result<(), KvError> {
-        let mut kept = WriteBatch::default();
+        let mut kept: Vec<WriteBatch> = self.stores.iter().map(|_| WriteBatch::default()).collect();
         {
             let mut logical = self.logical.lock().map_err(|_| KvError("lock".into()))?;
             for (space, key, value) in batch.into_writes() {
@@ -82,15 +97,20 @@ impl Kv for Counting {
                 let e = logical.entry(c).or_default();
                 e.0 += 1;
                 e.1 += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
+                let i = if self.stores.len() == 1 { 0 } else { space as usize };
                 match value {
-                    Some(v) => kept.put(space, key, v),
-                    None => kept.delete(space, key),
+                    Some(v) => kept[i].put(space, key, v),
+                    None => kept[i].delete(space, key),
                 }
             }
         }
-        let before = written();
-        self.inner.commit(kept)?;
-        *self.physical.lock().map_err(|_| KvError("lock".into()))? += written() - before;
+        for (i, (store, batch)) in self.stores.iter().zip(kept).enumerate() {
+            let before = written();
+            store.commit(batch)?;
+            let bytes = written() - before;
+            *self.physical.lock().map_err(|_| KvError("lock".into()))? += bytes;
+            self.by_store.lock().map_err(|_| KvError("lock".into()))?[i] += bytes;
+        }
         *self.commits.lock().map_err(|_| KvError("lock".into()))? += 1;
         Ok(())
     }
@@ -114,11 +134,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys: Vec<PrivateKey> = (0..accounts).map(test_key).collect();
     let balances: Vec<_> = keys.iter().map(|k| (k.public_key(), 1_000_000)).collect();
     let dir = tempfile::tempdir()?;
+    let split = std::env::var("SPLIT").is_ok_and(|v| v == "1");
+    let names: &[&str] = if split {
+        &["nodes.redb", "values.redb", "meta.redb"]
+    } else {
+        &["state.redb"]
+    };
     let kv = Counting {
-        inner: RedbKv::open(&dir.path().join("state.redb"))?,
+        stores: names
+            .iter()
+            .map(|n| RedbKv::open(&dir.path().join(n)))
+            .collect::<Result<_, _>>()?,
         drop,
         logical: Mutex::default(),
         physical: Mutex::default(),
+        by_store: Mutex::new(vec![0; names.len()]),
         commits: Mutex::default(),
     };
     let mut ledger = Ledger::open(kv)?;
@@ -140,6 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         plan.push(txs);
     }
     let start_bytes = *ledger.kv().physical.lock().map_err(|_| "lock")?;
+    let start_by_store = ledger.kv().by_store.lock().map_err(|_| "lock")?.clone();
     ledger.kv().logical.lock().map_err(|_| "lock")?.clear();
     let start_commits = *ledger.kv().commits.lock().map_err(|_| "lock")?;
     for (h, txs) in plan.iter().enumerate() {
@@ -164,8 +195,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          {:.0} bytes written per transfer ({:.1} MB in all), file {:.1} MB",
         physical as f64 / total,
         physical as f64 / 1e6,
-        std::fs::metadata(dir.path().join("state.redb"))?.len() as f64 / 1e6,
+        names
+            .iter()
+            .map(|n| std::fs::metadata(dir.path().join(n)).map_or(0, |m| m.len()))
+            .sum::<u64>() as f64
+            / 1e6,
     );
+    if split {
+        let by_store = kv.by_store.lock().map_err(|_| "lock")?;
+        for (i, name) in names.iter().enumerate() {
+            println!(
+                "  {name:<11} {:>6.0} bytes written per transfer",
+                (by_store[i] - start_by_store[i]) as f64 / total
+            );
+        }
+    }
     let logical = kv.logical.lock().map_err(|_| "lock")?;
     let sum: u64 = logical.values().map(|v| v.1).sum();
     for (c, (rows, bytes)) in logical.iter() {
