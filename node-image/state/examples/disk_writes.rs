@@ -97,7 +97,11 @@ impl Kv for Counting {
                 let e = logical.entry(c).or_default();
                 e.0 += 1;
                 e.1 += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
-                let i = if self.stores.len() == 1 { 0 } else { space as usize };
+                let i = if self.stores.len() == 1 {
+                    0
+                } else {
+                    space as usize
+                };
                 match value {
                     Some(v) => kept[i].put(space, key, v),
                     None => kept[i].delete(space, key),
