@@ -217,7 +217,28 @@ fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Bytes a process has caused to be written to storage (`write_bytes` of
+/// `/proc/<pid>/io`; 0 where unreadable).
+fn written_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 impl Network {
+    /// Bytes written to storage so far by all validator processes together.
+    fn written_bytes(&self) -> u64 {
+        self.procs
+            .iter()
+            .filter_map(|p| p.0.as_ref())
+            .map(|c| written_bytes(c.id()))
+            .sum()
+    }
+
     /// CPU seconds used so far by all validator processes together.
     fn cpu_seconds(&self) -> f64 {
         self.procs
@@ -745,6 +766,7 @@ fn main() -> anyhow::Result<()> {
             None => args.seconds,
         });
     let (nodes_cpu_start, bench_cpu_start) = (network.cpu_seconds(), cpu_seconds("self"));
+    let written_start = network.written_bytes();
     let mut loaders = Vec::new();
     let per_node_count = per_node.len();
     for (node, batches) in per_node.into_iter().enumerate() {
@@ -863,6 +885,7 @@ fn main() -> anyhow::Result<()> {
         network.cpu_seconds() - nodes_cpu_start,
         cpu_seconds("self") - bench_cpu_start,
     );
+    let written = network.written_bytes().saturating_sub(written_start);
     stop.store(true, Ordering::Relaxed);
     for l in loaders {
         let _ = l.join();
@@ -894,6 +917,15 @@ fn main() -> anyhow::Result<()> {
         per_tx * 1e6,
         network.procs.len(),
         cores as f64 / per_tx
+    );
+    // Every validator stores every finalized block: bytes written per finalized transfer
+    // and validator is what a block's commit costs the disk (docs/node-performance.md).
+    let procs = network.procs.len().max(1) as f64;
+    println!(
+        "disk writes while loading and draining: validators {:.0} MB = {:.0} bytes per \
+         finalized tx per validator",
+        written as f64 / 1e6,
+        written as f64 / finalized / procs
     );
     // Every validator checks every signature once (at admission or in a proposed block),
     // so with all validators on this machine the verification ceiling is the machine's

@@ -66,11 +66,19 @@ fn key_block(height: u64) -> Vec<u8> {
 fn key_digest(digest: &Digest) -> Vec<u8> {
     [b"chain/d/".as_slice(), &digest.0].concat()
 }
-/// Blocks this node proposed or voted for and that are not finalized yet. They must
-/// survive a crash: a notarized block has to stay available until it is finalized, or
-/// the chain could not be extended past it.
+/// Blocks this node proposed or voted for. They must survive a crash: a notarized block
+/// has to stay available until it is finalized, or the chain could not be extended past
+/// it. Once finalized, such a block stays here: [`key_block_at`] points to it instead of
+/// a second copy under [`key_block`] (one block write per block, not two).
 fn key_pending(digest: &Digest) -> Vec<u8> {
     [b"chain/p/".as_slice(), &digest.0].concat()
+}
+/// The digest of the finalized block at `height` when the block itself is stored under
+/// [`key_pending`]. Finalized blocks this node never persisted (fetched through
+/// backfill), genesis, and every block of stores written before this key existed are
+/// stored whole under [`key_block`].
+fn key_block_at(height: u64) -> Vec<u8> {
+    [b"chain/bd/".as_slice(), &height.to_be_bytes()].concat()
 }
 /// The validator set of an epoch (hex node keys, sorted), kept to read old certificates.
 fn key_validators(epoch: u64) -> Vec<u8> {
@@ -584,12 +592,23 @@ fn registry_bytes(registry: &Registry) -> Result<Vec<u8>, StateError> {
 }
 
 fn read_block<K: Kv>(kv: &K, height: u64) -> Result<Option<Block>, StateError> {
-    match kv.get(Space::Meta, &key_block(height))? {
-        None => Ok(None),
-        Some(bytes) => Block::decode_untrusted(&bytes)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt(format!("stored block {height}: {e}"))),
-    }
+    let bytes = match kv.get(Space::Meta, &key_block_at(height))? {
+        Some(digest) => {
+            let digest: [u8; 32] = digest
+                .as_slice()
+                .try_into()
+                .map_err(|_| StateError::Corrupt(format!("digest of stored block {height}")))?;
+            kv.get(Space::Meta, &key_pending(&Digest(digest)))?
+                .ok_or_else(|| StateError::Corrupt(format!("stored block {height} is missing")))?
+        }
+        None => match kv.get(Space::Meta, &key_block(height))? {
+            Some(bytes) => bytes,
+            None => return Ok(None),
+        },
+    };
+    Block::decode_untrusted(&bytes)
+        .map(Some)
+        .map_err(|e| StateError::Corrupt(format!("stored block {height}: {e}")))
 }
 
 /// Checks an encoded finalization certificate: it must finalize `digest` and carry a
@@ -2026,17 +2045,26 @@ where
     fn execute(&mut self, block: Block) -> Result<(), StateError> {
         let digest = block.digest();
         let mut extra = WriteBatch::default();
-        extra.put(
-            Space::Meta,
-            key_block(block.height),
-            block.encode().to_vec(),
-        );
+        // A block this node persisted before voting is already durable: point to it.
+        let persisted = lock(&self.state)
+            .ledger
+            .kv()
+            .get(Space::Meta, &key_pending(&digest))?
+            .is_some();
+        if persisted {
+            extra.put(Space::Meta, key_block_at(block.height), digest.0.to_vec());
+        } else {
+            extra.put(
+                Space::Meta,
+                key_block(block.height),
+                block.encode().to_vec(),
+            );
+        }
         extra.put(
             Space::Meta,
             key_digest(&digest),
             block.height.to_be_bytes().to_vec(),
         );
-        extra.delete(Space::Meta, key_pending(&digest));
         if let Some(certificate) = self.certificates.remove(&digest) {
             extra.put(Space::Meta, key_finalization(block.height), certificate);
         }
@@ -2523,5 +2551,38 @@ mod tests {
         assert_eq!(state.finalized_height(), 0);
         assert_eq!(state.finalized_digest, Block::genesis("c").digest());
         assert_eq!(state.block(0).unwrap().unwrap(), Block::genesis("c"));
+    }
+
+    /// Real: blocks written to a `MemKv` store the way `persist` and `execute` write them:
+    /// a block persisted before the vote and then finalized is read through its digest;
+    /// a block stored whole (backfilled, or by an earlier version) is read as before; a
+    /// pointer to a missing block is a clear error.
+    #[test]
+    fn finalized_blocks_are_read_whole_or_through_their_persisted_copy() {
+        let kv = trellis_node_state::MemKv::default();
+        let genesis = Block::genesis("c");
+        let persisted = Block::new(genesis.digest(), 1, 0, 1, 0, vec![]);
+        let whole = Block::new(persisted.digest(), 2, 0, 2, 0, vec![]);
+        let mut batch = WriteBatch::default();
+        batch.put(
+            Space::Meta,
+            key_pending(&persisted.digest()),
+            persisted.encode().to_vec(),
+        );
+        batch.put(Space::Meta, key_block_at(1), persisted.digest().0.to_vec());
+        batch.put(Space::Meta, key_block(2), whole.encode().to_vec());
+        batch.put(Space::Meta, key_block_at(3), [7u8; 32].to_vec());
+        batch.put(Space::Meta, key_block_at(4), vec![1, 2, 3]);
+        kv.commit(batch).unwrap();
+        assert_eq!(read_block(&kv, 1).unwrap(), Some(persisted));
+        assert_eq!(read_block(&kv, 2).unwrap(), Some(whole));
+        assert!(
+            read_block(&kv, 3)
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+        assert!(read_block(&kv, 4).is_err());
+        assert_eq!(read_block(&kv, 5).unwrap(), None);
     }
 }

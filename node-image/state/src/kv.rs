@@ -41,6 +41,11 @@ impl WriteBatch {
     pub fn delete(&mut self, space: Space, key: Vec<u8>) {
         self.writes.push((space, key, None));
     }
+
+    /// The writes, in order (`None` deletes): for stores layered over another one.
+    pub fn into_writes(self) -> impl Iterator<Item = (Space, Vec<u8>, Option<Vec<u8>>)> {
+        self.writes.into_iter()
+    }
 }
 
 /// A key and its value.

@@ -25,6 +25,7 @@
 
 mod kv;
 mod outbox;
+mod receipts;
 mod snapshot;
 pub mod tables;
 
@@ -115,6 +116,8 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// The earlier layout's per-transaction row (see [`receipts`]); written by tests only.
+    #[cfg(test)]
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(9 + self.error.len());
         out.extend_from_slice(&self.height.to_be_bytes());
@@ -169,9 +172,6 @@ fn meta_version(table: u8) -> Vec<u8> {
 }
 fn meta_root(table: u8) -> Vec<u8> {
     [b"tr".as_slice(), &[table]].concat()
-}
-fn meta_receipt(hash: &[u8]) -> Vec<u8> {
-    [b"rc".as_slice(), hash].concat()
 }
 fn meta_state_root(height: u64) -> Vec<u8> {
     [b"sr".as_slice(), &height.to_be_bytes()].concat()
@@ -392,6 +392,8 @@ pub struct Ledger<K: Kv> {
     stats: Vec<TableStats>,
     owned: TableSet,
     supply: u64,
+    /// Receipts of the blocks not in the hash index yet (see [`receipts`]).
+    receipts: receipts::Receipts,
 }
 
 impl<K: Kv> Ledger<K> {
@@ -443,6 +445,7 @@ impl<K: Kv> Ledger<K> {
         }
         Ok(Self {
             supply: read_u64(&kv, META_SUPPLY)?.unwrap_or(0),
+            receipts: receipts::Receipts::open(&kv, height)?,
             kv,
             values: Mutex::new(HashMap::new()),
             height,
@@ -516,6 +519,7 @@ impl<K: Kv> Ledger<K> {
         );
         batch.put(Space::Meta, META_FORMAT.to_vec(), encode_u64(FORMAT));
         batch.put(Space::Meta, META_OWNED.to_vec(), owned.to_bytes().to_vec());
+        receipts::Receipts::genesis(&mut batch);
         // Every table starts at version 0 so that later versions are dense.
         self.cached_values().clear();
         self.write_tables(changes, &mut batch, 0)?;
@@ -724,10 +728,7 @@ impl<K: Kv> Ledger<K> {
 
     /// The receipt of a committed transaction.
     pub fn receipt(&self, tx_hash: &[u8]) -> Result<Option<Receipt>, StateError> {
-        match self.kv.get(Space::Meta, &meta_receipt(tx_hash))? {
-            None => Ok(None),
-            Some(v) => Ok(Some(Receipt::decode(&v)?)),
-        }
+        self.receipts.get(&self.kv, tx_hash)
     }
 
     /// Checks a transaction against committed state (mempool admission). `pending` is the
@@ -819,6 +820,8 @@ impl<K: Kv> Ledger<K> {
             }
             batch.delete(Space::Meta, META_LOCAL_DUE.to_vec());
         }
+        let mut hashes = Vec::with_capacity(txs.len());
+        let mut failures = Vec::new();
         for tx in txs {
             let result = self.execute(tx, &mut scratch)?;
             let receipt = Receipt {
@@ -833,7 +836,10 @@ impl<K: Kv> Ledger<K> {
             if let Ok(Some(sent)) = result {
                 outcome.sent.push(sent);
             }
-            batch.put(Space::Meta, meta_receipt(&tx.hash().0), receipt.encode());
+            if !receipt.success {
+                failures.push((hashes.len() as u32, receipt.error.clone()));
+            }
+            hashes.push(tx.hash().0);
             outcome.receipts.push(receipt);
         }
         for (table, stats) in &scratch.stats {
@@ -859,7 +865,9 @@ impl<K: Kv> Ledger<K> {
                 .insert(*key, value.clone());
         }
         self.write_tables(changes, &mut batch, height)?;
+        let staged = self.receipts.stage(height, hashes, &failures, &mut batch);
         self.finish(batch, height)?;
+        self.receipts.committed(staged);
         // The block is durable: its values are now the committed ones.
         for (table, stats) in scratch.stats {
             self.stats[table as usize] = stats;

@@ -231,18 +231,25 @@ fn redb_ledger_resumes_after_reopen() {
     let path = dir.path().join("state.redb");
     let k = keys(3);
     let root;
+    let sent = transfer(&k[0], &k[2].public_key(), 0, 4, 0);
+    let overdraft = transfer(&k[1], &k[2].public_key(), 0, 99, 0);
     {
         let mut ledger = Ledger::open(RedbKv::open(&path).unwrap()).unwrap();
         let balances: Vec<_> = k.iter().map(|k| (k.public_key(), 10)).collect();
         ledger.init_genesis(&balances).unwrap();
         ledger
-            .apply_block(1, &[transfer(&k[0], &k[2].public_key(), 0, 4, 0)])
+            .apply_block(1, &[sent.clone(), overdraft.clone()])
             .unwrap();
         root = ledger.state_root();
     }
     let mut ledger = Ledger::open(RedbKv::open(&path).unwrap()).unwrap();
     assert_eq!(ledger.height(), Some(1));
     assert_eq!(ledger.state_root(), root);
+    // Receipts not in the hash index yet are found again after the restart.
+    let receipt = ledger.receipt(&sent.hash().0).unwrap().unwrap();
+    assert!(receipt.success && receipt.height == 1);
+    let receipt = ledger.receipt(&overdraft.hash().0).unwrap().unwrap();
+    assert!(!receipt.success && receipt.error.contains("cannot cover"));
     assert_eq!(ledger.account(&k[2].public_key()).unwrap().balance, 14);
     // Genesis again with the same balances is accepted as already done.
     let balances: Vec<_> = k.iter().map(|k| (k.public_key(), 10)).collect();
