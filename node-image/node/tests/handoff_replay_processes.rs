@@ -26,9 +26,9 @@ mod support;
 
 use serde_json::json;
 use std::time::Duration;
-use support::{Sharded, call, cli, height, key_file, status, wait_for};
+use support::{Sharded, call, height, status, wait_for};
+use trellis_node_api::methods;
 use trellis_node_api::shard::ShardMapInfo;
-use trellis_node_api::{BlockInfo, TransactionStatus, TxState, methods};
 use trellis_node_types::{Signer, test_key, to_hex};
 
 const CHAIN: &str = "handoff-replay";
@@ -60,19 +60,7 @@ fn a_wiped_validator_replays_an_import_from_a_deleted_slot() {
     }
 
     // Scale in to 1 shard: shard 0 imports shard 1's tables, shard 1 drains.
-    let admin_dir = root.path().join("admin");
-    std::fs::create_dir_all(&admin_dir).unwrap();
-    key_file(&admin_dir, &admin, &admin);
-    cli(&[
-        "system",
-        "set-shard-count",
-        "--key-file",
-        admin_dir.join("keys.json").to_str().unwrap(),
-        "--rpc",
-        &format!("http://{beacon}"),
-        "--count",
-        "1",
-    ]);
+    support::set_shard_count(root.path(), &admin, beacon, 1);
     let all: Vec<u8> = (0..=255).collect();
     for node in &committees[1] {
         wait_for("shard 0 to import shard 1's tables", limit, || {
@@ -129,26 +117,14 @@ fn a_wiped_validator_replays_an_import_from_a_deleted_slot() {
     wait_for(
         "a certificate of shard 0 signed by the replayed validator",
         limit,
-        || {
-            let top = height(kept);
-            top > before + 2
-                && (before + 1..=top).rev().any(|h| {
-                    call(kept, methods::GET_BLOCK, json!({"height": h}))
-                        .ok()
-                        .and_then(|v| serde_json::from_value::<BlockInfo>(v).ok())
-                        .is_some_and(|b| b.signers.is_some_and(|s| s.contains(&key)))
-                })
-        },
+        || height(kept) > before + 2 && support::signed_since(kept, &key, before + 1, 0),
     );
 
     // A transfer inside an imported table, sent through it, finalizes and reads back.
     let tx = support::transfer_tx(CHAIN, &accounts[0], &accounts[1], 0, 40);
     let hash = support::send_retrying(wiped, &tx, limit);
     wait_for("the transfer to finalize", limit, || {
-        call(wiped, methods::GET_TRANSACTION, json!({"hash": hash}))
-            .ok()
-            .and_then(|v| serde_json::from_value::<TransactionStatus>(v).ok())
-            .is_some_and(|t| t.state == TxState::Committed && t.success == Some(true))
+        support::committed(wiped, &hash)
     });
     let receiver = to_hex(accounts[1].public_key().as_ref());
     wait_for(
