@@ -279,20 +279,26 @@ pub async fn take_over<K: Kv, S: HandoffSource>(
                 &answer,
             )?;
             let chunks = snapshot(source, node, incoming.table, height, root).await?;
-            // What a replaying peer needs to check this import without the previous
-            // owner, committed with it.
-            let mut proof = WriteBatch::default();
-            proof.put(
-                Space::Meta,
-                key_imported_epoch_end(incoming.from, previous),
-                serde_json::to_vec(&CertifiedBlockJson::from(&answer))
-                    .map_err(|e| e.to_string())?,
-            );
             let mut s = lock(state);
             if s.shard_epoch.as_ref().map(|r| r.epoch) != Some(epoch)
                 || s.ledger.owned_tables().contains(incoming.table)
             {
                 return Ok(());
+            }
+            // What a replaying peer needs to check this import without the previous
+            // owner, committed with it (once per source shard and epoch: every table
+            // imported from there is proven by the same block).
+            let key = key_imported_epoch_end(incoming.from, previous);
+            let mut proof = WriteBatch::default();
+            if s.ledger
+                .kv()
+                .get(Space::Meta, &key)
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                let json = serde_json::to_vec(&CertifiedBlockJson::from(&answer))
+                    .map_err(|e| e.to_string())?;
+                proof.put(Space::Meta, key, json);
             }
             s.ledger
                 .import_table_with(incoming.table, root, &chunks, proof)
