@@ -266,7 +266,7 @@ pub async fn take_over<K: Kv, S: HandoffSource>(
             incoming.from
         ));
     }
-    let mut last = String::new();
+    let (mut first, mut last, mut refused) = (String::new(), String::new(), 0);
     for node in &nodes {
         let attempt = async {
             let answer = source.epoch_end(node, incoming.from, previous).await?;
@@ -315,17 +315,28 @@ pub async fn take_over<K: Kv, S: HandoffSource>(
         };
         match attempt.await {
             Ok(()) => return Ok(()),
-            Err(e) => {
-                last = format!(
+            // The first refusal says why the previous owner could not serve (the later
+            // ones are mostly "imported no tables" from this shard's nodes).
+            Err(e) if first.is_empty() => {
+                first = format!(
                     "table {} from shard {} (epoch {previous}) asked of node {}: {e}",
                     incoming.table,
                     incoming.from,
                     to_hex(node.key.as_ref())
                 );
             }
+            Err(e) => {
+                refused += 1;
+                last = format!("{}: {e}", to_hex(node.key.as_ref()));
+            }
         }
     }
-    Err(last)
+    if refused > 0 {
+        first.push_str(&format!(
+            " ({refused} more nodes refused; the last, {last})"
+        ));
+    }
+    Err(first)
 }
 
 /// Attempts at forwarding a handed-over transaction before giving up (the new shard
