@@ -459,8 +459,10 @@ pub async fn fetch_header<R: Relay>(
     Ok(header)
 }
 
+/// Also the fixtures of other modules' tests (`handoff`): a beacon of 2 shards and real
+/// certificates.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::chain::Scheme;
     use crate::relay::{BeaconPage, LocalRelay, OutboxRequest, RelayServer, SnapshotRequest};
@@ -475,13 +477,15 @@ mod tests {
         UnsignedTx, table_of, test_key, to_hex,
     };
 
-    const CHAIN: &str = "xs";
+    pub(crate) const CHAIN: &str = "xs";
 
-    fn keys(base: u64) -> Vec<PrivateKey> {
+    /// Shard 0's validators are `keys(100)`, shard 1's `keys(200)`, the beacon's `keys(300)`.
+    pub(crate) fn keys(base: u64) -> Vec<PrivateKey> {
         (base..base + 4).map(test_key).collect()
     }
 
-    fn beacon() -> BeaconState {
+    /// 2 shards, 10 beacon heights per epoch.
+    pub(crate) fn beacon() -> BeaconState {
         let seat = |k: &PrivateKey, shard| GenesisValidator {
             node_key: to_hex(k.public_key().as_ref()),
             shard,
@@ -506,7 +510,7 @@ mod tests {
     }
 
     /// A real simplex finalization of `digest` by `signers` in `committee`'s namespace.
-    fn certify(signers: &[PrivateKey], committee: Committee, digest: Digest) -> Vec<u8> {
+    pub(crate) fn certify(signers: &[PrivateKey], committee: Committee, digest: Digest) -> Vec<u8> {
         let namespace = crate::engine::consensus_namespace(CHAIN, Some(committee));
         let participants =
             Set::try_from(signers.iter().map(|k| k.public_key()).collect::<Vec<_>>()).unwrap();

@@ -84,13 +84,18 @@ pub struct OutboxRequest {
     pub height: u64,
 }
 
-/// "The next chunk of `table` as of `height`, after key hash `after`."
+/// "The next chunk of `table` as of `height`, after key hash `after`." With `root`, the
+/// chunk of the tree with that root: the table at `height` when that is its root there,
+/// or the version the serving node imported with that root (a node of the shard that
+/// took the table over, serving a peer that replays the import; `height` is then the
+/// source shard's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotRequest {
     pub table: u8,
     pub height: u64,
     pub after: Option<[u8; 32]>,
     pub limit: u32,
+    pub root: Option<[u8; 32]>,
 }
 
 /// What a node asks other committees (client side).

@@ -7,7 +7,7 @@
 //! | `trellis_getCertifiedBlock` | `{height?}` (absent: latest finalized) | `{block: hex, certificate: hex}` |
 //! | `trellis_getOutboxHeads` | `{source_tables, dest_tables, height}` (≤ 256 each) | `{heads: [[source_table, dest_table, next_seq]]}` (pairs with receipts) |
 //! | `trellis_getOutbox` | `{source_table, dest_table, from_seq, limit?, height}` | `{page: hex(outbox_page)}` |
-//! | `trellis_getTableSnapshot` | `{table, height, after?: hex, limit?}` | `{chunk: hex(chunk)}` |
+//! | `trellis_getTableSnapshot` | `{table, height, after?: hex, limit?, root?: hex}` | `{chunk: hex(chunk)}` (with `root`: the tree with that root, also an imported one) |
 //!
 //! Encodings of `outbox_page` and `chunk`: `docs/sharding.md`. A height this node has not
 //! applied (or a table it holds no state of) is `-33009` (not found); the caller asks
@@ -216,6 +216,10 @@ pub struct SnapshotParams {
     pub after: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// Hex root (32 bytes): the leaves of the table's tree with this root (its state at
+    /// `height`, or the version this node imported with that root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
 }
 
 impl From<&SnapshotRequest> for SnapshotParams {
@@ -225,6 +229,7 @@ impl From<&SnapshotRequest> for SnapshotParams {
             height: r.height,
             after: r.after.map(|a| to_hex(&a)),
             limit: Some(r.limit),
+            root: r.root.map(|a| to_hex(&a)),
         }
     }
 }
@@ -236,11 +241,16 @@ impl TryFrom<SnapshotParams> for SnapshotRequest {
             None => None,
             Some(hex) => Some(hex32(hex).map_err(|e| format!("after: {e}"))?),
         };
+        let root = match &p.root {
+            None => None,
+            Some(hex) => Some(hex32(hex).map_err(|e| format!("root: {e}"))?),
+        };
         Ok(Self {
             table: p.table,
             height: p.height,
             after,
             limit: p.limit.unwrap_or(MAX_SNAPSHOT_LEAVES as u32),
+            root,
         })
     }
 }
@@ -314,9 +324,13 @@ pub fn table_snapshot<K: Kv>(
     ledger: &Ledger<K>,
     r: &SnapshotRequest,
 ) -> Result<TableSnapshot, RelayError> {
-    ledger
-        .export_table(r.table, r.height, r.after, r.limit as usize)
-        .map_err(refused)
+    match r.root {
+        None => ledger.export_table(r.table, r.height, r.after, r.limit as usize),
+        Some(root) => {
+            ledger.export_table_with_root(r.table, r.height, root, r.after, r.limit as usize)
+        }
+    }
+    .map_err(refused)
 }
 
 fn failure(e: RelayError) -> Failure {

@@ -25,9 +25,9 @@ mod support;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::{Sharded, call, cli, height, key_file, status, wait_for};
+use support::{Sharded, call, height, status, wait_for};
 use trellis_node_api::shard::ShardMapInfo;
-use trellis_node_api::{BlockInfo, Role, TransactionStatus, TxState, methods};
+use trellis_node_api::{Role, methods};
 use trellis_node_types::{Signer, test_key, to_hex};
 
 const CHAIN: &str = "any-reshard";
@@ -76,19 +76,7 @@ fn an_any_validator_replays_a_shard_whose_history_imported_tables() {
     });
 
     // Scale out to 2 shards, signed by the network admin key.
-    let admin_dir = root.path().join("admin");
-    std::fs::create_dir_all(&admin_dir).unwrap();
-    key_file(&admin_dir, &admin, &admin);
-    cli(&[
-        "system",
-        "set-shard-count",
-        "--key-file",
-        admin_dir.join("keys.json").to_str().unwrap(),
-        "--rpc",
-        &format!("http://{beacon}"),
-        "--count",
-        "2",
-    ]);
+    support::set_shard_count(root.path(), &admin, beacon, 2);
     // The first epoch with 2 shards: which "any" validator went to shard 1 with the reshard.
     let mut first = None;
     wait_for("the reshard to 2 shards", limit, || {
@@ -143,15 +131,7 @@ fn an_any_validator_replays_a_shard_whose_history_imported_tables() {
     wait_for(
         "a certificate of shard 1 signed by the mover",
         limit,
-        || {
-            let top = height(fixed(1));
-            (from.saturating_sub(64).max(1)..=top).rev().any(|h| {
-                call(fixed(1), methods::GET_BLOCK, json!({"height": h}))
-                    .ok()
-                    .and_then(|v| serde_json::from_value::<BlockInfo>(v).ok())
-                    .is_some_and(|b| b.epoch >= epoch && b.signers.is_some_and(|s| s.contains(key)))
-            })
-        },
+        || support::signed_since(fixed(1), key, from.saturating_sub(64), epoch),
     );
 
     // A transfer inside an imported table, sent through the mover, finalizes, and the
@@ -159,10 +139,7 @@ fn an_any_validator_replays_a_shard_whose_history_imported_tables() {
     let tx = support::transfer_tx(CHAIN, &accounts[0], &accounts[1], 0, 40);
     let hash = support::send_retrying(mover, &tx, limit);
     wait_for("the transfer to finalize", limit, || {
-        call(mover, methods::GET_TRANSACTION, json!({"hash": hash}))
-            .ok()
-            .and_then(|v| serde_json::from_value::<TransactionStatus>(v).ok())
-            .is_some_and(|t| t.state == TxState::Committed && t.success == Some(true))
+        support::committed(mover, &hash)
     });
     let receiver = to_hex(accounts[1].public_key().as_ref());
     wait_for("the mover to answer the receiver's balance", limit, || {

@@ -97,12 +97,17 @@ impl trellis_node::follower::BeaconSource for Directory {
 }
 
 impl HandoffSource for Directory {
-    async fn epoch_end(&self, node: &Peer, epoch: u64) -> Result<CertifiedBlock, String> {
+    async fn epoch_end(
+        &self,
+        node: &Peer,
+        shard: u16,
+        epoch: u64,
+    ) -> Result<CertifiedBlock, String> {
         let state = self.get(&node.key)?;
         let answer = trellis_node::handoff::dispatch(
             &state,
             GET_EPOCH_END,
-            &serde_json::json!({ "epoch": epoch }),
+            &serde_json::json!({ "epoch": epoch, "shard": shard }),
         )
         .unwrap()
         .map_err(|(c, m)| format!("{c}: {m}"))?;
@@ -842,7 +847,7 @@ fn reshards_1_2_4_3_1_under_load_with_a_crash_during_handoff() {
                 key: node,
                 rpc_address: String::new(),
             };
-            let answer = HandoffSource::epoch_end(&sim.directory, &peer, 1)
+            let answer = HandoffSource::epoch_end(&sim.directory, &peer, 0, 1)
                 .await
                 .unwrap();
             let table = trellis_node::epoch_switch::tables_of(&beacon, 0, 1)[0];

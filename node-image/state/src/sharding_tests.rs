@@ -571,10 +571,17 @@ fn hand_off(from: &mut Ledger<MemKv>, to: &mut Ledger<MemKv>, table: u8, limit: 
 }
 
 fn export_all(from: &Ledger<MemKv>, table: u8, height: u64, limit: usize) -> Vec<TableSnapshot> {
+    export_chunks(|after| from.export_table(table, height, after, limit))
+}
+
+/// Every chunk `export` gives, each asked after the previous one's last key.
+fn export_chunks(
+    export: impl Fn(Option<[u8; 32]>) -> Result<TableSnapshot, StateError>,
+) -> Vec<TableSnapshot> {
     let mut chunks = Vec::new();
     let mut after = None;
     loop {
-        let chunk = from.export_table(table, height, after, limit).unwrap();
+        let chunk = export(after).unwrap();
         // Through the wire encoding.
         let chunk = TableSnapshot::decode_untrusted(&chunk.to_bytes()).unwrap();
         let more = chunk.more;
@@ -717,6 +724,80 @@ fn imported_tables_hide_keys_the_snapshot_lacks() {
     );
     assert_eq!(reopened.table_stats(table).balances, 70);
     assert!(reopened.owned_tables().contains(table));
+}
+
+#[test]
+fn an_importer_serves_exactly_the_imported_leaves_by_root() {
+    // `importer` holds a stale copy of the table (an account the source lacks) and
+    // imports the source's table; the proof the node keeps commits with the import.
+    let ghost = test_key(1);
+    let table = table_of(&ghost.public_key());
+    let other = (2..5000)
+        .map(test_key)
+        .find(|k| table_of(&k.public_key()) == table)
+        .unwrap();
+    let mut rest = TableSet::all();
+    rest.remove(table);
+    let mut importer = shard(std::slice::from_ref(&ghost), 100, TableSet::all());
+    importer.set_owned_tables(&rest).unwrap();
+    let source = shard(std::slice::from_ref(&other), 70, TableSet::all());
+    let root = source.table_root(table);
+    let mut extra = WriteBatch::default();
+    extra.put(Space::Meta, b"proof-of-the-import".to_vec(), vec![7]);
+    importer
+        .import_table_with(table, root, &export_all(&source, table, 0, 100), extra)
+        .unwrap();
+    assert_eq!(
+        importer
+            .kv()
+            .get(Space::Meta, b"proof-of-the-import")
+            .unwrap(),
+        Some(vec![7])
+    );
+    // The importer's first block after the import changes the table at the very height
+    // the import took effect: by height the imported version is gone.
+    let pay = transfer(&other, &ghost.public_key(), 0, 5, 1);
+    assert!(importer.apply_block(1, &[pay]).unwrap()[0].success);
+    let now = importer.table_root_at(table, 1).unwrap().unwrap();
+    assert_ne!(now, root);
+    // By root it serves exactly the imported leaves (not the stale account, not the
+    // block's changes), in chunks another ledger imports against the certified root.
+    let chunks = export_chunks(|after| importer.export_table_with_root(table, 0, root, after, 1));
+    assert!(chunks.len() > 1);
+    let mut replayer = shard(std::slice::from_ref(&ghost), 100, rest);
+    replayer.import_table(table, root, &chunks).unwrap();
+    assert_eq!(replayer.table_root(table), root);
+    assert_eq!(
+        replayer.account(&ghost.public_key()).unwrap(),
+        Account::default()
+    );
+    assert_eq!(replayer.account(&other.public_key()).unwrap().balance, 70);
+    // Also after a reopen; the current version is served by root at its own height.
+    let reopened = Ledger::open(importer.kv().clone()).unwrap();
+    let again = export_chunks(|after| reopened.export_table_with_root(table, 0, root, after, 100));
+    assert_eq!(
+        again.iter().map(|c| c.leaves.len()).sum::<usize>(),
+        chunks.iter().map(|c| c.leaves.len()).sum::<usize>()
+    );
+    let current = reopened
+        .export_table_with_root(table, 1, now, None, 100)
+        .unwrap();
+    assert_eq!(current.root, now);
+    // The source serves its own history by root too; an unknown root is unavailable.
+    assert_eq!(
+        source
+            .export_table_with_root(table, 0, root, None, 100)
+            .unwrap()
+            .leaves,
+        chunks
+            .iter()
+            .flat_map(|c| c.leaves.clone())
+            .collect::<Vec<_>>()
+    );
+    let e = reopened
+        .export_table_with_root(table, 0, [9; 32], None, 100)
+        .unwrap_err();
+    assert!(matches!(e, StateError::Unavailable(_)), "{e}");
 }
 
 #[test]

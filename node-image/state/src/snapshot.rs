@@ -233,6 +233,48 @@ impl<K: Kv> Ledger<K> {
         let (version, root) = self.table_at(table, height)?.ok_or_else(|| {
             StateError::Unavailable(format!("no state of table {table} at height {height}"))
         })?;
+        self.export_version(table, version, root, height, after, limit)
+    }
+
+    /// Like [`Self::export_table`], but the leaves of the tree whose root is `root`: the
+    /// table as of `height` when that is its root there (the previous owner serving its
+    /// own history), else the version this ledger rebuilt by importing the table with that
+    /// root (a later block of the importer may change the table at the very height the
+    /// import took effect, so the imported leaves are found by root, not by height).
+    /// `height` is only echoed in the chunks: it is the height of the source's chain.
+    pub fn export_table_with_root(
+        &self,
+        table: u8,
+        height: u64,
+        root: [u8; 32],
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<TableSnapshot, StateError> {
+        if let Some((version, at)) = self.table_at(table, height)?
+            && at == root
+        {
+            return self.export_version(table, version, root, height, after, limit);
+        }
+        let version =
+            crate::read_u64(&self.kv, &meta_imported(table, &root))?.ok_or_else(|| {
+                StateError::Unavailable(format!(
+                    "no state of table {table} with root {} here",
+                    to_hex(&root)
+                ))
+            })?;
+        self.export_version(table, version, root, height, after, limit)
+    }
+
+    /// The live leaves of `table`'s tree `version` (whose root is `root`), after `after`.
+    fn export_version(
+        &self,
+        table: u8,
+        version: u64,
+        root: [u8; 32],
+        height: u64,
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<TableSnapshot, StateError> {
         let limit = limit.clamp(1, MAX_SNAPSHOT_LEAVES);
         let reader = TableReader {
             kv: &self.kv,
@@ -288,6 +330,20 @@ impl<K: Kv> Ledger<K> {
         certified_root: [u8; 32],
         chunks: &[TableSnapshot],
     ) -> Result<(), SnapshotError> {
+        self.import_table_with(table, certified_root, chunks, WriteBatch::default())
+    }
+
+    /// [`Self::import_table`], committing `extra` in the same batch (the node keeps the
+    /// proof of the import's root with it, so a crash never separates them). An import
+    /// also records which tree version holds exactly the imported leaves
+    /// ([`Self::export_table_with_root`] serves them to a peer that replays the import).
+    pub fn import_table_with(
+        &mut self,
+        table: u8,
+        certified_root: [u8; 32],
+        chunks: &[TableSnapshot],
+        extra: WriteBatch,
+    ) -> Result<(), SnapshotError> {
         let height = self.height.ok_or(StateError::NoGenesis)?;
         if self.owned.contains(table) {
             return Err(SnapshotError::AlreadyOwned(table));
@@ -320,8 +376,13 @@ impl<K: Kv> Ledger<K> {
                 computed: to_hex(&root.0),
             });
         }
-        let mut batch = WriteBatch::default();
+        let mut batch = extra;
         write_update(&reader.inner, &update, &mut batch)?;
+        batch.put(
+            Space::Meta,
+            meta_imported(table, &root.0),
+            version.to_be_bytes().to_vec(),
+        );
         // Values this store still holds for the table from an earlier ownership must not
         // show through the fresh tree: mark every such key absent at the new version.
         let fresh: BTreeSet<[u8; 32]> = values.keys().map(|k| k.0).collect();
@@ -357,6 +418,11 @@ impl<K: Kv> Ledger<K> {
         self.cached_values().clear();
         Ok(())
     }
+}
+
+/// The tree version an import of `table` with `root` rebuilt.
+fn meta_imported(table: u8, root: &[u8; 32]) -> Vec<u8> {
+    [b"ti".as_slice(), &[table], root].concat()
 }
 
 /// Checks the chunks' order and claims; returns all leaves, ascending.

@@ -189,6 +189,47 @@ pub fn send_retrying(addr: SocketAddr, tx: &str, limit: Duration) -> String {
     hash
 }
 
+/// `trellis-node system set-shard-count` as an operator runs it: signed by the network
+/// `admin` key (its key file written under `root/admin`), submitted through `beacon`.
+pub fn set_shard_count(root: &Path, admin: &PrivateKey, beacon: SocketAddr, count: u16) {
+    let dir = root.join("admin");
+    std::fs::create_dir_all(&dir).unwrap();
+    key_file(&dir, admin, admin);
+    cli(&[
+        "system",
+        "set-shard-count",
+        "--key-file",
+        dir.join("keys.json").to_str().unwrap(),
+        "--rpc",
+        &format!("http://{beacon}"),
+        "--count",
+        &count.to_string(),
+    ]);
+}
+
+/// True when a block `addr` finalized, from height `lowest` (at least 1) to its finalized
+/// height, of consensus epoch `epoch` or later, has a certificate signed by `key` (hex).
+/// A validator votes only once it executed the block's state height with the same table
+/// roots, so its signature says its state is the shard's.
+pub fn signed_since(addr: SocketAddr, key: &str, lowest: u64, epoch: u64) -> bool {
+    (lowest.max(1)..=height(addr)).rev().any(|h| {
+        call(addr, methods::GET_BLOCK, json!({"height": h}))
+            .ok()
+            .and_then(|v| serde_json::from_value::<trellis_node_api::BlockInfo>(v).ok())
+            .is_some_and(|b| {
+                b.epoch >= epoch && b.signers.is_some_and(|s| s.iter().any(|k| k == key))
+            })
+    })
+}
+
+/// True when `addr` reports transaction `hash` committed and successful.
+pub fn committed(addr: SocketAddr, hash: &str) -> bool {
+    call(addr, methods::GET_TRANSACTION, json!({"hash": hash}))
+        .ok()
+        .and_then(|v| serde_json::from_value::<trellis_node_api::TransactionStatus>(v).ok())
+        .is_some_and(|t| t.state == trellis_node_api::TxState::Committed && t.success == Some(true))
+}
+
 /// Runs the `trellis-node` CLI; fails the test with its stderr; its trimmed stdout.
 pub fn cli(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().unwrap();
