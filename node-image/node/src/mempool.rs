@@ -5,7 +5,7 @@
 //! transactions already queued). The pool is bounded; when it is full a submission is
 //! refused with [`AdmitError::Full`] so that clients back off instead of queueing forever.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 use trellis_node_state::{ExecError, Kv, Ledger};
 use trellis_node_types::{Digest, PublicKey, Tx, TxError};
@@ -27,8 +27,11 @@ pub enum AdmitError {
     WrongShard(String),
 }
 
+/// Boxed in the queue: a `Tx` is ~500 bytes (two public keys with their decompressed
+/// points), and a `BTreeMap` node shifts its entries on every insert and removal (the
+/// lowest nonce leaves at each finalization), so entries stay pointer-sized there.
 struct Entry {
-    tx: Tx,
+    tx: Box<Tx>,
     /// The transaction's hash, computed once at admission.
     hash: Digest,
     admitted: Instant,
@@ -39,7 +42,10 @@ pub struct Mempool {
     chain_id: String,
     bound: usize,
     by_sender: BTreeMap<PublicKey, BTreeMap<u64, Entry>>,
-    hashes: HashMap<Digest, (PublicKey, u64)>,
+    /// Hashes of the queued transactions. A hash covers the sender and the nonce, so a
+    /// committed transaction with a queued hash names its own entry (no 192-byte key
+    /// copied per admission here).
+    hashes: HashSet<Digest>,
     /// Hashes of transactions whose signatures this node checked in a block it verified,
     /// until that block is finalized: gossip bringing one of them in between is admitted
     /// without a second verification. A hash covers the signature, so what was checked
@@ -57,7 +63,7 @@ impl Mempool {
             chain_id: chain_id.to_string(),
             bound,
             by_sender: BTreeMap::new(),
-            hashes: HashMap::new(),
+            hashes: HashSet::new(),
             checked: HashSet::new(),
         }
     }
@@ -85,7 +91,7 @@ impl Mempool {
     }
 
     pub fn contains(&self, hash: &Digest) -> bool {
-        self.hashes.contains_key(hash)
+        self.hashes.contains(hash)
     }
 
     /// Remembers transactions whose signatures were checked with a block this node
@@ -137,7 +143,7 @@ impl Mempool {
         signature_verified: bool,
     ) -> Result<Digest, AdmitError> {
         let hash = tx.hash();
-        if self.hashes.contains_key(&hash) {
+        if self.hashes.contains(&hash) {
             return Err(AdmitError::Known);
         }
         if self.hashes.len() >= self.bound {
@@ -153,19 +159,24 @@ impl Mempool {
         } else {
             tx.check_stateless(&self.chain_id)?;
         }
-        let from = tx.unsigned.from.clone();
-        let queued = self.by_sender.get(&from).map_or(0, |q| q.len() as u64);
+        let queued = self
+            .by_sender
+            .get(&tx.unsigned.from)
+            .map_or(0, |q| q.len() as u64);
         ledger.check_admission(&tx, queued)?;
         let nonce = tx.unsigned.nonce;
-        self.by_sender.entry(from.clone()).or_default().insert(
-            nonce,
-            Entry {
-                tx,
-                hash,
-                admitted: Instant::now(),
-            },
-        );
-        self.hashes.insert(hash, (from, nonce));
+        self.by_sender
+            .entry(tx.unsigned.from.clone())
+            .or_default()
+            .insert(
+                nonce,
+                Entry {
+                    tx: Box::new(tx),
+                    hash,
+                    admitted: Instant::now(),
+                },
+            );
+        self.hashes.insert(hash);
         Ok(hash)
     }
 
@@ -178,7 +189,7 @@ impl Mempool {
             queues.retain_mut(|q| match q.next() {
                 Some(entry) => {
                     if out.len() < limit && !exclude.contains(&entry.hash) {
-                        out.push(entry.tx.clone());
+                        out.push(Tx::clone(&entry.tx));
                     }
                     true
                 }
@@ -202,7 +213,7 @@ impl Mempool {
             for nonce in gone {
                 if let Some(entry) = queue.remove(&nonce) {
                     self.hashes.remove(&entry.hash);
-                    out.push(entry.tx);
+                    out.push(*entry.tx);
                 }
             }
         }
@@ -220,19 +231,19 @@ impl Mempool {
             let hash = tx.hash();
             // Committed: gossip of it is refused by its nonce from now on.
             self.checked.remove(&hash);
-            if let Some((from, nonce)) = self.hashes.remove(&hash)
-                && let Some(queue) = self.by_sender.get_mut(&from)
-                && let Some(entry) = queue.remove(&nonce)
+            if self.hashes.remove(&hash)
+                && let Some(queue) = self.by_sender.get_mut(&tx.unsigned.from)
+                && let Some(entry) = queue.remove(&tx.unsigned.nonce)
             {
                 admitted.push(entry.admitted);
             }
-            senders.insert(tx.unsigned.from.clone());
+            senders.insert(&tx.unsigned.from);
         }
         for sender in senders {
-            let Ok(account) = ledger.account(&sender) else {
+            let Ok(account) = ledger.account(sender) else {
                 continue;
             };
-            if let Some(queue) = self.by_sender.get_mut(&sender) {
+            if let Some(queue) = self.by_sender.get_mut(sender) {
                 let stale: Vec<u64> = queue.range(..account.nonce).map(|(n, _)| *n).collect();
                 for nonce in stale {
                     if let Some(entry) = queue.remove(&nonce) {
@@ -240,7 +251,7 @@ impl Mempool {
                     }
                 }
                 if queue.is_empty() {
-                    self.by_sender.remove(&sender);
+                    self.by_sender.remove(sender);
                 }
             }
         }
@@ -387,6 +398,29 @@ pub(crate) mod tests {
         assert_eq!(pool.len(), 3);
         assert!(pool.contains(&a[2].hash()));
         assert!(!pool.contains(&a[0].hash()));
+    }
+
+    /// Real: a finalized block that commits another transaction on a queued nonce (one
+    /// this node never saw) prunes the queued one as stale: its entry and its hash go
+    /// (admission and the bound forget it), and the sender's later nonces stay queued.
+    #[test]
+    fn a_conflicting_commit_prunes_the_queued_transaction() {
+        let keys: Vec<_> = (0..1).map(test_key).collect();
+        let mut l = ledger(&keys);
+        let mut pool = Mempool::new("c", 100);
+        let queued: Vec<_> = (0..2).map(|n| transfer(&keys[0], n, 1, "c")).collect();
+        for tx in &queued {
+            pool.admit(tx.clone(), &l).unwrap();
+        }
+        let rival = transfer(&keys[0], 0, 2, "c");
+        l.apply_block(1, std::slice::from_ref(&rival)).unwrap();
+        let admitted = pool.on_finalized(std::slice::from_ref(&rival), &l);
+        assert!(admitted.is_empty(), "the rival was never queued here");
+        assert!(!pool.contains(&queued[0].hash()));
+        assert!(pool.contains(&queued[1].hash()));
+        assert_eq!(pool.len(), 1);
+        assert_eq!(pool.pending_for(&keys[0].public_key()), 1);
+        assert_eq!(pool.select(10, &HashSet::new()), vec![queued[1].clone()]);
     }
 }
 
