@@ -249,17 +249,9 @@ mod rolling {
     use trellis_operator::metrics::Metrics;
     use trellis_operator::rollout::STEP_HEIGHT_ANNOTATION;
 
-    const WAIT: Duration = Duration::from_secs(150);
+    use super::support::condition;
 
-    fn condition(network: &ChainNetwork, type_: &str) -> Option<(String, String, String)> {
-        network
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_)
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-    }
+    const WAIT: Duration = Duration::from_secs(150);
 
     fn partition(set: &StatefulSet) -> i32 {
         set.spec

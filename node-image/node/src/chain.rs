@@ -203,6 +203,14 @@ pub enum GovernanceRefusal {
 }
 
 impl<K: Kv> NodeState<K> {
+    /// The shard slot this node serves (None: a beacon node, or not placed yet).
+    pub fn own_shard(&self) -> Option<u16> {
+        match self.shard.as_ref()?.committee {
+            Committee::Shard(shard) => Some(shard),
+            Committee::Beacon => None,
+        }
+    }
+
     /// Opens the chain: genesis state if the store is empty, and the genesis block.
     pub fn open(
         kv: K,

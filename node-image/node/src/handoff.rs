@@ -167,14 +167,6 @@ pub fn certified_root(
     Ok((block.height, root.root))
 }
 
-/// The shard slot this node serves (`None` on the beacon or an unsharded node).
-fn own_shard<K: Kv>(state: &NodeState<K>) -> Option<u16> {
-    match state.shard.as_ref().map(|p| p.committee) {
-        Some(Committee::Shard(own)) => Some(own),
-        _ => None,
-    }
-}
-
 /// Who may serve the import of a table from shard `from`'s epoch `previous` into this
 /// node's shard `own` (epoch `previous + 1`), in the order asked, each once: the previous
 /// owner's nodes of that epoch (from `start`, spreading the load), then the nodes of
@@ -260,7 +252,7 @@ pub async fn take_over<K: Kv, S: HandoffSource>(
         let Some(beacon) = s.beacon.clone() else {
             return Err("no beacon state".into());
         };
-        (beacon, record.epoch, own_shard(&s))
+        (beacon, record.epoch, s.own_shard())
     };
     let previous = epoch.saturating_sub(1);
     let nodes = holders(&beacon, incoming.from, previous, own, start);
@@ -451,7 +443,7 @@ pub fn dispatch<K: Kv>(
             let p: EpochEndParams = serde_json::from_value(params).map_err(parse)?;
             let s = lock(state);
             let not_found = |why: String| (codes::NOT_FOUND, why);
-            if let Some(shard) = p.shard.filter(|shard| Some(*shard) != own_shard(&s)) {
+            if let Some(shard) = p.shard.filter(|shard| Some(*shard) != s.own_shard()) {
                 let bytes = s
                     .ledger
                     .kv()

@@ -243,7 +243,7 @@ async fn handle_rpc<K: Kv>(
             {
                 return Json(forward_to(&rpc.relay, &beacon, "the beacon", request).await);
             }
-            let own = own_shard_of(&lock(&rpc.state));
+            let own = lock(&rpc.state).own_shard();
             let mut response =
                 serde_json::to_value(answer(&rpc, request.clone())).unwrap_or(Value::Null);
             mark_admitting_shard(own, &mut response);
@@ -279,13 +279,6 @@ fn mark_admitting_shard(own: Option<u16>, response: &mut Value) {
 }
 
 /// This node's shard in a sharded network.
-fn own_shard_of<K: Kv>(state: &NodeState<K>) -> Option<u16> {
-    match state.shard.as_ref()?.committee {
-        trellis_node_types::Committee::Shard(s) => Some(s),
-        trellis_node_types::Committee::Beacon => None,
-    }
-}
-
 /// On a shard node: the beacon validators' RPC addresses (system transactions go there).
 fn beacon_rpc_of_shard_node<K: Kv>(rpc: &Rpc<K>) -> Option<Vec<String>> {
     let state = lock(&rpc.state);
@@ -536,7 +529,7 @@ async fn answer_batch<K: Kv>(
                 crate::rpc_route::route_decoded(&state, request, tx.as_ref(), forwarded)
             })
             .collect();
-        (own_shard_of(&state), routes)
+        (state.own_shard(), routes)
     };
     let mut sends: Vec<(usize, Value, Tx)> = Vec::new();
     let mut others: Vec<(usize, JsonRpcRequest)> = Vec::new();

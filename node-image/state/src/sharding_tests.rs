@@ -694,20 +694,28 @@ fn table_handoff_round_trip_moves_accounts_fees_and_outbox() {
     assert_eq!(conserved(&[&a, &b]), i128::from(a.supply()));
 }
 
-#[test]
-fn imported_tables_hide_keys_the_snapshot_lacks() {
-    // Two unrelated states of the same table: `old` has an account the source lacks.
+/// Two unrelated states of one table: `(ghost, other, table, stale, source)` where the
+/// `stale` ledger (which no longer owns `table`) holds `ghost`'s account with 100 and the
+/// `source` ledger holds only `other`'s with 70.
+fn stale_copy_and_source() -> (PrivateKey, PrivateKey, u8, Ledger<MemKv>, Ledger<MemKv>) {
     let ghost = test_key(1);
     let table = table_of(&ghost.public_key());
     let other = (2..5000)
         .map(test_key)
         .find(|k| table_of(&k.public_key()) == table)
         .unwrap();
-    let mut old = shard(std::slice::from_ref(&ghost), 100, TableSet::all());
-    let source = shard(std::slice::from_ref(&other), 70, TableSet::all());
     let mut rest = TableSet::all();
     rest.remove(table);
-    old.set_owned_tables(&rest).unwrap();
+    let mut stale = shard(std::slice::from_ref(&ghost), 100, TableSet::all());
+    stale.set_owned_tables(&rest).unwrap();
+    let source = shard(std::slice::from_ref(&other), 70, TableSet::all());
+    (ghost, other, table, stale, source)
+}
+
+#[test]
+fn imported_tables_hide_keys_the_snapshot_lacks() {
+    // `old` has an account the source lacks.
+    let (ghost, other, table, mut old, source) = stale_copy_and_source();
     let chunks = export_all(&source, table, 0, 100);
     old.import_table(table, source.table_root(table), &chunks)
         .unwrap();
@@ -730,17 +738,7 @@ fn imported_tables_hide_keys_the_snapshot_lacks() {
 fn an_importer_serves_exactly_the_imported_leaves_by_root() {
     // `importer` holds a stale copy of the table (an account the source lacks) and
     // imports the source's table; the proof the node keeps commits with the import.
-    let ghost = test_key(1);
-    let table = table_of(&ghost.public_key());
-    let other = (2..5000)
-        .map(test_key)
-        .find(|k| table_of(&k.public_key()) == table)
-        .unwrap();
-    let mut rest = TableSet::all();
-    rest.remove(table);
-    let mut importer = shard(std::slice::from_ref(&ghost), 100, TableSet::all());
-    importer.set_owned_tables(&rest).unwrap();
-    let source = shard(std::slice::from_ref(&other), 70, TableSet::all());
+    let (ghost, other, table, mut importer, source) = stale_copy_and_source();
     let root = source.table_root(table);
     let mut extra = WriteBatch::default();
     extra.put(Space::Meta, b"proof-of-the-import".to_vec(), vec![7]);
@@ -764,6 +762,8 @@ fn an_importer_serves_exactly_the_imported_leaves_by_root() {
     // block's changes), in chunks another ledger imports against the certified root.
     let chunks = export_chunks(|after| importer.export_table_with_root(table, 0, root, after, 1));
     assert!(chunks.len() > 1);
+    let mut rest = TableSet::all();
+    rest.remove(table);
     let mut replayer = shard(std::slice::from_ref(&ghost), 100, rest);
     replayer.import_table(table, root, &chunks).unwrap();
     assert_eq!(replayer.table_root(table), root);
