@@ -18,7 +18,7 @@
 use trellis_node_api::shard::ShardMapInfo;
 
 use super::record::{ChainRecord, NetworkRecord, NodeRecord};
-use super::scaling::{Mark, mark, register};
+use super::scaling::{Mark, key_file, mark, register};
 use super::{Inner, run_node_tool};
 
 /// The beacon's refusal of a deregistration it has nothing to do for
@@ -112,15 +112,11 @@ async fn deregister(
     beacon: &str,
     node: &NodeRecord,
 ) -> Result<(), String> {
-    let key_file = inner
-        .layout
-        .node(record.network_id, &node.name)
-        .join("keys.json");
     let args: Vec<std::ffi::OsString> = vec![
         "system".into(),
         "deregister-validator".into(),
         "--key-file".into(),
-        key_file.into(),
+        key_file(inner, record, node).into(),
         "--rpc".into(),
         beacon.into(),
     ];

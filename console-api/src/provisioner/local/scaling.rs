@@ -309,15 +309,11 @@ pub(super) async fn register(
     shard: &str,
     node: &NodeRecord,
 ) -> Result<(), String> {
-    let key_file = inner
-        .layout
-        .node(record.network_id, &node.name)
-        .join("keys.json");
     let args: Vec<std::ffi::OsString> = vec![
         "system".into(),
         "register-validator".into(),
         "--key-file".into(),
-        key_file.into(),
+        key_file(inner, record, node).into(),
         "--rpc".into(),
         beacon.into(),
         "--shard".into(),
@@ -333,6 +329,18 @@ pub(super) async fn register(
         Err(e) if e.to_string().contains("already registered for this shard") => Ok(()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A node's key file (`keys.json`): its node key signs its own registration.
+pub(super) fn key_file(
+    inner: &Inner,
+    record: &NetworkRecord,
+    node: &NodeRecord,
+) -> std::path::PathBuf {
+    inner
+        .layout
+        .node(record.network_id, &node.name)
+        .join("keys.json")
 }
 
 /// `trellis-node system set-shard-count`, signed with the network admin key.
