@@ -2,8 +2,8 @@
 //! processes on loopback (127.0.226.0/24): the pool's validators run `shard = "any"`,
 //! are in no genesis, are registered with the beacon for shard "any" (each signed with
 //! its own node key, through the node binary like a new shard's validators) and placed
-//! by the beacon's shuffle; a placed one serves its shard and is among the network's
-//! RPC endpoints with that shard. Scale-down 2 → 1 deregisters `pool-1`, which keeps
+//! by the beacon's shuffle; a placed, ready one serves its shard and is among the
+//! network's RPC endpoints with that shard. Scale-down 2 → 1 deregisters `pool-1`, which keeps
 //! running while the beacon's map still places it and stops once the map leaves it
 //! out; scale-up brings it back with its keys and it is placed again.
 //! Real: the console (router, SQLite), the local provisioner and its scaling loop, the
@@ -142,24 +142,34 @@ async fn a_local_validator_pool_is_registered_placed_and_scaled_through_the_beac
         network_id: id.parse().unwrap(),
         name: String::new(),
     };
-    for (dir, key) in pool.iter().zip(&pool_keys) {
-        let rpc = rpc_of(dir);
-        eventually(
-            "a pool node to serve the shard it is placed in, listed as its endpoint",
-            WAIT,
-            async || {
-                let map = node_call(&beacon, "trellis_getShardMap", Value::Null).await?;
+    // A pool node is an RPC endpoint of the shard the beacon places it in once the
+    // status's observation found it ready (`/readyz`), as a Service's Endpoints hold
+    // Ready pods; it serves that shard (its own status). At least one of the two is
+    // seen so (a pool node that lost its shard's peers is not ready, and not listed).
+    let rpcs: Vec<String> = pool.iter().map(|d| rpc_of(d)).collect();
+    eventually(
+        "a ready pool node listed with its shard",
+        WAIT,
+        async || {
+            local.observe(&reference).await.ok()??;
+            let endpoints = local.rpc_endpoints(&reference).await.ok()?;
+            let map = node_call(&beacon, "trellis_getShardMap", Value::Null).await?;
+            for (rpc, key) in rpcs.iter().zip(&pool_keys) {
+                let Some(listed) = endpoints.iter().find(|e| e.url.contains(rpc.as_str())) else {
+                    continue;
+                };
                 let shard = placed(&map, key)?;
-                let status = node_call(&rpc, "trellis_status", Value::Null).await?;
-                let endpoints = local.rpc_endpoints(&reference).await.ok()?;
-                let listed = endpoints
-                    .iter()
-                    .any(|e| e.url.contains(&rpc) && e.shard == u32::try_from(shard).ok());
-                (status["role"]["shard"].as_u64() == Some(shard) && listed).then_some(())
-            },
-        )
-        .await;
-    }
+                let status = node_call(rpc, "trellis_status", Value::Null).await?;
+                if listed.shard == u32::try_from(shard).ok()
+                    && status["role"]["shard"].as_u64() == Some(shard)
+                {
+                    return Some(());
+                }
+            }
+            None
+        },
+    )
+    .await;
 
     // Scale-down 2 -> 1: pool-1 is deregistered and runs until the beacon's map leaves
     // it out.

@@ -160,6 +160,10 @@ struct Inner {
     tx_samples: tokio::sync::Mutex<HashMap<String, (Instant, f64)>>,
     /// Where each sharded network's scaling stands (the beacon's map, the step due).
     scaling: tokio::sync::Mutex<scaling::ScalingStates>,
+    /// Per network, the validator pool's nodes whose `/readyz` answered 200 at its last
+    /// observation: the pool's RPC endpoints (as a Service's Endpoints hold only Ready
+    /// pods; a placed pool node that lost its shard's peers still answers RPC).
+    pool_ready: tokio::sync::Mutex<HashMap<Uuid, BTreeSet<String>>>,
 }
 
 /// See the module documentation.
@@ -218,6 +222,7 @@ impl LocalProvisioner {
             admission_states: tokio::sync::Mutex::new(HashMap::new()),
             tx_samples: tokio::sync::Mutex::new(HashMap::new()),
             scaling: tokio::sync::Mutex::new(HashMap::new()),
+            pool_ready: tokio::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(supervise_forever(Arc::downgrade(&inner)));
         tokio::spawn(admission::admit_forever(Arc::downgrade(&inner)));
@@ -635,6 +640,7 @@ impl LocalProvisioner {
         remove_or_retain(&inner.layout, id, retain)?;
         fleet.networks.remove(&id);
         fleet.nodes.retain(|(network, _), _| *network != id);
+        inner.pool_ready.lock().await.remove(&id);
         tracing::info!(network = %id, retain, "local network deleted");
         Ok(())
     }
@@ -1100,6 +1106,19 @@ fn metric_value(text: &str, metric: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// Whether the node's `/readyz` answers 200 (connected to a quorum of its committee, not
+/// behind it, not waiting for a placement or a handoff).
+async fn is_ready(http: &reqwest::Client, node: &NodeRecord) -> bool {
+    http.get(format!(
+        "http://{}{}",
+        rpc_address(node),
+        trellis_node_api::READYZ_PATH
+    ))
+    .send()
+    .await
+    .is_ok_and(|r| r.status().is_success())
+}
+
 async fn ask_node(http: &reqwest::Client, node: &NodeRecord) -> NodeReport {
     let base = format!("http://{}", rpc_address(node));
     let status = async {
@@ -1114,12 +1133,7 @@ async fn ask_node(http: &reqwest::Client, node: &NodeRecord) -> NodeReport {
         let body: serde_json::Value = response.json().await.ok()?;
         serde_json::from_value::<NodeStatus>(body.get("result")?.clone()).ok()
     };
-    let ready = async {
-        http.get(format!("{base}{}", trellis_node_api::READYZ_PATH))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    };
+    let ready = is_ready(http, node);
     let committed = async {
         let text = http
             .get(format!("{base}{}", trellis_node_api::METRICS_PATH))
@@ -1185,12 +1199,26 @@ impl Provisioner for LocalProvisioner {
             for chain in &active {
                 if chain.is_pool() {
                     // Not a committee: its validators vote in the shards the beacon
-                    // placed them in (their readiness is those shards'), and serve
-                    // clients there.
-                    if let Some(map) = scaling.as_ref().and_then(|s| s.map.as_ref()) {
-                        endpoints
-                            .extend(pool::placed(&record, map).iter().map(|(_, n)| node_url(n)));
-                    }
+                    // placed them in, and the ready ones serve clients there.
+                    let placed = scaling
+                        .as_ref()
+                        .and_then(|s| s.map.as_ref())
+                        .map(|map| pool::placed(&record, map))
+                        .unwrap_or_default();
+                    let ready = futures::future::join_all(
+                        placed.iter().map(|(_, n)| is_ready(&self.inner.http, n)),
+                    )
+                    .await;
+                    let ready: Vec<&NodeRecord> = placed
+                        .iter()
+                        .zip(ready)
+                        .filter_map(|((_, n), ready)| ready.then_some(*n))
+                        .collect();
+                    endpoints.extend(ready.iter().map(|n| node_url(n)));
+                    self.inner.pool_ready.lock().await.insert(
+                        record.network_id,
+                        ready.iter().map(|n| n.name.clone()).collect(),
+                    );
                     continue;
                 }
                 let validators: Vec<&NodeRecord> =
@@ -1374,7 +1402,8 @@ impl Provisioner for LocalProvisioner {
             // Shard nodes only: any of them forwards a transaction to the shard that owns
             // its sender (and a system transaction to the beacon); the beacon's nodes
             // would answer queries about accounts and transactions from no ledger. Pool
-            // validators count with the shard the beacon's map places them in.
+            // validators count with the shard the beacon's map places them in, once the
+            // last observation found them ready.
             let mut endpoints: Vec<RpcEndpoint> = record
                 .nodes()
                 .filter(|(c, n)| !c.retired && !c.is_beacon() && !c.is_pool() && c.runs(n))
@@ -1383,14 +1412,25 @@ impl Provisioner for LocalProvisioner {
                     url: node_url(node),
                 })
                 .collect();
+            let ready = self
+                .inner
+                .pool_ready
+                .lock()
+                .await
+                .get(&record.network_id)
+                .cloned()
+                .unwrap_or_default();
             let scaling = self.inner.scaling.lock().await;
             if let Some(map) = scaling.get(&record.network_id).and_then(|s| s.map.as_ref()) {
-                endpoints.extend(pool::placed(&record, map).into_iter().map(|(shard, node)| {
-                    RpcEndpoint {
-                        shard: Some(u32::from(shard)),
-                        url: node_url(node),
-                    }
-                }));
+                endpoints.extend(
+                    pool::placed(&record, map)
+                        .into_iter()
+                        .filter(|(_, node)| ready.contains(&node.name))
+                        .map(|(shard, node)| RpcEndpoint {
+                            shard: Some(u32::from(shard)),
+                            url: node_url(node),
+                        }),
+                );
             }
             Ok(endpoints)
         })
