@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::local::{eventually, local_app};
+use common::local::{eventually, local_app, node_call};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,23 +20,6 @@ use axum::http::StatusCode;
 use common::{TestApp, test_settings};
 use serde_json::{Value, json};
 use trellis_console::networks::autoscale::{self, ACTION, ACTOR};
-
-/// `method`'s result from the node at `host:port`, directly.
-async fn node_call(node: &str, method: &str, params: Value) -> Option<Value> {
-    let body: Value = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .ok()?
-        .post(format!("http://{node}/rpc"))
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    body.get("result").cloned()
-}
 
 /// An account (hex) in `table` that nobody funds: a transfer's recipient.
 fn account_in_table(table: u8) -> String {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::local::{eventually, local_app, processes_for};
+use common::local::{eventually, local_app, node_call, processes_for};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -403,27 +403,10 @@ async fn shard_map(app: &TestApp, token: &str, id: &str, via: u32) -> Option<Val
     (r.status == StatusCode::OK).then(|| r.body["result"].clone())
 }
 
-/// `method`'s result from the node at `host:port`, directly.
-async fn node_call(node: &str, method: &str) -> Option<Value> {
-    let body: Value = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .ok()?
-        .post(format!("http://{node}/rpc"))
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method}))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    body.get("result").cloned()
-}
-
 /// The beacon's own shard map, from a beacon node (`host:port` from the genesis): a
 /// shard's follower stops before a shard-count change until live resharding lands.
 async fn beacon_map(beacon: &str) -> Option<Value> {
-    node_call(beacon, "trellis_getShardMap").await
+    node_call(beacon, "trellis_getShardMap", Value::Null).await
 }
 
 /// A public network in local mode is one sharded network: a beacon committee and one
@@ -559,7 +542,8 @@ async fn a_public_network_is_one_sharded_network_scaled_through_its_beacon() {
                 "every validator to execute it",
                 Duration::from_secs(120),
                 async || {
-                    (node_call(node, "trellis_status").await?["finalized_height"].as_u64()?
+                    (node_call(node, "trellis_status", Value::Null).await?["finalized_height"]
+                        .as_u64()?
                         >= height)
                         .then_some(())
                 },

@@ -387,7 +387,9 @@ pub fn rpc_service_name(network: &str) -> String {
     format!("{network}-rpc")
 }
 
-/// Client JSON-RPC Service: load-balances over the Ready shard validators.
+/// Client JSON-RPC Service: load-balances over the Ready shard validators, the validator
+/// pool's included (their pods say `component: shard`, see [`labels::pod_labels`]; a
+/// pool validator is Ready only while the beacon places it in a shard).
 fn rpc_service(network: &ChainNetwork) -> Result<Service, BuildError> {
     let name = network_name(network)?;
     Ok(Service {
@@ -599,7 +601,7 @@ pub fn stateful_set(
     } else {
         i32::try_from(committee.validators).unwrap_or(0)
     };
-    let mut pod_labels = labels::committee_labels(&name, committee);
+    let mut pod_labels = labels::pod_labels(&name, committee);
     if let Some(tag) = image_tag(&spec.node.image) {
         pod_labels.insert(labels::VERSION.to_owned(), tag);
     }

@@ -51,6 +51,27 @@ pub fn committee_labels(network: &str, committee: &Committee) -> BTreeMap<String
     labels
 }
 
+/// Labels of a committee's pods: its children's labels, except that the validator pool's
+/// pods say `component: shard`. A pool validator serves a shard (whichever the beacon
+/// placed it in) and routes a client's request like any shard node, and the client RPC
+/// Service selects `component: shard` ([`component_selector`]). Giving the pool pods
+/// that value, rather than widening the Service's selector with a label of their own,
+/// leaves every shard pod's template as it was: no shard StatefulSet rolls on an
+/// operator upgrade (only the pool's does, one validator at a time). Nothing else tells
+/// pool pods from shard pods by `component`: committee selectors (StatefulSets, PDBs,
+/// topology spread) use `trellis.dev/committee`, which stays `<network>-pool`, and the
+/// pool pods carry no `trellis.dev/shard`.
+pub fn pod_labels(network: &str, committee: &Committee) -> BTreeMap<String, String> {
+    let mut labels = committee_labels(network, committee);
+    if committee.role == CommitteeRole::Pool {
+        labels.insert(
+            COMPONENT.to_owned(),
+            CommitteeRole::Shard(0).component().to_owned(),
+        );
+    }
+    labels
+}
+
 /// The immutable selector of a committee's pods.
 pub fn committee_selector(network: &str, committee: &Committee) -> BTreeMap<String, String> {
     BTreeMap::from([

@@ -11,7 +11,10 @@
 //! shard "any", signed with its own node key, and the beacon's seeded shuffle places
 //! them (and moves them between the shards epoch after epoch). `status.validatorPool`
 //! is compared with the beacon's own shard map and the nodes' own `trellis_status`.
-//! Scale-down 2 → 1: the operator deregisters `pool-1` and keeps its pod while the
+//! The client RPC Service `pooled-rpc` selects the pool pods with the shard pods (the
+//! apiserver evaluates its selector; no beacon pod), the placed pool nodes' `/readyz`
+//! says they are ready, and reads and a transfer sent to a pool node reach the shards
+//! owning the accounts. Scale-down 2 → 1: the operator deregisters `pool-1` and keeps its pod while the
 //! beacon still places it; the StatefulSet shrinks only once the beacon's map leaves it
 //! out — finished by a fresh operator started after the first one took the change in
 //! (stopped, its memory gone). Scale-up 1 → 2: `pool-1` comes back with its key and
@@ -32,24 +35,54 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use trellis_crd::topology::{CommitteeRole, NetworkId, plan};
 use trellis_crd::{
-    ChainNetwork, ChainNetworkSpec, NetworkMode, PoolValidatorState, ShardsSpec, ValidatorPoolSpec,
+    ChainNetwork, ChainNetworkSpec, GenesisAllocation, NetworkMode, PoolValidatorState, ShardsSpec,
+    ValidatorPoolSpec,
 };
 use trellis_e2e::kube::{apply_crds, eventually, test_namespace};
 use trellis_node_api::shard::{ShardMapInfo, SystemSequence, SystemSequenceQuery};
-use trellis_node_api::{Genesis, NodeConfig, NodeStatus, Role, methods};
+use trellis_node_api::{
+    AccountInfo, AccountQuery, Genesis, NodeConfig, NodeStatus, READYZ_PATH, Role,
+    SendTransactionParams, methods,
+};
+use trellis_node_types::{Encode, Signer, TxKind, UnsignedTx, test_key, to_hex};
 use trellis_operator::build;
 use trellis_operator::chain::NodeRpc;
 use trellis_operator::endpoints::NodeRef;
 use trellis_operator::genesis;
 use trellis_operator::keys;
+use trellis_operator::labels;
 use trellis_operator::metrics::Metrics;
 
 const WAIT: Duration = Duration::from_secs(180);
 const NAME: &str = "pooled";
+/// Genesis-funded accounts (`test_key(FUNDED..FUNDED + 8)`): their tables fall in both
+/// shards.
+const FUNDED: u64 = 90;
+const FUNDS: u64 = 1_000_000;
+
+/// The first pool node whose readiness probe (`/readyz`) passes: one the client RPC
+/// Service's endpoints hold now.
+async fn ready_pool_node(rpc: &NodeRpc, pool: &[NodeRef]) -> Option<NodeRef> {
+    for node in pool {
+        if let Ok((200, _)) = rpc.http(node, READYZ_PATH, None).await {
+            return Some(node.clone());
+        }
+    }
+    None
+}
+
+/// `account`'s balance and the shard that answered, read through `node`.
+async fn account(rpc: &NodeRpc, node: &NodeRef, account: &str) -> Option<(u64, Option<u16>)> {
+    let query = AccountQuery {
+        account: account.to_owned(),
+    };
+    let info: AccountInfo = rpc.call(node, methods::GET_ACCOUNT, query).await.ok()?;
+    Some((info.balance, info.shard))
+}
 
 /// The shard of every validator in the beacon's map, by hex node key.
 async fn beacon_placements(rpc: &NodeRpc, beacon: &NodeRef) -> Option<BTreeMap<String, i32>> {
@@ -102,6 +135,12 @@ async fn the_operator_runs_a_pool_the_beacon_places_and_reports_where() {
     };
     spec.epoch_length = 10;
     spec.validator_pool = Some(ValidatorPoolSpec { replicas: 2 });
+    spec.genesis_balances = (FUNDED..FUNDED + 8)
+        .map(|i| GenesisAllocation {
+            account: to_hex(test_key(i).public_key().as_ref()),
+            amount: i64::try_from(FUNDS).unwrap(),
+        })
+        .collect();
     let id = NetworkId::new(ns.name.clone(), NAME);
     let topology = plan(&id, &spec).unwrap();
     let chain_id = topology.genesis.chain_id.clone();
@@ -256,6 +295,118 @@ async fn the_operator_runs_a_pool_the_beacon_places_and_reports_where() {
     for key in &pool_keys {
         assert_eq!(system_sequence(&rpc, &beacon, key).await, 1, "{key}");
     }
+
+    // The client RPC Service: the pods its selector picks — the apiserver evaluates it,
+    // as the EndpointSlice controller does — are every shard pod and both pool pods, and
+    // no beacon pod. (This cluster runs no EndpointSlice controller: the pods' loopback
+    // IPs are refused in EndpointSlices, see e2e/scripts/cluster.sh.) Its endpoints are
+    // those whose readiness probe passes, asked of the processes below.
+    let services: Api<Service> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let service = services.get(&build::rpc_service_name(NAME)).await.unwrap();
+    let selector = labels::selector_string(&service.spec.unwrap().selector.unwrap());
+    let mut expected: Vec<String> = topology
+        .committees
+        .iter()
+        .filter(|c| c.role != CommitteeRole::Beacon)
+        .flat_map(|c| c.nodes.iter().map(|n| n.name.clone()))
+        .collect();
+    expected.sort();
+    eventually(
+        "the RPC Service selects the shard and pool pods",
+        WAIT,
+        || {
+            let (pods, selector, expected) = (pods.clone(), selector.clone(), expected.clone());
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .ok()?;
+                let mut names: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter_map(|p| p.metadata.name.clone())
+                    .collect();
+                names.sort();
+                (names == expected).then_some(())
+            }
+        },
+    )
+    .await;
+    // A client's request that lands on a pool pod among the Service's endpoints (one
+    // whose `/readyz` answers 200 at that moment) reaches the shard owning the account:
+    // reads of accounts in both shards' tables, and a transfer finalized there.
+    let funded: Vec<String> = (FUNDED..FUNDED + 8)
+        .map(|i| to_hex(test_key(i).public_key().as_ref()))
+        .collect();
+    let (via, shards) = eventually(
+        "reads through a ready pool node reach both shards",
+        WAIT,
+        || {
+            let (rpc, pool_refs, funded) = (rpc.clone(), pool_refs.clone(), funded.clone());
+            async move {
+                let node = ready_pool_node(&rpc, &pool_refs).await?;
+                let mut shards = std::collections::BTreeSet::new();
+                for a in &funded {
+                    let (balance, shard) = account(&rpc, &node, a).await?;
+                    assert_eq!(balance, FUNDS, "{a} through {}", node.node);
+                    shards.insert(shard?);
+                }
+                Some((node.node, shards))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        shards.into_iter().collect::<Vec<_>>(),
+        [0, 1],
+        "through {via}"
+    );
+    let payer = test_key(FUNDED);
+    let payee = test_key(FUNDED + 20).public_key();
+    let transfer = UnsignedTx {
+        chain_id: chain_id.clone(),
+        from: payer.public_key(),
+        nonce: 0,
+        fee: 1,
+        kind: TxKind::Transfer {
+            to: payee.clone(),
+            amount: 7,
+        },
+    }
+    .sign(&payer);
+    let params = SendTransactionParams {
+        tx: to_hex(&transfer.encode()),
+    };
+    let payee = to_hex(payee.as_ref());
+    let started_transfer = std::time::Instant::now();
+    let mut sent_via = Vec::new();
+    'sent: loop {
+        // Sent to a ready pool node (again, the same transaction, if it is not final in
+        // 10 s: a pool node that lost its shard's peers is no endpoint any more), read
+        // back through a ready pool node.
+        if let Some(node) = ready_pool_node(&rpc, &pool_refs).await {
+            let sent: Result<serde_json::Value, _> =
+                rpc.call(&node, methods::SEND_TRANSACTION, &params).await;
+            sent_via.push((node.node.clone(), sent.map_err(|e| e.to_string())));
+        }
+        for _ in 0..50 {
+            if let Some(node) = ready_pool_node(&rpc, &pool_refs).await
+                && account(&rpc, &node, &payee).await.map(|a| a.0) == Some(7)
+            {
+                break 'sent;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            started_transfer.elapsed() < WAIT,
+            "a transfer sent to a pool node was not finalized: {sent_via:?}"
+        );
+    }
+    eprintln!(
+        "a transfer through a pool node finalized after {:?}: {sent_via:?}",
+        started_transfer.elapsed()
+    );
 
     // Scale-down 2 -> 1: pool-1 is deregistered, and its pod stays until the beacon's
     // map leaves it out.

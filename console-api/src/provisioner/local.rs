@@ -41,6 +41,7 @@ mod admission;
 mod load;
 mod member_change;
 pub mod plan;
+mod pool;
 pub mod process;
 pub mod record;
 mod removal;
@@ -55,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use trellis_node_api::shard::{ANY_SHARD, GenesisValidator, ShardingGenesis, ShardingMode};
-use trellis_node_api::{BootstrapPeer, MempoolConfig, NodeConfig, NodeStatus};
+use trellis_node_api::{BootstrapPeer, MempoolConfig, NodeConfig, NodeStatus, Role};
 use trellis_node_types::{public_key_from_hex, table_of};
 use uuid::Uuid;
 
@@ -159,6 +160,10 @@ struct Inner {
     tx_samples: tokio::sync::Mutex<HashMap<String, (Instant, f64)>>,
     /// Where each sharded network's scaling stands (the beacon's map, the step due).
     scaling: tokio::sync::Mutex<scaling::ScalingStates>,
+    /// Per network, the validator pool's nodes whose `/readyz` answered 200 at its last
+    /// observation: the pool's RPC endpoints (as a Service's Endpoints hold only Ready
+    /// pods; a placed pool node that lost its shard's peers still answers RPC).
+    pool_ready: tokio::sync::Mutex<HashMap<Uuid, BTreeSet<String>>>,
 }
 
 /// See the module documentation.
@@ -217,6 +222,7 @@ impl LocalProvisioner {
             admission_states: tokio::sync::Mutex::new(HashMap::new()),
             tx_samples: tokio::sync::Mutex::new(HashMap::new()),
             scaling: tokio::sync::Mutex::new(HashMap::new()),
+            pool_ready: tokio::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(supervise_forever(Arc::downgrade(&inner)));
         tokio::spawn(admission::admit_forever(Arc::downgrade(&inner)));
@@ -359,7 +365,18 @@ impl LocalProvisioner {
             let mut nodes = Vec::new();
             for node in &planned.nodes {
                 if let Some(kept) = old.and_then(|c| c.nodes.iter().find(|o| o.name == node.name)) {
-                    nodes.push(kept.clone());
+                    nodes.push(match planned.role {
+                        // A pool validator wanted again after a scale-down comes back
+                        // with its keys and ledger and is registered anew (a registration
+                        // the beacon still holds is refused as unchanged: done).
+                        Some(Role::AnyShard) if kept.leaving || kept.removed => NodeRecord {
+                            leaving: false,
+                            removed: false,
+                            registered: false,
+                            ..kept.clone()
+                        },
+                        _ => kept.clone(),
+                    });
                     continue;
                 }
                 let address = fresh.next().ok_or_else(|| {
@@ -382,9 +399,10 @@ impl LocalProvisioner {
                     node_public_key: node_key,
                     admin_public_key: node.admin_public_key.clone().unwrap_or(own_admin_key),
                     // A node joins the genesis only when its chain is new (in a sharded
-                    // network: when the network is); a shard added later registers
-                    // its validators with the beacon.
+                    // network: when the network is); a shard added later, and the
+                    // validator pool always, register their validators with the beacon.
                     in_genesis: match plan.sharding {
+                        _ if planned.role == Some(Role::AnyShard) => false,
                         Some(_) => existing.is_none(),
                         None => old.is_none(),
                     },
@@ -394,7 +412,10 @@ impl LocalProvisioner {
                     removed: false,
                 });
             }
-            if planned.role.is_none()
+            // Validators planned away that may still vote: a consortium member's until
+            // governance removed them, a pool validator's until the beacon's map leaves
+            // it out ([`scaling`] deregisters it).
+            if matches!(planned.role, None | Some(Role::AnyShard))
                 && let Some(old) = old
             {
                 nodes.extend(departing(old, &nodes));
@@ -419,7 +440,10 @@ impl LocalProvisioner {
                 .any(|c| committee_key(c.role, c.shard) == *key)
             {
                 let mut away = (*old).clone();
-                if plan.sharding.is_some() && !away.retired {
+                if away.is_pool() {
+                    // The pool scaled to 0: every validator leaves through the beacon.
+                    away.nodes = departing(old, &[]);
+                } else if plan.sharding.is_some() && !away.retired {
                     away.draining = true;
                 } else {
                     away.retired = true;
@@ -540,7 +564,7 @@ impl LocalProvisioner {
                 .collect(),
             validators: chains
                 .iter()
-                .filter(|c| !c.is_beacon())
+                .filter(|c| !c.is_beacon() && !c.is_pool())
                 .flat_map(|c| c.nodes.iter().map(|n| seat(n, c.shard)))
                 .collect(),
         };
@@ -616,6 +640,7 @@ impl LocalProvisioner {
         remove_or_retain(&inner.layout, id, retain)?;
         fleet.networks.remove(&id);
         fleet.nodes.retain(|(network, _), _| *network != id);
+        inner.pool_ready.lock().await.remove(&id);
         tracing::info!(network = %id, retain, "local network deleted");
         Ok(())
     }
@@ -736,8 +761,9 @@ async fn keygen(binary: &Path, out: &Path) -> Result<(String, String), Provision
 /// longer has it ([`removal`]): a validator runs until the chain's governance removed
 /// it; a node still waiting for its admission does not start, and is `removed` as soon
 /// as the registry shows it absent — or, if its admission was already sent and
-/// executes, once its removal does. They stay in the record, so no process is ever
-/// orphaned.
+/// executes, once its removal does. Likewise the validator pool's nodes scaled away:
+/// `leaving` until the beacon's map leaves them out ([`scaling`]). They stay in the
+/// record, so no process is ever orphaned.
 fn departing(old: &ChainRecord, planned: &[NodeRecord]) -> Vec<NodeRecord> {
     old.nodes
         .iter()
@@ -872,10 +898,13 @@ fn write_config(
         p2p_listen: p2p_address(node),
         p2p_external: None,
         rpc_listen: rpc_address(node),
+        // A pool validator's peers are those of the shard the beacon places it in (the
+        // genesis and the beacon's registry give their addresses), not its fellow pool
+        // validators, which serve other shards.
         bootstrap_peers: chain
             .nodes
             .iter()
-            .filter(|peer| peer.name != node.name)
+            .filter(|peer| !chain.is_pool() && peer.name != node.name)
             .map(|peer| BootstrapPeer {
                 public_key: peer.node_public_key.clone(),
                 address: p2p_address(peer).to_string(),
@@ -1077,6 +1106,19 @@ fn metric_value(text: &str, metric: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// Whether the node's `/readyz` answers 200 (connected to a quorum of its committee, not
+/// behind it, not waiting for a placement or a handoff).
+async fn is_ready(http: &reqwest::Client, node: &NodeRecord) -> bool {
+    http.get(format!(
+        "http://{}{}",
+        rpc_address(node),
+        trellis_node_api::READYZ_PATH
+    ))
+    .send()
+    .await
+    .is_ok_and(|r| r.status().is_success())
+}
+
 async fn ask_node(http: &reqwest::Client, node: &NodeRecord) -> NodeReport {
     let base = format!("http://{}", rpc_address(node));
     let status = async {
@@ -1091,12 +1133,7 @@ async fn ask_node(http: &reqwest::Client, node: &NodeRecord) -> NodeReport {
         let body: serde_json::Value = response.json().await.ok()?;
         serde_json::from_value::<NodeStatus>(body.get("result")?.clone()).ok()
     };
-    let ready = async {
-        http.get(format!("{base}{}", trellis_node_api::READYZ_PATH))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    };
+    let ready = is_ready(http, node);
     let committed = async {
         let text = http
             .get(format!("{base}{}", trellis_node_api::METRICS_PATH))
@@ -1160,6 +1197,30 @@ impl Provisioner for LocalProvisioner {
             let mut ever_final = false;
             let mut waiting = Vec::new();
             for chain in &active {
+                if chain.is_pool() {
+                    // Not a committee: its validators vote in the shards the beacon
+                    // placed them in, and the ready ones serve clients there.
+                    let placed = scaling
+                        .as_ref()
+                        .and_then(|s| s.map.as_ref())
+                        .map(|map| pool::placed(&record, map))
+                        .unwrap_or_default();
+                    let ready = futures::future::join_all(
+                        placed.iter().map(|(_, n)| is_ready(&self.inner.http, n)),
+                    )
+                    .await;
+                    let ready: Vec<&NodeRecord> = placed
+                        .iter()
+                        .zip(ready)
+                        .filter_map(|((_, n), ready)| ready.then_some(*n))
+                        .collect();
+                    endpoints.extend(ready.iter().map(|n| node_url(n)));
+                    self.inner.pool_ready.lock().await.insert(
+                        record.network_id,
+                        ready.iter().map(|n| n.name.clone()).collect(),
+                    );
+                    continue;
+                }
                 let validators: Vec<&NodeRecord> =
                     chain.nodes.iter().filter(|n| chain.runs(n)).collect();
                 waiting.extend(
@@ -1224,7 +1285,7 @@ impl Provisioner for LocalProvisioner {
                 None => u32::try_from(
                     active
                         .iter()
-                        .filter(|c| !c.is_beacon() && !c.draining)
+                        .filter(|c| !c.is_beacon() && !c.is_pool() && !c.draining)
                         .count(),
                 )
                 .unwrap_or(u32::MAX),
@@ -1324,8 +1385,15 @@ impl Provisioner for LocalProvisioner {
         network: &'a NetworkRef,
     ) -> BoxFuture<'a, Result<Vec<RpcEndpoint>, ProvisionError>> {
         Box::pin(async move {
-            let fleet = self.inner.fleet.lock().await;
-            let Some(record) = fleet.networks.get(&network.network_id) else {
+            let Some(record) = self
+                .inner
+                .fleet
+                .lock()
+                .await
+                .networks
+                .get(&network.network_id)
+                .cloned()
+            else {
                 return Ok(Vec::new());
             };
             if record.stopped || record.deleting {
@@ -1333,15 +1401,38 @@ impl Provisioner for LocalProvisioner {
             }
             // Shard nodes only: any of them forwards a transaction to the shard that owns
             // its sender (and a system transaction to the beacon); the beacon's nodes
-            // would answer queries about accounts and transactions from no ledger.
-            Ok(record
+            // would answer queries about accounts and transactions from no ledger. Pool
+            // validators count with the shard the beacon's map places them in, once the
+            // last observation found them ready.
+            let mut endpoints: Vec<RpcEndpoint> = record
                 .nodes()
-                .filter(|(c, n)| !c.retired && !c.is_beacon() && c.runs(n))
+                .filter(|(c, n)| !c.retired && !c.is_beacon() && !c.is_pool() && c.runs(n))
                 .map(|(chain, node)| RpcEndpoint {
                     shard: Some(u32::from(chain.shard)),
                     url: node_url(node),
                 })
-                .collect())
+                .collect();
+            let ready = self
+                .inner
+                .pool_ready
+                .lock()
+                .await
+                .get(&record.network_id)
+                .cloned()
+                .unwrap_or_default();
+            let scaling = self.inner.scaling.lock().await;
+            if let Some(map) = scaling.get(&record.network_id).and_then(|s| s.map.as_ref()) {
+                endpoints.extend(
+                    pool::placed(&record, map)
+                        .into_iter()
+                        .filter(|(_, node)| ready.contains(&node.name))
+                        .map(|(shard, node)| RpcEndpoint {
+                            shard: Some(u32::from(shard)),
+                            url: node_url(node),
+                        }),
+                );
+            }
+            Ok(endpoints)
         })
     }
 }

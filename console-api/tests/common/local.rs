@@ -83,3 +83,24 @@ pub fn processes_for(node_dir: &Path) -> Vec<i32> {
         })
         .collect()
 }
+
+/// `method`'s result from the node at `host:port`, directly (not through the console).
+pub async fn node_call(
+    node: &str,
+    method: &str,
+    params: serde_json::Value,
+) -> Option<serde_json::Value> {
+    let body: serde_json::Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .ok()?
+        .post(format!("http://{node}/rpc"))
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body.get("result").cloned()
+}

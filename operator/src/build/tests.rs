@@ -788,3 +788,81 @@ fn a_validator_pool_is_one_stateful_set_of_any_shard_nodes() {
         Some(0)
     );
 }
+
+/// Whether `selector` (equality labels) selects an object labelled `labels`.
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn pod_template_labels(set: &StatefulSet) -> BTreeMap<String, String> {
+    set.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap()
+}
+
+#[test]
+fn pool_pods_are_behind_the_client_rpc_service_and_no_shard_pod_changes() {
+    let mut spec = public(2);
+    spec.validator_pool = Some(trellis_crd::ValidatorPoolSpec { replicas: 2 });
+    let children = Fixture::new(spec).build();
+    let rpc = children
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("alpha-rpc"))
+        .unwrap();
+    let rpc_selector = rpc.spec.as_ref().unwrap().selector.clone().unwrap();
+    let pool = pod_template_labels(sts(&children, "alpha-pool"));
+    let beacon = pod_template_labels(sts(&children, "alpha-beacon"));
+    assert!(selects(&rpc_selector, &pool), "{rpc_selector:?} {pool:?}");
+    assert!(!selects(&rpc_selector, &beacon));
+    assert_eq!(pool[labels::COMMITTEE], "alpha-pool");
+    assert!(!pool.contains_key(labels::SHARD), "a pool pod has no shard");
+    // Its StatefulSet, Services, PDB and claims still say `pool`; only the pods say
+    // `shard`.
+    let set = sts(&children, "alpha-pool");
+    assert_eq!(
+        set.metadata.labels.as_ref().unwrap()[labels::COMPONENT],
+        "pool"
+    );
+    // Each shard's PDB and StatefulSet selector leave the pool's pods alone, and the
+    // pool's own select them.
+    for pdb in &children.pod_disruption_budgets {
+        let selector = pdb
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|s| s.match_labels.as_ref())
+            .unwrap();
+        let own = pdb.metadata.name.as_deref() == Some("alpha-pool");
+        assert_eq!(selects(selector, &pool), own, "{:?}", pdb.metadata.name);
+    }
+    for set in &children.stateful_sets {
+        let selector = set.spec.as_ref().unwrap().selector.match_labels.as_ref();
+        let own = set.metadata.name.as_deref() == Some("alpha-pool");
+        assert_eq!(selects(selector.unwrap(), &pool), own);
+    }
+    // Shard pods keep the labels they had (their committee's, and the image tag): the
+    // change rolls no shard StatefulSet.
+    for shard in shard_sets(&children) {
+        let labels = pod_template_labels(shard);
+        let mut expected = shard.metadata.labels.clone().unwrap();
+        expected.insert(labels::VERSION.to_owned(), "1.2.3".to_owned());
+        assert_eq!(labels, expected);
+        assert!(selects(&rpc_selector, &labels));
+    }
+}
+
+fn shard_sets(children: &Children) -> Vec<&StatefulSet> {
+    children
+        .stateful_sets
+        .iter()
+        .filter(|s| {
+            s.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("alpha-shard-"))
+        })
+        .collect()
+}

@@ -94,13 +94,19 @@ pub(super) async fn for_each_pending(
             .filter(|r| !r.deleting && !r.stopped && !r.paused)
             .flat_map(|r| {
                 let waits = &waits;
-                r.chains.iter().filter(|c| !c.retired).flat_map(move |c| {
-                    c.nodes.iter().filter(|n| waits(n)).map(move |n| Pending {
-                        network: r.network_id,
-                        chain: c.clone(),
-                        node: n.clone(),
+                // Member changes are an unsharded (consortium) chain's governance; a
+                // sharded network's validators join and leave through the beacon
+                // (super::scaling, super::pool).
+                r.chains
+                    .iter()
+                    .filter(|c| !c.retired && c.role.is_none())
+                    .flat_map(move |c| {
+                        c.nodes.iter().filter(|n| waits(n)).map(move |n| Pending {
+                            network: r.network_id,
+                            chain: c.clone(),
+                            node: n.clone(),
+                        })
                     })
-                })
             })
             .collect()
     };

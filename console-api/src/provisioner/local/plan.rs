@@ -3,7 +3,9 @@
 //! - **public** networks are one sharded network (docs/sharding.md): the shared planner's
 //!   committees ([`trellis_crd::topology::plan`], the same names and sizes the operator
 //!   uses), a beacon committee and one committee per shard, all on one chain id with one
-//!   genesis whose `sharding` section names every committee.
+//!   genesis whose `sharding` section names every committee; and the validator pool
+//!   (`validator_pool`), validators in no genesis that run `shard = "any"` (slot
+//!   [`ANY_SHARD`]) and that the beacon places in a shard every epoch.
 //! - **consortium** networks as one unsharded chain whose validators are the members'
 //!   nodes (the console's rule: `members[].nodes`), each node signing governance with its
 //!   organisation's admin key. A member admitted later adds its nodes to that chain.
@@ -12,6 +14,7 @@
 
 use trellis_crd::topology::{CommitteeRole, NetworkId, plan};
 use trellis_node_api::Role;
+use trellis_node_api::shard::ANY_SHARD;
 
 use super::super::kube::{chain_network, member_name, namespace_of};
 use super::super::{DesiredNetwork, ProvisionError};
@@ -36,7 +39,8 @@ pub struct PlannedNode {
 /// chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedChain {
-    /// The shard slot (0 for a consortium's chain and for the beacon).
+    /// The shard slot (0 for a consortium's chain and for the beacon, [`ANY_SHARD`] for
+    /// the validator pool).
     pub shard: u16,
     pub chain_id: String,
     /// The committee in a sharded network; `None` for an unsharded chain.
@@ -92,15 +96,6 @@ pub fn plan_local(desired: &DesiredNetwork) -> Result<LocalPlan, ProvisionError>
             );
             let topology = plan(&id, &resource.spec)
                 .map_err(|e| ProvisionError::Rejected(format!("invalid network: {e}")))?;
-            // Said, not ignored: a pool needs its validators registered with the beacon
-            // and followed between shards, which only the operator does.
-            if topology.pool().is_some() {
-                return Err(ProvisionError::Rejected(
-                    "the local provisioner does not run a validator pool yet: set \
-                     validator_pool to 0, or run the network on Kubernetes"
-                        .to_owned(),
-                ));
-            }
             let chain_id = chain_id(desired);
             let chains = topology
                 .committees
@@ -109,8 +104,9 @@ pub fn plan_local(desired: &DesiredNetwork) -> Result<LocalPlan, ProvisionError>
                     let (shard, role) = match committee.role {
                         CommitteeRole::Shard(s) => (s, Role::Shard { shard: s }),
                         CommitteeRole::Beacon => (0, Role::Beacon),
-                        // Refused above.
-                        CommitteeRole::Pool => (0, Role::AnyShard),
+                        // In no genesis: registered with the beacon for shard "any"
+                        // (super::scaling), which places each in a shard every epoch.
+                        CommitteeRole::Pool => (ANY_SHARD, Role::AnyShard),
                     };
                     PlannedChain {
                         shard,
@@ -224,11 +220,23 @@ mod tests {
     }
 
     #[test]
-    fn a_validator_pool_is_refused_not_ignored() {
+    fn a_validator_pool_is_a_group_of_any_shard_validators_after_the_shards() {
         let mut r = request(NetworkMode::Public);
         r.validator_pool = Some(2);
-        let err = plan_local(&desired(r)).unwrap_err().to_string();
-        assert!(err.contains("does not run a validator pool yet"), "{err}");
+        let d = desired(r);
+        let p = plan_local(&d).unwrap();
+        let pool = p.chains.last().unwrap();
+        assert_eq!(pool.role, Some(Role::AnyShard));
+        assert_eq!(pool.shard, ANY_SHARD);
+        let names: Vec<_> = pool.nodes.iter().map(|n| n.name.as_str()).collect();
+        let name = &d.network.name;
+        assert_eq!(names, [format!("{name}-pool-0"), format!("{name}-pool-1")]);
+        assert_eq!(
+            pool.chain_id, p.chains[0].chain_id,
+            "one network, one chain id"
+        );
+        // The shard count is the shards', not the pool's.
+        assert_eq!(p.sharding.unwrap().shard_count, 1);
     }
 
     #[test]

@@ -43,12 +43,15 @@ pub struct NodeRecord {
     pub in_genesis: bool,
     #[serde(default)]
     pub admitted: bool,
-    /// Sharded networks: a validator of a shard added after genesis whose
-    /// `RegisterValidator` the beacon has accepted.
+    /// Sharded networks: a validator of a shard added after genesis, or of the
+    /// validator pool, whose `RegisterValidator` the beacon has accepted (a pool
+    /// validator leaving: cleared once its `DeregisterValidator` is accepted).
     #[serde(default)]
     pub registered: bool,
     /// Its consortium member was removed: it runs until the chain's governance has
-    /// removed it too (`removed`), so the chain never loses a vote it still counts.
+    /// removed it too (`removed`), so the chain never loses a vote it still counts. A
+    /// pool validator scaled away: it runs until the beacon's map leaves it out
+    /// (`removed`), so no shard loses a vote it still counts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
     /// Out of the chain (or never admitted to it) after its member's removal: it never
@@ -72,7 +75,8 @@ impl NodeRecord {
 /// One committee: a whole unsharded chain, or the beacon or a shard of a sharded network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainRecord {
-    /// The shard slot (0 for an unsharded chain and for the beacon).
+    /// The shard slot (0 for an unsharded chain and for the beacon, `ANY_SHARD` for the
+    /// validator pool).
     pub shard: u16,
     pub chain_id: String,
     /// The committee in a sharded network; `None`: an unsharded chain.
@@ -94,21 +98,28 @@ impl ChainRecord {
         self.role == Some(Role::Beacon)
     }
 
+    /// The validator pool: validators in no genesis and no fixed shard, which the
+    /// beacon places in a shard every epoch.
+    pub fn is_pool(&self) -> bool {
+        self.role == Some(Role::AnyShard)
+    }
+
     /// The role its nodes' configs carry (an unsharded chain: shard 0).
     pub fn node_role(&self) -> Role {
         self.role.unwrap_or(Role::Shard { shard: 0 })
     }
 
-    /// Orders committees: the beacon first, then shards by slot.
+    /// Orders committees: the beacon first, then shards by slot, then the pool.
     pub fn key(&self) -> (u8, u16) {
         committee_key(self.role, self.shard)
     }
 
     /// Whether `node` should run. Every node of a sharded network's committee runs (a
-    /// validator of a shard added later waits for the beacon to name its shard); a node
-    /// of an unsharded chain runs once it is a validator.
+    /// validator of a shard added later waits for the beacon to name its shard) until
+    /// it is `removed` (a pool validator the beacon left out); a node of an unsharded
+    /// chain runs once it is a validator.
     pub fn runs(&self, node: &NodeRecord) -> bool {
-        self.role.is_some() || node.is_validator()
+        (self.role.is_some() && !node.removed) || node.is_validator()
     }
 }
 
@@ -116,6 +127,7 @@ impl ChainRecord {
 pub fn committee_key(role: Option<Role>, shard: u16) -> (u8, u16) {
     match role {
         Some(Role::Beacon) => (0, 0),
+        Some(Role::AnyShard) => (2, 0),
         _ => (1, shard),
     }
 }

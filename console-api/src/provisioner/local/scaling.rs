@@ -18,6 +18,8 @@
 //!    map assigns it no table any more; only then is it retired and its processes
 //!    stopped.
 //!
+//! The validator pool's steps ([`super::pool`]) run in the same pass.
+//!
 //! Signing and submitting are the node binary's (`trellis-node system ...`); this module
 //! only decides which step is due. Where a network stands is kept per network for the
 //! status message.
@@ -158,13 +160,18 @@ async fn step(inner: &Inner, record: &NetworkRecord, mut state: ScalingState) ->
         .collect();
     let mut all_registered = true;
     for (shard, node) in unregistered {
-        match register(inner, record, &beacon, shard, node).await {
+        match register(inner, record, &beacon, &shard.to_string(), node).await {
             Ok(()) => mark(inner, record.network_id, &node.name, Mark::Registered).await,
             Err(e) => {
                 all_registered = false;
                 notes.push(format!("registering {} for shard {shard}: {e}", node.name));
             }
         }
+    }
+
+    // The validator pool's registrations and departures (super::pool).
+    if let Some(pool) = record.chains.iter().find(|c| c.is_pool()) {
+        notes.extend(super::pool::step(inner, record, &beacon, &map, pool).await);
     }
 
     // 2. Ask the beacon for the shard count.
@@ -237,16 +244,20 @@ fn drained(map: &ShardMapInfo, shard: u16) -> bool {
             .is_none_or(|pending| shard >= pending)
 }
 
-enum Mark {
+pub(super) enum Mark {
     /// The node's `RegisterValidator` was accepted.
     Registered,
+    /// A leaving pool validator's `DeregisterValidator` was accepted.
+    Deregistered,
+    /// A leaving pool validator the beacon's map left out: it stops.
+    Removed,
     /// The node's shard is drained: retire the whole committee.
     Retired,
 }
 
 /// Records a step durably in the live record (which may have moved on since it was read:
 /// the change applies only where it still fits).
-async fn mark(inner: &Inner, network: Uuid, node: &str, what: Mark) {
+pub(super) async fn mark(inner: &Inner, network: Uuid, node: &str, what: Mark) {
     let mut fleet = inner.fleet.lock().await;
     let Some(record) = fleet.networks.get_mut(&network) else {
         return;
@@ -259,9 +270,19 @@ async fn mark(inner: &Inner, network: Uuid, node: &str, what: Mark) {
         return;
     };
     match what {
-        Mark::Registered => {
-            if let Some(n) = chain.nodes.iter_mut().find(|n| n.name == node) {
-                n.registered = true;
+        Mark::Registered | Mark::Deregistered | Mark::Removed => {
+            let Some(n) = chain.nodes.iter_mut().find(|n| n.name == node) else {
+                return;
+            };
+            match what {
+                Mark::Registered => n.registered = true,
+                Mark::Deregistered => n.registered = false,
+                // Only while it still leaves (a scale-up may have taken it back).
+                _ if n.leaving => {
+                    n.removed = true;
+                    tracing::info!(%network, node, "pool validator left out by the beacon; stopping it");
+                }
+                _ => return,
             }
         }
         Mark::Retired => {
@@ -279,27 +300,24 @@ async fn mark(inner: &Inner, network: Uuid, node: &str, what: Mark) {
     }
 }
 
-/// `trellis-node system register-validator`, signed with the node's own key.
-async fn register(
+/// `trellis-node system register-validator --shard <shard>` (a number, or `any` for the
+/// validator pool), signed with the node's own key.
+pub(super) async fn register(
     inner: &Inner,
     record: &NetworkRecord,
     beacon: &str,
-    shard: u16,
+    shard: &str,
     node: &NodeRecord,
 ) -> Result<(), String> {
-    let key_file = inner
-        .layout
-        .node(record.network_id, &node.name)
-        .join("keys.json");
     let args: Vec<std::ffi::OsString> = vec![
         "system".into(),
         "register-validator".into(),
         "--key-file".into(),
-        key_file.into(),
+        key_file(inner, record, node).into(),
         "--rpc".into(),
         beacon.into(),
         "--shard".into(),
-        shard.to_string().into(),
+        shard.into(),
         "--p2p-address".into(),
         p2p_address(node).to_string().into(),
         "--rpc-address".into(),
@@ -311,6 +329,18 @@ async fn register(
         Err(e) if e.to_string().contains("already registered for this shard") => Ok(()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A node's key file (`keys.json`): its node key signs its own registration.
+pub(super) fn key_file(
+    inner: &Inner,
+    record: &NetworkRecord,
+    node: &NodeRecord,
+) -> std::path::PathBuf {
+    inner
+        .layout
+        .node(record.network_id, &node.name)
+        .join("keys.json")
 }
 
 /// `trellis-node system set-shard-count`, signed with the network admin key.
