@@ -103,8 +103,8 @@ pub fn placed_at(beacon: &BeaconState, me: &PublicKey, epoch: u64) -> Option<u16
     })
 }
 
-/// The p2p followers of `shard`'s network this epoch: the registered "any" validators
-/// outside its `committee`, with their p2p addresses.
+/// The p2p followers of a shard's network in an epoch: the registered "any" validators
+/// outside that epoch's `committee`, with their p2p addresses.
 ///
 /// Why: p2p keeps only the latest peer set. An "any" validator that the beacon moved into
 /// this shard (or back) replays its chain from where its copy stopped, from an older
