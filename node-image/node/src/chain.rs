@@ -1012,6 +1012,10 @@ pub struct Membership {
     /// Peer-set version and the allowed peers with their governance addresses.
     pub peer_set: u64,
     pub peers: Vec<(PublicKey, String)>,
+    /// Registered validators outside this epoch's committee that may serve it (a shard's
+    /// "any" validators): admitted as p2p followers so one that fell behind can catch
+    /// up (see `crate::placement::catching_up`).
+    pub followers: Vec<(PublicKey, String)>,
 }
 
 impl<K: Kv> NodeState<K> {
@@ -1032,6 +1036,7 @@ impl<K: Kv> NodeState<K> {
             floor,
             peer_set: registry.peer_set,
             peers: registry.peers(),
+            followers: Vec::new(),
         })
     }
 }

@@ -131,9 +131,11 @@ pub fn consensus_namespace(chain_id: &str, committee: Option<Committee>) -> Vec<
     namespace
 }
 
-/// Registers a peer set with the p2p layer: `(id, [(node key, governance address)])`.
-/// Ids only grow; the latest set is the one p2p keeps connections to.
-pub type PeerSets = Box<dyn FnMut(u64, &[(PublicKey, String)]) + Send>;
+/// Registers a peer set with the p2p layer: `(id, peers, followers)`, each a list of
+/// `(node key, address)`. Ids only grow; the latest set is the one p2p keeps connections
+/// to. Followers are accepted when they connect but never dialled (see
+/// [`crate::chain::Membership::followers`]).
+pub type PeerSets = Box<dyn FnMut(u64, &[(PublicKey, String)], &[(PublicKey, String)]) + Send>;
 
 /// Starts a fixed committee's validator: [`start_node`] on a store without a genesis
 /// registry uses `validators` as a committee that never changes.
@@ -259,7 +261,11 @@ where
                 if tracked != Some(membership.peer_set)
                     && let Some(track) = peer_sets.as_mut()
                 {
-                    track(membership.peer_set, &membership.peers);
+                    track(
+                        membership.peer_set,
+                        &membership.peers,
+                        &membership.followers,
+                    );
                     tracked = Some(membership.peer_set);
                 }
                 if engine.as_ref().map(|(e, _)| *e) != Some(membership.epoch) {

@@ -354,7 +354,9 @@ pub fn activate_if_created<K: Kv>(state: &mut NodeState<K>) -> Result<bool, Stat
 }
 
 /// The membership consensus uses on a shard node: this epoch's committee, its p2p
-/// addresses from the beacon registry, the epoch's floor as the engine's genesis.
+/// addresses from the beacon registry, the epoch's floor as the engine's genesis, and the
+/// "any" validators outside the committee as p2p followers
+/// ([`crate::placement::catching_up`]).
 pub fn membership<K: Kv>(state: &NodeState<K>) -> Result<Option<Membership>, StateError> {
     let Some(record) = state.shard_epoch.as_ref() else {
         return Ok(None);
@@ -376,12 +378,18 @@ pub fn membership<K: Kv>(state: &NodeState<K>) -> Result<Option<Membership>, Sta
             (k.clone(), address)
         })
         .collect();
+    let followers = state
+        .beacon
+        .as_ref()
+        .map(|b| crate::placement::catching_up(b, &validators))
+        .unwrap_or_default();
     Ok(Some(Membership {
         epoch: record.epoch,
         validators,
         floor,
         peer_set: record.epoch,
         peers,
+        followers,
     }))
 }
 

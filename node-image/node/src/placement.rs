@@ -28,6 +28,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 use trellis_node_beacon::BeaconState;
 use trellis_node_state::Kv;
+use trellis_node_types::system::ANY_SHARD;
 use trellis_node_types::{PublicKey, table_of};
 
 /// The record of where an "any" validator serves, in its `data_dir`.
@@ -100,6 +101,26 @@ pub fn placed_at(beacon: &BeaconState, me: &PublicKey, epoch: u64) -> Option<u16
             .validators_at(*s, epoch)
             .is_some_and(|keys| keys.contains(me))
     })
+}
+
+/// The p2p followers of a shard's network in an epoch: the registered "any" validators
+/// outside that epoch's `committee`, with their p2p addresses.
+///
+/// Why: p2p keeps only the latest peer set. An "any" validator that the beacon moved into
+/// this shard (or back) replays its chain from where its copy stopped, from an older
+/// epoch; if the shuffle has rotated it out again before it caught up, the committee's
+/// nodes would refuse it and it would never reach the epoch end that lets it leave
+/// ([`decide`]). Admitted as followers (never dialled, never voting: votes count only
+/// from the epoch's committee), it catches up and moves on. Only registered validators
+/// of the network that may serve this shard are admitted — in consortium mode the
+/// beacon's registry holds only admitted members' validators — so the admission rules
+/// are those of the committee.
+pub fn catching_up(beacon: &BeaconState, committee: &[PublicKey]) -> Vec<(PublicKey, String)> {
+    beacon
+        .registered()
+        .filter(|v| v.shard == ANY_SHARD && !committee.contains(&v.node_key))
+        .map(|v| (v.node_key.clone(), v.p2p_address.clone()))
+        .collect()
 }
 
 /// What an "any" validator does next.
@@ -303,7 +324,6 @@ mod tests {
     use super::*;
     use trellis_node_api::shard::{GenesisValidator, ShardingGenesis, ShardingMode};
     use trellis_node_beacon::BeaconGenesis;
-    use trellis_node_types::system::ANY_SHARD;
     use trellis_node_types::{Signer, test_key, to_hex};
 
     const EPOCH: u64 = 5;
@@ -435,6 +455,43 @@ mod tests {
                 epoch: b.epoch()
             })
         );
+    }
+
+    /// A shard's p2p followers are the "any" validators outside its committee: the one
+    /// the shuffle moved away stays admitted (it may still replay this shard's older
+    /// epochs), fixed validators of other shards and unregistered keys never are.
+    #[test]
+    fn an_any_validator_moved_away_stays_admitted_to_catch_up() {
+        let mut b = beacon();
+        advance(&mut b, 12);
+        let me = test_key(10).public_key();
+        let places = history(&b, &me);
+        let (last, here) = (0..places.len() - 1)
+            .find(|&e| places[e] != places[e + 1])
+            .map(|e| (e as u64, places[e].unwrap()))
+            .unwrap();
+        // After its last epoch in `here`, the committee there no longer includes it...
+        let later = b.validators_at(here, last + 1).unwrap();
+        assert!(!later.contains(&me));
+        // ...but the shard's nodes still admit it as a follower, with its p2p address.
+        let followers = catching_up(&b, &later);
+        assert!(
+            followers
+                .iter()
+                .any(|(k, a)| *k == me && a == "127.0.145.10:9000"),
+            "{followers:?}"
+        );
+        // Only "any" validators outside the committee: never a member of it (it is a
+        // peer already), never another shard's fixed validator, never a stranger.
+        let other_fixed = test_key(if here == 0 { 4 } else { 2 }).public_key();
+        for (k, _) in &followers {
+            assert!(!later.contains(k));
+            assert_ne!(*k, other_fixed);
+            assert_ne!(*k, test_key(77).public_key());
+        }
+        // While the committee includes it, it is a peer there, not a follower.
+        let now = b.validators_at(here, last).unwrap();
+        assert!(catching_up(&b, &now).iter().all(|(k, _)| *k != me));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::rpc::{PeerTracker, Rpc, router};
 use anyhow::{Context as _, anyhow, bail};
 use commonware_cryptography::ChaCha20Poly1305;
 use commonware_p2p::authenticated::lookup;
-use commonware_p2p::{Address, AddressableManager, Receiver};
+use commonware_p2p::{Address, AddressableManager, AddressableTrackedPeers, Receiver};
 use commonware_runtime::{Runner, Spawner, Supervisor};
 use commonware_stream::cups::{self, Cups};
 use commonware_stream::sake::{self, Sake};
@@ -448,6 +448,10 @@ impl PeerAddresses {
     }
 }
 
+/// The largest p2p peer set (this node included): governance can grow the consortium up
+/// to the approval limit.
+const MAX_PEERS_PER_SET: usize = trellis_node_types::governance::MAX_APPROVALS + 1;
+
 /// Time allowed for one request to another committee's node.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -536,8 +540,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Exit> {
             &namespace,
             config.p2p_listen,
             // Governance can grow the consortium up to the approval limit.
-            NonZeroUsize::new(trellis_node_types::governance::MAX_APPROVALS + 1)
-                .unwrap_or(NonZeroUsize::MIN),
+            NonZeroUsize::new(MAX_PEERS_PER_SET).unwrap_or(NonZeroUsize::MIN),
             MAX_MESSAGE_SIZE,
             NonZeroUsize::MIN.saturating_add(1023),
         );
@@ -547,7 +550,10 @@ pub fn run(plan: Plan) -> anyhow::Result<Exit> {
         // stays off.
         p2p.bypass_ip_check = true;
         // Only the latest peer set counts: a member removed by governance is
-        // disconnected and refused as soon as the epoch that drops it starts.
+        // disconnected and refused as soon as the epoch that drops it starts. A shard's
+        // "any" validators outside this epoch's committee stay admitted as followers
+        // (accepted, never dialled): one the shuffle moved on while it still replays an
+        // older epoch of this shard can catch up instead of being refused by every peer.
         p2p.tracked_peer_sets = NonZeroUsize::MIN;
         let (mut network, oracle) = lookup::Network::new(context.child("p2p"), p2p);
         // Consortium mode: the peer set is exactly the admitted members' node keys (the
@@ -558,10 +564,33 @@ pub fn run(plan: Plan) -> anyhow::Result<Exit> {
             own: config.p2p_external.unwrap_or(config.p2p_listen),
             overrides: plan.peers.clone(),
         };
-        let peer_sets: PeerSets = Box::new(move |id, peers| {
+        let peer_sets: PeerSets = Box::new(move |id, peers, followers| {
             let directory = Map::from_iter_dedup(addresses.directory(peers));
-            info!(id, peers = peers.len(), "registering the p2p peer set");
-            let _ = tracker.track(id, directory);
+            // p2p refuses a set larger than its limit (this node included): the
+            // committee first, then as many followers as fit.
+            let room = MAX_PEERS_PER_SET.saturating_sub(directory.len() + 1);
+            if followers.len() > room {
+                warn!(
+                    id,
+                    followers = followers.len(),
+                    room,
+                    "too many catching-up validators for one p2p peer set; some left out"
+                );
+            }
+            let followers = Map::from_iter_dedup(
+                addresses
+                    .directory(followers)
+                    .into_iter()
+                    .filter(|(k, _)| directory.position(k).is_none())
+                    .take(room),
+            );
+            info!(
+                id,
+                peers = peers.len(),
+                followers = followers.len(),
+                "registering the p2p peer set"
+            );
+            let _ = tracker.track(id, AddressableTrackedPeers::new(directory, followers));
         });
         let mut pairs = Vec::new();
         for channel in CHANNELS {

@@ -150,7 +150,7 @@ impl Sim {
         // Every node registers the registry's peer sets with the (shared) simulated
         // network, as each process does with its own p2p layer.
         let mut manager = self.oracle.manager();
-        let peer_sets: PeerSets = Box::new(move |id, peers| {
+        let peer_sets: PeerSets = Box::new(move |id, peers, _followers| {
             let keys: Vec<PublicKey> = peers.iter().map(|(k, _)| k.clone()).collect();
             let _ = manager.track(id, Set::from_iter_dedup(keys));
         });
