@@ -344,6 +344,9 @@ impl<K: Kv> Ledger<K> {
         chunks: &[TableSnapshot],
         extra: WriteBatch,
     ) -> Result<(), SnapshotError> {
+        if self.owned.contains(table) {
+            return Err(SnapshotError::AlreadyOwned(table));
+        }
         let checked = check_table(table, certified_root, chunks, self.import_version(table))?;
         self.import_tables_with(vec![checked], extra)
     }
