@@ -525,7 +525,11 @@ pub async fn run<K: Kv, S: HandoffSource, C: commonware_runtime::Clock>(
     loop {
         clock.sleep(period).await;
         forward_handed_over(&state, &source, &mut retry).await;
-        let pending = crate::epoch_switch::pending_imports(&lock(&state));
+        let (pending, epoch) = {
+            let s = lock(&state);
+            let epoch = s.shard_epoch.as_ref().map_or(0, |r| r.epoch);
+            (crate::epoch_switch::pending_imports(&s), epoch)
+        };
         let mut by_source: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
         for incoming in &pending {
             by_source
@@ -541,6 +545,7 @@ pub async fn run<K: Kv, S: HandoffSource, C: commonware_runtime::Clock>(
                 Ok(0) => {}
                 Ok(imported) => info!(
                     from,
+                    epoch,
                     tables = imported,
                     millis = began.elapsed().as_millis() as u64,
                     "tables handed off"
