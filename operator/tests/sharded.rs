@@ -123,6 +123,7 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
         count: 2,
         min: 1,
         max: 4,
+        ..ShardsSpec::default()
     };
     // Long enough that the accepted change is seen pending before the boundary.
     spec.epoch_length = 20;

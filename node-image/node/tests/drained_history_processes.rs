@@ -59,6 +59,8 @@ fn a_drained_slots_transactions_stay_queryable_through_its_archive() {
         node.start_logging("info");
     }
     let limit = Duration::from_secs(120);
+    let started = Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1?} {what}", started.elapsed());
     let beacon = committees[0][0].rpc;
     let kept = committees[1][0].rpc;
     let archive = committees[2][0].rpc;
@@ -76,6 +78,7 @@ fn a_drained_slots_transactions_stay_queryable_through_its_archive() {
     let at = executed["height"].as_u64().expect("a committed height");
     assert_eq!(executed["shard"], 1, "{executed}");
 
+    phase("shard 1 executed the transfer");
     // Scale in to 1 shard: shard 0 imports shard 1's tables, shard 1 drains.
     support::set_shard_count(root.path(), &admin, beacon, 1);
     let all: Vec<u8> = (0..=255).collect();
@@ -90,6 +93,7 @@ fn a_drained_slots_transactions_stay_queryable_through_its_archive() {
         });
     }
 
+    phase("shard 1 drained");
     // The operator deletes the drained slot but keeps its first node as the archive.
     committees[2][1].kill();
     let found = lookup(kept, &hash);
@@ -112,6 +116,7 @@ fn a_drained_slots_transactions_stay_queryable_through_its_archive() {
         height(kept) > before
     });
 
+    phase("archive gone: unknown");
     // The slot comes back on a later scale-out, its nodes on their kept data.
     for node in &mut committees[2] {
         node.start_logging("info");
@@ -126,6 +131,7 @@ fn a_drained_slots_transactions_stay_queryable_through_its_archive() {
             })
         });
     }
+    phase("shard 1 joined again");
     let before = height(archive);
     wait_for("shard 1 to finalize again", limit, || {
         height(archive) > before + 1
