@@ -164,9 +164,13 @@ mod tests {
 
     #[test]
     fn an_archive_runs_one_node_and_records_when_it_was_kept() {
-        let mut set = StatefulSet::default();
-        set.spec = Some(Default::default());
-        set.spec.as_mut().unwrap().replicas = Some(4);
+        let mut set = StatefulSet {
+            spec: Some(k8s_openapi::api::apps::v1::StatefulSetSpec {
+                replicas: Some(4),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         keep_as_archive(
             &mut set,
             &Archive {

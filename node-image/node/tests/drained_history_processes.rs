@@ -122,8 +122,10 @@ fn a_drained_slots_transactions_stay_queryable_through_its_archive() {
         node.start_logging("info");
     }
     support::set_shard_count(root.path(), &admin, beacon, 2);
+    // Restarted nodes catch up, then import half the tables: slower on a loaded machine.
+    let rejoin = limit * 2;
     for node in &committees[2] {
-        wait_for("shard 1 to join again and own tables", limit, || {
+        wait_for("shard 1 to join again and own tables", rejoin, || {
             status(node.rpc).is_some_and(|s| {
                 !s.drained
                     && s.waiting.is_none()
