@@ -129,7 +129,6 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
         max: 4,
         // A drained slot's archive (one node) is kept this long, then deleted.
         drained_history_seconds: ARCHIVE_SECONDS,
-        ..ShardsSpec::default()
     };
     // Long enough that the accepted change is seen pending before the boundary.
     spec.epoch_length = 20;
