@@ -163,6 +163,7 @@ async fn main() {
                 count: 2,
                 min: 1,
                 max: 4,
+                ..ShardsSpec::default()
             };
             networks
                 .create(

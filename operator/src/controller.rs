@@ -28,6 +28,7 @@ use trellis_crd::topology::{NetworkId, plan_with_shards};
 use trellis_crd::validate::validate;
 use trellis_crd::{ChainNetwork, ChainNetworkStatus, NetworkEndpoints};
 
+use crate::archive;
 use crate::build::{self, BuildError, BuildInput, BuildOptions, Children};
 use crate::cache::{Caches, PublicKeyMemo};
 use crate::chain::{
@@ -507,6 +508,41 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         Ok(t) => provisioned(t),
         Err(e) => return Err(BuildError::Render("topology", e.to_string()).into()),
     };
+    // Drained slots kept as archives (crate::archive): built and keyed with the
+    // committees, but not part of the topology that status and rolls look at.
+    let keep_seconds = network.spec.shards.drained_history_seconds;
+    let unix_now = now.0.as_second();
+    let kept_slots: BTreeMap<u16, Option<i64>> = observed_sets
+        .iter()
+        .filter_map(|set| {
+            let name = set.name_any();
+            let slot = name.strip_prefix(&shard_prefix)?.parse::<u16>().ok()?;
+            Some((slot, archive::drained_at(set)))
+        })
+        .collect();
+    let archives = archive::archives(
+        keep_seconds,
+        unix_now,
+        shard_plan.provisioned,
+        &kept_slots,
+        &slots,
+    );
+    let archive_committees: Vec<_> = archives
+        .iter()
+        .filter_map(|kept| {
+            let planned =
+                plan_with_shards(&id, &network.spec, kept.shard.saturating_add(1)).ok()?;
+            planned
+                .committees
+                .into_iter()
+                .find(|c| c.role == trellis_crd::topology::CommitteeRole::Shard(kept.shard))
+        })
+        .collect();
+    let with_archives = |t: &trellis_crd::topology::Topology| {
+        let mut t = t.clone();
+        t.committees.extend(archive_committees.iter().cloned());
+        t
+    };
     // The validator pool (crate::pool): every ordinal that may still run is planned
     // until the beacon's map says which of them stay.
     let pool_desired = u32::try_from(network.spec.pool_replicas()).unwrap_or(0);
@@ -552,7 +588,7 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
             ctx,
             caches.as_ref(),
             network,
-            &topology,
+            &with_archives(&topology),
             &owned_selector,
             shard_plan.needs_beacon() || !pool::settled(previous_pool, pool_desired),
         )
@@ -596,17 +632,28 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
         pool_request = request;
         topology.set_pool(plan.provisioned);
         pool_plan = Some(plan);
-        let public_keys = build::node_public_keys(&topology, &public_by_entry)?;
+        let served = with_archives(&topology);
+        let public_keys = build::node_public_keys(&served, &public_by_entry)?;
 
         let input = BuildInput {
             network,
-            topology: &topology,
+            topology: &served,
             members: &members,
             public_keys: &public_keys,
             admin_public_key: &admin_public,
             options: &ctx.options,
         };
         let mut children = build::build(&input)?;
+        for kept in &archives {
+            let name = format!("{shard_prefix}{}", kept.shard);
+            if let Some(set) = children
+                .stateful_sets
+                .iter_mut()
+                .find(|set| set.metadata.name.as_deref() == Some(name.as_str()))
+            {
+                archive::keep_as_archive(set, kept);
+            }
+        }
         if genesis.is_none() {
             // Genesis is written once, before any pod can read it. A network that ran
             // (its status records shards in service) never gets a new one: its chain
@@ -786,16 +833,20 @@ async fn reconcile_inner(network: &ChainNetwork, ctx: &Context) -> Result<Action
                 .any(|v| v.state != trellis_crd::PoolValidatorState::Placed)
     });
     write_status(ctx, network, next).await?;
+    // An archive whose retention ends sooner is removed then, not at the next requeue.
+    let archive_expiry =
+        archive::next_expiry(&archives, keep_seconds, unix_now).map(Duration::from_secs);
+    let requeue = if rollouts.values().any(|r| r.rolling) || pool_moving {
+        ROLLING_REQUEUE
+    } else if !settled || chain_silent {
+        BUSY_REQUEUE
+    } else if chain_answers {
+        CHAIN_REQUEUE
+    } else {
+        SETTLED_REQUEUE
+    };
     Ok(Action::requeue(
-        if rollouts.values().any(|r| r.rolling) || pool_moving {
-            ROLLING_REQUEUE
-        } else if !settled || chain_silent {
-            BUSY_REQUEUE
-        } else if chain_answers {
-            CHAIN_REQUEUE
-        } else {
-            SETTLED_REQUEUE
-        },
+        archive_expiry.map_or(requeue, |expiry| requeue.min(expiry)),
     ))
 }
 

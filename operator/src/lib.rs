@@ -5,6 +5,7 @@
 //! keys ([`keys`]) → genesis ([`genesis`], once) → build ([`build`], pure) → apply and clean up ([`controller`]) →
 //! status ([`status`], pure). The chain itself is reached only through [`chain`].
 
+pub mod archive;
 pub mod build;
 pub mod cache;
 pub mod chain;

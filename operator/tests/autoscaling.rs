@@ -56,6 +56,7 @@ async fn sustained_load_raises_the_shard_count() {
         count: 1,
         min: 1,
         max: 2,
+        ..ShardsSpec::default()
     };
     spec.genesis_balances = vec![GenesisAllocation {
         account: to_hex(payer.public_key().as_ref()),

@@ -78,6 +78,7 @@ fn network(name: &str, shards: i32) -> ChainNetwork {
         count: shards,
         min: 1,
         max: 4,
+        ..ShardsSpec::default()
     };
     ChainNetwork::new(name, spec)
 }

@@ -132,6 +132,7 @@ async fn the_operator_runs_a_pool_the_beacon_places_and_reports_where() {
         count: 2,
         min: 1,
         max: 2,
+        ..ShardsSpec::default()
     };
     spec.epoch_length = 10;
     spec.validator_pool = Some(ValidatorPoolSpec { replicas: 2 });

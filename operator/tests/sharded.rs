@@ -15,9 +15,11 @@
 //! tables and join, and the status says 3 shards, `Scaling=False`, only when a quorum of
 //! them reports joined (read at that moment). Scale-in 3 → 2: the beacon switches,
 //! shard 2 ends its last epoch and reports `drained`, shards 0 and 1 import its tables;
-//! the StatefulSet is deleted (its claims kept), and at the moment it is seen gone shard
-//! 2 reports drained and shards 0 and 1 own all 256 tables; they keep finalizing after
-//! shard 2's processes are gone. Whether the in-between steps (`AwaitingShardJoin`,
+//! the StatefulSet is kept as an archive (`spec.shards.drainedHistorySeconds` 20: one
+//! replica, annotated `trellis.dev/drained-at`), and at that moment shard 2 reports
+//! drained and shards 0 and 1 own all 256 tables; the status says 2 shards, `Stable`,
+//! without the archive; the StatefulSet is deleted once the 20 s have passed (not before;
+//! its claims kept); shards 0 and 1 keep finalizing after shard 2's processes are gone. Whether the in-between steps (`AwaitingShardJoin`,
 //! `AwaitingShardDrain`) are seen depends on how long the chain takes against the
 //! reconcile interval: they are printed, and held states are covered by the unit tests
 //! of `reshard` and `status`.
@@ -51,6 +53,8 @@ use trellis_operator::metrics::Metrics;
 
 const WAIT: Duration = Duration::from_secs(240);
 const NAME: &str = "wide";
+/// `spec.shards.drainedHistorySeconds`: short, so the test sees the archive go.
+const ARCHIVE_SECONDS: i64 = 20;
 
 use support::condition;
 
@@ -123,6 +127,8 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
         count: 2,
         min: 1,
         max: 4,
+        // A drained slot's archive (one node) is kept this long, then deleted.
+        drained_history_seconds: ARCHIVE_SECONDS,
     };
     // Long enough that the accepted change is seen pending before the boundary.
     spec.epoch_length = 20;
@@ -448,8 +454,9 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
     );
 
     // Scale-in 3 -> 2: the beacon switches, shard 2 ends its last epoch and reports
-    // drained, shards 0 and 1 import its tables; only then may its StatefulSet go. The
-    // test polls the StatefulSet and, the moment it is gone, reads what the nodes
+    // drained, shards 0 and 1 import its tables; only then may its StatefulSet go — here
+    // to one replica first, the archive (`drainedHistorySeconds`). The test polls the
+    // StatefulSet and, the moment it is kept as an archive, reads what the nodes
     // report: shard 2 drained (final) and shards 0 and 1 owning every table.
     networks
         .patch_scale(
@@ -461,7 +468,8 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
         .unwrap();
     let started = std::time::Instant::now();
     let mut steps = Vec::<String>::new();
-    let removed = loop {
+    let shard2 = format!("{NAME}-shard-2");
+    let (removed, kept_at) = loop {
         if let Ok(n) = networks.get(NAME).await
             && let Some((_, reason, message)) = condition(&n, "Scaling")
             && steps.last() != Some(&reason)
@@ -469,29 +477,31 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
             eprintln!("scale-in: Scaling {reason}: {message}");
             steps.push(reason);
         }
-        if sets
-            .get_opt(&format!("{NAME}-shard-2"))
-            .await
-            .unwrap()
-            .is_none()
-        {
+        let set = sets.get_opt(&shard2).await.unwrap();
+        assert!(set.is_some(), "{shard2} deleted, not kept as an archive");
+        let archived = set.as_ref().and_then(|set| {
+            let replicas = set.spec.as_ref()?.replicas;
+            let at = trellis_operator::archive::drained_at(set)?;
+            (replicas == Some(1)).then_some(at)
+        });
+        if let Some(at) = archived {
             let mut readings = Vec::new();
             for committee in &topology.committees[1..] {
                 readings
                     .push(support::committee_status(&rpc, &chain_id, &ns.name, committee).await);
             }
-            break readings;
+            break (readings, at);
         }
         if started.elapsed() > WAIT * 2 {
             report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
-            panic!("shard 2's StatefulSet still exists; Scaling steps seen: {steps:?}");
+            panic!("shard 2's StatefulSet is not an archive yet; Scaling steps seen: {steps:?}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let drained = removed[2].answered().filter(|(_, s)| s.drained).count();
     assert!(
         drained >= 3,
-        "deleted with {drained} drained nodes: {:?}",
+        "archived with {drained} drained nodes: {:?}",
         removed[2]
     );
     let taken_over: std::collections::BTreeSet<u8> = removed[..2]
@@ -503,11 +513,12 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
     assert_eq!(
         taken_over.len(),
         256,
-        "deleted before shards 0 and 1 took every table over"
+        "archived before shards 0 and 1 took every table over"
     );
-    eprintln!("scale-in: Scaling steps seen before the deletion: {steps:?}");
-    // The pods are gone: so are their processes (the test plays the kubelet).
-    for node in &mut shard2_nodes {
+    eprintln!("scale-in: Scaling steps seen before the archive: {steps:?}");
+    // Pods 1-3 are gone: so are their processes (the test plays the kubelet); pod 0, the
+    // archive, runs on.
+    for node in &mut shard2_nodes[1..] {
         node.kill();
     }
     report(&rpc, &chain_id, &ns.name, &topology.committees[1..]).await;
@@ -521,6 +532,25 @@ async fn the_operators_sharded_genesis_runs_a_beacon_and_scales_through_it() {
     })
     .await;
     assert_eq!(stable.status.as_ref().unwrap().shards.len(), 2);
+    // The archive is not a committee of the status (its node is never Ready), and it
+    // goes once its retention has passed.
+    eventually(
+        "the archive deleted once its retention passed",
+        WAIT,
+        || {
+            let sets = sets.clone();
+            let shard2 = shard2.clone();
+            async move { sets.get_opt(&shard2).await.ok()?.is_none().then_some(()) }
+        },
+    )
+    .await;
+    let gone_at = k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!(
+        gone_at >= kept_at + ARCHIVE_SECONDS,
+        "deleted {}s after it was kept, before its {ARCHIVE_SECONDS}s",
+        gone_at - kept_at
+    );
+    shard2_nodes[0].kill();
     // Ledger claims stay (retainLedgerOnDelete defaults to true).
     let claims_api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = ns.api();
     for i in 0..4 {

@@ -84,6 +84,7 @@ fn network(name: &str) -> ChainNetwork {
         count: 1,
         min: 1,
         max: 4,
+        ..ShardsSpec::default()
     };
     ChainNetwork::new(name, spec)
 }

@@ -157,6 +157,7 @@ pub fn chain_network(
             count: int32(s.shards.count, "shards.count")?,
             min: int32(s.shards.min, "shards.min")?,
             max: int32(s.shards.max, "shards.max")?,
+            ..ShardsSpec::default()
         },
         validators_per_shard: int32(s.validators_per_shard, "validators_per_shard")?,
         beacon: BeaconSpec {
@@ -822,7 +823,8 @@ mod tests {
             ShardsSpec {
                 count: 2,
                 min: 1,
-                max: 8
+                max: 8,
+                ..ShardsSpec::default()
             }
         );
         assert_eq!(s.validators_per_shard, 7);

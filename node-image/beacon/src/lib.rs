@@ -419,6 +419,28 @@ impl BeaconState {
             .unwrap_or_default()
     }
 
+    /// Drained slots: every slot at or above the current shard count that had a committee
+    /// in the kept history, with the registry's RPC addresses of its last committee (its
+    /// nodes keep the receipts of the transactions it executed; the operator may keep
+    /// one of them running as an archive). Validators no longer registered are left out.
+    pub fn drained_slots(&self) -> Vec<(u16, Vec<String>)> {
+        (self.shard_count..self.max_shards)
+            .filter_map(|slot| {
+                let last = self.history.iter().rev().find_map(|r| {
+                    r.committees
+                        .get(usize::from(slot))
+                        .filter(|c| !c.is_empty())
+                })?;
+                let addresses: Vec<String> = last
+                    .iter()
+                    .filter_map(|k| self.validators.get(k))
+                    .map(|v| v.rpc_address.clone())
+                    .collect();
+                (!addresses.is_empty()).then_some((slot, addresses))
+            })
+            .collect()
+    }
+
     pub fn beacon_validators(&self) -> &[Seat] {
         &self.beacon
     }

@@ -912,3 +912,30 @@ fn a_removed_member_defers_a_pending_count_it_was_needed_for() {
     assert_eq!((change.shard_count, change.deferred), (2, None));
     assert_eq!(state.validators(1), vec![node(7).public_key()]);
 }
+
+#[test]
+fn drained_slots_keep_their_last_committee_addresses() {
+    // 3 shards of 2 validators (validators 4, 5 in shard 2).
+    let mut state = public(3, 2, 4);
+    assert!(state.drained_slots().is_empty(), "no slot drained yet");
+    run(&mut state, |s| set_count(s, 2)).unwrap();
+    end_epoch(&mut state);
+    assert_eq!(state.shard_count(), 2);
+    let addresses =
+        |i: &[u64]| -> Vec<String> { i.iter().map(|i| seat(&node(*i), *i).rpc_address).collect() };
+    let mut expected = addresses(&[4, 5]);
+    expected.sort();
+    let mut drained = state.drained_slots();
+    drained.iter_mut().for_each(|(_, a)| a.sort());
+    assert_eq!(drained, vec![(2, expected)]);
+    // A validator that left the registry is no longer asked; slot 3 never existed.
+    run(&mut state, |s| deregister(s, &admin(), 4)).unwrap();
+    assert_eq!(state.drained_slots(), vec![(2, addresses(&[5]))]);
+    // Scaled out again (after the handoff epoch), slot 2 is a shard again.
+    end_epoch(&mut state);
+    assert_eq!(state.drained_slots(), vec![(2, addresses(&[5]))]);
+    run(&mut state, |s| set_count(s, 3)).unwrap();
+    end_epoch(&mut state);
+    assert_eq!(state.shard_count(), 3);
+    assert!(state.drained_slots().is_empty());
+}

@@ -11,6 +11,15 @@
 //! answers: committed anywhere, else pending anywhere, else a retryable error when some
 //! shard could not say (it is importing tables handed to it, or could not be reached),
 //! else unknown. So a client never reads "unknown" for a transaction a shard holds.
+//!
+//! A scale-in's drained slots are asked too (the beacon's [`BeaconState::drained_slots`]:
+//! their last committee's registered RPC addresses): the operator keeps one node of a
+//! drained slot running as an archive for `spec.shards.drainedHistorySeconds`, so the
+//! receipts that slot executed stay queryable. An archive is optional by design: one
+//! that cannot be reached (deleted once its retention ended) counts as `unknown`, never
+//! as a reason to retry, and each address is tried within the relay's timeout.
+//!
+//! [`BeaconState::drained_slots`]: trellis_node_beacon::BeaconState::drained_slots
 
 use crate::chain::lock;
 use crate::rpc::Rpc;
@@ -27,32 +36,52 @@ pub fn undecided(request: &JsonRpcRequest, answer: &Value) -> bool {
         && (answer["result"]["state"] == "unknown" || answer["error"]["code"] == codes::RESHARDING)
 }
 
-/// The shards to ask: every shard of the followed map but this node's own.
-pub fn other_shards<K: Kv>(rpc: &Rpc<K>) -> Vec<(u16, Vec<String>)> {
+/// One slot to ask: a shard of the followed map, or a drained slot's archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asked {
+    pub shard: u16,
+    pub addresses: Vec<String>,
+    /// A drained slot: an unreachable one counts as not knowing the transaction.
+    pub archive: bool,
+}
+
+/// The slots to ask: every shard of the followed map but this node's own, then every
+/// drained slot (this node's own slot too when it is drained: a node of a kept shard
+/// may once have served it).
+pub fn other_shards<K: Kv>(rpc: &Rpc<K>) -> Vec<Asked> {
     let state = lock(&rpc.state);
     let (Some(place), Some(beacon)) = (&state.shard, &state.beacon) else {
         return Vec::new();
     };
-    (0..beacon.shard_count())
+    let shards = (0..beacon.shard_count())
         .filter(|s| place.committee != Committee::Shard(*s))
-        .map(|s| (s, beacon.rpc_addresses(s)))
-        .collect()
+        .map(|shard| Asked {
+            shard,
+            addresses: beacon.rpc_addresses(shard),
+            archive: false,
+        });
+    let archives = beacon
+        .drained_slots()
+        .into_iter()
+        .filter(|(shard, _)| place.committee != Committee::Shard(*shard))
+        .map(|(shard, addresses)| Asked {
+            shard,
+            addresses,
+            archive: true,
+        });
+    shards.chain(archives).collect()
 }
 
 /// Asks every shard in `shards` about `requests` (one batch each, at the same time) and
 /// merges each request's answers with this node's own (`own`, in the same order).
 pub async fn resolve<K: Kv>(
     rpc: &Rpc<K>,
-    shards: Vec<(u16, Vec<String>)>,
+    shards: Vec<Asked>,
     requests: &[JsonRpcRequest],
     own: Vec<(Option<u16>, Value)>,
 ) -> Vec<Value> {
-    let asked = futures::future::join_all(
-        shards
-            .into_iter()
-            .map(|(shard, addresses)| ask(rpc, shard, addresses, requests)),
-    )
-    .await;
+    let asked =
+        futures::future::join_all(shards.into_iter().map(|slot| ask(rpc, slot, requests))).await;
     own.into_iter()
         .enumerate()
         .map(|(i, mine)| {
@@ -67,28 +96,48 @@ pub async fn resolve<K: Kv>(
         .collect()
 }
 
-/// One shard's answers to `requests` (in order), from the first of its nodes that
-/// answers the batch; each an error saying so when none does.
-async fn ask<K: Kv>(
-    rpc: &Rpc<K>,
-    shard: u16,
-    addresses: Vec<String>,
-    requests: &[JsonRpcRequest],
-) -> (u16, Vec<Value>) {
+/// One slot's answers to `requests` (in order), from the first of its nodes that
+/// answers the batch; each an error saying so when none does — or, for a drained slot's
+/// archive, `unknown` (an archive is optional; its retention may have ended).
+async fn ask<K: Kv>(rpc: &Rpc<K>, slot: Asked, requests: &[JsonRpcRequest]) -> (u16, Vec<Value>) {
+    let Asked {
+        shard,
+        addresses,
+        archive,
+    } = slot;
     let body = serde_json::to_value(requests).unwrap_or(Value::Null);
     let mut last = format!("shard {shard} has no RPC addresses in the shard map");
     for address in &addresses {
         match rpc.relay.forward(address, &body).await {
-            Ok(Value::Array(answers)) if answers.len() == requests.len() => {
+            Ok(Value::Array(mut answers)) if answers.len() == requests.len() => {
+                if archive {
+                    answers.iter_mut().for_each(mark_archived);
+                }
                 return (shard, answers);
             }
             Ok(_) => last = format!("{address} did not answer the batch"),
             Err(e) => last = e,
         }
     }
-    let failed = json!({"error": {"code": codes::INTERNAL,
-                                  "message": format!("shard {shard} could not be reached: {last}")}});
+    let failed = if archive {
+        json!({"result": {"state": "unknown"}})
+    } else {
+        json!({"error": {"code": codes::INTERNAL,
+                         "message": format!("shard {shard} could not be reached: {last}")}})
+    };
     (shard, vec![failed; requests.len()])
+}
+
+/// An archive's answer: a transaction it knows says so (`archived: true`, from a slot
+/// the network scaled away); anything else it says counts as `unknown` (it imports
+/// nothing and its pool is gone, so no retry can change its answer).
+fn mark_archived(answer: &mut Value) {
+    match answer.get_mut("result").and_then(Value::as_object_mut) {
+        Some(result) if result.get("state").and_then(Value::as_str) == Some("committed") => {
+            result.insert("archived".into(), true.into());
+        }
+        _ => *answer = json!({"result": {"state": "unknown"}}),
+    }
 }
 
 /// How much an answer settles: committed, pending, could not say, unknown.
@@ -259,6 +308,34 @@ mod tests {
                 .contains("could not be reached"),
             "{merged}"
         );
+    }
+
+    #[test]
+    fn an_archive_knows_committed_transactions_only() {
+        let mut committed = state("committed", 2);
+        mark_archived(&mut committed);
+        assert_eq!(committed["result"]["archived"], true);
+        assert_eq!(committed["result"]["state"], "committed");
+        // Pending (handed over at its last epoch switch) or an error: it will not learn
+        // more, so it counts as unknown and the merge never asks for a retry.
+        for mut other in [state("pending", 2), error(codes::RESHARDING, "importing")] {
+            mark_archived(&mut other);
+            assert_eq!(other["result"]["state"], "unknown", "{other}");
+        }
+        let merged = merge(
+            &request(),
+            vec![(Some(0), state("unknown", 0)), (Some(2), committed)],
+        );
+        assert_eq!(merged["result"]["shard"], 2);
+        assert_eq!(merged["result"]["archived"], true);
+        let merged = merge(
+            &request(),
+            vec![
+                (Some(0), state("unknown", 0)),
+                (Some(2), json!({"result": {"state": "unknown"}})),
+            ],
+        );
+        assert_eq!(merged["result"]["state"], "unknown", "{merged}");
     }
 
     #[test]

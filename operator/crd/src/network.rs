@@ -236,6 +236,20 @@ pub struct ShardsSpec {
     #[serde(default = "default_max_shards")]
     #[schemars(range(min = 1, max = 256))]
     pub max: i32,
+    /// Seconds a scale-in keeps one node of each drained slot running as an archive
+    /// (StatefulSet `<network>-shard-<n>` at 1 replica), so `trellis_getTransaction`
+    /// still finds the transactions that slot executed. 0 (default): the slot is deleted
+    /// once drained, and those lookups answer `unknown`. At most one year.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub drained_history_seconds: i64,
+}
+
+/// Longest `spec.shards.drainedHistorySeconds`: one year.
+pub const MAX_DRAINED_HISTORY_SECONDS: i64 = 31_536_000;
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 fn default_one() -> i32 {
@@ -251,6 +265,7 @@ impl Default for ShardsSpec {
             count: default_one(),
             min: default_one(),
             max: default_max_shards(),
+            drained_history_seconds: 0,
         }
     }
 }

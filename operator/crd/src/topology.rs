@@ -367,6 +367,7 @@ mod tests {
             count,
             min: 1,
             max: 256,
+            ..ShardsSpec::default()
         };
         spec
     }

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::network::{
-    BEACON_REGISTRY_LIMIT, ChainNetworkSpec, MAX_NETWORK_NAME_LEN, MAX_VALIDATORS, NetworkMode,
-    TABLES,
+    BEACON_REGISTRY_LIMIT, ChainNetworkSpec, MAX_DRAINED_HISTORY_SECONDS, MAX_NETWORK_NAME_LEN,
+    MAX_VALIDATORS, NetworkMode, TABLES,
 };
 
 /// One broken invariant: the field (JSON path under the object) and what is wrong.
@@ -74,6 +74,16 @@ pub fn validate(name: &str, spec: &ChainNetworkSpec) -> Result<(), InvalidSpec> 
         fail(
             "spec.shards.max",
             format!("at most {TABLES} shards (one per table)"),
+        );
+    }
+    if !(0..=MAX_DRAINED_HISTORY_SECONDS).contains(&shards.drained_history_seconds) {
+        fail(
+            "spec.shards.drainedHistorySeconds",
+            format!(
+                "seconds a drained slot's archive node is kept: 0 (delete at once) to \
+                 {MAX_DRAINED_HISTORY_SECONDS} (one year), got {}",
+                shards.drained_history_seconds
+            ),
         );
     }
 
@@ -330,14 +340,33 @@ mod tests {
             (256, 1, 256, true),
         ] {
             let mut s = spec();
-            s.shards = ShardsSpec { count, min, max };
+            s.shards = ShardsSpec {
+                count,
+                min,
+                max,
+                ..ShardsSpec::default()
+            };
             assert_eq!(validate("alpha", &s).is_ok(), ok, "{count} {min} {max}");
         }
+        // An archive is kept 0 seconds to a year.
+        for (seconds, ok) in [(0, true), (86_400, true), (31_536_000, true), (-1, false)] {
+            let mut s = spec();
+            s.shards.drained_history_seconds = seconds;
+            assert_eq!(validate("alpha", &s).is_ok(), ok, "{seconds}");
+        }
+        let mut s = spec();
+        s.shards.drained_history_seconds = 31_536_001;
+        assert_eq!(
+            validate("alpha", &s).unwrap_err().to_string(),
+            "spec.shards.drainedHistorySeconds: seconds a drained slot's archive node is kept: \
+             0 (delete at once) to 31536000 (one year), got 31536001"
+        );
         let mut s = spec();
         s.shards = ShardsSpec {
             count: 1,
             min: 1,
             max: 300,
+            ..ShardsSpec::default()
         };
         assert_eq!(fields(validate("alpha", &s)), ["spec.shards.max"]);
     }
@@ -442,6 +471,7 @@ mod tests {
             count: 1,
             min: 1,
             max: 256,
+            ..ShardsSpec::default()
         };
         s.validators_per_shard = 16;
         s.validator_pool = pool(1);

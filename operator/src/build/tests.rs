@@ -60,6 +60,7 @@ fn public(shards: i32) -> ChainNetworkSpec {
         count: shards,
         min: 1,
         max: 8,
+        ..ShardsSpec::default()
     };
     spec
 }

@@ -87,6 +87,7 @@ fn public(shards: i32) -> ChainNetworkSpec {
         count: shards,
         min: 1,
         max: 8,
+        ..ShardsSpec::default()
     };
     spec
 }

@@ -15,6 +15,7 @@ fn spec(count: i32) -> ChainNetworkSpec {
         count,
         min: 1,
         max: 8,
+        ..ShardsSpec::default()
     };
     spec
 }
