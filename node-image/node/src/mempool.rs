@@ -92,7 +92,10 @@ impl Mempool {
 
     /// When a queued transaction was admitted here (the stage timings' ages).
     pub fn admitted_at(&self, tx: &Tx) -> Option<Instant> {
-        let entry = self.by_sender.get(&tx.unsigned.from)?.get(&tx.unsigned.nonce)?;
+        let entry = self
+            .by_sender
+            .get(&tx.unsigned.from)?
+            .get(&tx.unsigned.nonce)?;
         (entry.hash == tx.hash()).then_some(entry.admitted)
     }
 
