@@ -32,7 +32,7 @@ use commonware_runtime::{Clock, Handle, IoBuf, Spawner};
 use commonware_utils::channel::{fallible::OneshotExt, oneshot};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use trellis_node_beacon::BeaconState;
@@ -906,15 +906,67 @@ enum Message {
     Tick,
 }
 
+impl Message {
+    /// The message's kind in the stage timings (see [`TIMING`]).
+    fn kind(&self) -> &'static str {
+        match self {
+            Message::Propose { .. } => "propose",
+            Message::Verify { .. } => "verify",
+            Message::Broadcast { .. } => "broadcast",
+            Message::Finalized { .. } => "finalized",
+            Message::Seen { .. } => "seen",
+            Message::Block { .. } => "block",
+            Message::Backfill { .. } => "backfill",
+            Message::Tick => "tick",
+        }
+    }
+}
+
+/// A message in the actor's inbox with the moment it was queued: the stage timings
+/// report how long messages wait for the actor.
+struct Queued {
+    at: Instant,
+    message: Message,
+}
+
+/// The actor's inbox (sending side).
+type Inbox = mpsc::UnboundedSender<Queued>;
+
+fn queue(inbox: &Inbox, message: Message) -> bool {
+    inbox
+        .send(Queued {
+            at: Instant::now(),
+            message,
+        })
+        .is_ok()
+}
+
+/// Log target of the chain actor's stage timings (debug level): how long each message
+/// waited for the actor and took on it, and per block how long building, verifying,
+/// persisting, executing and committing took. Enable with
+/// `RUST_LOG=trellis_node::timing=debug`; docs/node-performance.md reads them.
+pub const TIMING: &str = "trellis_node::timing";
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Median and largest of `ages`, in milliseconds (0 when empty).
+fn age_ms(mut ages: Vec<Duration>) -> (u64, u64) {
+    ages.sort();
+    let ms = |d: Option<&Duration>| d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    (ms(ages.get(ages.len() / 2)), ms(ages.last()))
+}
+
 /// Handle given to simplex as automaton, relay and reporter.
 #[derive(Clone)]
 pub struct Mailbox {
-    sender: mpsc::UnboundedSender<Message>,
+    sender: Inbox,
 }
 
 impl Mailbox {
     fn send(&self, message: Message) -> Feedback {
-        if self.sender.send(message).is_ok() {
+        if queue(&self.sender, message) {
             Feedback::Ok
         } else {
             Feedback::Closed
@@ -1076,7 +1128,7 @@ struct Actor<E, K: Kv, BS, FS> {
     block_sender: BS,
     backfill_sender: FS,
     /// The actor's own inbox, for timers it sets itself.
-    inbox: mpsc::UnboundedSender<Message>,
+    inbox: Inbox,
     /// When the pending wake-up timer fires, if one is set.
     wake_at: Option<std::time::SystemTime>,
 }
@@ -1111,7 +1163,7 @@ where
         let s = sender.clone();
         context.child("blocks_in").spawn(move |_| async move {
             while let Ok((_, bytes)) = block_receiver.recv().await {
-                if s.send(Message::Block { bytes }).is_err() {
+                if !queue(&s, Message::Block { bytes }) {
                     break;
                 }
             }
@@ -1146,7 +1198,7 @@ where
             while let Ok((from, bytes)) = backfill_receiver.recv().await {
                 let sent = match decode_backfill(bytes.as_ref()) {
                     Ok(Backfill::Gossip { txs }) => gossip_sender.send(txs).is_ok(),
-                    Ok(message) => s.send(Message::Backfill { from, message }).is_ok(),
+                    Ok(message) => queue(&s, Message::Backfill { from, message }),
                     Err(_) => {
                         debug!(?from, "dropped undecodable backfill message");
                         true
@@ -1161,7 +1213,7 @@ where
         context.child("ticker").spawn(move |context| async move {
             loop {
                 context.sleep(tick).await;
-                if sender.send(Message::Tick).is_err() {
+                if !queue(&sender, Message::Tick) {
                     break;
                 }
             }
@@ -1197,8 +1249,9 @@ where
     BS: Sender<PublicKey = PublicKey>,
     FS: Sender<PublicKey = PublicKey>,
 {
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Message>) {
-        while let Some(message) = inbox.recv().await {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Queued>) {
+        while let Some(Queued { at, message }) = inbox.recv().await {
+            let (kind, started) = (message.kind(), Instant::now());
             let result = match message {
                 Message::Propose { context, response } => {
                     self.proposals.push(PendingPropose { context, response });
@@ -1242,6 +1295,13 @@ where
                 Message::Backfill { from, message } => self.backfill(from, message),
                 Message::Tick => self.tick(),
             };
+            debug!(
+                target: TIMING,
+                kind,
+                waited_us = micros(started.duration_since(at)),
+                took_us = micros(started.elapsed()),
+                "message"
+            );
             if let Err(e) = result {
                 // Storage failures are fatal: continuing could serve or sign on state
                 // that is not durable. The process exits and restarts from its data dir.
@@ -1417,22 +1477,48 @@ where
                             let inbox = self.inbox.clone();
                             self.context.child("wake").spawn(move |context| async move {
                                 context.sleep(wait).await;
-                                let _ = inbox.send(Message::Tick);
+                                queue(&inbox, Message::Tick);
                             });
                         }
                         self.proposals.push(p);
                         continue;
                     }
+                    let started = Instant::now();
                     let Some(block) = self.build(&p.context, &parent) else {
                         // Not ready to commit to a shard header on this parent yet: it
                         // names state or a beacon height this node has not reached.
                         self.proposals.push(p);
                         continue;
                     };
+                    let built = Instant::now();
                     let digest = block.digest();
                     if let Err(e) = self.persist(&block) {
                         error!(error = %e, "persisting a proposal; not proposing");
                         continue;
+                    }
+                    if tracing::enabled!(target: TIMING, tracing::Level::DEBUG) {
+                        // How long the block's transactions waited here since admission.
+                        let (age_p50_ms, age_max_ms) = {
+                            let state = lock(&self.state);
+                            age_ms(
+                                block
+                                    .txs
+                                    .iter()
+                                    .filter_map(|tx| state.mempool.admitted_at(tx))
+                                    .map(|at| built.duration_since(at))
+                                    .collect(),
+                            )
+                        };
+                        debug!(
+                            target: TIMING,
+                            height = block.height,
+                            txs = block.txs.len(),
+                            build_us = micros(built.duration_since(started)),
+                            persist_us = micros(built.elapsed()),
+                            age_p50_ms,
+                            age_max_ms,
+                            "proposed"
+                        );
                     }
                     self.first_seen
                         .entry(digest)
@@ -1464,21 +1550,27 @@ where
             }
         };
         // Transactions (and credits) already in unfinalized ancestors are not included
-        // again.
+        // again. The walk stops at the first ancestor above the finalized height: a block
+        // this node persisted stays in the pending store after finalization (it is the
+        // block's only copy), so walking on while ancestors are found would read, decode
+        // and hash the whole chain on every proposal (a cost growing with the height).
+        let finalized = lock(&self.state).finalized_height();
         let mut exclude = HashSet::new();
         let mut in_flight = Vec::new();
         let mut cursor = parent.clone();
-        while let Ok(Some(ancestor)) = self.unfinalized(&cursor.parent) {
+        loop {
             for tx in &cursor.txs {
                 exclude.insert(tx.hash());
             }
             in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
-            cursor = ancestor;
+            if cursor.height <= finalized.saturating_add(1) {
+                break;
+            }
+            match self.unfinalized(&cursor.parent) {
+                Ok(Some(ancestor)) => cursor = ancestor,
+                _ => break,
+            }
         }
-        for tx in &cursor.txs {
-            exclude.insert(tx.hash());
-        }
-        in_flight.extend(cursor.sharding.iter().flat_map(|s| s.credits.clone()));
         let governance_above = self.governance_above(parent);
         // An epoch-end block carries nothing (no transactions, credits or governance): its
         // header's roots are the epoch's final ones.
@@ -1636,6 +1728,7 @@ where
                 self.verifies.push(v);
                 continue;
             };
+            let started = Instant::now();
             let valid = if v.digest == v.context.parent.1 {
                 // A re-proposal: valid only for the last block of the current epoch.
                 let state = lock(&self.state);
@@ -1663,6 +1756,7 @@ where
                     }
                 }
             };
+            let checked = Instant::now();
             if !valid {
                 warn!(digest = ?v.digest, "refusing invalid block");
             } else if let Err(e) = self.persist(&block) {
@@ -1670,6 +1764,15 @@ where
                 error!(error = %e, "persisting a verified block; not voting");
                 continue;
             }
+            debug!(
+                target: TIMING,
+                height = block.height,
+                txs = block.txs.len(),
+                check_us = micros(checked.duration_since(started)),
+                persist_us = micros(checked.elapsed()),
+                since_proposed_ms = self.since_ms(block.timestamp_ms),
+                "verified"
+            );
             v.response.send_lossy(valid);
         }
     }
@@ -2055,7 +2158,17 @@ where
         Ok(())
     }
 
+    /// Milliseconds from a block's timestamp (its proposer's clock: one machine in the
+    /// bench) to now.
+    fn since_ms(&self, timestamp_ms: u64) -> u64 {
+        self.context
+            .current()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| (d.as_millis() as u64).saturating_sub(timestamp_ms))
+    }
+
     fn execute(&mut self, block: Block) -> Result<(), StateError> {
+        let started = Instant::now();
         let digest = block.digest();
         let mut extra = WriteBatch::default();
         // A block this node persisted before voting is already durable: point to it.
@@ -2166,14 +2279,17 @@ where
             REGISTRY_KEY.to_vec(),
             registry_bytes(&registry)?,
         );
-        let (admitted, depth, committee) = {
+        let locking = Instant::now();
+        let (admitted, depth, committee, stages) = {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
+            let applying = Instant::now();
             let credits = crate::cross_shard::receipts(&block);
             let outcome =
                 state
                     .ledger
                     .apply_block_with_credits(block.height, &block.txs, &credits, extra)?;
+            let applied = Instant::now();
             for (credit, result) in credits.iter().zip(&outcome.credits) {
                 if !result.is_credited() {
                     debug!(
@@ -2209,10 +2325,37 @@ where
             if let Some((next, kept)) = &switch {
                 crate::epoch_switch::enter(state, next.clone(), kept)?;
             }
+            let pruning = Instant::now();
             let admitted = state.mempool.on_finalized(&block.txs, &state.ledger);
             let committee = state.shard.as_ref().map(|place| place.committee);
-            (admitted, state.mempool.len(), committee)
+            // (waiting for the lock, apply incl. commit, the commit, mempool pruning)
+            let stages = (
+                applying.duration_since(locking),
+                applied.duration_since(applying),
+                state.ledger.last_commit_time(),
+                pruning.elapsed(),
+            );
+            (admitted, state.mempool.len(), committee, stages)
         };
+        if tracing::enabled!(target: TIMING, tracing::Level::DEBUG) {
+            let now = Instant::now();
+            let (age_p50_ms, age_max_ms) =
+                age_ms(admitted.iter().map(|at| now.duration_since(*at)).collect());
+            debug!(
+                target: TIMING,
+                height = block.height,
+                txs = block.txs.len(),
+                lock_us = micros(stages.0),
+                apply_us = micros(stages.1),
+                commit_us = micros(stages.2),
+                prune_us = micros(stages.3),
+                total_us = micros(started.elapsed()),
+                since_proposed_ms = self.since_ms(block.timestamp_ms),
+                age_p50_ms,
+                age_max_ms,
+                "executed"
+            );
+        }
         let changed = changed || switch.is_some();
         for at in admitted {
             self.metrics

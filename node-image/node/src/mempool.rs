@@ -90,6 +90,15 @@ impl Mempool {
         self.by_sender.get(sender).map_or(0, BTreeMap::len)
     }
 
+    /// When a queued transaction was admitted here (the stage timings' ages).
+    pub fn admitted_at(&self, tx: &Tx) -> Option<Instant> {
+        let entry = self
+            .by_sender
+            .get(&tx.unsigned.from)?
+            .get(&tx.unsigned.nonce)?;
+        (entry.hash == tx.hash()).then_some(entry.admitted)
+    }
+
     pub fn contains(&self, hash: &Digest) -> bool {
         self.hashes.contains(hash)
     }

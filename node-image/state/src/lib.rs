@@ -363,6 +363,9 @@ pub struct Ledger<K: Kv> {
     supply: u64,
     /// Receipts of the blocks not in the hash index yet (see [`receipts`]).
     receipts: receipts::Receipts,
+    /// How long the last block's store commit took (write + fsync): the node's stage
+    /// timings report it next to execution (docs/node-performance.md).
+    last_commit: std::time::Duration,
 }
 
 impl<K: Kv> Ledger<K> {
@@ -415,6 +418,7 @@ impl<K: Kv> Ledger<K> {
         Ok(Self {
             supply: read_u64(&kv, META_SUPPLY)?.unwrap_or(0),
             receipts: receipts::Receipts::open(&kv, height)?,
+            last_commit: std::time::Duration::ZERO,
             kv,
             values: Mutex::new(HashMap::new()),
             height,
@@ -1152,9 +1156,16 @@ impl<K: Kv> Ledger<K> {
             meta_state_root(height),
             self.state_root().to_vec(),
         );
+        let started = std::time::Instant::now();
         self.kv.commit(batch)?;
+        self.last_commit = started.elapsed();
         self.height = Some(height);
         Ok(())
+    }
+
+    /// How long the last applied block's store commit took (write and fsync).
+    pub fn last_commit_time(&self) -> std::time::Duration {
+        self.last_commit
     }
 }
 
