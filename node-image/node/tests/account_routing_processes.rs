@@ -29,8 +29,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use support::{BIN, Node, Sharded, call, height, key_file, post, status, wait_for};
-use trellis_node_api::shard::ShardMapInfo;
+use support::{BIN, Node, Sharded, call, height, key_file, post, shard_map, status, wait_for};
 use trellis_node_api::{AccountInfo, TransactionStatus, TxState, error_codes, methods};
 use trellis_node_state::{Account, ProvenAccount, verify_account_proof};
 use trellis_node_types::{Block, PrivateKey, Signer, from_hex, table_of, test_key, to_hex};
@@ -83,10 +82,6 @@ fn certified_root(addr: SocketAddr, table: u8) -> Option<(u64, [u8; 32])> {
     let block = Block::decode_untrusted(&bytes).ok()?;
     let header = &block.sharding.as_ref()?.header;
     Some((header.state_height, header.root_of(table)?))
-}
-
-fn shard_map(addr: SocketAddr) -> Option<ShardMapInfo> {
-    serde_json::from_value(call(addr, methods::GET_SHARD_MAP, Value::Null).ok()?).ok()
 }
 
 fn committed(addr: SocketAddr, hash: &str) -> bool {

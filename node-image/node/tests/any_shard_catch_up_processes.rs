@@ -29,28 +29,12 @@
 
 mod support;
 
-use serde_json::json;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::{Sharded, call, height, status, wait_for};
-use trellis_node_api::Role;
-use trellis_node_api::methods;
-use trellis_node_api::shard::ShardMapInfo;
+use support::{Sharded, height, serving, shard_map, status, wait_for};
 use trellis_node_types::{Signer, test_key, to_hex};
 
 const CHAIN: &str = "any-catch-up";
 const SEED: u64 = 23_500;
-
-fn shard_map(addr: SocketAddr) -> Option<ShardMapInfo> {
-    serde_json::from_value(call(addr, methods::GET_SHARD_MAP, json!({})).ok()?).ok()
-}
-
-fn serving(addr: SocketAddr) -> Option<u16> {
-    match status(addr)?.role {
-        Role::Shard { shard } => Some(shard),
-        _ => None,
-    }
-}
 
 #[test]
 fn an_any_shard_validator_that_fell_behind_catches_up_and_votes_again() {

@@ -26,7 +26,7 @@ mod support;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::{Sharded, call, height, status, wait_for};
+use support::{Sharded, call, height, serving, shard_map, status, wait_for};
 use trellis_node_api::shard::ShardMapInfo;
 use trellis_node_api::{BlockInfo, Role, TransactionStatus, TxState, methods};
 use trellis_node_types::{Signer, test_key, to_hex};
@@ -40,17 +40,6 @@ fn shard_in(map: &ShardMapInfo, key: &str) -> Option<u16> {
         .iter()
         .find(|s| s.validators.iter().any(|v| v == key))
         .map(|s| s.shard)
-}
-
-fn shard_map(addr: SocketAddr) -> Option<ShardMapInfo> {
-    serde_json::from_value(call(addr, methods::GET_SHARD_MAP, json!({})).ok()?).ok()
-}
-
-fn serving(addr: SocketAddr) -> Option<u16> {
-    match status(addr)?.role {
-        Role::Shard { shard } => Some(shard),
-        _ => None,
-    }
 }
 
 #[test]

@@ -23,19 +23,14 @@
 mod support;
 
 use serde_json::json;
-use std::net::SocketAddr;
 use std::time::Duration;
-use support::{Sharded, call, height, status, wait_for};
+use support::{Sharded, call, height, shard_map, status, wait_for};
 use trellis_node_api::shard::ShardMapInfo;
 use trellis_node_api::{Role, methods};
 use trellis_node_types::{Signer, test_key, to_hex};
 
 const CHAIN: &str = "any-reshard";
 const SEED: u64 = 14_600;
-
-fn shard_map(addr: SocketAddr) -> Option<ShardMapInfo> {
-    serde_json::from_value(call(addr, methods::GET_SHARD_MAP, json!({})).ok()?).ok()
-}
 
 fn committee(map: &ShardMapInfo, shard: u16) -> Vec<String> {
     map.shards

@@ -11,14 +11,13 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use support::{BIN, Node, Sharded, call, height, key_file, status, wait_for};
+use support::{BIN, Node, Sharded, call, height, key_file, shard_map, status, wait_for};
 use trellis_node_api::methods;
-use trellis_node_api::shard::ShardMapInfo;
 use trellis_node_types::{PrivateKey, Signer, table_of, test_key, to_hex};
 
 const CHAIN: &str = "reshard-proc";
@@ -39,10 +38,6 @@ fn setup(root: &Path, admin: &PrivateKey, funded: &[PrivateKey]) -> Vec<Vec<Node
         epoch_length: 10,
     }
     .setup(root, admin, funded)
-}
-
-fn shard_map(addr: SocketAddr) -> Option<ShardMapInfo> {
-    serde_json::from_value(call(addr, methods::GET_SHARD_MAP, Value::Null).ok()?).ok()
 }
 
 fn balance(addr: SocketAddr, key: &PrivateKey) -> Option<(u64, u64)> {

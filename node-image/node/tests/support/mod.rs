@@ -12,7 +12,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use trellis_node_api::{NodeStatus, methods};
+use trellis_node_api::shard::ShardMapInfo;
+use trellis_node_api::{NodeStatus, Role, methods};
 use trellis_node_types::{
     Encode, PrivateKey, Signer, TxKind, UnsignedTx, table_of, test_key, to_hex,
 };
@@ -126,6 +127,19 @@ pub fn call(addr: SocketAddr, method: &str, params: Value) -> Result<Value, (i64
 
 pub fn status(addr: SocketAddr) -> Option<NodeStatus> {
     serde_json::from_value(call(addr, methods::STATUS, Value::Null).ok()?).ok()
+}
+
+/// The shard map the node follows, `None` while it does not answer.
+pub fn shard_map(addr: SocketAddr) -> Option<ShardMapInfo> {
+    serde_json::from_value(call(addr, methods::GET_SHARD_MAP, Value::Null).ok()?).ok()
+}
+
+/// The shard the node serves now, `None` for any other role or while it does not answer.
+pub fn serving(addr: SocketAddr) -> Option<u16> {
+    match status(addr)?.role {
+        Role::Shard { shard } => Some(shard),
+        _ => None,
+    }
 }
 
 /// The finalized height, 0 while the node does not answer.
