@@ -205,20 +205,41 @@ pub fn send_retrying(addr: SocketAddr, tx: &str, limit: Duration) -> String {
 
 /// `trellis-node system set-shard-count` as an operator runs it: signed by the network
 /// `admin` key (its key file written under `root/admin`), submitted through `beacon`.
+/// While the beacon is still in the epoch of an earlier change's table handoff it refuses
+/// with `-33012` ("submit again once beacon height H is finalized"): like the operator,
+/// this submits again until it is taken (up to 3 minutes); any other refusal fails.
 pub fn set_shard_count(root: &Path, admin: &PrivateKey, beacon: SocketAddr, count: u16) {
     let dir = root.join("admin");
     std::fs::create_dir_all(&dir).unwrap();
     key_file(&dir, admin, admin);
-    cli(&[
+    let (keys, rpc, count) = (
+        dir.join("keys.json"),
+        format!("http://{beacon}"),
+        count.to_string(),
+    );
+    let args = [
         "system",
         "set-shard-count",
         "--key-file",
-        dir.join("keys.json").to_str().unwrap(),
+        keys.to_str().unwrap(),
         "--rpc",
-        &format!("http://{beacon}"),
+        &rpc,
         "--count",
-        &count.to_string(),
-    ]);
+        &count,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("(-33012)") && Instant::now() < deadline,
+            "trellis-node {args:?}: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// True when a block `addr` finalized, from height `lowest` (at least 1) to its finalized
