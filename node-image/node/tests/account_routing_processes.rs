@@ -119,7 +119,7 @@ fn batch(addr: SocketAddr, requests: &[Value]) -> Vec<Value> {
 
 #[test]
 fn account_reads_and_batches_reach_the_owning_shard_through_a_reshard() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let admin = test_key(11_999);
     // Two accounts of each genesis shard for the transfers, and one funded account in
     // each group of 16 tables, whatever shard they end up in, for the reshard.

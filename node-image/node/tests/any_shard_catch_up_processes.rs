@@ -38,7 +38,7 @@ const SEED: u64 = 23_500;
 
 #[test]
 fn an_any_shard_validator_that_fell_behind_catches_up_and_votes_again() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let admin = test_key(SEED + 999);
     // The beacon on .1, the shards' fixed validators on .11-13 and .21-23, "any" on .91-92.
     let layout = Sharded {

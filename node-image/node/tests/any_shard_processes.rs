@@ -44,7 +44,7 @@ fn shard_in(map: &ShardMapInfo, key: &str) -> Option<u16> {
 
 #[test]
 fn an_any_shard_validator_follows_the_beacon_to_its_new_shard_and_votes_there() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
 
     let admin = test_key(SEED + 999);
     // Each shard's fixed validators on 127.0.145.11-12 and .21-22, the beacon on .1.

@@ -42,7 +42,7 @@ fn committee(map: &ShardMapInfo, shard: u16) -> Vec<String> {
 
 #[test]
 fn an_any_validator_replays_a_shard_whose_history_imported_tables() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let admin = test_key(SEED + 999);
     // The beacon on 127.0.146.1, shard 0 on .11-12, slot 1 on .21-22.
     let layout = Sharded {

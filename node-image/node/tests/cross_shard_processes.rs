@@ -108,7 +108,7 @@ const LIMIT: Duration = Duration::from_secs(240);
 
 #[test]
 fn cross_shard_transfers_are_credited_through_a_validator_crash() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let admin = test_key(17_999);
     let (a0, a1) = (accounts_of(0, 6), accounts_of(1, 6));
     // Senders a0[0..3] (shard 0) pay a1[3..6] (shard 1), and a1[0..3] pay a0[3..6].

@@ -42,7 +42,7 @@ fn lookup(node: SocketAddr, hash: &str) -> Value {
 
 #[test]
 fn a_drained_slots_transactions_stay_queryable_through_its_archive() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let admin = trellis_node_types::test_key(SEED + 999);
     let layout = Sharded {
         chain: CHAIN,

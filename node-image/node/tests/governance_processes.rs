@@ -126,7 +126,7 @@ fn setup(root: &Path, account: &PrivateKey) -> Vec<Org> {
 
 #[test]
 fn fourth_organisation_admitted_and_one_removed() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let account = test_key(900);
     let payee = test_key(901);
     let mut nodes = setup(root.path(), &account);

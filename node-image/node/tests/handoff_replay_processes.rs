@@ -36,7 +36,7 @@ const SEED: u64 = 18_600;
 
 #[test]
 fn a_wiped_validator_replays_an_import_from_a_deleted_slot() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let admin = test_key(SEED + 999);
     let layout = Sharded {
         chain: CHAIN,

@@ -85,7 +85,7 @@ fn setup(root: &Path, accounts: &[PrivateKey]) -> Vec<Node> {
 
 #[test]
 fn four_processes_survive_kills_and_restarts() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let accounts: Vec<PrivateKey> = (0..4).map(|i| test_key(500 + i)).collect();
     let mut nodes = setup(root.path(), &accounts);
     for node in &mut nodes {

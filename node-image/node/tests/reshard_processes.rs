@@ -72,7 +72,7 @@ fn set_shard_count(key_dir: &Path, rpc: SocketAddr, count: u16) -> Result<(), St
 
 #[test]
 fn reshard_2_to_3_and_back_under_load_with_a_sigkill() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let admin = test_key(9_999);
     // Accounts spread over the tables, each with a partner in its own table.
     let mut accounts: Vec<(PrivateKey, PrivateKey)> = Vec::new();

@@ -45,7 +45,7 @@ fn accounts_of(slot: u16, n: usize) -> Vec<PrivateKey> {
 
 #[test]
 fn beacon_and_two_shards_route_follow_and_refuse() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let admin = test_key(7_999);
     let shard0 = accounts_of(0, 2);
     let shard1 = accounts_of(1, 2);

@@ -24,7 +24,7 @@ const SEED: u64 = 9_000;
 
 #[test]
 fn a_registered_validator_joins_a_running_shard_and_its_votes_count() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::TestDir::new();
     let admin = test_key(SEED + 999);
     let accounts = support::accounts_of(SEED + 700, 0, 2);
     // Committees: the beacon on 127.0.144.1-4, shard 0 on .11-14 (support::Sharded).

@@ -142,6 +142,30 @@ pub fn serving(addr: SocketAddr) -> Option<u16> {
     }
 }
 
+/// A test's working directory (keys, configs, data, node logs): removed when the test
+/// passes, kept when it fails so the nodes' logs can be read (its path is printed).
+pub struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    pub fn new() -> Self {
+        Self(Some(tempfile::tempdir().unwrap()))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().map(|dir| dir.path()).unwrap()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.0.take()
+        {
+            eprintln!("test directory kept (node logs): {}", dir.keep().display());
+        }
+    }
+}
+
 /// The finalized height, 0 while the node does not answer.
 pub fn height(addr: SocketAddr) -> u64 {
     status(addr).map_or(0, |s| s.finalized_height)
