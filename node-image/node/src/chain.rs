@@ -1131,6 +1131,37 @@ struct Actor<E, K: Kv, BS, FS> {
     inbox: Inbox,
     /// When the pending wake-up timer fires, if one is set.
     wake_at: Option<std::time::SystemTime>,
+    /// When this process started, if it started on an empty store (a new or wiped
+    /// volume): see [`may_have_proposed`].
+    empty_start: Option<std::time::SystemTime>,
+    /// The parent this node last held a proposal back on, and since when.
+    held_back: Option<(Digest, std::time::SystemTime)>,
+}
+
+/// How long a node that started on an empty store waits for a peer's newer block before
+/// it proposes on an older one after all.
+const HOLD_BACK_LIMIT: Duration = Duration::from_secs(30);
+
+/// Whether a node that started on an empty store (`empty_start`: when) may already have
+/// proposed on `parent` before it lost its data. Its consensus journal, which makes a
+/// restarted validator repeat its own votes, went with the volume: proposing again on a
+/// parent it had a view on could propose a second block in a view whose first one its
+/// peers hold (a conflicting notarize), and they block it as an equivocator — with a
+/// quorum that needs it, the shard halts for good. A parent stamped before the start may
+/// have been proposed on before; one stamped after cannot, so the node proposes again
+/// once a peer's newer block is its parent (a view or two later). Genesis, and a
+/// committee of one (`validators`, asked only when it matters), where nobody could tell
+/// two proposals apart, are exempt.
+fn may_have_proposed(
+    empty_start: Option<std::time::SystemTime>,
+    parent: &Block,
+    validators: impl FnOnce() -> usize,
+) -> bool {
+    empty_start.is_some_and(|start| {
+        parent.height > 0
+            && UNIX_EPOCH + Duration::from_millis(parent.timestamp_ms) < start
+            && validators() > 1
+    })
 }
 
 /// Starts the chain actor; returns the mailbox to hand to simplex.
@@ -1218,6 +1249,7 @@ where
                 }
             }
         });
+        let empty_start = (lock(&state).finalized_height() == 0).then(|| context.current());
         let actor = Actor {
             context,
             config,
@@ -1236,6 +1268,8 @@ where
             backfill_sender,
             inbox,
             wake_at: None,
+            empty_start,
+            held_back: None,
         };
         actor.run(receiver).await;
     });
@@ -1465,6 +1499,11 @@ where
                         p.response.send_lossy(parent_digest);
                         continue;
                     }
+                    if self.holds_back(&parent) {
+                        // Dropped: the view passes by its leader timeout or the peers'
+                        // certificate, and a later view proposes on a newer block.
+                        continue;
+                    }
                     let ready_at = UNIX_EPOCH
                         + Duration::from_millis(parent.timestamp_ms)
                         + self.config.min_block_interval;
@@ -1533,6 +1572,37 @@ where
                 Err(e) => error!(error = %e, "reading parent block"),
             }
         }
+    }
+
+    /// Whether to hold back a proposal on `parent` (see [`may_have_proposed`]): for
+    /// [`HOLD_BACK_LIMIT`] at most, so a committee whose every validator lost its store
+    /// at once (no peer makes a newer block) still goes on.
+    fn holds_back(&mut self, parent: &Block) -> bool {
+        let validators = || {
+            lock(&self.state)
+                .membership()
+                .map_or(0, |m| m.validators.len())
+        };
+        if !may_have_proposed(self.empty_start, parent, validators) {
+            return false;
+        }
+        let now = self.context.current();
+        let digest = parent.digest();
+        let since = match self.held_back {
+            Some((held, since)) if held == digest => since,
+            _ => {
+                self.held_back = Some((digest, now));
+                now
+            }
+        };
+        let holds = now.duration_since(since).unwrap_or_default() < HOLD_BACK_LIMIT;
+        if holds {
+            debug!(
+                height = parent.height,
+                "not proposing on a block older than this node's empty store"
+            );
+        }
+        holds
     }
 
     /// Builds a proposal on `parent`; `None` while a sharded node cannot commit to a
@@ -2564,6 +2634,26 @@ mod tests {
     use super::*;
     use commonware_codec::DecodeExt;
     use trellis_node_types::{Signer, test_key, to_hex};
+
+    #[test]
+    fn a_node_on_an_empty_store_proposes_only_on_blocks_newer_than_its_start() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_000);
+        let block = |height: u64, secs: u64| {
+            let mut block = Block::genesis("c");
+            block.height = height;
+            block.timestamp_ms = secs * 1_000;
+            block
+        };
+        let two = || 2;
+        // Stamped before the start: it may have proposed on it before losing its journal.
+        assert!(may_have_proposed(Some(start), &block(7, 999), two));
+        // A peer's block after the start: no earlier proposal on it is possible.
+        assert!(!may_have_proposed(Some(start), &block(8, 1_001), two));
+        // Genesis, a committee of one, and a node that kept its store are exempt.
+        assert!(!may_have_proposed(Some(start), &block(0, 1), two));
+        assert!(!may_have_proposed(Some(start), &block(7, 999), || 1));
+        assert!(!may_have_proposed(None, &block(7, 999), two));
+    }
 
     #[test]
     fn backfill_messages_round_trip_and_reject_garbage() {
