@@ -1,8 +1,10 @@
-//! Table handoff at a shard's epoch switch (see [`crate::epoch_switch`]): each table
-//! that moved to this shard is fetched from a node of its previous owner, rebuilt and
-//! checked against the root in the previous owner's certified epoch-end header (its
-//! certificate checked against that shard's validators for that epoch), then imported
-//! atomically (`Ledger::import_table`). Until every incoming table is imported the node
+//! Table handoff at a shard's epoch switch (see [`crate::epoch_switch`]): the tables that
+//! moved to this shard are taken over source shard by source shard ([`take_over`]). The
+//! source's epoch-end block is fetched and its certificate checked against that shard's
+//! validators for that epoch **once** for all its tables; each table's snapshot is
+//! fetched (a few at once), rebuilt and checked against its root in that certified
+//! header; then all of them are imported with the proof in **one** commit
+//! (`Ledger::import_tables_with`). Until every incoming table is imported the node
 //! executes, proposes and votes nothing of the new epoch.
 //!
 //! Nothing a serving node says is trusted: a forged header fails its certificate, a
@@ -13,27 +15,31 @@
 //! so a peer that replays the shard's history later — a late joiner, a validator moved
 //! here, one whose volume was lost — can check the import after the previous owner's
 //! nodes are gone (a drained slot the operator deleted). A crash mid-handoff loses
-//! nothing: an import and its proof are one commit, and the epoch record lists what is
-//! still missing.
+//! nothing and splits nothing: a source's tables and their proof are one commit, and the
+//! epoch record lists what is still missing.
 //!
 //! The same loop forwards transactions the switch took out of the pool (their table
 //! moved away) to their new shard.
 
 use crate::chain::{NodeState, lock};
-use crate::epoch_switch::{Incoming, ends_epoch, sync_place};
+use crate::epoch_switch::{ends_epoch, sync_place};
 use crate::relay::{CertifiedBlock, SnapshotRequest};
 use crate::rpc_shard::{
     CertifiedBlockJson, Failure, GET_TABLE_SNAPSHOT, SnapshotParams, SnapshotResult,
 };
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use trellis_node_api::error_codes as codes;
 use trellis_node_beacon::BeaconState;
-use trellis_node_state::{Kv, MAX_SNAPSHOT_LEAVES, Space, TableSnapshot, WriteBatch};
+use trellis_node_state::{
+    CheckedTable, Kv, MAX_SNAPSHOT_LEAVES, Space, TableSnapshot, WriteBatch, check_table,
+};
 use trellis_node_types::{Block, Committee, PublicKey, Tx, table_of, to_hex};
 
 /// `trellis_getEpochEnd {epoch, shard?}` → `{block, certificate}`: the block that ended
@@ -114,8 +120,89 @@ pub(crate) fn nodes_of(beacon: &BeaconState, shard: u16, epoch: u64) -> Vec<Peer
         .collect()
 }
 
+/// Shard `from`'s epoch-end block of `epoch` with its certificate checked: the height to
+/// fetch its tables' snapshots at and the certified roots of every table it owned.
+/// Checked once per (source shard, epoch) and used for all the tables imported from it.
+pub struct CertifiedEnd {
+    pub from: u16,
+    pub height: u64,
+    roots: BTreeMap<u8, [u8; 32]>,
+    /// As served: kept with the import so that a replaying peer can check it too.
+    pub answer: CertifiedBlock,
+}
+
+impl CertifiedEnd {
+    /// Checks `answer` (never trusted): a block of shard `from` that ends its epoch
+    /// `epoch`, finalized by a certificate of that epoch from `from`'s validators of
+    /// `epoch` in its consensus namespace.
+    pub fn check(
+        beacon: &BeaconState,
+        chain_id: &str,
+        from: u16,
+        epoch: u64,
+        answer: CertifiedBlock,
+    ) -> Result<Self, String> {
+        let block = Block::decode_untrusted(&answer.block).map_err(|e| format!("block: {e}"))?;
+        let Some(sharding) = &block.sharding else {
+            return Err("not a shard block".into());
+        };
+        if sharding.header.committee != Committee::Shard(from) {
+            return Err(format!(
+                "a block of {} where shard {from}'s was asked for",
+                sharding.header.committee.name()
+            ));
+        }
+        if block.epoch != epoch || !ends_epoch(beacon, &block) {
+            return Err(format!(
+                "block {} does not end shard {from}'s epoch {epoch}",
+                block.height
+            ));
+        }
+        let mut validators = beacon.validators_at(from, epoch).unwrap_or_default();
+        validators.sort();
+        let namespace = crate::engine::consensus_namespace(chain_id, Some(Committee::Shard(from)));
+        let round = crate::chain::verify_finalization(
+            &namespace,
+            &validators,
+            &answer.certificate,
+            &block.digest(),
+        )
+        .ok_or_else(|| {
+            format!("the certificate of shard {from}'s epoch-end block does not verify against its validators of epoch {epoch}")
+        })?;
+        if round.0 != epoch {
+            return Err(format!(
+                "certificate of epoch {} instead of {epoch}",
+                round.0
+            ));
+        }
+        let roots = sharding
+            .header
+            .roots
+            .iter()
+            .map(|r| (r.table, r.root))
+            .collect();
+        Ok(Self {
+            from,
+            height: block.height,
+            roots,
+            answer,
+        })
+    }
+
+    /// The certified root of `table` at the end of the epoch.
+    pub fn root(&self, table: u8) -> Result<[u8; 32], String> {
+        self.roots.get(&table).copied().ok_or_else(|| {
+            format!(
+                "shard {}'s epoch-end header has no root for table {table}",
+                self.from
+            )
+        })
+    }
+}
+
 /// The certified root of `table` at the end of `from`'s epoch `epoch`, and the height to
-/// fetch its snapshot at, from `answer` (checked, never trusted).
+/// fetch its snapshot at, from `answer` (checked, never trusted; see [`CertifiedEnd`]).
 pub fn certified_root(
     beacon: &BeaconState,
     chain_id: &str,
@@ -124,47 +211,8 @@ pub fn certified_root(
     table: u8,
     answer: &CertifiedBlock,
 ) -> Result<(u64, [u8; 32]), String> {
-    let block = Block::decode_untrusted(&answer.block).map_err(|e| format!("block: {e}"))?;
-    let Some(sharding) = &block.sharding else {
-        return Err("not a shard block".into());
-    };
-    if sharding.header.committee != Committee::Shard(from) {
-        return Err(format!(
-            "a block of {} where shard {from}'s was asked for",
-            sharding.header.committee.name()
-        ));
-    }
-    if block.epoch != epoch || !ends_epoch(beacon, &block) {
-        return Err(format!(
-            "block {} does not end shard {from}'s epoch {epoch}",
-            block.height
-        ));
-    }
-    let mut validators = beacon.validators_at(from, epoch).unwrap_or_default();
-    validators.sort();
-    let namespace = crate::engine::consensus_namespace(chain_id, Some(Committee::Shard(from)));
-    let round = crate::chain::verify_finalization(
-        &namespace,
-        &validators,
-        &answer.certificate,
-        &block.digest(),
-    )
-    .ok_or_else(|| {
-        format!("the certificate of shard {from}'s epoch-end block does not verify against its validators of epoch {epoch}")
-    })?;
-    if round.0 != epoch {
-        return Err(format!(
-            "certificate of epoch {} instead of {epoch}",
-            round.0
-        ));
-    }
-    let root = sharding
-        .header
-        .roots
-        .iter()
-        .find(|r| r.table == table)
-        .ok_or_else(|| format!("shard {from}'s epoch-end header has no root for table {table}"))?;
-    Ok((block.height, root.root))
+    let end = CertifiedEnd::check(beacon, chain_id, from, epoch, answer.clone())?;
+    Ok((end.height, end.root(table)?))
 }
 
 /// Who may serve the import of a table from shard `from`'s epoch `previous` into this
@@ -236,103 +284,178 @@ async fn snapshot<S: HandoffSource>(
     }
 }
 
-/// Takes over one incoming table: asks its [`holders`] in turn.
+/// Most table snapshots fetched (and checked) at once during a handoff: enough to hide
+/// the round trips to the serving nodes, few enough not to flood them.
+const CONCURRENT_FETCHES: usize = 8;
+
+/// Why asking `nodes` in turn failed: the first refusal (it says why the previous owner
+/// could not serve; the later ones are mostly "imported no tables" from this shard's
+/// nodes) and the last.
+fn refusals(what: &str, errors: &[(PublicKey, String)]) -> String {
+    let Some((node, first)) = errors.first() else {
+        return format!("{what}: nobody to ask");
+    };
+    let mut out = format!("{what} asked of node {}: {first}", to_hex(node.as_ref()));
+    if let Some((node, last)) = errors.get(1..).and_then(|rest| rest.last()) {
+        out.push_str(&format!(
+            " ({} more nodes refused; the last, {}: {last})",
+            errors.len() - 1,
+            to_hex(node.as_ref())
+        ));
+    }
+    out
+}
+
+/// The first checked epoch-end proof of shard `from`'s epoch `previous` that one of
+/// `nodes` serves, and the index of that node.
+async fn certified_end<S: HandoffSource>(
+    source: &S,
+    beacon: &BeaconState,
+    chain_id: &str,
+    from: u16,
+    previous: u64,
+    nodes: &[Peer],
+) -> Result<(CertifiedEnd, usize), String> {
+    let mut errors = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let checked = match source.epoch_end(node, from, previous).await {
+            Ok(answer) => CertifiedEnd::check(beacon, chain_id, from, previous, answer),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(end) => return Ok((end, i)),
+            Err(e) => errors.push((node.key.clone(), e)),
+        }
+    }
+    Err(refusals(
+        &format!("the epoch-end proof of shard {from}'s epoch {previous}"),
+        &errors,
+    ))
+}
+
+/// Which node the `i`-th table of a handoff asks first: the previous owner's nodes (the
+/// first `owners` of the holders) from the one that served the proof on (those before
+/// it did not answer), in turn, spreading the load; or, when none of the previous
+/// owner's nodes served the proof, the node that did.
+fn first_asked(owners: usize, prover: usize, i: usize) -> usize {
+    if prover < owners {
+        prover + i % (owners - prover)
+    } else {
+        prover
+    }
+}
+
+/// `table`'s snapshot at the end of `end`'s epoch, checked against its certified root
+/// (built for tree `version`): asks `nodes[first]`, then the others in order, each once.
+async fn checked_table<S: HandoffSource>(
+    source: &S,
+    end: &CertifiedEnd,
+    nodes: &[Peer],
+    first: usize,
+    table: u8,
+    version: u64,
+) -> Result<CheckedTable, String> {
+    let root = end.root(table)?;
+    let mut errors = Vec::new();
+    let order = std::iter::once(first).chain((0..nodes.len()).filter(|&i| i != first));
+    for node in order.filter_map(|i| nodes.get(i)) {
+        let checked = match snapshot(source, node, table, end.height, root).await {
+            Ok(chunks) => check_table(table, root, &chunks, version).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(checked) => return Ok(checked),
+            Err(e) => errors.push((node.key.clone(), e)),
+        }
+    }
+    Err(refusals(
+        &format!(
+            "table {table} from shard {} (epoch end {})",
+            end.from, end.height
+        ),
+        &errors,
+    ))
+}
+
+/// Takes over the incoming `tables` of source shard `from` in one go: fetches and checks
+/// `from`'s epoch-end proof **once** (from its [`holders`], in turn), fetches every
+/// table's snapshot (at most [`CONCURRENT_FETCHES`] at once, each from the holders in
+/// turn, starting with a different one per table) and checks each against its
+/// certified root, then imports them all and the proof in **one** commit: a crash
+/// leaves either every table of `from` imported, with the proof, or none. Returns how
+/// many tables it imported.
 pub async fn take_over<K: Kv, S: HandoffSource>(
     state: &Arc<Mutex<NodeState<K>>>,
     chain_id: &str,
     source: &S,
-    incoming: &Incoming,
+    from: u16,
+    tables: &[u8],
     start: usize,
-) -> Result<(), String> {
-    let (beacon, epoch, own) = {
+) -> Result<usize, String> {
+    let (beacon, epoch, own, versions) = {
         let s = lock(state);
         let Some(record) = s.shard_epoch.as_ref() else {
-            return Ok(());
+            return Ok(0);
         };
         let Some(beacon) = s.beacon.clone() else {
             return Err("no beacon state".into());
         };
-        (beacon, record.epoch, s.own_shard())
+        let versions: Vec<u64> = tables.iter().map(|t| s.ledger.import_version(*t)).collect();
+        (beacon, record.epoch, s.own_shard(), versions)
     };
     let previous = epoch.saturating_sub(1);
-    let nodes = holders(&beacon, incoming.from, previous, own, start);
+    let nodes = holders(&beacon, from, previous, own, start);
     if nodes.is_empty() {
         return Err(format!(
-            "shard {} had no validators in epoch {previous}",
-            incoming.from
+            "shard {from} had no validators in epoch {previous}"
         ));
     }
-    let (mut first, mut last, mut refused) = (String::new(), String::new(), 0);
-    for node in &nodes {
-        let attempt = async {
-            let answer = source.epoch_end(node, incoming.from, previous).await?;
-            let (height, root) = certified_root(
-                &beacon,
-                chain_id,
-                incoming.from,
-                previous,
-                incoming.table,
-                &answer,
-            )?;
-            let chunks = snapshot(source, node, incoming.table, height, root).await?;
-            let mut s = lock(state);
-            if s.shard_epoch.as_ref().map(|r| r.epoch) != Some(epoch)
-                || s.ledger.owned_tables().contains(incoming.table)
-            {
-                return Ok(());
-            }
-            // What a replaying peer needs to check this import without the previous
-            // owner, committed with it (once per source shard and epoch: every table
-            // imported from there is proven by the same block).
-            let key = key_imported_epoch_end(incoming.from, previous);
-            let mut proof = WriteBatch::default();
-            if s.ledger
-                .kv()
-                .get(Space::Meta, &key)
-                .map_err(|e| e.to_string())?
-                .is_none()
-            {
-                let json = serde_json::to_vec(&CertifiedBlockJson::from(&answer))
-                    .map_err(|e| e.to_string())?;
-                proof.put(Space::Meta, key, json);
-            }
-            s.ledger
-                .import_table_with(incoming.table, root, &chunks, proof)
-                .map_err(|e| e.to_string())?;
-            sync_place(&mut s);
-            info!(
-                table = incoming.table,
-                from = incoming.from,
-                epoch,
-                height,
-                "table handed off"
-            );
-            Ok::<(), String>(())
-        };
-        match attempt.await {
-            Ok(()) => return Ok(()),
-            // The first refusal says why the previous owner could not serve (the later
-            // ones are mostly "imported no tables" from this shard's nodes).
-            Err(e) if first.is_empty() => {
-                first = format!(
-                    "table {} from shard {} (epoch {previous}) asked of node {}: {e}",
-                    incoming.table,
-                    incoming.from,
-                    to_hex(node.key.as_ref())
-                );
-            }
-            Err(e) => {
-                refused += 1;
-                last = format!("{}: {e}", to_hex(node.key.as_ref()));
-            }
-        }
+    let owners = nodes_of(&beacon, from, previous).len();
+    let (end, prover) = certified_end(source, &beacon, chain_id, from, previous, &nodes).await?;
+    // Built up front (not a lazy map): the stream then holds no closure, which keeps the
+    // task's future `Send` for every lifetime.
+    let mut fetches = Vec::with_capacity(tables.len());
+    for (i, (table, version)) in tables.iter().zip(versions).enumerate() {
+        let first = first_asked(owners, prover, i);
+        fetches.push(checked_table(source, &end, &nodes, first, *table, version));
     }
-    if refused > 0 {
-        first.push_str(&format!(
-            " ({refused} more nodes refused; the last, {last})"
-        ));
+    let checked: Vec<CheckedTable> = futures::stream::iter(fetches)
+        .buffer_unordered(CONCURRENT_FETCHES)
+        .try_collect()
+        .await?;
+    let mut s = lock(state);
+    if s.shard_epoch.as_ref().map(|r| r.epoch) != Some(epoch) {
+        return Ok(0);
     }
-    Err(first)
+    let owned = s.ledger.owned_tables();
+    let checked: Vec<CheckedTable> = checked
+        .into_iter()
+        .filter(|c| !owned.contains(c.table()))
+        .collect();
+    if checked.is_empty() {
+        return Ok(0);
+    }
+    // What a replaying peer needs to check these imports without the previous owner,
+    // committed with them (once per source shard and epoch: every table imported from
+    // there is proven by the same block).
+    let key = key_imported_epoch_end(from, previous);
+    let mut proof = WriteBatch::default();
+    if s.ledger
+        .kv()
+        .get(Space::Meta, &key)
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        let json = serde_json::to_vec(&CertifiedBlockJson::from(&end.answer))
+            .map_err(|e| e.to_string())?;
+        proof.put(Space::Meta, key, json);
+    }
+    let count = checked.len();
+    s.ledger
+        .import_tables_with(checked, proof)
+        .map_err(|e| format!("importing {count} tables from shard {from}: {e}"))?;
+    sync_place(&mut s);
+    Ok(count)
 }
 
 /// Attempts at forwarding a handed-over transaction before giving up (the new shard
@@ -402,13 +525,35 @@ pub async fn run<K: Kv, S: HandoffSource, C: commonware_runtime::Clock>(
     loop {
         clock.sleep(period).await;
         forward_handed_over(&state, &source, &mut retry).await;
-        let pending = crate::epoch_switch::pending_imports(&lock(&state));
+        let (pending, epoch) = {
+            let s = lock(&state);
+            let epoch = s.shard_epoch.as_ref().map_or(0, |r| r.epoch);
+            (crate::epoch_switch::pending_imports(&s), epoch)
+        };
+        let mut by_source: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+        for incoming in &pending {
+            by_source
+                .entry(incoming.from)
+                .or_default()
+                .push(incoming.table);
+        }
         let mut failed = 0;
         let mut first = None;
-        for incoming in &pending {
-            if let Err(e) = take_over(&state, &chain_id, &source, incoming, start).await {
-                failed += 1;
-                first.get_or_insert(e);
+        for (from, tables) in by_source {
+            let began = Instant::now();
+            match take_over(&state, &chain_id, &source, from, &tables, start).await {
+                Ok(0) => {}
+                Ok(imported) => info!(
+                    from,
+                    epoch,
+                    tables = imported,
+                    millis = began.elapsed().as_millis() as u64,
+                    "tables handed off"
+                ),
+                Err(e) => {
+                    failed += tables.len();
+                    first.get_or_insert(e);
+                }
             }
             start = start.wrapping_add(1);
         }
@@ -560,9 +705,10 @@ mod tests {
     use super::*;
     use crate::chain::ShardPlace;
     use crate::cross_shard::tests::{CHAIN, beacon, certify, keys};
-    use crate::epoch_switch::ShardEpoch;
-    use std::collections::{BTreeMap, BTreeSet};
-    use trellis_node_state::{Ledger, MemKv};
+    use crate::epoch_switch::{Incoming, ShardEpoch};
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use trellis_node_state::{Entry, KvError, Ledger, MemKv};
     use trellis_node_types::{
         Digest, Encode, PrivateKey, ShardHeader, Sharding, Signer, TableRoot, TxKind, UnsignedTx,
         test_key,
@@ -581,13 +727,18 @@ mod tests {
         Peer(State),
         /// Serves its peer's epoch-end answer with a tampered certificate.
         Forger(State),
+        /// Like `Owner`, but changes a byte of the first leaf of every chunk it serves.
+        Tamperer(Arc<Mutex<Ledger<MemKv>>>, CertifiedBlock),
     }
 
     /// The nodes by key, and which were asked, in order.
     #[derive(Default)]
     struct Network {
         nodes: Mutex<BTreeMap<PublicKey, Node>>,
+        /// Who was asked for an epoch-end proof.
         asked: Mutex<Vec<PublicKey>>,
+        /// How many snapshot chunks were asked for.
+        chunks: AtomicUsize,
     }
 
     impl Network {
@@ -605,7 +756,11 @@ mod tests {
         }
     }
 
-    fn served(state: &State, shard: u16, epoch: u64) -> Result<CertifiedBlock, String> {
+    fn served<K: Kv>(
+        state: &Mutex<NodeState<K>>,
+        shard: u16,
+        epoch: u64,
+    ) -> Result<CertifiedBlock, String> {
         let answer = dispatch(
             state,
             GET_EPOCH_END,
@@ -628,8 +783,10 @@ mod tests {
             self.asked.lock().unwrap().push(node.key.clone());
             match self.node(node) {
                 Node::Gone => Err("connection refused".into()),
-                Node::Owner(_, block) if shard == 1 && epoch == 0 => Ok(block),
-                Node::Owner(..) => Err("epoch has not ended here".into()),
+                Node::Owner(_, block) | Node::Tamperer(_, block) if shard == 1 && epoch == 0 => {
+                    Ok(block)
+                }
+                Node::Owner(..) | Node::Tamperer(..) => Err("epoch has not ended here".into()),
                 Node::Peer(state) => served(&state, shard, epoch),
                 Node::Forger(state) => {
                     let mut answer = served(&state, shard, epoch)?;
@@ -646,10 +803,20 @@ mod tests {
             node: &Peer,
             request: SnapshotRequest,
         ) -> Result<TableSnapshot, String> {
+            self.chunks.fetch_add(1, Ordering::Relaxed);
             let served = match self.node(node) {
                 Node::Gone => return Err("connection refused".into()),
                 Node::Owner(ledger, _) => {
                     crate::rpc_shard::table_snapshot(&ledger.lock().unwrap(), &request)
+                }
+                Node::Tamperer(ledger, _) => {
+                    let mut chunk =
+                        crate::rpc_shard::table_snapshot(&ledger.lock().unwrap(), &request)
+                            .map_err(|e| e.to_string())?;
+                    if let Some((_, value)) = chunk.leaves.first_mut() {
+                        value[0] ^= 1;
+                    }
+                    Ok(chunk)
                 }
                 Node::Peer(state) | Node::Forger(state) => {
                     crate::rpc_shard::table_snapshot(&lock(&state).ledger, &request)
@@ -753,12 +920,21 @@ mod tests {
 
     /// A node of shard 0 in epoch 1, whose record lists alice's table as incoming.
     fn importer(w: &World) -> State {
+        let incoming = vec![Incoming {
+            table: w.table,
+            from: 1,
+        }];
+        importer_in(w, MemKv::default(), incoming)
+    }
+
+    /// A node of shard 0 in epoch 1 over `kv`, whose record lists `incoming`.
+    fn importer_in<K: Kv>(w: &World, kv: K, incoming: Vec<Incoming>) -> Arc<Mutex<NodeState<K>>> {
         let place = ShardPlace {
             committee: Committee::Shard(0),
             tables: tables(&w.beacon, 0),
             beacon_height: 10,
         };
-        let mut node = NodeState::open_in(MemKv::default(), CHAIN, &w.balances, 10, Some(place))
+        let mut node = NodeState::open_in(kv, CHAIN, &w.balances, 10, Some(place))
             .unwrap()
             .with_beacon(w.beacon.clone())
             .unwrap();
@@ -767,18 +943,14 @@ mod tests {
             floor: 0,
             validators: Vec::new(),
             tables: (0..=255).collect(),
-            incoming: vec![Incoming {
-                table: w.table,
-                from: 1,
-            }],
+            incoming,
             drained: false,
         });
         Arc::new(Mutex::new(node))
     }
 
     fn take<S: HandoffSource>(state: &State, source: &S, table: u8) -> Result<(), String> {
-        let incoming = Incoming { table, from: 1 };
-        futures::executor::block_on(take_over(state, CHAIN, source, &incoming, 0))
+        futures::executor::block_on(take_over(state, CHAIN, source, 1, &[table], 0)).map(|_| ())
     }
 
     #[test]
@@ -890,5 +1062,175 @@ mod tests {
             &serde_json::json!({"epoch": 0, "shard": -1}),
         );
         assert_eq!(bad.unwrap().unwrap_err().0, codes::INVALID_PARAMS);
+    }
+
+    /// A real in-memory store that counts commits and, while `crash` is set, fails them
+    /// as a crash at the commit would: the store's commit is atomic (redb's durable
+    /// transaction in production), so a failed one has written nothing.
+    #[derive(Clone, Default)]
+    struct CountingKv {
+        inner: MemKv,
+        commits: Arc<AtomicUsize>,
+        crash: Arc<AtomicBool>,
+    }
+
+    impl Kv for CountingKv {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+            self.inner.get(space, key)
+        }
+
+        fn last_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError> {
+            self.inner.last_in(space, from, to)
+        }
+
+        fn first_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<Entry>, KvError> {
+            self.inner.first_in(space, from, to)
+        }
+
+        fn commit(&self, batch: WriteBatch) -> Result<(), KvError> {
+            if self.crash.load(Ordering::Relaxed) {
+                return Err(KvError("crashed during the commit".into()));
+            }
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.inner.commit(batch)
+        }
+    }
+
+    /// Shard 0 takes over every table of shard 1 (alice's changed one among them).
+    fn all_of_shard_1(w: &World) -> (Vec<u8>, Vec<Incoming>) {
+        let moved = tables(&w.beacon, 1);
+        let incoming = moved
+            .iter()
+            .map(|&table| Incoming { table, from: 1 })
+            .collect();
+        (moved, incoming)
+    }
+
+    /// Real: the ledgers, the owner's epoch-end block and certificate, the snapshots
+    /// served from its history and the checks. Counted: the questions asked and the
+    /// importer's commits.
+    #[test]
+    fn a_source_is_proven_once_and_its_tables_imported_in_one_commit() {
+        let w = world();
+        let network = Network::default();
+        for key in keys(200) {
+            network.set(&key, w.owner.clone());
+        }
+        let (moved, incoming) = all_of_shard_1(&w);
+        assert!(moved.len() > 100, "{}", moved.len());
+        let kv = CountingKv::default();
+        let a = importer_in(&w, kv.clone(), incoming);
+        let before = kv.commits.load(Ordering::Relaxed);
+        let imported =
+            futures::executor::block_on(take_over(&a, CHAIN, &network, 1, &moved, 0)).unwrap();
+        assert_eq!(imported, moved.len());
+        // One proof fetch for the source's epoch, one chunk per (small) table, one commit.
+        assert_eq!(network.asked.lock().unwrap().len(), 1);
+        assert_eq!(network.chunks.load(Ordering::Relaxed), moved.len());
+        assert_eq!(kv.commits.load(Ordering::Relaxed) - before, 1);
+        let Node::Owner(owner, proof) = &w.owner else {
+            unreachable!()
+        };
+        let s = lock(&a);
+        for &table in &moved {
+            assert!(s.ledger.owned_tables().contains(table), "table {table}");
+            assert_eq!(
+                Some(s.ledger.table_root(table)),
+                owner.lock().unwrap().table_root_at(table, 1).unwrap()
+            );
+        }
+        assert!(crate::epoch_switch::pending_imports(&s).is_empty());
+        drop(s);
+        assert_eq!(&served(&a, 1, 0).unwrap(), proof);
+        // Done: nothing more is asked or committed.
+        assert_eq!(
+            futures::executor::block_on(take_over(&a, CHAIN, &network, 1, &moved, 0)),
+            Ok(0)
+        );
+    }
+
+    /// Real: as above; the crash is a commit that writes nothing (see [`CountingKv`]).
+    #[test]
+    fn a_crash_at_the_commit_leaves_none_of_the_sources_tables() {
+        let w = world();
+        let network = Network::default();
+        for key in keys(200) {
+            network.set(&key, w.owner.clone());
+        }
+        let (moved, incoming) = all_of_shard_1(&w);
+        let kv = CountingKv::default();
+        let a = importer_in(&w, kv.clone(), incoming);
+        kv.crash.store(true, Ordering::Relaxed);
+        let e =
+            futures::executor::block_on(take_over(&a, CHAIN, &network, 1, &moved, 0)).unwrap_err();
+        assert!(e.contains("crashed during the commit"), "{e}");
+        // Neither the node nor the store after a restart holds any of them, nor the proof.
+        let reopened = Ledger::open(kv.inner.clone()).unwrap();
+        let none = |owned: trellis_node_state::TableSet| moved.iter().all(|t| !owned.contains(*t));
+        assert!(none(lock(&a).ledger.owned_tables()));
+        assert!(none(reopened.owned_tables()));
+        assert_eq!(
+            kv.get(Space::Meta, &key_imported_epoch_end(1, 0)).unwrap(),
+            None
+        );
+        assert_eq!(
+            crate::epoch_switch::pending_imports(&lock(&a)).len(),
+            moved.len()
+        );
+        // The next round imports all of them.
+        kv.crash.store(false, Ordering::Relaxed);
+        futures::executor::block_on(take_over(&a, CHAIN, &network, 1, &moved, 0)).unwrap();
+        let reopened = Ledger::open(kv.inner.clone()).unwrap();
+        assert!(moved.iter().all(|t| reopened.owned_tables().contains(*t)));
+        assert_eq!(
+            reopened.table_root(w.table),
+            w.root,
+            "alice's table as certified"
+        );
+        assert!(
+            kv.get(Space::Meta, &key_imported_epoch_end(1, 0))
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    /// Real: as above. A node that serves a forged snapshot of one table costs that table
+    /// one more fetch from the next node, not the batch.
+    #[test]
+    fn a_forged_table_is_fetched_again_from_the_next_node() {
+        let w = world();
+        let network = Network::default();
+        let owners = keys(200);
+        for key in &owners {
+            network.set(key, w.owner.clone());
+        }
+        // The first node asked serves the true proof but alice's table with a changed leaf.
+        let Node::Owner(ledger, proof) = &w.owner else {
+            unreachable!()
+        };
+        let nodes = holders(&w.beacon, 1, 0, Some(0), 0);
+        let liar = owners
+            .iter()
+            .find(|k| k.public_key() == nodes[0].key)
+            .unwrap();
+        network.set(liar, Node::Tamperer(ledger.clone(), proof.clone()));
+        let a = importer(&w);
+        // The liar proves the epoch end; alice's table is refused from it, taken from the next.
+        futures::executor::block_on(take_over(&a, CHAIN, &network, 1, &[w.table], 0)).unwrap();
+        assert_eq!(lock(&a).ledger.table_root(w.table), w.root);
+        assert_eq!(
+            lock(&a)
+                .ledger
+                .account(&w.alice.public_key())
+                .unwrap()
+                .balance,
+            ledger
+                .lock()
+                .unwrap()
+                .account(&w.alice.public_key())
+                .unwrap()
+                .balance
+        );
+        assert_eq!(network.chunks.load(Ordering::Relaxed), 2);
     }
 }

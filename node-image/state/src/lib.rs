@@ -35,8 +35,8 @@ pub use outbox::{
     verify_receipt,
 };
 pub use snapshot::{
-    MAX_LEAF_VALUE, MAX_SNAPSHOT_CHUNK_SIZE, MAX_SNAPSHOT_LEAF_BYTES, MAX_SNAPSHOT_LEAVES,
-    SnapshotError, TableSnapshot,
+    CheckedTable, MAX_LEAF_VALUE, MAX_SNAPSHOT_CHUNK_SIZE, MAX_SNAPSHOT_LEAF_BYTES,
+    MAX_SNAPSHOT_LEAVES, SnapshotError, TableSnapshot, check_table,
 };
 pub use tables::{TableSet, TableStats};
 
@@ -240,37 +240,6 @@ impl TreeReader for TableReader<'_> {
                 _ => anyhow::bail!("corrupt value entry"),
             },
         }
-    }
-
-    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
-        anyhow::bail!("tree restore is not supported")
-    }
-}
-
-/// Reads a table's tree like [`TableReader`], except that the tree before `version` is
-/// empty: an imported table is built from scratch at a version after everything the
-/// store already holds for that table.
-struct FreshReader<'a> {
-    inner: TableReader<'a>,
-    version: Version,
-}
-
-impl TreeReader for FreshReader<'_> {
-    fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
-        if node_key.version().checked_add(1) == Some(self.version)
-            && node_key.nibble_path().is_empty()
-        {
-            return Ok(Some(Node::Null));
-        }
-        self.inner.get_node_option(node_key)
-    }
-
-    fn get_value_option(
-        &self,
-        max_version: Version,
-        key_hash: KeyHash,
-    ) -> anyhow::Result<Option<OwnedValue>> {
-        self.inner.get_value_option(max_version, key_hash)
     }
 
     fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {

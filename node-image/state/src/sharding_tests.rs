@@ -800,6 +800,68 @@ fn an_importer_serves_exactly_the_imported_leaves_by_root() {
     assert!(matches!(e, StateError::Unavailable(_)), "{e}");
 }
 
+/// Real ledgers: half the tables of one (with accounts in them) checked off the store
+/// and imported by another in one commit; a check made for a version the importer has
+/// moved past is refused and changes nothing.
+#[test]
+fn checked_tables_are_imported_together_in_one_commit() {
+    let keys = keys(40);
+    let source = shard(&keys, 10, TableSet::all());
+    let moved = slice(1, 2);
+    let mut importer = shard(&keys, 10, slice(0, 2));
+    let checked = |importer: &Ledger<MemKv>| -> Vec<CheckedTable> {
+        moved
+            .iter()
+            .map(|t| {
+                let chunks = export_all(&source, t, 0, 100);
+                check_table(t, source.table_root(t), &chunks, importer.import_version(t)).unwrap()
+            })
+            .collect()
+    };
+    let tables = checked(&importer);
+    // A forged root is refused by the check itself, before any ledger sees it.
+    let some = moved.iter().next().unwrap();
+    assert!(matches!(
+        check_table(some, [9; 32], &export_all(&source, some, 0, 100), 1),
+        Err(SnapshotError::WrongRoot { .. })
+    ));
+    let mut extra = WriteBatch::default();
+    extra.put(Space::Meta, b"proof".to_vec(), vec![1]);
+    importer.import_tables_with(tables, extra).unwrap();
+    let reopened = Ledger::open(importer.kv().clone()).unwrap();
+    for ledger in [&importer, &reopened] {
+        assert_eq!(ledger.owned_tables(), TableSet::all());
+        for t in moved.iter() {
+            assert_eq!(ledger.table_root(t), source.table_root(t));
+        }
+        assert_eq!(
+            ledger.kv().get(Space::Meta, b"proof").unwrap(),
+            Some(vec![1])
+        );
+    }
+    for key in &keys {
+        assert_eq!(importer.account(&key.public_key()).unwrap().balance, 10);
+    }
+    // Checked for the version before: another ledger that imported since refuses it.
+    let mut late = shard(&keys, 10, slice(0, 2));
+    let stale = checked(&late);
+    let first = moved.iter().next().unwrap();
+    late.import_table(
+        first,
+        source.table_root(first),
+        &export_all(&source, first, 0, 100),
+    )
+    .unwrap();
+    late.set_owned_tables(&slice(0, 2)).unwrap();
+    let before = late.owned_tables();
+    assert!(matches!(
+        late.import_tables_with(stale, WriteBatch::default()),
+        Err(SnapshotError::StaleCheck(t)) if t == first
+    ));
+    assert_eq!(late.owned_tables(), before);
+    assert_eq!(late.kv().get(Space::Meta, b"proof").unwrap(), None);
+}
+
 #[test]
 fn bad_snapshots_are_refused_and_change_nothing() {
     let (a_tables, b_tables) = (slice(0, 2), slice(1, 2));

@@ -13,20 +13,24 @@
 //! table's size is unbounded in principle, so it travels as any number of chunks of at
 //! most [`MAX_SNAPSHOT_LEAVES`] leaves and about 1 MiB ([`MAX_SNAPSHOT_CHUNK_SIZE`]). The importer holds the whole
 //! table in memory while rebuilding it (a table is 1/256 of the state: about 100 bytes
-//! per account, so 4 MB for a 10-million-account network) and commits it in one batch.
+//! per account, so 4 MB for a 10-million-account network). A node's handoff commits all
+//! the tables it takes from one source shard in one batch ([`Ledger::import_tables_with`]),
+//! so it holds all of them, leaves and rebuilt tree nodes, until then: for 128 tables of
+//! a 10-million-account network, 0.5 GB of leaves plus their nodes. Far larger states
+//! would need the batch split by size (and a marker saying which part is in).
 
 use crate::outbox::{bytes_size, read_bytes, write_bytes};
 use crate::tables::{TableStats, stats_key};
 use crate::{
-    FreshReader, Kv, Ledger, META_LOCAL_DUE, META_OWNED, Space, StateError, TableReader,
-    WriteBatch, tree_err, write_update,
+    Kv, Ledger, META_LOCAL_DUE, META_OWNED, Space, StateError, TableReader, WriteBatch, tree_err,
+    write_update,
 };
 use bytes::BufMut;
 use commonware_codec::{
     Buf, DecodeExt, EncodeSize, Error as CodecError, Read, ReadExt, Write, varint::UInt,
 };
-use jmt::storage::TreeReader as _;
-use jmt::{KeyHash, Sha256Jmt};
+use jmt::storage::{LeafNode, Node, NodeKey, TreeReader, TreeUpdateBatch};
+use jmt::{KeyHash, OwnedValue, Sha256Jmt, Version};
 use std::collections::{BTreeMap, BTreeSet};
 use trellis_node_types::to_hex;
 
@@ -73,6 +77,8 @@ pub enum SnapshotError {
     RootMismatch { certified: String, computed: String },
     #[error("table {0} is owned here already; importing would overwrite live state")]
     AlreadyOwned(u8),
+    #[error("table {0} was checked for another tree version than it would be imported at")]
+    StaleCheck(u8),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -334,9 +340,7 @@ impl<K: Kv> Ledger<K> {
     }
 
     /// [`Self::import_table`], committing `extra` in the same batch (the node keeps the
-    /// proof of the import's root with it, so a crash never separates them). An import
-    /// also records which tree version holds exactly the imported leaves
-    /// ([`Self::export_table_with_root`] serves them to a peer that replays the import).
+    /// proof of the import's root with it, so a crash never separates them).
     pub fn import_table_with(
         &mut self,
         table: u8,
@@ -344,69 +348,61 @@ impl<K: Kv> Ledger<K> {
         chunks: &[TableSnapshot],
         extra: WriteBatch,
     ) -> Result<(), SnapshotError> {
-        let height = self.height.ok_or(StateError::NoGenesis)?;
         if self.owned.contains(table) {
             return Err(SnapshotError::AlreadyOwned(table));
         }
-        let leaves = check_chunks(table, &certified_root, chunks)?;
-        let version = self.versions[table as usize] + 1;
-        let reader = FreshReader {
-            inner: TableReader {
-                kv: &self.kv,
-                table,
-            },
-            version,
-        };
-        let mut stats = TableStats::default();
-        let mut values: BTreeMap<KeyHash, Option<Vec<u8>>> = BTreeMap::new();
-        let stats_key = stats_key();
-        for (key, value) in leaves {
-            if KeyHash(key) == stats_key {
-                stats = TableStats::decode(&value)?;
+        let checked = check_table(table, certified_root, chunks, self.import_version(table))?;
+        self.import_tables_with(vec![checked], extra)
+    }
+
+    /// The tree version an import of `table` builds (what [`check_table`] needs).
+    pub fn import_version(&self, table: u8) -> u64 {
+        self.versions[table as usize] + 1
+    }
+
+    /// Imports every table of `tables` (each already rebuilt and checked against its
+    /// certified root by [`check_table`]) in **one** commit with `extra`: a crash leaves
+    /// either all of them, `extra` and their version records, or none. An import also
+    /// records which tree version holds exactly the imported leaves
+    /// ([`Self::export_table_with_root`] serves them to a peer that replays the import).
+    /// Refused, changing nothing, if a table is owned here already, appears twice, or
+    /// was checked for another version than [`Self::import_version`] gives now.
+    pub fn import_tables_with(
+        &mut self,
+        tables: Vec<CheckedTable>,
+        extra: WriteBatch,
+    ) -> Result<(), SnapshotError> {
+        let height = self.height.ok_or(StateError::NoGenesis)?;
+        let mut owned = self.owned;
+        for checked in &tables {
+            if owned.contains(checked.table) {
+                return Err(SnapshotError::AlreadyOwned(checked.table));
             }
-            values.insert(KeyHash(key), Some(value));
-        }
-        let tree = Sha256Jmt::new(&reader);
-        let (root, update) = tree
-            .put_value_set(values.clone(), version)
-            .map_err(tree_err)?;
-        if root.0 != certified_root {
-            return Err(SnapshotError::RootMismatch {
-                certified: to_hex(&certified_root),
-                computed: to_hex(&root.0),
-            });
+            if checked.version != self.import_version(checked.table) {
+                return Err(SnapshotError::StaleCheck(checked.table));
+            }
+            owned.insert(checked.table);
         }
         let mut batch = extra;
-        write_update(&reader.inner, &update, &mut batch)?;
-        batch.put(
-            Space::Meta,
-            meta_imported(table, &root.0),
-            version.to_be_bytes().to_vec(),
-        );
-        // Values this store still holds for the table from an earlier ownership must not
-        // show through the fresh tree: mark every such key absent at the new version.
-        let fresh: BTreeSet<[u8; 32]> = values.keys().map(|k| k.0).collect();
-        let mut cursor = None;
-        while let Some(key) = self.next_key(table, cursor)? {
-            cursor = Some(key);
-            if !fresh.contains(&key) {
-                batch.put(
-                    Space::Values,
-                    reader.inner.value_key(KeyHash(key), version),
-                    vec![0u8],
-                );
-            }
+        for checked in &tables {
+            self.write_import(checked, &mut batch)?;
         }
-        let mut owned = self.owned;
-        owned.insert(table);
         batch.put(Space::Meta, META_OWNED.to_vec(), owned.to_bytes().to_vec());
-        // Receipts between the imported table and the others owned here are credited by
+        // Receipts between the imported tables and the others owned here are credited by
         // the next block (no other shard will).
         batch.put(Space::Meta, META_LOCAL_DUE.to_vec(), vec![1]);
-        // The table is this ledger's from the next block on.
+        // The tables are this ledger's from the next block on.
         let mut versions = self.versions.clone();
         let mut roots = self.roots.clone();
-        self.set_table(table, version, root.0, height + 1, &mut batch);
+        for checked in &tables {
+            self.set_table(
+                checked.table,
+                checked.version,
+                checked.root,
+                height + 1,
+                &mut batch,
+            );
+        }
         if let Err(e) = self.kv.commit(batch) {
             // Nothing was written: keep the previous view too.
             std::mem::swap(&mut self.versions, &mut versions);
@@ -414,10 +410,126 @@ impl<K: Kv> Ledger<K> {
             return Err(StateError::from(e).into());
         }
         self.owned = owned;
-        self.stats[table as usize] = stats;
+        for checked in tables {
+            self.stats[checked.table as usize] = checked.stats;
+        }
         self.cached_values().clear();
         Ok(())
     }
+
+    /// The writes of one checked import: its tree, its version record, and absence marks
+    /// for values this store still holds for the table from an earlier ownership (they
+    /// must not show through the fresh tree).
+    fn write_import(
+        &self,
+        checked: &CheckedTable,
+        batch: &mut WriteBatch,
+    ) -> Result<(), SnapshotError> {
+        let reader = TableReader {
+            kv: &self.kv,
+            table: checked.table,
+        };
+        write_update(&reader, &checked.update, batch)?;
+        batch.put(
+            Space::Meta,
+            meta_imported(checked.table, &checked.root),
+            checked.version.to_be_bytes().to_vec(),
+        );
+        let mut cursor = None;
+        while let Some(key) = self.next_key(checked.table, cursor)? {
+            cursor = Some(key);
+            if !checked.keys.contains(&key) {
+                batch.put(
+                    Space::Values,
+                    reader.value_key(KeyHash(key), checked.version),
+                    vec![0u8],
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A table snapshot rebuilt and checked against its certified root, ready for
+/// [`Ledger::import_tables_with`] at the tree version it was built for. Only
+/// [`check_table`] makes one.
+pub struct CheckedTable {
+    table: u8,
+    root: [u8; 32],
+    version: u64,
+    update: TreeUpdateBatch,
+    keys: BTreeSet<[u8; 32]>,
+    stats: TableStats,
+}
+
+impl CheckedTable {
+    pub fn table(&self) -> u8 {
+        self.table
+    }
+}
+
+/// Reads a table's tree as empty before `version`: an imported table is built from
+/// scratch at a version after everything the store already holds for that table, so
+/// building it reads nothing but that empty root.
+struct EmptyBefore {
+    version: u64,
+}
+
+impl TreeReader for EmptyBefore {
+    fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        Ok((node_key.version().checked_add(1) == Some(self.version)
+            && node_key.nibble_path().is_empty())
+        .then_some(Node::Null))
+    }
+
+    fn get_value_option(&self, _: Version, _: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        Ok(None)
+    }
+
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
+        anyhow::bail!("tree restore is not supported")
+    }
+}
+
+/// Checks `chunks` (the whole snapshot of `table`, in order) and rebuilds the table's
+/// tree at `version` ([`Ledger::import_version`]) from its leaves alone: refused unless
+/// the rebuilt root equals `certified_root`. Needs no store, so an importer checks each
+/// table as it arrives, without holding its ledger.
+pub fn check_table(
+    table: u8,
+    certified_root: [u8; 32],
+    chunks: &[TableSnapshot],
+    version: u64,
+) -> Result<CheckedTable, SnapshotError> {
+    let leaves = check_chunks(table, &certified_root, chunks)?;
+    let mut stats = TableStats::default();
+    let mut values: BTreeMap<KeyHash, Option<Vec<u8>>> = BTreeMap::new();
+    let stats_key = stats_key();
+    for (key, value) in leaves {
+        if KeyHash(key) == stats_key {
+            stats = TableStats::decode(&value)?;
+        }
+        values.insert(KeyHash(key), Some(value));
+    }
+    let keys = values.keys().map(|k| k.0).collect();
+    let reader = EmptyBefore { version };
+    let (root, update) = Sha256Jmt::new(&reader)
+        .put_value_set(values, version)
+        .map_err(tree_err)?;
+    if root.0 != certified_root {
+        return Err(SnapshotError::RootMismatch {
+            certified: to_hex(&certified_root),
+            computed: to_hex(&root.0),
+        });
+    }
+    Ok(CheckedTable {
+        table,
+        root: root.0,
+        version,
+        update,
+        keys,
+        stats,
+    })
 }
 
 /// The tree version an import of `table` with `root` rebuilt.
