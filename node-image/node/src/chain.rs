@@ -2499,6 +2499,14 @@ fn table_refusal(place: Option<&ShardPlace>, tx: &Tx) -> Option<String> {
 /// have been notarized without being finalized directly (its finalize votes lost to
 /// view timeouts), and then only a finalized child finalizes it — every leader waiting
 /// on it would stall the shard for good.
+///
+/// A shard that lags the beacon (its followed beacon height is past the current epoch
+/// when the epoch starts) still makes progress with transactions: the epoch's first block
+/// names its parent's beacon height (an ordinary block), and the epoch-end block names
+/// at most the last beacon height of the next epoch, so the next epoch's first block can
+/// again be ordinary. Naming the followed tip instead made every block of every epoch
+/// up to the beacon's an empty epoch-end block. Validators accept any beacon height
+/// between the parent's and their own followed one, so both rules are the proposer's.
 fn next_shard_header<K: Kv>(
     state: &NodeState<K>,
     parent: &Block,
@@ -2527,12 +2535,20 @@ fn next_shard_header<K: Kv>(
     }
     let beacon_height = match place.committee {
         Committee::Beacon => 0,
+        Committee::Shard(_) if !crate::epoch_switch::would_end(state, place.beacon_height) => {
+            place.beacon_height
+        }
+        // The beacon has left this epoch, but the block must not end it: its parent is not
+        // finalized, or it is the epoch's first block (a lagging shard includes
+        // transactions in every epoch it passes through, not only empty epoch-end blocks).
         Committee::Shard(_)
-            if parent_unfinalized && crate::epoch_switch::would_end(state, place.beacon_height) =>
+            if parent_unfinalized || crate::epoch_switch::first_of_epoch(state, parent) =>
         {
             above.beacon_height
         }
-        Committee::Shard(_) => place.beacon_height,
+        Committee::Shard(_) => {
+            crate::epoch_switch::epoch_end_beacon_height(state, place.beacon_height)
+        }
     };
     if beacon_height < above.beacon_height {
         return Err(format!(
@@ -2691,9 +2707,10 @@ mod tests {
         assert!(Backfill::decode(commonware_codec::Copying(&too_many)).is_err());
     }
 
-    /// A shard node whose followed beacon height is in the next epoch, on the genesis of
-    /// shard 0 of a 1-shard network with epochs of 10 beacon heights.
-    fn shard_node_past_its_epoch() -> (NodeState<trellis_node_state::MemKv>, Block) {
+    /// A shard node that has followed the beacon to `beacon_height`, on the genesis of
+    /// shard 0 of a 1-shard network with epochs of 10 beacon heights (the shard is in its
+    /// epoch 0: a height of 10 or more is past it).
+    fn shard_node_following(beacon_height: u64) -> (NodeState<trellis_node_state::MemKv>, Block) {
         use trellis_node_api::shard::{GenesisValidator, ShardingGenesis, ShardingMode};
         let seat = |seed: u64| GenesisValidator {
             node_key: to_hex(test_key(seed).public_key().as_ref()),
@@ -2710,10 +2727,14 @@ mod tests {
             beacon: (300..304).map(seat).collect(),
             validators: (100..104).map(seat).collect(),
         };
-        let beacon = BeaconState::genesis(
+        let mut beacon = BeaconState::genesis(
             trellis_node_beacon::BeaconGenesis::from_contract("c", 10, &[], &sharding).unwrap(),
         )
         .unwrap();
+        // Followed as the follower does: every beacon block ends, epochs start at 10, 20…
+        for height in 1..=beacon_height {
+            beacon.end_of_block(height, &[height as u8; 32]);
+        }
         let place = ShardPlace {
             committee: Committee::Shard(0),
             tables: (0..=255u8).collect(),
@@ -2729,43 +2750,107 @@ mod tests {
         .unwrap()
         .with_beacon(beacon)
         .unwrap();
-        // The beacon moved on to epoch 1; the shard is still in its epoch 0.
-        state.shard.as_mut().unwrap().beacon_height = 12;
+        state.shard.as_mut().unwrap().beacon_height = beacon_height;
         let genesis = state.block(0).unwrap().unwrap();
         (state, genesis)
     }
 
-    #[test]
-    fn the_epoch_end_block_is_built_on_a_finalized_parent_only() {
-        let (state, genesis) = shard_node_past_its_epoch();
-        assert_eq!(state.consensus_epoch(), 0);
-        // On the finalized parent: the epoch-end block (it names the followed beacon
-        // height and state height = parent).
-        let header = next_shard_header(&state, &genesis, true).unwrap().unwrap();
-        assert_eq!((header.beacon_height, header.state_height), (12, 0));
-        let ending = Block::new(genesis.digest(), 1, 0, 1, 0, vec![]).with_sharding(Sharding {
+    /// A shard block at `height` on `parent` with `header`, carrying nothing.
+    fn shard_block(parent: &Block, height: u64, header: ShardHeader) -> Block {
+        Block::new(parent.digest(), height, 0, height, 0, vec![]).with_sharding(Sharding {
             header,
             credits: vec![],
             system: vec![],
-        });
+        })
+    }
+
+    /// Real: the proposer's header rule on a `NodeState` (MemKv ledger, beacon state from
+    /// a real genesis) with block 1 executed by the ledger. A shard whose followed beacon is
+    /// 3 epochs ahead (height 35, epochs of 10) used to name 35 in every block: each was
+    /// an empty epoch-end block, so no transaction got in until it caught up. Now the
+    /// epoch's first block is ordinary (it may carry transactions) and the epoch-end block
+    /// names at most the next epoch's last height (19), so the next epoch starts on a floor
+    /// of its own where an ordinary block can follow.
+    #[test]
+    fn a_shard_lagging_the_beacon_builds_an_ordinary_block_in_every_epoch() {
+        let (mut state, genesis) = shard_node_following(35);
+        assert!(crate::epoch_switch::behind(&state));
+        // The epoch's first block names its parent's (the floor's) beacon height: it does
+        // not end the epoch, so `build` fills it from the pool.
+        let header = next_shard_header(&state, &genesis, true).unwrap().unwrap();
+        assert_eq!((header.beacon_height, header.state_height), (0, 0));
+        assert!(!crate::epoch_switch::would_end(
+            &state,
+            header.beacon_height
+        ));
+        let first = shard_block(&genesis, 1, header);
+        assert!(!state.ends(0, &first));
+
+        // Once it is finalized, the epoch-end block names the last height of epoch 1, not
+        // the followed 35 (which would end epoch 1 too, and 2).
+        state.ledger.apply_block(1, &[]).unwrap();
+        let header = next_shard_header(&state, &first, true).unwrap().unwrap();
+        assert_eq!((header.beacon_height, header.state_height), (19, 1));
+        let ending = shard_block(&first, 2, header);
+        assert!(state.ends(0, &ending));
+        // Executing it switches the shard to epoch 1 on that floor (as `execute` does), and
+        // epoch 1's first block is ordinary too: it names 19, of epoch 1 (a floor naming
+        // the followed 35 would have made every block of epoch 1 end it at once).
+        let mut extra = WriteBatch::default();
+        let (next, kept) = crate::epoch_switch::on_execute(&state, &ending, &mut extra)
+            .unwrap()
+            .expect("the block ends epoch 0");
+        state.ledger.apply_block_with(2, &[], extra).unwrap();
+        crate::epoch_switch::enter(&mut state, next, &kept).unwrap();
+        assert_eq!(state.consensus_epoch(), 1);
+        let header = next_shard_header(&state, &ending, true).unwrap().unwrap();
+        assert_eq!((header.beacon_height, header.state_height), (19, 2));
+        assert!(!crate::epoch_switch::would_end(
+            &state,
+            header.beacon_height
+        ));
+
+        // A shard only one epoch behind names the followed height itself.
+        let (mut state, genesis) = shard_node_following(12);
+        let header = next_shard_header(&state, &genesis, true).unwrap().unwrap();
+        let first = shard_block(&genesis, 1, header);
+        state.ledger.apply_block(1, &[]).unwrap();
+        let header = next_shard_header(&state, &first, true).unwrap().unwrap();
+        assert_eq!(header.beacon_height, 12);
+    }
+
+    #[test]
+    fn the_epoch_end_block_is_built_on_a_finalized_parent_only() {
+        // The beacon moved on to epoch 1; the shard is still in its epoch 0, whose first
+        // block (on the floor) is ordinary and finalized.
+        let (mut state, genesis) = shard_node_following(12);
+        assert_eq!(state.consensus_epoch(), 0);
+        let header = next_shard_header(&state, &genesis, true).unwrap().unwrap();
+        let first = shard_block(&genesis, 1, header);
+        state.ledger.apply_block(1, &[]).unwrap();
+        // On the finalized parent: the epoch-end block (it names the followed beacon
+        // height and state height = parent).
+        let header = next_shard_header(&state, &first, true).unwrap().unwrap();
+        assert_eq!((header.beacon_height, header.state_height), (12, 1));
+        let ending = shard_block(&first, 2, header);
         assert!(state.ends(0, &ending));
 
         // On a parent that is notarized but not finalized yet, the proposer of the next
         // view waits: its finalization normally follows within moments.
-        let parent = Block::new(genesis.digest(), 1, 0, 1, 0, vec![]).with_sharding(Sharding {
-            header: ShardHeader {
+        let parent = shard_block(
+            &first,
+            2,
+            ShardHeader {
                 committee: Committee::Shard(0),
                 beacon_height: 7,
-                state_height: 0,
+                state_height: 1,
                 roots: state.owned_roots(),
             },
-            credits: vec![],
-            system: vec![],
-        });
+        );
         assert!(!state.ends(0, &parent));
         let wait = next_shard_header(&state, &parent, true).unwrap_err();
         assert!(
-            wait.contains("waits until its parent 1 is finalized"),
+            wait.contains("waits until its parent 2 is finalized"),
             "{wait}"
         );
         // Once a view passed without a block, its finalize votes may be lost for good
@@ -2775,12 +2860,8 @@ mod tests {
         let header = next_shard_header(&state, &parent, false)
             .expect("a proposer after a nullified view must not wait")
             .unwrap();
-        assert_eq!((header.beacon_height, header.state_height), (7, 0));
-        let child = Block::new(parent.digest(), 2, 0, 2, 0, vec![]).with_sharding(Sharding {
-            header,
-            credits: vec![],
-            system: vec![],
-        });
+        assert_eq!((header.beacon_height, header.state_height), (7, 1));
+        let child = shard_block(&parent, 3, header);
         assert!(!state.ends(0, &child));
     }
 

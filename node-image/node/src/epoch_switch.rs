@@ -418,6 +418,34 @@ pub fn would_end<K: Kv>(state: &NodeState<K>, beacon_height: u64) -> bool {
     }
 }
 
+/// True when a block on `parent` is the first of the current consensus epoch (`parent`
+/// is the epoch's floor, the engine's genesis).
+pub fn first_of_epoch<K: Kv>(state: &NodeState<K>, parent: &Block) -> bool {
+    state
+        .shard_epoch
+        .as_ref()
+        .is_some_and(|record| record.floor == parent.height)
+}
+
+/// The beacon height an epoch-end block proposed now names: the followed `beacon_height`,
+/// but at most the last height of the next epoch. A shard several epochs behind the
+/// beacon then enters the next epoch on a floor of that epoch, where it can build
+/// ordinary blocks, instead of on one naming a later epoch (which ends every epoch up to
+/// the beacon's with an empty block).
+pub fn epoch_end_beacon_height<K: Kv>(state: &NodeState<K>, beacon_height: u64) -> u64 {
+    match (&state.shard_epoch, &state.beacon) {
+        (Some(record), Some(beacon)) => {
+            let last_of_next = record
+                .epoch
+                .saturating_add(2)
+                .saturating_mul(beacon.epoch_length().max(1))
+                .saturating_sub(1);
+            beacon_height.min(last_of_next)
+        }
+        _ => beacon_height,
+    }
+}
+
 /// Checks the epoch rules of a proposed shard block: `Ok(false)` while this node cannot
 /// vote yet (idle, or its handoff is incomplete), `Err` when an epoch-end block carries
 /// anything or names other roots than its parent's state.
