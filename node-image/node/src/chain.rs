@@ -701,6 +701,12 @@ enum Backfill {
     Governance { txs: Vec<GovernanceTx> },
     /// System transactions admitted by the sender (beacon committees).
     System { txs: Vec<SystemTx> },
+    /// "Send me your latest finalization certificate of this epoch" (see
+    /// [`crate::rejoin`]).
+    FloorRequest { epoch: u64 },
+    /// The sender's latest finalization certificate of `epoch`; empty when it finalized
+    /// nothing in that epoch (yet, or its latest finalization is of another epoch).
+    Floor { epoch: u64, certificate: Vec<u8> },
 }
 
 /// Largest encoded finalization certificate accepted (a proposal and one ed25519
@@ -753,6 +759,16 @@ impl Write for Backfill {
                     tx.write(buf);
                 }
             }
+            Backfill::FloorRequest { epoch } => {
+                7u8.write(buf);
+                UInt(*epoch).write(buf);
+            }
+            Backfill::Floor { epoch, certificate } => {
+                8u8.write(buf);
+                UInt(*epoch).write(buf);
+                UInt(certificate.len() as u32).write(buf);
+                buf.put_slice(certificate);
+            }
         }
     }
 }
@@ -782,6 +798,12 @@ impl EncodeSize for Backfill {
             Backfill::System { txs } => {
                 UInt(txs.len() as u32).encode_size()
                     + txs.iter().map(EncodeSize::encode_size).sum::<usize>()
+            }
+            Backfill::FloorRequest { epoch } => UInt(*epoch).encode_size(),
+            Backfill::Floor { epoch, certificate } => {
+                UInt(*epoch).encode_size()
+                    + UInt(certificate.len() as u32).encode_size()
+                    + certificate.len()
             }
         }
     }
@@ -820,22 +842,10 @@ impl Read for Backfill {
             3 => Ok(Backfill::EpochEndRequest {
                 epoch: UInt::<u64>::read(buf)?.into(),
             }),
-            4 => {
-                let block = Block::read(buf)?;
-                let len = u32::from(UInt::<u32>::read(buf)?) as usize;
-                if len > MAX_CERTIFICATE_SIZE {
-                    return Err(CodecError::InvalidLength(len));
-                }
-                if buf.remaining() < len {
-                    return Err(CodecError::EndOfBuffer);
-                }
-                let mut certificate = vec![0u8; len];
-                buf.copy_to_slice(&mut certificate);
-                Ok(Backfill::EpochEnd {
-                    block: Box::new(block),
-                    certificate,
-                })
-            }
+            4 => Ok(Backfill::EpochEnd {
+                block: Box::new(Block::read(buf)?),
+                certificate: read_certificate(buf)?,
+            }),
             5 => {
                 let count = u32::from(UInt::<u32>::read(buf)?) as usize;
                 if count > GOVERNANCE_POOL {
@@ -858,9 +868,30 @@ impl Read for Backfill {
                 }
                 Ok(Backfill::System { txs })
             }
+            7 => Ok(Backfill::FloorRequest {
+                epoch: UInt::<u64>::read(buf)?.into(),
+            }),
+            8 => Ok(Backfill::Floor {
+                epoch: UInt::<u64>::read(buf)?.into(),
+                certificate: read_certificate(buf)?,
+            }),
             t => Err(CodecError::InvalidEnum(t)),
         }
     }
+}
+
+/// A length-prefixed finalization certificate, at most [`MAX_CERTIFICATE_SIZE`] bytes.
+fn read_certificate(buf: &mut impl commonware_codec::Buf) -> Result<Vec<u8>, CodecError> {
+    let len = u32::from(UInt::<u32>::read(buf)?) as usize;
+    if len > MAX_CERTIFICATE_SIZE {
+        return Err(CodecError::InvalidLength(len));
+    }
+    if buf.remaining() < len {
+        return Err(CodecError::EndOfBuffer);
+    }
+    let mut certificate = vec![0u8; len];
+    buf.copy_to_slice(&mut certificate);
+    Ok(certificate)
 }
 
 fn decode_backfill(bytes: &[u8]) -> Result<Backfill, CodecError> {
@@ -903,6 +934,11 @@ enum Message {
         from: PublicKey,
         message: Backfill,
     },
+    /// The engine of `epoch` is about to start: where from (see [`crate::rejoin`]).
+    Floor {
+        epoch: u64,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
     Tick,
 }
 
@@ -917,6 +953,7 @@ impl Message {
             Message::Seen { .. } => "seen",
             Message::Block { .. } => "block",
             Message::Backfill { .. } => "backfill",
+            Message::Floor { .. } => "floor",
             Message::Tick => "tick",
         }
     }
@@ -971,6 +1008,16 @@ impl Mailbox {
         } else {
             Feedback::Closed
         }
+    }
+
+    /// The finalization certificate (verified) the engine of `epoch` starts from, if it
+    /// should start after the epoch's genesis (see [`crate::rejoin`]): asked of peers only
+    /// by a node that started on an empty store and is still replaying, and waited for at
+    /// most [`crate::rejoin::FLOOR_WAIT`].
+    pub async fn floor(&self, epoch: u64) -> Option<Vec<u8>> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Message::Floor { epoch, reply });
+        receiver.await.ok().flatten()
     }
 }
 
@@ -1136,6 +1183,8 @@ struct Actor<E, K: Kv, BS, FS> {
     empty_start: Option<std::time::SystemTime>,
     /// The parent this node last held a proposal back on, and since when.
     held_back: Option<(Digest, std::time::SystemTime)>,
+    /// The engine waiting to learn where its epoch's finalizations stand.
+    floor_wait: Option<crate::rejoin::FloorWait>,
 }
 
 /// How long a node that started on an empty store waits for a peer's newer block before
@@ -1270,6 +1319,7 @@ where
             wake_at: None,
             empty_start,
             held_back: None,
+            floor_wait: None,
         };
         actor.run(receiver).await;
     });
@@ -1327,6 +1377,7 @@ where
                     self.advance()
                 }
                 Message::Backfill { from, message } => self.backfill(from, message),
+                Message::Floor { epoch, reply } => self.ask_floor(epoch, reply),
                 Message::Tick => self.tick(),
             };
             debug!(
@@ -1906,6 +1957,7 @@ where
 
     fn tick(&mut self) -> Result<(), StateError> {
         self.ticks += 1;
+        self.floor_tick();
         if crate::epoch_switch::activate_if_created(&mut lock(&self.state))? {
             self.announce_membership()?;
         }
@@ -1928,6 +1980,112 @@ where
         self.metrics.mempool_depth.set(depth);
         self.metrics.epoch.set(epoch);
         self.advance()
+    }
+
+    /// The engine of `epoch` asks where to start (see [`crate::rejoin`]): from the epoch's
+    /// genesis at once, unless this node started on an empty store and has not finalized a
+    /// block made since; then from the latest finalization its peers hold.
+    fn ask_floor(
+        &mut self,
+        epoch: u64,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    ) -> Result<(), StateError> {
+        if let Some(earlier) = self.floor_wait.take() {
+            earlier.answer(None);
+        }
+        let (replaying, membership) = {
+            let state = lock(&self.state);
+            let tip = state.block(state.finalized_height())?;
+            let replaying = self.empty_start.is_some_and(|start| {
+                tip.is_some_and(|b| UNIX_EPOCH + Duration::from_millis(b.timestamp_ms) < start)
+            });
+            (replaying, state.membership()?)
+        };
+        if !replaying || membership.epoch != epoch || membership.validators.len() < 2 {
+            let _ = reply.send(None);
+            return Ok(());
+        }
+        info!(
+            epoch,
+            "started on an empty store: asking the epoch's validators for their latest finalization"
+        );
+        self.floor_wait = Some(crate::rejoin::FloorWait::new(
+            epoch,
+            reply,
+            self.context.current(),
+        ));
+        self.send_floor_request(epoch);
+        Ok(())
+    }
+
+    fn send_floor_request(&mut self, epoch: u64) {
+        let request = Backfill::FloorRequest { epoch };
+        self.backfill_sender
+            .send(Recipients::All, IoBuf::from(request.encode()), false);
+    }
+
+    /// Asks again while peers may still be connecting; gives up after
+    /// [`crate::rejoin::FLOOR_WAIT`] (the engine starts from the epoch's genesis).
+    fn floor_tick(&mut self) {
+        let Some(wait) = &self.floor_wait else {
+            return;
+        };
+        if wait.expired(self.context.current()) {
+            if let Some(wait) = self.floor_wait.take() {
+                warn!(
+                    epoch = wait.epoch,
+                    "no validator told its latest finalization; starting from the epoch's genesis"
+                );
+                wait.answer(None);
+            }
+        } else if self.ticks.is_multiple_of(3) {
+            let epoch = wait.epoch;
+            self.send_floor_request(epoch);
+        }
+    }
+
+    /// This node's latest finalization certificate if it is of `epoch`.
+    fn latest_finalization(&self, epoch: u64) -> Result<Option<Vec<u8>>, StateError> {
+        let state = lock(&self.state);
+        let validators = state.membership()?.validators.len();
+        Ok(state
+            .finalization(state.finalized_height())?
+            .filter(|c| crate::rejoin::round(validators, c).is_some_and(|(e, _)| e == epoch)))
+    }
+
+    /// A peer's answer to this node's floor request.
+    fn floor_answer(&mut self, from: PublicKey, epoch: u64, certificate: Vec<u8>) {
+        if self.floor_wait.as_ref().is_none_or(|w| w.epoch != epoch) {
+            return;
+        }
+        let validators = match lock(&self.state).membership() {
+            Ok(m) if m.epoch == epoch => m.validators,
+            _ => return,
+        };
+        if certificate.is_empty() {
+            let all_empty = self
+                .floor_wait
+                .as_mut()
+                .is_some_and(|w| w.empty_from(from, &validators));
+            if all_empty && let Some(wait) = self.floor_wait.take() {
+                wait.answer(None);
+            }
+            return;
+        }
+        match crate::rejoin::verify_floor(&self.config.namespace, &validators, &certificate, epoch)
+        {
+            Some(finalization) => {
+                if let Some(wait) = self.floor_wait.take() {
+                    info!(
+                        epoch,
+                        view = finalization.proposal.round.view().get(),
+                        "starting the epoch's engine from a peer's latest finalization"
+                    );
+                    wait.answer(Some(certificate));
+                }
+            }
+            None => warn!(%from, epoch, "a peer's latest finalization does not verify; ignored"),
+        }
     }
 
     /// When finalization has not moved since the last look, asks peers for the current
@@ -2078,6 +2236,20 @@ where
                 Ok(())
             }
             Backfill::EpochEnd { block, certificate } => self.epoch_end(*block, certificate),
+            Backfill::FloorRequest { epoch } => {
+                let certificate = self.latest_finalization(epoch)?.unwrap_or_default();
+                let response = Backfill::Floor { epoch, certificate };
+                self.backfill_sender.send(
+                    Recipients::One(from),
+                    IoBuf::from(response.encode()),
+                    false,
+                );
+                Ok(())
+            }
+            Backfill::Floor { epoch, certificate } => {
+                self.floor_answer(from, epoch, certificate);
+                Ok(())
+            }
             Backfill::Governance { txs } => {
                 let mut state = lock(&self.state);
                 // Only what this node's own clients submitted is gossiped by it.
@@ -2700,7 +2872,27 @@ mod tests {
         let mut too_many = vec![2u8];
         UInt(GOSSIP_BATCH as u32 + 1).write(&mut too_many);
         assert!(decode_backfill(&too_many).is_err());
+        let floor_request = Backfill::FloorRequest { epoch: 4 };
+        assert_eq!(
+            decode_backfill(&floor_request.encode()).unwrap(),
+            floor_request
+        );
+        for certificate in [vec![], vec![9u8; 100]] {
+            let floor = Backfill::Floor {
+                epoch: 4,
+                certificate,
+            };
+            assert_eq!(decode_backfill(&floor.encode()).unwrap(), floor);
+        }
+        let mut too_long = vec![8u8, 4];
+        UInt(MAX_CERTIFICATE_SIZE as u32 + 1).write(&mut too_long);
+        assert!(decode_backfill(&too_long).is_err());
+        let mut truncated = vec![8u8, 4];
+        UInt(10u32).write(&mut truncated);
+        truncated.extend_from_slice(&[1, 2, 3]);
+        assert!(decode_backfill(&truncated).is_err());
         assert!(decode_backfill(&[7]).is_err());
+        assert!(decode_backfill(&[9]).is_err());
         assert!(decode_backfill(&[]).is_err());
         let mut too_many = vec![1u8];
         UInt(BACKFILL_DEPTH as u32 + 1).write(&mut too_many);

@@ -301,6 +301,13 @@ where
                             error!(epoch, "could not open the epoch's consensus channels");
                             return;
                         };
+                        // Verified by the chain actor against this epoch's validators.
+                        let floor = match mailbox.floor(epoch).await.and_then(|certificate| {
+                            crate::rejoin::decode(membership.validators.len(), &certificate)
+                        }) {
+                            Some(finalization) => Floor::Finalized(finalization),
+                            None => Floor::Genesis(membership.floor),
+                        };
                         match start_engine(
                             context.child("consensus").with_attribute("epoch", epoch),
                             &key,
@@ -309,6 +316,7 @@ where
                             &config,
                             mailbox.clone(),
                             blocker.clone(),
+                            floor,
                             (v, c, r),
                         ) {
                             Some(handle) => {
@@ -382,6 +390,7 @@ fn start_engine<E, B, S, R>(
     config: &ValidatorConfig,
     mailbox: chain::Mailbox,
     blocker: B,
+    floor: Floor<Scheme, trellis_node_types::Digest>,
     (votes, certificates, resolver): (Pair<S, R>, Pair<S, R>, Pair<S, R>),
 ) -> Option<Handle<()>>
 where
@@ -404,7 +413,7 @@ where
         partition: format!("{}-{}", config.partition, membership.epoch),
         mailbox_size: NonZeroUsize::MIN.saturating_add(1023),
         epoch: Epoch::new(membership.epoch),
-        floor: Floor::Genesis(membership.floor),
+        floor,
         leader_timeout: timing.leader_timeout,
         certification_timeout: timing.certification_timeout,
         timeout_retry: timing.timeout_retry,

@@ -16,6 +16,7 @@ pub mod leaders;
 pub mod mempool;
 pub mod metrics;
 pub mod placement;
+pub mod rejoin;
 pub mod relay;
 pub mod rpc;
 pub mod rpc_beacon;

@@ -158,7 +158,9 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::thread::panicking()
+        // `TRELLIS_KEEP_TEST_DIR=1` keeps it after a pass too (to read the logs).
+        let keep = std::env::var_os("TRELLIS_KEEP_TEST_DIR").is_some_and(|v| v == "1");
+        if (keep || std::thread::panicking())
             && let Some(dir) = self.0.take()
         {
             eprintln!("test directory kept (node logs): {}", dir.keep().display());
