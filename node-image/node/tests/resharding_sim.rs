@@ -3,10 +3,10 @@
 //! genesis; slots above the shard count wait), real chain actors, simplex engines,
 //! followers and table handoffs on commonware's deterministic runtime, one simulated
 //! network per committee, the credit gatherer reading other shards through the
-//! in-process relay (`LocalRelay`). Under transfer load — half of each sender's transfers
-//! to an account in another table, in another shard whenever there are several — the
-//! admin reshards 1 → 2 → 4 → 3 → 1; a validator that is importing tables crashes
-//! mid-handoff and restarts from its store.
+//! in-process relay (`LocalRelay`). Under transfer load — two of every three of a
+//! sender's transfers to an account in another table, in another shard whenever there are
+//! several — the admin reshards 1 → 2 → 4 → 3 → 1; a validator that is importing tables
+//! crashes mid-handoff and restarts from its store.
 //!
 //! Asserted: after every change each table is owned by exactly one shard (the beacon's
 //! map), the sum of every table's net supply over all shards' ledgers is the genesis
@@ -168,6 +168,9 @@ struct Sim {
     accepted: BTreeSet<Digest>,
     /// Per sender: its transaction in flight and when it was last sent.
     in_flight: BTreeMap<usize, (Tx, std::time::SystemTime)>,
+    /// Per sender: the nonce after its last finalized transaction (a lagging node's
+    /// ledger may still show an older one).
+    next_nonce: BTreeMap<usize, u64>,
     round: u64,
     /// Transfers accepted while the beacon had several shards: to another shard, and
     /// inside one.
@@ -323,6 +326,7 @@ impl Sim {
             pairs: account_pairs(24),
             accepted: BTreeSet::new(),
             in_flight: BTreeMap::new(),
+            next_nonce: BTreeMap::new(),
             round: 0,
             cross: 0,
             intra: 0,
@@ -466,17 +470,15 @@ impl Sim {
         if shard_nodes.is_empty() {
             return;
         }
-        // Every other transfer of a sender goes to another table: an account of a pair
-        // in another shard when there are several, else of the next pair.
+        // Two of every three transfers of a sender (by its nonce, so the share holds
+        // whatever the timing) go to another table: an account of a pair in another shard
+        // when there are several, else of the next pair; the third goes to its partner.
         let beacon = self.beacon();
         let accounts: Vec<&PrivateKey> = self.pairs.iter().flat_map(|(a, b)| [a, b]).collect();
-        let senders: Vec<(usize, PrivateKey, PublicKey)> = (0..accounts.len())
+        let senders: Vec<(usize, PrivateKey, PublicKey, PublicKey)> = (0..accounts.len())
             .map(|id| {
                 let from = accounts[id];
                 let partner = accounts[id ^ 1].public_key();
-                if (id as u64 + round).is_multiple_of(2) {
-                    return (id, from.clone(), partner);
-                }
                 let home = beacon.owner(table_of(&from.public_key()));
                 let others: Vec<&&PrivateKey> = accounts
                     .iter()
@@ -487,14 +489,15 @@ impl Sim {
                 } else {
                     others[(id + round as usize) % others.len()].public_key()
                 };
-                (id, from.clone(), to)
+                (id, from.clone(), partner, to)
             })
             .collect();
         let several = beacon.shard_count() > 1;
-        for (id, from, to) in senders {
+        for (id, from, partner, other) in senders {
             if let Some((tx, _)) = self.in_flight.get(&id)
                 && self.finalized(&tx.hash())
             {
+                self.next_nonce.insert(id, tx.unsigned.nonce + 1);
                 self.in_flight.remove(&id);
             }
             let table = table_of(&from.public_key());
@@ -522,10 +525,21 @@ impl Sim {
                     let Ok(account) = s.ledger.account(&from.public_key()) else {
                         continue;
                     };
+                    // Like a wallet: never below the nonce its last finalized
+                    // transaction left (a node that lags would admit a used nonce,
+                    // which can never finalize).
+                    let nonce = account
+                        .nonce
+                        .max(self.next_nonce.get(&id).copied().unwrap_or(0));
+                    let to = if nonce.is_multiple_of(3) {
+                        partner
+                    } else {
+                        other
+                    };
                     UnsignedTx {
                         chain_id: CHAIN.into(),
                         from: from.public_key(),
-                        nonce: account.nonce,
+                        nonce,
                         fee: 1,
                         kind: TxKind::Transfer {
                             to,
