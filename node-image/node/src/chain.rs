@@ -1984,14 +1984,14 @@ where
 
     /// The engine of `epoch` asks where to start (see [`crate::rejoin`]): from the epoch's
     /// genesis at once, unless this node started on an empty store and has not finalized a
-    /// block made since; then from the latest finalization its peers hold.
+    /// block made since; then from the newest finalization its peers hold.
     fn ask_floor(
         &mut self,
         epoch: u64,
         reply: oneshot::Sender<Option<Vec<u8>>>,
     ) -> Result<(), StateError> {
         if let Some(earlier) = self.floor_wait.take() {
-            earlier.answer(None);
+            earlier.finish();
         }
         let (replaying, membership) = {
             let state = lock(&self.state);
@@ -2024,19 +2024,21 @@ where
             .send(Recipients::All, IoBuf::from(request.encode()), false);
     }
 
-    /// Asks again while peers may still be connecting; gives up after
-    /// [`crate::rejoin::FLOOR_WAIT`] (the engine starts from the epoch's genesis).
+    /// Asks again while peers may still be connecting; stops waiting when
+    /// [`crate::rejoin::FloorWait::due`].
     fn floor_tick(&mut self) {
         let Some(wait) = &self.floor_wait else {
             return;
         };
-        if wait.expired(self.context.current()) {
+        if wait.due(self.context.current()) {
             if let Some(wait) = self.floor_wait.take() {
-                warn!(
-                    epoch = wait.epoch,
-                    "no validator told its latest finalization; starting from the epoch's genesis"
-                );
-                wait.answer(None);
+                if wait.best_view().is_none() {
+                    warn!(
+                        epoch = wait.epoch,
+                        "no validator told its latest finalization; starting from the epoch's genesis"
+                    );
+                }
+                Self::start_from(wait);
             }
         } else if self.ticks.is_multiple_of(3) {
             let epoch = wait.epoch;
@@ -2062,30 +2064,37 @@ where
             Ok(m) if m.epoch == epoch => m.validators,
             _ => return,
         };
-        if certificate.is_empty() {
-            let all_empty = self
-                .floor_wait
-                .as_mut()
-                .is_some_and(|w| w.empty_from(from, &validators));
-            if all_empty && let Some(wait) = self.floor_wait.take() {
-                wait.answer(None);
-            }
-            return;
-        }
-        match crate::rejoin::verify_floor(&self.config.namespace, &validators, &certificate, epoch)
-        {
-            Some(finalization) => {
-                if let Some(wait) = self.floor_wait.take() {
-                    info!(
-                        epoch,
-                        view = finalization.proposal.round.view().get(),
-                        "starting the epoch's engine from a peer's latest finalization"
-                    );
-                    wait.answer(Some(certificate));
+        let found = if certificate.is_empty() {
+            None
+        } else {
+            let namespace = &self.config.namespace;
+            match crate::rejoin::verify_floor(namespace, &validators, &certificate, epoch) {
+                Some(finalization) => Some((finalization.proposal.round.view().get(), certificate)),
+                None => {
+                    warn!(%from, epoch, "a peer's latest finalization does not verify; ignored");
+                    return;
                 }
             }
-            None => warn!(%from, epoch, "a peer's latest finalization does not verify; ignored"),
+        };
+        let now = self.context.current();
+        let all = self
+            .floor_wait
+            .as_mut()
+            .is_some_and(|w| w.answer_from(from, found, &validators, now));
+        if all && let Some(wait) = self.floor_wait.take() {
+            Self::start_from(wait);
         }
+    }
+
+    /// Answers the engine waiting for its floor.
+    fn start_from(wait: crate::rejoin::FloorWait) {
+        if let Some(view) = wait.best_view() {
+            info!(
+                epoch = wait.epoch,
+                view, "starting the epoch's engine from the newest finalization a peer holds"
+            );
+        }
+        wait.finish();
     }
 
     /// When finalization has not moved since the last look, asks peers for the current
