@@ -742,8 +742,7 @@ impl Write for Backfill {
             Backfill::EpochEnd { block, certificate } => {
                 4u8.write(buf);
                 block.write(buf);
-                UInt(certificate.len() as u32).write(buf);
-                buf.put_slice(certificate);
+                trellis_node_types::write_bytes(certificate, buf);
             }
             Backfill::Governance { txs } => {
                 5u8.write(buf);
@@ -766,8 +765,7 @@ impl Write for Backfill {
             Backfill::Floor { epoch, certificate } => {
                 8u8.write(buf);
                 UInt(*epoch).write(buf);
-                UInt(certificate.len() as u32).write(buf);
-                buf.put_slice(certificate);
+                trellis_node_types::write_bytes(certificate, buf);
             }
         }
     }
@@ -787,9 +785,7 @@ impl EncodeSize for Backfill {
             }
             Backfill::EpochEndRequest { epoch } => UInt(*epoch).encode_size(),
             Backfill::EpochEnd { block, certificate } => {
-                block.encode_size()
-                    + UInt(certificate.len() as u32).encode_size()
-                    + certificate.len()
+                block.encode_size() + trellis_node_types::bytes_size(certificate.len())
             }
             Backfill::Governance { txs } => {
                 UInt(txs.len() as u32).encode_size()
@@ -801,9 +797,7 @@ impl EncodeSize for Backfill {
             }
             Backfill::FloorRequest { epoch } => UInt(*epoch).encode_size(),
             Backfill::Floor { epoch, certificate } => {
-                UInt(*epoch).encode_size()
-                    + UInt(certificate.len() as u32).encode_size()
-                    + certificate.len()
+                UInt(*epoch).encode_size() + trellis_node_types::bytes_size(certificate.len())
             }
         }
     }
@@ -844,7 +838,7 @@ impl Read for Backfill {
             }),
             4 => Ok(Backfill::EpochEnd {
                 block: Box::new(Block::read(buf)?),
-                certificate: read_certificate(buf)?,
+                certificate: trellis_node_types::read_bytes(buf, MAX_CERTIFICATE_SIZE)?,
             }),
             5 => {
                 let count = u32::from(UInt::<u32>::read(buf)?) as usize;
@@ -873,25 +867,11 @@ impl Read for Backfill {
             }),
             8 => Ok(Backfill::Floor {
                 epoch: UInt::<u64>::read(buf)?.into(),
-                certificate: read_certificate(buf)?,
+                certificate: trellis_node_types::read_bytes(buf, MAX_CERTIFICATE_SIZE)?,
             }),
             t => Err(CodecError::InvalidEnum(t)),
         }
     }
-}
-
-/// A length-prefixed finalization certificate, at most [`MAX_CERTIFICATE_SIZE`] bytes.
-fn read_certificate(buf: &mut impl commonware_codec::Buf) -> Result<Vec<u8>, CodecError> {
-    let len = u32::from(UInt::<u32>::read(buf)?) as usize;
-    if len > MAX_CERTIFICATE_SIZE {
-        return Err(CodecError::InvalidLength(len));
-    }
-    if buf.remaining() < len {
-        return Err(CodecError::EndOfBuffer);
-    }
-    let mut certificate = vec![0u8; len];
-    buf.copy_to_slice(&mut certificate);
-    Ok(certificate)
 }
 
 fn decode_backfill(bytes: &[u8]) -> Result<Backfill, CodecError> {

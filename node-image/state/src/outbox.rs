@@ -91,28 +91,7 @@ pub fn verify_receipt(
         })
 }
 
-pub(crate) fn write_bytes(bytes: &[u8], buf: &mut impl BufMut) {
-    // Callers bound lengths far below u32::MAX.
-    UInt(bytes.len() as u32).write(buf);
-    buf.put_slice(bytes);
-}
-
-pub(crate) fn read_bytes(buf: &mut impl Buf, max: usize) -> Result<Vec<u8>, CodecError> {
-    let len = u32::from(UInt::<u32>::read(buf)?) as usize;
-    if len > max {
-        return Err(CodecError::InvalidLength(len));
-    }
-    if buf.remaining() < len {
-        return Err(CodecError::EndOfBuffer);
-    }
-    let mut out = vec![0u8; len];
-    buf.copy_to_slice(&mut out);
-    Ok(out)
-}
-
-pub(crate) fn bytes_size(len: usize) -> usize {
-    UInt(len as u32).encode_size() + len
-}
+pub(crate) use trellis_node_types::{bytes_size, read_bytes, write_bytes};
 
 /// A receipt and its proof (see [`verify_receipt`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -99,13 +99,16 @@ fn read_public_key(buf: &mut impl Buf) -> Result<PublicKey, CodecError> {
     Ok(key)
 }
 
-fn write_bytes(bytes: &[u8], buf: &mut impl BufMut) {
-    // Lengths written here are bounded by the MAX_* constants, far below u32::MAX.
+/// Writes `bytes` with a varint length prefix (read back by [`read_bytes`]). Callers bound
+/// lengths (the MAX_* constants) far below u32::MAX.
+pub fn write_bytes(bytes: &[u8], buf: &mut impl BufMut) {
     UInt(bytes.len() as u32).write(buf);
     buf.put_slice(bytes);
 }
 
-fn read_bytes(buf: &mut impl Buf, max: usize) -> Result<Vec<u8>, CodecError> {
+/// Reads a varint-length-prefixed byte string of at most `max` bytes (refused before
+/// anything is allocated when longer, or when the buffer holds less).
+pub fn read_bytes(buf: &mut impl Buf, max: usize) -> Result<Vec<u8>, CodecError> {
     let len = u32::from(UInt::<u32>::read(buf)?) as usize;
     if len > max {
         return Err(CodecError::InvalidLength(len));
@@ -118,7 +121,8 @@ fn read_bytes(buf: &mut impl Buf, max: usize) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
-fn bytes_size(len: usize) -> usize {
+/// The encoded size of a byte string of `len` bytes written by [`write_bytes`].
+pub fn bytes_size(len: usize) -> usize {
     UInt(len as u32).encode_size() + len
 }
 
