@@ -619,49 +619,57 @@ fn read_block<K: Kv>(kv: &K, height: u64) -> Result<Option<Block>, StateError> {
         .map_err(|e| StateError::Corrupt(format!("stored block {height}: {e}")))
 }
 
+/// A decoded finalization certificate.
+pub type Finalization = commonware_consensus::simplex::types::Finalization<Scheme, Digest>;
+
+/// An encoded finalization certificate of a committee of `validators`, decoded (not
+/// verified).
+pub fn decode_finalization(validators: usize, certificate: &[u8]) -> Option<Finalization> {
+    use commonware_codec::Decode;
+    Finalization::decode_cfg(commonware_codec::Copying(certificate), &validators).ok()
+}
+
+/// Whether a finalization carries a quorum of valid signatures of `validators`, made in
+/// the consensus `namespace` (see [`crate::engine::consensus_namespace`]).
+pub fn finalization_verifies(
+    namespace: &[u8],
+    validators: &[PublicKey],
+    finalization: &Finalization,
+) -> bool {
+    let Ok(participants) = commonware_utils::ordered::Set::try_from(validators.to_vec()) else {
+        return false;
+    };
+    let scheme = Scheme::verifier(namespace, participants);
+    finalization.verify(
+        &mut commonware_utils::sys_rng(),
+        &scheme,
+        &commonware_parallel::Sequential,
+    )
+}
+
 /// Checks an encoded finalization certificate: it must finalize `digest` and carry a
-/// quorum of valid signatures of `validators`, made in the consensus `namespace` (see
-/// [`crate::engine::consensus_namespace`]). Returns its (epoch, view).
+/// quorum of valid signatures of `validators`, made in the consensus `namespace`. Returns
+/// its (epoch, view).
 pub fn verify_finalization(
     namespace: &[u8],
     validators: &[PublicKey],
     certificate: &[u8],
     digest: &Digest,
 ) -> Option<(u64, u64)> {
-    use commonware_codec::Decode;
-    use commonware_consensus::simplex::types::Finalization;
-    let participants = commonware_utils::ordered::Set::try_from(validators.to_vec()).ok()?;
-    let scheme = Scheme::verifier(namespace, participants);
-    let finalization = Finalization::<Scheme, Digest>::decode_cfg(
-        commonware_codec::Copying(certificate),
-        &validators.len(),
-    )
-    .ok()?;
-    if finalization.proposal.payload != *digest {
+    let finalization = decode_finalization(validators.len(), certificate)?;
+    if finalization.proposal.payload != *digest
+        || !finalization_verifies(namespace, validators, &finalization)
+    {
         return None;
     }
-    let valid = finalization.verify(
-        &mut commonware_utils::sys_rng(),
-        &scheme,
-        &commonware_parallel::Sequential,
-    );
-    valid.then(|| {
-        let round = finalization.proposal.round;
-        (round.epoch().get(), round.view().get())
-    })
+    let round = finalization.proposal.round;
+    Some((round.epoch().get(), round.view().get()))
 }
 
 /// The validators whose signatures an encoded finalization certificate carries (in the
 /// order of `validators`, the sorted validator set of the certificate's epoch).
 pub fn certificate_signers(validators: &[PublicKey], certificate: &[u8]) -> Option<Vec<PublicKey>> {
-    use commonware_codec::Decode;
-    use commonware_consensus::simplex::types::Finalization;
-    let finalization = Finalization::<Scheme, Digest>::decode_cfg(
-        commonware_codec::Copying(certificate),
-        &validators.len(),
-    )
-    .ok()?;
-    finalization
+    decode_finalization(validators.len(), certificate)?
         .certificate
         .signers
         .iter()
@@ -917,7 +925,7 @@ enum Message {
     /// The engine of `epoch` is about to start: where from (see [`crate::rejoin`]).
     Floor {
         epoch: u64,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
+        reply: oneshot::Sender<Option<Finalization>>,
     },
     Tick,
 }
@@ -990,11 +998,11 @@ impl Mailbox {
         }
     }
 
-    /// The finalization certificate (verified) the engine of `epoch` starts from, if it
-    /// should start after the epoch's genesis (see [`crate::rejoin`]): asked of peers only
-    /// by a node that started on an empty store and is still replaying, and waited for at
-    /// most [`crate::rejoin::FLOOR_WAIT`].
-    pub async fn floor(&self, epoch: u64) -> Option<Vec<u8>> {
+    /// The finalization (verified against the epoch's validators) the engine of `epoch`
+    /// starts from, if it should start after the epoch's genesis (see [`crate::rejoin`]):
+    /// asked of peers only by a node that started on an empty store and is still
+    /// replaying, and waited for at most [`crate::rejoin::FLOOR_WAIT`].
+    pub async fn floor(&self, epoch: u64) -> Option<Finalization> {
         let (reply, receiver) = oneshot::channel();
         self.send(Message::Floor { epoch, reply });
         receiver.await.ok().flatten()
@@ -1968,20 +1976,24 @@ where
     fn ask_floor(
         &mut self,
         epoch: u64,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
+        reply: oneshot::Sender<Option<Finalization>>,
     ) -> Result<(), StateError> {
         if let Some(earlier) = self.floor_wait.take() {
             earlier.finish();
         }
-        let (replaying, membership) = {
-            let state = lock(&self.state);
-            let tip = state.block(state.finalized_height())?;
-            let replaying = self.empty_start.is_some_and(|start| {
-                tip.is_some_and(|b| UNIX_EPOCH + Duration::from_millis(b.timestamp_ms) < start)
-            });
-            (replaying, state.membership()?)
+        // Read only by a node that started on an empty store (not at every epoch switch).
+        let asks = match self.empty_start {
+            None => false,
+            Some(start) => {
+                let state = lock(&self.state);
+                let replaying = state.block(state.finalized_height())?.is_some_and(|tip| {
+                    UNIX_EPOCH + Duration::from_millis(tip.timestamp_ms) < start
+                });
+                let membership = state.membership()?;
+                replaying && membership.epoch == epoch && membership.validators.len() > 1
+            }
         };
-        if !replaying || membership.epoch != epoch || membership.validators.len() < 2 {
+        if !asks {
             let _ = reply.send(None);
             return Ok(());
         }
@@ -2049,7 +2061,9 @@ where
         } else {
             let namespace = &self.config.namespace;
             match crate::rejoin::verify_floor(namespace, &validators, &certificate, epoch) {
-                Some(finalization) => Some((finalization.proposal.round.view().get(), certificate)),
+                Some(finalization) => {
+                    Some((finalization.proposal.round.view().get(), finalization))
+                }
                 None => {
                     warn!(%from, epoch, "a peer's latest finalization does not verify; ignored");
                     return;

@@ -301,10 +301,7 @@ where
                             error!(epoch, "could not open the epoch's consensus channels");
                             return;
                         };
-                        // Verified by the chain actor against this epoch's validators.
-                        let floor = match mailbox.floor(epoch).await.and_then(|certificate| {
-                            crate::rejoin::decode(membership.validators.len(), &certificate)
-                        }) {
+                        let floor = match mailbox.floor(epoch).await {
                             Some(finalization) => Floor::Finalized(finalization),
                             None => Floor::Genesis(membership.floor),
                         };

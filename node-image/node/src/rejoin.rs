@@ -14,26 +14,18 @@
 //! [`FLOOR_WAIT`], the engine starts from the epoch's genesis as before. It waits for every
 //! other validator's answer, but at most [`FLOOR_GRACE`] after the first certificate.
 
-use crate::chain::Scheme;
-use commonware_codec::Decode;
-use commonware_consensus::simplex::types::Finalization;
+use crate::chain::{Finalization, decode_finalization, finalization_verifies};
 use commonware_utils::channel::oneshot;
 use std::collections::HashSet;
 use std::time::SystemTime;
-use trellis_node_types::{Digest, PublicKey};
+use trellis_node_types::PublicKey;
 
 /// Longest a rejoining validator waits for its peers' latest finalization.
 pub const FLOOR_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A finalization certificate decoded for a committee of `validators` (not verified).
-pub fn decode(validators: usize, certificate: &[u8]) -> Option<Finalization<Scheme, Digest>> {
-    Finalization::<Scheme, Digest>::decode_cfg(commonware_codec::Copying(certificate), &validators)
-        .ok()
-}
-
 /// The (epoch, view) a finalization certificate names, without verifying it.
 pub fn round(validators: usize, certificate: &[u8]) -> Option<(u64, u64)> {
-    decode(validators, certificate).map(|f| {
+    decode_finalization(validators, certificate).map(|f| {
         let round = f.proposal.round;
         (round.epoch().get(), round.view().get())
     })
@@ -46,18 +38,12 @@ pub fn verify_floor(
     validators: &[PublicKey],
     certificate: &[u8],
     epoch: u64,
-) -> Option<Finalization<Scheme, Digest>> {
-    let participants = commonware_utils::ordered::Set::try_from(validators.to_vec()).ok()?;
-    let scheme = Scheme::verifier(namespace, participants);
-    let finalization = decode(validators.len(), certificate)?;
+) -> Option<Finalization> {
+    let finalization = decode_finalization(validators.len(), certificate)?;
     let round = finalization.proposal.round;
     let valid = round.epoch().get() == epoch
         && round.view().get() > 0
-        && finalization.verify(
-            &mut commonware_utils::sys_rng(),
-            &scheme,
-            &commonware_parallel::Sequential,
-        );
+        && finalization_verifies(namespace, validators, &finalization);
     valid.then_some(finalization)
 }
 
@@ -66,19 +52,20 @@ pub fn verify_floor(
 /// the newest finalization any validator holds.
 pub const FLOOR_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 
-/// A request for the epoch's latest finalization, collecting peers' answers.
-pub struct FloorWait {
+/// A request for the epoch's latest finalization, collecting peers' answers (`C`: the
+/// verified certificate the engine gets).
+pub struct FloorWait<C = Finalization> {
     pub epoch: u64,
-    reply: oneshot::Sender<Option<Vec<u8>>>,
+    reply: oneshot::Sender<Option<C>>,
     /// Validators of the epoch that answered (a certificate or none).
     answered: HashSet<PublicKey>,
     /// The newest verified certificate so far, with its view.
-    best: Option<(u64, Vec<u8>)>,
+    best: Option<(u64, C)>,
     until: SystemTime,
 }
 
-impl FloorWait {
-    pub fn new(epoch: u64, reply: oneshot::Sender<Option<Vec<u8>>>, now: SystemTime) -> Self {
+impl<C> FloorWait<C> {
+    pub fn new(epoch: u64, reply: oneshot::Sender<Option<C>>, now: SystemTime) -> Self {
         Self {
             epoch,
             reply,
@@ -107,7 +94,7 @@ impl FloorWait {
     pub fn answer_from(
         &mut self,
         peer: PublicKey,
-        found: Option<(u64, Vec<u8>)>,
+        found: Option<(u64, C)>,
         validators: &[PublicKey],
         now: SystemTime,
     ) -> bool {
@@ -144,7 +131,7 @@ mod tests {
     fn a_rejoining_validator_waits_for_every_other_validator_or_the_deadline() {
         let (reply, mut receiver) = oneshot::channel();
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let mut wait = FloorWait::new(3, reply, start);
+        let mut wait: FloorWait<Vec<u8>> = FloorWait::new(3, reply, start);
         let [me, a, b, stranger] = [1, 2, 3, 4].map(|s| test_key(s).public_key());
         let validators = [me, a.clone(), b.clone()];
         assert!(!wait.answer_from(a.clone(), None, &validators, start));
