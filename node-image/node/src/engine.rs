@@ -81,6 +81,7 @@ pub struct Timing {
     pub fetch_timeout: Duration,
     pub tick: Duration,
     pub min_block_interval: Duration,
+    pub max_block_interval: Duration,
 }
 
 impl Default for Timing {
@@ -93,6 +94,7 @@ impl Default for Timing {
             fetch_timeout: Duration::from_millis(1_000),
             tick: Duration::from_millis(100),
             min_block_interval: Duration::from_millis(200),
+            max_block_interval: Duration::from_millis(600),
         }
     }
 }
@@ -220,6 +222,7 @@ where
             block_txs: config.block_txs,
             tick: timing.tick,
             min_block_interval: timing.min_block_interval,
+            max_block_interval: timing.max_block_interval,
             memberships: Some(updates),
         },
         state,
