@@ -94,7 +94,7 @@ impl Default for Timing {
             fetch_timeout: Duration::from_millis(1_000),
             tick: Duration::from_millis(100),
             min_block_interval: Duration::from_millis(200),
-            max_block_interval: Duration::from_millis(600),
+            max_block_interval: Duration::from_millis(500),
         }
     }
 }
