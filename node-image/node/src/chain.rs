@@ -1081,8 +1081,9 @@ pub struct ChainConfig {
     pub block_txs: usize,
     /// Period of retries (backfill requests, waiting proposals).
     pub tick: Duration,
-    /// A proposal waits until this long after its parent's timestamp, so an idle chain
-    /// does not spin out empty blocks as fast as the network allows.
+    /// A proposal waits at least this long after its parent's timestamp, so an idle chain
+    /// does not spin out empty blocks as fast as the network allows (longer while blocks
+    /// take long to execute: see [`block_interval`]).
     pub min_block_interval: Duration,
     /// The most a proposal waits after its parent's timestamp (see [`block_interval`]);
     /// well below the leader timeout, or the view would time out while its leader waits.

@@ -6,13 +6,16 @@
 //! per transfer, ~170 for a transfer) and its certificate. Every key space's logical
 //! size (keys + values handed to redb) is printed next to the physical bytes, so the
 //! write amplification of each is visible; `DROP=receipts,history,block` leaves those
-//! rows out to attribute the physical bytes; the CPU time of applying the blocks (this
-//! thread's, so signing the transfers beforehand is not counted) is printed per transfer; `SPLIT=1` keeps each key space in a redb file
+//! rows out to attribute the physical bytes; `SPLIT=1` keeps each key space in a redb file
 //! of its own (three commits per block instead of one) and prints each file's physical
-//! bytes. Measures; asserts nothing.
+//! bytes. It also prints the CPU time of applying the blocks per transfer (this thread's,
+//! so signing the transfers beforehand is not counted). Measures; asserts nothing.
 //!
 //! `cargo run --release -p trellis-node-state --example disk_writes -- [accounts] [blocks] [block_txs] [block_bytes]`
 
+mod common;
+
+use common::Clock;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use trellis_node_state::{Entry, Kv, KvError, Ledger, RedbKv, Space, WriteBatch};
@@ -121,14 +124,6 @@ impl Kv for Counting {
     }
 }
 
-/// This thread's CPU time in nanoseconds (Linux `schedstat`).
-fn cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<u64> = std::env::args()
         .skip(1)
@@ -186,7 +181,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start_by_store = ledger.kv().by_store.lock().map_err(|_| "lock")?.clone();
     ledger.kv().logical.lock().map_err(|_| "lock")?.clear();
     let start_commits = *ledger.kv().commits.lock().map_err(|_| "lock")?;
-    let start_cpu = cpu_ns();
+    let clock = Clock::start();
     for (h, txs) in plan.iter().enumerate() {
         let height = h as u64 + 1;
         // What the chain commits with the block: the block and its certificate.
@@ -200,7 +195,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         extra.put(Space::Meta, key(b"chain/f/"), vec![9; 300]);
         ledger.apply_block_with(height, txs, extra)?;
     }
-    let cpu = cpu_ns().saturating_sub(start_cpu);
+    let cpu = clock.seconds();
     let kv = ledger.kv();
     let physical = *kv.physical.lock().map_err(|_| "lock")? - start_bytes;
     let commits = *kv.commits.lock().map_err(|_| "lock")? - start_commits;
@@ -218,7 +213,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "  applying the blocks (execution, Merkle updates, commits): {:.1} µs of CPU per transfer",
-        cpu as f64 / 1e3 / total
+        cpu * 1e6 / total
     );
     if split {
         let by_store = kv.by_store.lock().map_err(|_| "lock")?;

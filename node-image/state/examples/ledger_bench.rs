@@ -8,7 +8,9 @@
 //!
 //! `cargo run --release -p trellis-node-state --example ledger_bench -- [accounts] [blocks] [block_txs]`
 
-use std::time::Instant;
+mod common;
+
+use common::Clock;
 use trellis_node_state::{Ledger, MemKv, TableSet, WriteBatch};
 use trellis_node_types::{PrivateKey, Signer, Tx, TxKind, UnsignedTx, table_of, test_key};
 
@@ -24,31 +26,6 @@ fn transfer(from: &PrivateKey, to: &PrivateKey, nonce: u64) -> Tx {
         },
     }
     .sign(from)
-}
-
-/// This thread's CPU time (wall time where `/proc` has no schedstat).
-struct Clock(Instant, Option<u64>);
-
-fn cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-impl Clock {
-    fn start() -> Self {
-        Self(Instant::now(), cpu_ns())
-    }
-
-    fn seconds(&self) -> f64 {
-        match (self.1, cpu_ns()) {
-            (Some(a), Some(b)) => (b - a) as f64 / 1e9,
-            _ => self.0.elapsed().as_secs_f64(),
-        }
-    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
