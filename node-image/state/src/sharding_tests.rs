@@ -1019,7 +1019,16 @@ fn data_of_the_older_format_is_refused_with_a_clear_error() {
     batch.put(Space::Meta, b"height".to_vec(), 5u64.to_be_bytes().to_vec());
     kv.commit(batch).unwrap();
     let err = Ledger::open(kv).err().unwrap();
-    assert!(matches!(err, StateError::OldFormat));
+    assert!(matches!(err, StateError::OldFormat(_)));
+    assert!(err.to_string().contains("re-sync from genesis"));
+    // Format 2 stored leaf values under another key layout: refused the same way.
+    let kv = MemKv::default();
+    let mut batch = WriteBatch::default();
+    batch.put(Space::Meta, b"height".to_vec(), 5u64.to_be_bytes().to_vec());
+    batch.put(Space::Meta, b"format".to_vec(), 2u64.to_be_bytes().to_vec());
+    kv.commit(batch).unwrap();
+    let err = Ledger::open(kv).err().unwrap();
+    assert!(err.to_string().contains("format 2"), "{err}");
     assert!(err.to_string().contains("re-sync from genesis"));
 }
 

@@ -31,7 +31,7 @@ use commonware_codec::{
 };
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader, TreeUpdateBatch};
 use jmt::{KeyHash, OwnedValue, Sha256Jmt, Version};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use trellis_node_types::to_hex;
 
 /// A leaf of a table's tree: (key hash, value).
@@ -195,37 +195,7 @@ impl TableSnapshot {
     }
 }
 
-/// The store key range of a table's leaf values: `table ‖ key_hash ‖ version`.
-fn values_from(table: u8, after: Option<[u8; 32]>) -> Vec<u8> {
-    match after {
-        None => vec![table],
-        // Past every version of `after`: the same 41-byte prefix with a longer tail.
-        Some(key) => [&[table][..], &key, &[0xff; 8], &[0]].concat(),
-    }
-}
-
-fn values_to(table: u8) -> Vec<u8> {
-    [&[table][..], &[0xff; 40]].concat()
-}
-
 impl<K: Kv> Ledger<K> {
-    /// The first key hash after `after` that the store has any value for in `table`.
-    fn next_key(&self, table: u8, after: Option<[u8; 32]>) -> Result<Option<[u8; 32]>, StateError> {
-        let found =
-            self.kv
-                .first_in(Space::Values, &values_from(table, after), &values_to(table))?;
-        match found {
-            None => Ok(None),
-            Some((key, _)) => {
-                let hash: [u8; 32] = key
-                    .get(1..33)
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| StateError::Corrupt("leaf value key".into()))?;
-                Ok(Some(hash))
-            }
-        }
-    }
-
     /// Up to `limit` (1..=[`MAX_SNAPSHOT_LEAVES`]) live leaves of `table` as of `height`,
     /// after key hash `after`. Start with `after = None` and continue from the last key
     /// hash of each chunk while `more` is set.
@@ -289,16 +259,18 @@ impl<K: Kv> Ledger<K> {
         let mut leaves = Vec::new();
         let mut bytes = 0usize;
         let mut more = false;
-        let mut cursor = after;
-        while let Some(key) = self.next_key(table, cursor)? {
-            cursor = Some(key);
-            // Keys written after `height`, or deleted by then, are not part of it.
-            let Some(value) = reader
-                .get_value_option(version, KeyHash(key))
-                .map_err(tree_err)?
-            else {
+        // The tree's leaves in key order, from `after` on (itself excluded).
+        let leaves_from = jmt::JellyfishMerkleIterator::new(
+            std::sync::Arc::new(reader),
+            version,
+            KeyHash(after.unwrap_or([0; 32])),
+        )
+        .map_err(tree_err)?;
+        for leaf in leaves_from {
+            let (KeyHash(key), value) = leaf.map_err(tree_err)?;
+            if Some(key) == after {
                 continue;
-            };
+            }
             let size = 32 + bytes_size(value.len());
             if leaves.len() == limit
                 || (!leaves.is_empty() && bytes + size > MAX_SNAPSHOT_LEAF_BYTES)
@@ -435,17 +407,8 @@ impl<K: Kv> Ledger<K> {
             meta_imported(checked.table, &checked.root),
             checked.version.to_be_bytes().to_vec(),
         );
-        let mut cursor = None;
-        while let Some(key) = self.next_key(checked.table, cursor)? {
-            cursor = Some(key);
-            if !checked.keys.contains(&key) {
-                batch.put(
-                    Space::Values,
-                    reader.value_key(KeyHash(key), checked.version),
-                    vec![0u8],
-                );
-            }
-        }
+        // Keys this ledger held in an older copy of the table and the snapshot lacks need
+        // no marker: a read walks the imported tree, which has no leaf for them.
         Ok(())
     }
 }
@@ -458,7 +421,6 @@ pub struct CheckedTable {
     root: [u8; 32],
     version: u64,
     update: TreeUpdateBatch,
-    keys: BTreeSet<[u8; 32]>,
     stats: TableStats,
 }
 
@@ -511,7 +473,6 @@ pub fn check_table(
         }
         values.insert(KeyHash(key), Some(value));
     }
-    let keys = values.keys().map(|k| k.0).collect();
     let reader = EmptyBefore { version };
     let (root, update) = Sha256Jmt::new(&reader)
         .put_value_set(values, version)
@@ -527,7 +488,6 @@ pub fn check_table(
         root: root.0,
         version,
         update,
-        keys,
         stats,
     })
 }

@@ -292,3 +292,81 @@ fn cached_reads_follow_commits_and_match_a_fresh_open() {
     }
     assert_eq!(total(&ledger, &k), 300);
 }
+
+/// A leaf's value is found by walking the tree to the leaf and reading the value stored
+/// under the leaf's version. The tree moves leaves (written again at a new version, value
+/// unchanged) when a key lands next to one or a neighbour is deleted; every version must
+/// still read back exactly what it held, the keys crowded under shared prefixes so that
+/// leaves move often.
+#[test]
+fn every_version_reads_back_what_it_held_while_leaves_move() {
+    let kv = MemKv::default();
+    let reader = TableReader { kv: &kv, table: 7 };
+    // Keys sharing their first nibble, most their second and third: deep, changing paths.
+    let keys: Vec<KeyHash> = (0u8..48)
+        .map(|i| {
+            let mut key = [i; 32];
+            key[0] = i % 3;
+            key[1] = (i % 2) << 4;
+            KeyHash(key)
+        })
+        .collect();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut held: Vec<BTreeMap<KeyHash, Vec<u8>>> = Vec::new();
+    let mut current = BTreeMap::new();
+    let mut moved = 0;
+    for version in 0..40u64 {
+        let mut changes = BTreeMap::new();
+        for _ in 0..1 + next() % 6 {
+            let key = keys[(next() % keys.len() as u64) as usize];
+            let value = (next() % 3 == 0 && current.contains_key(&key))
+                .then_some(None)
+                .unwrap_or_else(|| Some(format!("{version}/{}", next() % 100).into_bytes()));
+            changes.insert(key, value);
+        }
+        let (_, update) = Sha256Jmt::new(&reader)
+            .put_value_set(changes.clone(), version)
+            .unwrap();
+        moved += update
+            .node_batch
+            .nodes()
+            .iter()
+            .filter(|(k, n)| match n {
+                Node::Leaf(leaf) => {
+                    !changes.contains_key(&leaf.key_hash()) && k.version() == version
+                }
+                _ => false,
+            })
+            .count();
+        let mut batch = WriteBatch::default();
+        write_update(&reader, &update, &mut batch).unwrap();
+        kv.commit(batch).unwrap();
+        for (key, value) in changes {
+            match value {
+                Some(v) => current.insert(key, v),
+                None => current.remove(&key),
+            };
+        }
+        held.push(current.clone());
+        for (v, state) in held.iter().enumerate() {
+            for key in &keys {
+                assert_eq!(
+                    reader.get_value_option(v as u64, *key).unwrap().as_ref(),
+                    state.get(key),
+                    "key {:?} at version {v} (written up to {version})",
+                    &key.0[..2]
+                );
+            }
+        }
+    }
+    assert!(
+        moved > 10,
+        "the walk must be tested on moved leaves ({moved})"
+    );
+}
