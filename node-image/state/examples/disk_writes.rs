@@ -7,7 +7,7 @@
 //! size (keys + values handed to redb) is printed next to the physical bytes, so the
 //! write amplification of each is visible; `DROP=receipts,history,block` leaves those
 //! rows out to attribute the physical bytes; `SPLIT=1` keeps each key space in a redb file
-//! of its own (three commits per block instead of one) and prints each file's physical
+//! of its own (two commits per block instead of one) and prints each file's physical
 //! bytes. It also prints the CPU time of applying the blocks per transfer (this thread's,
 //! so signing the transfers beforehand is not counted). Measures; asserts nothing.
 //!
@@ -49,7 +49,6 @@ fn written() -> u64 {
 fn category(space: Space, key: &[u8]) -> &'static str {
     match space {
         Space::Nodes => "jmt nodes",
-        Space::Values => "jmt values",
         Space::Meta if [b"rc", b"rb", b"ri"].iter().any(|p| key.starts_with(*p)) => "receipts",
         Space::Meta if key.starts_with(b"th") || key.starts_with(b"sr") => "history",
         Space::Meta if key.starts_with(b"chain/") => "block",
@@ -72,8 +71,7 @@ impl Counting {
     fn store(&self, space: Space) -> &RedbKv {
         let i = match space {
             Space::Nodes => 0,
-            Space::Values => 1,
-            Space::Meta => 2,
+            Space::Meta => 1,
         };
         &self.stores[i.min(self.stores.len() - 1)]
     }
@@ -144,7 +142,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let split = std::env::var("SPLIT").is_ok_and(|v| v == "1");
     let names: &[&str] = if split {
-        &["nodes.redb", "values.redb", "meta.redb"]
+        &["nodes.redb", "meta.redb"]
     } else {
         &["state.redb"]
     };

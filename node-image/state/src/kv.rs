@@ -12,10 +12,8 @@ use std::sync::{Arc, Mutex};
 /// Separate key spaces of the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Space {
-    /// Jellyfish Merkle tree nodes.
+    /// Jellyfish Merkle tree nodes, each leaf with its value.
     Nodes,
-    /// Versioned leaf values.
-    Values,
     /// Heights, roots, receipts and other bookkeeping.
     Meta,
 }
@@ -65,13 +63,11 @@ pub trait Kv: Send + Sync + 'static {
 }
 
 const NODES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("jmt_nodes");
-const VALUES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("jmt_values");
 const META: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("meta");
 
 fn definition(space: Space) -> redb::TableDefinition<'static, &'static [u8], &'static [u8]> {
     match space {
         Space::Nodes => NODES,
-        Space::Values => VALUES,
         Space::Meta => META,
     }
 }
@@ -91,7 +87,7 @@ impl RedbKv {
         let db = redb::Database::create(path).map_err(err)?;
         // Create the tables up front so that readers never see them missing.
         let txn = db.begin_write().map_err(err)?;
-        for space in [Space::Nodes, Space::Values, Space::Meta] {
+        for space in [Space::Nodes, Space::Meta] {
             txn.open_table(definition(space)).map_err(err)?;
         }
         txn.commit().map_err(err)?;
@@ -142,12 +138,10 @@ impl Kv for RedbKv {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut nodes = txn.open_table(NODES).map_err(err)?;
-            let mut values = txn.open_table(VALUES).map_err(err)?;
             let mut meta = txn.open_table(META).map_err(err)?;
             for (space, key, value) in &batch.writes {
                 let table = match space {
                     Space::Nodes => &mut nodes,
-                    Space::Values => &mut values,
                     Space::Meta => &mut meta,
                 };
                 match value {
@@ -227,36 +221,36 @@ mod tests {
 
     fn exercise(kv: &dyn Kv) {
         let mut batch = WriteBatch::default();
-        batch.put(Space::Values, vec![1, 0], b"a".to_vec());
-        batch.put(Space::Values, vec![1, 5], b"b".to_vec());
-        batch.put(Space::Values, vec![2, 0], b"c".to_vec());
+        batch.put(Space::Nodes, vec![1, 0], b"a".to_vec());
+        batch.put(Space::Nodes, vec![1, 5], b"b".to_vec());
+        batch.put(Space::Nodes, vec![2, 0], b"c".to_vec());
         batch.put(Space::Meta, vec![1, 0], b"m".to_vec());
         batch.put(Space::Meta, vec![9], b"gone".to_vec());
         batch.delete(Space::Meta, vec![9]);
         kv.commit(batch).unwrap();
         assert_eq!(kv.get(Space::Meta, &[9]).unwrap(), None);
-        assert_eq!(kv.get(Space::Values, &[1, 0]).unwrap(), Some(b"a".to_vec()));
-        assert_eq!(kv.get(Space::Nodes, &[1, 0]).unwrap(), None);
+        assert_eq!(kv.get(Space::Nodes, &[1, 0]).unwrap(), Some(b"a".to_vec()));
+        assert_eq!(kv.get(Space::Meta, &[1, 5]).unwrap(), None);
         assert_eq!(
-            kv.last_in(Space::Values, &[1, 0], &[1, 4]).unwrap(),
+            kv.last_in(Space::Nodes, &[1, 0], &[1, 4]).unwrap(),
             Some((vec![1, 0], b"a".to_vec()))
         );
         assert_eq!(
-            kv.last_in(Space::Values, &[1, 0], &[1, 255]).unwrap(),
+            kv.last_in(Space::Nodes, &[1, 0], &[1, 255]).unwrap(),
             Some((vec![1, 5], b"b".to_vec()))
         );
-        assert_eq!(kv.last_in(Space::Values, &[3], &[4]).unwrap(), None);
+        assert_eq!(kv.last_in(Space::Nodes, &[3], &[4]).unwrap(), None);
         assert_eq!(
-            kv.first_in(Space::Values, &[1, 1], &[2, 0]).unwrap(),
+            kv.first_in(Space::Nodes, &[1, 1], &[2, 0]).unwrap(),
             Some((vec![1, 5], b"b".to_vec()))
         );
         assert_eq!(
-            kv.first_in(Space::Values, &[1], &[1, 255]).unwrap(),
+            kv.first_in(Space::Nodes, &[1], &[1, 255]).unwrap(),
             Some((vec![1, 0], b"a".to_vec()))
         );
-        assert_eq!(kv.first_in(Space::Values, &[2, 1], &[9]).unwrap(), None);
+        assert_eq!(kv.first_in(Space::Nodes, &[2, 1], &[9]).unwrap(), None);
         // An empty (inverted) range is empty, not an error.
-        assert_eq!(kv.first_in(Space::Values, &[9], &[1]).unwrap(), None);
+        assert_eq!(kv.first_in(Space::Nodes, &[9], &[1]).unwrap(), None);
     }
 
     #[test]

@@ -196,6 +196,14 @@ fn read_u64(kv: &dyn Kv, key: &[u8]) -> Result<Option<u64>, StateError> {
 }
 
 /// Reads one table's tree out of the store.
+///
+/// A tree node's row: `version ‖ table ‖ nibble path` (the version first, big-endian) →
+/// the node, and for a leaf its value after it. Versions first put the rows a block
+/// writes next to each other (tables move through their versions together under load)
+/// instead of each on a page of its own; values inside their leaves save a row per
+/// changed key and a read. Keyed by table, then key hash and version, every changed
+/// account's value dirtied a page of its own: ~10× the bytes handed to the store and a
+/// quarter of a validator's execution time (docs/node-performance.md).
 struct TableReader<'a> {
     kv: &'a dyn Kv,
     table: u8,
@@ -203,38 +211,35 @@ struct TableReader<'a> {
 
 impl TableReader<'_> {
     fn node_key(&self, key: &NodeKey) -> anyhow::Result<Vec<u8>> {
-        let mut out = vec![self.table];
-        out.extend(borsh::to_vec(key)?);
+        let mut out = key.version().to_be_bytes().to_vec();
+        out.push(self.table);
+        out.extend(borsh::to_vec(key.nibble_path())?);
         Ok(out)
     }
 
-    /// Where a leaf's value is stored: `table ‖ version ‖ key_hash`, the version first
-    /// (big-endian) so that the values a block writes land next to each other at the end
-    /// of their table's range. Keyed by key hash first, every changed account dirtied a
-    /// page of its own (its older versions' page): ~10× the bytes handed to the store and
-    /// a quarter of a validator's execution time (docs/node-performance.md).
-    fn value_key(&self, key: KeyHash, version: Version) -> Vec<u8> {
-        let mut out = Vec::with_capacity(41);
-        out.push(self.table);
-        out.extend_from_slice(&version.to_be_bytes());
-        out.extend_from_slice(&key.0);
-        out
+    /// A node and what its row holds after it (a leaf's value; nothing for other nodes).
+    fn node_row(&self, key: &NodeKey) -> anyhow::Result<Option<(Node, Vec<u8>)>> {
+        let Some(row) = self.kv.get(Space::Nodes, &self.node_key(key)?)? else {
+            return Ok(None);
+        };
+        let mut rest = row.as_slice();
+        let node = <Node as borsh::BorshDeserialize>::deserialize(&mut rest)?;
+        Ok(Some((node, rest.to_vec())))
     }
 
-    /// The version of the leaf that holds `key` in the tree `version`, if any: a walk from
-    /// the root along the key's nibbles. With values keyed version first, this is how a
-    /// read finds which version's value is the one in force.
-    fn leaf_version(&self, version: Version, key: KeyHash) -> anyhow::Result<Option<Version>> {
+    /// The value of `key` in the tree `version`, if any: a walk from the root along the
+    /// key's nibbles to its leaf, which holds the value.
+    fn leaf_value(&self, version: Version, key: KeyHash) -> anyhow::Result<Option<Vec<u8>>> {
         let mut at = NodeKey::new(version, NibblePath::from_iter(std::iter::empty()));
         for depth in 0..=64 {
-            match self.get_node_option(&at)? {
-                None | Some(Node::Null) => return Ok(None),
-                Some(Node::Leaf(leaf)) => {
-                    return Ok((leaf.key_hash() == key).then_some(at.version()));
+            match self.node_row(&at)? {
+                None | Some((Node::Null, _)) => return Ok(None),
+                Some((Node::Leaf(leaf), value)) => {
+                    return Ok((leaf.key_hash() == key).then_some(value));
                 }
-                Some(Node::Internal(internal)) => {
+                Some((Node::Internal(internal), _)) => {
                     let Some(byte) = key.0.get(depth / 2) else {
-                        anyhow::bail!("tree deeper than a key at {at:?}");
+                        break;
                     };
                     let want = if depth % 2 == 0 {
                         byte >> 4
@@ -262,10 +267,7 @@ impl TableReader<'_> {
 
 impl TreeReader for TableReader<'_> {
     fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
-        match self.kv.get(Space::Nodes, &self.node_key(node_key)?)? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(borsh::from_slice(&bytes)?)),
-        }
+        Ok(self.node_row(node_key)?.map(|(node, _)| node))
     }
 
     fn get_value_option(
@@ -273,21 +275,7 @@ impl TreeReader for TableReader<'_> {
         max_version: Version,
         key_hash: KeyHash,
     ) -> anyhow::Result<Option<OwnedValue>> {
-        let Some(version) = self.leaf_version(max_version, key_hash)? else {
-            return Ok(None);
-        };
-        match self
-            .kv
-            .get(Space::Values, &self.value_key(key_hash, version))?
-        {
-            None => anyhow::bail!("no value stored for the leaf of version {version}"),
-            // A leading 0 marks a deletion; 1 a present value.
-            Some(v) => match v.split_first() {
-                Some((1, rest)) => Ok(Some(rest.to_vec())),
-                Some((0, _)) => Ok(None),
-                _ => anyhow::bail!("corrupt value entry"),
-            },
-        }
+        self.leaf_value(max_version, key_hash)
     }
 
     fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
@@ -1226,13 +1214,13 @@ impl<K: Kv> Ledger<K> {
     }
 }
 
-/// Adds a tree update's nodes and values to `batch`.
+/// Adds a tree update's nodes, each leaf with its value, to `batch`.
 ///
-/// A value is stored under the version of the leaf that holds it, and the tree moves a
-/// leaf without changing its value when a key lands next to it or a neighbour leaves (the
-/// leaf is written again, at the update's version, one level down or up). Such a moved
-/// leaf gets a copy of its value under its new version, read from the tree the update
-/// started from (`version - 1`: a table's versions are consecutive).
+/// Every key set in the update has a new leaf; a deleted key has none, so deletions need
+/// no row. The tree also moves leaves without changing their values when a key lands
+/// next to one or a neighbour leaves (the leaf is written again at the update's version,
+/// one level down or up): such a leaf's value is read from the tree the update started
+/// from (`version - 1`: a table's versions are consecutive).
 fn write_update(
     reader: &TableReader<'_>,
     update: &jmt::storage::TreeUpdateBatch,
@@ -1241,38 +1229,36 @@ fn write_update(
     let values = update.node_batch.values();
     for (key, node) in update.node_batch.nodes() {
         let k = reader.node_key(key).map_err(tree_err)?;
-        let v = borsh::to_vec(node).map_err(|e| StateError::Tree(e.to_string()))?;
-        batch.put(Space::Nodes, k, v);
+        let mut row = borsh::to_vec(node).map_err(|e| StateError::Tree(e.to_string()))?;
         if let Node::Leaf(leaf) = node {
             let version = key.version();
-            if values.contains_key(&(version, leaf.key_hash())) {
-                continue;
-            }
-            let moved = version
-                .checked_sub(1)
-                .map(|before| reader.get_value_option(before, leaf.key_hash()))
-                .transpose()
-                .map_err(tree_err)?
-                .flatten()
-                .ok_or_else(|| {
-                    StateError::Corrupt(format!(
-                        "table {}: leaf moved at version {version} has no value before it",
+            match values.get(&(version, leaf.key_hash())) {
+                Some(Some(value)) => row.extend_from_slice(value),
+                Some(None) => {
+                    return Err(StateError::Tree(format!(
+                        "table {}: a leaf for a key deleted at version {version}",
                         reader.table
-                    ))
-                })?;
-            batch.put(
-                Space::Values,
-                reader.value_key(leaf.key_hash(), version),
-                [&[1u8][..], &moved].concat(),
-            );
+                    )));
+                }
+                None => {
+                    let moved = version
+                        .checked_sub(1)
+                        .map(|before| reader.leaf_value(before, leaf.key_hash()))
+                        .transpose()
+                        .map_err(tree_err)?
+                        .flatten()
+                        .ok_or_else(|| {
+                            StateError::Corrupt(format!(
+                                "table {}: leaf moved at version {version} has no value \
+                                 before it",
+                                reader.table
+                            ))
+                        })?;
+                    row.extend_from_slice(&moved);
+                }
+            }
         }
-    }
-    for ((v, key), value) in values {
-        let stored = match value {
-            Some(bytes) => [&[1u8][..], bytes].concat(),
-            None => vec![0u8],
-        };
-        batch.put(Space::Values, reader.value_key(*key, *v), stored);
+        batch.put(Space::Nodes, k, row);
     }
     Ok(())
 }
