@@ -159,7 +159,7 @@ const META_HEIGHT: &[u8] = b"height";
 const META_SUPPLY: &[u8] = b"supply";
 /// Ledger format; absent in data directories of the unsharded format 1.
 const META_FORMAT: &[u8] = b"format";
-/// 3: leaf values keyed version first (see `TableReader::value_key`).
+/// 3: tree rows keyed version first, each leaf holding its value (see `TableReader`).
 const FORMAT: u64 = 3;
 /// The owned [`TableSet`] bitmap.
 const META_OWNED: &[u8] = b"owned";
@@ -246,16 +246,13 @@ impl TableReader<'_> {
                     } else {
                         byte & 0x0f
                     };
-                    let Some((nibble, child)) = internal
-                        .children_sorted()
-                        .find(|(nibble, _)| u8::from(*nibble) == want)
-                    else {
+                    let Some(child) = internal.child(want.into()) else {
                         return Ok(None);
                     };
                     let path = at
                         .nibble_path()
                         .nibbles()
-                        .chain(std::iter::once(nibble))
+                        .chain(std::iter::once(want.into()))
                         .collect();
                     at = NodeKey::new(child.version, path);
                 }

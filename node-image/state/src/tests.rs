@@ -325,9 +325,11 @@ fn every_version_reads_back_what_it_held_while_leaves_move() {
         let mut changes = BTreeMap::new();
         for _ in 0..1 + next() % 6 {
             let key = keys[(next() % keys.len() as u64) as usize];
-            let value = (next() % 3 == 0 && current.contains_key(&key))
-                .then_some(None)
-                .unwrap_or_else(|| Some(format!("{version}/{}", next() % 100).into_bytes()));
+            let value = if next() % 3 == 0 && current.contains_key(&key) {
+                None
+            } else {
+                Some(format!("{version}/{}", next() % 100).into_bytes())
+            };
             changes.insert(key, value);
         }
         let (_, update) = Sha256Jmt::new(&reader)
