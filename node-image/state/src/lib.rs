@@ -217,14 +217,9 @@ impl TableReader<'_> {
         Ok(out)
     }
 
-    /// A node and what its row holds after it (a leaf's value; nothing for other nodes).
-    fn node_row(&self, key: &NodeKey) -> anyhow::Result<Option<(Node, Vec<u8>)>> {
-        let Some(row) = self.kv.get(Space::Nodes, &self.node_key(key)?)? else {
-            return Ok(None);
-        };
-        let mut rest = row.as_slice();
-        let node = <Node as borsh::BorshDeserialize>::deserialize(&mut rest)?;
-        Ok(Some((node, rest.to_vec())))
+    /// A node's stored row, if any (see [`split_row`]).
+    fn node_row(&self, key: &NodeKey) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(Space::Nodes, &self.node_key(key)?)?)
     }
 
     /// The value of `key` in the tree `version`, if any: a walk from the root along the
@@ -232,12 +227,15 @@ impl TableReader<'_> {
     fn leaf_value(&self, version: Version, key: KeyHash) -> anyhow::Result<Option<Vec<u8>>> {
         let mut at = NodeKey::new(version, NibblePath::from_iter(std::iter::empty()));
         for depth in 0..=64 {
-            match self.node_row(&at)? {
-                None | Some((Node::Null, _)) => return Ok(None),
-                Some((Node::Leaf(leaf), value)) => {
-                    return Ok((leaf.key_hash() == key).then_some(value));
+            let Some(row) = self.node_row(&at)? else {
+                return Ok(None);
+            };
+            match split_row(&row)? {
+                (Node::Null, _) => return Ok(None),
+                (Node::Leaf(leaf), value) => {
+                    return Ok((leaf.key_hash() == key).then(|| value.to_vec()));
                 }
-                Some((Node::Internal(internal), _)) => {
+                (Node::Internal(internal), _) => {
                     let Some(byte) = key.0.get(depth / 2) else {
                         break;
                     };
@@ -262,9 +260,19 @@ impl TableReader<'_> {
     }
 }
 
+/// A tree row's node and what follows it: a leaf's value (nothing after other nodes).
+fn split_row(row: &[u8]) -> anyhow::Result<(Node, &[u8])> {
+    let mut rest = row;
+    let node = <Node as borsh::BorshDeserialize>::deserialize(&mut rest)?;
+    Ok((node, rest))
+}
+
 impl TreeReader for TableReader<'_> {
     fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
-        Ok(self.node_row(node_key)?.map(|(node, _)| node))
+        match self.node_row(node_key)? {
+            None => Ok(None),
+            Some(row) => Ok(Some(split_row(&row)?.0)),
+        }
     }
 
     fn get_value_option(
